@@ -79,7 +79,8 @@ static double append_rate(size_t n, size_t group) {
 
 int main(int argc, char **argv) {
         bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-        size_t n_sync = quick ? 200 : 2000, n_group = quick ? 64 * 50 : 64 * 500, n_replay = quick ? 10000 : 100000;
+        size_t n_sync = quick ? 200 : 2000, n_group = quick ? 64 * 50 : 64 * 500,
+               n_replay = quick ? 10000 : 100000;
 
         printf("chvm journal benchmark (records of mixed types, ~60-110 bytes each)\n");
 
@@ -122,8 +123,8 @@ int main(int argc, char **argv) {
                 if (i < 4)
                         journal_close(j);
         }
-        printf("%-44s %10.1f ms     (%zu records, %.1f MiB; best of 5)\n", "replay (open)", best * 1e3, n_replay,
-               (double) bytes / (1 << 20));
+        printf("%-44s %10.1f ms     (%zu records, %.1f MiB; best of 5)\n", "replay (open)", best * 1e3,
+               n_replay, (double) bytes / (1 << 20));
         printf("%-44s %10zu objects, %zu VMs, %zu IPs\n", "live set after replay",
                live_set_n_objects(journal_live_set(j)), live_set_n_vms(journal_live_set(j)),
                live_set_n_ips(journal_live_set(j)));

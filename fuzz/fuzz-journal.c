@@ -56,11 +56,13 @@ static void fix_crcs(uint8_t *img, size_t size, unsigned mode) {
         const uint8_t *salt = img + 32;
         for (size_t off = JOURNAL_HEADER_SIZE; off + JOURNAL_RECORD_HEADER_SIZE <= size;) {
                 uint32_t len = unaligned_read_le32(img + off + 4);
-                if (len < JOURNAL_RECORD_HEADER_SIZE || len > JOURNAL_RECORD_MAX_SIZE || ALIGN8(len) > size - off)
+                if (len < JOURNAL_RECORD_HEADER_SIZE || len > JOURNAL_RECORD_MAX_SIZE ||
+                    ALIGN8(len) > size - off)
                         break;
                 size_t padded = ALIGN8(len);
                 memset(img + off + len, 0, padded - len);
-                uint32_t crc = crc32c_update(crc32c_update(0, salt, JOURNAL_SALT_SIZE), img + off + 4, padded - 4);
+                uint32_t crc =
+                        crc32c_update(crc32c_update(0, salt, JOURNAL_SALT_SIZE), img + off + 4, padded - 4);
                 unaligned_write_le32(img + off, crc32c_mask(crc));
                 off += padded;
         }
@@ -99,9 +101,12 @@ static void run_file_path(const uint8_t *img, size_t size, const JournalHeader *
                 return;
         /* After a repair the journal must be clean and append-able. */
         JournalRecord r = { .type = JOURNAL_VM_DEFINE,
-                            .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_NAME) |
+                            .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                      JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_NAME) |
                                       JOURNAL_FIELD_BIT(JOURNAL_FIELD_BACKEND),
-                            .vm_id = UINT64_MAX, .vm_name = "fuzz", .backend = "mosnet" };
+                            .vm_id = UINT64_MAX,
+                            .vm_name = "fuzz",
+                            .backend = "mosnet" };
         if (journal_append(j, &r) < 0 && journal_state(j) != JOURNAL_STATE_FAILED)
                 abort();
         journal_close(j);
@@ -157,7 +162,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
         /* max_oid is carried by CHECKPOINT, which serialize leaves to the caller */
         JournalRecord cp = { .type = JOURNAL_CHECKPOINT,
-                             .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_THROUGH_LSN) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_MAX_OID),
+                             .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_THROUGH_LSN) |
+                                       JOURNAL_FIELD_BIT(JOURNAL_FIELD_MAX_OID),
                              .max_oid = live_set_max_oid(c.live) };
         if (live_set_apply(copy, &cp, NULL) < 0 || !live_set_equal(c.live, copy))
                 abort();

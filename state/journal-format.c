@@ -9,18 +9,12 @@
 #include "util/macro.h"
 
 static const char *const record_type_table[_JOURNAL_RECORD_TYPE_MAX] = {
-        [JOURNAL_VM_DEFINE] = "VM_DEFINE",
-        [JOURNAL_VM_UNDEFINE] = "VM_UNDEFINE",
-        [JOURNAL_VM_STARTED] = "VM_STARTED",
-        [JOURNAL_VM_EXITED] = "VM_EXITED",
-        [JOURNAL_INTENT] = "INTENT",
-        [JOURNAL_CREATED] = "CREATED",
-        [JOURNAL_ABORTED] = "ABORTED",
-        [JOURNAL_RELEASE_INTENT] = "RELEASE_INTENT",
-        [JOURNAL_RELEASED] = "RELEASED",
-        [JOURNAL_IP_ALLOC] = "IP_ALLOC",
-        [JOURNAL_IP_FREE] = "IP_FREE",
-        [JOURNAL_CHECKPOINT] = "CHECKPOINT",
+        [JOURNAL_VM_DEFINE] = "VM_DEFINE",   [JOURNAL_VM_UNDEFINE] = "VM_UNDEFINE",
+        [JOURNAL_VM_STARTED] = "VM_STARTED", [JOURNAL_VM_EXITED] = "VM_EXITED",
+        [JOURNAL_INTENT] = "INTENT",         [JOURNAL_CREATED] = "CREATED",
+        [JOURNAL_ABORTED] = "ABORTED",       [JOURNAL_RELEASE_INTENT] = "RELEASE_INTENT",
+        [JOURNAL_RELEASED] = "RELEASED",     [JOURNAL_IP_ALLOC] = "IP_ALLOC",
+        [JOURNAL_IP_FREE] = "IP_FREE",       [JOURNAL_CHECKPOINT] = "CHECKPOINT",
 };
 
 const char *journal_record_type_to_string(JournalRecordType t) {
@@ -134,9 +128,11 @@ static const char *record_problem(const JournalRecord *r) {
                 return "object id 0";
         if (r->type != JOURNAL_INTENT && journal_record_has(r, JOURNAL_FIELD_VM_ID) && r->vm_id == 0)
                 return "VM id 0";
-        if (journal_record_has(r, JOURNAL_FIELD_VM_STATE) && (r->vm_state == 0 || r->vm_state >= _JOURNAL_VM_STATE_MAX))
+        if (journal_record_has(r, JOURNAL_FIELD_VM_STATE) &&
+            (r->vm_state == 0 || r->vm_state >= _JOURNAL_VM_STATE_MAX))
                 return "unknown VM state";
-        if (r->type == JOURNAL_VM_EXITED && r->vm_state != JOURNAL_VM_STOPPED && r->vm_state != JOURNAL_VM_CRASHED)
+        if (r->type == JOURNAL_VM_EXITED && r->vm_state != JOURNAL_VM_STOPPED &&
+            r->vm_state != JOURNAL_VM_CRASHED)
                 return "exit record with a state other than stopped or crashed";
         if (journal_record_has(r, JOURNAL_FIELD_VM_NAME) && r->vm_name[0] == '\0')
                 return "empty VM name";
@@ -311,7 +307,8 @@ int journal_record_encode(const JournalRecord *r, const uint8_t salt[JOURNAL_SAL
         return 0;
 }
 
-static int field_value_read(JournalRecord *r, JournalField f, const uint8_t *v, size_t vs, const char **why) {
+static int field_value_read(JournalRecord *r, JournalField f, const uint8_t *v, size_t vs,
+                            const char **why) {
         void *member = (uint8_t *) r + field_table[f].offset;
 
         switch (field_table[f].shape) {

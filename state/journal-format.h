@@ -51,18 +51,18 @@
 #define JOURNAL_INCOMPAT_SUPPORTED 0U
 
 typedef enum JournalRecordType {
-        JOURNAL_VM_DEFINE = 1,  /* vm_id, vm_name, backend */
-        JOURNAL_VM_UNDEFINE,    /* vm_id: the VM was removed */
-        JOURNAL_VM_STARTED,     /* vm_id, pid, start_time, boot_id */
-        JOURNAL_VM_EXITED,      /* vm_id, vm_state, [exit_status | exit_signal], [reason] */
-        JOURNAL_INTENT,         /* oid, vm_id, obj_kind, obj_name, obj_tag, [obj_key, obj_handle, obj_ifindex] */
-        JOURNAL_CREATED,        /* oid, [obj_handle, obj_ifindex] */
-        JOURNAL_ABORTED,        /* oid */
+        JOURNAL_VM_DEFINE = 1, /* vm_id, vm_name, backend */
+        JOURNAL_VM_UNDEFINE, /* vm_id: the VM was removed */
+        JOURNAL_VM_STARTED, /* vm_id, pid, start_time, boot_id */
+        JOURNAL_VM_EXITED, /* vm_id, vm_state, [exit_status | exit_signal], [reason] */
+        JOURNAL_INTENT, /* oid, vm_id, obj_kind, obj_name, obj_tag, [obj_key, obj_handle, obj_ifindex] */
+        JOURNAL_CREATED, /* oid, [obj_handle, obj_ifindex] */
+        JOURNAL_ABORTED, /* oid */
         JOURNAL_RELEASE_INTENT, /* oid */
-        JOURNAL_RELEASED,       /* oid */
-        JOURNAL_IP_ALLOC,       /* vm_id, ip4 */
-        JOURNAL_IP_FREE,        /* ip4 */
-        JOURNAL_CHECKPOINT,     /* through_lsn, max_oid (ends a snapshot) */
+        JOURNAL_RELEASED, /* oid */
+        JOURNAL_IP_ALLOC, /* vm_id, ip4 */
+        JOURNAL_IP_FREE, /* ip4 */
+        JOURNAL_CHECKPOINT, /* through_lsn, max_oid (ends a snapshot) */
         _JOURNAL_RECORD_TYPE_MAX,
         _JOURNAL_RECORD_TYPE_INVALID = -22,
 } JournalRecordType;
@@ -183,20 +183,20 @@ int journal_record_decode(const void *buf, size_t size, const uint8_t salt[JOURN
                           JournalRecord *ret, const char **ret_why);
 
 typedef enum JournalScanResult {
-        JOURNAL_SCAN_CLEAN,      /* every byte after the header is part of a valid record */
-        JOURNAL_SCAN_TORN_TAIL,  /* valid records, then bytes that belong to no durable record */
-        JOURNAL_SCAN_CORRUPT,    /* a damaged record that had been synced, with valid records after it */
+        JOURNAL_SCAN_CLEAN, /* every byte after the header is part of a valid record */
+        JOURNAL_SCAN_TORN_TAIL, /* valid records, then bytes that belong to no durable record */
+        JOURNAL_SCAN_CORRUPT, /* a damaged record that had been synced, with valid records after it */
         _JOURNAL_SCAN_RESULT_MAX,
 } JournalScanResult;
 
 typedef struct JournalScan {
         JournalScanResult result;
         uint64_t first_lsn;
-        uint64_t last_lsn;    /* of the valid prefix; first_lsn - 1 if empty */
-        size_t n_records;     /* in the valid prefix */
-        size_t valid_end;     /* offset just after the valid prefix */
-        uint64_t synced_lsn;  /* highest synced_lsn seen in any valid record */
-        const char *why;      /* what was wrong at valid_end (static string), NULL if clean */
+        uint64_t last_lsn; /* of the valid prefix; first_lsn - 1 if empty */
+        size_t n_records; /* in the valid prefix */
+        size_t valid_end; /* offset just after the valid prefix */
+        uint64_t synced_lsn; /* highest synced_lsn seen in any valid record */
+        const char *why; /* what was wrong at valid_end (static string), NULL if clean */
         /* CORRUPT only: valid records found after the damage. Their LSNs are > last_lsn. */
         size_t n_after;
         uint64_t first_lsn_after;

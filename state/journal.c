@@ -30,8 +30,8 @@ struct Journal {
         uint8_t agent_id[JOURNAL_ID_SIZE];
 
         JournalHeader header; /* of the current journal file: its salt seeds every record CRC */
-        uint64_t end;         /* where the next record goes */
-        uint64_t synced_end;  /* end as of the last successful sync */
+        uint64_t end; /* where the next record goes */
+        uint64_t synced_end; /* end as of the last successful sync */
         uint64_t next_lsn;
         uint64_t synced_lsn;
         uint64_t next_oid;
@@ -190,7 +190,8 @@ static int write_new_file_steps(Journal *j, int fd, const char *tmp_name, const 
 
         r = j->ops->fdatasync(j->ops->userdata, fd);
         if (r < 0)
-                return journal_fatal(j, r, snapshot ? "fdatasync of the new snapshot" : "fdatasync of a new journal");
+                return journal_fatal(
+                        j, r, snapshot ? "fdatasync of the new snapshot" : "fdatasync of a new journal");
 
         r = snapshot ? CRASH_POINT("journal-snapshot-synced") : CRASH_POINT("journal-new-synced");
         if (r < 0)
@@ -317,7 +318,8 @@ static int replay_record(const JournalRecord *r, bool after_damage, void *userda
         if (k < 0) {
                 if (c->rep->n_inconsistent++ == 0)
                         message_add(c->rep->message, sizeof(c->rep->message),
-                                    "record LSN %" PRIu64 " (%s) contradicts the records before it (%s), skipped",
+                                    "record LSN %" PRIu64
+                                    " (%s) contradicts the records before it (%s), skipped",
                                     r->lsn, journal_record_type_to_string(r->type) ?: "?", why ?: "?");
                 return 0;
         }
@@ -378,7 +380,8 @@ static int load_snapshot(Journal *j, const JournalOptions *opts, JournalReport *
         if (r < 0) {
                 quarantine(j, rep);
                 message_add(rep->message, sizeof(rep->message),
-                            "QUARANTINE: snapshot %s/%s is damaged (%s); ownership records before the journal are lost",
+                            "QUARANTINE: snapshot %s/%s is damaged (%s); ownership records before the "
+                            "journal are lost",
                             j->directory, JOURNAL_SNAPSHOT_FILE, why);
                 return 0;
         }
@@ -392,14 +395,15 @@ static int load_snapshot(Journal *j, const JournalOptions *opts, JournalReport *
         if (r < 0)
                 return r;
 
-        bool ok = scan.result == JOURNAL_SCAN_CLEAN && scan.n_records > 0 && c.last_type == JOURNAL_CHECKPOINT;
+        bool ok =
+                scan.result == JOURNAL_SCAN_CLEAN && scan.n_records > 0 && c.last_type == JOURNAL_CHECKPOINT;
         rep->n_snapshot_records = scan.n_records;
         if (!ok) {
                 quarantine(j, rep);
-                message_add(rep->message, sizeof(rep->message),
-                            "QUARANTINE: snapshot %s/%s is damaged or incomplete (%s); using what could be read",
-                            j->directory, JOURNAL_SNAPSHOT_FILE,
-                            scan.why ?: "no CHECKPOINT record at its end");
+                message_add(
+                        rep->message, sizeof(rep->message),
+                        "QUARANTINE: snapshot %s/%s is damaged or incomplete (%s); using what could be read",
+                        j->directory, JOURNAL_SNAPSHOT_FILE, scan.why ?: "no CHECKPOINT record at its end");
                 return 0;
         }
 
@@ -437,7 +441,7 @@ static int repair_torn_tail(Journal *j, const void *buf, size_t size, const Jour
         rep->torn_offset = scan->valid_end;
         rep->torn_bytes = size - scan->valid_end;
         rep->state = j->state = j->state == JOURNAL_STATE_QUARANTINE ? JOURNAL_STATE_QUARANTINE
-                                                                        : JOURNAL_STATE_TORN_TAIL_REPAIRED;
+                                                                     : JOURNAL_STATE_TORN_TAIL_REPAIRED;
         if (j->read_only) {
                 message_add(rep->message, sizeof(rep->message),
                             "torn tail in %s/%s: %" PRIu64 " bytes after LSN %" PRIu64 " at offset %" PRIu64
@@ -452,7 +456,8 @@ static int repair_torn_tail(Journal *j, const void *buf, size_t size, const Jour
                 return r;
         r = j->ops->ftruncate(j->ops->userdata, j->fd, (off_t) scan->valid_end);
         if (r < 0)
-                return journal_fail(j, r, "cannot truncate the torn tail of %s/%s", j->directory, JOURNAL_FILE);
+                return journal_fail(j, r, "cannot truncate the torn tail of %s/%s", j->directory,
+                                    JOURNAL_FILE);
         r = j->ops->fdatasync(j->ops->userdata, j->fd);
         if (r < 0)
                 return journal_fatal(j, r, "fdatasync after truncating the torn tail");
@@ -461,8 +466,8 @@ static int repair_torn_tail(Journal *j, const void *buf, size_t size, const Jour
                 return journal_fatal(j, r, "fsync of the state directory");
 
         message_add(rep->message, sizeof(rep->message),
-                    "torn tail in %s/%s repaired: cut %" PRIu64 " bytes after LSN %" PRIu64 " at offset %" PRIu64
-                    " (%s); a copy of the file before the cut is %s",
+                    "torn tail in %s/%s repaired: cut %" PRIu64 " bytes after LSN %" PRIu64
+                    " at offset %" PRIu64 " (%s); a copy of the file before the cut is %s",
                     j->directory, JOURNAL_FILE, rep->torn_bytes, scan->last_lsn, rep->torn_offset,
                     scan->why ?: "?", rep->broken_copy);
         return 0;
@@ -489,8 +494,8 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
                          * someone removed it, and whatever it held after the snapshot is gone. */
                         quarantine(j, rep);
                         message_add(rep->message, sizeof(rep->message),
-                                    "QUARANTINE: %s/%s is missing but a snapshot exists; records after LSN %" PRIu64
-                                    " may be lost; started a new journal",
+                                    "QUARANTINE: %s/%s is missing but a snapshot exists; records after LSN "
+                                    "%" PRIu64 " may be lost; started a new journal",
                                     j->directory, JOURNAL_FILE, through);
                 } else
                         rep->created = true;
@@ -515,8 +520,8 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
         r = journal_header_decode(buf, size, JOURNAL_MAGIC, &h, &why);
         if (r < 0) {
                 /* Without a good header there is no salt, so no record can be trusted. */
-                message_add(rep->message, sizeof(rep->message),
-                            "%s/%s cannot be used: %s%s", j->directory, JOURNAL_FILE, why,
+                message_add(rep->message, sizeof(rep->message), "%s/%s cannot be used: %s%s", j->directory,
+                            JOURNAL_FILE, why,
                             r == -EPROTONOSUPPORT ? " (written by a newer chvm-agent?)"
                                                   : "; move it aside to start with an empty journal (kernel "
                                                     "objects stay provable by their tags)");
@@ -530,8 +535,8 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
         if (h.first_lsn > through + 1) {
                 quarantine(j, rep);
                 message_add(rep->message, sizeof(rep->message),
-                            "QUARANTINE: %s/%s starts at LSN %" PRIu64 " but the snapshot ends at LSN %" PRIu64
-                            "; records in between are missing",
+                            "QUARANTINE: %s/%s starts at LSN %" PRIu64
+                            " but the snapshot ends at LSN %" PRIu64 "; records in between are missing",
                             j->directory, JOURNAL_FILE, h.first_lsn, through);
         }
 
@@ -561,7 +566,8 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
                 rep->n_after_damage = scan.n_after;
                 message_add(rep->message, sizeof(rep->message),
                             "QUARANTINE: %s/%s is corrupt in the middle: the record for LSN %" PRIu64
-                            " at offset %zu is damaged (%s) but %zu valid record(s) follow, the first with LSN %" PRIu64
+                            " at offset %zu is damaged (%s) but %zu valid record(s) follow, the first with "
+                            "LSN %" PRIu64
                             "; ownership records may be missing, so nothing will be deleted that its kernel "
                             "tag does not prove",
                             j->directory, JOURNAL_FILE, rep->damage_lsn, scan.valid_end, scan.why ?: "?",
@@ -670,7 +676,8 @@ static int check_writable(Journal *j) {
                 return journal_fail(j, j->failure, "journal %s/%s failed earlier and accepts no more writes",
                                     j->directory, JOURNAL_FILE);
         if (j->read_only)
-                return journal_fail(j, -EROFS, "journal %s/%s was opened read-only", j->directory, JOURNAL_FILE);
+                return journal_fail(j, -EROFS, "journal %s/%s was opened read-only", j->directory,
+                                    JOURNAL_FILE);
         return 0;
 }
 
@@ -687,7 +694,8 @@ int journal_append(Journal *j, JournalRecord *r) {
         k = live_set_check(j->live, r, &why);
         if (k < 0)
                 return journal_fail(j, k, "refusing to journal %s: %s",
-                                    journal_record_type_to_string(r->type) ?: "a record of unknown type", why);
+                                    journal_record_type_to_string(r->type) ?: "a record of unknown type",
+                                    why);
 
         r->lsn = j->next_lsn;
         r->synced_lsn = j->synced_lsn;

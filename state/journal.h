@@ -37,8 +37,8 @@ typedef struct Journal Journal;
 typedef enum JournalState {
         JOURNAL_STATE_OK,
         JOURNAL_STATE_TORN_TAIL_REPAIRED, /* opened fine after cutting off a torn tail */
-        JOURNAL_STATE_QUARANTINE,         /* mid-log corruption: the live set may be incomplete */
-        JOURNAL_STATE_FAILED,             /* a sync (or an unrecoverable write) failed: no more writes */
+        JOURNAL_STATE_QUARANTINE, /* mid-log corruption: the live set may be incomplete */
+        JOURNAL_STATE_FAILED, /* a sync (or an unrecoverable write) failed: no more writes */
         _JOURNAL_STATE_MAX,
         _JOURNAL_STATE_INVALID = -22,
 } JournalState;
@@ -49,29 +49,29 @@ JournalState journal_state_from_string(const char *s);
 typedef struct JournalOptions {
         const char *directory;
         uint8_t agent_id[JOURNAL_ID_SIZE];
-        const FsOps *fs_ops;       /* NULL: fs_ops_default */
+        const FsOps *fs_ops; /* NULL: fs_ops_default */
         JournalRecordCallback on_record; /* called for each replayed record that enters the live set */
         void *userdata;
-        bool read_only;            /* no lock, no repair, no creation; appends fail with -EROFS */
+        bool read_only; /* no lock, no repair, no creation; appends fail with -EROFS */
 } JournalOptions;
 
 typedef struct JournalReport {
         JournalState state;
-        bool created;                 /* no journal or snapshot existed: a new one was made */
+        bool created; /* no journal or snapshot existed: a new one was made */
         uint64_t snapshot_through_lsn; /* 0 without snapshot */
         size_t n_snapshot_records;
-        size_t n_journal_records;     /* replayed from the journal file (incl. after damage) */
-        uint64_t last_lsn;            /* last LSN in the live set */
-        uint64_t durable_lsn;         /* records up to here are proven to have been synced */
+        size_t n_journal_records; /* replayed from the journal file (incl. after damage) */
+        uint64_t last_lsn; /* last LSN in the live set */
+        uint64_t durable_lsn; /* records up to here are proven to have been synced */
         /* torn tail */
         uint64_t torn_offset;
         uint64_t torn_bytes;
-        char broken_copy[PATH_MAX];   /* file name (in the directory) of the saved copy, "" if none */
+        char broken_copy[PATH_MAX]; /* file name (in the directory) of the saved copy, "" if none */
         /* quarantine */
         uint64_t damage_offset;
-        uint64_t damage_lsn;          /* LSN the damaged record should have had */
-        size_t n_after_damage;        /* valid records found after it */
-        size_t n_inconsistent;        /* CRC-valid records that contradicted the live set (skipped) */
+        uint64_t damage_lsn; /* LSN the damaged record should have had */
+        size_t n_after_damage; /* valid records found after it */
+        size_t n_inconsistent; /* CRC-valid records that contradicted the live set (skipped) */
         /* A sentence for the admin about anything that was not simply OK (and, when journal_open fails, why
          * it failed), naming the file and the cause. Empty when there is nothing to say. */
         char message[1024];

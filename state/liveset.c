@@ -13,8 +13,8 @@ static_assert(sizeof(void *) >= sizeof(uint64_t), "VM ids are stored as map valu
 
 struct LiveSet {
         U64Map *objects; /* oid -> LiveObject */
-        U64Map *vms;     /* vm id -> LiveVm */
-        U64Map *ips;     /* ip4 -> vm id */
+        U64Map *vms; /* vm id -> LiveVm */
+        U64Map *ips; /* ip4 -> vm id */
         uint64_t max_oid;
 };
 
@@ -119,7 +119,8 @@ int live_set_check(const LiveSet *s, const JournalRecord *r, const char **ret_wh
                 if (vm->state == JOURNAL_VM_RUNNING)
                         return fail(ret_why, "VM_UNDEFINE for a running VM", -EBUSY);
                 if (vm->n_objects > 0 || vm->n_ips > 0)
-                        return fail(ret_why, "VM_UNDEFINE for a VM that still owns objects or addresses", -EBUSY);
+                        return fail(ret_why, "VM_UNDEFINE for a VM that still owns objects or addresses",
+                                    -EBUSY);
                 return 0;
         case JOURNAL_VM_STARTED:
         case JOURNAL_VM_EXITED:
@@ -137,7 +138,8 @@ int live_set_check(const LiveSet *s, const JournalRecord *r, const char **ret_wh
                 if (!o)
                         return fail(ret_why, "CREATED/ABORTED for an unknown object", -ENOENT);
                 if (o->state != LIVE_OBJECT_INTENDED)
-                        return fail(ret_why, "CREATED/ABORTED for an object without a pending INTENT", -EINVAL);
+                        return fail(ret_why, "CREATED/ABORTED for an object without a pending INTENT",
+                                    -EINVAL);
                 return 0;
         case JOURNAL_RELEASE_INTENT:
                 if (!o)
@@ -412,9 +414,10 @@ static int serialize_vm(const LiveVm *vm, LiveSetEmit emit, void *userdata) {
                 return k;
 
         if (vm->state == JOURNAL_VM_RUNNING) {
-                r = (JournalRecord) {
+                r = (JournalRecord){
                         .type = JOURNAL_VM_STARTED,
-                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_PID) |
+                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                  JOURNAL_FIELD_BIT(JOURNAL_FIELD_PID) |
                                   JOURNAL_FIELD_BIT(JOURNAL_FIELD_START_TIME) |
                                   JOURNAL_FIELD_BIT(JOURNAL_FIELD_BOOT_ID),
                         .vm_id = vm->vm_id,
@@ -425,9 +428,10 @@ static int serialize_vm(const LiveVm *vm, LiveSetEmit emit, void *userdata) {
                 return emit(&r, userdata);
         }
         if (vm->state == JOURNAL_VM_STOPPED || vm->state == JOURNAL_VM_CRASHED) {
-                r = (JournalRecord) {
+                r = (JournalRecord){
                         .type = JOURNAL_VM_EXITED,
-                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_STATE),
+                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                  JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_STATE),
                         .vm_id = vm->vm_id,
                         .vm_state = vm->state,
                         .exit_status = vm->exit_status,
@@ -449,7 +453,8 @@ static int serialize_object(const LiveObject *o, LiveSetEmit emit, void *userdat
         JournalRecord r = {
                 .type = JOURNAL_INTENT,
                 .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
-                          JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_KIND) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_NAME) |
+                          JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_KIND) |
+                          JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_NAME) |
                           JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_TAG),
                 .oid = o->oid,
                 .vm_id = o->vm_id,
@@ -475,7 +480,7 @@ static int serialize_object(const LiveObject *o, LiveSetEmit emit, void *userdat
 
         if (o->state == LIVE_OBJECT_INTENDED)
                 return 0;
-        r = (JournalRecord) {
+        r = (JournalRecord){
                 .type = o->state == LIVE_OBJECT_CREATED ? JOURNAL_CREATED : JOURNAL_RELEASE_INTENT,
                 .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID),
                 .oid = o->oid,
@@ -500,7 +505,8 @@ int live_set_serialize(const LiveSet *s, LiveSetEmit emit, void *userdata) {
         for (size_t i = 0; i < n_ips; i++) {
                 JournalRecord r = {
                         .type = JOURNAL_IP_ALLOC,
-                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_IP4),
+                        .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                  JOURNAL_FIELD_BIT(JOURNAL_FIELD_IP4),
                         .vm_id = (uint64_t) (uintptr_t) u64map_get(s->ips, ips[i]),
                         .ip4 = (uint32_t) ips[i],
                 };
@@ -538,9 +544,9 @@ static bool vm_equal(const LiveVm *a, const LiveVm *b) {
                 return a->pid == b->pid && a->start_time == b->start_time &&
                        memcmp(a->boot_id, b->boot_id, sizeof(a->boot_id)) == 0;
         if (a->state == JOURNAL_VM_STOPPED || a->state == JOURNAL_VM_CRASHED)
-                return a->has_exit_status == b->has_exit_status && a->has_exit_signal == b->has_exit_signal &&
-                       a->exit_status == b->exit_status && a->exit_signal == b->exit_signal &&
-                       streq_ptr(a->reason, b->reason);
+                return a->has_exit_status == b->has_exit_status &&
+                       a->has_exit_signal == b->has_exit_signal && a->exit_status == b->exit_status &&
+                       a->exit_signal == b->exit_signal && streq_ptr(a->reason, b->reason);
         return true;
 }
 

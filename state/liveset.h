@@ -13,8 +13,8 @@
 
 typedef enum LiveObjectState {
         LIVE_OBJECT_INTENDED = 1, /* INTENT written; may or may not exist in the kernel */
-        LIVE_OBJECT_CREATED,      /* CREATED written: it existed */
-        LIVE_OBJECT_RELEASING,    /* RELEASE_INTENT written; may or may not still exist */
+        LIVE_OBJECT_CREATED, /* CREATED written: it existed */
+        LIVE_OBJECT_RELEASING, /* RELEASE_INTENT written; may or may not still exist */
         _LIVE_OBJECT_STATE_MAX,
         _LIVE_OBJECT_STATE_INVALID = -22,
 } LiveObjectState;

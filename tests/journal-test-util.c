@@ -29,7 +29,7 @@ static uint64_t rnd(RecordGen *g, uint64_t n) {
 }
 
 void record_gen_init(RecordGen *g, uint64_t seed) {
-        *g = (RecordGen) { .rng = seed, .next_vm_id = 1, .next_oid = 1 };
+        *g = (RecordGen){ .rng = seed, .next_vm_id = 1, .next_oid = 1 };
         g->model = live_set_new();
         assert(g->model);
 }
@@ -64,7 +64,7 @@ static bool gen_try(RecordGen *g, JournalRecord *r) {
         const LiveVm *v = vm ? live_set_get_vm(g->model, vm) : NULL;
         const LiveObject *o = oid ? live_set_get_object(g->model, oid) : NULL;
 
-        *r = (JournalRecord) { .flags = (uint16_t) (rnd(g, 8) == 0 ? rnd(g, 4) : 0) };
+        *r = (JournalRecord){ .flags = (uint16_t) (rnd(g, 8) == 0 ? rnd(g, 4) : 0) };
 
         if (pick < 10 || !v) {
                 r->type = JOURNAL_VM_DEFINE;
@@ -110,8 +110,8 @@ static bool gen_try(RecordGen *g, JournalRecord *r) {
                 r->vm_id = rnd(g, 5) == 0 ? 0 : vm;
                 r->obj_kind = (uint32_t) (1 + rnd(g, 6));
                 snprintf(g->name, sizeof(g->name), "tap-%08x", (unsigned) test_rand(&g->rng));
-                snprintf(g->tag, sizeof(g->tag), "chvm1:c41e5500-1234-4000-8000-deadbeef0001:%016" PRIx64 ":tap",
-                         r->vm_id);
+                snprintf(g->tag, sizeof(g->tag),
+                         "chvm1:c41e5500-1234-4000-8000-deadbeef0001:%016" PRIx64 ":tap", r->vm_id);
                 r->obj_name = g->name;
                 r->obj_tag = g->tag;
                 size_t ks = g->big_keys ? g->big_keys : rnd(g, 3) ? rnd(g, 40) : 0;

@@ -49,11 +49,11 @@ bool encoded_equal(Encoded a, Encoded b);
 /* A fault-injecting file system. */
 typedef struct TestFs {
         FsOps ops;
-        bool nosync;               /* fdatasync/fsync succeed without syncing (fast tests) */
+        bool nosync; /* fdatasync/fsync succeed without syncing (fast tests) */
         unsigned pwrite_calls, fdatasync_calls, fsync_calls, ftruncate_calls, rename_calls;
         unsigned fail_fdatasync_at; /* 1-based call number to fail with fail_errno; 0: never */
         unsigned fail_pwrite_at;
-        size_t short_pwrite;       /* when failing pwrite: first write this many bytes for real */
+        size_t short_pwrite; /* when failing pwrite: first write this many bytes for real */
         bool fail_ftruncate;
         int fail_errno;
 } TestFs;

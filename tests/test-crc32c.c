@@ -23,7 +23,8 @@ Test(crc32c, chaining) {
         size_t n = strlen(s);
         uint32_t whole = crc32c_update(0, s, n);
         for (size_t cut = 0; cut <= n; cut++)
-                cr_assert_eq(crc32c_update(crc32c_update(0, s, cut), s + cut, n - cut), whole, "cut at %zu", cut);
+                cr_assert_eq(crc32c_update(crc32c_update(0, s, cut), s + cut, n - cut), whole, "cut at %zu",
+                             cut);
 }
 
 /* The hardware and the table implementations agree on every length and alignment. */
@@ -38,8 +39,9 @@ Test(crc32c, hw_matches_sw) {
         }
         for (size_t off = 0; off < 16; off++)
                 for (size_t len = 0; len < 600; len += 1 + len / 16)
-                        cr_assert_eq(crc32c_update_hw(0x1234, buf + off, len), crc32c_update_sw(0x1234, buf + off, len),
-                                     "offset %zu, length %zu", off, len);
+                        cr_assert_eq(crc32c_update_hw(0x1234, buf + off, len),
+                                     crc32c_update_sw(0x1234, buf + off, len), "offset %zu, length %zu", off,
+                                     len);
         cr_assert_eq(crc32c_update_hw(0, buf, sizeof(buf)), crc32c_update_sw(0, buf, sizeof(buf)));
 }
 

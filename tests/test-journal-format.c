@@ -17,13 +17,13 @@ static const uint8_t salt[JOURNAL_SALT_SIZE] = { 9, 8, 7, 6, 5, 4, 3, 2, 1 };
 
 static JournalRecord full_intent(void) {
         static const uint8_t key[] = { 6, 0x1f, 0x90, 0xc0, 0xa8, 0xc8, 2 };
-        return (JournalRecord) {
+        return (JournalRecord){
                 .type = JOURNAL_INTENT,
                 .flags = 3,
                 .lsn = 17,
                 .synced_lsn = 15,
-                .fields = F(OID) | F(VM_ID) | F(OBJ_KIND) | F(OBJ_NAME) | F(OBJ_TAG) | F(OBJ_KEY) | F(OBJ_HANDLE) |
-                          F(OBJ_IFINDEX),
+                .fields = F(OID) | F(VM_ID) | F(OBJ_KIND) | F(OBJ_NAME) | F(OBJ_TAG) | F(OBJ_KEY) |
+                          F(OBJ_HANDLE) | F(OBJ_IFINDEX),
                 .oid = 99,
                 .vm_id = 0x1122334455667788,
                 .obj_kind = 4,
@@ -38,12 +38,15 @@ static JournalRecord full_intent(void) {
 
 Test(journal_format, string_tables) {
         for (int t = 1; t < _JOURNAL_RECORD_TYPE_MAX; t++)
-                cr_assert_eq(journal_record_type_from_string(journal_record_type_to_string((JournalRecordType) t)), t);
+                cr_assert_eq(journal_record_type_from_string(
+                                     journal_record_type_to_string((JournalRecordType) t)),
+                             t);
         cr_assert_null(journal_record_type_to_string(0));
         cr_assert_null(journal_record_type_to_string(_JOURNAL_RECORD_TYPE_MAX));
         cr_assert_eq(journal_record_type_from_string("NOPE"), _JOURNAL_RECORD_TYPE_INVALID);
         for (int s = 1; s < _JOURNAL_VM_STATE_MAX; s++)
-                cr_assert_eq(journal_vm_state_from_string(journal_vm_state_to_string((JournalVmState) s)), s);
+                cr_assert_eq(journal_vm_state_from_string(journal_vm_state_to_string((JournalVmState) s)),
+                             s);
         cr_assert_eq(journal_vm_state_from_string("running"), JOURNAL_VM_RUNNING);
 }
 
@@ -84,22 +87,38 @@ Test(journal_format, encode_decode_round_trip) {
 Test(journal_format, every_type_round_trips) {
         uint8_t boot[16] = { 0xaa, 0xbb };
         JournalRecord recs[] = {
-                { .type = JOURNAL_VM_DEFINE, .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND), .vm_id = 1,
-                  .vm_name = "web", .backend = "local" },
+                { .type = JOURNAL_VM_DEFINE,
+                  .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
+                  .vm_id = 1,
+                  .vm_name = "web",
+                  .backend = "local" },
                 { .type = JOURNAL_VM_UNDEFINE, .fields = F(VM_ID), .vm_id = 1 },
-                { .type = JOURNAL_VM_STARTED, .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID), .vm_id = 1,
-                  .pid = 4242, .start_time = 987654321 },
-                { .type = JOURNAL_VM_EXITED, .fields = F(VM_ID) | F(VM_STATE) | F(EXIT_SIGNAL) | F(REASON),
-                  .vm_id = 1, .vm_state = JOURNAL_VM_CRASHED, .exit_signal = 9, .reason = "killed by signal 9" },
-                { .type = JOURNAL_VM_EXITED, .fields = F(VM_ID) | F(VM_STATE) | F(EXIT_STATUS), .vm_id = 1,
-                  .vm_state = JOURNAL_VM_STOPPED, .exit_status = -1 },
+                { .type = JOURNAL_VM_STARTED,
+                  .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                  .vm_id = 1,
+                  .pid = 4242,
+                  .start_time = 987654321 },
+                { .type = JOURNAL_VM_EXITED,
+                  .fields = F(VM_ID) | F(VM_STATE) | F(EXIT_SIGNAL) | F(REASON),
+                  .vm_id = 1,
+                  .vm_state = JOURNAL_VM_CRASHED,
+                  .exit_signal = 9,
+                  .reason = "killed by signal 9" },
+                { .type = JOURNAL_VM_EXITED,
+                  .fields = F(VM_ID) | F(VM_STATE) | F(EXIT_STATUS),
+                  .vm_id = 1,
+                  .vm_state = JOURNAL_VM_STOPPED,
+                  .exit_status = -1 },
                 { .type = JOURNAL_CREATED, .fields = F(OID) | F(OBJ_IFINDEX), .oid = 5, .obj_ifindex = 7 },
                 { .type = JOURNAL_ABORTED, .fields = F(OID), .oid = 5 },
                 { .type = JOURNAL_RELEASE_INTENT, .fields = F(OID), .oid = 5 },
                 { .type = JOURNAL_RELEASED, .fields = F(OID), .oid = 5 },
                 { .type = JOURNAL_IP_ALLOC, .fields = F(VM_ID) | F(IP4), .vm_id = 1, .ip4 = 0xc0a8c802 },
                 { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = 0xc0a8c802 },
-                { .type = JOURNAL_CHECKPOINT, .fields = F(THROUGH_LSN) | F(MAX_OID), .through_lsn = 1000, .max_oid = 77 },
+                { .type = JOURNAL_CHECKPOINT,
+                  .fields = F(THROUGH_LSN) | F(MAX_OID),
+                  .through_lsn = 1000,
+                  .max_oid = 77 },
         };
         memcpy(recs[2].boot_id, boot, 16);
 
@@ -113,7 +132,8 @@ Test(journal_format, every_type_round_trips) {
                 /* Encoding what was decoded gives the same bytes. */
                 cr_assert_eq(journal_record_encode(&out, salt, &b, &bs), 0);
                 cr_assert_eq(as, bs);
-                cr_assert_arr_eq(a, b, as, "record %zu (%s)", i, journal_record_type_to_string(recs[i].type));
+                cr_assert_arr_eq(a, b, as, "record %zu (%s)", i,
+                                 journal_record_type_to_string(recs[i].type));
                 free(a);
                 free(b);
         }
@@ -135,16 +155,21 @@ Test(journal_format, validation) {
         r.oid = 0;
         cr_assert_eq(journal_record_validate(&r, &why), -EINVAL);
 
-        r = (JournalRecord) { .type = JOURNAL_VM_EXITED, .fields = F(VM_ID) | F(VM_STATE), .vm_id = 1,
-                              .vm_state = JOURNAL_VM_DEFINED };
+        r = (JournalRecord){ .type = JOURNAL_VM_EXITED,
+                             .fields = F(VM_ID) | F(VM_STATE),
+                             .vm_id = 1,
+                             .vm_state = JOURNAL_VM_DEFINED };
         cr_assert_eq(journal_record_validate(&r, &why), -EINVAL);
 
-        r = (JournalRecord) { .type = 0 };
+        r = (JournalRecord){ .type = 0 };
         cr_assert_eq(journal_record_validate(&r, &why), -EINVAL);
         cr_assert_str_eq(why, "unknown record type");
 
-        r = (JournalRecord) { .type = JOURNAL_VM_DEFINE, .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND), .vm_id = 1,
-                              .vm_name = NULL, .backend = "local" };
+        r = (JournalRecord){ .type = JOURNAL_VM_DEFINE,
+                             .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
+                             .vm_id = 1,
+                             .vm_name = NULL,
+                             .backend = "local" };
         cr_assert_eq(journal_record_validate(&r, &why), -EINVAL);
 
         static uint8_t huge[70000];
@@ -155,14 +180,16 @@ Test(journal_format, validation) {
 }
 
 /* Rebuilds an encoded record with extra raw bytes in its payload and a fresh, valid CRC. */
-static size_t splice_payload(const void *rec, size_t rec_len, const void *extra, size_t extra_len, uint8_t *out) {
+static size_t splice_payload(const void *rec, size_t rec_len, const void *extra, size_t extra_len,
+                             uint8_t *out) {
         size_t length = rec_len + extra_len;
         size_t padded = ALIGN8(length);
         memset(out, 0, padded);
         memcpy(out, rec, rec_len);
         memcpy(out + rec_len, extra, extra_len);
         unaligned_write_le32(out + 4, (uint32_t) length);
-        unaligned_write_le32(out, crc32c_mask(crc32c_update(crc32c_update(0, salt, sizeof(salt)), out + 4, padded - 4)));
+        unaligned_write_le32(
+                out, crc32c_mask(crc32c_update(crc32c_update(0, salt, sizeof(salt)), out + 4, padded - 4)));
         return padded;
 }
 
@@ -213,7 +240,8 @@ Test(journal_format, tlv_parsing) {
         uint8_t pad[] = { 200, 0, 0, 0, 0 };
         n = splice_payload(buf, len, pad, sizeof(pad), img);
         img[n - 1] = 1;
-        unaligned_write_le32(img, crc32c_mask(crc32c_update(crc32c_update(0, salt, sizeof(salt)), img + 4, n - 4)));
+        unaligned_write_le32(
+                img, crc32c_mask(crc32c_update(crc32c_update(0, salt, sizeof(salt)), img + 4, n - 4)));
         cr_assert_eq(journal_record_decode(img, n, salt, &out, &why), -EBADMSG);
         cr_assert_str_eq(why, "record padding not zero");
         free(buf);
@@ -251,15 +279,19 @@ Test(journal_format, header) {
 }
 
 /* An image of n ABORTED records (no live-set meaning needed here) with the given synced_lsn per record. */
-static uint8_t *image(size_t n, const uint64_t *synced, size_t *ret_size, size_t *offsets, JournalHeader *h) {
-        *h = (JournalHeader) { .version = JOURNAL_VERSION, .first_lsn = 1 };
+static uint8_t *image(size_t n, const uint64_t *synced, size_t *ret_size, size_t *offsets,
+                      JournalHeader *h) {
+        *h = (JournalHeader){ .version = JOURNAL_VERSION, .first_lsn = 1 };
         memcpy(h->magic, JOURNAL_MAGIC, 8);
         memcpy(h->salt, salt, sizeof(salt));
         uint8_t *img = malloc(JOURNAL_HEADER_SIZE + n * 64);
         journal_header_encode(h, img);
         size_t off = JOURNAL_HEADER_SIZE;
         for (size_t i = 0; i < n; i++) {
-                JournalRecord r = { .type = JOURNAL_ABORTED, .fields = F(OID), .oid = i + 1, .lsn = i + 1,
+                JournalRecord r = { .type = JOURNAL_ABORTED,
+                                    .fields = F(OID),
+                                    .oid = i + 1,
+                                    .lsn = i + 1,
                                     .synced_lsn = synced[i] };
                 void *b;
                 size_t s;

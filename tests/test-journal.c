@@ -62,7 +62,7 @@ static void replay_clear(Replay *rp) {
         free(rp->recs);
         free(rp->lsns);
         free(rp->after_damage);
-        *rp = (Replay) {};
+        *rp = (Replay){};
 }
 
 static JournalOptions options(const FsOps *ops, Replay *rp) {
@@ -97,7 +97,7 @@ static void written_clear(Written *w) {
                 free(w->recs[i].buf);
         free(w->recs);
         free(w->end);
-        *w = (Written) {};
+        *w = (Written){};
 }
 
 /* Appends n generated records. sync_every: 1 = sync after each record, k = group commit of k, 0 = never. */
@@ -232,7 +232,8 @@ static void truncation_sweep(size_t n_records) {
                 Replay rp = {};
                 JournalReport rep;
                 Journal *j = open_ok(&fs.ops, &rp, &rep);
-                cr_assert_eq(rp.n, expect, "cut at %zu: %zu records replayed, expected %zu", cut, rp.n, expect);
+                cr_assert_eq(rp.n, expect, "cut at %zu: %zu records replayed, expected %zu", cut, rp.n,
+                             expect);
                 cr_assert_eq(journal_last_lsn(j), expect);
                 /* Records synced before the cut are exactly those that end before it: all are here. */
                 if (expect > 0)
@@ -297,7 +298,8 @@ Test(journal, cut_inside_header_refused) {
                 Journal *j = NULL;
                 cr_assert_eq(journal_open(&o, &j, &rep), -EBADMSG);
                 cr_assert_null(j);
-                cr_assert(strstr(rep.message, JOURNAL_FILE) && strstr(rep.message, "shorter than its header"),
+                cr_assert(strstr(rep.message, JOURNAL_FILE) &&
+                                  strstr(rep.message, "shorter than its header"),
                           "%s", rep.message);
                 /* Refused without touching it. */
                 void *now;
@@ -422,15 +424,18 @@ static void sector_zeroing(bool sync_each) {
                  * the damaged LSN: true for records synced one by one, never within one group commit. */
                 bool proven = false;
                 for (size_t i = first_bad + 1; i < w.n; i++)
-                        if (memcmp(img + w.end[i - 1], (uint8_t *) full + w.end[i - 1], w.end[i] - w.end[i - 1]) == 0 &&
+                        if (memcmp(img + w.end[i - 1], (uint8_t *) full + w.end[i - 1],
+                                   w.end[i] - w.end[i - 1]) == 0 &&
                             unaligned_read_le64((uint8_t *) w.recs[i].buf + 24) >= first_bad + 1)
                                 proven = true;
                 if (!proven) {
-                        cr_assert_eq(n, first_bad, "sector %zu: %zu records, expected %zu", sector, n, first_bad);
+                        cr_assert_eq(n, first_bad, "sector %zu: %zu records, expected %zu", sector, n,
+                                     first_bad);
                         cr_assert_eq(rep.state, JOURNAL_STATE_TORN_TAIL_REPAIRED, "sector %zu: %s", sector,
                                      rep.message);
                 } else {
-                        cr_assert_eq(rep.state, JOURNAL_STATE_QUARANTINE, "sector %zu: %s", sector, rep.message);
+                        cr_assert_eq(rep.state, JOURNAL_STATE_QUARANTINE, "sector %zu: %s", sector,
+                                     rep.message);
                         cr_assert_eq(rep.damage_lsn, first_bad + 1);
                 }
                 tested++;
@@ -616,7 +621,8 @@ Test(journal, stale_records_other_salt) {
         written_clear(&w2);
 }
 
-/* Acceptance 6: EIO from fdatasync is fatal and never retried; reopening shows only what was acknowledged. */
+/* Acceptance 6: EIO from fdatasync is fatal and never retried; reopening shows only what was acknowledged.
+ */
 Test(journal, fdatasync_eio_is_fatal) {
         RecordGen g;
         TestFs fs;
@@ -634,7 +640,8 @@ Test(journal, fdatasync_eio_is_fatal) {
         cr_assert_eq(journal_append(j, &r), 0);
         cr_assert_eq(journal_sync(j), -EIO);
         cr_assert_eq(journal_state(j), JOURNAL_STATE_FAILED);
-        cr_assert(strstr(journal_error_message(j), "fdatasync") && strstr(journal_error_message(j), JOURNAL_FILE),
+        cr_assert(strstr(journal_error_message(j), "fdatasync") &&
+                          strstr(journal_error_message(j), JOURNAL_FILE),
                   "%s", journal_error_message(j));
 
         /* Refuses everything after, without touching the file or retrying the sync. */
@@ -732,7 +739,7 @@ Test(journal, append_refuses_inconsistent_record) {
         };
         cr_assert_eq(journal_append(j, &r), -ENOENT);
         cr_assert(strstr(journal_error_message(j), "CREATED"), "%s", journal_error_message(j));
-        r = (JournalRecord) { .type = JOURNAL_INTENT };
+        r = (JournalRecord){ .type = JOURNAL_INTENT };
         cr_assert_eq(journal_append(j, &r), -EINVAL);
         cr_assert_eq(journal_size(j), JOURNAL_HEADER_SIZE);
         cr_assert_eq(journal_last_lsn(j), 0);
@@ -762,7 +769,8 @@ Test(journal, compaction_same_live_set) {
         cr_assert_eq(rep.snapshot_through_lsn, 2000);
         cr_assert_eq(rep.n_journal_records, 500);
         cr_assert_eq(journal_last_lsn(j), 2500);
-        cr_assert(live_set_equal(journal_live_set(j), g.model), "live set differs after compaction + replay");
+        cr_assert(live_set_equal(journal_live_set(j), g.model),
+                  "live set differs after compaction + replay");
 
         /* A second compaction over the first. */
         cr_assert_eq(journal_compact(j, 0), 0);
@@ -826,7 +834,8 @@ Test(journal, compaction_crash_points) {
         for (size_t i = 0; i < rec.n_seen; i++)
                 if (compaction_point(rec.seen[i]))
                         n_compaction_points++;
-        cr_assert_geq(n_compaction_points, 9, "only %zu compaction crash points passed", n_compaction_points);
+        cr_assert_geq(n_compaction_points, 9, "only %zu compaction crash points passed",
+                      n_compaction_points);
 
         size_t n_all;
         const char *const *all = crash_point_list(&n_all);
@@ -872,7 +881,8 @@ Test(journal, compaction_crash_points) {
                 cr_assert_eq(journal_compact(j, 0), 0);
                 journal_close(j);
                 j = open_ok(NULL, NULL, &rep);
-                cr_assert(live_set_equal(journal_live_set(j), g.model), "crash at %s: differs later", rec.seen[i]);
+                cr_assert(live_set_equal(journal_live_set(j), g.model), "crash at %s: differs later",
+                          rec.seen[i]);
                 cr_assert_eq(journal_last_lsn(j), 650);
                 journal_close(j);
                 record_gen_done(&g);

@@ -13,11 +13,12 @@
 #define CRASH_POINT_EXIT_CODE 86
 
 /* Returns 0, or -ECANCELED if a test hook asked to simulate a crash here. */
-#define CRASH_POINT(name)                                                                                  \
-        ({                                                                                                 \
-                static const char *const _crash_point_name_                                                \
-                        __attribute__((used, section("chvm_crash_points"), aligned(sizeof(void *)))) = name; \
-                crash_point_hit(_crash_point_name_);                                                       \
+#define CRASH_POINT(name)                                                                              \
+        ({                                                                                             \
+                static const char *const _crash_point_name_                                            \
+                        __attribute__((used, section("chvm_crash_points"), aligned(sizeof(void *)))) = \
+                                name;                                                                  \
+                crash_point_hit(_crash_point_name_);                                                   \
         })
 
 int crash_point_hit(const char *name);

@@ -33,7 +33,8 @@ static int default_ftruncate(void *userdata, int fd, off_t size) {
         return ftruncate(fd, size) < 0 ? negative_errno() : 0;
 }
 
-static int default_renameat(void *userdata, int olddirfd, const char *oldname, int newdirfd, const char *newname) {
+static int default_renameat(void *userdata, int olddirfd, const char *oldname, int newdirfd,
+                            const char *newname) {
         (void) userdata;
         return renameat(olddirfd, oldname, newdirfd, newname) < 0 ? negative_errno() : 0;
 }

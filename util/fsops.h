@@ -14,7 +14,8 @@ typedef struct FsOps {
         int (*fdatasync)(void *userdata, int fd);
         int (*fsync)(void *userdata, int fd); /* used for directories */
         int (*ftruncate)(void *userdata, int fd, off_t size);
-        int (*renameat)(void *userdata, int olddirfd, const char *oldname, int newdirfd, const char *newname);
+        int (*renameat)(void *userdata, int olddirfd, const char *oldname, int newdirfd,
+                        const char *newname);
         void *userdata;
 } FsOps;
 

@@ -122,7 +122,7 @@ static int insert(U64Map *m, uint64_t key, void *value, bool replace) {
                 i = (i + 1) & mask;
         if (m->slots[i].value != TOMBSTONE)
                 m->n_used++;
-        m->slots[i] = (Slot) { .key = key, .value = value };
+        m->slots[i] = (Slot){ .key = key, .value = value };
         m->n_entries++;
         return 0;
 }
@@ -147,7 +147,7 @@ void *u64map_remove(U64Map *m, uint64_t key) {
         if (!s)
                 return NULL;
         v = s->value;
-        *s = (Slot) { .key = 0, .value = TOMBSTONE };
+        *s = (Slot){ .key = 0, .value = TOMBSTONE };
         m->n_entries--;
         return v;
 }

@@ -20,13 +20,13 @@
 #define ALIGN8(x) (((x) + UINT64_C(7)) & ~UINT64_C(7))
 
 /* Take a pointer (or fd) out of a variable with cleanup attribute, leaving NULL (-EBADF) behind. */
-#define TAKE_GENERIC(var, type, nullvalue)                 \
-        ({                                                 \
-                type *_pvar_ = &(var);                     \
-                type _var_ = *_pvar_;                      \
-                type _nullvalue_ = nullvalue;              \
-                *_pvar_ = _nullvalue_;                     \
-                _var_;                                     \
+#define TAKE_GENERIC(var, type, nullvalue)    \
+        ({                                    \
+                type *_pvar_ = &(var);        \
+                type _var_ = *_pvar_;         \
+                type _nullvalue_ = nullvalue; \
+                *_pvar_ = _nullvalue_;        \
+                _var_;                        \
         })
 #define TAKE_PTR(ptr) TAKE_GENERIC(ptr, typeof(ptr), NULL)
 #define TAKE_FD(fd) TAKE_GENERIC(fd, int, -EBADF)
@@ -50,14 +50,16 @@ static inline void closep(int *fd) {
 }
 #define _cleanup_close_ _cleanup_(closep)
 
-/* Define a cleanup function for a type whose destructor returns NULL: DEFINE_TRIVIAL_CLEANUP_FUNC(Journal *, journal_free) */
-#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)  \
+/* Define a cleanup function for a type whose destructor returns NULL: DEFINE_TRIVIAL_CLEANUP_FUNC(Journal *,
+ * journal_free) */
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func) \
         static inline void func##p(type *p) {   \
                 if (*p)                         \
                         *p = func(*p);          \
         }
 
-/* Errors from libc calls that set errno, turned into the -errno convention. Never returns 0 for a failure. */
+/* Errors from libc calls that set errno, turned into the -errno convention. Never returns 0 for a failure.
+ */
 static inline int negative_errno(void) {
         return errno > 0 ? -errno : -EIO;
 }
