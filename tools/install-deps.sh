@@ -1,35 +1,40 @@
-#!/bin/bash
-# Installs everything needed to build, test and fuzz chvm-agent on Debian 12. Idempotent: packages that
-# are already installed are left as they are.
+#!/usr/bin/env bash
+# Installs everything chvm-agent needs to build, test and fuzz on Debian 12. Safe to run again.
 set -euo pipefail
 
 packages=(
-        build-essential autoconf automake pkg-config
+        # toolchain and build system
+        build-essential autoconf automake pkg-config git
+        # libraries the code links against
         libmnl-dev libnftnl-dev libnl-genl-3-dev libinih-dev libsystemd-dev
+        # unit tests
         libcriterion-dev
-        clang libclang-rt-14-dev   # libFuzzer and the sanitizer runtimes for clang
-        nftables iproute2 git
+        # clang build, libFuzzer harnesses and clang's ASan/UBSan runtimes; libclang-rt-14-dev holds
+        # libclang_rt.fuzzer*.a and is only a Recommends of clang, so it must be named here
+        clang libclang-rt-14-dev clang-format
+        # the kernel-facing tests inspect the host with these
+        nftables iproute2
 )
 
-if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null; then
-                exec sudo "$0" "$@"
-        fi
-        echo "install-deps: needs root (apt-get install); run it as root or install sudo" >&2
-        exit 1
-fi
-
+# Nothing to do when every package is already installed: no network, no apt lock needed.
 missing=()
 for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+        [ "$status" = installed ] || missing+=("$p")
 done
-
 if [ ${#missing[@]} -eq 0 ]; then
-        echo "install-deps: all ${#packages[@]} packages already installed"
+        echo "install-deps.sh: all ${#packages[@]} packages already installed"
         exit 0
 fi
 
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends "${packages[@]}"
+echo "install-deps.sh: missing ${missing[*]}"
+if [ "$(id -u)" -eq 0 ]; then
+        as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo)
+else
+        echo "install-deps.sh: installing packages needs root: run it as root (or install sudo)" >&2
+        exit 1
+fi
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"

@@ -1,74 +1,114 @@
-#!/bin/bash
-# The one test command (README quick start, and what CI runs): installs the dependencies, builds with
-# ASan+UBSan and -Werror, runs `make check`, fuzzes each harness for FUZZ_SECONDS (default 60) with clang,
-# and runs `make distcheck`. Ends with one line: "tests: N passed, N failed, N skipped".
-set -euo pipefail
+#!/usr/bin/env bash
+# The one test command (the README's, and what CI runs): installs the dependencies, builds with ASan + UBSan
+# and -Werror in build/check, runs `make check`, fuzzes every libFuzzer harness for FUZZ_SECONDS (default 60;
+# 0 skips fuzzing) each in a clang build in build/fuzz, and runs `make distcheck`.
+#
+# The last line is always `tests: N passed, N failed, N skipped`, counted from the automake summary of
+# `make check` (PASS and XFAIL count as passed; FAIL, ERROR and XPASS as failed; SKIP as skipped). The exit
+# status is non-zero when a test failed, when no test ran, or when any step (build, fuzzing, distcheck)
+# failed; a failed step is named on the line before.
+set -uo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+top=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$top"
+
 jobs=$(nproc 2>/dev/null || echo 2)
 fuzz_seconds=${FUZZ_SECONDS:-60}
+check_dir=build/check
+fuzz_dir=build/fuzz
+failed_steps=()
 
-step() { printf '\n==> %s\n' "$*"; }
-
-step "installing build and test dependencies"
-tools/install-deps.sh
-
-step "autoreconf"
-autoreconf -fi
-
-step "configure + build with sanitizers (build/check)"
-mkdir -p build/check
-(cd build/check && ../../configure --enable-sanitizers --enable-werror >configure.out 2>&1) || {
-        cat build/check/configure.out; exit 1; }
-make -C build/check -j"$jobs"
-
-step "make check"
-check_rc=0
-make -C build/check -j"$jobs" check || check_rc=$?
-
-summary() {
-        # automake's summary: "# PASS:  N" etc. in test-suite.log
-        local key=$1
-        sed -n "s/^# $key: *\([0-9][0-9]*\).*/\1/p" build/check/test-suite.log | head -n 1
+# Runs one step and prints what it runs; a failure is remembered for the end.
+run() {
+        local name=$1
+        shift
+        printf '\n==> %s: %s\n' "$name" "$*"
+        if ! "$@"; then
+                failed_steps+=("$name")
+                return 1
+        fi
 }
-pass=$(summary PASS); xfail=$(summary XFAIL); skip=$(summary SKIP)
-fail=$(summary FAIL); error=$(summary ERROR); xpass=$(summary XPASS)
-passed=$(( ${pass:-0} + ${xfail:-0} ))
-failed=$(( ${fail:-0} + ${error:-0} + ${xpass:-0} ))
-skipped=${skip:-0}
 
-if [ "$check_rc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then
-        step "make check failed: logs of the failing tests"
-        for trs in $(grep -l ':test-result: \(FAIL\|ERROR\|XPASS\)' build/check/tests/*.trs 2>/dev/null); do
-                echo "---- ${trs%.trs}.log"
-                cat "${trs%.trs}.log"
+# configure is long-winded: keep its output in the build dir and show it only when it fails.
+configure_in() {
+        local dir=$1
+        shift
+        mkdir -p "$dir"
+        if ! (cd "$dir" && "$top/configure" "$@" >configure.out 2>&1); then
+                cat "$dir/configure.out"
+                return 1
+        fi
+        sed -n '/^        chvm-agent/,$p' "$dir/configure.out"
+}
+
+show_test_logs() {
+        printf '\n==> %s\n' "$check_dir/test-suite.log"
+        cat "$check_dir/test-suite.log" 2>/dev/null || echo "(no test-suite.log: the tests did not run)"
+        local trs
+        for trs in $(find "$check_dir/tests" -name '*.trs' 2>/dev/null | sort); do
+                if grep -qE '^:global-test-result: (FAIL|ERROR|XPASS)' "$trs"; then
+                        printf '\n==> %s\n' "${trs%.trs}.log"
+                        cat "${trs%.trs}.log"
+                fi
         done
-        echo "tests: $passed passed, $(( failed > 0 ? failed : 1 )) failed, $skipped skipped"
-        exit 1
+}
+
+distcheck() {
+        if ! make -C "$check_dir" -j"$jobs" distcheck >"$check_dir/distcheck.out" 2>&1; then
+                tail -n 100 "$check_dir/distcheck.out"
+                echo "distcheck failed; full output in $check_dir/distcheck.out"
+                return 1
+        fi
+        grep -E '^# (TOTAL|PASS|SKIP|FAIL|ERROR):|archives ready for distribution|^chvm-agent-.*\.tar' \
+                "$check_dir/distcheck.out"
+}
+
+# Counts from the summary automake writes at the top of test-suite.log.
+count() {
+        local n
+        n=$(sed -n "s/^# $1: *\([0-9][0-9]*\) *\$/\1/p" "$check_dir/test-suite.log" 2>/dev/null | head -n 1)
+        echo "${n:-0}"
+}
+
+finish() {
+        local passed=$(($(count PASS) + $(count XFAIL)))
+        local failed=$(($(count FAIL) + $(count ERROR) + $(count XPASS)))
+        local skipped=$(count SKIP)
+        local rc=0
+
+        echo
+        [ "$failed" -eq 0 ] || rc=1
+        if [ $((passed + failed + skipped)) -eq 0 ]; then
+                echo "no test ran"
+                rc=1
+        fi
+        if [ ${#failed_steps[@]} -gt 0 ]; then
+                echo "failed steps: ${failed_steps[*]}"
+                rc=1
+        fi
+        echo "tests: $passed passed, $failed failed, $skipped skipped"
+        exit $rc
+}
+
+rm -f "$check_dir/test-suite.log"
+
+run install-deps tools/install-deps.sh || finish
+run autoreconf autoreconf -fi || finish
+run configure configure_in "$check_dir" --enable-sanitizers --enable-werror || finish
+run build make -C "$check_dir" -j"$jobs" || finish
+if ! run check make -C "$check_dir" -j"$jobs" check; then
+        show_test_logs
+        finish
 fi
 
-fuzz_rc=0
 if [ "$fuzz_seconds" -gt 0 ]; then
-        step "fuzzing with clang + libFuzzer, ${fuzz_seconds}s per harness (build/fuzz)"
-        mkdir -p build/fuzz
-        (cd build/fuzz && ../../configure CC=clang --enable-fuzzing --enable-werror >configure.out 2>&1) || {
-                cat build/fuzz/configure.out; exit 1; }
-        make -C build/fuzz -j"$jobs" fuzz-run FUZZ_SECONDS="$fuzz_seconds" || fuzz_rc=$?
-fi
-
-step "make distcheck"
-distcheck_rc=0
-make -C build/check distcheck DISTCHECK_CONFIGURE_FLAGS="--enable-werror" FUZZ_SECONDS=0 >build/distcheck.out 2>&1 || distcheck_rc=$?
-if [ "$distcheck_rc" -ne 0 ]; then
-        tail -n 80 build/distcheck.out
-        echo "distcheck: FAILED (full output in build/distcheck.out)"
+        run fuzz-configure configure_in "$fuzz_dir" CC=clang --enable-fuzzing --enable-werror &&
+                run fuzz-build make -C "$fuzz_dir" -j"$jobs" &&
+                run fuzz-run make -C "$fuzz_dir" fuzz-run FUZZ_SECONDS="$fuzz_seconds"
 else
-        grep -E '^# (TOTAL|PASS|FAIL|ERROR|SKIP):' build/distcheck.out | sed 's/^/distcheck /' || true
-        echo "distcheck: ok"
+        printf '\n==> fuzzing skipped (FUZZ_SECONDS=0)\n'
 fi
 
-[ "$fuzz_rc" -eq 0 ] || failed=$((failed + 1))
-[ "$distcheck_rc" -eq 0 ] || failed=$((failed + 1))
-echo "tests: $passed passed, $failed failed, $skipped skipped"
-[ "$failed" -eq 0 ]
+run distcheck distcheck
+
+finish
