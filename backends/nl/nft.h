@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* nf_tables over libnftnl: the two tables of the `local` backend (DESIGN.md "nftables layout of local")
+ * and their per-VM elements, always as one atomic batch per operation. Every message of a batch carries
+ * NLM_F_ACK; each reply is mapped back to the operation it answers, and the first error is kept with the
+ * kernel's extack text (nft_error_message()). Every object carries its ownership tag as a comment
+ * (libnftnl userdata), so `nft list table inet chvm` shows `comment "chvm1:..."`. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/macro.h"
+
+typedef struct Nft Nft;
+typedef struct NftBatch NftBatch;
+
+#define NFT_TAG_MAX 128 /* what nft shows of a comment */
+
+/* What the static layout needs to know. Tags are complete strings (chvm1:<agent>:core:<role>). */
+typedef struct NftLayout {
+        const char *table; /* "chvm": both `inet chvm` and `bridge chvm` */
+        const char *bridge; /* the agent's bridge, "chvm0" */
+        uint32_t subnet; /* host byte order */
+        uint8_t prefixlen;
+        const char *tag_prefix; /* "chvm1:<agent-id>": roles are appended as ":core:<role>" */
+} NftLayout;
+
+typedef enum NftElemKind {
+        NFT_ELEM_PORTFWD, /* inet <table> portfwd4: proto . host port : guest ip . guest port */
+        NFT_ELEM_VM_PORT, /* bridge <table> vm_ports: ifname */
+        NFT_ELEM_VM_ADDR, /* bridge <table> vm_addrs: ifname . mac . ip */
+        _NFT_ELEM_KIND_MAX,
+        _NFT_ELEM_KIND_INVALID = -22,
+} NftElemKind;
+
+const char *nft_elem_kind_to_string(NftElemKind k);
+
+typedef struct NftElem {
+        NftElemKind kind;
+        uint8_t proto; /* PORTFWD: IPPROTO_TCP / IPPROTO_UDP */
+        uint16_t host_port; /* PORTFWD */
+        uint32_t guest_ip; /* PORTFWD, VM_ADDR (host byte order) */
+        uint16_t guest_port; /* PORTFWD */
+        char ifname[16]; /* VM_PORT, VM_ADDR */
+        uint8_t mac[6]; /* VM_ADDR */
+        char tag[NFT_TAG_MAX + 1]; /* the element's comment, "" if it has none */
+} NftElem;
+
+int nft_open(Nft **ret);
+Nft *nft_close(Nft *nft);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Nft *, nft_close);
+
+/* What went wrong in the last failed call: the operation and the kernel's extack text. */
+const char *nft_error_message(const Nft *nft);
+
+NftBatch *nft_batch_new(Nft *nft);
+NftBatch *nft_batch_free(NftBatch *b);
+DEFINE_TRIVIAL_CLEANUP_FUNC(NftBatch *, nft_batch_free);
+size_t nft_batch_n_ops(const NftBatch *b);
+
+/* Adds the creation of both tables (NLM_F_EXCL, so -EEXIST from the kernel means "already set up"), their
+ * sets, chains and static rules, all tagged. */
+int nft_batch_add_layout(NftBatch *b, const NftLayout *l);
+/* Adds or deletes one element (NLM_F_EXCL on add: a host port forwarded twice fails the batch). */
+int nft_batch_elem(NftBatch *b, const NftLayout *l, const NftElem *e, bool add);
+/* Deletes both tables (only for tests and a full teardown of our own layout). */
+int nft_batch_delete_tables(NftBatch *b, const NftLayout *l);
+
+/* Sends the batch and reads every reply. 0 if the kernel committed all of it; otherwise the first error,
+ * described by nft_error_message(), and nothing of the batch was applied. */
+int nft_batch_commit(Nft *nft, NftBatch *b);
+
+/* Elements of our sets, with their comments, from a dump that is retried if the ruleset generation
+ * changed while it ran. -ENOENT if our tables do not exist. */
+int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n);
+/* The comment of `inet <table>`: -ENOENT if there is no such table. */
+int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]);
+int nft_generation(Nft *nft, uint32_t *ret);
+
+/* The raw bytes of the batch built so far (BEGIN ... END), for tests that parse it back. */
+int nft_batch_peek(NftBatch *b, const void **ret_buf, size_t *ret_len);
