@@ -116,7 +116,7 @@ Test(crc32c, hw_matches_sw_random) {
         uint8_t *buf;
 
         if (!crc32c_have_hw())
-                cr_skip_test("no SSE4.2 crc32 instruction here (or not x86_64); the table path is tested above");
+                cr_skip_test("no SSE4.2 crc32 instruction (or not x86_64); the table path is tested above");
 
         buf = malloc(MAX_LEN + 64);
         cr_assert_not_null(buf);

@@ -98,7 +98,7 @@ Test(nft_build, layout_batch_is_tagged) {
         cr_assert_eq(tables, 2);
         cr_assert_eq(sets, 3);
         cr_assert_eq(chains, 5);
-        cr_assert_eq(rules, 8);
+        cr_assert_eq(rules, 10);
         cr_assert_eq(nft_batch_n_ops(b), tables + sets + chains + rules);
         nft_batch_free(b);
         nft_close(nft);
@@ -143,7 +143,7 @@ static void netns_teardown(void) {
         nft = nft_close(nft);
 }
 
-static char *sh(const char *fmt, ...) {
+_printf_(1, 2) static char *sh(const char *fmt, ...) {
         char cmd[2048];
         va_list ap;
         va_start(ap, fmt);
@@ -209,10 +209,14 @@ Test(nft, layout_matches_design, .init = netns_setup, .fini = netns_teardown) {
                 "\tset vm_addrs {\n\t\ttype ifname . ether_addr . ipv4_addr\n\t\tcomment \"" AGENT
                 ":core:vm_addrs\"",
                 "\t\ttype filter hook prerouting priority filter; policy accept;\n"
+                "\t\tiifname @vm_ports ether type != ip ether type != arp drop comment \"" AGENT
+                ":core:antispoof-ethertype\"\n"
                 "\t\tiifname @vm_ports iifname . ether saddr . ip saddr != @vm_addrs drop comment \"" AGENT
-                ":core:antispoof-ip\"",
+                ":core:antispoof-ip\"\n"
                 "\t\tiifname @vm_ports iifname . ether saddr . arp saddr ip != @vm_addrs drop comment \"" AGENT
-                ":core:antispoof-arp\"",
+                ":core:antispoof-arp\"\n"
+                "\t\tiifname @vm_ports iifname . arp saddr ether . arp saddr ip != @vm_addrs drop comment \"" AGENT
+                ":core:antispoof-arp-sender\"",
         };
         for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++)
                 cr_assert(strstr(out, expected[i]), "missing from `nft list ruleset`:\n%s\n---- got:\n%s",

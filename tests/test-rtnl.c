@@ -180,7 +180,7 @@ static void netns_teardown(void) {
 }
 
 /* Runs a shell command in this test's namespace and returns its output (the oracle). */
-static char *sh(const char *fmt, ...) {
+_printf_(1, 2) static char *sh(const char *fmt, ...) {
         char cmd[1024];
         va_list ap;
         va_start(ap, fmt);

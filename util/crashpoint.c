@@ -14,8 +14,8 @@
 
 /* The linker defines these around the section CRASH_POINT() fills, but only if some object put something
  * there; weak, so a program without any crash point still links (and they are then NULL). */
-extern const char *const __start_chvm_crash_points[] __attribute__((weak));
-extern const char *const __stop_chvm_crash_points[] __attribute__((weak));
+extern const char *const __start_chvm_crash_points[] __attribute__((weak, visibility("hidden")));
+extern const char *const __stop_chvm_crash_points[] __attribute__((weak, visibility("hidden")));
 
 static CrashPointHook crash_hook;
 static void *crash_hook_userdata;
@@ -49,6 +49,12 @@ static pthread_once_t crash_list_once = PTHREAD_ONCE_INIT;
 
 static int name_compare(const void *a, const void *b) {
         return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/* Freed when the program exits or, for a backend module, when it is unloaded. */
+__attribute__((destructor)) static void crash_list_free(void) {
+        free(crash_list);
+        crash_list = NULL;
 }
 
 static void crash_list_init(void) {

@@ -503,6 +503,36 @@ static void antispoof(struct nftnl_rule *r, const uint32_t *set_ids, bool arp) {
         e_verdict(r, NF_DROP);
 }
 
+/* iifname @vm_ports ether type != ip ether type != arp drop: nothing but IPv4 and ARP from a VM port, so
+ * no other frame type (IPv6, VLAN-tagged frames, ...) can carry a foreign MAC past the checks below and
+ * teach the bridge another VM's address. */
+static void rule_antispoof_ethertype(struct nftnl_rule *r, const NftLayout *l, const uint32_t *set_ids) {
+        uint16_t ip = htons(ETHERTYPE_IP), arp = htons(ETHERTYPE_ARP);
+        (void) l;
+        e_meta(r, NFT_META_IIFNAME, NFT_REG_1);
+        e_lookup(r, NFT_REG_1, -1, "vm_ports", set_ids[1], false);
+        e_payload(r, NFT_PAYLOAD_LL_HEADER, 12, 2, NFT_REG_1);
+        e_cmp(r, NFT_REG_1, NFT_CMP_NEQ, &ip, 2);
+        e_cmp(r, NFT_REG_1, NFT_CMP_NEQ, &arp, 2);
+        e_verdict(r, NF_DROP);
+}
+
+/* iifname @vm_ports iifname . arp saddr ether . arp saddr ip != @vm_addrs drop: the sender hardware
+ * address inside an ARP packet must be the VM's too. */
+static void rule_antispoof_arp_sha(struct nftnl_rule *r, const NftLayout *l, const uint32_t *set_ids) {
+        uint16_t type = htons(ETHERTYPE_ARP);
+        (void) l;
+        e_meta(r, NFT_META_IIFNAME, NFT_REG_1);
+        e_lookup(r, NFT_REG_1, -1, "vm_ports", set_ids[1], false);
+        e_payload(r, NFT_PAYLOAD_LL_HEADER, 12, 2, NFT_REG_1);
+        e_cmp(r, NFT_REG_1, NFT_CMP_EQ, &type, 2);
+        e_meta(r, NFT_META_IIFNAME, NFT_REG_1);
+        e_payload(r, NFT_PAYLOAD_NETWORK_HEADER, 8, 6, NFT_REG_2);
+        e_payload(r, NFT_PAYLOAD_NETWORK_HEADER, 14, 4, NFT_REG32_06);
+        e_lookup(r, NFT_REG_1, -1, "vm_addrs", set_ids[2], true);
+        e_verdict(r, NF_DROP);
+}
+
 static void rule_antispoof_ip(struct nftnl_rule *r, const NftLayout *l, const uint32_t *set_ids) {
         (void) l;
         antispoof(r, set_ids, false);
@@ -595,8 +625,13 @@ int nft_batch_add_layout(NftBatch *b, const NftLayout *l) {
         if ((r = add_table(b, l, NFPROTO_BRIDGE, "table-bridge")) < 0 ||
             (r = add_set(b, l, &vm_ports, &ids[1])) < 0 || (r = add_set(b, l, &vm_addrs, &ids[2])) < 0 ||
             (r = add_chain(b, l, NFPROTO_BRIDGE, "antispoof", "filter", NF_BR_PRE_ROUTING, -200)) < 0 ||
+            (r = add_rule(b, l, NFPROTO_BRIDGE, "antispoof", "antispoof-ethertype", rule_antispoof_ethertype,
+                          ids)) < 0 ||
             (r = add_rule(b, l, NFPROTO_BRIDGE, "antispoof", "antispoof-ip", rule_antispoof_ip, ids)) < 0 ||
-            (r = add_rule(b, l, NFPROTO_BRIDGE, "antispoof", "antispoof-arp", rule_antispoof_arp, ids)) < 0)
+            (r = add_rule(b, l, NFPROTO_BRIDGE, "antispoof", "antispoof-arp", rule_antispoof_arp, ids)) <
+                    0 ||
+            (r = add_rule(b, l, NFPROTO_BRIDGE, "antispoof", "antispoof-arp-sender", rule_antispoof_arp_sha,
+                          ids)) < 0)
                 return r;
         return 0;
 }

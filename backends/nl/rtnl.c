@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "backends/nl/rtnl.h"
+#include "util/crashpoint.h"
 
 struct Rtnl {
         struct mnl_socket *nl;
@@ -416,13 +417,16 @@ int tap_create(Rtnl *rtnl, const char *name, const char *alias, uid_t owner, uin
         fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
         if (fd < 0)
                 return negative_errno();
-        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL;
+        ifr.ifr_flags = (short) (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL); /* bit 15: the sign */
         memcpy(ifr.ifr_name, name, strlen(name));
         if (ioctl(fd, TUNSETIFF, &ifr) < 0)
                 return negative_errno(); /* EBUSY: a TAP of that name exists; EEXIST: another kind */
         if (owner != (uid_t) -1 && ioctl(fd, TUNSETOWNER, (unsigned long) owner) < 0)
                 return negative_errno();
 
+        r = CRASH_POINT("rtnl-tap-created-untagged");
+        if (r < 0)
+                return r;
         r = rtnl_link_get_by_name(rtnl, name, &l);
         if (r < 0)
                 return r;
@@ -432,6 +436,9 @@ int tap_create(Rtnl *rtnl, const char *name, const char *alias, uid_t owner, uin
         if (r < 0)
                 return r; /* closing fd removes the untagged TAP */
 
+        r = CRASH_POINT("rtnl-tap-tagged-not-persistent");
+        if (r < 0)
+                return r;
         /* Only a tagged TAP may outlive us. */
         if (ioctl(fd, TUNSETPERSIST, 1) < 0)
                 return negative_errno();
@@ -492,7 +499,7 @@ int rtnl_links_delete_owned_bulk(Rtnl *rtnl, const OwnedLink *links, size_t n, s
         _cleanup_free_ LinkInfo *all = NULL;
         _cleanup_free_ bool *doomed = NULL;
         size_t n_all, deleted = 0, stale = 0, moved = 0;
-        uint32_t group;
+        uint32_t group = 0; /* set by pick_empty_group(); gcc -O2 cannot tell */
         int r;
 
         r = rtnl_link_dump(rtnl, &all, &n_all);

@@ -1,0 +1,658 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/dispatcher.h"
+#include "util/crashpoint.h"
+#include "util/macro.h"
+
+struct Dispatcher {
+        Journal *journal;
+        char agent_id[64];
+        Backend **backends;
+        size_t n_backends;
+        uint32_t subnet, gateway;
+        uint8_t prefixlen;
+        char tap_prefix[16];
+        char error[768];
+};
+
+#define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
+
+_printf_(3, 4) static int fail(Dispatcher *d, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(d->error, sizeof(d->error), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+static int journal_failed(Dispatcher *d, int r) {
+        return fail(d, r, "ownership journal: %s", journal_error_message(d->journal));
+}
+
+const char *dispatcher_error(const Dispatcher *d) {
+        return d->error;
+}
+
+int dispatcher_new(const DispatcherConfig *cfg, Dispatcher **ret) {
+        Dispatcher *d = calloc(1, sizeof(Dispatcher));
+        if (!d)
+                return -ENOMEM;
+        d->backends = calloc(cfg->n_backends ? cfg->n_backends : 1, sizeof(Backend *));
+        if (!d->backends) {
+                free(d);
+                return -ENOMEM;
+        }
+        memcpy(d->backends, cfg->backends, cfg->n_backends * sizeof(Backend *));
+        d->n_backends = cfg->n_backends;
+        d->journal = cfg->journal;
+        snprintf(d->agent_id, sizeof(d->agent_id), "%s", cfg->agent_id);
+        d->subnet = cfg->subnet;
+        d->prefixlen = cfg->prefixlen;
+        d->gateway = cfg->gateway;
+        snprintf(d->tap_prefix, sizeof(d->tap_prefix), "%s", cfg->tap_prefix ? cfg->tap_prefix : "tap-");
+        *ret = d;
+        return 0;
+}
+
+Dispatcher *dispatcher_free(Dispatcher *d) {
+        if (!d)
+                return NULL;
+        free(d->backends);
+        free(d);
+        return NULL;
+}
+
+bool vm_name_valid(const char *name) {
+        size_t n = name ? strlen(name) : 0;
+        if (n == 0 || n > 32 || name[0] < 'a' || name[0] > 'z')
+                return false;
+        for (size_t i = 1; i < n; i++)
+                if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+                      name[i] == '-'))
+                        return false;
+        return true;
+}
+
+void dispatcher_tap_name(const char *prefix, uint64_t vm_id, char ret[16]) {
+        /* prefix + as many low hex digits of the id as fit in 15 bytes */
+        size_t p = strnlen(prefix, 11), digits = 15 - p;
+        if (digits > 16)
+                digits = 16;
+        char hex[17];
+        snprintf(hex, sizeof(hex), "%016" PRIx64, vm_id);
+        snprintf(ret, 16, "%.*s%s", (int) p, prefix, hex + 16 - digits);
+}
+
+void dispatcher_mac(uint64_t vm_id, uint8_t ret[6]) {
+        ret[0] = 0x02; /* locally administered, unicast */
+        for (int i = 1; i < 6; i++)
+                ret[i] = (uint8_t) (vm_id >> (8 * (5 - i)));
+}
+
+static Backend *find_backend(Dispatcher *d, const char *name) {
+        for (size_t i = 0; i < d->n_backends; i++)
+                if (name && strcmp(d->backends[i]->vtable->name, name) == 0)
+                        return d->backends[i];
+        return NULL;
+}
+
+/* The backend an object of the live set belongs to: its VM's, or for shared objects the one that makes
+ * them (only `local` has shared objects). */
+static Backend *backend_of(Dispatcher *d, const LiveObject *o) {
+        if (o->vm_id == 0)
+                return find_backend(d, "local");
+        const LiveVm *vm = live_set_get_vm(journal_live_set(d->journal), o->vm_id);
+        return vm ? find_backend(d, vm->backend) : NULL;
+}
+
+static void object_to_resource(const LiveObject *o, Resource *r) {
+        *r = (Resource){
+                .kind = (ResourceKind) o->kind, .vm_id = o->vm_id, .ifindex = o->ifindex, .oid = o->oid
+        };
+        snprintf(r->name, sizeof(r->name), "%s", o->name);
+        snprintf(r->tag, sizeof(r->tag), "%s", o->tag);
+        (void) resource_key_decode(r->kind, o->key, o->key_size, &r->elem);
+}
+
+static int append(Dispatcher *d, JournalRecord *r) {
+        int k = journal_append(d->journal, r);
+        return k < 0 ? journal_failed(d, k) : 0;
+}
+
+static int sync_journal(Dispatcher *d) {
+        int k = journal_sync(d->journal);
+        return k < 0 ? journal_failed(d, k) : 0;
+}
+
+static int append_intent(Dispatcher *d, Resource *r) {
+        uint8_t key[64];
+        size_t ks = resource_key_encode(r, key, sizeof(key));
+        JournalRecord rec = {
+                .type = JOURNAL_INTENT,
+                .fields = F(OID) | F(VM_ID) | F(OBJ_KIND) | F(OBJ_NAME) | F(OBJ_TAG),
+                .oid = journal_new_oid(d->journal),
+                .vm_id = r->vm_id,
+                .obj_kind = (uint32_t) r->kind,
+                .obj_name = r->name,
+                .obj_tag = r->tag,
+                .obj_key = key,
+                .obj_key_size = ks,
+        };
+        if (ks > 0)
+                rec.fields |= F(OBJ_KEY);
+        r->oid = rec.oid;
+        return append(d, &rec);
+}
+
+static int append_oid(Dispatcher *d, JournalRecordType type, uint64_t oid, uint32_t ifindex) {
+        JournalRecord rec = { .type = type, .fields = F(OID), .oid = oid };
+        if (ifindex) {
+                rec.fields |= F(OBJ_IFINDEX);
+                rec.obj_ifindex = ifindex;
+        }
+        return append(d, &rec);
+}
+
+static bool port_valid(const PortForward *p) {
+        return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) && p->host_port > 0 && p->guest_port > 0;
+}
+
+static const char *proto_name(uint8_t proto) {
+        return proto == IPPROTO_TCP ? "tcp" : proto == IPPROTO_UDP ? "udp" : "?";
+}
+
+/* Refuses a request whose host ports are forwarded already (tcp and udp separately). */
+static int check_ports(Dispatcher *d, const VmNetRequest *req) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        const LiveObject *o;
+
+        for (size_t i = 0; i < req->n_ports; i++) {
+                if (!port_valid(&req->ports[i]))
+                        return fail(d, -EINVAL, "VM %s: invalid port forward (ports 1-65535, tcp or udp)",
+                                    req->vm_name);
+                for (size_t j = 0; j < i; j++)
+                        if (req->ports[j].proto == req->ports[i].proto &&
+                            req->ports[j].host_port == req->ports[i].host_port)
+                                return fail(d, -EINVAL, "VM %s: port %u/%s given twice", req->vm_name,
+                                            req->ports[i].host_port, proto_name(req->ports[i].proto));
+        }
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
+                if (o->kind != RESOURCE_NFT_PORTFWD)
+                        continue;
+                ResourceElem e;
+                if (resource_key_decode(RESOURCE_NFT_PORTFWD, o->key, o->key_size, &e) < 0)
+                        continue;
+                for (size_t i = 0; i < req->n_ports; i++)
+                        if (e.proto == req->ports[i].proto && e.host_port == req->ports[i].host_port) {
+                                const LiveVm *vm = live_set_get_vm(ls, o->vm_id);
+                                return fail(d, -EADDRINUSE, "port %u/%s already forwarded to VM %s",
+                                            e.host_port, proto_name(e.proto), vm ? vm->name : "?");
+                        }
+        }
+        return 0;
+}
+
+static bool vm_has_objects(Dispatcher *d, uint64_t vm_id) {
+        const LiveVm *vm = live_set_get_vm(journal_live_set(d->journal), vm_id);
+        return vm && vm->n_objects > 0;
+}
+
+/* The lowest free host address of the subnet: never the network, the gateway or the broadcast address. */
+static int allocate_ip(Dispatcher *d, uint32_t *ret) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        uint32_t size = UINT32_C(1) << (32 - d->prefixlen);
+        for (uint32_t i = 1; i + 1 < size; i++) {
+                uint32_t ip = d->subnet + i;
+                if (ip == d->gateway || live_set_get_ip_owner(ls, ip))
+                        continue;
+                *ret = ip;
+                return 0;
+        }
+        return -EADDRNOTAVAIL;
+}
+
+static int vm_ip(Dispatcher *d, uint64_t vm_id, uint32_t *ret) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        uint32_t ip4;
+        uint64_t owner;
+        for (size_t i = 0; live_set_iterate_ips(ls, &i, &ip4, &owner);)
+                if (owner == vm_id) {
+                        *ret = ip4;
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int live_elems(Dispatcher *d, Backend *b, ResourceSet *ret);
+
+/* Shared objects: created (or found, by tag) on every bring-up; journaled once. */
+static int ensure_core(Dispatcher *d, Backend *b) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        ResourceSet core = {};
+        int r;
+
+        r = b->vtable->plan_core(b, &core);
+        if (r < 0 || core.n == 0) {
+                resource_set_clear(&core);
+                return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
+        }
+
+        _cleanup_free_ bool *fresh = calloc(core.n, sizeof(bool));
+        if (!fresh) {
+                resource_set_clear(&core);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < core.n; i++) {
+                const LiveObject *o;
+                fresh[i] = true;
+                for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                        if (o->vm_id == 0 && (ResourceKind) o->kind == core.items[i].kind &&
+                            strcmp(o->tag, core.items[i].tag) == 0)
+                                fresh[i] = false;
+                if (fresh[i] && (r = append_intent(d, &core.items[i])) < 0)
+                        goto out;
+        }
+        r = sync_journal(d);
+        if (r < 0)
+                goto out;
+
+        r = b->vtable->apply(b, &core);
+        if (r < 0) {
+                fail(d, r, "%s", b->vtable->error_message(b));
+                for (size_t i = 0; i < core.n; i++)
+                        if (fresh[i])
+                                (void) append_oid(d, JOURNAL_ABORTED, core.items[i].oid, 0);
+                (void) sync_journal(d);
+                goto out;
+        }
+        for (size_t i = 0; i < core.n && r >= 0; i++)
+                if (fresh[i])
+                        r = append_oid(d, JOURNAL_CREATED, core.items[i].oid, core.items[i].ifindex);
+        if (r >= 0)
+                r = sync_journal(d);
+
+        /* Tables the journal says exist had to be made again: someone flushed the ruleset. Put every
+         * running VM's elements back. */
+        for (size_t i = 0; i < core.n && r >= 0; i++)
+                if (!fresh[i] && core.items[i].created && core.items[i].kind == RESOURCE_NFT_TABLES &&
+                    b->vtable->rebuild) {
+                        ResourceSet elems = {};
+                        r = live_elems(d, b, &elems);
+                        if (r >= 0) {
+                                r = b->vtable->rebuild(b, elems.items, elems.n);
+                                if (r < 0)
+                                        fail(d, r, "rebuilding the nftables tables: %s",
+                                             b->vtable->error_message(b));
+                        }
+                        resource_set_clear(&elems);
+                }
+out:
+        resource_set_clear(&core);
+        return r;
+}
+
+/* The elements of every live VM of this backend, for a rebuild after someone flushed the ruleset. */
+static int live_elems(Dispatcher *d, Backend *b, ResourceSet *ret) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        const LiveObject *o;
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
+                if (o->state != LIVE_OBJECT_CREATED || !resource_kind_is_elem((ResourceKind) o->kind) ||
+                    backend_of(d, o) != b)
+                        continue;
+                Resource r;
+                object_to_resource(o, &r);
+                int k = resource_set_add(ret, &r);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+static int apply_with_rebuild(Dispatcher *d, Backend *b, ResourceSet *plan) {
+        int r = b->vtable->apply(b, plan);
+        if (r != -ENOENT || !b->vtable->rebuild)
+                return r;
+
+        /* Our table is gone (someone ran `nft flush ruleset`): rebuild it with every running VM's
+         * elements from the journal, then try once more. */
+        ResourceSet elems = {};
+        r = live_elems(d, b, &elems);
+        if (r >= 0)
+                r = b->vtable->rebuild(b, elems.items, elems.n);
+        resource_set_clear(&elems);
+        if (r < 0)
+                return r;
+        return b->vtable->apply(b, plan);
+}
+
+int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        VmNetInfo info = {};
+        ResourceSet plan = {};
+        bool ip_new = false;
+        Backend *b;
+        int r;
+
+        d->error[0] = '\0';
+        if (!req || req->vm_id == 0 || !vm_name_valid(req->vm_name))
+                return fail(d, -EINVAL, "invalid VM name \"%s\" (want ^[a-z][a-z0-9-]{0,31}$)",
+                            req && req->vm_name ? req->vm_name : "");
+        b = find_backend(d, req->backend);
+        if (!b)
+                return fail(d, -ENOENT, "VM %s: unknown backend \"%s\"", req->vm_name,
+                            req->backend ? req->backend : "");
+        r = check_ports(d, req);
+        if (r < 0)
+                return r;
+        if (vm_has_objects(d, req->vm_id))
+                return fail(d, -EBUSY, "the network of VM %s is already up", req->vm_name);
+
+        const LiveVm *vm = live_set_get_vm(ls, req->vm_id);
+        if (!vm || strcmp(vm->name, req->vm_name) != 0 || strcmp(vm->backend, req->backend) != 0) {
+                JournalRecord def = { .type = JOURNAL_VM_DEFINE,
+                                      .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
+                                      .vm_id = req->vm_id,
+                                      .vm_name = req->vm_name,
+                                      .backend = req->backend };
+                r = append(d, &def);
+                if (r < 0)
+                        return r;
+        }
+
+        r = ensure_core(d, b);
+        if (r < 0)
+                return r;
+
+        dispatcher_mac(req->vm_id, info.mac);
+        if (b->vtable->uses_addresses) {
+                if (vm_ip(d, req->vm_id, &info.ip4) < 0) {
+                        r = allocate_ip(d, &info.ip4);
+                        if (r < 0)
+                                return fail(d, r, "VM %s: no free address left in the subnet", req->vm_name);
+                        JournalRecord ip = { .type = JOURNAL_IP_ALLOC,
+                                             .fields = F(VM_ID) | F(IP4),
+                                             .vm_id = req->vm_id,
+                                             .ip4 = info.ip4 };
+                        r = append(d, &ip);
+                        if (r < 0)
+                                return r;
+                        ip_new = true;
+                }
+        }
+
+        dispatcher_tap_name(d->tap_prefix, req->vm_id, info.tap);
+        VmNetSpec spec = { .vm_id = req->vm_id,
+                           .vm_name = req->vm_name,
+                           .tap_name = info.tap,
+                           .ip4 = info.ip4,
+                           .ports = req->ports,
+                           .n_ports = req->n_ports };
+        memcpy(spec.mac, info.mac, 6);
+        r = b->vtable->plan(b, &spec, &plan);
+        if (r < 0) {
+                fail(d, r, "%s", b->vtable->error_message(b));
+                goto undo_ip;
+        }
+
+        for (size_t i = 0; i < plan.n; i++) {
+                r = append_intent(d, &plan.items[i]);
+                if (r < 0)
+                        goto out;
+        }
+        r = sync_journal(d);
+        if (r < 0)
+                goto out;
+        r = CRASH_POINT("dispatcher-up-intents-synced");
+        if (r < 0)
+                goto out;
+
+        r = apply_with_rebuild(d, b, &plan);
+        if (r < 0) {
+                fail(d, r, "VM %s: %s", req->vm_name, b->vtable->error_message(b));
+                for (size_t i = 0; i < plan.n; i++)
+                        (void) append_oid(d, JOURNAL_ABORTED, plan.items[i].oid, 0);
+                goto undo_ip;
+        }
+        r = CRASH_POINT("dispatcher-up-applied");
+        if (r < 0)
+                goto out;
+
+        for (size_t i = 0; i < plan.n; i++) {
+                r = append_oid(d, JOURNAL_CREATED, plan.items[i].oid, plan.items[i].ifindex);
+                if (r < 0)
+                        goto out;
+        }
+        r = sync_journal(d);
+        if (r < 0)
+                goto out;
+        r = CRASH_POINT("dispatcher-up-created-synced");
+        if (r < 0)
+                goto out;
+
+        bool has_tap = false;
+        for (size_t i = 0; i < plan.n; i++)
+                has_tap = has_tap || plan.items[i].kind == RESOURCE_LINK_TAP;
+        if (!has_tap)
+                info.tap[0] = '\0';
+        if (ret)
+                *ret = info;
+        resource_set_clear(&plan);
+        return 0;
+
+undo_ip:
+        if (ip_new) {
+                JournalRecord ipf = { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = info.ip4 };
+                (void) append(d, &ipf);
+        }
+        {
+                int s = sync_journal(d);
+                if (s < 0 && r >= 0)
+                        r = s;
+        }
+out:
+        resource_set_clear(&plan);
+        return r;
+}
+
+/* Releases the given live objects of one backend: RELEASE_INTENT (synced), removal, RELEASED. Objects
+ * that turned out not to be ours any more are released from the journal (we own nothing there) and
+ * counted in *ret_stale. */
+static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *ret_stale) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        size_t stale = 0;
+        int r;
+
+        for (size_t i = 0; i < n; i++) {
+                const LiveObject *o = live_set_get_object(ls, objs[i].oid);
+                if (o && o->state != LIVE_OBJECT_RELEASING &&
+                    (r = append_oid(d, JOURNAL_RELEASE_INTENT, objs[i].oid, 0)) < 0)
+                        return r;
+        }
+        r = sync_journal(d);
+        if (r < 0)
+                return r;
+        r = CRASH_POINT("dispatcher-down-release-intents-synced");
+        if (r < 0)
+                return r;
+
+        if (b && b->vtable->remove_many && n > 1) {
+                r = b->vtable->remove_many(b, objs, n);
+                if (r == -ESTALE)
+                        stale++;
+                else if (r < 0)
+                        return fail(d, r, "%s", b->vtable->error_message(b));
+        } else if (b) {
+                for (size_t i = 0; i < n; i++) {
+                        r = b->vtable->remove(b, &objs[i]);
+                        if (r == -ESTALE)
+                                stale++;
+                        else if (r < 0)
+                                return fail(d, r, "%s", b->vtable->error_message(b));
+                }
+        }
+        r = CRASH_POINT("dispatcher-down-removed");
+        if (r < 0)
+                return r;
+
+        for (size_t i = 0; i < n; i++)
+                if ((r = append_oid(d, JOURNAL_RELEASED, objs[i].oid, 0)) < 0)
+                        return r;
+        if (ret_stale)
+                *ret_stale = stale;
+        return 0;
+}
+
+int vm_net_down(Dispatcher *d, uint64_t vm_id) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        const LiveVm *vm = live_set_get_vm(ls, vm_id);
+        const LiveObject *o;
+        ResourceSet objs = {};
+        size_t stale = 0;
+        uint32_t ip4;
+        int r = 0;
+
+        d->error[0] = '\0';
+        if (!vm)
+                return 0; /* nothing journaled, nothing owned */
+        Backend *b = find_backend(d, vm->backend);
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
+                if (o->vm_id != vm_id)
+                        continue;
+                Resource x;
+                object_to_resource(o, &x);
+                if ((r = resource_set_add(&objs, &x)) < 0)
+                        goto out;
+        }
+        if (objs.n > 0) {
+                if (!b) {
+                        r = fail(d, -ENOENT,
+                                 "VM %s: its backend \"%s\" is not loaded; its objects stay until it is",
+                                 vm->name, vm->backend);
+                        goto out;
+                }
+                r = release(d, b, objs.items, objs.n, &stale);
+                if (r < 0)
+                        goto out;
+        }
+        if (vm_ip(d, vm_id, &ip4) >= 0) {
+                JournalRecord ipf = { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = ip4 };
+                if ((r = append(d, &ipf)) < 0)
+                        goto out;
+        }
+        r = sync_journal(d);
+        if (r >= 0 && stale > 0)
+                r = fail(d, -ESTALE,
+                         "VM %s: %zu object(s) had been replaced by someone else's and were left alone",
+                         vm->name, stale);
+out:
+        resource_set_clear(&objs);
+        return r;
+}
+
+static const Resource *find_scanned(const ResourceSet *scan, const LiveObject *o) {
+        for (size_t i = 0; i < scan->n; i++) {
+                const Resource *s = &scan->items[i];
+                if ((uint32_t) s->kind != o->kind || strcmp(s->tag, o->tag) != 0)
+                        continue;
+                if (resource_kind_is_link(s->kind) && strcmp(s->name, o->name) != 0)
+                        continue;
+                return s;
+        }
+        return NULL;
+}
+
+int dispatcher_recover(Dispatcher *d) {
+        const LiveSet *ls = journal_live_set(d->journal);
+        _cleanup_free_ ResourceSet *scans = calloc(d->n_backends ? d->n_backends : 1, sizeof(ResourceSet));
+        _cleanup_free_ uint64_t *half = NULL;
+        size_t n_half = 0;
+        const LiveObject *o;
+        int r = 0;
+
+        if (!scans)
+                return -ENOMEM;
+        for (size_t i = 0; i < d->n_backends; i++) {
+                r = d->backends[i]->vtable->scan(d->backends[i], &scans[i]);
+                if (r < 0) {
+                        fail(d, r, "%s", d->backends[i]->vtable->error_message(d->backends[i]));
+                        goto out;
+                }
+        }
+
+        /* Pending intents: the tag in the kernel says whether the object came to exist. */
+        size_t n_objects = live_set_n_objects(ls);
+        half = calloc(n_objects ? n_objects : 1, sizeof(uint64_t));
+        if (!half) {
+                r = -ENOMEM;
+                goto out;
+        }
+        _cleanup_free_ uint64_t *pending = calloc(n_objects ? n_objects : 1, sizeof(uint64_t));
+        size_t n_pending = 0;
+        if (!pending) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                if (o->state == LIVE_OBJECT_INTENDED)
+                        pending[n_pending++] = o->oid;
+        for (size_t i = 0; i < n_pending; i++) {
+                o = live_set_get_object(ls, pending[i]);
+                Backend *b = backend_of(d, o);
+                size_t bi = 0;
+                while (bi < d->n_backends && d->backends[bi] != b)
+                        bi++;
+                const Resource *found = bi < d->n_backends ? find_scanned(&scans[bi], o) : NULL;
+                uint64_t vm_id = o->vm_id;
+                r = append_oid(d, found ? JOURNAL_CREATED : JOURNAL_ABORTED, pending[i],
+                               found ? found->ifindex : 0);
+                if (r < 0)
+                        goto out;
+                bool seen = false;
+                for (size_t k = 0; k < n_half; k++)
+                        seen = seen || half[k] == vm_id;
+                if (vm_id != 0 && !seen)
+                        half[n_half++] = vm_id;
+        }
+        r = sync_journal(d);
+        if (r < 0)
+                goto out;
+
+        /* A VM whose bring-up never finished keeps none of it. */
+        for (size_t k = 0; k < n_half; k++) {
+                r = vm_net_down(d, half[k]);
+                if (r < 0 && r != -ESTALE)
+                        goto out;
+        }
+
+        /* Interrupted releases: remove again (idempotent) and finish them. */
+        ResourceSet releasing = {};
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                if (o->state == LIVE_OBJECT_RELEASING) {
+                        Resource x;
+                        object_to_resource(o, &x);
+                        if ((r = resource_set_add(&releasing, &x)) < 0)
+                                break;
+                }
+        for (size_t i = 0; i < releasing.n && r >= 0; i++) {
+                o = live_set_get_object(ls, releasing.items[i].oid);
+                Backend *b = o ? backend_of(d, o) : NULL;
+                if (!b)
+                        continue;
+                r = release(d, b, &releasing.items[i], 1, NULL);
+        }
+        resource_set_clear(&releasing);
+        if (r >= 0)
+                r = sync_journal(d);
+out:
+        for (size_t i = 0; i < d->n_backends; i++)
+                resource_set_clear(&scans[i]);
+        return r;
+}

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The dispatcher: the only code that writes ownership records. It validates a VM's network request, asks
+ * the VM's backend for a plan, journals an INTENT for every object (synced) before the backend creates
+ * anything, journals CREATED after, and on the way down RELEASE_INTENT, removal (tags re-checked), RELEASED.
+ * A request that fails half-way leaves no kernel object and no live record behind. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backends/backend.h"
+#include "state/journal.h"
+
+typedef struct Dispatcher Dispatcher;
+
+typedef struct DispatcherConfig {
+        Journal *journal;
+        const char *agent_id;
+        Backend *const *backends;
+        size_t n_backends;
+        uint32_t subnet; /* guest addresses for backends that use them (host byte order) */
+        uint8_t prefixlen;
+        uint32_t gateway;
+        const char *tap_prefix;
+} DispatcherConfig;
+
+typedef struct VmNetRequest {
+        uint64_t vm_id;
+        const char *vm_name;
+        const char *backend;
+        const PortForward *ports;
+        size_t n_ports;
+} VmNetRequest;
+
+typedef struct VmNetInfo {
+        char tap[16]; /* "" for backends without a TAP */
+        uint32_t ip4; /* 0 if the backend gives no address */
+        uint8_t mac[6];
+} VmNetInfo;
+
+int dispatcher_new(const DispatcherConfig *cfg, Dispatcher **ret);
+Dispatcher *dispatcher_free(Dispatcher *d);
+
+/* The last failure, naming the VM or object and the cause ("port 8080/tcp already forwarded to VM web"). */
+const char *dispatcher_error(const Dispatcher *d);
+
+/* -EINVAL bad request, -ENOENT unknown backend, -EADDRINUSE a host port is taken, -EBUSY the VM's network
+ * is already up, -EADDRNOTAVAIL no free address; or the backend's/kernel's error. */
+int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret);
+/* Idempotent: a VM without objects is fine. */
+int vm_net_down(Dispatcher *d, uint64_t vm_id);
+
+/* After a restart: objects with an INTENT and no CREATED are looked up by their tag (found: recorded as
+ * created, then the VM's whole half-made network is released; absent: ABORTED); objects with a
+ * RELEASE_INTENT are removed again. */
+int dispatcher_recover(Dispatcher *d);
+
+/* The derived names and addresses (exposed for tests). */
+void dispatcher_tap_name(const char *prefix, uint64_t vm_id, char ret[16]);
+void dispatcher_mac(uint64_t vm_id, uint8_t ret[6]);
+bool vm_name_valid(const char *name);

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The backend interface. Each backend is a shared module (local.so, bridge.so, mosnet.so) that exports
+ * exactly one symbol, `chvm_backend`, a const BackendVTable. Backends plan, apply, remove and scan kernel
+ * objects; they never touch the journal: ownership bookkeeping is the dispatcher's alone.
+ *
+ * Every object a backend creates carries the tag chvm1:<agent-id>:<vm-id>:<role> (vm-id is 16 hex digits,
+ * or "core" for shared objects), as IFLA_IFALIAS on links and as a comment on nftables objects. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CHVM_BACKEND_ABI 1U
+#define CHVM_BACKEND_SYMBOL "chvm_backend"
+#define CHVM_TAG_MAX 128
+
+typedef enum ResourceKind {
+        RESOURCE_LINK_TAP = 1,
+        RESOURCE_LINK_BRIDGE,
+        RESOURCE_NFT_TABLES, /* the static layout: both tables with their sets, chains and rules */
+        RESOURCE_NFT_PORTFWD, /* element of portfwd4 */
+        RESOURCE_NFT_VM_PORT, /* element of vm_ports */
+        RESOURCE_NFT_VM_ADDR, /* element of vm_addrs */
+        _RESOURCE_KIND_MAX,
+        _RESOURCE_KIND_INVALID = -22,
+} ResourceKind;
+
+const char *resource_kind_to_string(ResourceKind k);
+ResourceKind resource_kind_from_string(const char *s);
+bool resource_kind_is_link(ResourceKind k);
+bool resource_kind_is_elem(ResourceKind k);
+
+/* An element's fields; kept in the journal as the object key (resource_key_encode()). */
+typedef struct ResourceElem {
+        uint8_t proto;
+        uint16_t host_port;
+        uint32_t guest_ip; /* host byte order */
+        uint16_t guest_port;
+        char ifname[16];
+        uint8_t mac[6];
+} ResourceElem;
+
+typedef struct Resource {
+        ResourceKind kind;
+        uint64_t vm_id; /* 0: core */
+        char name[64]; /* link name; table name for RESOURCE_NFT_TABLES; set name for elements */
+        char tag[CHVM_TAG_MAX + 1];
+        uint32_t ifindex; /* links, once created */
+        ResourceElem elem; /* elements */
+        uint64_t oid; /* the dispatcher's journal object id (0 for scan results) */
+        bool created; /* set by apply(): made now, rather than found already there (core objects) */
+} Resource;
+
+typedef struct ResourceSet {
+        Resource *items;
+        size_t n, allocated;
+} ResourceSet;
+
+int resource_set_add(ResourceSet *s, const Resource *r);
+void resource_set_clear(ResourceSet *s);
+
+/* Encodes an element's fields as the journal's object key, and back. */
+size_t resource_key_encode(const Resource *r, uint8_t *buf, size_t size);
+int resource_key_decode(ResourceKind kind, const void *key, size_t size, ResourceElem *ret);
+
+/* "chvm1:<agent>:<vm 16 hex | core>:<role>" */
+int resource_tag(const char *agent_id, uint64_t vm_id, const char *role, char ret[CHVM_TAG_MAX + 1]);
+/* Splits a tag; -EINVAL if it is not of our form. ret_vm_id is 0 for "core". */
+int resource_tag_parse(const char *tag, char ret_agent[64], uint64_t *ret_vm_id, char ret_role[32]);
+
+typedef struct BackendConfig {
+        const char *agent_id; /* UUID string */
+        const char *table; /* nft table name (local) */
+        const char *bridge; /* bridge name: created (local) or existing (bridge) */
+        uint32_t subnet; /* local: host byte order */
+        uint8_t prefixlen;
+        uint32_t gateway; /* local: the bridge's address */
+        const char *tap_prefix;
+} BackendConfig;
+
+typedef struct PortForward {
+        uint8_t proto; /* IPPROTO_TCP / IPPROTO_UDP */
+        uint16_t host_port;
+        uint16_t guest_port;
+} PortForward;
+
+typedef struct VmNetSpec {
+        uint64_t vm_id;
+        const char *vm_name;
+        const char *tap_name;
+        uint8_t mac[6];
+        uint32_t ip4; /* 0 when the backend has no addresses */
+        const PortForward *ports;
+        size_t n_ports;
+} VmNetSpec;
+
+typedef struct Backend Backend;
+
+typedef struct BackendVTable {
+        uint32_t abi;
+        const char *name;
+        size_t object_size; /* of the backend's object, which embeds Backend first */
+        bool uses_addresses; /* the dispatcher allocates guest IPs for it */
+        int (*init)(Backend *b, const BackendConfig *cfg);
+        void (*done)(Backend *b);
+        /* Shared objects every VM of this backend needs (bridge, tables); may be empty. */
+        int (*plan_core)(Backend *b, ResourceSet *ret);
+        int (*plan)(Backend *b, const VmNetSpec *spec, ResourceSet *ret);
+        /* Creates everything in the plan, filling in ifindex; all or nothing: on failure what was created
+         * is removed again. -EEXIST for a core object that already exists with our tag is success. */
+        int (*apply)(Backend *b, ResourceSet *plan);
+        /* Removes one object after re-reading its tag: 0 when removed or already gone, -ESTALE when the
+         * kernel object at that identity is no longer ours. */
+        int (*remove)(Backend *b, const Resource *r);
+        /* Removes many objects, as one operation where the kernel allows it. NULL: one by one. */
+        int (*remove_many)(Backend *b, const Resource *r, size_t n);
+        /* Rebuilds the shared objects and re-adds the given elements, as after someone flushed the
+         * ruleset. NULL if the backend has nothing of the kind. */
+        int (*rebuild)(Backend *b, const Resource *elems, size_t n);
+        /* Objects of its kinds it can see in the kernel: tagged ones with their tags, and untagged ones
+         * that look like its own (name prefix, our tables' untagged elements). */
+        int (*scan)(Backend *b, ResourceSet *ret);
+        /* What went wrong in the last failed call, naming the object and the kernel's reason. */
+        const char *(*error_message)(Backend *b);
+        /* The named crash points compiled into this module (CHVM_CRASH_AT), for tests that visit them all.
+         */
+        const char *const *(*crash_points)(size_t *ret_n);
+} BackendVTable;
+
+/* The base every backend object embeds first. The loader fills it in before init(). */
+struct Backend {
+        const BackendVTable *vtable;
+        char agent_id[64];
+        void *module; /* dlopen() handle, the loader's */
+};

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/common.h"
+
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, size_t err_size) {
+        uint32_t ifindex;
+        int k;
+
+        k = tap_create(rtnl, r->name, r->tag, (uid_t) -1, &ifindex);
+        if (k < 0) {
+                snprintf(err, err_size, "cannot create TAP %s: %s%s%s", r->name, strerror(-k),
+                         rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
+                return k;
+        }
+        LinkChange c = LINK_CHANGE_KEEP;
+        c.master = bridge_ifindex;
+        c.up = 1;
+        k = rtnl_link_change(rtnl, ifindex, &c);
+        if (k < 0) {
+                snprintf(err, err_size, "cannot attach TAP %s to its bridge: %s%s%s", r->name, strerror(-k),
+                         rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
+                OwnedLink o = { .ifindex = ifindex, .name = r->name, .tag = r->tag };
+                (void) rtnl_link_delete_owned(rtnl, &o);
+                return k;
+        }
+        r->ifindex = ifindex;
+        return 0;
+}
+
+int backend_scan_links(Rtnl *rtnl, const char *tap_prefix, ResourceSet *ret) {
+        _cleanup_free_ LinkInfo *links = NULL;
+        size_t n;
+        int k;
+
+        k = rtnl_link_dump(rtnl, &links, &n);
+        if (k < 0)
+                return k;
+        for (size_t i = 0; i < n; i++) {
+                const LinkInfo *l = &links[i];
+                bool tagged = strncmp(l->alias, "chvm1:", 6) == 0;
+                bool tap = strcmp(l->kind, "tun") == 0;
+                bool bridge = strcmp(l->kind, "bridge") == 0;
+                if (!(tap || bridge))
+                        continue;
+                if (!tagged && !(tap && tap_prefix && tap_prefix[0] &&
+                                 strncmp(l->name, tap_prefix, strlen(tap_prefix)) == 0))
+                        continue;
+                Resource r = {
+                        .kind = tap ? RESOURCE_LINK_TAP : RESOURCE_LINK_BRIDGE,
+                        .ifindex = l->ifindex,
+                };
+                snprintf(r.name, sizeof(r.name), "%s", l->name);
+                snprintf(r.tag, sizeof(r.tag), "%s", tagged ? l->alias : "");
+                uint64_t vm = 0;
+                if (tagged && resource_tag_parse(l->alias, NULL, &vm, NULL) >= 0)
+                        r.vm_id = vm;
+                k = resource_set_add(ret, &r);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+int backend_remove_link(Rtnl *rtnl, const Resource *r) {
+        uint32_t ifindex = r->ifindex;
+        LinkInfo l;
+        int k;
+
+        if (ifindex == 0) {
+                k = rtnl_link_get_by_name(rtnl, r->name, &l);
+                if (k == -ENODEV)
+                        return 0;
+                if (k < 0)
+                        return k;
+                ifindex = l.ifindex;
+        }
+        OwnedLink o = { .ifindex = ifindex, .name = r->name, .tag = r->tag };
+        return rtnl_link_delete_owned(rtnl, &o);
+}
+
+int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_stale) {
+        _cleanup_free_ OwnedLink *o = calloc(n ? n : 1, sizeof(OwnedLink));
+        size_t m = 0, deleted;
+        LinkInfo l;
+        int k;
+
+        if (!o)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                uint32_t ifindex = r[i].ifindex;
+                if (ifindex == 0) {
+                        k = rtnl_link_get_by_name(rtnl, r[i].name, &l);
+                        if (k == -ENODEV)
+                                continue;
+                        if (k < 0)
+                                return k;
+                        ifindex = l.ifindex;
+                }
+                o[m++] = (OwnedLink){ .ifindex = ifindex, .name = r[i].name, .tag = r[i].tag };
+        }
+        return rtnl_links_delete_owned_bulk(rtnl, o, m, &deleted, ret_stale);
+}

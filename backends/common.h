@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Link handling shared by the backends that make TAPs (local, bridge). Compiled into each module. */
+
+#include "backends/backend.h"
+#include "backends/nl/rtnl.h"
+
+/* Creates the tagged TAP r->name, enslaves it to `bridge` and sets it up; fills r->ifindex. On failure
+ * the TAP is removed again and err says why. */
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, size_t err_size);
+
+/* Appends the links the agent could own: TAPs and bridges whose alias is a chvm1 tag (any agent), and
+ * untagged TAPs whose name starts with tap_prefix (tag ""). */
+int backend_scan_links(Rtnl *rtnl, const char *tap_prefix, ResourceSet *ret);
+
+/* Removes one link after re-reading its identity; a link given without ifindex is looked up by name. */
+int backend_remove_link(Rtnl *rtnl, const Resource *r);
+
+/* Removes many links with one grouped RTM_DELLINK (links whose identity changed are left alone). */
+int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_stale);

@@ -1,0 +1,537 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* The `local` backend: the agent's own bridge (chvm0 with the gateway address), one TAP per VM on it, and
+ * the nftables tables `inet <table>` (masquerade, port forwards through the portfwd4 map, inbound only
+ * through forwards) and `bridge <table>` (anti-spoofing), with per-VM state as tagged elements. */
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backends/backend.h"
+#include "backends/common.h"
+#include "backends/nl/nft.h"
+#include "backends/nl/rtnl.h"
+#include "util/crashpoint.h"
+
+typedef struct LocalBackend {
+        Backend base;
+        char table[32], bridge[IFNAMSIZ], tap_prefix[IFNAMSIZ];
+        char tag_prefix[80];
+        uint32_t subnet, gateway;
+        uint8_t prefixlen;
+        uint8_t bridge_mac[6];
+        NftLayout layout;
+        Rtnl *rtnl;
+        Nft *nft;
+        char error[640];
+} LocalBackend;
+
+extern const BackendVTable chvm_backend;
+
+static LocalBackend *LOCAL(Backend *b) {
+        assert(b && b->vtable == &chvm_backend);
+        return (LocalBackend *) b;
+}
+
+_printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(l->error, sizeof(l->error), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+static int local_init(Backend *b, const BackendConfig *cfg) {
+        LocalBackend *l = LOCAL(b);
+        int r;
+
+        if (!cfg->table || !cfg->bridge || !ifname_valid(cfg->bridge) || cfg->prefixlen == 0 ||
+            cfg->prefixlen > 30 || !cfg->tap_prefix)
+                return fail(l, -EINVAL, "local backend: incomplete or invalid configuration");
+        snprintf(l->table, sizeof(l->table), "%s", cfg->table);
+        snprintf(l->bridge, sizeof(l->bridge), "%s", cfg->bridge);
+        snprintf(l->tap_prefix, sizeof(l->tap_prefix), "%s", cfg->tap_prefix);
+        snprintf(l->tag_prefix, sizeof(l->tag_prefix), "chvm1:%s", cfg->agent_id);
+        l->subnet = cfg->subnet;
+        l->prefixlen = cfg->prefixlen;
+        /* 02:<5 bytes of an FNV-1a hash of the agent id>: stable per agent, locally administered. */
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+        for (const char *p = cfg->agent_id; p && *p; p++)
+                h = (h ^ (uint8_t) *p) * UINT64_C(0x100000001b3);
+        l->bridge_mac[0] = 0x02;
+        for (int i = 1; i < 6; i++)
+                l->bridge_mac[i] = (uint8_t) (h >> (8 * i));
+        l->gateway = cfg->gateway;
+        l->layout = (NftLayout){
+                .table = l->table,
+                .bridge = l->bridge,
+                .subnet = l->subnet,
+                .prefixlen = l->prefixlen,
+                .tag_prefix = l->tag_prefix,
+        };
+        r = rtnl_open(&l->rtnl);
+        if (r < 0)
+                return fail(l, r, "cannot open rtnetlink: %s", strerror(-r));
+        r = nft_open(&l->nft);
+        if (r < 0)
+                return fail(l, r, "cannot open nfnetlink: %s", strerror(-r));
+        return 0;
+}
+
+static void local_done(Backend *b) {
+        LocalBackend *l = LOCAL(b);
+        l->rtnl = rtnl_close(l->rtnl);
+        l->nft = nft_close(l->nft);
+}
+
+static int tag(LocalBackend *l, uint64_t vm_id, const char *role, Resource *r) {
+        return resource_tag(l->base.agent_id, vm_id, role, r->tag);
+}
+
+static int local_plan_core(Backend *b, ResourceSet *ret) {
+        LocalBackend *l = LOCAL(b);
+        Resource br = { .kind = RESOURCE_LINK_BRIDGE }, tables = { .kind = RESOURCE_NFT_TABLES };
+        int r;
+
+        snprintf(br.name, sizeof(br.name), "%s", l->bridge);
+        snprintf(tables.name, sizeof(tables.name), "%s", l->table);
+        if ((r = tag(l, 0, "bridge", &br)) < 0 || (r = tag(l, 0, "table", &tables)) < 0)
+                return r;
+        if ((r = resource_set_add(ret, &br)) < 0 || (r = resource_set_add(ret, &tables)) < 0)
+                return r;
+        return 0;
+}
+
+static int local_plan(Backend *b, const VmNetSpec *spec, ResourceSet *ret) {
+        LocalBackend *l = LOCAL(b);
+        Resource tap = { .kind = RESOURCE_LINK_TAP, .vm_id = spec->vm_id };
+        Resource port = { .kind = RESOURCE_NFT_VM_PORT, .vm_id = spec->vm_id };
+        Resource addr = { .kind = RESOURCE_NFT_VM_ADDR, .vm_id = spec->vm_id };
+        int r;
+
+        if (!ifname_valid(spec->tap_name) || spec->ip4 == 0)
+                return fail(l, -EINVAL, "VM %s: invalid TAP name or no address", spec->vm_name);
+        snprintf(tap.name, sizeof(tap.name), "%s", spec->tap_name);
+        snprintf(port.name, sizeof(port.name), "vm_ports");
+        snprintf(addr.name, sizeof(addr.name), "vm_addrs");
+        snprintf(port.elem.ifname, sizeof(port.elem.ifname), "%s", spec->tap_name);
+        addr.elem = port.elem;
+        memcpy(addr.elem.mac, spec->mac, 6);
+        addr.elem.guest_ip = spec->ip4;
+        if ((r = tag(l, spec->vm_id, "tap", &tap)) < 0 || (r = tag(l, spec->vm_id, "port", &port)) < 0 ||
+            (r = tag(l, spec->vm_id, "addr", &addr)) < 0)
+                return r;
+        if ((r = resource_set_add(ret, &tap)) < 0 || (r = resource_set_add(ret, &port)) < 0 ||
+            (r = resource_set_add(ret, &addr)) < 0)
+                return r;
+
+        for (size_t i = 0; i < spec->n_ports; i++) {
+                const PortForward *p = &spec->ports[i];
+                Resource f = { .kind = RESOURCE_NFT_PORTFWD, .vm_id = spec->vm_id };
+                char role[32];
+                if ((p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) || p->host_port == 0 ||
+                    p->guest_port == 0)
+                        return fail(l, -EINVAL, "VM %s: invalid port forward", spec->vm_name);
+                snprintf(f.name, sizeof(f.name), "portfwd4");
+                f.elem = (ResourceElem){ .proto = p->proto,
+                                         .host_port = p->host_port,
+                                         .guest_ip = spec->ip4,
+                                         .guest_port = p->guest_port };
+                snprintf(role, sizeof(role), "fwd-%s-%u", p->proto == IPPROTO_TCP ? "tcp" : "udp",
+                         p->host_port);
+                if ((r = tag(l, spec->vm_id, role, &f)) < 0 || (r = resource_set_add(ret, &f)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static NftElem to_nft_elem(const Resource *r) {
+        NftElem e = {
+                .kind = r->kind == RESOURCE_NFT_PORTFWD   ? NFT_ELEM_PORTFWD
+                        : r->kind == RESOURCE_NFT_VM_PORT ? NFT_ELEM_VM_PORT
+                                                          : NFT_ELEM_VM_ADDR,
+                .proto = r->elem.proto,
+                .host_port = r->elem.host_port,
+                .guest_ip = r->elem.guest_ip,
+                .guest_port = r->elem.guest_port,
+        };
+        memcpy(e.ifname, r->elem.ifname, sizeof(e.ifname));
+        memcpy(e.mac, r->elem.mac, 6);
+        snprintf(e.tag, sizeof(e.tag), "%s", r->tag);
+        return e;
+}
+
+/* The routing the layout relies on; turned on, never off (other tools may rely on it too). */
+static int enable_ip_forward(LocalBackend *l) {
+        int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+                return fail(l, negative_errno(), "cannot open /proc/sys/net/ipv4/ip_forward: %m");
+        ssize_t n = write(fd, "1\n", 2);
+        int r = n == 2 ? 0 : negative_errno();
+        close(fd);
+        return r < 0 ? fail(l, r, "cannot enable net.ipv4.ip_forward: %s", strerror(-r)) : 0;
+}
+
+static int ensure_bridge(LocalBackend *l, Resource *br) {
+        LinkInfo info;
+        uint32_t ifindex;
+        int r;
+
+        r = rtnl_bridge_create(l->rtnl, br->name, br->tag, &ifindex);
+        br->created = r >= 0;
+        if (r >= 0) {
+                /* A fixed MAC, so the gateway's address does not follow whichever TAP joins or leaves. */
+                LinkChange m = LINK_CHANGE_KEEP;
+                m.mac = l->bridge_mac;
+                r = rtnl_link_change(l->rtnl, ifindex, &m);
+                if (r < 0)
+                        return fail(l, r, "cannot set the MAC address of bridge %s: %s", br->name,
+                                    strerror(-r));
+        } else if (r == -EEXIST) {
+                r = rtnl_link_get_by_name(l->rtnl, br->name, &info);
+                if (r < 0)
+                        return fail(l, r, "bridge %s: %s", br->name, strerror(-r));
+                if (strcmp(info.alias, br->tag) != 0 || strcmp(info.kind, "bridge") != 0)
+                        return fail(l, -EEXIST,
+                                    "a link named %s exists and is not this agent's bridge (alias \"%s\")",
+                                    br->name, info.alias);
+                ifindex = info.ifindex;
+        } else if (r < 0)
+                return fail(l, r, "cannot create bridge %s: %s%s%s", br->name, strerror(-r),
+                            rtnl_error_message(l->rtnl)[0] ? ": " : "", rtnl_error_message(l->rtnl));
+        r = rtnl_addr_add4(l->rtnl, ifindex, l->gateway, l->prefixlen);
+        if (r < 0 && r != -EEXIST)
+                return fail(l, r, "cannot add the gateway address to %s: %s", br->name, strerror(-r));
+        LinkChange c = LINK_CHANGE_KEEP;
+        c.up = 1;
+        r = rtnl_link_change(l->rtnl, ifindex, &c);
+        if (r < 0)
+                return fail(l, r, "cannot set bridge %s up: %s", br->name, strerror(-r));
+        br->ifindex = ifindex;
+        return enable_ip_forward(l);
+}
+
+static int bridge_ifindex(LocalBackend *l, uint32_t *ret) {
+        LinkInfo info;
+        int r = rtnl_link_get_by_name(l->rtnl, l->bridge, &info);
+        if (r < 0)
+                return fail(l, r, "bridge %s is missing: %s", l->bridge, strerror(-r));
+        *ret = info.ifindex;
+        return 0;
+}
+
+/* One batch: the layout if planned, and every element. -EEXIST on the layout with our table tag means it
+ * is already there: then the elements go alone. */
+static int commit_nft(LocalBackend *l, ResourceSet *plan, bool with_layout) {
+        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(l->nft);
+        int r;
+
+        if (!b)
+                return -ENOMEM;
+        if (with_layout) {
+                r = nft_batch_add_layout(b, &l->layout);
+                if (r < 0)
+                        return fail(l, r, "cannot build the nftables layout: %s", strerror(-r));
+        }
+        for (size_t i = 0; i < plan->n; i++) {
+                if (!resource_kind_is_elem(plan->items[i].kind))
+                        continue;
+                NftElem e = to_nft_elem(&plan->items[i]);
+                r = nft_batch_elem(b, &l->layout, &e, true);
+                if (r < 0)
+                        return fail(l, r, "invalid element %s", plan->items[i].tag);
+        }
+        r = nft_batch_commit(l->nft, b);
+        if (r >= 0 && with_layout)
+                for (size_t i = 0; i < plan->n; i++)
+                        if (plan->items[i].kind == RESOURCE_NFT_TABLES)
+                                plan->items[i].created = true;
+        if (r == -EEXIST && with_layout) {
+                char t[NFT_TAG_MAX + 1];
+                Resource *tables = NULL;
+                for (size_t i = 0; i < plan->n; i++)
+                        if (plan->items[i].kind == RESOURCE_NFT_TABLES)
+                                tables = &plan->items[i];
+                if (tables && nft_table_tag(l->nft, &l->layout, t) >= 0 && strcmp(t, tables->tag) == 0)
+                        return commit_nft(l, plan, false);
+        }
+        if (r < 0)
+                return fail(l, r, "%s", nft_error_message(l->nft));
+        return 0;
+}
+
+static int local_remove(Backend *b, const Resource *r);
+
+static int local_apply(Backend *b, ResourceSet *plan) {
+        LocalBackend *l = LOCAL(b);
+        bool with_layout = false;
+        uint32_t br = 0;
+        size_t made = 0;
+        int r = 0;
+
+        for (size_t i = 0; i < plan->n; i++) {
+                Resource *x = &plan->items[i];
+                if (x->kind == RESOURCE_LINK_BRIDGE) {
+                        r = ensure_bridge(l, x);
+                        if (r < 0)
+                                goto undo;
+                } else if (x->kind == RESOURCE_NFT_TABLES)
+                        with_layout = true;
+        }
+        for (size_t i = 0; i < plan->n; i++) {
+                Resource *x = &plan->items[i];
+                if (x->kind != RESOURCE_LINK_TAP)
+                        continue;
+                if (br == 0 && (r = bridge_ifindex(l, &br)) < 0)
+                        goto undo;
+                r = backend_tap_up(l->rtnl, x, br, l->error, sizeof(l->error));
+                if (r < 0)
+                        goto undo;
+                made = i + 1;
+        }
+        r = CRASH_POINT("local-apply-links-made");
+        if (r < 0)
+                return r;
+        r = commit_nft(l, plan, with_layout);
+        if (r < 0)
+                goto undo;
+        return CRASH_POINT("local-apply-nft-committed");
+
+undo:
+        /* All or nothing: the batch changed nothing; take the TAPs of this plan away again. */
+        for (size_t i = 0; i < made; i++)
+                if (plan->items[i].kind == RESOURCE_LINK_TAP && plan->items[i].ifindex)
+                        (void) backend_remove_link(l->rtnl, &plan->items[i]);
+        return r;
+}
+
+static bool elem_matches(const NftElem *e, const Resource *r) {
+        switch (r->kind) {
+        case RESOURCE_NFT_PORTFWD:
+                return e->kind == NFT_ELEM_PORTFWD && e->proto == r->elem.proto &&
+                       e->host_port == r->elem.host_port;
+        case RESOURCE_NFT_VM_PORT:
+                return e->kind == NFT_ELEM_VM_PORT && strncmp(e->ifname, r->elem.ifname, 16) == 0;
+        case RESOURCE_NFT_VM_ADDR:
+                return e->kind == NFT_ELEM_VM_ADDR && strncmp(e->ifname, r->elem.ifname, 16) == 0 &&
+                       memcmp(e->mac, r->elem.mac, 6) == 0 && e->guest_ip == r->elem.guest_ip;
+        default:
+                return false;
+        }
+}
+
+/* Deletes the given elements in one batch, each only if the kernel's element still carries its tag. */
+static int remove_elems(LocalBackend *l, const Resource *r, size_t n, size_t *ret_stale) {
+        _cleanup_free_ NftElem *elems = NULL;
+        _cleanup_(nft_batch_freep) NftBatch *b = NULL;
+        size_t n_elems, stale = 0;
+        int k;
+
+        k = nft_dump_elems(l->nft, &l->layout, &elems, &n_elems);
+        if (k == -ENOENT) /* no tables: nothing of ours left */
+                return 0;
+        if (k < 0)
+                return fail(l, k, "cannot list the elements of table %s: %s", l->table, strerror(-k));
+        b = nft_batch_new(l->nft);
+        if (!b)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j < n_elems; j++) {
+                        if (!elem_matches(&elems[j], &r[i]))
+                                continue;
+                        if (strcmp(elems[j].tag, r[i].tag) != 0) {
+                                stale++;
+                                break;
+                        }
+                        k = nft_batch_elem(b, &l->layout, &elems[j], false);
+                        if (k < 0)
+                                return k;
+                        break;
+                }
+        }
+        if (ret_stale)
+                *ret_stale = stale;
+        if (nft_batch_n_ops(b) == 0)
+                return 0;
+        k = nft_batch_commit(l->nft, b);
+        if (k < 0)
+                return fail(l, k, "%s", nft_error_message(l->nft));
+        return 0;
+}
+
+static int remove_tables(LocalBackend *l, const Resource *r) {
+        char t[NFT_TAG_MAX + 1];
+        _cleanup_(nft_batch_freep) NftBatch *b = NULL;
+        int k;
+
+        k = nft_table_tag(l->nft, &l->layout, t);
+        if (k == -ENOENT)
+                return 0;
+        if (k < 0)
+                return k;
+        if (strcmp(t, r->tag) != 0)
+                return fail(l, -ESTALE, "table inet %s is tagged \"%s\", not \"%s\": left alone", l->table,
+                            t, r->tag);
+        b = nft_batch_new(l->nft);
+        if (!b)
+                return -ENOMEM;
+        k = nft_batch_delete_tables(b, &l->layout);
+        if (k >= 0)
+                k = nft_batch_commit(l->nft, b);
+        if (k == -ENOENT)
+                return 0;
+        return k < 0 ? fail(l, k, "%s", nft_error_message(l->nft)) : 0;
+}
+
+static int local_remove(Backend *b, const Resource *r) {
+        LocalBackend *l = LOCAL(b);
+        size_t stale = 0;
+        int k;
+
+        if (resource_kind_is_link(r->kind)) {
+                k = backend_remove_link(l->rtnl, r);
+                if (k == -ESTALE)
+                        return fail(l, k, "link %s is no longer the one tagged %s: left alone", r->name,
+                                    r->tag);
+                return k < 0 ? fail(l, k, "cannot remove link %s: %s", r->name, strerror(-k)) : 0;
+        }
+        if (r->kind == RESOURCE_NFT_TABLES)
+                return remove_tables(l, r);
+        k = remove_elems(l, r, 1, &stale);
+        if (k < 0)
+                return k;
+        return stale ? fail(l, -ESTALE, "element %s now carries another tag: left alone", r->tag) : 0;
+}
+
+static int local_remove_many(Backend *b, const Resource *r, size_t n) {
+        LocalBackend *l = LOCAL(b);
+        _cleanup_free_ Resource *links = calloc(n ? n : 1, sizeof(Resource));
+        _cleanup_free_ Resource *elems = calloc(n ? n : 1, sizeof(Resource));
+        size_t n_links = 0, n_elems = 0, stale = 0, s2 = 0;
+        int k;
+
+        if (!links || !elems)
+                return -ENOMEM;
+        /* Elements first (they name the TAPs), then links in one group, tables last. */
+        for (size_t i = 0; i < n; i++) {
+                if (resource_kind_is_elem(r[i].kind))
+                        elems[n_elems++] = r[i];
+                else if (resource_kind_is_link(r[i].kind) && r[i].kind == RESOURCE_LINK_TAP)
+                        links[n_links++] = r[i];
+        }
+        k = remove_elems(l, elems, n_elems, &stale);
+        if (k < 0)
+                return k;
+        k = backend_remove_links(l->rtnl, links, n_links, &s2);
+        if (k < 0)
+                return fail(l, k, "cannot remove %zu TAPs: %s", n_links, strerror(-k));
+        for (size_t i = 0; i < n; i++)
+                if (r[i].kind == RESOURCE_LINK_BRIDGE || r[i].kind == RESOURCE_NFT_TABLES) {
+                        k = local_remove(b, &r[i]);
+                        if (k < 0)
+                                return k;
+                }
+        if (stale + s2 > 0)
+                return fail(l, -ESTALE, "%zu object(s) now carry another identity: left alone", stale + s2);
+        return 0;
+}
+
+static int local_rebuild(Backend *b, const Resource *elems, size_t n) {
+        LocalBackend *l = LOCAL(b);
+        ResourceSet plan = {};
+        int k = 0;
+
+        for (size_t i = 0; i < n && k >= 0; i++)
+                if (resource_kind_is_elem(elems[i].kind))
+                        k = resource_set_add(&plan, &elems[i]);
+        Resource tables = { .kind = RESOURCE_NFT_TABLES };
+        snprintf(tables.name, sizeof(tables.name), "%s", l->table);
+        if (k >= 0)
+                k = tag(l, 0, "table", &tables);
+        if (k >= 0)
+                k = resource_set_add(&plan, &tables);
+        if (k >= 0)
+                k = commit_nft(l, &plan, true);
+        resource_set_clear(&plan);
+        return k;
+}
+
+static int local_scan(Backend *b, ResourceSet *ret) {
+        LocalBackend *l = LOCAL(b);
+        _cleanup_free_ NftElem *elems = NULL;
+        char t[NFT_TAG_MAX + 1];
+        size_t n;
+        int k;
+
+        k = backend_scan_links(l->rtnl, l->tap_prefix, ret);
+        if (k < 0)
+                return fail(l, k, "cannot list links: %s", strerror(-k));
+        k = nft_table_tag(l->nft, &l->layout, t);
+        if (k == -ENOENT)
+                return 0;
+        if (k < 0)
+                return fail(l, k, "cannot read table inet %s: %s", l->table, strerror(-k));
+        Resource tables = { .kind = RESOURCE_NFT_TABLES };
+        snprintf(tables.name, sizeof(tables.name), "%s", l->table);
+        snprintf(tables.tag, sizeof(tables.tag), "%s", t);
+        k = resource_set_add(ret, &tables);
+        if (k < 0)
+                return k;
+
+        k = nft_dump_elems(l->nft, &l->layout, &elems, &n);
+        if (k == -ENOENT)
+                return 0;
+        if (k < 0)
+                return fail(l, k, "cannot list the elements of table %s: %s", l->table, strerror(-k));
+        for (size_t i = 0; i < n; i++) {
+                Resource r = {
+                        .kind = elems[i].kind == NFT_ELEM_PORTFWD   ? RESOURCE_NFT_PORTFWD
+                                : elems[i].kind == NFT_ELEM_VM_PORT ? RESOURCE_NFT_VM_PORT
+                                                                    : RESOURCE_NFT_VM_ADDR,
+                        .elem = { .proto = elems[i].proto,
+                                  .host_port = elems[i].host_port,
+                                  .guest_ip = elems[i].guest_ip,
+                                  .guest_port = elems[i].guest_port },
+                };
+                memcpy(r.elem.ifname, elems[i].ifname, sizeof(r.elem.ifname));
+                memcpy(r.elem.mac, elems[i].mac, 6);
+                snprintf(r.name, sizeof(r.name), "%s", nft_elem_kind_to_string(elems[i].kind));
+                snprintf(r.tag, sizeof(r.tag), "%s", elems[i].tag);
+                uint64_t vm = 0;
+                if (r.tag[0] && resource_tag_parse(r.tag, NULL, &vm, NULL) >= 0)
+                        r.vm_id = vm;
+                k = resource_set_add(ret, &r);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+static const char *local_error_message(Backend *b) {
+        return LOCAL(b)->error;
+}
+
+__attribute__((visibility("default"))) const BackendVTable chvm_backend = {
+        .abi = CHVM_BACKEND_ABI,
+        .name = "local",
+        .object_size = sizeof(LocalBackend),
+        .uses_addresses = true,
+        .init = local_init,
+        .done = local_done,
+        .plan_core = local_plan_core,
+        .plan = local_plan,
+        .apply = local_apply,
+        .remove = local_remove,
+        .remove_many = local_remove_many,
+        .rebuild = local_rebuild,
+        .scan = local_scan,
+        .error_message = local_error_message,
+        .crash_points = crash_point_list,
+};

@@ -1,0 +1,555 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* The dispatcher with the real backend modules, each test in a network namespace of its own: bring-up and
+ * teardown checked with ip/nft/bridge as oracles, decoys never touched, atomicity, rebuild after
+ * `nft flush ruleset`, recovery after a crash at every named point, the bridge and mosnet backends, and
+ * the module loader's refusals. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent/backend-loader.h"
+#include "agent/dispatcher.h"
+#include "state/journal.h"
+#include "util/crashpoint.h"
+
+#define AGENT "c41e5500-1234-4000-8000-deadbeef0001"
+#define OTHER_AGENT "0ther000-1234-4000-8000-deadbeef0002"
+
+static const uint8_t agent_bytes[16] = { 0xc4, 0x1e, 0x55, 0x00, 0x12, 0x34, 0x40, 0x00,
+                                         0x80, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01 };
+
+static char statedir[] = "/tmp/chvm-dispatcher-XXXXXX";
+static Journal *journal;
+static Backend *backends[3];
+static size_t n_backends;
+static Dispatcher *disp;
+
+static BackendConfig config(const char *bridge, uint8_t prefixlen) {
+        return (BackendConfig){
+                .agent_id = AGENT,
+                .table = "chvm",
+                .bridge = bridge,
+                .subnet = 0xc0a8c800,
+                .prefixlen = prefixlen,
+                .gateway = 0xc0a8c801,
+                .tap_prefix = "tap-",
+        };
+}
+
+_printf_(1, 2) static char *sh(const char *fmt, ...) {
+        char cmd[4096];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof(cmd), fmt, ap);
+        va_end(ap);
+        FILE *f = popen(cmd, "r");
+        cr_assert(f);
+        char *out = NULL;
+        size_t len = 0, k;
+        char chunk[4096];
+        while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+                out = realloc(out, len + k + 1);
+                memcpy(out + len, chunk, k);
+                len += k;
+        }
+        pclose(f);
+        if (!out)
+                out = calloc(1, 1);
+        out[len] = '\0';
+        return out;
+}
+
+static unsigned count(const char *haystack, const char *needle) {
+        unsigned n = 0;
+        for (const char *p = haystack; (p = strstr(p, needle)); p += strlen(needle))
+                n++;
+        return n;
+}
+
+static void open_agent(const char *local_bridge, uint8_t prefixlen) {
+        JournalOptions o = { .directory = statedir };
+        JournalReport rep;
+        char err[512];
+        memcpy(o.agent_id, agent_bytes, 16);
+        cr_assert_eq(journal_open(&o, &journal, &rep), 0, "%s", rep.message);
+
+        BackendConfig lc = config(local_bridge, prefixlen);
+        BackendConfig bc = config("br-test", prefixlen);
+        n_backends = 0;
+        cr_assert_eq(
+                backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[n_backends++], err, sizeof(err)), 0,
+                "%s", err);
+        cr_assert_eq(
+                backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &backends[n_backends++], err, sizeof(err)), 0,
+                "%s", err);
+        cr_assert_eq(
+                backend_load(BUILD_BACKEND_DIR, "mosnet", &lc, &backends[n_backends++], err, sizeof(err)), 0,
+                "%s", err);
+        DispatcherConfig dc = {
+                .journal = journal,
+                .agent_id = AGENT,
+                .backends = backends,
+                .n_backends = n_backends,
+                .subnet = lc.subnet,
+                .prefixlen = prefixlen,
+                .gateway = lc.gateway,
+                .tap_prefix = "tap-",
+        };
+        cr_assert_eq(dispatcher_new(&dc, &disp), 0);
+}
+
+static void close_agent(void) {
+        disp = dispatcher_free(disp);
+        for (size_t i = 0; i < n_backends; i++)
+                backends[i] = backend_unload(backends[i]);
+        n_backends = 0;
+        journal = journal_close(journal);
+}
+
+static void setup(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        if (system("nft --version >/dev/null 2>&1 && ip -V >/dev/null 2>&1") != 0)
+                cr_skip_test("nft and ip (the oracles) are needed");
+        cr_assert(mkdtemp(statedir));
+        open_agent("chvm0", 24);
+}
+
+static void teardown(void) {
+        close_agent();
+        char *o = sh("rm -rf %s", statedir);
+        free(o);
+}
+
+TestSuite(dispatcher, .init = setup, .fini = teardown, .timeout = 120);
+
+static int up(uint64_t id, const char *name, const char *backend, const PortForward *ports, size_t n,
+              VmNetInfo *info) {
+        VmNetRequest req = {
+                .vm_id = id, .vm_name = name, .backend = backend, .ports = ports, .n_ports = n
+        };
+        return vm_net_up(disp, &req, info);
+}
+
+static void up_ok(uint64_t id, const char *name, const PortForward *ports, size_t n, VmNetInfo *info) {
+        int r = up(id, name, "local", ports, n, info);
+        cr_assert_eq(r, 0, "up %s: %s", name, dispatcher_error(disp));
+}
+
+/* Acceptance 1: 50 VMs with 2 forwards each, checked with ip, bridge and nft; then all down. */
+Test(dispatcher, fifty_vms_up_and_down) {
+        for (unsigned i = 1; i <= 50; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                PortForward p[2] = { { IPPROTO_TCP, (uint16_t) (10000 + i), 80 },
+                                     { IPPROTO_UDP, (uint16_t) (20000 + i), 53 } };
+                VmNetInfo info;
+                up_ok(i, name, p, 2, &info);
+                cr_assert_eq(info.ip4, 0xc0a8c801 + i, "VM %u got %08x", i, info.ip4);
+        }
+
+        char *links = sh("ip -j -d link show type tun");
+        char *bridge = sh("bridge -j link");
+        char *nft = sh("nft list table inet chvm; nft list table bridge chvm");
+        for (unsigned i = 1; i <= 50; i++) {
+                char tap[16], tag[160], fwd[200];
+                dispatcher_tap_name("tap-", i, tap);
+                snprintf(tag, sizeof(tag), "\"ifname\":\"%s\"", tap);
+                cr_assert(strstr(links, tag), "TAP %s missing", tap);
+                snprintf(tag, sizeof(tag), "\"ifalias\":\"chvm1:" AGENT ":%016x:tap\"", i);
+                cr_assert(strstr(links, tag), "TAP %s has no tag alias", tap);
+                snprintf(tag, sizeof(tag), "\"ifname\":\"%s\",\"flags\"", tap);
+                cr_assert(strstr(bridge, tap), "TAP %s not on a bridge", tap);
+                snprintf(fwd, sizeof(fwd),
+                         "tcp . %u comment \"chvm1:" AGENT ":%016x:fwd-tcp-%u\" : 192.168.200.%u . 80",
+                         10000 + i, i, 10000 + i, 1 + i);
+                cr_assert(strstr(nft, fwd), "forward missing: %s", fwd);
+                snprintf(fwd, sizeof(fwd),
+                         "udp . %u comment \"chvm1:" AGENT ":%016x:fwd-udp-%u\" : 192.168.200.%u . 53",
+                         20000 + i, i, 20000 + i, 1 + i);
+                cr_assert(strstr(nft, fwd), "forward missing: %s", fwd);
+                snprintf(fwd, sizeof(fwd), "\"%s\" comment \"chvm1:" AGENT ":%016x:port\"", tap, i);
+                cr_assert(strstr(nft, fwd), "vm_ports element missing: %s", fwd);
+        }
+        cr_assert_eq(count(bridge, "\"master\":\"chvm0\""), 50);
+        free(links);
+        free(bridge);
+        free(nft);
+
+        for (unsigned i = 1; i <= 50; i++)
+                cr_assert_eq(vm_net_down(disp, i), 0, "%s", dispatcher_error(disp));
+        cr_assert_eq(vm_net_down(disp, 1), 0, "down twice must be fine");
+
+        links = sh("ip -o link show type tun");
+        cr_assert_str_empty(links, "TAPs left: %s", links);
+        nft = sh("nft list ruleset");
+        cr_assert_eq(count(nft, "fwd-"), 0, "%s", nft);
+        cr_assert(strstr(nft, "fib daddr type local dnat ip to meta l4proto . th dport map @portfwd4"),
+                  "core layout gone");
+        cr_assert(strstr(nft, "comment \"chvm1:" AGENT ":core:table\""));
+        free(links);
+        free(nft);
+        const LiveSet *ls = journal_live_set(journal);
+        const LiveObject *o;
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                cr_assert_eq(o->vm_id, 0, "object %s of VM %" PRIx64 " still journaled", o->tag, o->vm_id);
+        cr_assert_eq(live_set_n_ips(ls), 0);
+}
+
+static char *decoy_state(void) {
+        return sh(
+                "ip -j -d link show dev tap-deadbeef; ip -j -d link show dev tap-other; "
+                "nft -j list table ip foreign; nft -j list map inet chvm portfwd4 | grep -o '\"elem\"[^]]*9999[^]]*'");
+}
+
+/* Acceptance 2: decoys are never touched by any operation. */
+Test(dispatcher, decoys_untouched) {
+        PortForward p = { IPPROTO_TCP, 8080, 80 };
+        up_ok(1, "first", &p, 1, NULL); /* makes our tables */
+        free(sh("ip tuntap add dev tap-deadbeef mode tap; ip tuntap add dev tap-other mode tap; "
+                "ip link set tap-other alias chvm1:" OTHER_AGENT ":0000000000000001:tap; "
+                "nft add table ip foreign; "
+                "nft add chain ip foreign pre '{ type nat hook prerouting priority -100; }'; "
+                "nft add rule ip foreign pre tcp dport 9999 dnat to 192.168.200.99:80; "
+                "nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }'"));
+        char *before = decoy_state();
+        cr_assert(strstr(before, "tap-deadbeef") && strstr(before, OTHER_AGENT) && strstr(before, "9999"),
+                  "%s", before);
+
+        for (unsigned i = 2; i <= 6; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                PortForward q = { IPPROTO_UDP, (uint16_t) (5000 + i), 53 };
+                up_ok(i, name, &q, 1, NULL);
+        }
+        for (unsigned i = 1; i <= 6; i++)
+                cr_assert_eq(vm_net_down(disp, i), 0, "%s", dispatcher_error(disp));
+        cr_assert_eq(dispatcher_recover(disp), 0, "%s", dispatcher_error(disp));
+
+        char *after = decoy_state();
+        cr_assert_str_eq(before, after, "a decoy changed");
+        free(before);
+        free(after);
+}
+
+/* Acceptance 3: a batch failing at its last message leaves the ruleset as it was and no TAP behind. */
+Test(dispatcher, failed_bringup_leaves_nothing) {
+        up_ok(1, "first", NULL, 0, NULL);
+        /* An untagged element for 7777/tcp the journal knows nothing of: the kernel refuses our add. */
+        free(sh("nft add element inet chvm portfwd4 '{ tcp . 7777 : 192.168.200.99 . 80 }'"));
+        char *rules = sh("nft -j list ruleset");
+        char *links = sh("ip -o link | cut -d: -f2 | sort");
+        PortForward p[2] = { { IPPROTO_TCP, 7000, 80 }, { IPPROTO_TCP, 7777, 80 } };
+        int r = up(2, "second", "local", p, 2, NULL);
+        cr_assert_eq(r, -EEXIST, "%d: %s", r, dispatcher_error(disp));
+        cr_assert(strstr(dispatcher_error(disp), "second") && strstr(dispatcher_error(disp), "7777/tcp"),
+                  "%s", dispatcher_error(disp));
+        char *rules2 = sh("nft -j list ruleset");
+        char *links2 = sh("ip -o link | cut -d: -f2 | sort");
+        cr_assert_str_eq(rules, rules2, "the ruleset changed");
+        cr_assert_str_eq(links, links2, "links changed (a TAP left behind?)");
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 2);
+        cr_assert(vm && vm->n_objects == 0 && vm->n_ips == 0, "the failed VM still owns journal records");
+        free(rules);
+        free(rules2);
+        free(links);
+        free(links2);
+
+        /* And a conflict the journal knows is refused before anything is made. */
+        PortForward again = { IPPROTO_TCP, 7000, 22 };
+        up_ok(3, "third", &again, 1, NULL);
+        r = up(4, "fourth", "local", &again, 1, NULL);
+        cr_assert_eq(r, -EADDRINUSE);
+        cr_assert_str_eq(dispatcher_error(disp), "port 7000/tcp already forwarded to VM third");
+        PortForward udp = { IPPROTO_UDP, 7000, 22 }; /* tcp and udp are separate */
+        up_ok(4, "fourth", &udp, 1, NULL);
+}
+
+/* Acceptance 4: after `nft flush ruleset` the next operation rebuilds the tables with every VM's elements.
+ */
+Test(dispatcher, rebuild_after_flush) {
+        for (unsigned i = 1; i <= 3; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                PortForward p = { IPPROTO_TCP, (uint16_t) (8000 + i), 80 };
+                up_ok(i, name, &p, 1, NULL);
+        }
+        free(sh("nft flush ruleset"));
+        char *gone = sh("nft list ruleset");
+        cr_assert_str_empty(gone);
+        free(gone);
+        PortForward p = { IPPROTO_TCP, 8004, 80 };
+        up_ok(4, "vm4", &p, 1, NULL);
+        char *nft = sh("nft list ruleset");
+        for (unsigned i = 1; i <= 4; i++) {
+                char fwd[64];
+                snprintf(fwd, sizeof(fwd), "tcp . %u comment", 8000 + i);
+                cr_assert(strstr(nft, fwd), "forward of vm%u not rebuilt:\n%s", i, nft);
+        }
+        cr_assert_eq(count(nft, ":port\""), 4);
+        cr_assert(strstr(nft, "masquerade"));
+        free(nft);
+}
+
+/* Every kernel object tagged with our agent id is a CREATED object of the journal, and every journaled
+ * object exists: nothing leaked, nothing phantom, nothing pending. */
+static void assert_kernel_matches_journal(const char *when) {
+        const LiveSet *ls = journal_live_set(journal);
+        const LiveObject *o;
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                cr_assert_eq(o->state, LIVE_OBJECT_CREATED, "%s: object %s left %s", when, o->tag,
+                             live_object_state_to_string(o->state));
+        for (size_t b = 0; b < n_backends; b++) {
+                ResourceSet scan = {};
+                cr_assert_eq(backends[b]->vtable->scan(backends[b], &scan), 0);
+                for (size_t i = 0; i < scan.n; i++) {
+                        const Resource *r = &scan.items[i];
+                        if (strncmp(r->tag, "chvm1:" AGENT ":", strlen("chvm1:" AGENT ":")) != 0)
+                                continue;
+                        bool known = false;
+                        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
+                                known = known ||
+                                        (o->kind == (uint32_t) r->kind && strcmp(o->tag, r->tag) == 0);
+                        cr_assert(known, "%s: %s %s (%s) is in the kernel but not in the journal", when,
+                                  resource_kind_to_string(r->kind), r->name, r->tag);
+                }
+                for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
+                        bool found = false;
+                        for (size_t i = 0; i < scan.n; i++)
+                                found = found || (o->kind == (uint32_t) scan.items[i].kind &&
+                                                  strcmp(o->tag, scan.items[i].tag) == 0);
+                        if (b == 0) /* only local makes these kinds */
+                                cr_assert(found, "%s: journaled %s is not in the kernel", when, o->tag);
+                }
+                resource_set_clear(&scan);
+        }
+}
+
+static bool flow_point(const char *name) {
+        return strncmp(name, "journal-snapshot-", 17) != 0 && strncmp(name, "journal-compact-", 16) != 0;
+}
+
+/* The agent's work, in a child that dies at CHVM_CRASH_AT. */
+static void child_flow(const char *point) {
+        setenv("CHVM_CRASH_AT", point, 1);
+        open_agent("chvm0", 24);
+        PortForward p[2] = { { IPPROTO_TCP, 8080, 80 }, { IPPROTO_UDP, 5353, 53 } };
+        if (up(1, "alpha", "local", p, 2, NULL) < 0 || vm_net_down(disp, 1) < 0 ||
+            up(2, "beta", "local", p, 2, NULL) < 0)
+                _exit(1);
+        _exit(0);
+}
+
+/* Acceptance 5: a crash at every named point of bring-up and teardown; after a restart and recovery the
+ * kernel holds exactly what the journal owns, and a full teardown leaves nothing. */
+Test(dispatcher, crash_points_recover, .timeout = 600) {
+        close_agent(); /* each round starts from the same empty state */
+        const char *names[128];
+        size_t n = 0, k;
+        const char *const *mine = crash_point_list(&k);
+        for (size_t i = 0; i < k && n < 128; i++)
+                if (flow_point(mine[i]))
+                        names[n++] = mine[i];
+        char err[512];
+        BackendConfig lc = config("chvm0", 24);
+        Backend *lb;
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
+        const char *const *theirs = lb->vtable->crash_points(&k);
+        for (size_t i = 0; i < k && n < 128; i++) {
+                bool dup = false;
+                for (size_t j = 0; j < n; j++)
+                        dup = dup || strcmp(names[j], theirs[i]) == 0;
+                if (!dup && flow_point(theirs[i]))
+                        names[n++] = theirs[i];
+        }
+        cr_assert_geq(n, 10, "only %zu crash points found", n);
+
+        size_t reached = 0;
+        for (size_t i = 0; i < n; i++) {
+                free(sh("rm -rf %s/*; nft flush ruleset; ip link del chvm0 2>/dev/null; "
+                        "for l in $(ip -o link show type tun | cut -d: -f2 | cut -d@ -f1); do ip link del $l; done",
+                        statedir));
+                pid_t pid = fork();
+                cr_assert_geq(pid, 0);
+                if (pid == 0)
+                        child_flow(names[i]);
+                int status;
+                cr_assert_eq(waitpid(pid, &status, 0), pid);
+                cr_assert(WIFEXITED(status), "child died by signal at %s", names[i]);
+                if (WEXITSTATUS(status) == 0)
+                        continue; /* this point is not on the flow (e.g. taken only on errors) */
+                cr_assert_eq(WEXITSTATUS(status), CRASH_POINT_EXIT_CODE, "flow failed before %s", names[i]);
+                reached++;
+
+                open_agent("chvm0", 24);
+                cr_assert_eq(dispatcher_recover(disp), 0, "recover after %s: %s", names[i],
+                             dispatcher_error(disp));
+                char when[128];
+                snprintf(when, sizeof(when), "after a crash at %s", names[i]);
+                assert_kernel_matches_journal(when);
+                /* Nothing leaks either: tear everything down and look. */
+                cr_assert_eq(vm_net_down(disp, 1), 0, "%s", dispatcher_error(disp));
+                cr_assert_eq(vm_net_down(disp, 2), 0, "%s", dispatcher_error(disp));
+                char *taps = sh("ip -o link show type tun");
+                cr_assert_str_empty(taps, "%s: TAPs left: %s", when, taps);
+                free(taps);
+                char *nft = sh("nft list ruleset 2>/dev/null | grep -c 'fwd-\\|:port\"\\|:addr\"'");
+                cr_assert_eq(atoi(nft), 0, "%s: elements left", when);
+                free(nft);
+                close_agent();
+        }
+        backend_unload(lb);
+        cr_assert_geq(reached, 10, "only %zu crash points were on the flow", reached);
+        open_agent("chvm0", 24); /* for teardown */
+}
+
+/* Acceptance 6: the bridge backend joins an existing bridge and never makes or removes it; mosnet makes
+ * nothing. */
+Test(dispatcher, bridge_and_mosnet) {
+        VmNetInfo info;
+        int r = up(1, "nobr", "bridge", NULL, 0, &info);
+        cr_assert_eq(r, -ENODEV);
+        cr_assert(strstr(dispatcher_error(disp), "br-test does not exist"), "%s", dispatcher_error(disp));
+
+        free(sh("ip link add br-test type bridge"));
+        r = up(2, "onbr", "bridge", NULL, 0, &info);
+        cr_assert_eq(r, 0, "%s", dispatcher_error(disp));
+        cr_assert_eq(info.ip4, 0);
+        char *o = sh("ip -j -d link show dev %s", info.tap);
+        cr_assert(strstr(o, "\"master\":\"br-test\""), "%s", o);
+        free(o);
+        PortForward p = { IPPROTO_TCP, 80, 80 };
+        cr_assert_eq(up(3, "fwd", "bridge", &p, 1, NULL), -EOPNOTSUPP);
+        cr_assert_eq(vm_net_down(disp, 2), 0, "%s", dispatcher_error(disp));
+        o = sh("ip -o link show type tun");
+        cr_assert_str_empty(o);
+        free(o);
+        o = sh("ip -o link show dev br-test");
+        cr_assert(strstr(o, "br-test"), "the admin's bridge was removed");
+        free(o);
+
+        char *before = sh("ip -j link; nft -j list ruleset");
+        cr_assert_eq(up(5, "mos", "mosnet", NULL, 0, &info), 0, "%s", dispatcher_error(disp));
+        cr_assert_str_empty(info.tap);
+        char *after = sh("ip -j link; nft -j list ruleset");
+        cr_assert_str_eq(before, after, "mosnet created something");
+        cr_assert_eq(live_set_get_vm(journal_live_set(journal), 5)->n_objects, 0);
+        cr_assert_eq(vm_net_down(disp, 5), 0);
+        free(before);
+        free(after);
+}
+
+/* Guest addresses: never the network, gateway or broadcast address; freed ones are reused. */
+Test(dispatcher, ip_allocation) {
+        close_agent();
+        open_agent("chvm0", 29); /* 192.168.200.0/29: hosts .1-.6, .1 the gateway */
+        VmNetInfo info;
+        for (unsigned i = 1; i <= 5; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                up_ok(i, name, NULL, 0, &info);
+                cr_assert_eq(info.ip4, 0xc0a8c801 + i);
+        }
+        cr_assert_eq(up(6, "vm6", "local", NULL, 0, &info), -EADDRNOTAVAIL);
+        cr_assert(strstr(dispatcher_error(disp), "vm6"), "%s", dispatcher_error(disp));
+        cr_assert_eq(vm_net_down(disp, 3), 0);
+        up_ok(6, "vm6", NULL, 0, &info);
+        cr_assert_eq(info.ip4, 0xc0a8c804, "the freed address was not reused");
+}
+
+Test(dispatcher, bad_requests) {
+        const char *bad_names[] = { "", "Web", "1vm", "vm_1", "a23456789012345678901234567890123", "vm/x" };
+        for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++)
+                cr_assert_eq(up(1, bad_names[i], "local", NULL, 0, NULL), -EINVAL, "name \"%s\"",
+                             bad_names[i]);
+        cr_assert_eq(up(1, "ok", "nosuch", NULL, 0, NULL), -ENOENT);
+        PortForward zero = { IPPROTO_TCP, 0, 80 }, icmp = { IPPROTO_ICMP, 80, 80 };
+        cr_assert_eq(up(1, "ok", "local", &zero, 1, NULL), -EINVAL);
+        cr_assert_eq(up(1, "ok", "local", &icmp, 1, NULL), -EINVAL);
+        PortForward dup[2] = { { IPPROTO_TCP, 80, 80 }, { IPPROTO_TCP, 80, 81 } };
+        cr_assert_eq(up(1, "ok", "local", dup, 2, NULL), -EINVAL);
+        char *links = sh("ip -o link show type tun");
+        cr_assert_str_empty(links);
+        free(links);
+        cr_assert_eq(live_set_n_objects(journal_live_set(journal)), 0,
+                     "a refused request left journal records");
+}
+
+/* --- the module loader (no namespace needed) --------------------------------------------------------- */
+
+static void copy(const char *from, const char *to, mode_t mode) {
+        char *o = sh("cp %s %s && chmod %o %s && echo ok", from, to, (unsigned) mode, to);
+        cr_assert_str_eq(o, "ok\n");
+        free(o);
+}
+
+Test(loader, refusals) {
+        if (geteuid() != 0)
+                cr_skip_test("the ownership checks need files owned by root");
+        char dir[] = "/tmp/chvm-modules-XXXXXX", path[256], err[512];
+        cr_assert(mkdtemp(dir));
+        cr_assert_eq(chmod(dir, 0755), 0);
+        BackendConfig c = config("chvm0", 24);
+        Backend *b;
+
+        snprintf(path, sizeof(path), "%s/mosnet.so", dir);
+        copy(BUILD_BACKEND_DIR "/mosnet.so", path, 0755);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), 0, "%s", err);
+        backend_unload(b);
+
+        cr_assert_eq(backend_load(dir, "nosuch", &c, &b, err, sizeof(err)), -ENOENT);
+        cr_assert(strstr(err, "unknown backend \"nosuch\""), "%s", err);
+        cr_assert_eq(backend_load(dir, "../mosnet", &c, &b, err, sizeof(err)), -EINVAL);
+
+        cr_assert_eq(chmod(path, 0757), 0);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
+        cr_assert(strstr(err, "writable by everyone") && strstr(err, path), "%s", err);
+        cr_assert_eq(chmod(path, 0775), 0);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
+        cr_assert_eq(chmod(path, 0755), 0);
+        cr_assert_eq(chown(path, 1000, 1000), 0);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
+        cr_assert(strstr(err, "owned by uid 1000"), "%s", err);
+        cr_assert_eq(chown(path, 0, 0), 0);
+        cr_assert_eq(chmod(dir, 0777), 0);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
+        cr_assert(strstr(err, "backend directory"), "%s", err);
+        cr_assert_eq(chmod(dir, 0755), 0);
+
+        snprintf(path, sizeof(path), "%s/badabi.so", dir);
+        copy(BUILD_TESTS_DIR "/backend-badabi.so", path, 0755);
+        cr_assert_eq(backend_load(dir, "badabi", &c, &b, err, sizeof(err)), -EPROTO);
+        cr_assert(strstr(err, "ABI 2") && strstr(err, "needs ABI 1"), "%s", err);
+
+        /* A module loaded under another backend's name is refused. */
+        snprintf(path, sizeof(path), "%s/local.so", dir);
+        copy(BUILD_BACKEND_DIR "/mosnet.so", path, 0755);
+        cr_assert_eq(backend_load(dir, "local", &c, &b, err, sizeof(err)), -EINVAL);
+
+        free(sh("rm -rf %s", dir));
+}
+
+/* Each module exports exactly one symbol: its vtable. (ASan builds add an __odr_asan marker per global.) */
+Test(loader, one_exported_symbol) {
+        static const char *const mods[] = { "local", "bridge", "mosnet" };
+        for (size_t i = 0; i < 3; i++) {
+                char *o = sh("nm -D --defined-only " BUILD_BACKEND_DIR
+                             "/%s.so | awk '$2 ~ /[A-TV-Z]/ && $3 !~ /^__odr_asan/ {print $3}'",
+                             mods[i]);
+                cr_assert_str_eq(o, "chvm_backend\n", "%s.so exports: %s", mods[i], o);
+                free(o);
+        }
+}
