@@ -10,6 +10,7 @@
 
 #include "agent/dispatcher.h"
 #include "util/crashpoint.h"
+#include "util/hashmap.h"
 #include "util/macro.h"
 
 struct Dispatcher {
@@ -510,51 +511,76 @@ static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *
         return 0;
 }
 
-int vm_net_down(Dispatcher *d, uint64_t vm_id) {
+int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
         const LiveSet *ls = journal_live_set(d->journal);
-        const LiveVm *vm = live_set_get_vm(ls, vm_id);
+        _cleanup_free_ ResourceSet *per_backend =
+                calloc(d->n_backends ? d->n_backends : 1, sizeof(ResourceSet));
+        U64Map *wanted = u64map_new();
         const LiveObject *o;
-        ResourceSet objs = {};
         size_t stale = 0;
         uint32_t ip4;
+        uint64_t owner;
         int r = 0;
 
         d->error[0] = '\0';
-        if (!vm)
-                return 0; /* nothing journaled, nothing owned */
-        Backend *b = find_backend(d, vm->backend);
-        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
-                if (o->vm_id != vm_id)
-                        continue;
-                Resource x;
-                object_to_resource(o, &x);
-                if ((r = resource_set_add(&objs, &x)) < 0)
-                        goto out;
+        if (!per_backend || !wanted) {
+                u64map_free(wanted);
+                return -ENOMEM;
         }
-        if (objs.n > 0) {
-                if (!b) {
+        for (size_t i = 0; i < n; i++)
+                if (vm_ids[i] != 0 && live_set_get_vm(ls, vm_ids[i]) &&
+                    (r = u64map_replace(wanted, vm_ids[i], (void *) 1)) < 0)
+                        goto out;
+
+        /* Every object of those VMs, grouped by backend so each backend removes its share in one go. */
+        for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);) {
+                if (o->vm_id == 0 || !u64map_get(wanted, o->vm_id))
+                        continue;
+                const LiveVm *vm = live_set_get_vm(ls, o->vm_id);
+                Backend *b = backend_of(d, o);
+                size_t bi = 0;
+                while (b && bi < d->n_backends && d->backends[bi] != b)
+                        bi++;
+                if (!b || bi == d->n_backends) {
                         r = fail(d, -ENOENT,
                                  "VM %s: its backend \"%s\" is not loaded; its objects stay until it is",
                                  vm->name, vm->backend);
                         goto out;
                 }
-                r = release(d, b, objs.items, objs.n, &stale);
-                if (r < 0)
+                Resource x;
+                object_to_resource(o, &x);
+                if ((r = resource_set_add(&per_backend[bi], &x)) < 0)
                         goto out;
         }
-        if (vm_ip(d, vm_id, &ip4) >= 0) {
+        for (size_t bi = 0; bi < d->n_backends; bi++) {
+                size_t s = 0;
+                if (per_backend[bi].n == 0)
+                        continue;
+                r = release(d, d->backends[bi], per_backend[bi].items, per_backend[bi].n, &s);
+                if (r < 0)
+                        goto out;
+                stale += s;
+        }
+        for (size_t it = 0; live_set_iterate_ips(ls, &it, &ip4, &owner);) {
+                if (!u64map_get(wanted, owner))
+                        continue;
                 JournalRecord ipf = { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = ip4 };
                 if ((r = append(d, &ipf)) < 0)
                         goto out;
         }
         r = sync_journal(d);
         if (r >= 0 && stale > 0)
-                r = fail(d, -ESTALE,
-                         "VM %s: %zu object(s) had been replaced by someone else's and were left alone",
-                         vm->name, stale);
+                r = fail(d, -ESTALE, "%zu object(s) had been replaced by someone else's and were left alone",
+                         stale);
 out:
-        resource_set_clear(&objs);
+        for (size_t bi = 0; bi < d->n_backends; bi++)
+                resource_set_clear(&per_backend[bi]);
+        u64map_free(wanted);
         return r;
+}
+
+int vm_net_down(Dispatcher *d, uint64_t vm_id) {
+        return vm_net_down_many(d, &vm_id, 1);
 }
 
 static const Resource *find_scanned(const ResourceSet *scan, const LiveObject *o) {

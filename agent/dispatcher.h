@@ -50,6 +50,9 @@ const char *dispatcher_error(const Dispatcher *d);
 int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret);
 /* Idempotent: a VM without objects is fine. */
 int vm_net_down(Dispatcher *d, uint64_t vm_id);
+/* Many VMs at once (agent shutdown of a host, garbage collection): each backend removes its share in one
+ * operation, e.g. all TAPs with one grouped RTM_DELLINK. */
+int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n);
 
 /* After a restart: objects with an INTENT and no CREATED are looked up by their tag (found: recorded as
  * created, then the VM's whole half-made network is released; absent: ABORTED); objects with a

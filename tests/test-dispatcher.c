@@ -452,6 +452,34 @@ Test(dispatcher, bridge_and_mosnet) {
         free(after);
 }
 
+/* Acceptance 9 (through the dispatcher): tearing down many VMs at once removes exactly their TAPs with one
+ * grouped deletion, and no foreign link with our prefix or another agent's tag. */
+Test(dispatcher, mass_teardown) {
+        enum { N = 250 }; /* a /24 has 253 guest addresses */
+        uint64_t ids[N];
+        free(sh("ip tuntap add dev tap-deadbeef mode tap; ip tuntap add dev tap-other mode tap; "
+                "ip link set tap-other alias chvm1:" OTHER_AGENT ":0000000000000001:tap"));
+        for (unsigned i = 0; i < N; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i + 1);
+                ids[i] = i + 1;
+                up_ok(ids[i], name, NULL, 0, NULL);
+        }
+        char *before = sh("ip -j -d link show dev tap-deadbeef; ip -j -d link show dev tap-other");
+        cr_assert_eq(vm_net_down_many(disp, ids, N), 0, "%s", dispatcher_error(disp));
+        char *left = sh("ip -o link show type tun | cut -d: -f2 | tr -d ' ' | sort | tr '\\n' ' '");
+        cr_assert_str_eq(left, "tap-deadbeef tap-other ", "left: %s", left);
+        char *after = sh("ip -j -d link show dev tap-deadbeef; ip -j -d link show dev tap-other");
+        cr_assert_str_eq(before, after);
+        char *nft = sh("nft list ruleset | grep -c ':port\"\\|:addr\"'");
+        cr_assert_eq(atoi(nft), 0);
+        cr_assert_eq(live_set_n_ips(journal_live_set(journal)), 0);
+        free(before);
+        free(after);
+        free(left);
+        free(nft);
+}
+
 /* Guest addresses: never the network, gateway or broadcast address; freed ones are reused. */
 Test(dispatcher, ip_allocation) {
         close_agent();

@@ -812,6 +812,11 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
         int fd = mnl_socket_get_fd(nft->nl);
         if (total > 200000 && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
                 (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        /* Every operation gets an ACK back; room for all of them (an ACK takes ~1 KiB of socket buffer), or
+         * ENOBUFS loses replies and with them the outcome. */
+        int rcvbuf = (int) (b->n_ops * 1024 > 262144 ? b->n_ops * 1024 : 262144);
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+                (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
         struct sockaddr_nl dst = { .nl_family = AF_NETLINK };
         struct msghdr msg = {
                 .msg_name = &dst, .msg_namelen = sizeof(dst), .msg_iov = iov, .msg_iovlen = (size_t) n_iov
