@@ -185,6 +185,9 @@ Test(dispatcher, fifty_vms_up_and_down) {
                 cr_assert(strstr(nft, fwd), "vm_ports element missing: %s", fwd);
         }
         cr_assert_eq(count(bridge, "\"master\":\"chvm0\""), 50);
+        char *fwd = sh("cat /proc/sys/net/ipv4/ip_forward");
+        cr_assert_str_eq(fwd, "1\n", "the local backend did not turn on ip_forward");
+        free(fwd);
         free(links);
         free(bridge);
         free(nft);

@@ -227,6 +227,26 @@ Test(nft, layout_matches_design, .init = netns_setup, .fini = netns_teardown) {
         cr_assert_eq(nft_table_tag(nft, &layout, tag), 0);
         cr_assert_str_eq(tag, AGENT ":core:table");
 
+        /* The rules dump: every rule of ours with its handle and tag; one added by hand has none. */
+        free(sh("nft add rule inet chvm forward meta l4proto tcp counter"));
+        NftRuleInfo *rules;
+        size_t n_rules;
+        cr_assert_eq(nft_dump_rules(nft, &layout, &rules, &n_rules), 0);
+        cr_assert_eq(n_rules, 11);
+        unsigned untagged = 0;
+        for (size_t i = 0; i < n_rules; i++) {
+                cr_assert_gt(rules[i].handle, 0);
+                if (!rules[i].tag[0]) {
+                        untagged++;
+                        cr_assert_str_eq(rules[i].chain, "forward");
+                } else
+                        cr_assert(strncmp(rules[i].tag, AGENT ":core:", strlen(AGENT ":core:")) == 0, "%s",
+                                  rules[i].tag);
+        }
+        cr_assert_eq(untagged, 1);
+        free(rules);
+        free(sh("nft delete rule inet chvm forward handle $(nft -a list chain inet chvm forward | grep -o 'counter.*# handle [0-9]*' | grep -o '[0-9]*$')"));
+
         /* Set up twice: the exclusive create refuses, and nothing changes. */
         char *before = sh("nft -j list ruleset");
         NftBatch *b = nft_batch_new(nft);

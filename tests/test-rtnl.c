@@ -304,7 +304,7 @@ Test(rtnl, delete_owned_rechecks_identity, .init = netns_setup, .fini = netns_te
 
 /* Bulk deletion through a netdev group takes exactly the verified links and no decoy. */
 Test(rtnl, bulk_delete_only_ours, .init = netns_setup, .fini = netns_teardown) {
-        enum { N = 200 };
+        enum { N = 1000 };
         OwnedLink links[N + 1];
         char names[N + 1][IFNAMSIZ];
 

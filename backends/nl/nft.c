@@ -1075,3 +1075,82 @@ int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {
         }
         return -EAGAIN;
 }
+
+typedef struct RuleList {
+        int family;
+        NftRuleInfo *rules;
+        size_t n, allocated;
+} RuleList;
+
+static int rules_cb(const struct nlmsghdr *nlh, void *data) {
+        RuleList *list = data;
+        struct nftnl_rule *r = nftnl_rule_alloc();
+        uint32_t ulen = 0;
+
+        if (!r)
+                return MNL_CB_ERROR;
+        if (nftnl_rule_nlmsg_parse(nlh, r) < 0) {
+                nftnl_rule_free(r);
+                return MNL_CB_OK;
+        }
+        if (list->n == list->allocated) {
+                size_t a = list->allocated ? list->allocated * 2 : 16;
+                NftRuleInfo *p = realloc(list->rules, a * sizeof(NftRuleInfo));
+                if (!p) {
+                        nftnl_rule_free(r);
+                        return MNL_CB_ERROR;
+                }
+                list->rules = p;
+                list->allocated = a;
+        }
+        NftRuleInfo *info = &list->rules[list->n++];
+        *info = (NftRuleInfo){ .family = list->family, .handle = nftnl_rule_get_u64(r, NFTNL_RULE_HANDLE) };
+        snprintf(info->chain, sizeof(info->chain), "%s", nftnl_rule_get_str(r, NFTNL_RULE_CHAIN) ?: "");
+        const void *ud = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &ulen); /* sets ulen: call it first */
+        parse_comment(ud, ulen, info->tag);
+        nftnl_rule_free(r);
+        return MNL_CB_OK;
+}
+
+int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_n) {
+        static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
+
+        for (unsigned attempt = 0; attempt < 10; attempt++) {
+                RuleList list = {};
+                uint32_t gen_before, gen_after;
+                int r = nft_generation(nft, &gen_before);
+                if (r < 0)
+                        return r;
+                for (size_t i = 0; i < ELEMENTSOF(families) && r >= 0; i++) {
+                        char buf[512];
+                        struct nftnl_rule *q = nftnl_rule_alloc();
+                        if (!q) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, families[i],
+                                                                     NLM_F_DUMP, ++nft->seq);
+                        nftnl_rule_set_str(q, NFTNL_RULE_TABLE, l->table);
+                        nftnl_rule_nlmsg_build_payload(nlh, q);
+                        nftnl_rule_free(q);
+                        list.family = families[i];
+                        r = dump(nft, nlh, rules_cb, &list);
+                        if (r == -ENOENT)
+                                r = 0;
+                }
+                if (r >= 0)
+                        r = nft_generation(nft, &gen_after);
+                if (r == -EAGAIN || (r >= 0 && gen_after != gen_before)) {
+                        free(list.rules);
+                        continue;
+                }
+                if (r < 0) {
+                        free(list.rules);
+                        return r;
+                }
+                *ret = list.rules;
+                *ret_n = list.n;
+                return 0;
+        }
+        return -EAGAIN;
+}

@@ -75,6 +75,17 @@ int nft_batch_commit(Nft *nft, NftBatch *b);
 /* Elements of our sets, with their comments, from a dump that is retried if the ruleset generation
  * changed while it ran. -ENOENT if our tables do not exist. */
 int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n);
+typedef struct NftRuleInfo {
+        int family; /* NFPROTO_INET or NFPROTO_BRIDGE */
+        char chain[64];
+        uint64_t handle;
+        char tag[NFT_TAG_MAX + 1]; /* the rule's comment, "" if none */
+} NftRuleInfo;
+
+/* The rules of both our tables with their handles and comments (generation-checked like the elements).
+ * Tables that do not exist contribute nothing. */
+int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_n);
+
 /* The comment of `inet <table>`: -ENOENT if there is no such table. */
 int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]);
 int nft_generation(Nft *nft, uint32_t *ret);
