@@ -598,8 +598,8 @@ static const Resource *find_scanned(const ResourceSet *scan, const LiveObject *o
 int dispatcher_recover(Dispatcher *d) {
         const LiveSet *ls = journal_live_set(d->journal);
         _cleanup_free_ ResourceSet *scans = calloc(d->n_backends ? d->n_backends : 1, sizeof(ResourceSet));
-        _cleanup_free_ uint64_t *half = NULL;
-        size_t n_half = 0;
+        _cleanup_free_ uint64_t *half = NULL, *pending = NULL;
+        size_t n_half = 0, n_pending = 0;
         const LiveObject *o;
         int r = 0;
 
@@ -620,8 +620,7 @@ int dispatcher_recover(Dispatcher *d) {
                 r = -ENOMEM;
                 goto out;
         }
-        _cleanup_free_ uint64_t *pending = calloc(n_objects ? n_objects : 1, sizeof(uint64_t));
-        size_t n_pending = 0;
+        pending = calloc(n_objects ? n_objects : 1, sizeof(uint64_t));
         if (!pending) {
                 r = -ENOMEM;
                 goto out;
