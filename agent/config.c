@@ -1,0 +1,336 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/config.h"
+#include "util/macro.h"
+
+void config_defaults(AgentConfig *c, const char *backend_dir) {
+        *c = (AgentConfig){
+                .state_dir = "/var/lib/chvm",
+                .runtime_dir = "/run/chvm",
+                .socket = "",
+                .default_backend = "local",
+                .control_group = "chvm",
+                .backends = { "local", "bridge", "mosnet" },
+                .n_backends = 3,
+                .hypervisor = "cloud-hypervisor",
+                .stop_timeout = 10,
+                .accel = "auto",
+                .local_bridge = "chvm0",
+                .local_subnet = 0xc0a8c800,
+                .local_prefixlen = 24,
+                .local_gateway = 0,
+                .local_tap_prefix = "tap-",
+                .local_table = "chvm",
+                .bridge_bridge = "br0",
+                .bridge_tap_prefix = "tap-",
+        };
+        snprintf(c->backend_dir, sizeof(c->backend_dir), "%s", backend_dir ? backend_dir : "");
+}
+
+typedef struct Parse {
+        AgentConfig c;
+        char seen[32][48]; /* "section.key" given so far */
+        unsigned n_seen;
+        char why[256]; /* the first error */
+} Parse;
+
+_printf_(2, 3) static int bad(Parse *p, const char *fmt, ...) {
+        if (!p->why[0]) {
+                va_list ap;
+                va_start(ap, fmt);
+                (void) vsnprintf(p->why, sizeof(p->why), fmt, ap);
+                va_end(ap);
+        }
+        return 0; /* inih: error on this line */
+}
+
+/* 1 if ok, else records the error: what inih wants from the handler. */
+_printf_(3, 4) static int check(Parse *p, bool ok, const char *fmt, ...) {
+        if (ok)
+                return 1;
+        if (!p->why[0]) {
+                va_list ap;
+                va_start(ap, fmt);
+                (void) vsnprintf(p->why, sizeof(p->why), fmt, ap);
+                va_end(ap);
+        }
+        return 0;
+}
+
+static bool put_str(char *dst, size_t size, const char *value) {
+        size_t n = strlen(value);
+        if (n == 0 || n >= size)
+                return false;
+        memcpy(dst, value, n + 1);
+        return true;
+}
+
+static bool put_path(char *dst, size_t size, const char *value) {
+        return value[0] == '/' && put_str(dst, size, value);
+}
+
+static bool ifname_ok(const char *s) {
+        size_t n = strlen(s);
+        if (n == 0 || n > 15 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+                return false;
+        for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+                if (*p == '/' || *p == ':' || *p <= ' ' || *p == 0x7f || *p >= 0x80)
+                        return false;
+        return true;
+}
+
+/* [a-z][a-z0-9_-]* up to max bytes: names of backends, groups, tables. */
+static bool simple_name(const char *s, size_t max, bool allow_upper) {
+        size_t n = strlen(s);
+        if (n == 0 || n > max)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char ch = s[i];
+                bool ok = (ch >= 'a' && ch <= 'z') || (allow_upper && ch >= 'A' && ch <= 'Z') ||
+                          (i > 0 && ((ch >= '0' && ch <= '9') || ch == '-' || ch == '_'));
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
+static int parse_ipv4(const char *s, uint32_t *ret) {
+        struct in_addr a;
+        if (inet_pton(AF_INET, s, &a) != 1)
+                return -EINVAL;
+        *ret = ntohl(a.s_addr);
+        return 0;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+        Parse *p = user;
+        AgentConfig *c = &p->c;
+        char key[48];
+
+        if (!name)
+                return 1;
+        snprintf(key, sizeof(key), "%s.%s", section, name);
+        for (unsigned i = 0; i < p->n_seen; i++)
+                if (strcmp(p->seen[i], key) == 0)
+                        return bad(p, "[%s] %s is set twice", section, name);
+        if (p->n_seen < ELEMENTSOF(p->seen))
+                snprintf(p->seen[p->n_seen++], sizeof(p->seen[0]), "%s", key);
+
+        if (strcmp(section, "agent") == 0) {
+                if (strcmp(name, "state_dir") == 0)
+                        return check(p, put_path(c->state_dir, sizeof(c->state_dir), value),
+                                     "state_dir must be an absolute path");
+                if (strcmp(name, "runtime_dir") == 0)
+                        return check(p, put_path(c->runtime_dir, sizeof(c->runtime_dir), value),
+                                     "runtime_dir must be an absolute path");
+                if (strcmp(name, "socket") == 0)
+                        return check(p, put_path(c->socket, sizeof(c->socket), value),
+                                     "socket must be an absolute path of at most %zu bytes",
+                                     sizeof(c->socket) - 1);
+                if (strcmp(name, "backend_dir") == 0)
+                        return check(p, put_path(c->backend_dir, sizeof(c->backend_dir), value),
+                                     "backend_dir must be an absolute path");
+                if (strcmp(name, "default_backend") == 0)
+                        return check(p,
+                                     (simple_name(value, 32, false) &&
+                                      put_str(c->default_backend, sizeof(c->default_backend), value)),
+                                     "default_backend \"%s\" is not a backend name", value);
+                if (strcmp(name, "control_group") == 0)
+                        return check(p,
+                                     (simple_name(value, 32, true) &&
+                                      put_str(c->control_group, sizeof(c->control_group), value)),
+                                     "control_group \"%s\" is not a group name", value);
+                if (strcmp(name, "backends") == 0) {
+                        char buf[512], *save = NULL;
+                        unsigned n = 0;
+                        if (strlen(value) >= sizeof(buf))
+                                return bad(p, "backends: too long");
+                        memcpy(buf, value, strlen(value) + 1);
+                        for (char *t = strtok_r(buf, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save)) {
+                                if (!simple_name(t, 32, false))
+                                        return bad(p, "backends: \"%s\" is not a backend name", t);
+                                if (n == CONFIG_MAX_BACKENDS)
+                                        return bad(p, "backends: at most %d", CONFIG_MAX_BACKENDS);
+                                for (unsigned i = 0; i < n; i++)
+                                        if (strcmp(c->backends[i], t) == 0)
+                                                return bad(p, "backends: \"%s\" is listed twice", t);
+                                snprintf(c->backends[n++], sizeof(c->backends[0]), "%s", t);
+                        }
+                        if (n == 0)
+                                return bad(p, "backends: the list is empty");
+                        c->n_backends = n;
+                        return 1;
+                }
+        } else if (strcmp(section, "vmm") == 0) {
+                if (strcmp(name, "hypervisor") == 0) {
+                        if (strcmp(value, "cloud-hypervisor") != 0 && strcmp(value, "qemu") != 0)
+                                return bad(p, "hypervisor \"%s\": expected cloud-hypervisor or qemu", value);
+                        return put_str(c->hypervisor, sizeof(c->hypervisor), value);
+                }
+                if (strcmp(name, "binary") == 0)
+                        return check(p, put_path(c->vmm_binary, sizeof(c->vmm_binary), value),
+                                     "binary must be an absolute path");
+                if (strcmp(name, "stop_timeout") == 0) {
+                        char *end;
+                        errno = 0;
+                        unsigned long v = strtoul(value, &end, 10);
+                        if (errno || *end || value[0] == '-' || value[0] == '\0' || v < 1 || v > 3600)
+                                return bad(p, "stop_timeout \"%s\": expected whole seconds from 1 to 3600",
+                                           value);
+                        c->stop_timeout = (unsigned) v;
+                        return 1;
+                }
+                if (strcmp(name, "accel") == 0) {
+                        if (strcmp(value, "auto") != 0 && strcmp(value, "kvm") != 0 &&
+                            strcmp(value, "tcg") != 0)
+                                return bad(p, "accel \"%s\": expected auto, kvm or tcg", value);
+                        return put_str(c->accel, sizeof(c->accel), value);
+                }
+        } else if (strcmp(section, "local") == 0) {
+                if (strcmp(name, "bridge") == 0)
+                        return check(p,
+                                     (ifname_ok(value) &&
+                                      put_str(c->local_bridge, sizeof(c->local_bridge), value)),
+                                     "bridge \"%s\" is not a valid interface name", value);
+                if (strcmp(name, "subnet") == 0) {
+                        char buf[64], *slash;
+                        uint32_t a;
+                        if (strlen(value) >= sizeof(buf))
+                                return bad(p, "subnet \"%s\": expected A.B.C.D/N", value);
+                        memcpy(buf, value, strlen(value) + 1);
+                        slash = strchr(buf, '/');
+                        if (!slash)
+                                return bad(p, "subnet \"%s\": expected A.B.C.D/N", value);
+                        *slash = '\0';
+                        char *end;
+                        unsigned long n = strtoul(slash + 1, &end, 10);
+                        if (parse_ipv4(buf, &a) < 0 || *end || slash[1] == '\0' || n < 8 || n > 30)
+                                return bad(p, "subnet \"%s\": expected A.B.C.D/N with N from 8 to 30",
+                                           value);
+                        uint32_t mask = ~UINT32_C(0) << (32 - n);
+                        if (a & ~mask)
+                                return bad(p,
+                                           "subnet \"%s\" has host bits set (did you mean %u.%u.%u.%u/%lu?)",
+                                           value, (a & mask) >> 24, ((a & mask) >> 16) & 0xff,
+                                           ((a & mask) >> 8) & 0xff, (a & mask) & 0xff, n);
+                        c->local_subnet = a;
+                        c->local_prefixlen = (uint8_t) n;
+                        return 1;
+                }
+                if (strcmp(name, "gateway") == 0) {
+                        uint32_t a;
+                        if (parse_ipv4(value, &a) < 0)
+                                return bad(p, "gateway \"%s\" is not an IPv4 address", value);
+                        c->local_gateway = a; /* checked against the subnet at the end */
+                        return 1;
+                }
+                if (strcmp(name, "tap_prefix") == 0)
+                        return check(p,
+                                     (strlen(value) <= 11 && ifname_ok(value) &&
+                                      put_str(c->local_tap_prefix, sizeof(c->local_tap_prefix), value)),
+                                     "tap_prefix \"%s\": 1 to 11 characters valid in an interface name",
+                                     value);
+                if (strcmp(name, "table") == 0)
+                        return check(p,
+                                     (simple_name(value, 32, true) &&
+                                      put_str(c->local_table, sizeof(c->local_table), value)),
+                                     "table \"%s\" is not a valid table name", value);
+        } else if (strcmp(section, "bridge") == 0) {
+                if (strcmp(name, "bridge") == 0)
+                        return check(p,
+                                     (ifname_ok(value) &&
+                                      put_str(c->bridge_bridge, sizeof(c->bridge_bridge), value)),
+                                     "bridge \"%s\" is not a valid interface name", value);
+                if (strcmp(name, "tap_prefix") == 0)
+                        return check(p,
+                                     (strlen(value) <= 11 && ifname_ok(value) &&
+                                      put_str(c->bridge_tap_prefix, sizeof(c->bridge_tap_prefix), value)),
+                                     "tap_prefix \"%s\": 1 to 11 characters valid in an interface name",
+                                     value);
+        } else
+                return bad(p, "unknown section [%s]", section);
+
+        return bad(p, "unknown key \"%s\" in [%s]", name, section);
+}
+
+static int finish(Parse *p, const char *name, int line, char *err, size_t err_size) {
+        AgentConfig *c = &p->c;
+
+        if (line != 0) {
+                snprintf(err, err_size, "%s:%d: %s", name, line, p->why[0] ? p->why : "syntax error");
+                return -EINVAL;
+        }
+        uint32_t size = UINT32_C(1) << (32 - c->local_prefixlen);
+        uint32_t bcast = c->local_subnet + size - 1;
+        if (c->local_gateway == 0)
+                c->local_gateway = c->local_subnet + 1;
+        else if (c->local_gateway <= c->local_subnet || c->local_gateway >= bcast) {
+                snprintf(err, err_size, "%s: [local] gateway is not a host address of subnet %u.%u.%u.%u/%u",
+                         name, c->local_subnet >> 24, (c->local_subnet >> 16) & 0xff,
+                         (c->local_subnet >> 8) & 0xff, c->local_subnet & 0xff, c->local_prefixlen);
+                return -EINVAL;
+        }
+        bool found = false;
+        for (unsigned i = 0; i < c->n_backends; i++)
+                found = found || strcmp(c->backends[i], c->default_backend) == 0;
+        if (!found) {
+                snprintf(err, err_size,
+                         "%s: [agent] default_backend \"%s\" is not among the loaded backends", name,
+                         c->default_backend);
+                return -EINVAL;
+        }
+        if (!c->socket[0]) {
+                int n = snprintf(c->socket, sizeof(c->socket), "%s/agent.sock", c->runtime_dir);
+                if (n < 0 || (size_t) n >= sizeof(c->socket)) {
+                        snprintf(err, err_size, "%s: [agent] runtime_dir is too long for the socket path",
+                                 name);
+                        return -ENAMETOOLONG;
+                }
+        }
+        return 0;
+}
+
+int config_load(AgentConfig *c, const char *path, char *err, size_t err_size) {
+        Parse *p = calloc(1, sizeof(Parse));
+        FILE *f;
+        int r;
+
+        if (!p)
+                return -ENOMEM;
+        f = fopen(path, "re");
+        if (!f) {
+                r = negative_errno();
+                snprintf(err, err_size, "%s: %s", path, strerror(-r));
+                free(p);
+                return r;
+        }
+        p->c = *c;
+        r = finish(p, path, ini_parse_file(f, handler, p), err, err_size);
+        fclose(f);
+        if (r >= 0)
+                *c = p->c;
+        free(p);
+        return r;
+}
+
+int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size) {
+        Parse *p = calloc(1, sizeof(Parse));
+        int r;
+
+        if (!p)
+                return -ENOMEM;
+        p->c = *c;
+        r = finish(p, name, ini_parse_string(text, handler, p), err, err_size);
+        if (r >= 0)
+                *c = p->c;
+        free(p);
+        return r;
+}

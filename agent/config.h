@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* /etc/chvm/agent.conf (INI, parsed with inih). Every key has a default; an unknown section or key, a
+ * key given twice or a value that does not parse makes the whole file invalid, and the error names
+ * FILE:LINE and the cause. Keys (defaults in brackets):
+ *
+ *   [agent]  state_dir [/var/lib/chvm]  runtime_dir [/run/chvm]  socket [<runtime_dir>/agent.sock]
+ *            backend_dir [$(pkglibdir)/backends]  default_backend [local]  control_group [chvm]
+ *            backends [local bridge mosnet]   (the modules loaded at start)
+ *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
+ *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
+ * [chvm] [bridge] bridge [br0]  tap_prefix [tap-]
+ */
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_BACKENDS 8
+
+typedef struct AgentConfig {
+        char state_dir[PATH_MAX];
+        char runtime_dir[PATH_MAX];
+        char socket[108]; /* sun_path */
+        char backend_dir[PATH_MAX];
+        char default_backend[33];
+        char control_group[33];
+        char backends[CONFIG_MAX_BACKENDS][33];
+        unsigned n_backends;
+
+        char hypervisor[32]; /* "cloud-hypervisor" or "qemu" */
+        char vmm_binary[PATH_MAX]; /* "" = the kind's default */
+        unsigned stop_timeout; /* seconds */
+        char accel[8]; /* "auto", "kvm", "tcg" */
+
+        char local_bridge[16];
+        uint32_t local_subnet; /* host byte order */
+        uint8_t local_prefixlen;
+        uint32_t local_gateway;
+        char local_tap_prefix[12];
+        char local_table[33];
+
+        char bridge_bridge[16];
+        char bridge_tap_prefix[12];
+} AgentConfig;
+
+/* The defaults, with backend_dir as given (the build's pkglibdir). */
+void config_defaults(AgentConfig *c, const char *backend_dir);
+
+/* Parses path over the defaults already in *c. 0, or -errno with err = "PATH:LINE: cause" (or
+ * "PATH: cause" when the file cannot be read). On failure *c is unchanged. */
+int config_load(AgentConfig *c, const char *path, char *err, size_t err_size);
+
+/* Same from a string (for tests and the fuzzer); `name` stands in for the path in messages. */
+int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size);

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* agent.conf: defaults, every key, and bad input refused with FILE:LINE and the cause. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/config.h"
+
+static AgentConfig c;
+static char err[512];
+
+static void setup(void) {
+        config_defaults(&c, "/usr/lib/chvm-agent/backends");
+        err[0] = '\0';
+}
+
+TestSuite(config, .init = setup);
+
+static int load(const char *text) {
+        return config_load_string(&c, "agent.conf", text, err, sizeof(err));
+}
+
+Test(config, defaults) {
+        cr_assert_eq(load(""), 0, "%s", err);
+        cr_assert_str_eq(c.state_dir, "/var/lib/chvm");
+        cr_assert_str_eq(c.runtime_dir, "/run/chvm");
+        cr_assert_str_eq(c.socket, "/run/chvm/agent.sock");
+        cr_assert_str_eq(c.backend_dir, "/usr/lib/chvm-agent/backends");
+        cr_assert_str_eq(c.default_backend, "local");
+        cr_assert_str_eq(c.control_group, "chvm");
+        cr_assert_eq(c.n_backends, 3);
+        cr_assert_str_eq(c.hypervisor, "cloud-hypervisor");
+        cr_assert_eq(c.stop_timeout, 10);
+        cr_assert_str_eq(c.accel, "auto");
+        cr_assert_str_eq(c.local_bridge, "chvm0");
+        cr_assert_eq(c.local_subnet, 0xc0a8c800);
+        cr_assert_eq(c.local_prefixlen, 24);
+        cr_assert_eq(c.local_gateway, 0xc0a8c801, "the gateway defaults to the first host");
+        cr_assert_str_eq(c.local_tap_prefix, "tap-");
+        cr_assert_str_eq(c.local_table, "chvm");
+        cr_assert_str_eq(c.bridge_bridge, "br0");
+}
+
+Test(config, every_key) {
+        const char *text = "; a comment\n"
+                           "[agent]\n"
+                           "state_dir = /tmp/s\n"
+                           "runtime_dir = /tmp/r\n"
+                           "backend_dir = /opt/b\n"
+                           "default_backend = mosnet\n"
+                           "control_group = vmadmins\n"
+                           "backends = local mosnet\n"
+                           "[vmm]\n"
+                           "hypervisor = qemu\n"
+                           "binary = /usr/bin/qemu-system-x86_64\n"
+                           "stop_timeout = 30\n"
+                           "accel = tcg\n"
+                           "[local]\n"
+                           "bridge = vmbr9\n"
+                           "subnet = 10.20.0.0/16\n"
+                           "gateway = 10.20.0.254\n"
+                           "tap_prefix = vm-\n"
+                           "table = chvm_test\n"
+                           "[bridge]\n"
+                           "bridge = br-lan\n"
+                           "tap_prefix = vb-\n";
+        cr_assert_eq(load(text), 0, "%s", err);
+        cr_assert_str_eq(c.state_dir, "/tmp/s");
+        cr_assert_str_eq(c.socket, "/tmp/r/agent.sock", "the socket follows runtime_dir unless set");
+        cr_assert_str_eq(c.backend_dir, "/opt/b");
+        cr_assert_str_eq(c.default_backend, "mosnet");
+        cr_assert_str_eq(c.control_group, "vmadmins");
+        cr_assert_eq(c.n_backends, 2);
+        cr_assert_str_eq(c.backends[1], "mosnet");
+        cr_assert_str_eq(c.hypervisor, "qemu");
+        cr_assert_str_eq(c.vmm_binary, "/usr/bin/qemu-system-x86_64");
+        cr_assert_eq(c.stop_timeout, 30);
+        cr_assert_str_eq(c.accel, "tcg");
+        cr_assert_str_eq(c.local_bridge, "vmbr9");
+        cr_assert_eq(c.local_subnet, 0x0a140000);
+        cr_assert_eq(c.local_prefixlen, 16);
+        cr_assert_eq(c.local_gateway, 0x0a1400fe);
+        cr_assert_str_eq(c.local_tap_prefix, "vm-");
+        cr_assert_str_eq(c.local_table, "chvm_test");
+        cr_assert_str_eq(c.bridge_bridge, "br-lan");
+        cr_assert_str_eq(c.bridge_tap_prefix, "vb-");
+}
+
+/* Each bad file is refused, the message names the line and the cause, and nothing of it is taken. */
+Test(config, bad_input_names_file_line_and_cause) {
+        static const struct {
+                const char *text;
+                const char *expect;
+        } cases[] = {
+                { "[agent]\nstate_dir = /x\nsoket = /y\n",
+                  "agent.conf:3: unknown key \"soket\" in [agent]" },
+                { "[locla]\nbridge = x\n", "agent.conf:2: unknown section [locla]" },
+                { "[local]\nsubnet = 192.168.200.0\n",
+                  "agent.conf:2: subnet \"192.168.200.0\": expected A.B.C.D/N" },
+                { "[local]\nsubnet = 192.168.200.7/24\n",
+                  "agent.conf:2: subnet \"192.168.200.7/24\" has host bits set" },
+                { "[local]\nsubnet = 300.1.1.0/24\n", "agent.conf:2: subnet" },
+                { "[local]\nsubnet = 10.0.0.0/31\n", "with N from 8 to 30" },
+                { "[local]\ngateway = 10.0.0.1\n",
+                  "agent.conf: [local] gateway is not a host address of subnet 192.168.200.0/24" },
+                { "[local]\ngateway = 192.168.200.255\n", "gateway is not a host address" },
+                { "[local]\nbridge = way-too-long-bridge\n",
+                  "agent.conf:2: bridge \"way-too-long-bridge\" is not a valid interface name" },
+                { "[local]\nbridge = a/b\n", "is not a valid interface name" },
+                { "[local]\ntap_prefix = twelve-chars\n", "agent.conf:2: tap_prefix" },
+                { "[vmm]\nhypervisor = xen\n",
+                  "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
+                { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
+                { "[vmm]\nstop_timeout = 10s\n", "stop_timeout \"10s\"" },
+                { "[vmm]\nstop_timeout = -5\n", "stop_timeout \"-5\"" },
+                { "[vmm]\naccel = hvf\n", "accel \"hvf\": expected auto, kvm or tcg" },
+                { "[vmm]\nbinary = qemu\n", "binary must be an absolute path" },
+                { "[agent]\nstate_dir = relative/dir\n",
+                  "agent.conf:2: state_dir must be an absolute path" },
+                { "[agent]\nbackends = local local\n", "\"local\" is listed twice" },
+                { "[agent]\nbackends = local ../evil\n", "\"../evil\" is not a backend name" },
+                { "[agent]\ndefault_backend = bridge\nbackends = local mosnet\n",
+                  "default_backend \"bridge\" is not among the loaded backends" },
+                { "[agent]\nstate_dir = /a\n\n[agent]\nstate_dir = /b\n",
+                  "agent.conf:5: [agent] state_dir is set twice" },
+                { "[agent\nstate_dir = /a\n", "agent.conf:1:" },
+                { "[agent]\njust some words\n", "agent.conf:2:" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                setup();
+                AgentConfig before = c;
+                cr_assert_lt(load(cases[i].text), 0, "accepted: %s", cases[i].text);
+                cr_assert(strstr(err, cases[i].expect), "case %zu: got \"%s\", expected \"%s\"", i, err,
+                          cases[i].expect);
+                cr_assert_eq(memcmp(&before, &c, sizeof(c)), 0, "case %zu changed the config", i);
+        }
+}
+
+Test(config, file_errors) {
+        cr_assert_eq(config_load(&c, "/nonexistent/agent.conf", err, sizeof(err)), -ENOENT);
+        cr_assert_str_eq(err, "/nonexistent/agent.conf: No such file or directory");
+
+        char path[] = "/tmp/chvm-config-XXXXXX";
+        int fd = mkstemp(path);
+        cr_assert_geq(fd, 0);
+        const char *text = "[vmm]\nhypervisor = qemu\nfoo = bar\n";
+        cr_assert_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+        close(fd);
+        cr_assert_lt(config_load(&c, path, err, sizeof(err)), 0);
+        char expect[128];
+        snprintf(expect, sizeof(expect), "%s:3: unknown key \"foo\" in [vmm]", path);
+        cr_assert_str_eq(err, expect);
+        unlink(path);
+}
