@@ -21,6 +21,7 @@
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "state/journal.h"
+#include "tests/shell-oracle.h"
 #include "util/crashpoint.h"
 
 #define AGENT "c41e5500-1234-4000-8000-deadbeef0001"
@@ -45,36 +46,6 @@ static BackendConfig config(const char *bridge, uint8_t prefixlen) {
                 .gateway = 0xc0a8c801,
                 .tap_prefix = "tap-",
         };
-}
-
-_printf_(1, 2) static char *sh(const char *fmt, ...) {
-        char cmd[4096];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f);
-        char *out = NULL;
-        size_t len = 0, k;
-        char chunk[4096];
-        while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-                out = realloc(out, len + k + 1);
-                memcpy(out + len, chunk, k);
-                len += k;
-        }
-        pclose(f);
-        if (!out)
-                out = calloc(1, 1);
-        out[len] = '\0';
-        return out;
-}
-
-static unsigned count(const char *haystack, const char *needle) {
-        unsigned n = 0;
-        for (const char *p = haystack; (p = strstr(p, needle)); p += strlen(needle))
-                n++;
-        return n;
 }
 
 static void open_agent(const char *local_bridge, uint8_t prefixlen) {
@@ -184,7 +155,7 @@ Test(dispatcher, fifty_vms_up_and_down) {
                 snprintf(fwd, sizeof(fwd), "\"%s\" comment \"chvm1:" AGENT ":%016x:port\"", tap, i);
                 cr_assert(strstr(nft, fwd), "vm_ports element missing: %s", fwd);
         }
-        cr_assert_eq(count(bridge, "\"master\":\"chvm0\""), 50);
+        cr_assert_eq(count_substr(bridge, "\"master\":\"chvm0\""), 50);
         char *fwd = sh("cat /proc/sys/net/ipv4/ip_forward");
         cr_assert_str_eq(fwd, "1\n", "the local backend did not turn on ip_forward");
         free(fwd);
@@ -199,7 +170,7 @@ Test(dispatcher, fifty_vms_up_and_down) {
         links = sh("ip -o link show type tun");
         cr_assert_str_empty(links, "TAPs left: %s", links);
         nft = sh("nft list ruleset");
-        cr_assert_eq(count(nft, "fwd-"), 0, "%s", nft);
+        cr_assert_eq(count_substr(nft, "fwd-"), 0, "%s", nft);
         cr_assert(strstr(nft, "fib daddr type local dnat ip to meta l4proto . th dport map @portfwd4"),
                   "core layout gone");
         cr_assert(strstr(nft, "comment \"chvm1:" AGENT ":core:table\""));
@@ -302,7 +273,7 @@ Test(dispatcher, rebuild_after_flush) {
                 snprintf(fwd, sizeof(fwd), "tcp . %u comment", 8000 + i);
                 cr_assert(strstr(nft, fwd), "forward of vm%u not rebuilt:\n%s", i, nft);
         }
-        cr_assert_eq(count(nft, ":port\""), 4);
+        cr_assert_eq(count_substr(nft, ":port\""), 4);
         cr_assert(strstr(nft, "masquerade"));
         free(nft);
 }

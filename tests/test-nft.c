@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "backends/nl/nft.h"
+#include "tests/shell-oracle.h"
 
 #define AGENT "chvm1:c41e5500-1234-4000-8000-deadbeef0001"
 
@@ -141,29 +142,6 @@ static void netns_setup(void) {
 
 static void netns_teardown(void) {
         nft = nft_close(nft);
-}
-
-_printf_(1, 2) static char *sh(const char *fmt, ...) {
-        char cmd[2048];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f);
-        char *out = NULL;
-        size_t len = 0, k;
-        char chunk[4096];
-        while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-                out = realloc(out, len + k + 1);
-                memcpy(out + len, chunk, k);
-                len += k;
-        }
-        pclose(f);
-        if (!out)
-                out = calloc(1, 1);
-        out[len] = '\0';
-        return out;
 }
 
 static void setup_layout(void) {

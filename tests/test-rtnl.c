@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backends/nl/rtnl.h"
+#include "tests/shell-oracle.h"
 
 #define TAG_OURS "chvm1:c41e5500-1234-4000-8000-deadbeef0001:00000000000000a1:tap"
 #define TAG_OTHER "chvm1:0ther000-1234-4000-8000-deadbeef0002:00000000000000a1:tap"
@@ -180,31 +181,6 @@ static void netns_teardown(void) {
 }
 
 /* Runs a shell command in this test's namespace and returns its output (the oracle). */
-_printf_(1, 2) static char *sh(const char *fmt, ...) {
-        char cmd[1024];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof(cmd), fmt, ap);
-        va_end(ap);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f, "popen %s", cmd);
-        char *out = NULL;
-        size_t n = 0, len = 0;
-        char chunk[4096];
-        size_t k;
-        while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-                out = realloc(out, len + k + 1);
-                memcpy(out + len, chunk, k);
-                len += k;
-        }
-        (void) n;
-        pclose(f);
-        if (!out)
-                out = calloc(1, 1);
-        out[len] = '\0';
-        return out;
-}
-
 static bool oracle_link_has(const char *name, const char *needle) {
         char *out = sh("ip -j -d link show dev %s 2>/dev/null", name);
         bool r = strstr(out, needle) != NULL;

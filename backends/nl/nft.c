@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include "backends/nl/nft.h"
+#include "backends/nl/nlerr.h"
 
 #define IFNAMSIZ_PADDED 16 /* an ifname in a register or set key: 16 bytes, NUL-padded */
 
@@ -782,14 +783,6 @@ int nft_batch_peek(NftBatch *b, const void **ret_buf, size_t *ret_len) {
         return 0;
 }
 
-static int extack_cb(const struct nlattr *attr, void *data) {
-        char *out = data;
-        if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
-            mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0)
-                snprintf(out, 200, "%s", mnl_attr_get_str(attr));
-        return MNL_CB_OK;
-}
-
 int nft_batch_commit(Nft *nft, NftBatch *b) {
         int first_error = 0;
         size_t replies = 0;
@@ -850,20 +843,13 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
                             m->nlmsg_seq >= b->first_seq + b->n_ops)
                                 continue;
                         replies++;
-                        const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
-                        if (e->error == 0 || first_error)
+                        char extack[NL_EXTACK_MAX];
+                        int e = nl_error_parse(m, extack);
+                        if (e == 0 || first_error)
                                 continue;
-                        char extack[200] = "";
-                        if (m->nlmsg_flags & NLM_F_ACK_TLVS) {
-                                size_t off = sizeof(*e);
-                                if (!(m->nlmsg_flags & NLM_F_CAPPED))
-                                        off += e->msg.nlmsg_len - sizeof(struct nlmsghdr);
-                                if (mnl_nlmsg_size(off) <= m->nlmsg_len)
-                                        (void) mnl_attr_parse(m, (unsigned) off, extack_cb, extack);
-                        }
-                        first_error = e->error;
-                        nft_fail(nft, e->error, "%s: %s%s%s", b->ops[m->nlmsg_seq - b->first_seq],
-                                 strerror(-e->error), extack[0] ? ": " : "", extack);
+                        first_error = e;
+                        nft_fail(nft, e, "%s: %s%s%s", b->ops[m->nlmsg_seq - b->first_seq], strerror(-e),
+                                 extack[0] ? ": " : "", extack);
                 }
         }
         if (first_error)

@@ -16,6 +16,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "backends/nl/nlerr.h"
 #include "backends/nl/rtnl.h"
 #include "util/crashpoint.h"
 
@@ -23,7 +24,7 @@ struct Rtnl {
         struct mnl_socket *nl;
         uint32_t portid;
         uint32_t seq;
-        char error[256];
+        char error[NL_EXTACK_MAX];
         uint8_t buf[32768]; /* >= MNL_SOCKET_BUFFER_SIZE (8 KiB): one recvmsg never truncates a dump */
 };
 
@@ -66,30 +67,9 @@ const char *rtnl_error_message(const Rtnl *rtnl) {
         return rtnl->error;
 }
 
-static int extack_cb(const struct nlattr *attr, void *data) {
-        char *out = data;
-        if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
-            mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0)
-                snprintf(out, 256, "%s", mnl_attr_get_str(attr));
-        return MNL_CB_OK;
-}
-
 /* The error of an NLMSG_ERROR message (0 for an ACK), and its extack text into rtnl->error. */
 static int parse_error(Rtnl *rtnl, const struct nlmsghdr *nlh) {
-        const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-
-        if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(struct nlmsgerr)))
-                return -EBADMSG;
-        if (e->error == 0)
-                return 0;
-        if (nlh->nlmsg_flags & NLM_F_ACK_TLVS) {
-                size_t offset = sizeof(struct nlmsgerr);
-                if (!(nlh->nlmsg_flags & NLM_F_CAPPED))
-                        offset += e->msg.nlmsg_len - sizeof(struct nlmsghdr);
-                if (mnl_nlmsg_size(offset) <= nlh->nlmsg_len)
-                        (void) mnl_attr_parse(nlh, (unsigned) offset, extack_cb, rtnl->error);
-        }
-        return e->error;
+        return nl_error_parse(nlh, rtnl->error);
 }
 
 typedef int (*MsgHandler)(const struct nlmsghdr *nlh, void *userdata);
