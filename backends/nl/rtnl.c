@@ -474,6 +474,67 @@ static const LinkInfo *find_link(const LinkInfo *links, size_t n, uint32_t ifind
         return NULL;
 }
 
+/* Sends RTM_NEWLINK "group = g" for every link with doomed[i], up to PIPELINE requests per sendto, and
+ * reads each one's ACK. A link that vanished meanwhile (ENODEV) is no longer doomed but counts as
+ * deleted; any other error stops. */
+#define PIPELINE 128
+static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, bool *doomed, uint32_t group,
+                               size_t *deleted, size_t *moved) {
+        size_t i = 0;
+
+        while (i < n) {
+                size_t idx[PIPELINE], k = 0, len = 0;
+                uint32_t first_seq = rtnl->seq + 1;
+
+                for (; i < n && k < PIPELINE; i++) {
+                        if (!doomed[i])
+                                continue;
+                        LinkChange c = LINK_CHANGE_KEEP;
+                        c.group = group;
+                        len += rtnl_build_link_change(rtnl->buf + len, sizeof(rtnl->buf) - len, ++rtnl->seq,
+                                                      links[i].ifindex, &c);
+                        idx[k++] = i;
+                }
+                if (k == 0)
+                        break;
+                if (mnl_socket_sendto(rtnl->nl, rtnl->buf, len) < 0)
+                        return negative_errno();
+
+                size_t acked = 0;
+                int first_error = 0;
+                while (acked < k) {
+                        ssize_t got = mnl_socket_recvfrom(rtnl->nl, rtnl->buf, sizeof(rtnl->buf));
+                        if (got < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                return negative_errno();
+                        }
+                        int left = (int) got;
+                        for (const struct nlmsghdr *m = (const struct nlmsghdr *) rtnl->buf;
+                             mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+                                if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < first_seq ||
+                                    m->nlmsg_seq >= first_seq + k)
+                                        continue;
+                                size_t j = idx[m->nlmsg_seq - first_seq];
+                                char extack[NL_EXTACK_MAX];
+                                int e = nl_error_parse(m, extack);
+                                acked++;
+                                if (e == -ENODEV) {
+                                        doomed[j] = false;
+                                        (*deleted)++;
+                                        (*moved)--;
+                                } else if (e < 0 && !first_error) {
+                                        first_error = e;
+                                        memcpy(rtnl->error, extack, sizeof(extack));
+                                }
+                        }
+                }
+                if (first_error)
+                        return first_error;
+        }
+        return 0;
+}
+
 int rtnl_links_delete_owned_bulk(Rtnl *rtnl, const OwnedLink *links, size_t n, size_t *ret_deleted,
                                  size_t *ret_stale) {
         _cleanup_free_ LinkInfo *all = NULL;
@@ -502,18 +563,14 @@ int rtnl_links_delete_owned_bulk(Rtnl *rtnl, const OwnedLink *links, size_t n, s
                         stale++;
                         continue;
                 }
-                LinkChange c = LINK_CHANGE_KEEP;
-                c.group = group;
-                r = rtnl_link_change(rtnl, links[i].ifindex, &c);
-                if (r == -ENODEV) {
-                        deleted++;
-                        continue;
-                }
-                if (r < 0)
-                        return r;
                 doomed[i] = true;
                 moved++;
         }
+
+        /* Move them all into the group, pipelined: many requests per send, then their ACKs. */
+        r = set_group_pipelined(rtnl, links, n, doomed, group, &deleted, &moved);
+        if (r < 0)
+                return r;
 
         if (moved > 0) {
                 /* Only our links may be in the group: check every member again before deleting it. */
