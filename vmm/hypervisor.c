@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm/cloud-hypervisor.h"
+#include "vmm/hypervisor.h"
+#include "vmm/qemu.h"
+
+static const char *const hypervisor_kind_table[_HYPERVISOR_KIND_MAX] = {
+        [HYPERVISOR_CLOUD_HYPERVISOR] = "cloud-hypervisor",
+        [HYPERVISOR_QEMU] = "qemu",
+};
+
+const char *hypervisor_kind_to_string(HypervisorKind k) {
+        if (k < 0 || k >= _HYPERVISOR_KIND_MAX)
+                return NULL;
+        return hypervisor_kind_table[k];
+}
+
+HypervisorKind hypervisor_kind_from_string(const char *s) {
+        if (!s)
+                return _HYPERVISOR_KIND_INVALID;
+        for (int i = 0; i < _HYPERVISOR_KIND_MAX; i++)
+                if (strcmp(hypervisor_kind_table[i], s) == 0)
+                        return (HypervisorKind) i;
+        return _HYPERVISOR_KIND_INVALID;
+}
+
+static const char *const vmm_accel_table[_VMM_ACCEL_MAX] = {
+        [VMM_ACCEL_AUTO] = "auto",
+        [VMM_ACCEL_KVM] = "kvm",
+        [VMM_ACCEL_TCG] = "tcg",
+};
+
+const char *vmm_accel_to_string(VmmAccel a) {
+        if (a < 0 || a >= _VMM_ACCEL_MAX)
+                return NULL;
+        return vmm_accel_table[a];
+}
+
+VmmAccel vmm_accel_from_string(const char *s) {
+        if (!s)
+                return _VMM_ACCEL_INVALID;
+        for (int i = 0; i < _VMM_ACCEL_MAX; i++)
+                if (strcmp(vmm_accel_table[i], s) == 0)
+                        return (VmmAccel) i;
+        return _VMM_ACCEL_INVALID;
+}
+
+bool vmm_kvm_device_usable(const char *path) {
+        _cleanup_close_ int fd = -EBADF;
+
+        fd = open(path ? path : VMM_KVM_DEVICE, O_RDWR | O_CLOEXEC | O_NOCTTY);
+        return fd >= 0;
+}
+
+int vmm_accel_resolve(VmmAccel accel, bool kvm_works, const char *kvm_device, VmmAccel *ret) {
+        assert(ret);
+
+        switch (accel) {
+        case VMM_ACCEL_KVM:
+        case VMM_ACCEL_TCG:
+                *ret = accel;
+                return 0;
+        case VMM_ACCEL_AUTO:
+                *ret = kvm_works && vmm_kvm_device_usable(kvm_device) ? VMM_ACCEL_KVM : VMM_ACCEL_TCG;
+                return 0;
+        default:
+                return -EINVAL;
+        }
+}
+
+static const HypervisorVTable *const hypervisor_vtables[_HYPERVISOR_KIND_MAX] = {
+        [HYPERVISOR_CLOUD_HYPERVISOR] = &cloud_hypervisor_vtable,
+        [HYPERVISOR_QEMU] = &qemu_vtable,
+};
+
+const HypervisorVTable *hypervisor_vtable(HypervisorKind kind) {
+        if (kind < 0 || kind >= _HYPERVISOR_KIND_MAX)
+                return NULL;
+        return hypervisor_vtables[kind];
+}
+
+const char *vm_spec_binary(const VmSpec *spec, const HypervisorVTable *vt) {
+        return spec->binary ? spec->binary : vt->default_binary;
+}
+
+void vm_mac_to_string(const uint8_t mac[6], char ret[18]) {
+        (void) snprintf(ret, 18, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4],
+                        mac[5]);
+}
+
+_printf_(3, 4) static int invalid(char *error, size_t error_size, const char *fmt, ...) {
+        va_list ap;
+
+        if (error && error_size > 0) {
+                va_start(ap, fmt);
+                (void) vsnprintf(error, error_size, fmt, ap);
+                va_end(ap);
+        }
+        return -EINVAL;
+}
+
+static bool has_control_chars(const char *s) {
+        for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+                if (*p < 0x20 || *p == 0x7f)
+                        return true;
+        return false;
+}
+
+/* The kernel's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace. */
+static bool tap_name_valid(const char *name) {
+        size_t n = strnlen(name, 16);
+
+        if (n == 0 || n > 15 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                return false;
+        for (const unsigned char *p = (const unsigned char *) name; *p; p++)
+                /* the kernel's isspace() also counts 0xa0 (non-breaking space in Latin-1) */
+                if (*p == '/' || *p == ':' || *p == ' ' || (*p >= '\t' && *p <= '\r') || *p == 0xa0)
+                        return false;
+        return true;
+}
+
+static int check_path(const char *what, const char *path, bool optional, char *error, size_t error_size) {
+        if (!path) {
+                if (optional)
+                        return 0;
+                return invalid(error, error_size, "%s is missing", what);
+        }
+        if (path[0] != '/')
+                return invalid(error, error_size, "%s \"%s\" is not an absolute path", what, path);
+        if (has_control_chars(path))
+                return invalid(error, error_size, "%s contains control characters", what);
+        if (strlen(path) >= PATH_MAX)
+                return invalid(error, error_size, "%s is longer than %d bytes", what, PATH_MAX - 1);
+        return 0;
+}
+
+static uint32_t prefix_mask(uint8_t prefixlen) {
+        return prefixlen == 0 ? 0 : UINT32_MAX << (32 - prefixlen);
+}
+
+static void ip4_to_string(uint32_t a, char ret[16]) {
+        (void) snprintf(ret, 16, "%u.%u.%u.%u", a >> 24, (a >> 16) & 0xffu, (a >> 8) & 0xffu, a & 0xffu);
+}
+
+static int check_network(const VmSpec *spec, char *error, size_t error_size) {
+        char mac[18], ip[16], gw[16];
+        uint32_t mask;
+
+        if (!spec->tap) {
+                if (spec->ip4 != 0)
+                        return invalid(error, error_size,
+                                       "a guest address needs a network device (no TAP given)");
+                return 0;
+        }
+        if (!tap_name_valid(spec->tap))
+                return invalid(error, error_size,
+                               "TAP name \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' or "
+                               "whitespace)",
+                               has_control_chars(spec->tap) ? "?" : spec->tap);
+
+        vm_mac_to_string(spec->mac, mac);
+        if (spec->mac[0] & 1)
+                return invalid(error, error_size, "MAC %s is a multicast address", mac);
+        if ((spec->mac[0] | spec->mac[1] | spec->mac[2] | spec->mac[3] | spec->mac[4] | spec->mac[5]) == 0)
+                return invalid(error, error_size, "MAC %s is all zero", mac);
+
+        if (spec->ip4 == 0)
+                return 0;
+        ip4_to_string(spec->ip4, ip);
+        if (spec->prefixlen < 1 || spec->prefixlen > 32)
+                return invalid(error, error_size, "prefix length %u of guest address %s out of range 1..32",
+                               spec->prefixlen, ip);
+        if (spec->gateway4 == 0)
+                return 0;
+        ip4_to_string(spec->gateway4, gw);
+        mask = prefix_mask(spec->prefixlen);
+        if (spec->gateway4 == spec->ip4)
+                return invalid(error, error_size, "gateway %s is the guest's own address", gw);
+        if ((spec->gateway4 & mask) != (spec->ip4 & mask)) {
+                char net[16];
+
+                ip4_to_string(spec->ip4 & mask, net);
+                return invalid(error, error_size, "gateway %s is outside the guest's network %s/%u", gw, net,
+                               spec->prefixlen);
+        }
+        return 0;
+}
+
+int vm_spec_kernel_cmdline(const VmSpec *spec, char **ret) {
+        _cleanup_free_ char *s = NULL;
+        char ipopt[80] = "", ip[16], gw[16] = "", mask[16];
+        bool extra;
+
+        assert(spec);
+        assert(ret);
+
+        if (spec->ip4 != 0) {
+                ip4_to_string(spec->ip4, ip);
+                if (spec->gateway4 != 0)
+                        ip4_to_string(spec->gateway4, gw);
+                ip4_to_string(prefix_mask(spec->prefixlen), mask);
+                /* ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf> */
+                (void) snprintf(ipopt, sizeof(ipopt), " ip=%s::%s:%s::" VM_GUEST_IFNAME ":off", ip, gw,
+                                mask);
+        }
+
+        extra = spec->cmdline && spec->cmdline[0] != '\0';
+        if (asprintf(&s, "console=" VM_GUEST_CONSOLE "%s%s%s", extra ? " " : "", extra ? spec->cmdline : "",
+                     ipopt) < 0)
+                return -ENOMEM;
+        if (strlen(s) > VM_KERNEL_CMDLINE_MAX)
+                return -EINVAL;
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_t error_size) {
+        const HypervisorVTable *vt;
+        _cleanup_free_ char *cmdline = NULL;
+        int r;
+
+        assert(spec);
+
+        if (error && error_size > 0)
+                error[0] = '\0';
+
+        vt = hypervisor_vtable(kind);
+        if (!vt)
+                return invalid(error, error_size, "unknown hypervisor kind %d", (int) kind);
+
+        if (!spec->name || spec->name[0] == '\0')
+                return invalid(error, error_size, "VM name is missing");
+        if (has_control_chars(spec->name))
+                return invalid(error, error_size, "VM name contains control characters");
+
+        r = check_path("kernel", spec->kernel, false, error, error_size);
+        if (r < 0)
+                return r;
+        r = check_path("initrd", spec->initrd, true, error, error_size);
+        if (r < 0)
+                return r;
+        if (spec->n_disks > 0 && !spec->disks)
+                return invalid(error, error_size, "%zu disks announced but none given", spec->n_disks);
+        for (size_t i = 0; i < spec->n_disks; i++) {
+                char what[32];
+
+                (void) snprintf(what, sizeof(what), "disk %zu", i);
+                r = check_path(what, spec->disks[i], false, error, error_size);
+                if (r < 0)
+                        return r;
+        }
+
+        if (spec->cpus < 1 || spec->cpus > VM_SPEC_CPUS_MAX)
+                return invalid(error, error_size, "cpus %u out of range 1..%u", spec->cpus,
+                               VM_SPEC_CPUS_MAX);
+        if (spec->memory_mib < VM_SPEC_MEMORY_MIB_MIN || spec->memory_mib > VM_SPEC_MEMORY_MIB_MAX)
+                return invalid(error, error_size,
+                               "memory %" PRIu64 " MiB out of range %" PRIu64 "..%" PRIu64 " MiB",
+                               spec->memory_mib, VM_SPEC_MEMORY_MIB_MIN, VM_SPEC_MEMORY_MIB_MAX);
+
+        r = check_network(spec, error, error_size);
+        if (r < 0)
+                return r;
+
+        r = check_path("API socket", spec->api_socket, false, error, error_size);
+        if (r < 0)
+                return r;
+        if (strlen(spec->api_socket) > VM_SOCKET_PATH_MAX)
+                return invalid(
+                        error, error_size,
+                        "API socket path is %zu bytes, longer than the %u a unix socket address holds",
+                        strlen(spec->api_socket), VM_SOCKET_PATH_MAX);
+        r = check_path("serial log", spec->serial_log, false, error, error_size);
+        if (r < 0)
+                return r;
+        r = check_path("hypervisor binary", spec->binary, true, error, error_size);
+        if (r < 0)
+                return r;
+
+        if (spec->cmdline && has_control_chars(spec->cmdline))
+                return invalid(error, error_size, "kernel command line contains control characters");
+        r = vm_spec_kernel_cmdline(spec, &cmdline);
+        if (r == -EINVAL)
+                return invalid(error, error_size, "kernel command line is longer than %u bytes",
+                               VM_KERNEL_CMDLINE_MAX);
+        if (r < 0)
+                return r;
+
+        if (vt->validate)
+                return vt->validate(spec, error, error_size);
+        return 0;
+}
+
+int hypervisor_build_argv(HypervisorKind kind, const VmSpec *spec, char ***ret_argv, char *error,
+                          size_t error_size) {
+        int r;
+
+        r = vm_spec_validate(spec, kind, error, error_size);
+        if (r < 0)
+                return r;
+        return hypervisor_vtable(kind)->build_argv(spec, ret_argv);
+}

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* QEMU (checked with 7.2 on Debian 12):
+ *
+ *   qemu-system-x86_64 -name guest=NAME -accel tcg|kvm -nodefaults -nographic -no-user-config -m N -smp N
+ *                      -kernel K [-initrd I] -append CMDLINE -serial file:LOG
+ *                      -qmp unix:path=SOCK,server=on,wait=off
+ *                      [-netdev tap,id=net0,ifname=TAP,script=no,downscript=no
+ *                       -device virtio-net-pci,netdev=net0,mac=MAC,romfile=]
+ *                      [-drive file=D,if=virtio,format=raw]... -no-reboot
+ *
+ * Values of QEMU's key=value option syntax (-name, -qmp, -netdev, -drive) get every ',' doubled, its only
+ * escape, and always come with their key spelled out, so an '=' in a value cannot turn it into a key.
+ * -kernel, -initrd, -append and -serial file: take their value verbatim and must not be escaped.
+ * -no-reboot: a guest reboot ends the process like a poweroff, so the agent sees it exit. romfile= skips the
+ * iPXE ROM. script=no/downscript=no: QEMU runs no helper, the TAP exists already. */
+
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "vmm/qemu.h"
+
+static int qemu_validate(const VmSpec *spec, char *error, size_t error_size) {
+        if (spec->accel != VMM_ACCEL_KVM && spec->accel != VMM_ACCEL_TCG) {
+                if (error && error_size > 0)
+                        (void) snprintf(
+                                error, error_size,
+                                "accel \"%s\" is not kvm or tcg (resolve auto with vmm_accel_resolve())",
+                                vmm_accel_to_string(spec->accel) ?: "?");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int qemu_build_argv(const VmSpec *spec, char ***ret_argv) {
+        _cleanup_free_ char *cmdline = NULL;
+        ArgvBuilder b = {};
+        int r;
+
+        r = vm_spec_validate(spec, HYPERVISOR_QEMU, NULL, 0);
+        if (r < 0)
+                return r;
+        r = vm_spec_kernel_cmdline(spec, &cmdline);
+        if (r < 0)
+                return r;
+
+        argv_builder_add(&b, vm_spec_binary(spec, &qemu_vtable));
+        argv_builder_add(&b, "-name");
+        argv_builder_add_qemu_escaped(&b, "guest=", spec->name, NULL);
+        argv_builder_add(&b, "-accel");
+        argv_builder_add(&b, vmm_accel_to_string(spec->accel));
+        argv_builder_add(&b, "-nodefaults");
+        argv_builder_add(&b, "-nographic");
+        argv_builder_add(&b, "-no-user-config");
+        argv_builder_add(&b, "-m");
+        argv_builder_addf(&b, "%" PRIu64, spec->memory_mib);
+        argv_builder_add(&b, "-smp");
+        argv_builder_addf(&b, "%u", spec->cpus);
+        argv_builder_add(&b, "-kernel");
+        argv_builder_add(&b, spec->kernel);
+        if (spec->initrd) {
+                argv_builder_add(&b, "-initrd");
+                argv_builder_add(&b, spec->initrd);
+        }
+        argv_builder_add(&b, "-append");
+        argv_builder_add(&b, cmdline);
+        argv_builder_add(&b, "-serial");
+        argv_builder_addf(&b, "file:%s", spec->serial_log);
+        argv_builder_add(&b, "-qmp");
+        argv_builder_add_qemu_escaped(&b, "unix:path=", spec->api_socket, ",server=on,wait=off");
+        if (spec->tap) {
+                char mac[18];
+
+                vm_mac_to_string(spec->mac, mac);
+                argv_builder_add(&b, "-netdev");
+                argv_builder_add_qemu_escaped(&b, "tap,id=net0,ifname=", spec->tap,
+                                              ",script=no,downscript=no");
+                argv_builder_add(&b, "-device");
+                argv_builder_addf(&b, "virtio-net-pci,netdev=net0,mac=%s,romfile=", mac);
+        }
+        for (size_t i = 0; i < spec->n_disks; i++) {
+                argv_builder_add(&b, "-drive");
+                argv_builder_add_qemu_escaped(&b, "file=", spec->disks[i], ",if=virtio,format=raw");
+        }
+        argv_builder_add(&b, "-no-reboot");
+
+        return argv_builder_finish(&b, ret_argv);
+}
+
+const HypervisorVTable qemu_vtable = {
+        .kind = HYPERVISOR_QEMU,
+        .name = "qemu",
+        .default_binary = "qemu-system-x86_64",
+        .validate = qemu_validate,
+        .build_argv = qemu_build_argv,
+};

@@ -1,0 +1,6 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include "vmm/hypervisor.h"
+
+extern const HypervisorVTable qemu_vtable;
