@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Spawning hypervisors with a pidfd, and proving a process's identity before adopting it. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/shell-oracle.h"
+#include "vmm/process.h"
+
+static char dir[] = "/tmp/chvm-process-XXXXXX";
+static char log_path[128];
+
+static void setup(void) {
+        cr_assert(mkdtemp(dir));
+        snprintf(log_path, sizeof(log_path), "%s/vmm.log", dir);
+}
+
+static void teardown(void) {
+        free(sh("rm -rf %s", dir));
+}
+
+TestSuite(vmm_process, .init = setup, .fini = teardown, .timeout = 30);
+
+static siginfo_t wait_pidfd(int pidfd) {
+        siginfo_t si = {};
+        cr_assert_eq(waitid(P_PIDFD, (id_t) pidfd, &si, WEXITED), 0, "%s", strerror(errno));
+        return si;
+}
+
+Test(vmm_process, spawn_logs_and_exit_status) {
+        char *argv[] = { "sh", "-c", "echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3",
+                         NULL };
+        VmmProcess p;
+        char err[256];
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_gt(p.pid, 0);
+        cr_assert_geq(p.pidfd, 0);
+        siginfo_t si = wait_pidfd(p.pidfd);
+        cr_assert_eq(si.si_code, CLD_EXITED);
+        cr_assert_eq(si.si_status, 3);
+        char *log = sh("cat %s", log_path);
+        cr_assert_str_eq(log, "to-stdout\nto-stderr\n");
+        free(log);
+        close(p.pidfd);
+}
+
+Test(vmm_process, own_process_group_and_no_inherited_fds) {
+        char *argv[] = { "sh", "-c",
+                         "cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+                         NULL };
+        VmmProcess p;
+        char err[256];
+        int leak = open("/dev/null", O_RDONLY); /* not close-on-exec: must still not reach the child */
+        cr_assert_geq(leak, 0);
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        wait_pidfd(p.pidfd);
+        char *log = sh("cat %s", log_path);
+        char pgid[32], pid[32];
+        cr_assert_eq(sscanf(log, "%31s %31s", pgid, pid), 2, "%s", log);
+        cr_assert_str_eq(pgid, pid, "not in a process group of its own: %s", log);
+        /* ls itself has 0, 1, 2 and the directory it reads (3) */
+        cr_assert(strstr(log, "\n0 1 2 3 ") || strstr(log, "\n0 1 2 "), "inherited fds: %s", log);
+        free(log);
+        close(leak);
+        close(p.pidfd);
+}
+
+Test(vmm_process, exec_failure_is_reported) {
+        char *argv[] = { "/nonexistent/cloud-hypervisor", "--kernel", "x", NULL };
+        VmmProcess p;
+        char err[256];
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), -ENOENT);
+        cr_assert_str_eq(err, "cannot execute /nonexistent/cloud-hypervisor: No such file or directory");
+        char *argv2[] = { "true", NULL };
+        cr_assert_eq(vmm_spawn(argv2, "/nonexistent/dir/log", &p, err, sizeof(err)), -ENOENT);
+        cr_assert(strstr(err, "cannot open log /nonexistent/dir/log"), "%s", err);
+}
+
+Test(vmm_process, adopt_checks_identity) {
+        char *argv[] = { "sleep", "30", NULL };
+        VmmProcess p;
+        char err[256];
+        int fd;
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+
+        cr_assert_eq(vmm_adopt(p.pid, p.start_time, p.boot_id, &fd), 0);
+        close(fd);
+        /* The same PID with another start time is another process: never adopted, never signalled. */
+        cr_assert_eq(vmm_adopt(p.pid, p.start_time + 1, p.boot_id, &fd), -ESTALE);
+        uint8_t other_boot[16];
+        memcpy(other_boot, p.boot_id, 16);
+        other_boot[0] ^= 1;
+        cr_assert_eq(vmm_adopt(p.pid, p.start_time, other_boot, &fd), -ESRCH, "a process of another boot");
+
+        cr_assert_eq(vmm_signal(p.pidfd, SIGKILL), 0);
+        siginfo_t si = wait_pidfd(p.pidfd);
+        cr_assert_eq(si.si_code, CLD_KILLED);
+        cr_assert_eq(si.si_status, SIGKILL);
+        /* Gone: signalling again is success, adopting is ESRCH. */
+        cr_assert_eq(vmm_signal(p.pidfd, SIGKILL), 0);
+        cr_assert_eq(vmm_adopt(p.pid, p.start_time, p.boot_id, &fd), -ESRCH);
+        close(p.pidfd);
+}
+
+Test(vmm_process, start_time_parsing) {
+        uint64_t a, b;
+        cr_assert_eq(process_start_time(getpid(), &a), 0);
+        cr_assert_eq(process_start_time(getpid(), &b), 0);
+        cr_assert_eq(a, b);
+        cr_assert_gt(a, 0);
+        /* A command name with spaces and parentheses does not shift the fields. */
+        char *argv[] = { "sh", "-c", "exec -a 'x) (y z' sleep 5", NULL };
+        VmmProcess p;
+        char err[256];
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        uint64_t st;
+        usleep(100000);
+        cr_assert_eq(process_start_time(p.pid, &st), 0);
+        cr_assert_eq(st, p.start_time, "start time changed across exec or was misparsed");
+        vmm_signal(p.pidfd, SIGKILL);
+        wait_pidfd(p.pidfd);
+        close(p.pidfd);
+        cr_assert_eq(process_start_time(999999999, &st), -ESRCH);
+}

@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "util/macro.h"
+#include "vmm/process.h"
+
+int process_start_time(pid_t pid, uint64_t *ret) {
+        char path[64], buf[2048];
+        _cleanup_close_ int fd = -EBADF;
+        ssize_t n;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? -ESRCH : negative_errno();
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return n < 0 ? negative_errno() : -EIO;
+        buf[n] = '\0';
+
+        /* The command name (field 2) may contain spaces and parentheses: count from the last ')'. */
+        char *p = strrchr(buf, ')');
+        if (!p)
+                return -EBADMSG;
+        p++;
+        for (int field = 3; field < 22; field++) {
+                p = strchr(p + 1, ' ');
+                if (!p)
+                        return -EBADMSG;
+        }
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(p + 1, &end, 10);
+        if (errno || end == p + 1)
+                return -EBADMSG;
+        *ret = v;
+        return 0;
+}
+
+int boot_id_get(uint8_t ret[16]) {
+        char buf[64];
+        _cleanup_close_ int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 32)
+                return n < 0 ? negative_errno() : -EIO;
+        buf[n] = '\0';
+        size_t k = 0;
+        for (char *p = buf; *p && k < 32; p++) {
+                if (*p == '-' || *p == '\n')
+                        continue;
+                int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+                if (d < 0)
+                        return -EBADMSG;
+                if (k % 2 == 0)
+                        ret[k / 2] = (uint8_t) (d << 4);
+                else
+                        ret[k / 2] |= (uint8_t) d;
+                k++;
+        }
+        return k == 32 ? 0 : -EBADMSG;
+}
+
+_noreturn_ static void child(char *const argv[], int log_fd, int report_fd) {
+        sigset_t none;
+        int r;
+
+        /* Default dispositions and an empty mask: the hypervisor must see SIGTERM like any process. */
+        for (int sig = 1; sig < NSIG; sig++)
+                (void) signal(sig, SIG_DFL);
+        sigemptyset(&none);
+        (void) sigprocmask(SIG_SETMASK, &none, NULL);
+        (void) setpgid(0, 0);
+
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log_fd, STDOUT_FILENO) < 0 ||
+            dup2(log_fd, STDERR_FILENO) < 0)
+                goto fail;
+        /* Everything else stays behind: the report pipe is close-on-exec. */
+        for (int fd = 3; fd < 1024; fd++)
+                if (fd != report_fd)
+                        (void) close(fd);
+        execvp(argv[0], argv);
+fail:
+        r = errno;
+        (void) !write(report_fd, &r, sizeof(r));
+        _exit(127);
+}
+
+int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size) {
+        _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF;
+        int pipefd[2], r;
+        VmmProcess p = { .pidfd = -EBADF };
+
+        if (!argv || !argv[0] || !log_path)
+                return -EINVAL;
+        log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+        if (log_fd < 0) {
+                r = negative_errno();
+                snprintf(err, err_size, "cannot open log %s: %s", log_path, strerror(-r));
+                return r;
+        }
+        if (pipe2(pipefd, O_CLOEXEC) < 0)
+                return negative_errno();
+        rd = pipefd[0];
+        wr = pipefd[1];
+
+        r = boot_id_get(p.boot_id);
+        if (r < 0) {
+                snprintf(err, err_size, "cannot read the boot id: %s", strerror(-r));
+                return r;
+        }
+
+        p.pid = fork();
+        if (p.pid < 0)
+                return negative_errno();
+        if (p.pid == 0)
+                child(argv, log_fd, wr);
+
+        /* Our child cannot be reaped by anyone else, so its PID cannot be reused before we hold a pidfd. */
+        p.pidfd = pidfd_open(p.pid, 0);
+        if (p.pidfd < 0) {
+                r = negative_errno();
+                (void) kill(p.pid, SIGKILL);
+                (void) waitpid(p.pid, NULL, 0);
+                return r;
+        }
+        wr = safe_close(wr);
+        int child_errno = 0;
+        ssize_t n;
+        do
+                n = read(rd, &child_errno, sizeof(child_errno));
+        while (n < 0 && errno == EINTR);
+        if (n == sizeof(child_errno)) {
+                (void) waitpid(p.pid, NULL, 0);
+                safe_close(p.pidfd);
+                snprintf(err, err_size, "cannot execute %s: %s", argv[0], strerror(child_errno));
+                return child_errno > 0 ? -child_errno : -EIO;
+        }
+
+        r = process_start_time(p.pid, &p.start_time);
+        if (r < 0) {
+                /* Exited already (zombie still has its stat)? Then stat fails only on a real problem. */
+                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0],
+                         (int) p.pid, strerror(-r));
+                (void) pidfd_send_signal(p.pidfd, SIGKILL, NULL, 0);
+                (void) waitpid(p.pid, NULL, 0);
+                safe_close(p.pidfd);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+int vmm_adopt(pid_t pid, uint64_t start_time, const uint8_t boot_id[16], int *ret_pidfd) {
+        _cleanup_close_ int fd = -EBADF;
+        uint8_t now_boot[16];
+        uint64_t st;
+        int r;
+
+        r = boot_id_get(now_boot);
+        if (r < 0)
+                return r;
+        if (memcmp(now_boot, boot_id, 16) != 0)
+                return -ESRCH; /* the machine rebooted: that process is gone */
+        if (pid <= 0)
+                return -ESRCH;
+        fd = pidfd_open(pid, 0);
+        if (fd < 0)
+                return errno == ESRCH ? -ESRCH : negative_errno();
+        /* Checked after the pidfd is held: the pidfd pins this exact process, so the PID cannot change owner
+         * between the check and any later signal. */
+        r = process_start_time(pid, &st);
+        if (r < 0)
+                return r;
+        if (st != start_time)
+                return -ESTALE;
+        *ret_pidfd = TAKE_FD(fd);
+        return 0;
+}
+
+int vmm_signal(int pidfd, int sig) {
+        if (pidfd_send_signal(pidfd, sig, NULL, 0) < 0)
+                return errno == ESRCH ? 0 : negative_errno();
+        return 0;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Hypervisor processes: spawning with a pidfd, and proving the identity of a process across an agent
+ * restart. A PID alone names nothing for long: a process is (PID, start time from /proc/PID/stat,
+ * boot id). The agent never signals a process whose identity it has not just checked. */
+
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct VmmProcess {
+        pid_t pid;
+        int pidfd;
+        uint64_t start_time; /* clock ticks after boot, field 22 of /proc/PID/stat */
+        uint8_t boot_id[16];
+} VmmProcess;
+
+/* Starts argv[0] (looked up in PATH when it has no slash) in a process group of its own, stdin from
+ * /dev/null, stdout and stderr appended to log_path (created 0640), no other fds, default signal
+ * handling. Returns only once the program is executing: a failed exec comes back as its -errno (and
+ * err says "cannot execute X: cause"). */
+int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size);
+
+int process_start_time(pid_t pid, uint64_t *ret);
+int boot_id_get(uint8_t ret[16]);
+
+/* A pidfd for the process the journal remembers, if it is still that process: -ESRCH when there is no
+ * such PID any more (or the machine rebooted), -ESTALE when the PID now belongs to another process. */
+int vmm_adopt(pid_t pid, uint64_t start_time, const uint8_t boot_id[16], int *ret_pidfd);
+
+/* Sends sig through the pidfd; a process that is already gone counts as success. */
+int vmm_signal(int pidfd, int sig);
