@@ -17,6 +17,9 @@
 #include "tests/shell-oracle.h"
 #include "vmm/process.h"
 
+/* argv arrays of string literals (vmm_spawn takes execvp's char *const[]) */
+#define S(x) ((char *) (x))
+
 static char dir[] = "/tmp/chvm-process-XXXXXX";
 static char log_path[128];
 
@@ -38,7 +41,7 @@ static siginfo_t wait_pidfd(int pidfd) {
 }
 
 Test(vmm_process, spawn_logs_and_exit_status) {
-        char *argv[] = { "sh", "-c", "echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3",
+        char *argv[] = { S("sh"), S("-c"), S("echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3"),
                          NULL };
         VmmProcess p;
         char err[256];
@@ -55,8 +58,8 @@ Test(vmm_process, spawn_logs_and_exit_status) {
 }
 
 Test(vmm_process, own_process_group_and_no_inherited_fds) {
-        char *argv[] = { "sh", "-c",
-                         "cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        char *argv[] = { S("sh"), S("-c"),
+                         S("cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '"),
                          NULL };
         VmmProcess p;
         char err[256];
@@ -76,18 +79,18 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
 }
 
 Test(vmm_process, exec_failure_is_reported) {
-        char *argv[] = { "/nonexistent/cloud-hypervisor", "--kernel", "x", NULL };
+        char *argv[] = { S("/nonexistent/cloud-hypervisor"), S("--kernel"), S("x"), NULL };
         VmmProcess p;
         char err[256];
         cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), -ENOENT);
         cr_assert_str_eq(err, "cannot execute /nonexistent/cloud-hypervisor: No such file or directory");
-        char *argv2[] = { "true", NULL };
+        char *argv2[] = { S("true"), NULL };
         cr_assert_eq(vmm_spawn(argv2, "/nonexistent/dir/log", &p, err, sizeof(err)), -ENOENT);
         cr_assert(strstr(err, "cannot open log /nonexistent/dir/log"), "%s", err);
 }
 
 Test(vmm_process, adopt_checks_identity) {
-        char *argv[] = { "sleep", "30", NULL };
+        char *argv[] = { S("sleep"), S("30"), NULL };
         VmmProcess p;
         char err[256];
         int fd;
@@ -119,7 +122,7 @@ Test(vmm_process, start_time_parsing) {
         cr_assert_eq(a, b);
         cr_assert_gt(a, 0);
         /* A command name with spaces and parentheses does not shift the fields. */
-        char *argv[] = { "sh", "-c", "exec -a 'x) (y z' sleep 5", NULL };
+        char *argv[] = { S("sh"), S("-c"), S("exec -a 'x) (y z' sleep 5"), NULL };
         VmmProcess p;
         char err[256];
         cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);

@@ -12,8 +12,10 @@ packages=(
         # clang build, libFuzzer harnesses and clang's ASan/UBSan runtimes; libclang-rt-14-dev holds
         # libclang_rt.fuzzer*.a and is only a Recommends of clang, so it must be named here
         clang libclang-rt-14-dev clang-format
-        # the kernel-facing tests inspect the host with these
+        # the kernel-facing tests inspect their network namespace with these (ip, bridge, nft)
         nftables iproute2
+        # the netlink benchmark's peers: one iptables process per rule (bench/netlink)
+        iptables
 )
 
 # Nothing to do when every package is already installed: no network, no apt lock needed.
