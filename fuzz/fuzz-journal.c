@@ -68,8 +68,26 @@ static void fix_crcs(uint8_t *img, size_t size, unsigned mode) {
         }
 }
 
+static char dir[] = "/tmp/chvm-fuzz-journal-XXXXXX";
+
+/* The scratch directory goes when the fuzzer exits. */
+static void remove_dir(void) {
+        static const char *const names[] = { JOURNAL_FILE,
+                                             JOURNAL_SNAPSHOT_FILE,
+                                             JOURNAL_LOCK_FILE,
+                                             JOURNAL_FILE ".1.broken",
+                                             JOURNAL_FILE ".2.broken",
+                                             JOURNAL_FILE ".tmp",
+                                             JOURNAL_SNAPSHOT_FILE ".tmp" };
+        char path[sizeof(dir) + 64];
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+                (void) unlink(path);
+        }
+        (void) rmdir(dir);
+}
+
 static void run_file_path(const uint8_t *img, size_t size, const JournalHeader *h) {
-        static char dir[] = "/tmp/chvm-fuzz-journal-XXXXXX";
         static bool made;
         char path[sizeof(dir) + 64];
         FILE *f;
@@ -77,6 +95,7 @@ static void run_file_path(const uint8_t *img, size_t size, const JournalHeader *
         if (!made) {
                 if (!mkdtemp(dir))
                         abort();
+                atexit(remove_dir);
                 made = true;
         }
         snprintf(path, sizeof(path), "%s/%s", dir, JOURNAL_SNAPSHOT_FILE);

@@ -16,6 +16,8 @@ packages=(
         nftables iproute2
         # the netlink benchmark's peers: one iptables process per rule (bench/netlink)
         iptables
+        # the QEMU test guest: the hypervisor, and what builds its initramfs and fetches its page
+        qemu-system-x86 cpio kmod curl
 )
 
 # Nothing to do when every package is already installed: no network, no apt lock needed.

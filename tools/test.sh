@@ -91,6 +91,9 @@ finish() {
 }
 
 rm -f "$check_dir/test-suite.log"
+# The QEMU test guest (two Debian packages, ~42 MB) is built once here and shared by make check and
+# make distcheck.
+export CHVM_GUEST_DIR="${CHVM_GUEST_DIR:-$top/build/guest}"
 
 run install-deps tools/install-deps.sh || finish
 run autoreconf autoreconf -fi || finish
