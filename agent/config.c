@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/config.h"
 #include "util/macro.h"
@@ -175,9 +176,15 @@ static int handler(void *user, const char *section, const char *name, const char
                                 return bad(p, "hypervisor \"%s\": expected cloud-hypervisor or qemu", value);
                         return put_str(c->hypervisor, sizeof(c->hypervisor), value);
                 }
-                if (strcmp(name, "binary") == 0)
+                if (strcmp(name, "binary") == 0) {
+                        if (value[0] != '/')
+                                return bad(p, "binary must be an absolute path");
+                        /* Refuse at start what could only fail at the first VM. */
+                        if (access(value, X_OK) < 0)
+                                return bad(p, "binary %s: %s", value, strerror(errno));
                         return check(p, put_path(c->vmm_binary, sizeof(c->vmm_binary), value),
-                                     "binary must be an absolute path");
+                                     "binary: path too long");
+                }
                 if (strcmp(name, "stop_timeout") == 0) {
                         char *end;
                         errno = 0;

@@ -48,7 +48,8 @@ typedef struct AgentConfig {
 /* The defaults, with backend_dir as given (the build's pkglibdir). */
 void config_defaults(AgentConfig *c, const char *backend_dir);
 
-/* Parses path over the defaults already in *c. 0, or -errno with err = "PATH:LINE: cause" (or
+/* Parses path over the defaults already in *c ([vmm] binary must exist and be executable). 0, or -errno
+ * with err = "PATH:LINE: cause" (or
  * "PATH: cause" when the file cannot be read). On failure *c is unchanged. */
 int config_load(AgentConfig *c, const char *path, char *err, size_t err_size);
 

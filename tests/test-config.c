@@ -57,7 +57,7 @@ Test(config, every_key) {
                            "backends = local mosnet\n"
                            "[vmm]\n"
                            "hypervisor = qemu\n"
-                           "binary = /usr/bin/qemu-system-x86_64\n"
+                           "binary = /bin/sh\n"
                            "stop_timeout = 30\n"
                            "accel = tcg\n"
                            "[local]\n"
@@ -78,7 +78,7 @@ Test(config, every_key) {
         cr_assert_eq(c.n_backends, 2);
         cr_assert_str_eq(c.backends[1], "mosnet");
         cr_assert_str_eq(c.hypervisor, "qemu");
-        cr_assert_str_eq(c.vmm_binary, "/usr/bin/qemu-system-x86_64");
+        cr_assert_str_eq(c.vmm_binary, "/bin/sh");
         cr_assert_eq(c.stop_timeout, 30);
         cr_assert_str_eq(c.accel, "tcg");
         cr_assert_str_eq(c.local_bridge, "vmbr9");
@@ -120,6 +120,9 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[vmm]\nstop_timeout = -5\n", "stop_timeout \"-5\"" },
                 { "[vmm]\naccel = hvf\n", "accel \"hvf\": expected auto, kvm or tcg" },
                 { "[vmm]\nbinary = qemu\n", "binary must be an absolute path" },
+                { "[vmm]\nhypervisor = qemu\nbinary = /nonexistent/qemu-system-x86_64\n",
+                  "agent.conf:3: binary /nonexistent/qemu-system-x86_64: No such file or directory" },
+                { "[vmm]\nbinary = /etc/passwd\n", "agent.conf:2: binary /etc/passwd: Permission denied" },
                 { "[agent]\nstate_dir = relative/dir\n",
                   "agent.conf:2: state_dir must be an absolute path" },
                 { "[agent]\nbackends = local local\n", "\"local\" is listed twice" },
