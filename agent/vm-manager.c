@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent/vm-manager.h"
+#include "util/hashmap.h"
+#include "util/macro.h"
+#include "vmm/argv.h"
+#include "vmm/process.h"
+
+typedef struct Vm {
+        VmManager *manager;
+        uint64_t id;
+        char name[33];
+        VmmProcess process;
+        sd_event_source *source;
+} Vm;
+
+struct VmManager {
+        VmManagerConfig cfg;
+        char runtime_dir[4096];
+        U64Map *vms; /* running, by id */
+        char error[1024];
+};
+
+#define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
+
+_printf_(3, 4) static int fail(VmManager *m, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(m->error, sizeof(m->error), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+const char *vm_manager_error(const VmManager *m) {
+        return m->error;
+}
+
+int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret) {
+        VmManager *m = calloc(1, sizeof(VmManager));
+        if (!m)
+                return -ENOMEM;
+        m->cfg = *cfg;
+        snprintf(m->runtime_dir, sizeof(m->runtime_dir), "%s", cfg->runtime_dir);
+        m->cfg.runtime_dir = m->runtime_dir;
+        m->vms = u64map_new();
+        if (!m->vms) {
+                free(m);
+                return -ENOMEM;
+        }
+        *ret = m;
+        return 0;
+}
+
+static Vm *vm_free(Vm *vm) {
+        if (!vm)
+                return NULL;
+        sd_event_source_disable_unref(vm->source);
+        safe_close(vm->process.pidfd);
+        free(vm);
+        return NULL;
+}
+
+VmManager *vm_manager_free(VmManager *m) {
+        void *v;
+        if (!m)
+                return NULL;
+        for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);)
+                vm_free(v);
+        u64map_free(m->vms);
+        free(m);
+        return NULL;
+}
+
+static int journal_exit(VmManager *m, uint64_t vm_id, const siginfo_t *si, char *reason, size_t size) {
+        JournalRecord r = { .type = JOURNAL_VM_EXITED,
+                            .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
+                            .vm_id = vm_id };
+        if (si->si_code == CLD_EXITED) {
+                snprintf(reason, size, "exited with status %d", si->si_status);
+                r.fields |= F(EXIT_STATUS);
+                r.exit_status = si->si_status;
+                r.vm_state = si->si_status == 0 ? JOURNAL_VM_STOPPED : JOURNAL_VM_CRASHED;
+        } else {
+                snprintf(reason, size, "killed by signal %d", si->si_status);
+                r.fields |= F(EXIT_SIGNAL);
+                r.exit_signal = si->si_status;
+                r.vm_state = JOURNAL_VM_CRASHED;
+        }
+        r.reason = reason;
+        int k = journal_append_sync(m->cfg.journal, &r);
+        return k < 0 ? fail(m, k, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+}
+
+/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason. */
+static int on_hypervisor_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        Vm *vm = userdata;
+        VmManager *m = vm->manager;
+        char reason[64];
+        (void) s;
+
+        u64map_remove(m->vms, vm->id);
+        int r = vm_net_down(m->cfg.dispatcher, vm->id);
+        if (r < 0)
+                fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
+                     dispatcher_error(m->cfg.dispatcher));
+        (void) journal_exit(m, vm->id, si, reason, sizeof(reason));
+        vm_free(vm);
+        return 0;
+}
+
+static int vm_dir(VmManager *m, uint64_t id, char *buf, size_t size) {
+        char vms[4200];
+        snprintf(vms, sizeof(vms), "%s/vms", m->runtime_dir);
+        if (mkdir(m->runtime_dir, 0755) < 0 && errno != EEXIST)
+                return negative_errno();
+        if (mkdir(vms, 0755) < 0 && errno != EEXIST)
+                return negative_errno();
+        int n = snprintf(buf, size, "%s/%016" PRIx64, vms, id);
+        if (n < 0 || (size_t) n >= size)
+                return -ENAMETOOLONG;
+        if (mkdir(buf, 0750) < 0 && errno != EEXIST)
+                return negative_errno();
+        return 0;
+}
+
+int vm_manager_start(VmManager *m, const VmRequest *req) {
+        char dir[4300], sock[4400], serial[4400], log[4400], err[512];
+        _cleanup_(strv_freep) char **argv = NULL;
+        VmNetInfo net;
+        int r;
+
+        m->error[0] = '\0';
+        if (u64map_get(m->vms, req->vm_id))
+                return fail(m, -EBUSY, "VM %s is already running", req->name);
+        r = vm_dir(m, req->vm_id, dir, sizeof(dir));
+        if (r < 0)
+                return fail(m, r, "VM %s: cannot make its runtime folder under %s: %s", req->name,
+                            m->runtime_dir, strerror(-r));
+        snprintf(sock, sizeof(sock), "%s/api.sock", dir);
+        snprintf(serial, sizeof(serial), "%s/serial.log", dir);
+        snprintf(log, sizeof(log), "%s/hypervisor.log", dir);
+        (void) unlink(sock);
+
+        VmNetRequest nreq = { .vm_id = req->vm_id,
+                              .vm_name = req->name,
+                              .backend = req->backend,
+                              .ports = req->ports,
+                              .n_ports = req->n_ports };
+        r = vm_net_up(m->cfg.dispatcher, &nreq, &net);
+        if (r < 0)
+                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
+
+        VmSpec spec = {
+                .name = req->name,
+                .kernel = req->kernel,
+                .initrd = req->initrd,
+                .cmdline = req->cmdline,
+                .cpus = req->cpus,
+                .memory_mib = req->memory_mib,
+                .tap = net.tap[0] ? net.tap : NULL,
+                .ip4 = net.ip4,
+                .gateway4 = net.ip4 ? m->cfg.gateway : 0,
+                .prefixlen = net.ip4 ? m->cfg.prefixlen : 0,
+                .api_socket = sock,
+                .serial_log = serial,
+                .accel = m->cfg.accel,
+                .binary = m->cfg.binary,
+        };
+        memcpy(spec.mac, net.mac, 6);
+        r = hypervisor_build_argv(m->cfg.hypervisor, &spec, &argv, err, sizeof(err));
+        if (r < 0) {
+                fail(m, r, "VM %s: %s", req->name, err);
+                goto undo_net;
+        }
+
+        Vm *vm = calloc(1, sizeof(Vm));
+        if (!vm) {
+                r = -ENOMEM;
+                goto undo_net;
+        }
+        vm->manager = m;
+        vm->id = req->vm_id;
+        snprintf(vm->name, sizeof(vm->name), "%s", req->name);
+        r = vmm_spawn(argv, log, &vm->process, err, sizeof(err));
+        if (r < 0) {
+                fail(m, r, "VM %s: %s", req->name, err);
+                free(vm);
+                goto undo_net;
+        }
+
+        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                              .vm_id = req->vm_id,
+                              .pid = (uint32_t) vm->process.pid,
+                              .start_time = vm->process.start_time };
+        memcpy(rec.boot_id, vm->process.boot_id, 16);
+        r = journal_append_sync(m->cfg.journal, &rec);
+        if (r >= 0)
+                r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED,
+                                             on_hypervisor_exit, vm);
+        if (r >= 0)
+                r = u64map_put(m->vms, vm->id, vm);
+        if (r < 0) {
+                fail(m, r, "VM %s: cannot watch its hypervisor: %s", req->name, strerror(-r));
+                (void) vmm_signal(vm->process.pidfd, SIGKILL);
+                (void) waitid(P_PIDFD, (id_t) vm->process.pidfd, &(siginfo_t){}, WEXITED);
+                vm_free(vm);
+                goto undo_net;
+        }
+        return 0;
+
+undo_net:
+        (void) vm_net_down(m->cfg.dispatcher, req->vm_id);
+        return r;
+}
+
+int vm_manager_kill(VmManager *m, uint64_t vm_id) {
+        Vm *vm = u64map_get(m->vms, vm_id);
+        if (!vm) {
+                /* Not running (or never started here): make sure nothing of its network is left. */
+                int r = vm_net_down(m->cfg.dispatcher, vm_id);
+                return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+        }
+        /* ESRCH counts as success; the exit event tears the network down either way. */
+        return vmm_signal(vm->process.pidfd, SIGKILL);
+}
+
+pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
+        const Vm *vm = u64map_get(m->vms, vm_id);
+        return vm ? vm->process.pid : 0;
+}
+
+size_t vm_manager_n_running(const VmManager *m) {
+        return u64map_size(m->vms);
+}

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Running VMs: network up through the dispatcher, hypervisor spawned with a pidfd and watched in the
+ * sd-event loop. When the pidfd fires — guest poweroff, crash, kill -9, any cause — the VM's network is
+ * torn down at once and the exit reason journaled ("exited with status N", "killed by signal N"). */
+
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "agent/dispatcher.h"
+#include "backends/backend.h"
+#include "state/journal.h"
+#include "vmm/hypervisor.h"
+
+typedef struct VmManager VmManager;
+
+typedef struct VmManagerConfig {
+        sd_event *event;
+        Journal *journal;
+        Dispatcher *dispatcher;
+        const char *runtime_dir; /* vms/<id>/ holds the api socket and the logs */
+        HypervisorKind hypervisor;
+        const char *binary; /* NULL: the kind's default */
+        VmmAccel accel; /* resolved: kvm or tcg */
+        uint32_t gateway; /* for the guest's ip= */
+        uint8_t prefixlen;
+} VmManagerConfig;
+
+typedef struct VmRequest {
+        uint64_t vm_id;
+        const char *name;
+        const char *backend;
+        const char *kernel;
+        const char *initrd;
+        const char *cmdline;
+        unsigned cpus;
+        uint64_t memory_mib;
+        const PortForward *ports;
+        size_t n_ports;
+} VmRequest;
+
+int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret);
+VmManager *vm_manager_free(VmManager *m);
+const char *vm_manager_error(const VmManager *m);
+
+/* Network up, hypervisor spawned and watched; on any failure nothing stays behind. */
+int vm_manager_start(VmManager *m, const VmRequest *req);
+/* SIGKILL. A hypervisor that is gone already is success; the teardown runs from the exit event (or at
+ * once when the VM is not running). */
+int vm_manager_kill(VmManager *m, uint64_t vm_id);
+/* The hypervisor's PID while it runs, else 0. */
+pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);
+size_t vm_manager_n_running(const VmManager *m);

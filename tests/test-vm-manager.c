@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Hypervisors watched through their pidfd: kill -9 (or any exit) tears the VM's network down at once and
+ * journals the reason. With fake-vmm as the hypervisor, each test in its own network namespace. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/backend-loader.h"
+#include "agent/dispatcher.h"
+#include "agent/vm-manager.h"
+#include "tests/shell-oracle.h"
+
+#define AGENT "c41e5500-1234-4000-8000-deadbeef0001"
+
+static const uint8_t agent_bytes[16] = { 0xc4, 0x1e, 0x55, 0x00, 0x12, 0x34, 0x40, 0x00,
+                                         0x80, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01 };
+static char dir[] = "/tmp/chvm-vm-manager-XXXXXX";
+static char runtime[256];
+static Journal *journal;
+static Backend *backends[2];
+static Dispatcher *disp;
+static sd_event *event;
+static VmManager *mgr;
+
+static void setup(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (access(FAKE_VMM_PATH, X_OK) < 0)
+                cr_skip_test("fake-vmm not built at %s", FAKE_VMM_PATH);
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        /* sd-event's child sources want SIGCHLD blocked */
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGCHLD);
+        cr_assert_eq(sigprocmask(SIG_BLOCK, &ss, NULL), 0);
+
+        cr_assert(mkdtemp(dir));
+        snprintf(runtime, sizeof(runtime), "%s/run", dir);
+        JournalOptions o = { .directory = dir };
+        JournalReport rep;
+        memcpy(o.agent_id, agent_bytes, 16);
+        cr_assert_eq(journal_open(&o, &journal, &rep), 0, "%s", rep.message);
+
+        BackendConfig bc = { .agent_id = AGENT,
+                             .table = "chvm",
+                             .bridge = "chvm0",
+                             .subnet = 0xc0a8c800,
+                             .prefixlen = 24,
+                             .gateway = 0xc0a8c801,
+                             .tap_prefix = "tap-" };
+        char err[512];
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &bc, &backends[0], err, sizeof(err)), 0, "%s",
+                     err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &bc, &backends[1], err, sizeof(err)), 0, "%s",
+                     err);
+        DispatcherConfig dc = { .journal = journal,
+                                .agent_id = AGENT,
+                                .backends = backends,
+                                .n_backends = 2,
+                                .subnet = bc.subnet,
+                                .prefixlen = 24,
+                                .gateway = bc.gateway,
+                                .tap_prefix = "tap-" };
+        cr_assert_eq(dispatcher_new(&dc, &disp), 0);
+        cr_assert_eq(sd_event_new(&event), 0);
+        VmManagerConfig mc = { .event = event,
+                               .journal = journal,
+                               .dispatcher = disp,
+                               .runtime_dir = runtime,
+                               .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
+                               .binary = FAKE_VMM_PATH,
+                               .accel = VMM_ACCEL_TCG,
+                               .gateway = bc.gateway,
+                               .prefixlen = 24 };
+        cr_assert_eq(vm_manager_new(&mc, &mgr), 0);
+}
+
+static void teardown(void) {
+        mgr = vm_manager_free(mgr);
+        event = sd_event_unref(event);
+        disp = dispatcher_free(disp);
+        for (size_t i = 0; i < 2; i++)
+                backends[i] = backend_unload(backends[i]);
+        journal = journal_close(journal);
+        free(sh("rm -rf %s", dir));
+}
+
+TestSuite(vm_manager, .init = setup, .fini = teardown, .timeout = 60);
+
+static double now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+static void start(uint64_t id, const char *name, const char *backend, const PortForward *p, size_t n) {
+        VmRequest req = { .vm_id = id,
+                          .name = name,
+                          .backend = backend,
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64,
+                          .ports = p,
+                          .n_ports = n };
+        cr_assert_eq(vm_manager_start(mgr, &req), 0, "start %s: %s", name, vm_manager_error(mgr));
+}
+
+/* fake-vmm makes its API socket last, once its signal handlers and TAP are set up. */
+static void wait_ready(uint64_t id) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
+        double t0 = now();
+        while (access(path, F_OK) < 0) {
+                cr_assert_lt(now() - t0, 5.0, "fake-vmm of VM %" PRIu64 " never made %s", id, path);
+                usleep(2000);
+        }
+}
+
+/* Runs the event loop until the VM is no longer running; returns the seconds it took (fails after 5 s). */
+static double run_until_gone(uint64_t id) {
+        double t0 = now();
+        while (vm_manager_pid(mgr, id) != 0) {
+                cr_assert_lt(now() - t0, 5.0, "VM %" PRIu64 " still running after 5 s", id);
+                cr_assert_geq(sd_event_run(event, 100000), 0);
+        }
+        return now() - t0;
+}
+
+static unsigned released;
+static int count_released(const JournalRecord *r, bool after_damage, void *userdata) {
+        (void) after_damage;
+        (void) userdata;
+        if (r->type == JOURNAL_RELEASED)
+                released++;
+        return 0;
+}
+
+/* Acceptance 1: 20 VMs, kill -9 of each hypervisor: its TAP and elements are gone within 1 s, the VM is
+ * crashed with "killed by signal 9", and the journal has RELEASED for each of its objects. */
+Test(vm_manager, kill_minus_nine_tears_down) {
+        enum { N = 20 };
+        for (unsigned i = 1; i <= N; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                PortForward p = { IPPROTO_TCP, (uint16_t) (8000 + i), 80 };
+                start(i, name, "local", &p, 1);
+        }
+        cr_assert_eq(vm_manager_n_running(mgr), N);
+        char *taps = sh("ip -o link show type tun | wc -l");
+        cr_assert_eq(atoi(taps), N);
+        free(taps);
+
+        double worst = 0;
+        for (unsigned i = 1; i <= N; i++) {
+                pid_t pid = vm_manager_pid(mgr, i);
+                cr_assert_gt(pid, 0);
+                cr_assert_eq(kill(pid, SIGKILL), 0); /* as an admin's kill -9 would */
+                double dt = run_until_gone(i);
+                if (dt > worst)
+                        worst = dt;
+                char tap[16];
+                dispatcher_tap_name("tap-", i, tap);
+                char *o = sh("ip -o link show dev %s 2>/dev/null; nft list ruleset | grep -c '%016x:'", tap,
+                             i);
+                cr_assert_str_eq(o, "0\n", "VM %u: TAP or elements left: %s", i, o);
+                free(o);
+                const LiveVm *vm = live_set_get_vm(journal_live_set(journal), i);
+                cr_assert(vm);
+                cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+                cr_assert_str_eq(vm->reason, "killed by signal 9");
+                cr_assert_eq(vm->n_objects, 0);
+                cr_assert_eq(vm->n_ips, 0);
+        }
+        cr_assert_lt(worst, 1.0, "slowest teardown after kill -9 took %.3f s", worst);
+        cr_assert_eq(vm_manager_n_running(mgr), 0);
+
+        /* Every object of every VM was RELEASED in the journal (TAP, port, addr, forward: 4 each). */
+        JournalOptions o = { .directory = dir, .read_only = true, .on_record = count_released };
+        JournalReport rep;
+        Journal *ro;
+        memcpy(o.agent_id, agent_bytes, 16);
+        cr_assert_eq(journal_open(&o, &ro, &rep), 0, "%s", rep.message);
+        cr_assert_eq(released, N * 4);
+        journal_close(ro);
+}
+
+/* Acceptance 2: killing a VM whose hypervisor is already dead succeeds, and its network goes. */
+Test(vm_manager, kill_of_dead_hypervisor) {
+        PortForward p = { IPPROTO_UDP, 5353, 53 };
+        start(1, "ghost", "local", &p, 1);
+        pid_t pid = vm_manager_pid(mgr, 1);
+        cr_assert_eq(kill(pid, SIGKILL), 0);
+        usleep(100000); /* dead, not yet noticed by the agent */
+        cr_assert_eq(vm_manager_kill(mgr, 1), 0, "%s", vm_manager_error(mgr));
+        run_until_gone(1);
+        char *o = sh("ip -o link show type tun | wc -l; nft list ruleset | grep -c 5353");
+        cr_assert_str_eq(o, "0\n0\n");
+        free(o);
+        /* And a VM that is not running at all. */
+        cr_assert_eq(vm_manager_kill(mgr, 1), 0);
+        cr_assert_eq(vm_manager_kill(mgr, 42), 0);
+}
+
+/* A clean guest poweroff (exit 0) is "stopped", a non-zero exit "crashed", both with their reason. */
+Test(vm_manager, exit_reasons) {
+        start(1, "mos", "mosnet", NULL, 0);
+        wait_ready(1);
+        pid_t pid = vm_manager_pid(mgr, 1);
+        cr_assert_eq(kill(pid, SIGTERM), 0); /* fake-vmm exits 0 on SIGTERM */
+        run_until_gone(1);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_STOPPED);
+        cr_assert_str_eq(vm->reason, "exited with status 0");
+
+        setenv("FAKE_VMM_EXIT_CODE", "7", 1);
+        start(2, "seven", "local", NULL, 0);
+        unsetenv("FAKE_VMM_EXIT_CODE");
+        run_until_gone(2);
+        vm = live_set_get_vm(journal_live_set(journal), 2);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_str_eq(vm->reason, "exited with status 7");
+        cr_assert_eq(vm->n_objects, 0, "the network of an exited VM was left up");
+}
+
+/* A hypervisor that cannot be executed, or that refuses to start, leaves no network behind. */
+Test(vm_manager, failed_start_leaves_nothing) {
+        VmManagerConfig mc = { .event = event,
+                               .journal = journal,
+                               .dispatcher = disp,
+                               .runtime_dir = runtime,
+                               .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
+                               .binary = "/nonexistent/cloud-hypervisor",
+                               .accel = VMM_ACCEL_TCG,
+                               .gateway = 0xc0a8c801,
+                               .prefixlen = 24 };
+        VmManager *bad;
+        cr_assert_eq(vm_manager_new(&mc, &bad), 0);
+        VmRequest req = { .vm_id = 1,
+                          .name = "noexec",
+                          .backend = "local",
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64 };
+        cr_assert_eq(vm_manager_start(bad, &req), -ENOENT);
+        cr_assert(strstr(vm_manager_error(bad), "VM noexec: cannot execute /nonexistent/cloud-hypervisor"),
+                  "%s", vm_manager_error(bad));
+        vm_manager_free(bad);
+        char *o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
+        cr_assert_eq(live_set_get_vm(journal_live_set(journal), 1)->n_objects, 0);
+
+        /* fake-vmm, like cloud-hypervisor, refuses a kernel that does not exist: exit 1 right away. */
+        req = (VmRequest){ .vm_id = 2,
+                           .name = "nokernel",
+                           .backend = "local",
+                           .kernel = "/nonexistent/vmlinuz",
+                           .cpus = 1,
+                           .memory_mib = 64 };
+        cr_assert_eq(vm_manager_start(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        run_until_gone(2);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 2);
+        cr_assert_str_eq(vm->reason, "exited with status 1");
+        cr_assert_eq(vm->n_objects, 0);
+        o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
+}
