@@ -2,12 +2,15 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,12 +20,23 @@
 #include "vmm/argv.h"
 #include "vmm/process.h"
 
+typedef enum StopStage {
+        STOP_NONE,
+        STOP_GRACEFUL, /* asked the hypervisor to power the guest off */
+        STOP_TERM, /* sent SIGTERM */
+        STOP_KILL, /* sent SIGKILL */
+} StopStage;
+
 typedef struct Vm {
         VmManager *manager;
         uint64_t id;
         char name[33];
+        char api_socket[4400];
         VmmProcess process;
         sd_event_source *source;
+        sd_event_source *timer;
+        StopStage stage;
+        uint64_t stop_timeout_usec;
 } Vm;
 
 struct VmManager {
@@ -66,6 +80,7 @@ static Vm *vm_free(Vm *vm) {
         if (!vm)
                 return NULL;
         sd_event_source_disable_unref(vm->source);
+        sd_event_source_disable_unref(vm->timer);
         safe_close(vm->process.pidfd);
         free(vm);
         return NULL;
@@ -191,6 +206,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         }
         vm->manager = m;
         vm->id = req->vm_id;
+        snprintf(vm->api_socket, sizeof(vm->api_socket), "%s", sock);
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
         r = vmm_spawn(argv, log, &vm->process, err, sizeof(err));
         if (r < 0) {
@@ -243,4 +259,110 @@ pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
 
 size_t vm_manager_n_running(const VmManager *m) {
         return u64map_size(m->vms);
+}
+
+/* Writes `req` to the unix socket at path and reads until `expect` appears in the answer (at most 2 s). */
+static int socket_talk(const char *path, const char *const *reqs, const char *const *expects, size_t n) {
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char buf[4096];
+        size_t have = 0;
+
+        if (fd < 0)
+                return negative_errno();
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return negative_errno();
+        for (size_t i = 0; i < n; i++) {
+                if (reqs[i] && send(fd, reqs[i], strlen(reqs[i]), MSG_NOSIGNAL) != (ssize_t) strlen(reqs[i]))
+                        return -EIO;
+                for (;;) {
+                        buf[have] = '\0';
+                        char *hit = strstr(buf, expects[i]);
+                        if (hit) {
+                                /* keep what follows the match for the next exchange */
+                                size_t off = (size_t) (hit - buf) + strlen(expects[i]);
+                                memmove(buf, buf + off, have - off);
+                                have -= off;
+                                break;
+                        }
+                        struct pollfd p = { .fd = fd, .events = POLLIN };
+                        int k = poll(&p, 1, 2000);
+                        if (k <= 0)
+                                return k < 0 ? negative_errno() : -ETIMEDOUT;
+                        if (have + 1 >= sizeof(buf))
+                                return -EBADMSG;
+                        ssize_t got = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+                        if (got <= 0)
+                                return got < 0 ? negative_errno() : -ECONNRESET;
+                        have += (size_t) got;
+                }
+        }
+        return 0;
+}
+
+/* The hypervisor's own shutdown: cloud-hypervisor's vm.power-button, QEMU's QMP system_powerdown. */
+static int ask_power_off(VmManager *m, Vm *vm) {
+        if (m->cfg.hypervisor == HYPERVISOR_QEMU) {
+                static const char *const reqs[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
+                                                    "{\"execute\":\"system_powerdown\"}\n" };
+                static const char *const expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
+                return socket_talk(vm->api_socket, reqs, expects, 3);
+        }
+        static const char *const reqs[] = { "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\n"
+                                            "Content-Length: 0\r\n\r\n" };
+        static const char *const expects[] = { "HTTP/1.1 2" };
+        return socket_talk(vm->api_socket, reqs, expects, 1);
+}
+
+static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+        (void) s;
+        (void) usec;
+
+        /* Still running: the next, harder step. */
+        if (vm->stage < STOP_TERM) {
+                vm->stage = STOP_TERM;
+                (void) vmm_signal(vm->process.pidfd, SIGTERM);
+        } else {
+                vm->stage = STOP_KILL;
+                (void) vmm_signal(vm->process.pidfd, SIGKILL);
+                return 0;
+        }
+        return sd_event_source_set_time_relative(vm->timer, vm->stop_timeout_usec) < 0 ||
+                               sd_event_source_set_enabled(vm->timer, SD_EVENT_ONESHOT) < 0
+                       ? -EIO
+                       : 0;
+}
+
+int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
+        Vm *vm = u64map_get(m->vms, vm_id);
+        int r;
+
+        if (!vm) {
+                r = vm_net_down(m->cfg.dispatcher, vm_id);
+                return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+        }
+        if (vm->stage != STOP_NONE)
+                return 0; /* already on its way down */
+        vm->stop_timeout_usec = (uint64_t) (timeout_sec ? timeout_sec : 1) * UINT64_C(1000000);
+
+        r = ask_power_off(m, vm);
+        if (r >= 0)
+                vm->stage = STOP_GRACEFUL;
+        else {
+                /* The hypervisor does not answer: go on with SIGTERM right away. */
+                vm->stage = STOP_TERM;
+                (void) vmm_signal(vm->process.pidfd, SIGTERM);
+        }
+        r = sd_event_add_time_relative(m->cfg.event, &vm->timer, CLOCK_MONOTONIC, vm->stop_timeout_usec, 0,
+                                       on_stop_timer, vm);
+        if (r < 0) {
+                /* Without a timer there is no escalation: kill now rather than hang. */
+                (void) vmm_signal(vm->process.pidfd, SIGKILL);
+                return fail(m, r, "VM %s: cannot arm the stop timer: %s", vm->name, strerror(-r));
+        }
+        return 0;
 }

@@ -49,6 +49,11 @@ int vm_manager_start(VmManager *m, const VmRequest *req);
 /* SIGKILL. A hypervisor that is gone already is success; the teardown runs from the exit event (or at
  * once when the VM is not running). */
 int vm_manager_kill(VmManager *m, uint64_t vm_id);
+/* Graceful stop: the hypervisor's own shutdown (cloud-hypervisor vm.power-button, QEMU QMP
+ * system_powerdown), then SIGTERM after timeout_sec, then SIGKILL after another timeout_sec. The exit event
+ * tears the network down as for any exit; a VM that is not running just has its network taken down. */
+int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
+
 /* The hypervisor's PID while it runs, else 0. */
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);
 size_t vm_manager_n_running(const VmManager *m);

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -116,13 +118,24 @@ static void start(uint64_t id, const char *name, const char *backend, const Port
         cr_assert_eq(vm_manager_start(mgr, &req), 0, "start %s: %s", name, vm_manager_error(mgr));
 }
 
-/* fake-vmm makes its API socket last, once its signal handlers and TAP are set up. */
+/* fake-vmm makes its API socket last, once its signal handlers and TAP are set up: ready when a
+ * connection to it is accepted (the file appears at bind(), a moment before listen()). */
 static void wait_ready(uint64_t id) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         char path[512];
-        snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
+        int n = snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
+        cr_assert(n > 0 && (size_t) n < sizeof(sa.sun_path), "socket path too long: %s", path);
+        memcpy(sa.sun_path, path, (size_t) n + 1);
         double t0 = now();
-        while (access(path, F_OK) < 0) {
-                cr_assert_lt(now() - t0, 5.0, "fake-vmm of VM %" PRIu64 " never made %s", id, path);
+        for (;;) {
+                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                cr_assert_geq(fd, 0);
+                int r = connect(fd, (struct sockaddr *) &sa, sizeof(sa));
+                close(fd);
+                if (r == 0)
+                        return;
+                cr_assert_lt(now() - t0, 5.0, "fake-vmm of VM %" PRIu64 " never accepted on %s", id,
+                             sa.sun_path);
                 usleep(2000);
         }
 }
@@ -274,6 +287,52 @@ Test(vm_manager, failed_start_leaves_nothing) {
         cr_assert_str_eq(vm->reason, "exited with status 1");
         cr_assert_eq(vm->n_objects, 0);
         o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
+}
+
+static char *serial_of(uint64_t id) {
+        return sh("cat %s/vms/%016" PRIx64 "/serial.log", runtime, id);
+}
+
+/* Acceptance 5: a graceful stop reaches the guest (the power button), and a guest that ignores it — and
+ * a hypervisor that ignores SIGTERM — is escalated to SIGKILL after the stop timeout. */
+Test(vm_manager, graceful_stop_reaches_the_guest) {
+        PortForward p = { IPPROTO_TCP, 8080, 80 };
+        start(1, "polite", "local", &p, 1);
+        wait_ready(1);
+        cr_assert_eq(vm_manager_stop(mgr, 1, 5), 0, "%s", vm_manager_error(mgr));
+        double dt = run_until_gone(1);
+        char *serial = serial_of(1);
+        cr_assert(strstr(serial, "power-button\n"), "the power button never reached the guest: %s", serial);
+        cr_assert_not(strstr(serial, "SIGTERM"), "escalated although the guest powered off: %s", serial);
+        free(serial);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_STOPPED);
+        cr_assert_str_eq(vm->reason, "exited with status 0");
+        cr_assert_eq(vm->n_objects, 0);
+        cr_assert_lt(dt, 5.0, "the graceful stop waited for the timeout");
+}
+
+Test(vm_manager, stop_timeout_escalates_to_sigkill) {
+        setenv("FAKE_VMM_IGNORE_POWER", "1", 1);
+        setenv("FAKE_VMM_IGNORE_TERM", "1", 1);
+        start(1, "stubborn", "local", NULL, 0);
+        unsetenv("FAKE_VMM_IGNORE_POWER");
+        unsetenv("FAKE_VMM_IGNORE_TERM");
+        wait_ready(1);
+        cr_assert_eq(vm_manager_stop(mgr, 1, 1), 0, "%s", vm_manager_error(mgr));
+        double dt = run_until_gone(1);
+        char *serial = serial_of(1);
+        cr_assert(strstr(serial, "power-button\n") && strstr(serial, "SIGTERM ignored"),
+                  "expected the power button, then SIGTERM: %s", serial);
+        free(serial);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_str_eq(vm->reason, "killed by signal 9");
+        cr_assert_eq(vm->n_objects, 0);
+        cr_assert_geq(dt, 1.9, "SIGKILL came before two stop timeouts (%.2f s)", dt);
+        char *o = sh("ip -o link show type tun | wc -l");
         cr_assert_str_eq(o, "0\n");
         free(o);
 }
