@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -37,6 +38,7 @@ typedef struct Vm {
         sd_event_source *timer;
         StopStage stage;
         uint64_t stop_timeout_usec;
+        bool adopted; /* not our child: the exit status cannot be read */
 } Vm;
 
 struct VmManager {
@@ -364,5 +366,108 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
                 (void) vmm_signal(vm->process.pidfd, SIGKILL);
                 return fail(m, r, "VM %s: cannot arm the stop timer: %s", vm->name, strerror(-r));
         }
+        return 0;
+}
+
+/* An adopted hypervisor's pidfd became readable: it exited. Not our child, so waitid() cannot tell how. */
+static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Vm *vm = userdata;
+        VmManager *m = vm->manager;
+        (void) s;
+        (void) fd;
+        (void) revents;
+
+        u64map_remove(m->vms, vm->id);
+        int r = vm_net_down(m->cfg.dispatcher, vm->id);
+        if (r < 0)
+                fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
+                     dispatcher_error(m->cfg.dispatcher));
+        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
+                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
+                              .vm_id = vm->id,
+                              .vm_state = JOURNAL_VM_CRASHED,
+                              .reason = "exit status unknown" };
+        (void) journal_append_sync(m->cfg.journal, &rec);
+        vm_free(vm);
+        return 0;
+}
+
+static int journal_gone(VmManager *m, uint64_t vm_id, const char *reason) {
+        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
+                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
+                              .vm_id = vm_id,
+                              .vm_state = JOURNAL_VM_CRASHED,
+                              .reason = reason };
+        int r = journal_append_sync(m->cfg.journal, &rec);
+        return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+}
+
+int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
+        const LiveSet *ls = journal_live_set(m->cfg.journal);
+        _cleanup_free_ uint64_t *ids = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
+        const LiveVm *lv;
+        size_t n = 0, adopted = 0, gone = 0;
+        int r = 0;
+
+        if (!ids)
+                return -ENOMEM;
+        for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);)
+                if (lv->state == JOURNAL_VM_RUNNING && !u64map_get(m->vms, lv->vm_id))
+                        ids[n++] = lv->vm_id;
+
+        for (size_t i = 0; i < n; i++) {
+                lv = live_set_get_vm(ls, ids[i]);
+                int pidfd = -EBADF;
+                int k = vmm_adopt((pid_t) lv->pid, lv->start_time, lv->boot_id, &pidfd);
+                if (k >= 0) {
+                        Vm *vm = calloc(1, sizeof(Vm));
+                        if (!vm) {
+                                safe_close(pidfd);
+                                return -ENOMEM;
+                        }
+                        vm->manager = m;
+                        vm->id = lv->vm_id;
+                        vm->adopted = true;
+                        snprintf(vm->name, sizeof(vm->name), "%s", lv->name);
+                        char dir[4300];
+                        if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0)
+                                snprintf(vm->api_socket, sizeof(vm->api_socket), "%s/api.sock", dir);
+                        vm->process = (VmmProcess){ .pid = (pid_t) lv->pid,
+                                                    .pidfd = pidfd,
+                                                    .start_time = lv->start_time };
+                        memcpy(vm->process.boot_id, lv->boot_id, 16);
+                        k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_adopted_exit, vm);
+                        if (k >= 0)
+                                k = u64map_put(m->vms, vm->id, vm);
+                        if (k < 0) {
+                                vm_free(vm);
+                                return fail(m, k, "VM %s: cannot watch its adopted hypervisor: %s", lv->name,
+                                            strerror(-k));
+                        }
+                        adopted++;
+                        continue;
+                }
+                if (k != -ESRCH && k != -ESTALE)
+                        return fail(m, k, "VM %s: cannot check its hypervisor (pid %u): %s", lv->name,
+                                    lv->pid, strerror(-k));
+
+                /* Dead, or the PID now belongs to another program (never signalled): tear the VM down. */
+                const char *reason = k == -ESTALE
+                                             ? "hypervisor gone while the agent was down (its PID is reused)"
+                                             : "hypervisor gone while the agent was down";
+                char name[33];
+                snprintf(name, sizeof(name), "%s", lv->name);
+                r = vm_net_down(m->cfg.dispatcher, ids[i]);
+                if (r < 0)
+                        return fail(m, r, "VM %s: %s", name, dispatcher_error(m->cfg.dispatcher));
+                r = journal_gone(m, ids[i], reason);
+                if (r < 0)
+                        return r;
+                gone++;
+        }
+        if (ret_adopted)
+                *ret_adopted = adopted;
+        if (ret_gone)
+                *ret_gone = gone;
         return 0;
 }

@@ -54,6 +54,12 @@ int vm_manager_kill(VmManager *m, uint64_t vm_id);
  * tears the network down as for any exit; a VM that is not running just has its network taken down. */
 int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
 
+/* After an agent restart: for every VM the journal says is running, a pidfd for its hypervisor if PID,
+ * start time and boot id still match — then it is adopted and watched (its exit status cannot be read:
+ * "exit status unknown"). Otherwise (dead, or the PID reused by another program, which is never signalled)
+ * its network is torn down and it is journaled as crashed. */
+int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
+
 /* The hypervisor's PID while it runs, else 0. */
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);
 size_t vm_manager_n_running(const VmManager *m);

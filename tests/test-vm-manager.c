@@ -12,8 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,21 +36,7 @@ static Dispatcher *disp;
 static sd_event *event;
 static VmManager *mgr;
 
-static void setup(void) {
-        if (geteuid() != 0)
-                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
-        if (access(FAKE_VMM_PATH, X_OK) < 0)
-                cr_skip_test("fake-vmm not built at %s", FAKE_VMM_PATH);
-        if (unshare(CLONE_NEWNET) < 0)
-                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
-        /* sd-event's child sources want SIGCHLD blocked */
-        sigset_t ss;
-        sigemptyset(&ss);
-        sigaddset(&ss, SIGCHLD);
-        cr_assert_eq(sigprocmask(SIG_BLOCK, &ss, NULL), 0);
-
-        cr_assert(mkdtemp(dir));
-        snprintf(runtime, sizeof(runtime), "%s/run", dir);
+static void open_agent(void) {
         JournalOptions o = { .directory = dir };
         JournalReport rep;
         memcpy(o.agent_id, agent_bytes, 16);
@@ -88,13 +76,36 @@ static void setup(void) {
         cr_assert_eq(vm_manager_new(&mc, &mgr), 0);
 }
 
-static void teardown(void) {
+/* Closes the agent's objects as a crash would leave its files: the state directory stays. */
+static void teardown_keep_dir(void) {
         mgr = vm_manager_free(mgr);
         event = sd_event_unref(event);
         disp = dispatcher_free(disp);
         for (size_t i = 0; i < 2; i++)
                 backends[i] = backend_unload(backends[i]);
         journal = journal_close(journal);
+}
+
+static void setup(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (access(FAKE_VMM_PATH, X_OK) < 0)
+                cr_skip_test("fake-vmm not built at %s", FAKE_VMM_PATH);
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        /* sd-event's child sources want SIGCHLD blocked */
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGCHLD);
+        cr_assert_eq(sigprocmask(SIG_BLOCK, &ss, NULL), 0);
+
+        cr_assert(mkdtemp(dir));
+        snprintf(runtime, sizeof(runtime), "%s/run", dir);
+        open_agent();
+}
+
+static void teardown(void) {
+        teardown_keep_dir();
         free(sh("rm -rf %s", dir));
 }
 
@@ -332,6 +343,157 @@ Test(vm_manager, stop_timeout_escalates_to_sigkill) {
         cr_assert_str_eq(vm->reason, "killed by signal 9");
         cr_assert_eq(vm->n_objects, 0);
         cr_assert_geq(dt, 1.9, "SIGKILL came before two stop timeouts (%.2f s)", dt);
+        char *o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
+}
+
+/* The agent in a child process: starts n VMs, reports their hypervisors' PIDs, then waits to be killed. */
+static pid_t run_agent_child(unsigned n, pid_t *ret_pids) {
+        int pfd[2];
+        cr_assert_eq(pipe(pfd), 0);
+        teardown_keep_dir();
+        pid_t child = fork();
+        cr_assert_geq(child, 0);
+        if (child == 0) {
+                close(pfd[0]);
+                open_agent();
+                for (unsigned i = 1; i <= n; i++) {
+                        char name[16];
+                        snprintf(name, sizeof(name), "vm%u", i);
+                        PortForward p = { IPPROTO_TCP, (uint16_t) (8000 + i), 80 };
+                        VmRequest req = { .vm_id = i,
+                                          .name = name,
+                                          .backend = "local",
+                                          .kernel = FAKE_VMM_PATH,
+                                          .cpus = 1,
+                                          .memory_mib = 64,
+                                          .ports = &p,
+                                          .n_ports = 1 };
+                        if (vm_manager_start(mgr, &req) < 0)
+                                _exit(1);
+                        pid_t pid = vm_manager_pid(mgr, i);
+                        if (write(pfd[1], &pid, sizeof(pid)) != sizeof(pid))
+                                _exit(1);
+                }
+                for (;;)
+                        pause();
+        }
+        close(pfd[1]);
+        for (unsigned i = 0; i < n; i++)
+                cr_assert_eq(read(pfd[0], &ret_pids[i], sizeof(pid_t)), (ssize_t) sizeof(pid_t),
+                             "the agent child failed");
+        close(pfd[0]);
+        return child;
+}
+
+/* Acceptance 3: the agent dies by SIGKILL with 10 VMs running; 5 hypervisors die while it is down; the
+ * restarted agent adopts the 5 live ones (still running, objects intact) and tears down the 5 dead ones. */
+Test(vm_manager, restart_adopts_live_and_cleans_dead) {
+        enum { N = 10 };
+        pid_t pids[N];
+        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1),
+                     0); /* orphaned hypervisors come back to us, as to PID 1 */
+        pid_t agent = run_agent_child(N, pids);
+        for (unsigned i = 0; i < N; i++)
+                wait_ready(i + 1);
+        cr_assert_eq(kill(agent, SIGKILL), 0);
+        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        for (unsigned i = 0; i < N; i += 2) { /* VMs 1, 3, 5, 7, 9 */
+                cr_assert_eq(kill(pids[i], SIGKILL), 0);
+                cr_assert_eq(waitpid(pids[i], NULL, 0), pids[i]); /* reaped, as PID 1 would */
+        }
+        char *before = sh(
+                "nft list ruleset | grep -oE 'comment \"[^\"]*:00000000000000(02|04|06|08|0a):[^\"]*\"' | sort");
+
+        open_agent();
+        size_t adopted, gone;
+        cr_assert_eq(vm_manager_adopt_all(mgr, &adopted, &gone), 0, "%s", vm_manager_error(mgr));
+        cr_assert_eq(adopted, 5);
+        cr_assert_eq(gone, 5);
+        for (unsigned i = 1; i <= N; i++) {
+                char tap[16];
+                dispatcher_tap_name("tap-", i, tap);
+                char *o = sh("ip -o link show dev %s 2>/dev/null | wc -l", tap);
+                const LiveVm *vm = live_set_get_vm(journal_live_set(journal), i);
+                if (i % 2 == 1) {
+                        cr_assert_str_eq(o, "0\n", "dead VM %u kept its TAP", i);
+                        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+                        cr_assert_eq(vm->n_objects, 0);
+                        cr_assert_eq(vm_manager_pid(mgr, i), 0);
+                } else {
+                        cr_assert_str_eq(o, "1\n", "live VM %u lost its TAP", i);
+                        cr_assert_eq(vm->state, JOURNAL_VM_RUNNING);
+                        cr_assert_eq(vm_manager_pid(mgr, i), pids[i - 1]);
+                        cr_assert_eq(kill(pids[i - 1], 0), 0, "adopted hypervisor %u is not running", i);
+                }
+                free(o);
+        }
+        char *after = sh(
+                "nft list ruleset | grep -oE 'comment \"[^\"]*:00000000000000(02|04|06|08|0a):[^\"]*\"' | sort");
+        cr_assert_eq(count_substr(before, "comment"), 15, "expected 3 elements of each live VM: %s", before);
+        cr_assert_str_eq(before, after, "the live VMs' elements changed");
+        free(before);
+        free(after);
+
+        /* An adopted hypervisor that dies is noticed through its pidfd, without a readable status. */
+        cr_assert_eq(kill(pids[1], SIGKILL), 0);
+        run_until_gone(2);
+        (void) waitpid(pids[1], NULL, 0);
+        const LiveVm *vm2 = live_set_get_vm(journal_live_set(journal), 2);
+        cr_assert_str_eq(vm2->reason, "exit status unknown");
+        cr_assert_eq(vm2->n_objects, 0);
+        for (unsigned i = 3; i < N; i += 2) {
+                kill(pids[i], SIGKILL);
+                (void) waitpid(pids[i], NULL, 0);
+        }
+}
+
+/* Acceptance 4: the journal's PID now belongs to an unrelated process: it is not signalled, and the VM's
+ * objects are torn down. */
+Test(vm_manager, reused_pid_is_never_signalled) {
+        pid_t pids[1];
+        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        pid_t agent = run_agent_child(1, pids);
+        wait_ready(1);
+        cr_assert_eq(kill(agent, SIGKILL), 0);
+        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        cr_assert_eq(kill(pids[0], SIGKILL), 0);
+        cr_assert_eq(waitpid(pids[0], NULL, 0), pids[0]);
+
+        /* An unrelated program; the journal is made to name its PID with the old hypervisor's start time,
+         * as if the PID had been reused. */
+        pid_t other = fork();
+        cr_assert_geq(other, 0);
+        if (other == 0) {
+                execlp("sleep", "sleep", "30", (char *) NULL);
+                _exit(127);
+        }
+        open_agent();
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                              .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                        JOURNAL_FIELD_BIT(JOURNAL_FIELD_PID) |
+                                        JOURNAL_FIELD_BIT(JOURNAL_FIELD_START_TIME) |
+                                        JOURNAL_FIELD_BIT(JOURNAL_FIELD_BOOT_ID),
+                              .vm_id = 1,
+                              .pid = (uint32_t) other,
+                              .start_time = vm->start_time };
+        memcpy(rec.boot_id, vm->boot_id, 16);
+        cr_assert_eq(journal_append_sync(journal, &rec), 0);
+
+        size_t adopted, gone;
+        cr_assert_eq(vm_manager_adopt_all(mgr, &adopted, &gone), 0, "%s", vm_manager_error(mgr));
+        cr_assert_eq(adopted, 0);
+        cr_assert_eq(gone, 1);
+        vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert(strstr(vm->reason, "PID is reused"), "%s", vm->reason);
+        cr_assert_eq(vm->n_objects, 0);
+        int status;
+        cr_assert_eq(waitpid(other, &status, WNOHANG), 0, "the unrelated process was signalled");
+        kill(other, SIGKILL);
+        waitpid(other, NULL, 0);
         char *o = sh("ip -o link show type tun | wc -l");
         cr_assert_str_eq(o, "0\n");
         free(o);

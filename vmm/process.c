@@ -162,6 +162,27 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
         return 0;
 }
 
+/* The state letter of /proc/PID/stat (field 3): Z and X mean the process has exited. */
+static int process_state(pid_t pid, char *ret) {
+        char path[64], buf[2048];
+        _cleanup_close_ int fd = -EBADF;
+        ssize_t n;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? -ESRCH : negative_errno();
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return n < 0 ? negative_errno() : -EIO;
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')');
+        if (!p || p[1] != ' ' || !p[2])
+                return -EBADMSG;
+        *ret = p[2];
+        return 0;
+}
+
 int vmm_adopt(pid_t pid, uint64_t start_time, const uint8_t boot_id[16], int *ret_pidfd) {
         _cleanup_close_ int fd = -EBADF;
         uint8_t now_boot[16];
@@ -185,6 +206,12 @@ int vmm_adopt(pid_t pid, uint64_t start_time, const uint8_t boot_id[16], int *re
                 return r;
         if (st != start_time)
                 return -ESTALE;
+        char state;
+        r = process_state(pid, &state);
+        if (r < 0)
+                return r;
+        if (state == 'Z' || state == 'X')
+                return -ESRCH; /* it has exited; only its parent has not collected it yet */
         *ret_pidfd = TAKE_FD(fd);
         return 0;
 }
