@@ -119,20 +119,37 @@ static int journal_exit(VmManager *m, uint64_t vm_id, const siginfo_t *si, char 
         return k < 0 ? fail(m, k, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
 }
 
-/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason. */
-static int on_hypervisor_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
-        Vm *vm = userdata;
+static int journal_gone(VmManager *m, uint64_t vm_id, const char *reason) {
+        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
+                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
+                              .vm_id = vm_id,
+                              .vm_state = JOURNAL_VM_CRASHED,
+                              .reason = reason };
+        int r = journal_append_sync(m->cfg.journal, &rec);
+        return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+}
+
+/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason (si is NULL when
+ * it cannot be known: an adopted hypervisor is not our child). */
+static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
         char reason[64];
-        (void) s;
 
         u64map_remove(m->vms, vm->id);
         int r = vm_net_down(m->cfg.dispatcher, vm->id);
         if (r < 0)
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
-        (void) journal_exit(m, vm->id, si, reason, sizeof(reason));
+        if (si)
+                (void) journal_exit(m, vm->id, si, reason, sizeof(reason));
+        else
+                (void) journal_gone(m, vm->id, "exit status unknown");
         vm_free(vm);
+}
+
+static int on_hypervisor_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        (void) s;
+        hypervisor_gone(userdata, si);
         return 0;
 }
 
@@ -371,35 +388,11 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
 
 /* An adopted hypervisor's pidfd became readable: it exited. Not our child, so waitid() cannot tell how. */
 static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Vm *vm = userdata;
-        VmManager *m = vm->manager;
         (void) s;
         (void) fd;
         (void) revents;
-
-        u64map_remove(m->vms, vm->id);
-        int r = vm_net_down(m->cfg.dispatcher, vm->id);
-        if (r < 0)
-                fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
-                     dispatcher_error(m->cfg.dispatcher));
-        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
-                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
-                              .vm_id = vm->id,
-                              .vm_state = JOURNAL_VM_CRASHED,
-                              .reason = "exit status unknown" };
-        (void) journal_append_sync(m->cfg.journal, &rec);
-        vm_free(vm);
+        hypervisor_gone(userdata, NULL);
         return 0;
-}
-
-static int journal_gone(VmManager *m, uint64_t vm_id, const char *reason) {
-        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
-                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
-                              .vm_id = vm_id,
-                              .vm_state = JOURNAL_VM_CRASHED,
-                              .reason = reason };
-        int r = journal_append_sync(m->cfg.journal, &rec);
-        return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
 }
 
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {

@@ -13,8 +13,10 @@
 #include "util/macro.h"
 #include "vmm/process.h"
 
-int process_start_time(pid_t pid, uint64_t *ret) {
-        char path[64], buf[2048];
+/* Reads /proc/PID/stat into buf and returns (in *ret_rest) the text after the command name: field 3 on.
+ * The command name (field 2) may contain spaces and parentheses, so it ends at the last ')'. */
+static int read_proc_stat(pid_t pid, char *buf, size_t size, char **ret_rest) {
+        char path[64];
         _cleanup_close_ int fd = -EBADF;
         ssize_t n;
 
@@ -22,16 +24,25 @@ int process_start_time(pid_t pid, uint64_t *ret) {
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return errno == ENOENT ? -ESRCH : negative_errno();
-        n = read(fd, buf, sizeof(buf) - 1);
+        n = read(fd, buf, size - 1);
         if (n <= 0)
                 return n < 0 ? negative_errno() : -EIO;
         buf[n] = '\0';
-
-        /* The command name (field 2) may contain spaces and parentheses: count from the last ')'. */
         char *p = strrchr(buf, ')');
-        if (!p)
+        if (!p || p[1] != ' ' || !p[2])
                 return -EBADMSG;
-        p++;
+        *ret_rest = p + 2;
+        return 0;
+}
+
+int process_start_time(pid_t pid, uint64_t *ret) {
+        char buf[2048], *p;
+        int r;
+
+        r = read_proc_stat(pid, buf, sizeof(buf), &p);
+        if (r < 0)
+                return r;
+        p--; /* at the space before field 3 */
         for (int field = 3; field < 22; field++) {
                 p = strchr(p + 1, ' ');
                 if (!p)
@@ -164,22 +175,11 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
 
 /* The state letter of /proc/PID/stat (field 3): Z and X mean the process has exited. */
 static int process_state(pid_t pid, char *ret) {
-        char path[64], buf[2048];
-        _cleanup_close_ int fd = -EBADF;
-        ssize_t n;
-
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return errno == ENOENT ? -ESRCH : negative_errno();
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n <= 0)
-                return n < 0 ? negative_errno() : -EIO;
-        buf[n] = '\0';
-        char *p = strrchr(buf, ')');
-        if (!p || p[1] != ' ' || !p[2])
-                return -EBADMSG;
-        *ret = p[2];
+        char buf[2048], *p;
+        int r = read_proc_stat(pid, buf, sizeof(buf), &p);
+        if (r < 0)
+                return r;
+        *ret = p[0];
         return 0;
 }
 
