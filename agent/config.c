@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/config.h"
+#include "util/ifname.h"
 #include "util/macro.h"
 
 void config_defaults(AgentConfig *c, const char *backend_dir) {
@@ -78,12 +79,12 @@ static bool put_path(char *dst, size_t size, const char *value) {
         return value[0] == '/' && put_str(dst, size, value);
 }
 
+/* A name the kernel accepts, and in a config file also plain printable ASCII. */
 static bool ifname_ok(const char *s) {
-        size_t n = strlen(s);
-        if (n == 0 || n > 15 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        if (!ifname_valid(s))
                 return false;
         for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-                if (*p == '/' || *p == ':' || *p <= ' ' || *p == 0x7f || *p >= 0x80)
+                if (*p < ' ' || *p >= 0x7f)
                         return false;
         return true;
 }

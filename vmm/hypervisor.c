@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/ifname.h"
 #include "vmm/cloud-hypervisor.h"
 #include "vmm/hypervisor.h"
 #include "vmm/qemu.h"
@@ -116,18 +117,6 @@ static bool has_control_chars(const char *s) {
 }
 
 /* The kernel's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace. */
-static bool tap_name_valid(const char *name) {
-        size_t n = strnlen(name, 16);
-
-        if (n == 0 || n > 15 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-                return false;
-        for (const unsigned char *p = (const unsigned char *) name; *p; p++)
-                /* the kernel's isspace() also counts 0xa0 (non-breaking space in Latin-1) */
-                if (*p == '/' || *p == ':' || *p == ' ' || (*p >= '\t' && *p <= '\r') || *p == 0xa0)
-                        return false;
-        return true;
-}
-
 static int check_path(const char *what, const char *path, bool optional, char *error, size_t error_size) {
         if (!path) {
                 if (optional)
@@ -161,7 +150,7 @@ static int check_network(const VmSpec *spec, char *error, size_t error_size) {
                                        "a guest address needs a network device (no TAP given)");
                 return 0;
         }
-        if (!tap_name_valid(spec->tap))
+        if (!ifname_valid(spec->tap))
                 return invalid(error, error_size,
                                "TAP name \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' or "
                                "whitespace)",

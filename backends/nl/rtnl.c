@@ -603,20 +603,3 @@ int rtnl_links_delete_owned_bulk(Rtnl *rtnl, const OwnedLink *links, size_t n, s
                 *ret_stale = stale;
         return 0;
 }
-
-bool ifname_valid(const char *name) {
-        size_t len;
-
-        if (!name)
-                return false;
-        len = strnlen(name, IFNAMSIZ);
-        if (len == 0 || len >= IFNAMSIZ)
-                return false;
-        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-                return false;
-        for (const unsigned char *p = (const unsigned char *) name; *p; p++)
-                /* the kernel's isspace() also counts 0xa0 (non-breaking space in Latin-1) */
-                if (*p == '/' || *p == ':' || *p == ' ' || (*p >= '\t' && *p <= '\r') || *p == 0xa0)
-                        return false;
-        return true;
-}

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "util/ifname.h"
 #include "util/macro.h"
 
 typedef struct Rtnl Rtnl;
@@ -98,7 +99,3 @@ int rtnl_links_delete_owned_bulk(Rtnl *rtnl, const OwnedLink *links, size_t n, s
 size_t rtnl_build_link_change(void *buf, size_t size, uint32_t seq, uint32_t ifindex, const LinkChange *c);
 size_t rtnl_build_bridge_create(void *buf, size_t size, uint32_t seq, const char *name, const char *alias);
 size_t rtnl_build_delete_group(void *buf, size_t size, uint32_t seq, uint32_t group);
-
-/* Whether the kernel would accept name as an interface name: 1-15 bytes, not "." or "..", no '/', ':'
- * or white space. */
-bool ifname_valid(const char *name);
