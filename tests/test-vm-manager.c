@@ -23,6 +23,7 @@
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
 #include "tests/shell-oracle.h"
+#include "vmm/process.h"
 
 #define AGENT "c41e5500-1234-4000-8000-deadbeef0001"
 
@@ -462,7 +463,9 @@ Test(vm_manager, reused_pid_is_never_signalled) {
         cr_assert_eq(waitpid(pids[0], NULL, 0), pids[0]);
 
         /* An unrelated program; the journal is made to name its PID with the old hypervisor's start time,
-         * as if the PID had been reused. */
+         * as if the PID had been reused. Start times count clock ticks (10 ms): a real reuse comes much
+         * later than that, so let a few ticks pass, or the two processes would look the same. */
+        usleep(50000);
         pid_t other = fork();
         cr_assert_geq(other, 0);
         if (other == 0) {
@@ -481,6 +484,9 @@ Test(vm_manager, reused_pid_is_never_signalled) {
                               .start_time = vm->start_time };
         memcpy(rec.boot_id, vm->boot_id, 16);
         cr_assert_eq(journal_append_sync(journal, &rec), 0);
+        uint64_t other_start;
+        cr_assert_eq(process_start_time(other, &other_start), 0);
+        cr_assert_neq(other_start, vm->start_time, "the test's premise: another process's start time");
 
         size_t adopted, gone;
         cr_assert_eq(vm_manager_adopt_all(mgr, &adopted, &gone), 0, "%s", vm_manager_error(mgr));
