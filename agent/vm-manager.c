@@ -36,6 +36,7 @@ typedef struct Vm {
         VmmProcess process;
         sd_event_source *source;
         sd_event_source *timer;
+        HypervisorKind kind;
         StopStage stage;
         uint64_t stop_timeout_usec;
         bool adopted; /* not our child: the exit status cannot be read */
@@ -99,51 +100,59 @@ VmManager *vm_manager_free(VmManager *m) {
         return NULL;
 }
 
-static int journal_exit(VmManager *m, uint64_t vm_id, const siginfo_t *si, char *reason, size_t size) {
-        JournalRecord r = { .type = JOURNAL_VM_EXITED,
-                            .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
-                            .vm_id = vm_id };
+/* The exit as journaled: "exited with status N" (stopped when N is 0, else crashed), "killed by signal N"
+ * (crashed), or, when it cannot be known (si NULL: an adopted hypervisor is not our child), "exit status
+ * unknown" (crashed: nobody asked it to stop). */
+static JournalVmState exit_reason(const siginfo_t *si, JournalRecord *rec, char *reason, size_t size) {
+        if (!si) {
+                snprintf(reason, size, "exit status unknown");
+                return JOURNAL_VM_CRASHED;
+        }
         if (si->si_code == CLD_EXITED) {
                 snprintf(reason, size, "exited with status %d", si->si_status);
-                r.fields |= F(EXIT_STATUS);
-                r.exit_status = si->si_status;
-                r.vm_state = si->si_status == 0 ? JOURNAL_VM_STOPPED : JOURNAL_VM_CRASHED;
-        } else {
-                snprintf(reason, size, "killed by signal %d", si->si_status);
-                r.fields |= F(EXIT_SIGNAL);
-                r.exit_signal = si->si_status;
-                r.vm_state = JOURNAL_VM_CRASHED;
+                rec->fields |= F(EXIT_STATUS);
+                rec->exit_status = si->si_status;
+                return si->si_status == 0 ? JOURNAL_VM_STOPPED : JOURNAL_VM_CRASHED;
         }
-        r.reason = reason;
-        int k = journal_append_sync(m->cfg.journal, &r);
-        return k < 0 ? fail(m, k, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+        snprintf(reason, size, "killed by signal %d%s", si->si_status,
+                 si->si_code == CLD_DUMPED ? " (core dumped)" : "");
+        rec->fields |= F(EXIT_SIGNAL);
+        rec->exit_signal = si->si_status;
+        return JOURNAL_VM_CRASHED;
 }
 
-static int journal_gone(VmManager *m, uint64_t vm_id, const char *reason) {
-        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
-                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
-                              .vm_id = vm_id,
-                              .vm_state = JOURNAL_VM_CRASHED,
-                              .reason = reason };
-        int r = journal_append_sync(m->cfg.journal, &rec);
+static int journal_exit(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
+                        const char *reason) {
+        rec->type = JOURNAL_VM_EXITED;
+        rec->fields |= F(VM_ID) | F(VM_STATE) | F(REASON);
+        rec->vm_id = vm_id;
+        rec->vm_state = state;
+        rec->reason = reason;
+        int r = journal_append_sync(m->cfg.journal, rec);
         return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
 }
 
-/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason (si is NULL when
- * it cannot be known: an adopted hypervisor is not our child). */
+static void notify_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
+                        const char *reason, int error) {
+        if (m->cfg.on_exit)
+                m->cfg.on_exit(m, vm_id, name, state, reason, error, m->cfg.userdata);
+}
+
+/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason. */
 static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
-        char reason[64];
+        JournalRecord rec = {};
+        char reason[80];
 
+        m->error[0] = '\0';
         u64map_remove(m->vms, vm->id);
         int r = vm_net_down(m->cfg.dispatcher, vm->id);
         if (r < 0)
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
-        if (si)
-                (void) journal_exit(m, vm->id, si, reason, sizeof(reason));
-        else
-                (void) journal_gone(m, vm->id, "exit status unknown");
+        JournalVmState state = exit_reason(si, &rec, reason, sizeof(reason));
+        int k = journal_exit(m, vm->id, &rec, state, reason);
+        notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k);
         vm_free(vm);
 }
 
@@ -208,11 +217,15 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 .prefixlen = net.ip4 ? m->cfg.prefixlen : 0,
                 .api_socket = sock,
                 .serial_log = serial,
+                .disks = req->disks,
+                .n_disks = req->n_disks,
                 .accel = m->cfg.accel,
-                .binary = m->cfg.binary,
+                .binary = req->binary             ? req->binary
+                          : req->hypervisor == m->cfg.hypervisor ? m->cfg.binary
+                                                                 : NULL,
         };
         memcpy(spec.mac, net.mac, 6);
-        r = hypervisor_build_argv(m->cfg.hypervisor, &spec, &argv, err, sizeof(err));
+        r = hypervisor_build_argv(req->hypervisor, &spec, &argv, err, sizeof(err));
         if (r < 0) {
                 fail(m, r, "VM %s: %s", req->name, err);
                 goto undo_net;
@@ -225,6 +238,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         }
         vm->manager = m;
         vm->id = req->vm_id;
+        vm->kind = req->hypervisor;
         snprintf(vm->api_socket, sizeof(vm->api_socket), "%s", sock);
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
         r = vmm_spawn(argv, log, &vm->process, err, sizeof(err));
@@ -276,6 +290,11 @@ pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
         return vm ? vm->process.pid : 0;
 }
 
+bool vm_manager_stopping(const VmManager *m, uint64_t vm_id) {
+        const Vm *vm = u64map_get(m->vms, vm_id);
+        return vm && vm->stage != STOP_NONE;
+}
+
 size_t vm_manager_n_running(const VmManager *m) {
         return u64map_size(m->vms);
 }
@@ -323,8 +342,8 @@ static int socket_talk(const char *path, const char *const *reqs, const char *co
 }
 
 /* The hypervisor's own shutdown: cloud-hypervisor's vm.power-button, QEMU's QMP system_powerdown. */
-static int ask_power_off(VmManager *m, Vm *vm) {
-        if (m->cfg.hypervisor == HYPERVISOR_QEMU) {
+static int ask_power_off(const Vm *vm) {
+        if (vm->kind == HYPERVISOR_QEMU) {
                 static const char *const reqs[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
                                                     "{\"execute\":\"system_powerdown\"}\n" };
                 static const char *const expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
@@ -368,7 +387,7 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
                 return 0; /* already on its way down */
         vm->stop_timeout_usec = (uint64_t) (timeout_sec ? timeout_sec : 1) * UINT64_C(1000000);
 
-        r = ask_power_off(m, vm);
+        r = ask_power_off(vm);
         if (r >= 0)
                 vm->stage = STOP_GRACEFUL;
         else {
@@ -421,6 +440,8 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                         vm->manager = m;
                         vm->id = lv->vm_id;
                         vm->adopted = true;
+                        vm->kind = m->cfg.kind_of ? m->cfg.kind_of(vm->id, m->cfg.userdata)
+                                                  : m->cfg.hypervisor;
                         snprintf(vm->name, sizeof(vm->name), "%s", lv->name);
                         char dir[4300];
                         if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0)
@@ -453,7 +474,9 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                 r = vm_net_down(m->cfg.dispatcher, ids[i]);
                 if (r < 0)
                         return fail(m, r, "VM %s: %s", name, dispatcher_error(m->cfg.dispatcher));
-                r = journal_gone(m, ids[i], reason);
+                JournalRecord rec = {};
+                r = journal_exit(m, ids[i], &rec, JOURNAL_VM_CRASHED, reason);
+                notify_exit(m, ids[i], name, JOURNAL_VM_CRASHED, reason, r);
                 if (r < 0)
                         return r;
                 gone++;

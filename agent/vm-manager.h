@@ -5,6 +5,7 @@
  * sd-event loop. When the pidfd fires — guest poweroff, crash, kill -9, any cause — the VM's network is
  * torn down at once and the exit reason journaled ("exited with status N", "killed by signal N"). */
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
@@ -14,6 +15,15 @@
 #include "vmm/hypervisor.h"
 
 typedef struct VmManager VmManager;
+
+/* Called after a VM's hypervisor is gone and its network torn down (whatever the cause: exit, crash,
+ * stop, kill, found dead at adoption). `state` is what was journaled (stopped or crashed), `reason` the
+ * exit reason; `error` is 0, or the failure of the teardown or of the journal write, described in
+ * vm_manager_error(). */
+typedef void (*VmExitCallback)(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
+                               const char *reason, int error, void *userdata);
+/* The hypervisor kind of a VM the journal says is running, for adoption (its stop method). */
+typedef HypervisorKind (*VmKindLookup)(uint64_t vm_id, void *userdata);
 
 typedef struct VmManagerConfig {
         sd_event *event;
@@ -25,6 +35,9 @@ typedef struct VmManagerConfig {
         VmmAccel accel; /* resolved: kvm or tcg */
         uint32_t gateway; /* for the guest's ip= */
         uint8_t prefixlen;
+        VmExitCallback on_exit; /* may be NULL */
+        VmKindLookup kind_of; /* may be NULL: every adopted VM is of kind `hypervisor` */
+        void *userdata;
 } VmManagerConfig;
 
 typedef struct VmRequest {
@@ -34,6 +47,12 @@ typedef struct VmRequest {
         const char *kernel;
         const char *initrd;
         const char *cmdline;
+        const char *const *disks;
+        size_t n_disks;
+        /* The VM's kind; binary NULL: the config's binary when the kind is the config's, else the kind's
+         * default looked up in PATH. */
+        HypervisorKind hypervisor;
+        const char *binary;
         unsigned cpus;
         uint64_t memory_mib;
         const PortForward *ports;
@@ -60,6 +79,8 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
  * its network is torn down and it is journaled as crashed. */
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 
+/* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way. */
+bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);
 /* The hypervisor's PID while it runs, else 0. */
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);
 size_t vm_manager_n_running(const VmManager *m);
