@@ -1,17 +1,24 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "state/vmdef.h"
 #include "util/vmname.h"
 #include "vmm/hypervisor.h"
+
+#define VM_DEF_TMP_SUFFIX VM_DEF_SUFFIX ".tmp"
+#define VM_DEF_FILE_NAME_MAX (VM_NAME_MAX + sizeof(VM_DEF_TMP_SUFFIX))
 
 /* At most this many bytes of a value are shown in a message, cut at a character boundary. */
 #define QUOTE_MAX 64
@@ -1011,5 +1018,215 @@ int vm_def_format(const VmDef *d, char **ret_text) {
                 return -ENOMEM;
         }
         *ret_text = b.s;
+        return 0;
+}
+
+/* --- files ------------------------------------------------------------------------------------------- */
+
+static void file_names(const char *name, char file[static VM_DEF_FILE_NAME_MAX],
+                       char tmp[static VM_DEF_FILE_NAME_MAX]) {
+        (void) snprintf(file, VM_DEF_FILE_NAME_MAX, "%s" VM_DEF_SUFFIX, name);
+        (void) snprintf(tmp, VM_DEF_FILE_NAME_MAX, "%s" VM_DEF_TMP_SUFFIX, name);
+}
+
+int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX];
+        int r;
+
+        assert(d);
+
+        if (!ops)
+                ops = &fs_ops_default;
+
+        r = vm_def_format(d, &text);
+        if (r < 0)
+                return r;
+        file_names(d->name, file, tmp);
+
+        /* Left by a save that crashed half-way: never ours to keep. */
+        if (unlinkat(dir_fd, tmp, 0) < 0 && errno != ENOENT)
+                return negative_errno();
+        fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0)
+                return negative_errno();
+
+        /* 0600 whatever the umask */
+        r = fchmod(fd, 0600) < 0 ? negative_errno() : 0;
+        if (r >= 0)
+                r = fs_pwrite_full(ops, fd, text, strlen(text), 0);
+        if (r >= 0)
+                r = ops->fdatasync(ops->userdata, fd);
+        if (r >= 0)
+                r = ops->renameat(ops->userdata, dir_fd, tmp, dir_fd, file);
+        if (r < 0) {
+                (void) unlinkat(dir_fd, tmp, 0);
+                return r;
+        }
+
+        return ops->fsync(ops->userdata, dir_fd);
+}
+
+int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err_size) {
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX], q[QUOTE_BUF];
+        struct stat st;
+        size_t size;
+        int r;
+
+        assert(name);
+        assert(ret);
+
+        if (!vm_name_valid(name)) {
+                quote(name, q);
+                /* the file name as the message's subject, without the quotes */
+                return fail(err, err_size, -EINVAL,
+                            "%.*s" VM_DEF_SUFFIX ": %s is not a VM name (" VM_NAME_RULE ")",
+                            (int) strlen(q) - 2, q + 1, q);
+        }
+        file_names(name, file, tmp);
+
+        fd = openat(dir_fd, file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
+                r = negative_errno();
+                if (r == -ELOOP)
+                        return fail(err, err_size, -EINVAL, "%s: is a symbolic link, not a regular file",
+                                    file);
+                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+        }
+        if (fstat(fd, &st) < 0) {
+                r = negative_errno();
+                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+        }
+        if (!S_ISREG(st.st_mode))
+                return fail(err, err_size, -EINVAL, "%s: is not a regular file", file);
+
+        r = fs_read_all(fd, VM_DEF_FILE_MAX, (void **) &text, &size);
+        if (r == -EFBIG)
+                return fail(err, err_size, r, "%s: the file has more than %u bytes", file, VM_DEF_FILE_MAX);
+        if (r < 0)
+                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+
+        return parse_full(file, name, text, size, ret, err, err_size);
+}
+
+int vm_def_remove(int dir_fd, const char *name, const FsOps *ops) {
+        char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX];
+
+        assert(name);
+
+        if (!ops)
+                ops = &fs_ops_default;
+        if (!vm_name_valid(name))
+                return -EINVAL;
+        file_names(name, file, tmp);
+
+        (void) unlinkat(dir_fd, tmp, 0);
+        if (unlinkat(dir_fd, file, 0) < 0)
+                return negative_errno();
+        return ops->fsync(ops->userdata, dir_fd);
+}
+
+static void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
+
+typedef struct NameList {
+        char **names;
+        size_t n, allocated;
+} NameList;
+
+static void name_list_done(NameList *l) {
+        for (size_t i = 0; i < l->n; i++)
+                free(l->names[i]);
+        free(l->names);
+}
+
+static int name_list_add(NameList *l, const char *s, size_t n) {
+        if (l->n == l->allocated) {
+                size_t want = l->allocated > 0 ? l->allocated * 2 : 16;
+                char **p = reallocarray(l->names, want, sizeof(char *));
+
+                if (!p)
+                        return -ENOMEM;
+                l->names = p;
+                l->allocated = want;
+        }
+        l->names[l->n] = strndup(s, n);
+        if (!l->names[l->n])
+                return -ENOMEM;
+        l->n++;
+        return 0;
+}
+
+static int compare_names(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* NAME.vm, not hidden. */
+static bool def_file_stem(const char *file, size_t *ret_len) {
+        size_t n = strlen(file), suffix = strlen(VM_DEF_SUFFIX);
+
+        if (file[0] == '.' || n <= suffix || strcmp(file + n - suffix, VM_DEF_SUFFIX) != 0)
+                return false;
+        *ret_len = n - suffix;
+        return true;
+}
+
+int vm_def_load_all(int dir_fd, VmDefCallback cb, void *userdata) {
+        _cleanup_(closedirp) DIR *dir = NULL;
+        _cleanup_(name_list_done) NameList list = {};
+        int fd, r;
+
+        assert(cb);
+
+        /* Our own open file description, so that reading the directory moves nobody else's offset. */
+        fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        dir = fdopendir(fd);
+        if (!dir) {
+                r = negative_errno();
+                (void) safe_close(fd);
+                return r;
+        }
+
+        for (;;) {
+                struct dirent *de;
+                size_t n;
+
+                errno = 0;
+                de = readdir(dir);
+                if (!de) {
+                        if (errno != 0)
+                                return negative_errno();
+                        break;
+                }
+                if (!def_file_stem(de->d_name, &n))
+                        continue;
+                r = name_list_add(&list, de->d_name, n);
+                if (r < 0)
+                        return r;
+        }
+        if (list.n > 0)
+                qsort(list.names, list.n, sizeof(char *), compare_names);
+
+        for (size_t i = 0; i < list.n; i++) {
+                _cleanup_(vm_def_freep) VmDef *d = NULL;
+                char err[512];
+
+                r = vm_def_load(dir_fd, list.names[i], &d, err, sizeof(err));
+                if (r == -ENOENT) /* removed since we read the directory */
+                        continue;
+                if (r == -ENOMEM)
+                        return r;
+                r = r < 0 ? cb(list.names[i], NULL, err, userdata)
+                          : cb(list.names[i], TAKE_PTR(d), NULL, userdata);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }

@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
+#include "util/fsops.h"
 #include "util/macro.h"
 
 #define VM_DEF_MAX_DISKS 16
@@ -89,6 +90,31 @@ int vm_def_parse(const char *file_name, const char *text, size_t size, VmDef **r
  * chvm-agentd wrote it. vm_def_parse() of it gives back an equal definition, and formatting that gives
  * the same bytes again. */
 int vm_def_format(const VmDef *d, char **ret_text);
+
+/* Writes NAME.vm in dir_fd atomically: NAME.vm.tmp (a stale one is removed first, then created with
+ * O_EXCL, mode 0600), write, fdatasync, renameat, fsync of dir_fd. ops NULL: fs_ops_default. -EINVAL for
+ * an invalid definition. On a failure up to the rename the old NAME.vm (if any) is unchanged and no tmp
+ * file is left; a failed fsync of the directory is returned too, with the new file already in place. */
+int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops);
+
+/* Reads and parses NAME.vm from dir_fd; its name key must be NAME. -ENOENT when there is no such file;
+ * -EINVAL for an invalid NAME, a file that does not parse or is not a regular file; -EFBIG; -errno from
+ * reading. err (may be NULL) gets "NAME.vm:LINE: cause" or "NAME.vm: cause" on every failure. */
+int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err_size);
+
+/* Removes NAME.vm (and a stale NAME.vm.tmp) and fsyncs dir_fd. -ENOENT when there is no NAME.vm; -EINVAL
+ * for an invalid NAME. ops NULL: fs_ops_default. */
+int vm_def_remove(int dir_fd, const char *name, const FsOps *ops);
+
+/* Called for each NAME.vm. def is the callee's to free; NULL when the file could not be loaded, and then
+ * error says why ("web.vm:7: ..."); error is NULL when def is not. */
+typedef int (*VmDefCallback)(const char *name, VmDef *def, const char *error, void *userdata);
+
+/* Calls cb for every NAME.vm in dir_fd, sorted by name. A file that does not load (does not parse, is not
+ * a regular file, cannot be read, has an invalid NAME) is passed with def NULL and never stops the loop;
+ * a negative return from cb stops it, and vm_def_load_all() returns that. Other names (other suffixes,
+ * NAME.vm.tmp, hidden files) are ignored. 0, or -errno when the directory cannot be read, or -ENOMEM. */
+int vm_def_load_all(int dir_fd, VmDefCallback cb, void *userdata);
 
 /* Parses "HOSTPORT:GUESTPORT[/tcp|/udp]" (tcp by default; ports 1..65535), as in a .vm file's port key and
  * in chvmctl -p. -EINVAL with a message naming the input in err (may be NULL):

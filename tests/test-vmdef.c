@@ -1,17 +1,23 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /* VM definitions (state/vmdef.c): the .vm format both ways, every kind of error with its exact message,
- * cut-short and corrupted files, and the port syntax. */
+ * cut-short and corrupted files, the port syntax, and saving, loading and removing files, including saves
+ * that fail half-way. */
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "state/vmdef.h"
+#include "tests/journal-test-util.h"
 #include "util/vmname.h"
 
 static char err[1024];
@@ -782,4 +788,333 @@ Test(vmdef, vm_name_rules) {
         cr_assert_not(vm_name_valid("Web"));
         cr_assert_not(vm_name_valid("web.vm"));
         cr_assert_not(vm_name_valid("a/b"));
+}
+
+/* --- files -------------------------------------------------------------------------------------------- */
+
+static char *dir;
+static int dir_fd = -EBADF;
+
+static void setup_dir(void) {
+        dir = test_mkdtemp();
+        dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(dir_fd, 0);
+}
+
+static void teardown_dir(void) {
+        dir_fd = safe_close(dir_fd);
+        test_rm_rf(dir);
+        free(dir);
+        dir = NULL;
+}
+
+TestSuite(vmdef_files, .init = setup_dir, .fini = teardown_dir);
+
+static char *read_text(const char *name) {
+        void *buf = NULL;
+        size_t size = 0;
+        char *s;
+
+        cr_assert_eq(test_read_file(dir, name, &buf, &size), 0, "%s", name);
+        s = realloc(buf, size + 1);
+        cr_assert_not_null(s);
+        s[size] = '\0';
+        return s;
+}
+
+static void write_text(const char *name, const char *text) {
+        cr_assert_eq(test_write_file(dir, name, text, strlen(text)), 0);
+}
+
+static size_t count_files(void) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        size_t n = 0;
+
+        cr_assert_not_null(d);
+        while ((de = readdir(d)))
+                if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                        n++;
+        closedir(d);
+        return n;
+}
+
+Test(vmdef_files, save_load_remove) {
+        _cleanup_(vm_def_freep) VmDef *d = small_def(), *back = NULL, *again = NULL;
+        _cleanup_free_ char *on_disk = NULL, *expect = NULL;
+        struct stat st;
+        mode_t old_umask;
+
+        /* the file is 0600 whatever the umask */
+        old_umask = umask(0277);
+        cr_assert_eq(vm_def_save(dir_fd, d, NULL), 0);
+        umask(old_umask);
+        cr_assert_eq(fstatat(dir_fd, "web.vm", &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert(S_ISREG(st.st_mode));
+        cr_assert_eq(st.st_mode & 07777, 0600);
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
+        cr_assert_eq(count_files(), 1);
+
+        cr_assert_eq(vm_def_format(d, &expect), 0);
+        on_disk = read_text("web.vm");
+        cr_assert_str_eq(on_disk, expect);
+
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert(vm_def_equal(d, back));
+
+        /* saving again replaces the file; a stale tmp from a crashed save is no obstacle */
+        write_text("web.vm.tmp", "half a file");
+        d->cpus = 8;
+        cr_assert_eq(vm_def_save(dir_fd, d, NULL), 0);
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
+        cr_assert_eq(vm_def_load(dir_fd, "web", &again, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(again->cpus, 8);
+
+        cr_assert_eq(vm_def_remove(dir_fd, "web", NULL), 0);
+        cr_assert_not(test_file_exists(dir, "web.vm"));
+        cr_assert_eq(count_files(), 0);
+        cr_assert_eq(vm_def_remove(dir_fd, "web", NULL), -ENOENT);
+        cr_assert_eq(vm_def_remove(dir_fd, "../web", NULL), -EINVAL);
+
+        VmDef *none = (VmDef *) 0x1;
+        cr_assert_eq(vm_def_load(dir_fd, "web", &none, err, sizeof(err)), -ENOENT);
+        cr_assert_str_eq(err, "web.vm: No such file or directory");
+        cr_assert_eq(none, (VmDef *) 0x1);
+
+        /* an invalid definition is never written */
+        d->cpus = 0;
+        cr_assert_eq(vm_def_save(dir_fd, d, NULL), -EINVAL);
+        cr_assert_eq(count_files(), 0);
+}
+
+Test(vmdef_files, load_refusals) {
+        _cleanup_(vm_def_freep) VmDef *api = small_def();
+        _cleanup_free_ char *text = NULL, *big = NULL;
+        VmDef *d = NULL;
+
+        strcpy(api->name, "api");
+        cr_assert_eq(vm_def_format(api, &text), 0);
+        write_text("web.vm", text);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &d, err, sizeof(err)), -EINVAL);
+        cr_assert_str_eq(err, "web.vm:3: name: \"api\" does not match the file name web.vm");
+        cr_assert_null(d);
+
+        cr_assert_eq(vm_def_load(dir_fd, "Web", &d, err, sizeof(err)), -EINVAL);
+        cr_assert_str_eq(err,
+                         "Web.vm: \"Web\" is not a VM name (a lowercase letter, then up to 31 lowercase "
+                         "letters, digits or '-')");
+        cr_assert_eq(vm_def_load(dir_fd, "../etc/x", &d, err, sizeof(err)), -EINVAL);
+
+        cr_assert_eq(symlinkat("web.vm", dir_fd, "link.vm"), 0);
+        cr_assert_eq(vm_def_load(dir_fd, "link", &d, err, sizeof(err)), -EINVAL);
+        cr_assert_str_eq(err, "link.vm: is a symbolic link, not a regular file");
+
+        cr_assert_eq(mkdirat(dir_fd, "sub.vm", 0700), 0);
+        cr_assert_eq(vm_def_load(dir_fd, "sub", &d, err, sizeof(err)), -EINVAL);
+        cr_assert_str_eq(err, "sub.vm: is not a regular file");
+
+        big = malloc(VM_DEF_FILE_MAX + 2);
+        cr_assert_not_null(big);
+        memset(big, '\n', VM_DEF_FILE_MAX + 1);
+        big[VM_DEF_FILE_MAX + 1] = '\0';
+        write_text("big.vm", big);
+        cr_assert_eq(vm_def_load(dir_fd, "big", &d, err, sizeof(err)), -EFBIG);
+        cr_assert_str_eq(err, "big.vm: the file has more than 1048576 bytes");
+        cr_assert_null(d);
+}
+
+typedef struct FailFs {
+        TestFs fs; /* pwrite and fdatasync failures */
+        bool fail_rename, fail_dir_fsync;
+} FailFs;
+
+static int failfs_renameat(void *userdata, int a, const char *an, int b, const char *bn) {
+        FailFs *f = userdata;
+        if (f->fail_rename)
+                return -EIO;
+        return fs_ops_default.renameat(NULL, a, an, b, bn);
+}
+
+static int failfs_fsync(void *userdata, int fd) {
+        FailFs *f = userdata;
+        if (f->fail_dir_fsync)
+                return -EIO;
+        return fs_ops_default.fsync(NULL, fd);
+}
+
+static FsOps failfs_ops(FailFs *f) {
+        FsOps ops = f->fs.ops;
+
+        ops.renameat = failfs_renameat;
+        ops.fsync = failfs_fsync;
+        ops.userdata = f;
+        return ops;
+}
+
+static ssize_t failfs_pwrite(void *userdata, int fd, const void *buf, size_t size, off_t offset) {
+        FailFs *f = userdata;
+        return f->fs.ops.pwrite(&f->fs, fd, buf, size, offset);
+}
+
+static int failfs_fdatasync(void *userdata, int fd) {
+        FailFs *f = userdata;
+        return f->fs.ops.fdatasync(&f->fs, fd);
+}
+
+/* A save that fails before its rename: the old file is what it was, and no tmp is left. */
+static void assert_failed_save_keeps_old(FailFs *f, int expect_r) {
+        _cleanup_(vm_def_freep) VmDef *old = small_def(), *new = small_def(), *back = NULL;
+        _cleanup_free_ char *old_text = NULL, *after = NULL;
+        FsOps ops;
+
+        cr_assert_eq(vm_def_save(dir_fd, old, NULL), 0);
+        old_text = read_text("web.vm");
+
+        ops = failfs_ops(f);
+        ops.pwrite = failfs_pwrite;
+        ops.fdatasync = failfs_fdatasync;
+        set_str(&new->cmdline, "a new command line, long enough that half of the file is a real write");
+        new->n_ports = 0;
+        cr_assert_eq(vm_def_save(dir_fd, new, &ops), expect_r);
+
+        after = read_text("web.vm");
+        cr_assert_str_eq(after, old_text, "the old file must be intact");
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"), "no tmp file may be left");
+        cr_assert_eq(count_files(), 1);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert(vm_def_equal(back, old));
+}
+
+Test(vmdef_files, save_fdatasync_eio_keeps_old_file) {
+        FailFs f;
+
+        test_fs_init(&f.fs);
+        f.fail_rename = f.fail_dir_fsync = false;
+        f.fs.fail_fdatasync_at = 1;
+        f.fs.fail_errno = EIO;
+        assert_failed_save_keeps_old(&f, -EIO);
+        cr_assert_eq(f.fs.fdatasync_calls, 1);
+}
+
+Test(vmdef_files, save_write_enospc_keeps_old_file) {
+        FailFs f;
+
+        test_fs_init(&f.fs);
+        f.fail_rename = f.fail_dir_fsync = false;
+        f.fs.fail_pwrite_at = 1;
+        f.fs.short_pwrite = 40; /* part of the tmp file is written, then the disk is full */
+        f.fs.fail_errno = ENOSPC;
+        assert_failed_save_keeps_old(&f, -ENOSPC);
+        cr_assert_eq(f.fs.pwrite_calls, 2);
+        cr_assert_eq(f.fs.fdatasync_calls, 0, "no sync after a failed write");
+}
+
+Test(vmdef_files, save_rename_failure_keeps_old_file) {
+        FailFs f;
+
+        test_fs_init(&f.fs);
+        f.fail_rename = true;
+        f.fail_dir_fsync = false;
+        assert_failed_save_keeps_old(&f, -EIO);
+}
+
+/* After the rename there is no going back: a failed directory fsync is reported, the new file is there. */
+Test(vmdef_files, save_dir_fsync_failure_is_reported) {
+        _cleanup_(vm_def_freep) VmDef *d = small_def(), *back = NULL;
+        FailFs f;
+        FsOps ops;
+
+        test_fs_init(&f.fs);
+        f.fail_rename = false;
+        f.fail_dir_fsync = true;
+        ops = failfs_ops(&f);
+        ops.pwrite = failfs_pwrite;
+        ops.fdatasync = failfs_fdatasync;
+        cr_assert_eq(vm_def_save(dir_fd, d, &ops), -EIO);
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert(vm_def_equal(back, d));
+        cr_assert_eq(vm_def_remove(dir_fd, "web", &ops), -EIO, "remove reports its fsync too");
+        cr_assert_not(test_file_exists(dir, "web.vm"));
+}
+
+typedef struct Seen {
+        char names[16][64];
+        char errors[16][512];
+        bool loaded[16];
+        size_t n;
+        size_t stop_at; /* return -ECANCELED at this call (1-based); 0: never */
+} Seen;
+
+static int collect(const char *name, VmDef *def, const char *error, void *userdata) {
+        Seen *s = userdata;
+
+        cr_assert_lt(s->n, 16);
+        cr_assert((def == NULL) != (error == NULL), "exactly one of def and error");
+        snprintf(s->names[s->n], sizeof(s->names[0]), "%s", name);
+        snprintf(s->errors[s->n], sizeof(s->errors[0]), "%s", error ? error : "");
+        s->loaded[s->n] = def != NULL;
+        if (def)
+                cr_assert_str_eq(def->name, name);
+        vm_def_free(def); /* ours */
+        s->n++;
+        return s->n == s->stop_at ? -ECANCELED : 0;
+}
+
+static void make_load_all_dir(void) {
+        _cleanup_(vm_def_freep) VmDef *a = small_def(), *c = minimal_def();
+
+        strcpy(a->name, "alpha");
+        strcpy(c->name, "charlie");
+        cr_assert_eq(vm_def_save(dir_fd, c, NULL), 0);
+        cr_assert_eq(vm_def_save(dir_fd, a, NULL), 0);
+        write_text("bravo.vm", "[vm]\nname = bravo\ncpus = 0\n");
+        /* strays */
+        write_text("alpha.vm.tmp", "junk");
+        write_text("notes.txt", "junk");
+        write_text(".hidden.vm", "junk");
+        write_text(".vm", "junk");
+        write_text("alpha.vm~", "junk");
+        /* *.vm that cannot be loaded */
+        write_text("Bad.vm", "junk");
+        cr_assert_eq(mkdirat(dir_fd, "dir.vm", 0700), 0);
+}
+
+Test(vmdef_files, load_all_good_bad_and_stray) {
+        Seen s = {};
+
+        make_load_all_dir();
+        cr_assert_eq(vm_def_load_all(dir_fd, collect, &s), 0);
+        cr_assert_eq(s.n, 5);
+        cr_assert_str_eq(s.names[0], "Bad");
+        cr_assert_not(s.loaded[0]);
+        cr_assert_str_eq(s.errors[0], "Bad.vm: \"Bad\" is not a VM name (a lowercase letter, then up to 31 "
+                                      "lowercase letters, digits or '-')");
+        cr_assert_str_eq(s.names[1], "alpha");
+        cr_assert(s.loaded[1]);
+        cr_assert_str_eq(s.names[2], "bravo");
+        cr_assert_not(s.loaded[2]);
+        cr_assert_str_eq(s.errors[2], "bravo.vm:3: cpus: \"0\" is not a number in 1..512");
+        cr_assert_str_eq(s.names[3], "charlie");
+        cr_assert(s.loaded[3]);
+        cr_assert_str_eq(s.names[4], "dir");
+        cr_assert_not(s.loaded[4]);
+        cr_assert_str_eq(s.errors[4], "dir.vm: is not a regular file");
+}
+
+Test(vmdef_files, load_all_stops_when_the_callback_fails) {
+        Seen s = { .stop_at = 2 };
+
+        make_load_all_dir();
+        cr_assert_eq(vm_def_load_all(dir_fd, collect, &s), -ECANCELED);
+        cr_assert_eq(s.n, 2);
+        cr_assert_str_eq(s.names[1], "alpha");
+}
+
+Test(vmdef_files, load_all_empty_dir) {
+        Seen s = {};
+
+        cr_assert_eq(vm_def_load_all(dir_fd, collect, &s), 0);
+        cr_assert_eq(s.n, 0);
+        cr_assert_eq(vm_def_load_all(-1, collect, &s), -EBADF);
 }
