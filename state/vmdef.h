@@ -58,7 +58,7 @@ typedef struct VmDef {
         char *cmdline; /* NULL: none */
         unsigned cpus;
         uint64_t memory_mib;
-        char *disks[VM_DEF_MAX_DISKS];
+        char *disks[VM_DEF_MAX_DISKS]; /* malloc'ed; slots from n_disks on NULL (vm_def_free() frees all) */
         size_t n_disks;
         PortForward ports[VM_DEF_MAX_PORTS];
         size_t n_ports;
