@@ -71,17 +71,6 @@ Dispatcher *dispatcher_free(Dispatcher *d) {
         return NULL;
 }
 
-bool vm_name_valid(const char *name) {
-        size_t n = name ? strlen(name) : 0;
-        if (n == 0 || n > 32 || name[0] < 'a' || name[0] > 'z')
-                return false;
-        for (size_t i = 1; i < n; i++)
-                if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
-                      name[i] == '-'))
-                        return false;
-        return true;
-}
-
 void dispatcher_tap_name(const char *prefix, uint64_t vm_id, char ret[16]) {
         /* prefix + as many low hex digits of the id as fit in 15 bytes */
         size_t p = strnlen(prefix, 11), digits = 15 - p;

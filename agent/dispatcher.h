@@ -11,6 +11,7 @@
 
 #include "backends/backend.h"
 #include "state/journal.h"
+#include "util/vmname.h"
 
 typedef struct Dispatcher Dispatcher;
 
@@ -62,4 +63,3 @@ int dispatcher_recover(Dispatcher *d);
 /* The derived names and addresses (exposed for tests). */
 void dispatcher_tap_name(const char *prefix, uint64_t vm_id, char ret[16]);
 void dispatcher_mac(uint64_t vm_id, uint8_t ret[6]);
-bool vm_name_valid(const char *name);
