@@ -209,7 +209,7 @@ static int allocate_ip(Dispatcher *d, uint32_t *ret) {
         return -EADDRNOTAVAIL;
 }
 
-static int vm_ip(Dispatcher *d, uint64_t vm_id, uint32_t *ret) {
+int dispatcher_vm_ip(const Dispatcher *d, uint64_t vm_id, uint32_t *ret) {
         const LiveSet *ls = journal_live_set(d->journal);
         uint32_t ip4;
         uint64_t owner;
@@ -363,7 +363,7 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
 
         dispatcher_mac(req->vm_id, info.mac);
         if (b->vtable->uses_addresses) {
-                if (vm_ip(d, req->vm_id, &info.ip4) < 0) {
+                if (dispatcher_vm_ip(d, req->vm_id, &info.ip4) < 0) {
                         r = allocate_ip(d, &info.ip4);
                         if (r < 0)
                                 return fail(d, r, "VM %s: no free address left in the subnet", req->vm_name);

@@ -60,6 +60,9 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n);
  * RELEASE_INTENT are removed again. */
 int dispatcher_recover(Dispatcher *d);
 
+/* The guest address allocated to a VM (host byte order), or -ENOENT. */
+int dispatcher_vm_ip(const Dispatcher *d, uint64_t vm_id, uint32_t *ret);
+
 /* The derived names and addresses (exposed for tests). */
 void dispatcher_tap_name(const char *prefix, uint64_t vm_id, char ret[16]);
 void dispatcher_mac(uint64_t vm_id, uint8_t ret[6]);

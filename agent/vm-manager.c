@@ -82,6 +82,8 @@ int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret) {
 static Vm *vm_free(Vm *vm) {
         if (!vm)
                 return NULL;
+        if (vm->adopted && vm->manager->cfg.taskstats)
+                taskstats_listener_unwatch(vm->manager->cfg.taskstats, vm->process.pid);
         sd_event_source_disable_unref(vm->source);
         sd_event_source_disable_unref(vm->timer);
         safe_close(vm->process.pidfd);
@@ -138,11 +140,26 @@ static void notify_exit(VmManager *m, uint64_t vm_id, const char *name, JournalV
                 m->cfg.on_exit(m, vm_id, name, state, reason, error, m->cfg.userdata);
 }
 
-/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason. */
+/* An adopted hypervisor's exit as taskstats saw it, in waitid()'s terms; false when it was not seen. */
+static bool adopted_exit(VmManager *m, Vm *vm, siginfo_t *ret) {
+        TaskExit te;
+        if (!m->cfg.taskstats || taskstats_listener_take(m->cfg.taskstats, vm->process.pid, &te) <= 0)
+                return false;
+        *ret = (siginfo_t){ .si_code = !te.signaled ? CLD_EXITED : te.core_dumped ? CLD_DUMPED : CLD_KILLED,
+                            .si_status = te.status };
+        return true;
+}
+
+/* The hypervisor is gone, whatever the cause: network down at once, then the exit reason. si is NULL for an
+ * adopted hypervisor (not our child): taskstats may know. */
 static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
         JournalRecord rec = {};
+        siginfo_t seen;
         char reason[80];
+
+        if (!si && vm->adopted && adopted_exit(m, vm, &seen))
+                si = &seen;
 
         m->error[0] = '\0';
         u64map_remove(m->vms, vm->id);
@@ -274,15 +291,79 @@ undo_net:
         return r;
 }
 
+/* Not running (or never started here): make sure nothing of its network is left. */
+static int net_down(VmManager *m, uint64_t vm_id) {
+        int r = vm_net_down(m->cfg.dispatcher, vm_id);
+        return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+}
+
 int vm_manager_kill(VmManager *m, uint64_t vm_id) {
         Vm *vm = u64map_get(m->vms, vm_id);
-        if (!vm) {
-                /* Not running (or never started here): make sure nothing of its network is left. */
-                int r = vm_net_down(m->cfg.dispatcher, vm_id);
-                return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+        if (!vm)
+                return net_down(m, vm_id);
+        /* ESRCH counts as success; the exit event tears the network down. If the signal cannot be sent at
+         * all, the network goes now, and the exit event (whenever it comes) finds nothing left. */
+        int r = vmm_signal(vm->process.pidfd, SIGKILL);
+        if (r < 0) {
+                fail(m, r, "VM %s: cannot kill its hypervisor (pid %d): %s", vm->name, (int) vm->process.pid,
+                     strerror(-r));
+                (void) vm_net_down(m->cfg.dispatcher, vm_id);
         }
-        /* ESRCH counts as success; the exit event tears the network down either way. */
-        return vmm_signal(vm->process.pidfd, SIGKILL);
+        return r;
+}
+
+/* The pidfd is readable: the hypervisor has exited. Handled now rather than from the loop. */
+static void reap(Vm *vm) {
+        siginfo_t si = {};
+        if (vm->adopted || waitid(P_PIDFD, (id_t) vm->process.pidfd, &si, WEXITED | WNOHANG) < 0 ||
+            si.si_pid == 0)
+                /* not our child (or, which cannot happen for our child, not reapable): reason unknown */
+                hypervisor_gone(vm, NULL);
+        else
+                hypervisor_gone(vm, &si);
+}
+
+int vm_manager_kill_wait(VmManager *m, uint64_t vm_id, unsigned timeout_ms) {
+        Vm *vm = u64map_get(m->vms, vm_id);
+        if (!vm)
+                return net_down(m, vm_id);
+        int r = vm_manager_kill(m, vm_id);
+        if (r < 0)
+                return r;
+
+        struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
+        int k;
+        do
+                k = poll(&p, 1, (int) timeout_ms);
+        while (k < 0 && errno == EINTR);
+        if (k <= 0) {
+                /* Stuck (e.g. in uninterruptible sleep): its network goes anyway, the exit event later. */
+                r = k < 0 ? negative_errno() : -ETIMEDOUT;
+                fail(m, r, "VM %s: its hypervisor (pid %d) did not exit within %u ms of SIGKILL; its network "
+                     "is torn down anyway",
+                     vm->name, (int) vm->process.pid, timeout_ms);
+                (void) vm_net_down(m->cfg.dispatcher, vm_id);
+                return r;
+        }
+        reap(vm);
+        return 0;
+}
+
+size_t vm_manager_reap(VmManager *m) {
+        size_t n = 0, k = 0;
+        void *v;
+        Vm **gone = calloc(u64map_size(m->vms) + 1, sizeof(Vm *));
+        if (!gone)
+                return 0;
+        for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);) {
+                struct pollfd p = { .fd = ((Vm *) v)->process.pidfd, .events = POLLIN };
+                if (poll(&p, 1, 0) > 0)
+                        gone[n++] = v;
+        }
+        for (; k < n; k++)
+                reap(gone[k]);
+        free(gone);
+        return n;
 }
 
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
@@ -366,7 +447,9 @@ static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 (void) vmm_signal(vm->process.pidfd, SIGTERM);
         } else {
                 vm->stage = STOP_KILL;
-                (void) vmm_signal(vm->process.pidfd, SIGKILL);
+                if (vmm_signal(vm->process.pidfd, SIGKILL) < 0)
+                        /* The network goes even when the hypervisor cannot be killed. */
+                        (void) vm_net_down(vm->manager->cfg.dispatcher, vm->id);
                 return 0;
         }
         return sd_event_source_set_time_relative(vm->timer, vm->stop_timeout_usec) < 0 ||
@@ -379,10 +462,8 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
         Vm *vm = u64map_get(m->vms, vm_id);
         int r;
 
-        if (!vm) {
-                r = vm_net_down(m->cfg.dispatcher, vm_id);
-                return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
-        }
+        if (!vm)
+                return net_down(m, vm_id);
         if (vm->stage != STOP_NONE)
                 return 0; /* already on its way down */
         vm->stop_timeout_usec = (uint64_t) (timeout_sec ? timeout_sec : 1) * UINT64_C(1000000);
@@ -430,6 +511,9 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
         for (size_t i = 0; i < n; i++) {
                 lv = live_set_get_vm(ls, ids[i]);
                 int pidfd = -EBADF;
+                /* Watched before the identity check: an exit right after it cannot go unseen. */
+                if (m->cfg.taskstats)
+                        (void) taskstats_listener_watch(m->cfg.taskstats, (pid_t) lv->pid);
                 int k = vmm_adopt((pid_t) lv->pid, lv->start_time, lv->boot_id, &pidfd);
                 if (k >= 0) {
                         Vm *vm = calloc(1, sizeof(Vm));
@@ -461,6 +545,8 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                         adopted++;
                         continue;
                 }
+                if (m->cfg.taskstats)
+                        taskstats_listener_unwatch(m->cfg.taskstats, (pid_t) lv->pid);
                 if (k != -ESRCH && k != -ESTALE)
                         return fail(m, k, "VM %s: cannot check its hypervisor (pid %u): %s", lv->name,
                                     lv->pid, strerror(-k));

@@ -13,6 +13,7 @@
 #include "backends/backend.h"
 #include "state/journal.h"
 #include "vmm/hypervisor.h"
+#include "vmm/taskstats.h"
 
 typedef struct VmManager VmManager;
 
@@ -37,6 +38,9 @@ typedef struct VmManagerConfig {
         uint8_t prefixlen;
         VmExitCallback on_exit; /* may be NULL */
         VmKindLookup kind_of; /* may be NULL: every adopted VM is of kind `hypervisor` */
+        /* Exit statuses of adopted hypervisors (not our children); NULL where taskstats notifications do
+         * not reach us: their exits are then "exit status unknown". The caller drains it from the loop. */
+        TaskstatsListener *taskstats;
         void *userdata;
 } VmManagerConfig;
 
@@ -68,17 +72,24 @@ int vm_manager_start(VmManager *m, const VmRequest *req);
 /* SIGKILL. A hypervisor that is gone already is success; the teardown runs from the exit event (or at
  * once when the VM is not running). */
 int vm_manager_kill(VmManager *m, uint64_t vm_id);
+/* vm_manager_kill(), then waits up to timeout_ms for the hypervisor to be gone and handles its exit at
+ * once (network down, exit reason journaled, on_exit called) instead of from the event loop. -ETIMEDOUT
+ * when it did not exit in time: the network is torn down anyway. */
+int vm_manager_kill_wait(VmManager *m, uint64_t vm_id, unsigned timeout_ms);
 /* Graceful stop: the hypervisor's own shutdown (cloud-hypervisor vm.power-button, QEMU QMP
  * system_powerdown), then SIGTERM after timeout_sec, then SIGKILL after another timeout_sec. The exit event
  * tears the network down as for any exit; a VM that is not running just has its network taken down. */
 int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
 
 /* After an agent restart: for every VM the journal says is running, a pidfd for its hypervisor if PID,
- * start time and boot id still match — then it is adopted and watched (its exit status cannot be read:
- * "exit status unknown"). Otherwise (dead, or the PID reused by another program, which is never signalled)
+ * start time and boot id still match — then it is adopted and watched (its exit status comes from taskstats
+ * when the config has a listener, else it is "exit status unknown"). Otherwise (dead, or the PID reused by another program, which is never signalled)
  * its network is torn down and it is journaled as crashed. */
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 
+/* Handles now every exit that has happened but that the loop has not dispatched yet, so that nothing
+ * reports a dead hypervisor as running. Returns how many there were. */
+size_t vm_manager_reap(VmManager *m);
 /* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way. */
 bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);
 /* The hypervisor's PID while it runs, else 0. */

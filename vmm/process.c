@@ -2,11 +2,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -220,4 +222,45 @@ int vmm_signal(int pidfd, int sig) {
         if (pidfd_send_signal(pidfd, sig, NULL, 0) < 0)
                 return errno == ESRCH ? 0 : negative_errno();
         return 0;
+}
+
+static int executable_file(const char *path) {
+        struct stat st;
+        if (stat(path, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode))
+                return -EACCES;
+        return access(path, X_OK) < 0 ? negative_errno() : 0;
+}
+
+int vmm_find_binary(const char *name, char *ret, size_t size) {
+        if (!name || !name[0])
+                return -EINVAL;
+        if (strchr(name, '/')) {
+                int r = executable_file(name);
+                if (r < 0)
+                        return r;
+                if (strlen(name) >= size)
+                        return -ENAMETOOLONG;
+                memcpy(ret, name, strlen(name) + 1);
+                return 0;
+        }
+        const char *path = getenv("PATH");
+        if (!path || !path[0])
+                path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        for (const char *p = path;;) {
+                const char *colon = strchr(p, ':');
+                size_t len = colon ? (size_t) (colon - p) : strlen(p);
+                char cand[PATH_MAX];
+                int n = snprintf(cand, sizeof(cand), "%.*s/%s", (int) len, len ? p : ".", name);
+                if (n > 0 && (size_t) n < sizeof(cand) && executable_file(cand) >= 0) {
+                        if ((size_t) n >= size)
+                                return -ENAMETOOLONG;
+                        memcpy(ret, cand, (size_t) n + 1);
+                        return 0;
+                }
+                if (!colon)
+                        return -ENOENT;
+                p = colon + 1;
+        }
 }

@@ -5,6 +5,7 @@
  * restart. A PID alone names nothing for long: a process is (PID, start time from /proc/PID/stat,
  * boot id). The agent never signals a process whose identity it has not just checked. */
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -30,3 +31,8 @@ int vmm_adopt(pid_t pid, uint64_t start_time, const uint8_t boot_id[16], int *re
 
 /* Sends sig through the pidfd; a process that is already gone counts as success. */
 int vmm_signal(int pidfd, int sig);
+
+/* Where argv[0] = name would be executed from: name itself when it contains a slash, else the first
+ * executable regular file of that name in $PATH (a default PATH when unset). -ENOENT when there is none,
+ * -EACCES when the named file is not executable. */
+int vmm_find_binary(const char *name, char *ret, size_t size);

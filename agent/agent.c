@@ -1,0 +1,869 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent/agent.h"
+#include "agent/backend-loader.h"
+#include "agent/dispatcher.h"
+#include "agent/vm-manager.h"
+#include "state/agent-id.h"
+#include "util/hashmap.h"
+#include "util/log.h"
+#include "vmm/argv.h"
+#include "vmm/process.h"
+
+/* How long kill (and rm -f) waits for a SIGKILLed hypervisor to be gone. */
+#define KILL_WAIT_MS 5000U
+
+typedef struct AgentVm {
+        char name[33];
+        uint64_t id;
+        VmDef *def; /* NULL: the definition file is missing or does not parse */
+        char def_error[512];
+} AgentVm;
+
+struct Agent {
+        AgentConfig cfg;
+        sd_event *event;
+        int state_fd, vms_fd;
+        uint8_t agent_id[16];
+        char agent_id_str[AGENT_ID_STRING_SIZE];
+        Journal *journal;
+        Backend *backends[CONFIG_MAX_BACKENDS];
+        size_t n_backends;
+        Dispatcher *dispatcher;
+        VmManager *vmm;
+        TaskstatsListener *taskstats; /* NULL: exit statuses of adopted hypervisors are unknown */
+        sd_event_source *taskstats_source;
+        bool taskstats_overflow_warned;
+        HypervisorKind default_kind;
+        U64Map *vms; /* AgentVm by id */
+        AgentStateCallback on_state;
+        void *userdata;
+        char error[1024];
+};
+
+static const char *const vm_state_table[_VM_STATE_MAX] = {
+        [VM_STATE_DEFINED] = "defined",   [VM_STATE_STARTING] = "starting", [VM_STATE_RUNNING] = "running",
+        [VM_STATE_STOPPING] = "stopping", [VM_STATE_STOPPED] = "stopped",   [VM_STATE_CRASHED] = "crashed",
+};
+
+const char *vm_state_to_string(VmState s) {
+        return s >= 0 && s < _VM_STATE_MAX ? vm_state_table[s] : NULL;
+}
+
+VmState vm_state_from_string(const char *s) {
+        for (int i = 0; s && i < _VM_STATE_MAX; i++)
+                if (strcmp(vm_state_table[i], s) == 0)
+                        return (VmState) i;
+        return _VM_STATE_INVALID;
+}
+
+_printf_(3, 4) static int fail(Agent *a, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(a->error, sizeof(a->error), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+const char *agent_error(const Agent *a) {
+        return a->error;
+}
+const char *agent_id_string(const Agent *a) {
+        return a->agent_id_str;
+}
+const AgentConfig *agent_config(const Agent *a) {
+        return &a->cfg;
+}
+Journal *agent_journal(const Agent *a) {
+        return a->journal;
+}
+void agent_set_state_callback(Agent *a, AgentStateCallback cb, void *userdata) {
+        a->on_state = cb;
+        a->userdata = userdata;
+}
+
+static AgentVm *agent_vm_free(AgentVm *v) {
+        if (v) {
+                vm_def_free(v->def);
+                free(v);
+        }
+        return NULL;
+}
+
+static AgentVm *find_vm(const Agent *a, const char *name) {
+        void *v;
+        for (size_t i = 0; name && u64map_iterate(a->vms, &i, NULL, &v);)
+                if (strcmp(((AgentVm *) v)->name, name) == 0)
+                        return v;
+        return NULL;
+}
+
+static int add_vm(Agent *a, const char *name, uint64_t id, VmDef *def, AgentVm **ret) {
+        AgentVm *v = calloc(1, sizeof(AgentVm));
+        if (!v)
+                return -ENOMEM;
+        snprintf(v->name, sizeof(v->name), "%s", name);
+        v->id = id;
+        v->def = def;
+        int r = u64map_put(a->vms, id, v);
+        if (r < 0) {
+                v->def = NULL;
+                free(v);
+                return r;
+        }
+        if (ret)
+                *ret = v;
+        return 0;
+}
+
+static void notify(Agent *a, const char *name, uint64_t id, VmState state, const char *reason) {
+        if (a->on_state)
+                a->on_state(a, name, id, state, reason ? reason : "", a->userdata);
+}
+
+static HypervisorKind vm_kind(const Agent *a, const AgentVm *v) {
+        if (v && v->def && v->def->hypervisor[0]) {
+                HypervisorKind k = hypervisor_kind_from_string(v->def->hypervisor);
+                if (k >= 0)
+                        return k;
+        }
+        return a->default_kind;
+}
+
+static HypervisorKind kind_of(uint64_t vm_id, void *userdata) {
+        Agent *a = userdata;
+        return vm_kind(a, u64map_get(a->vms, vm_id));
+}
+
+static const char *vm_backend(const Agent *a, const AgentVm *v) {
+        if (v->def)
+                return v->def->backend;
+        const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), v->id);
+        return lv && lv->backend ? lv->backend : "";
+}
+
+static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state, const char *reason,
+                       int error, void *userdata) {
+        Agent *a = userdata;
+        AgentVm *v = u64map_get(a->vms, vm_id);
+        LogVm lv = { .name = name, .id = vm_id, .backend = v ? vm_backend(a, v) : NULL };
+
+        if (error < 0)
+                log_vm_errno(LOG_ERR, error, &lv, "%s", vm_manager_error(m));
+        log_vm(state == JOURNAL_VM_STOPPED ? LOG_INFO : LOG_WARNING, &lv,
+               "VM %s %s: hypervisor %s; its network is torn down", name,
+               state == JOURNAL_VM_STOPPED ? "stopped" : "crashed", reason);
+        notify(a, name, vm_id, state == JOURNAL_VM_STOPPED ? VM_STATE_STOPPED : VM_STATE_CRASHED, reason);
+}
+
+/* mkdir -p with the last component's mode. */
+static int mkdir_parents(const char *path, mode_t mode) {
+        char buf[PATH_MAX];
+        size_t n = strlen(path);
+        if (n == 0 || n >= sizeof(buf))
+                return -ENAMETOOLONG;
+        memcpy(buf, path, n + 1);
+        for (char *p = buf + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                        return negative_errno();
+                *p = '/';
+        }
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                return negative_errno();
+        return 0;
+}
+
+static int open_dirs(Agent *a, char *err, size_t err_size) {
+        const char *bad = NULL;
+        int r;
+
+        r = mkdir_parents(a->cfg.state_dir, 0700);
+        if (r < 0)
+                bad = a->cfg.state_dir;
+        else if ((r = mkdir_parents(a->cfg.runtime_dir, 0755)) < 0)
+                bad = a->cfg.runtime_dir;
+        if (bad) {
+                snprintf(err, err_size, "cannot make the folder %s: %s", bad, strerror(-r));
+                return r;
+        }
+        a->state_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (a->state_fd < 0) {
+                r = negative_errno();
+                snprintf(err, err_size, "cannot open the state folder %s: %s", a->cfg.state_dir, strerror(-r));
+                return r;
+        }
+        if (mkdirat(a->state_fd, "vms", 0700) < 0 && errno != EEXIST) {
+                r = negative_errno();
+                snprintf(err, err_size, "cannot make the folder %s/vms: %s", a->cfg.state_dir, strerror(-r));
+                return r;
+        }
+        a->vms_fd = openat(a->state_fd, "vms", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (a->vms_fd < 0) {
+                r = negative_errno();
+                snprintf(err, err_size, "cannot open %s/vms: %s", a->cfg.state_dir, strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+static int open_journal(Agent *a, char *err, size_t err_size) {
+        JournalOptions o = { .directory = a->cfg.state_dir };
+        JournalReport rep = {};
+        memcpy(o.agent_id, a->agent_id, 16);
+        int r = journal_open(&o, &a->journal, &rep);
+        if (r < 0) {
+                snprintf(err, err_size, "%s", rep.message[0] ? rep.message : strerror(-r));
+                return r;
+        }
+        switch (rep.state) {
+        case JOURNAL_STATE_TORN_TAIL_REPAIRED:
+                log_warning("ownership journal: %s", rep.message);
+                break;
+        case JOURNAL_STATE_QUARANTINE:
+                log_error("ownership journal in QUARANTINE: %s. The agent runs, but garbage collection deletes "
+                          "only what the kernel's own tags prove is ours.",
+                          rep.message);
+                break;
+        default:
+                if (rep.message[0])
+                        log_notice("ownership journal: %s", rep.message);
+        }
+        return 0;
+}
+
+static int load_backends(Agent *a, char *err, size_t err_size) {
+        for (unsigned i = 0; i < a->cfg.n_backends; i++) {
+                const char *name = a->cfg.backends[i];
+                BackendConfig bc = { .agent_id = a->agent_id_str,
+                                     .table = a->cfg.local_table,
+                                     .bridge = a->cfg.local_bridge,
+                                     .subnet = a->cfg.local_subnet,
+                                     .prefixlen = a->cfg.local_prefixlen,
+                                     .gateway = a->cfg.local_gateway,
+                                     .tap_prefix = a->cfg.local_tap_prefix };
+                if (strcmp(name, "bridge") == 0) {
+                        bc.bridge = a->cfg.bridge_bridge;
+                        bc.tap_prefix = a->cfg.bridge_tap_prefix;
+                }
+                char why[512];
+                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], why,
+                                     sizeof(why));
+                if (r < 0) {
+                        snprintf(err, err_size, "backend %s: %s", name, why);
+                        return r;
+                }
+                a->n_backends++;
+        }
+        return 0;
+}
+
+#define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
+
+/* Drained as notifications come, so that a busy host (one message per exiting task) cannot overflow it. */
+static int on_taskstats(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Agent *a = userdata;
+        (void) s;
+        (void) fd;
+        (void) revents;
+        int r = taskstats_listener_process(a->taskstats);
+        if (r == -ENOBUFS) {
+                if (!a->taskstats_overflow_warned)
+                        log_warning("taskstats: exit notifications were lost (receive buffer full); an adopted "
+                                    "hypervisor's exit may be recorded as \"exit status unknown\", ignoring");
+                a->taskstats_overflow_warned = true;
+        } else if (r < 0)
+                log_warning_errno(r, "taskstats: cannot read exit notifications: %m, ignoring");
+        return 0;
+}
+
+/* Before anything else forks: the probe reaps its own child. */
+static void open_taskstats(Agent *a) {
+        char why[512];
+        int r = taskstats_listener_new(&a->taskstats, why, sizeof(why));
+        if (r < 0) {
+                log_notice("exit statuses of adopted hypervisors will be \"exit status unknown\": %s", why);
+                return;
+        }
+        r = sd_event_add_io(a->event, &a->taskstats_source, taskstats_listener_fd(a->taskstats), EPOLLIN,
+                            on_taskstats, a);
+        if (r < 0) {
+                log_warning_errno(r, "taskstats: cannot watch the socket: %m, ignoring");
+                a->taskstats = taskstats_listener_free(a->taskstats);
+        }
+}
+
+static int journal_define(Agent *a, const VmDef *def) {
+        JournalRecord rec = { .type = JOURNAL_VM_DEFINE,
+                              .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
+                              .vm_id = def->id,
+                              .vm_name = def->name,
+                              .backend = def->backend };
+        int r = journal_append_sync(a->journal, &rec);
+        return r < 0 ? fail(a, r, "ownership journal: %s", journal_error_message(a->journal)) : 0;
+}
+
+static int journal_undefine(Agent *a, uint64_t id) {
+        JournalRecord rec = { .type = JOURNAL_VM_UNDEFINE, .fields = F(VM_ID), .vm_id = id };
+        int r = journal_append_sync(a->journal, &rec);
+        return r < 0 ? fail(a, r, "ownership journal: %s", journal_error_message(a->journal)) : 0;
+}
+
+typedef struct LoadCtx {
+        Agent *a;
+        char **bad_names; /* files that are there but do not parse: never forgotten */
+        size_t n_bad;
+} LoadCtx;
+
+static int on_definition(const char *name, VmDef *def, const char *error, void *userdata) {
+        LoadCtx *c = userdata;
+        Agent *a = c->a;
+        int r;
+
+        if (!def) {
+                log_warning("VM definition %s/vms/%s%s: %s; the VM is listed but cannot be started until the "
+                            "file is fixed",
+                            a->cfg.state_dir, name, VM_DEF_SUFFIX, error);
+                char **n = realloc(c->bad_names, (c->n_bad + 1) * sizeof(char *));
+                if (!n)
+                        return -ENOMEM;
+                c->bad_names = n;
+                c->bad_names[c->n_bad] = strdup(name);
+                if (!c->bad_names[c->n_bad])
+                        return -ENOMEM;
+                c->n_bad++;
+                return 0;
+        }
+        if (u64map_get(a->vms, def->id)) {
+                log_warning("VM definition %s/vms/%s%s has the id %016" PRIx64 " of VM %s, ignoring", a->cfg.state_dir,
+                            name, VM_DEF_SUFFIX, def->id, ((AgentVm *) u64map_get(a->vms, def->id))->name);
+                vm_def_free(def);
+                return 0;
+        }
+        const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), def->id);
+        if (!lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0) {
+                /* Written before a crash that came before its journal record: journal it now. */
+                r = journal_define(a, def);
+                if (r < 0) {
+                        vm_def_free(def);
+                        return r;
+                }
+        }
+        r = add_vm(a, def->name, def->id, def, NULL);
+        if (r < 0)
+                vm_def_free(def);
+        return r;
+}
+
+static bool is_bad_name(const LoadCtx *c, const char *name) {
+        for (size_t i = 0; i < c->n_bad; i++)
+                if (strcmp(c->bad_names[i], name) == 0)
+                        return true;
+        return false;
+}
+
+static int load_definitions(Agent *a, char *err, size_t err_size) {
+        LoadCtx c = { .a = a };
+        const LiveVm *lv;
+        int r;
+
+        r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        if (r < 0) {
+                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
+                         a->error[0] ? a->error : strerror(-r));
+                goto out;
+        }
+
+        /* VMs the journal knows but no file describes. */
+        const LiveSet *ls = journal_live_set(a->journal);
+        size_t n = live_set_n_vms(ls), k = 0;
+        _cleanup_free_ uint64_t *forget = calloc(n + 1, sizeof(uint64_t));
+        if (!forget) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
+                if (u64map_get(a->vms, lv->vm_id))
+                        continue;
+                bool bad = is_bad_name(&c, lv->name);
+                if (!bad && lv->state != JOURNAL_VM_RUNNING && lv->n_objects == 0) {
+                        /* Removed: the file went first, a crash came before VM_UNDEFINE. */
+                        forget[k++] = lv->vm_id;
+                        continue;
+                }
+                AgentVm *v;
+                r = add_vm(a, lv->name, lv->vm_id, NULL, &v);
+                if (r < 0)
+                        goto out;
+                snprintf(v->def_error, sizeof(v->def_error), "%s",
+                         bad ? "its definition file does not parse" : "its definition file is missing");
+                if (!bad)
+                        log_warning("VM %s is in the ownership journal but %s/vms/%s%s is missing; it can be "
+                                    "stopped and removed, not started",
+                                    lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
+        }
+        for (size_t i = 0; i < k; i++) {
+                r = journal_undefine(a, forget[i]);
+                if (r < 0) {
+                        snprintf(err, err_size, "%s", a->error);
+                        goto out;
+                }
+        }
+        r = 0;
+out:
+        for (size_t i = 0; i < c.n_bad; i++)
+                free(c.bad_names[i]);
+        free(c.bad_names);
+        return r;
+}
+
+int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
+              size_t err_size) {
+        _cleanup_(agent_freep) Agent *a = calloc(1, sizeof(Agent));
+        AgentOptions none = {};
+        VmmAccel accel;
+        int r;
+
+        if (!a)
+                return -ENOMEM;
+        if (!opts)
+                opts = &none;
+        a->cfg = *cfg;
+        a->state_fd = a->vms_fd = -EBADF;
+        a->event = sd_event_ref(event);
+        a->vms = u64map_new();
+        if (!a->vms)
+                return -ENOMEM;
+        a->default_kind = hypervisor_kind_from_string(cfg->hypervisor);
+        if (a->default_kind < 0) {
+                snprintf(err, err_size, "[vmm] hypervisor \"%s\" is not a hypervisor kind", cfg->hypervisor);
+                return -EINVAL;
+        }
+        r = vmm_accel_resolve(vmm_accel_from_string(cfg->accel), opts->kvm_works, VMM_KVM_DEVICE, &accel);
+        if (r < 0) {
+                snprintf(err, err_size, "[vmm] accel \"%s\" is not an accelerator", cfg->accel);
+                return r;
+        }
+
+        /* A module that is not there is a config error: refused before anything is made. */
+        for (unsigned i = 0; i < cfg->n_backends; i++) {
+                char path[PATH_MAX];
+                r = backend_module_path(cfg->backend_dir, cfg->backends[i], path, sizeof(path));
+                if (r >= 0 && access(path, R_OK) < 0)
+                        r = negative_errno();
+                if (r < 0) {
+                        snprintf(err, err_size, "backend %s: %s: %s", cfg->backends[i], path, strerror(-r));
+                        return r;
+                }
+        }
+        r = open_dirs(a, err, err_size);
+        if (r < 0)
+                return r;
+        open_taskstats(a);
+        r = agent_id_load_or_create(a->state_fd, cfg->state_dir, NULL, a->agent_id, err, err_size);
+        if (r < 0)
+                return r;
+        agent_id_to_string(a->agent_id, a->agent_id_str);
+        r = open_journal(a, err, err_size);
+        if (r < 0)
+                return r;
+        r = load_backends(a, err, err_size);
+        if (r < 0)
+                return r;
+
+        DispatcherConfig dc = { .journal = a->journal,
+                                .agent_id = a->agent_id_str,
+                                .backends = a->backends,
+                                .n_backends = a->n_backends,
+                                .subnet = cfg->local_subnet,
+                                .prefixlen = cfg->local_prefixlen,
+                                .gateway = cfg->local_gateway,
+                                .tap_prefix = cfg->local_tap_prefix };
+        r = dispatcher_new(&dc, &a->dispatcher);
+        if (r < 0) {
+                snprintf(err, err_size, "cannot set up the dispatcher: %s", strerror(-r));
+                return r;
+        }
+        r = dispatcher_recover(a->dispatcher);
+        if (r < 0) {
+                snprintf(err, err_size, "recovering half-done operations from the ownership journal: %s",
+                         dispatcher_error(a->dispatcher));
+                return r;
+        }
+        r = load_definitions(a, err, err_size);
+        if (r < 0)
+                return r;
+
+        VmManagerConfig mc = { .event = event,
+                               .journal = a->journal,
+                               .dispatcher = a->dispatcher,
+                               .runtime_dir = cfg->runtime_dir,
+                               .hypervisor = a->default_kind,
+                               .binary = cfg->vmm_binary[0] ? cfg->vmm_binary : NULL,
+                               .accel = accel,
+                               .gateway = cfg->local_gateway,
+                               .prefixlen = cfg->local_prefixlen,
+                               .on_exit = on_vm_exit,
+                               .kind_of = kind_of,
+                               .taskstats = a->taskstats,
+                               .userdata = a };
+        r = vm_manager_new(&mc, &a->vmm);
+        if (r < 0)
+                return r;
+        size_t adopted = 0, gone = 0;
+        r = vm_manager_adopt_all(a->vmm, &adopted, &gone);
+        if (r < 0) {
+                snprintf(err, err_size, "adopting running VMs: %s", vm_manager_error(a->vmm));
+                return r;
+        }
+        if (adopted || gone)
+                log_info("%zu running VM(s) adopted, %zu found dead and torn down", adopted, gone);
+
+        *ret = TAKE_PTR(a);
+        return 0;
+}
+
+Agent *agent_free(Agent *a) {
+        void *v;
+        if (!a)
+                return NULL;
+        a->vmm = vm_manager_free(a->vmm);
+        sd_event_source_disable_unref(a->taskstats_source);
+        a->taskstats = taskstats_listener_free(a->taskstats);
+        a->dispatcher = dispatcher_free(a->dispatcher);
+        for (size_t i = 0; i < a->n_backends; i++)
+                backend_unload(a->backends[i]);
+        a->journal = journal_close(a->journal);
+        for (size_t i = 0; a->vms && u64map_iterate(a->vms, &i, NULL, &v);)
+                agent_vm_free(v);
+        u64map_free(a->vms);
+        safe_close(a->vms_fd);
+        safe_close(a->state_fd);
+        sd_event_unref(a->event);
+        free(a);
+        return NULL;
+}
+
+static bool backend_loaded(const Agent *a, const char *name) {
+        for (unsigned i = 0; i < a->cfg.n_backends; i++)
+                if (strcmp(a->cfg.backends[i], name) == 0)
+                        return true;
+        return false;
+}
+
+static int check_file(Agent *a, const char *vm, const char *what, const char *path) {
+        struct stat st;
+        if (!path)
+                return 0;
+        if (stat(path, &st) < 0)
+                return fail(a, negative_errno(), "VM %s: %s %s: %s", vm, what, path, strerror(errno));
+        if (!S_ISREG(st.st_mode) && !(strcmp(what, "disk") == 0 && S_ISBLK(st.st_mode)))
+                return fail(a, -EINVAL, "VM %s: %s %s is not a regular file", vm, what, path);
+        return 0;
+}
+
+/* A fresh id whose derived names (TAP: low hex digits; MAC: low 40 bits) clash with no known VM's. */
+static int new_vm_id(Agent *a, uint64_t *ret) {
+        const LiveSet *ls = journal_live_set(a->journal);
+        for (int tries = 0; tries < 1000; tries++) {
+                uint64_t id;
+                if (getrandom(&id, sizeof(id), 0) != sizeof(id))
+                        return negative_errno();
+                if ((id & UINT64_C(0xffffffffff)) == 0)
+                        continue;
+                bool clash = false;
+                void *v;
+                for (size_t i = 0; !clash && u64map_iterate(a->vms, &i, NULL, &v);)
+                        clash = ((((AgentVm *) v)->id ^ id) & UINT64_C(0xffffffffff)) == 0;
+                const LiveVm *lv;
+                for (size_t i = 0; !clash && live_set_iterate_vms(ls, &i, &lv);)
+                        clash = ((lv->vm_id ^ id) & UINT64_C(0xffffffffff)) == 0;
+                if (!clash) {
+                        *ret = id;
+                        return 0;
+                }
+        }
+        return -EADDRINUSE;
+}
+
+int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
+        _cleanup_(vm_def_freep) VmDef *def = NULL;
+        char why[1024];
+        int r;
+
+        a->error[0] = '\0';
+        r = vm_def_copy(in, &def);
+        if (r < 0)
+                return fail(a, r, "VM %s: %s", in->name, strerror(-r));
+        if (!def->backend[0])
+                snprintf(def->backend, sizeof(def->backend), "%s", a->cfg.default_backend);
+        def->id = 1; /* validated with a placeholder, chosen below */
+        r = vm_def_validate(def, why, sizeof(why));
+        if (r < 0)
+                return fail(a, r, "%s", why);
+        if (find_vm(a, def->name))
+                return fail(a, -EEXIST, "VM %s already exists", def->name);
+        if (!backend_loaded(a, def->backend))
+                return fail(a, -ENOENT, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
+                            def->backend);
+        r = check_file(a, def->name, "kernel", def->kernel);
+        if (r >= 0)
+                r = check_file(a, def->name, "initrd", def->initrd);
+        for (size_t i = 0; r >= 0 && i < def->n_disks; i++)
+                r = check_file(a, def->name, "disk", def->disks[i]);
+        if (r < 0)
+                return r;
+        r = new_vm_id(a, &def->id);
+        if (r < 0)
+                return fail(a, r, "VM %s: cannot choose an id: %s", def->name, strerror(-r));
+
+        r = vm_def_save(a->vms_fd, def, NULL);
+        if (r < 0)
+                return fail(a, r, "VM %s: cannot write %s/vms/%s%s: %s", def->name, a->cfg.state_dir, def->name,
+                            VM_DEF_SUFFIX, strerror(-r));
+        r = journal_define(a, def);
+        if (r < 0) {
+                (void) vm_def_remove(a->vms_fd, def->name, NULL);
+                return r;
+        }
+        uint64_t id = def->id;
+        AgentVm *v;
+        r = add_vm(a, def->name, id, def, &v);
+        if (r < 0)
+                return fail(a, r, "VM %s: %s", in->name, strerror(-r));
+        TAKE_PTR(def);
+        log_vm(LOG_INFO, &((LogVm){ .name = v->name, .id = id, .backend = v->def->backend }), "VM %s created",
+               v->name);
+        notify(a, v->name, id, VM_STATE_DEFINED, "");
+        if (ret_id)
+                *ret_id = id;
+        return 0;
+}
+
+static AgentVm *lookup(Agent *a, const char *name) {
+        AgentVm *v = find_vm(a, name);
+        a->error[0] = '\0';
+        if (!v)
+                fail(a, -ENOENT, "no VM named \"%s\"", name ? name : "");
+        return v;
+}
+
+int agent_vm_start(Agent *a, const char *name) {
+        AgentVm *v = lookup(a, name);
+        if (!v)
+                return -ENOENT;
+        if (!v->def)
+                return fail(a, -ENOEXEC, "VM %s cannot be started: %s", v->name, v->def_error);
+        if (vm_manager_pid(a->vmm, v->id))
+                return fail(a, -EBUSY, "VM %s is already running", v->name);
+
+        const VmDef *d = v->def;
+        VmRequest req = { .vm_id = v->id,
+                          .name = v->name,
+                          .backend = d->backend,
+                          .kernel = d->kernel,
+                          .initrd = d->initrd,
+                          .cmdline = d->cmdline,
+                          .disks = (const char *const *) d->disks,
+                          .n_disks = d->n_disks,
+                          .hypervisor = vm_kind(a, v),
+                          .cpus = d->cpus,
+                          .memory_mib = d->memory_mib,
+                          .ports = d->ports,
+                          .n_ports = d->n_ports };
+        LogVm lv = { .name = v->name, .id = v->id, .backend = d->backend };
+        notify(a, v->name, v->id, VM_STATE_STARTING, "");
+        int r = vm_manager_start(a->vmm, &req);
+        if (r < 0) {
+                fail(a, r, "%s", vm_manager_error(a->vmm));
+                log_vm(LOG_WARNING, &lv, "%s", a->error);
+                const LiveVm *l = live_set_get_vm(journal_live_set(a->journal), v->id);
+                notify(a, v->name, v->id,
+                       l && l->state == JOURNAL_VM_CRASHED ? VM_STATE_CRASHED
+                       : l && l->state == JOURNAL_VM_STOPPED ? VM_STATE_STOPPED
+                                                              : VM_STATE_DEFINED,
+                       a->error);
+                return r;
+        }
+        AgentVmInfo info;
+        (void) agent_vm_info(a, v->name, &info);
+        lv.interface = info.tap;
+        log_vm(LOG_INFO, &lv, "VM %s started: hypervisor %s pid %d%s%s", v->name,
+               hypervisor_kind_to_string(req.hypervisor), (int) info.vmm_pid, info.tap[0] ? ", TAP " : "",
+               info.tap);
+        notify(a, v->name, v->id, VM_STATE_RUNNING, "");
+        return 0;
+}
+
+int agent_vm_stop(Agent *a, const char *name, unsigned timeout_sec) {
+        AgentVm *v = lookup(a, name);
+        if (!v)
+                return -ENOENT;
+        bool running = vm_manager_pid(a->vmm, v->id) != 0;
+        int r = vm_manager_stop(a->vmm, v->id, timeout_sec ? timeout_sec : a->cfg.stop_timeout);
+        if (r < 0)
+                return fail(a, r, "%s", vm_manager_error(a->vmm));
+        if (running && vm_manager_pid(a->vmm, v->id)) {
+                log_vm(LOG_INFO, &((LogVm){ .name = v->name, .id = v->id }), "VM %s: stopping", v->name);
+                notify(a, v->name, v->id, VM_STATE_STOPPING, "");
+        }
+        return 0;
+}
+
+int agent_vm_kill(Agent *a, const char *name) {
+        AgentVm *v = lookup(a, name);
+        if (!v)
+                return -ENOENT;
+        int r = vm_manager_kill(a->vmm, v->id);
+        return r < 0 ? fail(a, r, "%s", vm_manager_error(a->vmm)) : 0;
+}
+
+int agent_vm_remove(Agent *a, const char *name, bool force) {
+        AgentVm *v = lookup(a, name);
+        int r;
+
+        if (!v)
+                return -ENOENT;
+        if (vm_manager_pid(a->vmm, v->id)) {
+                if (!force)
+                        return fail(a, -EBUSY, "VM %s is running: stop it first (or remove it with -f)",
+                                    v->name);
+                r = vm_manager_kill_wait(a->vmm, v->id, KILL_WAIT_MS);
+                if (r < 0)
+                        return fail(a, r, "%s", vm_manager_error(a->vmm));
+        } else {
+                /* Whatever it still owns goes with it. */
+                r = vm_manager_kill(a->vmm, v->id);
+                if (r < 0)
+                        return fail(a, r, "%s", vm_manager_error(a->vmm));
+        }
+
+        /* File first, then the journal: a crash in between leaves a journal entry without a file, which
+         * the next start forgets; the other order would bring the VM back. */
+        r = vm_def_remove(a->vms_fd, v->name, NULL);
+        if (r < 0 && r != -ENOENT)
+                return fail(a, r, "VM %s: cannot remove %s/vms/%s%s: %s", v->name, a->cfg.state_dir, v->name,
+                            VM_DEF_SUFFIX, strerror(-r));
+        if (live_set_get_vm(journal_live_set(a->journal), v->id)) {
+                r = journal_undefine(a, v->id);
+                if (r < 0)
+                        return r;
+        }
+        char vname[33];
+        uint64_t id = v->id;
+        snprintf(vname, sizeof(vname), "%s", v->name);
+        agent_vm_free(u64map_remove(a->vms, id));
+        log_vm(LOG_INFO, &((LogVm){ .name = vname, .id = id }), "VM %s removed", vname);
+        notify(a, vname, id, _VM_STATE_INVALID, "removed");
+        return 0;
+}
+
+static VmState state_of(const Agent *a, const AgentVm *v, const LiveVm *lv) {
+        if (vm_manager_pid(a->vmm, v->id))
+                return vm_manager_stopping(a->vmm, v->id) ? VM_STATE_STOPPING : VM_STATE_RUNNING;
+        if (!lv)
+                return VM_STATE_DEFINED;
+        switch (lv->state) {
+        case JOURNAL_VM_STOPPED:
+                return VM_STATE_STOPPED;
+        case JOURNAL_VM_CRASHED:
+        case JOURNAL_VM_RUNNING: /* journaled as running, not watched: cannot be (adoption decided) */
+                return VM_STATE_CRASHED;
+        default:
+                return VM_STATE_DEFINED;
+        }
+}
+
+int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
+        AgentVm *v = find_vm(a, name);
+        if (!v)
+                return -ENOENT;
+        const LiveSet *ls = journal_live_set(a->journal);
+        const LiveVm *lv = live_set_get_vm(ls, v->id);
+        AgentVmInfo info = {
+                .name = v->name,
+                .id = v->id,
+                .state = state_of(a, v, lv),
+                .exit_reason = lv && lv->reason ? lv->reason : "",
+                .vmm_pid = vm_manager_pid(a->vmm, v->id),
+                .backend = vm_backend(a, v),
+                .hypervisor = vm_kind(a, v),
+                .def = v->def,
+                .def_error = v->def_error,
+        };
+        if (info.state == VM_STATE_RUNNING || info.state == VM_STATE_STOPPING)
+                info.exit_reason = "";
+        dispatcher_mac(v->id, info.mac);
+        (void) dispatcher_vm_ip(a->dispatcher, v->id, &info.ip4);
+        const LiveObject *o;
+        for (size_t i = 0; live_set_iterate_objects(ls, &i, &o);) {
+                if (o->vm_id != v->id)
+                        continue;
+                info.n_objects++;
+                if (o->kind == RESOURCE_LINK_TAP && o->name)
+                        snprintf(info.tap, sizeof(info.tap), "%s", o->name);
+        }
+        *ret = info;
+        return 0;
+}
+
+static int cmp_str(const void *x, const void *y) {
+        return strcmp(*(char *const *) x, *(char *const *) y);
+}
+
+void agent_refresh(Agent *a) {
+        (void) vm_manager_reap(a->vmm);
+}
+
+int agent_vm_names(Agent *a, char ***ret) {
+        size_t n = u64map_size(a->vms), k = 0;
+        char **l = calloc(n + 1, sizeof(char *));
+        void *v;
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &v);) {
+                l[k] = strdup(((AgentVm *) v)->name);
+                if (!l[k]) {
+                        strv_free(l);
+                        return -ENOMEM;
+                }
+                k++;
+        }
+        qsort(l, k, sizeof(char *), cmp_str);
+        *ret = l;
+        return 0;
+}
+
+int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata) {
+        const LiveObject *o;
+        for (size_t i = 0; live_set_iterate_objects(journal_live_set(a->journal), &i, &o);) {
+                if (o->vm_id != vm_id)
+                        continue;
+                int r = cb(o, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+size_t agent_n_vms(const Agent *a) {
+        return u64map_size(a->vms);
+}
+
+size_t agent_n_running(const Agent *a) {
+        return vm_manager_n_running(a->vmm);
+}

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The agent core: everything chvm-agentd is except its control socket. It owns the state directory (agent
+ * id, ownership journal, VM definitions in vms/NAME.vm), the backend modules, the dispatcher and the VMM
+ * manager, and runs in the caller's sd-event loop.
+ *
+ * Start-up (agent_new): directories, agent id, journal (torn tail repaired or quarantine reported),
+ * backends, recovery of half-done operations, definitions (a definition file the journal does not know is
+ * journaled; a VM the journal knows whose file is gone and that owns nothing is forgotten), adoption of the
+ * hypervisors that still run, teardown of those that do not. agent_free() leaves running VMs running: the
+ * next start adopts them.
+ *
+ * Every function that can fail for a reason the admin must read leaves a sentence naming the VM and the
+ * cause in agent_error(). */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "agent/config.h"
+#include "state/journal.h"
+#include "state/vmdef.h"
+#include "vmm/hypervisor.h"
+
+typedef struct Agent Agent;
+
+typedef enum VmState {
+        VM_STATE_DEFINED,
+        VM_STATE_STARTING,
+        VM_STATE_RUNNING,
+        VM_STATE_STOPPING,
+        VM_STATE_STOPPED,
+        VM_STATE_CRASHED,
+        _VM_STATE_MAX,
+        _VM_STATE_INVALID = -EINVAL,
+} VmState;
+
+const char *vm_state_to_string(VmState s);
+VmState vm_state_from_string(const char *s);
+
+/* A VM's state changed (started, stopping, exited, created, removed: state is then _VM_STATE_INVALID).
+ * reason is "" or the exit reason. */
+typedef void (*AgentStateCallback)(Agent *a, const char *name, uint64_t vm_id, VmState state,
+                                   const char *reason, void *userdata);
+
+/* What `chvmctl inspect` shows. Pointers are valid until the next call into the agent. */
+typedef struct AgentVmInfo {
+        const char *name;
+        uint64_t id;
+        VmState state;
+        const char *exit_reason; /* "" when none */
+        pid_t vmm_pid; /* 0 when not running */
+        const char *backend;
+        HypervisorKind hypervisor;
+        const VmDef *def; /* NULL when the definition file is missing or does not parse */
+        const char *def_error; /* why def is NULL ("" otherwise) */
+        char tap[16]; /* "" when the VM has no TAP now */
+        uint32_t ip4; /* 0 when none (host byte order) */
+        uint8_t mac[6];
+        size_t n_objects; /* live kernel objects the journal says it owns */
+} AgentVmInfo;
+
+/* Options the daemon does not read from agent.conf. */
+typedef struct AgentOptions {
+        const char *config_path; /* for messages */
+        bool kvm_works; /* accel = auto may pick KVM (the host's QEMU can use it) */
+} AgentOptions;
+
+int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
+              size_t err_size);
+/* Stops watching; running hypervisors keep running and their objects stay (adopted at the next start). */
+Agent *agent_free(Agent *a);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Agent *, agent_free);
+
+void agent_set_state_callback(Agent *a, AgentStateCallback cb, void *userdata);
+const char *agent_error(const Agent *a);
+const char *agent_id_string(const Agent *a);
+const AgentConfig *agent_config(const Agent *a);
+Journal *agent_journal(const Agent *a);
+
+/* Creates a VM from def (def->id is ignored: a fresh id is chosen). -EEXIST: the name is taken; -EINVAL:
+ * the definition is bad; -ENOENT: a path does not exist or the backend is not loaded. The definition file
+ * is written and journaled before this returns; on failure neither is. */
+int agent_vm_create(Agent *a, const VmDef *def, uint64_t *ret_id);
+/* -ENOENT: no such VM; -EBUSY: running; else the network's or the hypervisor's error. On failure nothing
+ * of the VM's network stays behind. */
+int agent_vm_start(Agent *a, const char *name);
+/* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running
+ * is fine (any network it still owns is taken down). Returns once the stop is under way. */
+int agent_vm_stop(Agent *a, const char *name, unsigned timeout_sec);
+/* SIGKILL; the exit event (from the loop) tears the network down and records the reason, or at once when
+ * the VM is not running. The network is torn down even if the signal cannot be sent. */
+int agent_vm_kill(Agent *a, const char *name);
+/* Forgets a VM: its definition file and its journal entry. -EBUSY when running unless force (then killed
+ * first, waiting a few seconds for it to be gone). */
+int agent_vm_remove(Agent *a, const char *name, bool force);
+
+/* Handles hypervisor exits that happened but were not dispatched yet (call before reporting states). */
+void agent_refresh(Agent *a);
+/* -ENOENT when there is no such VM. */
+int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret);
+/* The names of all VMs, sorted; free with strv_free(). */
+int agent_vm_names(Agent *a, char ***ret);
+/* The live objects the journal says the VM owns (for inspect); callback per object. */
+typedef int (*AgentObjectCallback)(const LiveObject *o, void *userdata);
+int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata);
+
+size_t agent_n_vms(const Agent *a);
+size_t agent_n_running(const Agent *a);

@@ -1,0 +1,811 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "agent/api.h"
+#include "backends/backend.h"
+#include "util/log.h"
+#include "vmm/argv.h"
+
+#define VM_RECORD "(stssusssssa(sqq))"
+#define VM_SPEC "(sssutas)"
+#define VM_OBJECTS "a(ssts)"
+#define STATUS_RECORD "(ssssuuassu)"
+
+typedef struct Conn Conn;
+
+typedef enum PendingOp {
+        PENDING_STOP,
+        PENDING_KILL,
+        PENDING_REMOVE,
+} PendingOp;
+
+/* A Stop/Kill/Remove call that is answered once its VM is down. */
+typedef struct Pending {
+        sd_bus_message *call;
+        uint64_t vm_id;
+        char name[33];
+        PendingOp op;
+        struct Pending *next;
+} Pending;
+
+struct Conn {
+        Api *api;
+        sd_bus *bus;
+        uid_t uid;
+        bool privileged;
+        Conn *prev, *next;
+};
+
+struct Api {
+        Agent *agent;
+        sd_event *event;
+        int listen_fd;
+        bool own_socket; /* made (and so removed) by us, not passed by systemd */
+        char path[sizeof(((struct sockaddr_un *) 0)->sun_path)];
+        sd_event_source *listen_source;
+        gid_t control_gid;
+        bool has_control_group;
+        sd_id128_t server_id;
+        Conn *conns;
+        size_t n_conns;
+        Pending *pending;
+        bool warned_full;
+};
+
+static const sd_bus_vtable api_vtable[];
+
+/* --- errors ---------------------------------------------------------------------------------------- */
+
+static int reply_errno(sd_bus_error *error, int r, const char *message) {
+        const char *name;
+        switch (r) {
+        case -ENOENT:
+                name = API_ERROR_NOT_FOUND;
+                break;
+        case -EACCES:
+        case -EPERM:
+                name = SD_BUS_ERROR_ACCESS_DENIED;
+                break;
+        case -EINVAL:
+        case -ERANGE:
+        case -ENAMETOOLONG:
+        case -ENOEXEC:
+                name = API_ERROR_INVALID;
+                break;
+        case -EBUSY:
+        case -EADDRINUSE:
+                name = API_ERROR_BUSY;
+                break;
+        case -EEXIST:
+                name = API_ERROR_EXISTS;
+                break;
+        default:
+                name = API_ERROR_FAILED;
+        }
+        return sd_bus_error_set(error, name, message && message[0] ? message : strerror(-r));
+}
+
+static int require_privileged(Conn *c, const char *what, sd_bus_error *error) {
+        if (c->privileged)
+                return 0;
+        log_notice("access denied: uid %u may not %s (needs root or the control group)", (unsigned) c->uid,
+                   what);
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                 "access denied: %s needs root or membership in group %s",
+                                 what, agent_config(c->api->agent)->control_group);
+}
+
+/* --- connections ------------------------------------------------------------------------------------ */
+
+static Conn *conn_free(Conn *c) {
+        if (!c)
+                return NULL;
+        Api *api = c->api;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                api->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        api->n_conns--;
+        if (c->bus) {
+                sd_bus_detach_event(c->bus);
+                sd_bus_close_unref(c->bus);
+        }
+        free(c);
+        return NULL;
+}
+
+static int on_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        (void) m;
+        (void) error;
+        conn_free(userdata);
+        return 0;
+}
+
+static bool peer_in_group(int fd, gid_t primary, gid_t want) {
+        gid_t groups[256];
+        socklen_t len = sizeof(groups);
+        if (primary == want)
+                return true;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+                return false;
+        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+                if (groups[i] == want)
+                        return true;
+        return false;
+}
+
+static int conn_new(Api *api, int fd) {
+        _cleanup_close_ int cfd = fd;
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        int r;
+
+        if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return negative_errno();
+        Conn *c = calloc(1, sizeof(Conn));
+        if (!c)
+                return -ENOMEM;
+        c->api = api;
+        c->uid = cred.uid;
+        c->privileged = cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
+        c->next = api->conns;
+        if (api->conns)
+                api->conns->prev = c;
+        api->conns = c;
+        api->n_conns++;
+
+        r = sd_bus_new(&c->bus);
+        if (r >= 0)
+                r = sd_bus_set_fd(c->bus, cfd, cfd);
+        if (r >= 0) {
+                TAKE_FD(cfd);
+                r = sd_bus_set_server(c->bus, 1, api->server_id);
+        }
+        if (r >= 0)
+                r = sd_bus_set_anonymous(c->bus, false);
+        if (r >= 0)
+                r = sd_bus_add_object_vtable(c->bus, NULL, API_OBJECT_PATH, API_INTERFACE, api_vtable, c);
+        if (r >= 0)
+                r = sd_bus_match_signal(c->bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
+                                        "org.freedesktop.DBus.Local", "Disconnected", on_disconnected, c);
+        if (r >= 0)
+                r = sd_bus_attach_event(c->bus, api->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r >= 0)
+                r = sd_bus_start(c->bus);
+        if (r < 0) {
+                conn_free(c);
+                return r;
+        }
+        return 0;
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Api *api = userdata;
+        (void) s;
+        (void) revents;
+
+        for (;;) {
+                int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (cfd < 0) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                log_warning_errno(errno, "control socket: accept failed: %m, ignoring");
+                        return 0;
+                }
+                if (api->n_conns >= API_MAX_CONNECTIONS) {
+                        if (!api->warned_full)
+                                log_warning("control socket: %d clients connected already, refusing more",
+                                            API_MAX_CONNECTIONS);
+                        api->warned_full = true;
+                        safe_close(cfd);
+                        continue;
+                }
+                api->warned_full = false;
+                int r = conn_new(api, cfd);
+                if (r < 0)
+                        log_warning_errno(r, "control socket: cannot set up a client connection: %m, ignoring");
+        }
+}
+
+/* --- socket ----------------------------------------------------------------------------------------- */
+
+static int socket_from_systemd(Api *api, char *err, size_t err_size) {
+        int n = sd_listen_fds(true);
+        if (n <= 0)
+                return n;
+        if (n > 1) {
+                snprintf(err, err_size, "systemd passed %d sockets, expected one (chvm-agentd.socket)", n);
+                return -EINVAL;
+        }
+        int fd = SD_LISTEN_FDS_START;
+        if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+                snprintf(err, err_size, "the socket systemd passed is not a listening unix stream socket");
+                return -EINVAL;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+                snprintf(err, err_size, "cannot set up the socket systemd passed: %s", strerror(errno));
+                return negative_errno();
+        }
+        struct sockaddr_un sa = {};
+        socklen_t len = sizeof(sa);
+        if (getsockname(fd, (struct sockaddr *) &sa, &len) == 0 && sa.sun_path[0])
+                snprintf(api->path, sizeof(api->path), "%s", sa.sun_path);
+        else
+                snprintf(api->path, sizeof(api->path), "(socket from systemd)");
+        api->listen_fd = fd;
+        return 1;
+}
+
+/* Someone listens there already: another agent (the journal lock only covers our state folder). */
+static bool socket_in_use(const struct sockaddr_un *sa) {
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        return fd >= 0 && connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) == 0;
+}
+
+static int socket_own(Api *api, char *err, size_t err_size) {
+        const char *path = agent_config(api->agent)->socket;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int r;
+
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                snprintf(err, err_size, "%s: path too long for a unix socket", path);
+                return -ENAMETOOLONG;
+        }
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if (lstat(path, &st) == 0) {
+                if (!S_ISSOCK(st.st_mode)) {
+                        snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it", path);
+                        return -EEXIST;
+                }
+                if (socket_in_use(&sa)) {
+                        snprintf(err, err_size, "%s: another agent is listening there", path);
+                        return -EADDRINUSE;
+                }
+                (void) unlink(path); /* stale, from an agent that is gone */
+        }
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return negative_errno();
+        mode_t old = umask(0177); /* no window in which others could connect */
+        r = bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 ? negative_errno() : 0;
+        umask(old);
+        if (r < 0) {
+                snprintf(err, err_size, "cannot bind %s: %s", path, strerror(-r));
+                return r;
+        }
+        api->own_socket = true;
+        snprintf(api->path, sizeof(api->path), "%s", path);
+        if (api->has_control_group) {
+                if (chown(path, 0, api->control_gid) < 0 || chmod(path, 0660) < 0) {
+                        r = negative_errno();
+                        snprintf(err, err_size, "cannot give %s to group %s: %s", path,
+                                 agent_config(api->agent)->control_group, strerror(-r));
+                        return r;
+                }
+        }
+        if (listen(fd, SOMAXCONN) < 0) {
+                r = negative_errno();
+                snprintf(err, err_size, "cannot listen on %s: %s", path, strerror(-r));
+                return r;
+        }
+        api->listen_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+        Api *api = calloc(1, sizeof(Api));
+        int r;
+
+        if (!api)
+                return -ENOMEM;
+        api->agent = agent;
+        api->event = sd_event_ref(event);
+        api->listen_fd = -EBADF;
+        struct group *g = getgrnam(agent_config(agent)->control_group);
+        if (g) {
+                api->control_gid = g->gr_gid;
+                api->has_control_group = true;
+        } else
+                log_notice("control group %s does not exist: only root may change anything, the socket is 0600",
+                           agent_config(agent)->control_group);
+        r = sd_id128_randomize(&api->server_id);
+        if (r < 0)
+                goto fail;
+        r = socket_from_systemd(api, err, err_size);
+        if (r == 0)
+                r = socket_own(api, err, err_size);
+        if (r < 0)
+                goto fail;
+        r = sd_event_add_io(event, &api->listen_source, api->listen_fd, EPOLLIN, on_accept, api);
+        if (r < 0) {
+                snprintf(err, err_size, "cannot watch %s: %s", api->path, strerror(-r));
+                goto fail;
+        }
+        *ret = api;
+        return 0;
+fail:
+        if (!err[0])
+                snprintf(err, err_size, "%s", strerror(-r));
+        api_free(api);
+        return r;
+}
+
+Api *api_free(Api *api) {
+        if (!api)
+                return NULL;
+        while (api->pending) {
+                Pending *p = api->pending;
+                api->pending = p->next;
+                sd_bus_message_unref(p->call);
+                free(p);
+        }
+        while (api->conns)
+                conn_free(api->conns);
+        sd_event_source_disable_unref(api->listen_source);
+        if (api->own_socket)
+                (void) unlink(api->path);
+        safe_close(api->listen_fd);
+        sd_event_unref(api->event);
+        free(api);
+        return NULL;
+}
+
+const char *api_socket_path(const Api *api) {
+        return api->path;
+}
+
+size_t api_n_connections(const Api *api) {
+        return api->n_conns;
+}
+
+/* --- replies ---------------------------------------------------------------------------------------- */
+
+static void ip4_string(uint32_t ip, char ret[16]) {
+        if (!ip) {
+                ret[0] = '\0';
+                return;
+        }
+        struct in_addr a = { .s_addr = htonl(ip) };
+        inet_ntop(AF_INET, &a, ret, 16);
+}
+
+static int append_vm(sd_bus_message *reply, const AgentVmInfo *info) {
+        char ip[16], mac[18];
+        int r;
+
+        ip4_string(info->ip4, ip);
+        vm_mac_to_string(info->mac, mac);
+        r = sd_bus_message_open_container(reply, 'r', "stssusssssa(sqq)");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(reply, "stssusssss", info->name, info->id, vm_state_to_string(info->state),
+                                  info->exit_reason, (uint32_t) info->vmm_pid, info->backend,
+                                  hypervisor_kind_to_string(info->hypervisor), info->tap, ip, mac);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(sqq)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; info->def && i < info->def->n_ports; i++) {
+                const PortForward *p = &info->def->ports[i];
+                r = sd_bus_message_append(reply, "(sqq)", p->proto == IPPROTO_UDP ? "udp" : "tcp", p->host_port,
+                                          p->guest_port);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_message_close_container(reply);
+}
+
+/* --- methods ---------------------------------------------------------------------------------------- */
+
+static int read_strv(sd_bus_message *m, char ***ret) {
+        ArgvBuilder b = {};
+        const char *s;
+        int r = sd_bus_message_enter_container(m, 'a', "s");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(m, "s", &s)) > 0)
+                argv_builder_add(&b, s);
+        if (r < 0) {
+                char **l = NULL;
+                (void) argv_builder_finish(&b, &l);
+                strv_free(l);
+                return r;
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0) {
+                char **l = NULL;
+                (void) argv_builder_finish(&b, &l);
+                strv_free(l);
+                return r;
+        }
+        return argv_builder_finish(&b, ret);
+}
+
+static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        const char *name, *backend, *hypervisor, *kernel, *initrd, *cmdline;
+        uint32_t cpus;
+        uint64_t memory, id;
+        _cleanup_(strv_freep) char **disks = NULL;
+        _cleanup_(vm_def_freep) VmDef *def = NULL;
+        int r;
+
+        r = require_privileged(c, "create a VM", error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "ssssssut", &name, &backend, &hypervisor, &kernel, &initrd, &cmdline, &cpus,
+                                &memory);
+        if (r < 0)
+                return r;
+        r = read_strv(m, &disks);
+        if (r < 0)
+                return r;
+        def = vm_def_new();
+        if (!def)
+                return -ENOMEM;
+        if (strlen(name) >= sizeof(def->name))
+                return sd_bus_error_setf(error, API_ERROR_INVALID,
+                                         "invalid VM name \"%.40s...\" (want ^[a-z][a-z0-9-]{0,31}$)", name);
+        snprintf(def->name, sizeof(def->name), "%s", name);
+        if (strlen(backend) >= sizeof(def->backend))
+                return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: unknown backend \"%.40s...\"", name,
+                                         backend);
+        snprintf(def->backend, sizeof(def->backend), "%s", backend);
+        if (hypervisor[0] && hypervisor_kind_from_string(hypervisor) < 0)
+                return sd_bus_error_setf(error, API_ERROR_INVALID,
+                                         "VM %s: hypervisor \"%.40s\": expected cloud-hypervisor or qemu", name,
+                                         hypervisor);
+        snprintf(def->hypervisor, sizeof(def->hypervisor), "%s", hypervisor);
+        def->kernel = strdup(kernel);
+        def->initrd = initrd[0] ? strdup(initrd) : NULL;
+        def->cmdline = cmdline[0] ? strdup(cmdline) : NULL;
+        if (!def->kernel || (initrd[0] && !def->initrd) || (cmdline[0] && !def->cmdline))
+                return -ENOMEM;
+        if (cpus)
+                def->cpus = cpus;
+        if (memory)
+                def->memory_mib = memory;
+        size_t n = strv_length(disks);
+        if (n > VM_DEF_MAX_DISKS)
+                return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: %zu disks, at most %d", name, n,
+                                         VM_DEF_MAX_DISKS);
+        for (size_t i = 0; i < n; i++)
+                def->disks[def->n_disks++] = TAKE_PTR(disks[i]);
+
+        r = sd_bus_message_enter_container(m, 'a', "(sqq)");
+        if (r < 0)
+                return r;
+        const char *proto;
+        uint16_t host, guest;
+        while ((r = sd_bus_message_read(m, "(sqq)", &proto, &host, &guest)) > 0) {
+                if (def->n_ports == VM_DEF_MAX_PORTS)
+                        return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: more than %d ports", name,
+                                                 VM_DEF_MAX_PORTS);
+                PortForward *p = &def->ports[def->n_ports++];
+                if (strcmp(proto, "tcp") == 0)
+                        p->proto = IPPROTO_TCP;
+                else if (strcmp(proto, "udp") == 0)
+                        p->proto = IPPROTO_UDP;
+                else
+                        return sd_bus_error_setf(error, API_ERROR_INVALID,
+                                                 "VM %s: port protocol \"%.16s\": expected tcp or udp", name,
+                                                 proto);
+                p->host_port = host;
+                p->guest_port = guest;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        r = agent_vm_create(c->api->agent, def, &id);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        return sd_bus_reply_method_return(m, "t", id);
+}
+
+static int read_name(sd_bus_message *m, const char **ret) {
+        return sd_bus_message_read(m, "s", ret);
+}
+
+static int method_start(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        const char *name;
+        int r = require_privileged(c, "start a VM", error);
+        if (r < 0)
+                return r;
+        r = read_name(m, &name);
+        if (r < 0)
+                return r;
+        r = agent_vm_start(c->api->agent, name);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static bool vm_up(Agent *a, const char *name, uint64_t *ret_id) {
+        AgentVmInfo info;
+        if (agent_vm_info(a, name, &info) < 0)
+                return false;
+        *ret_id = info.id;
+        return info.vmm_pid != 0;
+}
+
+static int add_pending(Api *api, sd_bus_message *m, const char *name, uint64_t id, PendingOp op) {
+        Pending *p = calloc(1, sizeof(Pending));
+        if (!p)
+                return -ENOMEM;
+        p->call = sd_bus_message_ref(m);
+        p->vm_id = id;
+        p->op = op;
+        snprintf(p->name, sizeof(p->name), "%s", name);
+        p->next = api->pending;
+        api->pending = p;
+        return 1; /* answered later */
+}
+
+static int method_stop(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        const char *name;
+        uint32_t timeout;
+        uint64_t id;
+        int r = require_privileged(c, "stop a VM", error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "su", &name, &timeout);
+        if (r < 0)
+                return r;
+        if (timeout > 3600)
+                return sd_bus_error_setf(error, API_ERROR_INVALID, "stop timeout %u s: at most 3600", timeout);
+        r = agent_vm_stop(c->api->agent, name, timeout);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        if (vm_up(c->api->agent, name, &id))
+                return add_pending(c->api, m, name, id, PENDING_STOP);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_kill(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        const char *name;
+        uint64_t id;
+        int r = require_privileged(c, "kill a VM", error);
+        if (r < 0)
+                return r;
+        r = read_name(m, &name);
+        if (r < 0)
+                return r;
+        r = agent_vm_kill(c->api->agent, name);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        if (vm_up(c->api->agent, name, &id))
+                return add_pending(c->api, m, name, id, PENDING_KILL);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        const char *name;
+        int force;
+        uint64_t id;
+        int r = require_privileged(c, "remove a VM", error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "sb", &name, &force);
+        if (r < 0)
+                return r;
+        if (vm_up(c->api->agent, name, &id)) {
+                if (!force)
+                        return sd_bus_error_setf(error, API_ERROR_BUSY,
+                                                 "VM %s is running: stop it first (or remove it with -f)", name);
+                r = agent_vm_kill(c->api->agent, name);
+                if (r < 0)
+                        return reply_errno(error, r, agent_error(c->api->agent));
+                if (vm_up(c->api->agent, name, &id))
+                        return add_pending(c->api, m, name, id, PENDING_REMOVE);
+        }
+        r = agent_vm_remove(c->api->agent, name, false);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_list(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(strv_freep) char **names = NULL;
+        (void) error;
+        agent_refresh(c->api->agent);
+        int r = agent_vm_names(c->api->agent, &names);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', VM_RECORD);
+        if (r < 0)
+                return r;
+        for (char **n = names; *n; n++) {
+                AgentVmInfo info;
+                if (agent_vm_info(c->api->agent, *n, &info) < 0)
+                        continue;
+                r = append_vm(reply, &info);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int append_object(const LiveObject *o, void *userdata) {
+        sd_bus_message *reply = userdata;
+        const char *kind = resource_kind_to_string((ResourceKind) o->kind);
+        return sd_bus_message_append(reply, "(ssts)", kind ? kind : "unknown", o->name ? o->name : "",
+                                     o->handle, o->tag ? o->tag : "");
+}
+
+static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *name;
+        AgentVmInfo info;
+        int r = read_name(m, &name);
+        if (r < 0)
+                return r;
+        agent_refresh(c->api->agent);
+        if (agent_vm_info(c->api->agent, name, &info) < 0)
+                return sd_bus_error_setf(error, API_ERROR_NOT_FOUND, "no VM named \"%.40s\"", name);
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = append_vm(reply, &info);
+        if (r < 0)
+                return r;
+        const VmDef *d = info.def;
+        r = sd_bus_message_open_container(reply, 'r', "sssutas");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "sssut", d ? d->kernel : "", d && d->initrd ? d->initrd : "",
+                                          d && d->cmdline ? d->cmdline : "", d ? d->cpus : 0,
+                                          d ? d->memory_mib : 0);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "s");
+        for (size_t i = 0; r >= 0 && d && i < d->n_disks; i++)
+                r = sd_bus_message_append(reply, "s", d->disks[i]);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(ssts)");
+        if (r >= 0)
+                r = agent_vm_objects(c->api->agent, info.id, append_object, reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", info.def_error);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_status(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        Agent *a = c->api->agent;
+        const AgentConfig *cfg = agent_config(a);
+        Journal *j = agent_journal(a);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        (void) error;
+        agent_refresh(a);
+        int r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        const JournalReport *rep = journal_report(j);
+        r = sd_bus_message_open_container(reply, 'r', "ssssuuassu");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "ssssuu", agent_id_string(a), PACKAGE_VERSION,
+                                          journal_state_to_string(journal_state(j)),
+                                          journal_state(j) == JOURNAL_STATE_FAILED ? journal_error_message(j)
+                                                                                   : rep->message,
+                                          (uint32_t) agent_n_vms(a), (uint32_t) agent_n_running(a));
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "s");
+        for (unsigned i = 0; r >= 0 && i < cfg->n_backends; i++)
+                r = sd_bus_message_append(reply, "s", cfg->backends[i]);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "su", c->api->path, (uint32_t) c->api->n_conns);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static const sd_bus_vtable api_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("CreateVM",
+                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s", initrd,
+                                            "s", cmdline, "u", cpus, "t", memory_mib, "as", disks, "a(sqq)",
+                                            ports),
+                                SD_BUS_RESULT("t", id), method_create, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StartVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_start,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StopVM", SD_BUS_ARGS("s", name, "u", timeout_sec), SD_BUS_NO_RESULT,
+                                method_stop, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("KillVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_kill,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("RemoveVM", SD_BUS_ARGS("s", name, "b", force), SD_BUS_NO_RESULT, method_remove,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListVMs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a" VM_RECORD, vms), method_list,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("InspectVM", SD_BUS_ARGS("s", name),
+                                SD_BUS_RESULT(VM_RECORD, vm, VM_SPEC, spec, VM_OBJECTS, objects, "s",
+                                              definition_error),
+                                method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Status", SD_BUS_NO_ARGS, SD_BUS_RESULT(STATUS_RECORD, status), method_status,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_ARGS("VMStateChanged", SD_BUS_ARGS("s", name, "t", id, "s", state, "s", reason), 0),
+        SD_BUS_VTABLE_END,
+};
+
+/* --- state changes ---------------------------------------------------------------------------------- */
+
+void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState state, const char *reason) {
+        const char *s = state == _VM_STATE_INVALID ? "removed" : vm_state_to_string(state);
+        for (Conn *c = api->conns; c; c = c->next)
+                (void) sd_bus_emit_signal(c->bus, API_OBJECT_PATH, API_INTERFACE, "VMStateChanged", "stss", name,
+                                          vm_id, s, reason);
+        if (state != VM_STATE_STOPPED && state != VM_STATE_CRASHED)
+                return;
+
+        /* Answer the calls that waited for this VM to be down. Taken off the list first: a removal below
+         * emits its own state change and comes back here. */
+        Pending *done = NULL, **pp = &api->pending;
+        while (*pp) {
+                Pending *p = *pp;
+                if (p->vm_id == vm_id) {
+                        *pp = p->next;
+                        p->next = done;
+                        done = p;
+                } else
+                        pp = &p->next;
+        }
+        while (done) {
+                Pending *p = done;
+                done = p->next;
+                if (p->op == PENDING_REMOVE && agent_vm_remove(api->agent, p->name, false) < 0) {
+                        sd_bus_error e = SD_BUS_ERROR_NULL;
+                        (void) reply_errno(&e, -EIO, agent_error(api->agent));
+                        (void) sd_bus_reply_method_error(p->call, &e);
+                        sd_bus_error_free(&e);
+                } else
+                        (void) sd_bus_reply_method_return(p->call, NULL);
+                sd_bus_message_unref(p->call);
+                free(p);
+        }
+}

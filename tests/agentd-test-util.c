@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/agentd-test-util.h"
+#include "tests/shell-oracle.h"
+
+const char *test_build_dir(void) {
+        return BUILD_DIR;
+}
+
+static void write_file(const char *path, const char *content) {
+        FILE *f = fopen(path, "we");
+        cr_assert(f, "%s: %s", path, strerror(errno));
+        fputs(content, f);
+        fclose(f);
+}
+
+void test_agent_init(TestAgent *a, const char *extra) {
+        char conf[4096];
+
+        *a = (TestAgent){ .pid = -1, .notify_fd = -1 };
+        snprintf(a->dir, sizeof(a->dir), "/tmp/chvm-agentd-XXXXXX");
+        cr_assert(mkdtemp(a->dir), "mkdtemp: %s", strerror(errno));
+        snprintf(a->config, sizeof(a->config), "%s/agent.conf", a->dir);
+        snprintf(a->state_dir, sizeof(a->state_dir), "%s/state", a->dir);
+        snprintf(a->runtime_dir, sizeof(a->runtime_dir), "%s/run", a->dir);
+        snprintf(a->socket, sizeof(a->socket), "%s/run/agent.sock", a->dir);
+        snprintf(a->log, sizeof(a->log), "%s/agent.log", a->dir);
+        snprintf(a->notify_path, sizeof(a->notify_path), "%s/notify.sock", a->dir);
+        snprintf(conf, sizeof(conf),
+                 "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\n"
+                 "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\naccel = tcg\n"
+                 "%s",
+                 a->state_dir, a->runtime_dir, BUILD_DIR, BUILD_DIR, extra ? extra : "");
+        write_file(a->config, conf);
+}
+
+static void open_notify(TestAgent *a) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (a->notify_fd >= 0)
+                close(a->notify_fd);
+        (void) unlink(a->notify_path);
+        a->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(a->notify_fd, 0);
+        cr_assert_lt(strlen(a->notify_path), sizeof(sa.sun_path));
+        memcpy(sa.sun_path, a->notify_path, strlen(a->notify_path) + 1);
+        cr_assert_eq(bind(a->notify_fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "bind %s: %s", a->notify_path,
+                     strerror(errno));
+        a->notified[0] = '\0';
+}
+
+static pid_t spawn(TestAgent *a, char *const *env) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int fd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                if (fd < 0)
+                        _exit(126);
+                dup2(fd, STDERR_FILENO);
+                dup2(fd, STDOUT_FILENO);
+                /* The test blocks SIGCHLD for sd-event; the agent must start with a clean mask. */
+                sigset_t ss;
+                sigemptyset(&ss);
+                sigprocmask(SIG_SETMASK, &ss, NULL);
+                setenv("NOTIFY_SOCKET", a->notify_path, 1);
+                unsetenv("JOURNAL_STREAM");
+                for (char *const *e = env; e && *e; e++)
+                        putenv(*e);
+                char bin[256];
+                snprintf(bin, sizeof(bin), "%s/chvm-agentd", BUILD_DIR);
+                execl(bin, bin, "--config", a->config, "--log-target", "stderr", (char *) NULL);
+                _exit(127);
+        }
+        return pid;
+}
+
+bool test_agent_wait_notify(TestAgent *a, const char *want, int timeout_ms) {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (;;) {
+                if (strstr(a->notified, want))
+                        return true;
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                long left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+                if (left <= 0)
+                        return false;
+                struct pollfd p = { .fd = a->notify_fd, .events = POLLIN };
+                if (poll(&p, 1, (int) (left < 100 ? left : 100)) > 0) {
+                        char buf[1024];
+                        ssize_t n = recv(a->notify_fd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+                        if (n > 0) {
+                                buf[n] = '\0';
+                                size_t have = strlen(a->notified);
+                                snprintf(a->notified + have, sizeof(a->notified) - have, "%s\n", buf);
+                        }
+                }
+                if (a->pid > 0 && waitpid(a->pid, NULL, WNOHANG) == a->pid) {
+                        a->pid = -1; /* died before saying it */
+                        return strstr(a->notified, want) != NULL;
+                }
+        }
+}
+
+char *test_agent_log(const TestAgent *a) {
+        return sh("cat %s 2>/dev/null", a->log);
+}
+
+void test_agent_start(TestAgent *a, char *const *env) {
+        open_notify(a);
+        a->pid = spawn(a, env);
+        if (!test_agent_wait_notify(a, "READY=1", 10000)) {
+                char *log = test_agent_log(a);
+                cr_assert_fail("chvm-agentd did not become ready; its log:\n%s", log);
+        }
+}
+
+int test_agent_run_to_exit(TestAgent *a, char *const *env, char **ret_log) {
+        int status;
+        open_notify(a);
+        pid_t pid = spawn(a, env);
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        if (ret_log)
+                *ret_log = test_agent_log(a);
+        return status;
+}
+
+int test_agent_signal_wait(TestAgent *a, int sig) {
+        int status = -1;
+        if (a->pid <= 0)
+                return -1;
+        cr_assert_eq(kill(a->pid, sig), 0);
+        cr_assert_eq(waitpid(a->pid, &status, 0), a->pid);
+        a->pid = -1;
+        return status;
+}
+
+void test_agent_cleanup(TestAgent *a) {
+        if (a->pid > 0) {
+                kill(a->pid, SIGKILL);
+                waitpid(a->pid, NULL, 0);
+                a->pid = -1;
+        }
+        if (a->notify_fd >= 0)
+                close(a->notify_fd);
+        if (a->dir[0]) {
+                test_agent_kill_hypervisors(a);
+                free(sh("rm -rf %s", a->dir));
+        }
+}
+
+/* Hypervisors an agent left running (they survive it on purpose) are recognised by our private folder in
+ * their command line (--api-socket, --serial), and ended by their PID. */
+unsigned test_agent_kill_hypervisors(const TestAgent *a) {
+        DIR *d = opendir("/proc");
+        struct dirent *de;
+        unsigned n = 0;
+        char needle[80];
+
+        snprintf(needle, sizeof(needle), "%s/", a->dir);
+        cr_assert(d);
+        while ((de = readdir(d))) {
+                pid_t pid = (pid_t) atoi(de->d_name);
+                char path[64], buf[8192];
+                if (pid <= 1 || pid == getpid())
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                ssize_t k = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+                if (k <= 0)
+                        continue;
+                for (ssize_t i = 0; i < k; i++)
+                        if (buf[i] == '\0')
+                                buf[i] = ' ';
+                buf[k] = '\0';
+                if (strstr(buf, needle) && kill(pid, SIGKILL) == 0)
+                        n++;
+        }
+        closedir(d);
+        return n;
+}
+
+static char *slurp(const char *path) {
+        return sh("cat %s 2>/dev/null", path);
+}
+
+int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt, ...) {
+        char args[3000], cmd[4096], out[200], err[200];
+        static unsigned seq;
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(args, sizeof(args), fmt, ap);
+        va_end(ap);
+        snprintf(out, sizeof(out), "%s/ctl-%u.out", a->dir, seq);
+        snprintf(err, sizeof(err), "%s/ctl-%u.err", a->dir, seq++);
+        snprintf(cmd, sizeof(cmd), "%s/chvmctl --socket %s %s >%s 2>%s", BUILD_DIR, a->socket, args, out, err);
+        int status = system(cmd);
+        if (ret_out)
+                *ret_out = slurp(out);
+        if (ret_err)
+                *ret_err = slurp(err);
+        unlink(out);
+        unlink(err);
+        cr_assert(WIFEXITED(status), "chvmctl %s did not exit normally", args);
+        return WEXITSTATUS(status);
+}

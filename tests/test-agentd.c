@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* chvm-agentd as a whole program: it refuses a bad config naming the file, line and cause; it tells systemd
+ * READY/STATUS/STOPPING and pets the watchdog; SIGTERM leaves the VMs running and the next start adopts
+ * them; after SIGKILL of the agent, hypervisors that died meanwhile are cleaned up and the others adopted.
+ * Every test runs in a network namespace of its own (unshare in the test process; the agent inherits it),
+ * with fake-vmm as the hypervisor and chvmctl as the client. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/agentd-test-util.h"
+#include "tests/shell-oracle.h"
+
+static TestAgent agent;
+
+static void setup(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        if (access("/dev/net/tun", R_OK | W_OK) < 0)
+                cr_skip_test("/dev/net/tun is not usable: %s", strerror(errno));
+        free(sh("ip link set lo up"));
+        /* The agent's notify messages queue up while a test is busy elsewhere (this namespace's setting). */
+        free(sh("sysctl -qw net.unix.max_dgram_qlen=4096"));
+}
+
+static void teardown(void) {
+        test_agent_cleanup(&agent);
+}
+
+TestSuite(agentd, .init = setup, .fini = teardown, .timeout = 90);
+
+static void expect_refusal(const char *extra, const char *want) {
+        char *log;
+        test_agent_init(&agent, extra);
+        int status = test_agent_run_to_exit(&agent, NULL, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "agent exit status %d for:\n%s\nlog:\n%s", status,
+                  extra, log);
+        cr_assert(strstr(log, want), "expected \"%s\" in:\n%s", want, log);
+        cr_assert(strstr(log, "refusing to start"), "%s", log);
+        /* Nothing was made: no state folder, no socket, nothing in the kernel. */
+        struct stat st;
+        cr_assert_eq(stat(agent.state_dir, &st), -1, "a refused agent made %s", agent.state_dir);
+        char *links = sh("ip -o link | grep -vc ' lo:'");
+        cr_assert_str_eq(links, "0\n", "links were made");
+        free(links);
+        free(log);
+        test_agent_cleanup(&agent);
+}
+
+/* Acceptance 7: unknown key, bad subnet, missing hypervisor binary → refused, naming file:line and cause. */
+Test(agentd, bad_config_is_refused_with_file_and_line) {
+        /* the generated config has 9 lines before `extra`, the last in [vmm] */
+        expect_refusal("colour = blue\n", "agent.conf:10: unknown key \"colour\" in [vmm]");
+        expect_refusal("[local]\nsubnet = 10.0.0.1/24\n",
+                       "agent.conf:11: subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
+        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:11: subnet \"10.0.0.0/33\": expected A.B.C.D/N");
+        expect_refusal("[nosuch]\nkey = 1\n", "agent.conf:11: unknown section [nosuch]");
+        expect_refusal("[agent]\nbackends = local nosuch\n", "backend nosuch: ");
+}
+
+Test(agentd, missing_hypervisor_binary_is_refused) {
+        char conf[512], *log;
+
+        /* An explicit binary that does not exist: the config line says so. */
+        test_agent_init(&agent, NULL);
+        snprintf(conf, sizeof(conf), "sed -i 's|^binary = .*|binary = %s/no-such-vmm|' %s", agent.dir,
+                 agent.config);
+        free(sh("%s", conf));
+        int status = test_agent_run_to_exit(&agent, NULL, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
+        cr_assert(strstr(log, "agent.conf:7: binary ") && strstr(log, "no-such-vmm: No such file or directory"), "%s", log);
+        free(log);
+
+        /* No binary key and the kind's default (cloud-hypervisor) not in PATH. */
+        free(sh("sed -i '/^binary = /d' %s", agent.config));
+        char *env[] = { (char *) "PATH=/nonexistent", NULL };
+        status = test_agent_run_to_exit(&agent, env, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
+        cr_assert(strstr(log, "[vmm] hypervisor cloud-hypervisor: its binary \"cloud-hypervisor\" is not in PATH"),
+                  "%s", log);
+        free(log);
+
+        /* --check-config says the same, and ok for a good file. */
+        free(sh("echo 'binary = %s/tests/fake-vmm' >> %s", test_build_dir(), agent.config));
+        char *out = sh("%s/chvm-agentd --check-config --config %s 2>&1; echo rc=$?", test_build_dir(), agent.config);
+        cr_assert(strstr(out, ": ok\nrc=0"), "%s", out);
+        free(out);
+}
+
+/* sd_notify: READY=1 once the socket is up, a STATUS line, the watchdog petted, STOPPING=1 on SIGTERM. */
+Test(agentd, notify_ready_status_watchdog_stopping) {
+        test_agent_init(&agent, NULL);
+        /* The watchdog is for this process only when WATCHDOG_PID names it: without WATCHDOG_PID it is ours. */
+        char *env[] = { (char *) "WATCHDOG_USEC=300000", NULL };
+        test_agent_start(&agent, env);
+        cr_assert(test_agent_wait_notify(&agent, "STATUS=0 VM(s) defined, 0 running", 2000), "%s", agent.notified);
+        /* at least two pets within a second at 300 ms */
+        cr_assert(test_agent_wait_notify(&agent, "WATCHDOG=1\nWATCHDOG=1", 1500), "%s", agent.notified);
+        struct stat st;
+        cr_assert_eq(stat(agent.socket, &st), 0);
+        cr_assert(S_ISSOCK(st.st_mode));
+        int status = test_agent_signal_wait(&agent, SIGTERM);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+        cr_assert(test_agent_wait_notify(&agent, "STOPPING=1", 1000), "%s", agent.notified);
+        cr_assert_eq(stat(agent.socket, &st), -1, "the socket is removed on exit");
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "leaving running VMs running"), "%s", log);
+        free(log);
+}
+
+static void create_and_start(const char *name, int port) {
+        char *err;
+        int r = ctl(&agent, NULL, &err, "run %s --kernel %s/tests/fake-vmm -p %d:80", name, test_build_dir(), port);
+        cr_assert_eq(r, 0, "run %s: %s", name, err);
+        free(err);
+}
+
+static pid_t vm_pid(const char *name) {
+        char *out;
+        cr_assert_eq(ctl(&agent, &out, NULL, "inspect %s --json | sed -n 's/.*\"vmm_pid\":\\([0-9]*\\).*/\\1/p'",
+                         name),
+                     0);
+        pid_t pid = (pid_t) atoi(out);
+        free(out);
+        return pid;
+}
+
+static char *vm_state(const char *name) {
+        char *out;
+        (void) ctl(&agent, &out, NULL, "inspect %s --json | sed -n 's/.*\"state\":\"\\([a-z]*\\)\".*/\\1/p'", name);
+        out[strcspn(out, "\n")] = '\0';
+        return out;
+}
+
+static char *kernel_state(void) {
+        return sh("ip -o link show type tun | sed 's/^[0-9]*: //' | sort; nft list ruleset | grep -o 'comment \"chvm1:[^\"]*\"' | sort");
+}
+
+/* SIGTERM leaves the VMs running (hypervisors alive, TAPs and rules in place); the next start adopts them:
+ * same PIDs, objects byte-identical, and a kill -9 afterwards is still cleaned up. */
+Test(agentd, sigterm_leaves_vms_running_and_restart_adopts) {
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        create_and_start("one", 8001);
+        create_and_start("two", 8002);
+        create_and_start("three", 8003);
+        pid_t pids[3] = { vm_pid("one"), vm_pid("two"), vm_pid("three") };
+        char *before = kernel_state();
+        cr_assert_eq(count_substr(before, "tap-"), 3, "%s", before);
+
+        int status = test_agent_signal_wait(&agent, SIGTERM);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(kill(pids[i], 0), 0, "hypervisor %d died with the agent", (int) pids[i]);
+        char *during = kernel_state();
+        cr_assert_str_eq(during, before, "the agent's exit changed the kernel state");
+
+        test_agent_start(&agent, NULL);
+        cr_assert_eq(vm_pid("one"), pids[0]);
+        cr_assert_eq(vm_pid("two"), pids[1]);
+        cr_assert_eq(vm_pid("three"), pids[2]);
+        char *after = kernel_state();
+        cr_assert_str_eq(after, before);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "3 running VM(s) adopted, 0 found dead"), "%s", log);
+        free(log);
+
+        /* An adopted hypervisor that dies is still noticed at once. */
+        cr_assert_eq(kill(pids[1], SIGKILL), 0);
+        for (int i = 0; i < 100; i++) {
+                char *s = vm_state("two");
+                bool crashed = strcmp(s, "crashed") == 0;
+                free(s);
+                if (crashed)
+                        break;
+                usleep(10000);
+        }
+        char *s = vm_state("two");
+        cr_assert_str_eq(s, "crashed");
+        free(s);
+        char *now = kernel_state();
+        cr_assert_eq(count_substr(now, "tap-"), 2, "%s", now);
+        free(before);
+        free(during);
+        free(after);
+        free(now);
+}
+
+static bool process_dead(pid_t pid) {
+        char *st = sh("cut -d' ' -f3 /proc/%d/stat 2>/dev/null", (int) pid);
+        bool dead = st[0] == '\0' || st[0] == 'Z' || st[0] == 'X';
+        free(st);
+        return dead;
+}
+
+/* Acceptance 3 through the daemon: the agent SIGKILLed with 10 VMs running, 5 hypervisors killed while it
+ * is down; the restarted agent adopts exactly the 5 live ones (objects intact) and tears down the 5 dead. */
+Test(agentd, sigkill_agent_then_five_hypervisors) {
+        char name[16];
+        pid_t pids[10];
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        for (int i = 0; i < 10; i++) {
+                snprintf(name, sizeof(name), "vm%d", i);
+                create_and_start(name, 9000 + i);
+                pids[i] = vm_pid(name);
+        }
+        (void) test_agent_signal_wait(&agent, SIGKILL);
+        for (int i = 0; i < 10; i += 2) {
+                cr_assert_eq(kill(pids[i], SIGKILL), 0);
+                /* dead: gone, or a zombie that whoever inherited it has not reaped yet */
+                for (int k = 0; k < 200 && !process_dead(pids[i]); k++)
+                        usleep(5000);
+                cr_assert(process_dead(pids[i]));
+        }
+        test_agent_start(&agent, NULL);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "5 running VM(s) adopted, 5 found dead and torn down"), "%s", log);
+        free(log);
+        for (int i = 0; i < 10; i++) {
+                snprintf(name, sizeof(name), "vm%d", i);
+                char *s = vm_state(name);
+                cr_assert_str_eq(s, i % 2 ? "running" : "crashed", "%s", name);
+                free(s);
+                if (i % 2)
+                        cr_assert_eq(vm_pid(name), pids[i]);
+        }
+        char *k = kernel_state();
+        cr_assert_eq(count_substr(k, "tap-"), 5, "%s", k);
+        for (int i = 0; i < 10; i++) {
+                char port[16];
+                snprintf(port, sizeof(port), "%d", 9000 + i);
+                char *r = sh("nft list map inet chvm portfwd4 | grep -c 'tcp . %s ' ; true", port);
+                cr_assert_eq(atoi(r), i % 2, "forward %s: %s", port, r);
+                free(r);
+        }
+        free(k);
+}
