@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/agent-internal.h"
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
@@ -24,34 +25,6 @@
 
 /* How long kill (and rm -f) waits for a SIGKILLed hypervisor to be gone. */
 #define KILL_WAIT_MS 5000U
-
-typedef struct AgentVm {
-        char name[33];
-        uint64_t id;
-        VmDef *def; /* NULL: the definition file is missing or does not parse */
-        char def_error[512];
-} AgentVm;
-
-struct Agent {
-        AgentConfig cfg;
-        sd_event *event;
-        int state_fd, vms_fd;
-        uint8_t agent_id[16];
-        char agent_id_str[AGENT_ID_STRING_SIZE];
-        Journal *journal;
-        Backend *backends[CONFIG_MAX_BACKENDS];
-        size_t n_backends;
-        Dispatcher *dispatcher;
-        VmManager *vmm;
-        TaskstatsListener *taskstats; /* NULL: exit statuses of adopted hypervisors are unknown */
-        sd_event_source *taskstats_source;
-        bool taskstats_overflow_warned;
-        HypervisorKind default_kind;
-        U64Map *vms; /* AgentVm by id */
-        AgentStateCallback on_state;
-        void *userdata;
-        char error[1024];
-};
 
 static const char *const vm_state_table[_VM_STATE_MAX] = {
         [VM_STATE_DEFINED] = "defined",   [VM_STATE_STARTING] = "starting", [VM_STATE_RUNNING] = "running",
@@ -102,7 +75,7 @@ static AgentVm *agent_vm_free(AgentVm *v) {
         return NULL;
 }
 
-static AgentVm *find_vm(const Agent *a, const char *name) {
+AgentVm *agent_find_vm(const Agent *a, const char *name) {
         void *v;
         for (size_t i = 0; name && u64map_iterate(a->vms, &i, NULL, &v);)
                 if (strcmp(((AgentVm *) v)->name, name) == 0)
@@ -615,7 +588,7 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
         r = vm_def_validate(def, why, sizeof(why));
         if (r < 0)
                 return fail(a, r, "%s", why);
-        if (find_vm(a, def->name))
+        if (agent_find_vm(a, def->name))
                 return fail(a, -EEXIST, "VM %s already exists", def->name);
         if (!backend_loaded(a, def->backend))
                 return fail(a, -ENOENT, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
@@ -655,7 +628,7 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
 }
 
 static AgentVm *lookup(Agent *a, const char *name) {
-        AgentVm *v = find_vm(a, name);
+        AgentVm *v = agent_find_vm(a, name);
         a->error[0] = '\0';
         if (!v)
                 fail(a, -ENOENT, "no VM named \"%s\"", name ? name : "");
@@ -789,7 +762,7 @@ static VmState state_of(const Agent *a, const AgentVm *v, const LiveVm *lv) {
 }
 
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
-        AgentVm *v = find_vm(a, name);
+        AgentVm *v = agent_find_vm(a, name);
         if (!v)
                 return -ENOENT;
         const LiveSet *ls = journal_live_set(a->journal);

@@ -40,6 +40,7 @@ typedef struct Vm {
         StopStage stage;
         uint64_t stop_timeout_usec;
         bool adopted; /* not our child: the exit status cannot be read */
+        bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
 } Vm;
 
 struct VmManager {
@@ -105,8 +106,19 @@ VmManager *vm_manager_free(VmManager *m) {
 /* The exit as journaled: "exited with status N" (stopped when N is 0, else crashed), "killed by signal N"
  * (crashed), or, when it cannot be known (si NULL: an adopted hypervisor is not our child), "exit status
  * unknown" (crashed: nobody asked it to stop). */
-static JournalVmState exit_reason(const siginfo_t *si, JournalRecord *rec, char *reason, size_t size) {
+static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, JournalRecord *rec, char *reason,
+                                  size_t size) {
         if (!si) {
+                /* Not our child and taskstats did not say: what we did ourselves is all we know. */
+                if (vm->sent_kill) {
+                        snprintf(reason, size, "killed by signal %d (sent by the agent; exit status not seen)",
+                                 SIGKILL);
+                        return JOURNAL_VM_CRASHED;
+                }
+                if (vm->stage != STOP_NONE) {
+                        snprintf(reason, size, "exited after a stop request (exit status unknown)");
+                        return JOURNAL_VM_STOPPED;
+                }
                 snprintf(reason, size, "exit status unknown");
                 return JOURNAL_VM_CRASHED;
         }
@@ -156,7 +168,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
         JournalRecord rec = {};
         siginfo_t seen;
-        char reason[80];
+        char reason[96];
 
         if (!si && vm->adopted && adopted_exit(m, vm, &seen))
                 si = &seen;
@@ -167,7 +179,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         if (r < 0)
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
-        JournalVmState state = exit_reason(si, &rec, reason, sizeof(reason));
+        JournalVmState state = exit_reason(vm, si, &rec, reason, sizeof(reason));
         int k = journal_exit(m, vm->id, &rec, state, reason);
         notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k);
         vm_free(vm);
@@ -304,6 +316,7 @@ int vm_manager_kill(VmManager *m, uint64_t vm_id) {
         /* ESRCH counts as success; the exit event tears the network down. If the signal cannot be sent at
          * all, the network goes now, and the exit event (whenever it comes) finds nothing left. */
         int r = vmm_signal(vm->process.pidfd, SIGKILL);
+        vm->sent_kill = r >= 0;
         if (r < 0) {
                 fail(m, r, "VM %s: cannot kill its hypervisor (pid %d): %s", vm->name, (int) vm->process.pid,
                      strerror(-r));
@@ -447,6 +460,7 @@ static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 (void) vmm_signal(vm->process.pidfd, SIGTERM);
         } else {
                 vm->stage = STOP_KILL;
+                vm->sent_kill = true;
                 if (vmm_signal(vm->process.pidfd, SIGKILL) < 0)
                         /* The network goes even when the hypervisor cannot be killed. */
                         (void) vm_net_down(vm->manager->cfg.dispatcher, vm->id);
@@ -557,12 +571,16 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                                              : "hypervisor gone while the agent was down";
                 char name[33];
                 snprintf(name, sizeof(name), "%s", lv->name);
-                r = vm_net_down(m->cfg.dispatcher, ids[i]);
-                if (r < 0)
-                        return fail(m, r, "VM %s: %s", name, dispatcher_error(m->cfg.dispatcher));
+                /* A teardown that fails (say, its backend is not loaded now) does not keep the agent from
+                 * starting: the VM is journaled crashed, its objects stay owned, and doctor --gc deletes
+                 * them once it can. */
+                int down = vm_net_down(m->cfg.dispatcher, ids[i]);
+                if (down < 0)
+                        fail(m, down, "VM %s: teardown of its network failed: %s", name,
+                             dispatcher_error(m->cfg.dispatcher));
                 JournalRecord rec = {};
                 r = journal_exit(m, ids[i], &rec, JOURNAL_VM_CRASHED, reason);
-                notify_exit(m, ids[i], name, JOURNAL_VM_CRASHED, reason, r);
+                notify_exit(m, ids[i], name, JOURNAL_VM_CRASHED, reason, r < 0 ? r : down);
                 if (r < 0)
                         return r;
                 gone++;

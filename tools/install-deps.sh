@@ -18,6 +18,8 @@ packages=(
         iptables
         # the QEMU test guest: the hypervisor, and what builds its initramfs and fetches its page
         qemu-system-x86 cpio kmod curl
+        # the agent tests check chvmctl --json output with jq
+        jq
 )
 
 # Nothing to do when every package is already installed: no network, no apt lock needed.
