@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -542,8 +543,9 @@ static int check_file(Agent *a, const char *vm, const char *what, const char *pa
         struct stat st;
         if (!path)
                 return 0;
+        /* -EINVAL, not the errno: a bad path is bad input (exit 1), not "no such VM" (exit 3). */
         if (stat(path, &st) < 0)
-                return fail(a, negative_errno(), "VM %s: %s %s: %s", vm, what, path, strerror(errno));
+                return fail(a, -EINVAL, "VM %s: %s %s: %s", vm, what, path, strerror(errno));
         if (!S_ISREG(st.st_mode) && !(strcmp(what, "disk") == 0 && S_ISBLK(st.st_mode)))
                 return fail(a, -EINVAL, "VM %s: %s %s is not a regular file", vm, what, path);
         return 0;
@@ -591,8 +593,21 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
         if (agent_find_vm(a, def->name))
                 return fail(a, -EEXIST, "VM %s already exists", def->name);
         if (!backend_loaded(a, def->backend))
-                return fail(a, -ENOENT, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
+                return fail(a, -EINVAL, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
                             def->backend);
+        /* A host port is forwarded to one VM at most, running or not: refused now rather than at a start. */
+        for (size_t i = 0; i < def->n_ports; i++) {
+                void *v;
+                for (size_t it = 0; u64map_iterate(a->vms, &it, NULL, &v);) {
+                        const VmDef *o = ((AgentVm *) v)->def;
+                        for (size_t k = 0; o && k < o->n_ports; k++)
+                                if (o->ports[k].proto == def->ports[i].proto &&
+                                    o->ports[k].host_port == def->ports[i].host_port)
+                                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s",
+                                                    def->ports[i].host_port,
+                                                    def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
+                }
+        }
         r = check_file(a, def->name, "kernel", def->kernel);
         if (r >= 0)
                 r = check_file(a, def->name, "initrd", def->initrd);

@@ -46,6 +46,7 @@ typedef struct Pending {
 struct Conn {
         Api *api;
         sd_bus *bus;
+        uint64_t serial; /* for the unique name Hello hands out */
         uid_t uid;
         bool privileged;
         Conn *prev, *next;
@@ -61,6 +62,7 @@ struct Api {
         gid_t control_gid;
         bool has_control_group;
         sd_id128_t server_id;
+        uint64_t n_accepted;
         Conn *conns;
         size_t n_conns;
         Pending *pending;
@@ -68,6 +70,7 @@ struct Api {
 };
 
 static const sd_bus_vtable api_vtable[];
+static const sd_bus_vtable hello_vtable[];
 
 /* --- errors ---------------------------------------------------------------------------------------- */
 
@@ -163,6 +166,7 @@ static int conn_new(Api *api, int fd) {
         if (!c)
                 return -ENOMEM;
         c->api = api;
+        c->serial = ++api->n_accepted;
         c->uid = cred.uid;
         c->privileged = cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
         c->next = api->conns;
@@ -182,6 +186,9 @@ static int conn_new(Api *api, int fd) {
                 r = sd_bus_set_anonymous(c->bus, false);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(c->bus, NULL, API_OBJECT_PATH, API_INTERFACE, api_vtable, c);
+        if (r >= 0)
+                r = sd_bus_add_object_vtable(c->bus, NULL, "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                             hello_vtable, c);
         if (r >= 0)
                 r = sd_bus_match_signal(c->bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
                                         "org.freedesktop.DBus.Local", "Disconnected", on_disconnected, c);
@@ -842,6 +849,23 @@ static const sd_bus_vtable api_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("Doctor", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sss)", findings), method_doctor,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("VMStateChanged", SD_BUS_ARGS("s", name, "t", id, "s", state, "s", reason), 0),
+        SD_BUS_VTABLE_END,
+};
+
+/* Clients that take the socket for a bus (busctl --address=...) say Hello first; a peer-to-peer server has
+ * no bus names, so each connection just gets a unique one. */
+static int method_hello(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        char name[32];
+        (void) error;
+        snprintf(name, sizeof(name), ":1.%" PRIu64, c->serial);
+        return sd_bus_reply_method_return(m, "s", name);
+}
+
+static const sd_bus_vtable hello_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("Hello", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", unique_name), method_hello,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 
