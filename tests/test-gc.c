@@ -346,3 +346,49 @@ Test(gc, running_vms_are_never_touched) {
         free(before);
         free(after);
 }
+
+/* Mid-log damage puts the journal in quarantine: only objects whose kernel tag proves them ours, of VMs with
+ * no live hypervisor, are deleted; nothing untagged, not even by the heuristic; a live hypervisor the
+ * damaged journal forgot still protects its VM's objects. */
+Test(gc, quarantine_deletes_only_tag_proven) {
+        run_vm(&agent, "a", "-p 7101:80");
+        run_vm(&agent, "b", "-p 7102:80");
+        char *a_tap = vm_tap(&agent, "a");
+        pid_t b = vm_pid(&agent, "b");
+        (void) test_agent_signal_wait(&agent, SIGKILL);
+        cr_assert_eq(kill(b, SIGKILL), 0);
+
+        /* Damage the first record (a's VM_DEFINE): every later record proves it had been synced. */
+        free(sh("printf '\\377' | dd of=%s/ownership.journal bs=1 seek=120 conv=notrunc status=none", agent.state_dir));
+        char *id = sh("cat %s/agent-id", agent.state_dir);
+        id[strcspn(id, "\n")] = '\0';
+        free(sh("ip tuntap add dev tap-deadbeef mode tap; ip tuntap add dev tap-0badc0ffe mode tap;"
+                "ip link set dev tap-0badc0ffe alias chvm1:%s:0000000badc0ffee:tap", id));
+        free(id);
+        test_agent_start(&agent, NULL);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "QUARANTINE"), "%s", log);
+        free(log);
+
+        char *out, *err;
+        int r = ctl(&agent, &out, &err, "doctor");
+        cr_assert_eq(r, 1, "doctor must not call a quarantined journal healthy");
+        cr_assert(strstr(out, "error    journal     QUARANTINE"), "%s", out);
+        free(out), free(err);
+
+        out = gc(&agent, 0, "");
+        expect_line(out, "tap-0badc0ffe", "delete", "not in the journal, no live hypervisor");
+        expect_line(out, "tap-deadbeef", "skip", "unknown ownership");
+        expect_line(out, a_tap, "skip", "running");
+        cr_assert(strstr(out, "journal in QUARANTINE"), "%s", out);
+        free(out);
+        cr_assert(!has_link("tap-0badc0ffe"));
+        out = gc(&agent, 0, "--force-heuristic --yes");
+        expect_line(out, "tap-deadbeef", "skip", "quarantine");
+        free(out);
+        cr_assert(has_link("tap-deadbeef"), "the heuristic ran in quarantine");
+        cr_assert(has_link(a_tap), "the live hypervisor's TAP was deleted");
+        cr_assert_eq(forwards(7101), 1);
+        cr_assert_eq(forwards(7102), 0, "b was dead: its tagged forward goes");
+        free(a_tap);
+}
