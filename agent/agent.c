@@ -350,39 +350,29 @@ static bool is_bad_name(const LoadCtx *c, const char *name) {
         return false;
 }
 
-static int load_definitions(Agent *a, char *err, size_t err_size) {
-        LoadCtx c = { .a = a };
+/* VMs the journal knows but no file describes: forgotten when they own nothing (removed: the file went
+ * first, a crash came before VM_UNDEFINE), else listed without a definition. */
+static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_size) {
+        const LiveSet *ls = journal_live_set(a->journal);
+        _cleanup_free_ uint64_t *forget = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
         const LiveVm *lv;
+        size_t k = 0;
         int r;
 
-        r = vm_def_load_all(a->vms_fd, on_definition, &c);
-        if (r < 0) {
-                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
-                         a->error[0] ? a->error : strerror(-r));
-                goto out;
-        }
-
-        /* VMs the journal knows but no file describes. */
-        const LiveSet *ls = journal_live_set(a->journal);
-        size_t n = live_set_n_vms(ls), k = 0;
-        _cleanup_free_ uint64_t *forget = calloc(n + 1, sizeof(uint64_t));
-        if (!forget) {
-                r = -ENOMEM;
-                goto out;
-        }
+        if (!forget)
+                return -ENOMEM;
         for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
                 if (u64map_get(a->vms, lv->vm_id))
                         continue;
-                bool bad = is_bad_name(&c, lv->name);
+                bool bad = is_bad_name(c, lv->name);
                 if (!bad && lv->state != JOURNAL_VM_RUNNING && lv->n_objects == 0) {
-                        /* Removed: the file went first, a crash came before VM_UNDEFINE. */
                         forget[k++] = lv->vm_id;
                         continue;
                 }
                 AgentVm *v;
                 r = add_vm(a, lv->name, lv->vm_id, NULL, &v);
                 if (r < 0)
-                        goto out;
+                        return r;
                 snprintf(v->def_error, sizeof(v->def_error), "%s",
                          bad ? "its definition file does not parse" : "its definition file is missing");
                 if (!bad)
@@ -394,11 +384,20 @@ static int load_definitions(Agent *a, char *err, size_t err_size) {
                 r = journal_undefine(a, forget[i]);
                 if (r < 0) {
                         snprintf(err, err_size, "%s", a->error);
-                        goto out;
+                        return r;
                 }
         }
-        r = 0;
-out:
+        return 0;
+}
+
+static int load_definitions(Agent *a, char *err, size_t err_size) {
+        LoadCtx c = { .a = a };
+        int r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        if (r < 0)
+                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
+                         a->error[0] ? a->error : strerror(-r));
+        else
+                r = journal_only_vms(a, &c, err, err_size);
         for (size_t i = 0; i < c.n_bad; i++)
                 free(c.bad_names[i]);
         free(c.bad_names);
