@@ -19,6 +19,7 @@
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
 #include "state/agent-id.h"
+#include "util/crashpoint.h"
 #include "util/hashmap.h"
 #include "util/log.h"
 #include "vmm/argv.h"
@@ -102,9 +103,11 @@ static int add_vm(Agent *a, const char *name, uint64_t id, VmDef *def, AgentVm *
         return 0;
 }
 
+/* Every change goes through here: the daemon hears of it, and the journal is compacted when it has grown. */
 static void notify(Agent *a, const char *name, uint64_t id, VmState state, const char *reason) {
         if (a->on_state)
                 a->on_state(a, name, id, state, reason ? reason : "", a->userdata);
+        agent_maybe_compact(a);
 }
 
 static HypervisorKind vm_kind(const Agent *a, const AgentVm *v) {
@@ -126,6 +129,21 @@ static const char *vm_backend(const Agent *a, const AgentVm *v) {
                 return v->def->backend;
         const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), v->id);
         return lv && lv->backend ? lv->backend : "";
+}
+
+void agent_maybe_compact(Agent *a) {
+        JournalState st = journal_state(a->journal);
+        if (journal_size(a->journal) < a->cfg.journal_compact_size || journal_size(a->journal) <= JOURNAL_HEADER_SIZE)
+                return; /* (a journal of just its header has nothing to compact) */
+        if (st == JOURNAL_STATE_QUARANTINE || st == JOURNAL_STATE_FAILED)
+                return; /* compaction in quarantine is the admin's decision; a failed journal writes nothing */
+        uint64_t before = journal_size(a->journal);
+        int r = journal_compact(a->journal, 0);
+        if (r < 0)
+                log_warning("ownership journal: compaction failed: %s, ignoring", journal_error_message(a->journal));
+        else
+                log_info("ownership journal compacted: %llu bytes -> %llu (%zu live objects)", (unsigned long long) before,
+                         (unsigned long long) journal_size(a->journal), live_set_n_objects(journal_live_set(a->journal)));
 }
 
 static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state, const char *reason,
@@ -268,6 +286,11 @@ static int on_taskstats(sd_event_source *s, int fd, uint32_t revents, void *user
 /* Before anything else forks: the probe reaps its own child. */
 static void open_taskstats(Agent *a) {
         char why[512];
+        const char *off = getenv("CHVM_NO_TASKSTATS");
+        if (off && strcmp(off, "1") == 0) {
+                log_notice("CHVM_NO_TASKSTATS=1: exit statuses of adopted hypervisors will be \"exit status unknown\"");
+                return;
+        }
         int r = taskstats_listener_new(&a->taskstats, why, sizeof(why));
         if (r < 0) {
                 log_notice("exit statuses of adopted hypervisors will be \"exit status unknown\": %s", why);
@@ -505,6 +528,7 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         }
         if (adopted || gone)
                 log_info("%zu running VM(s) adopted, %zu found dead and torn down", adopted, gone);
+        agent_maybe_compact(a);
 
         *ret = TAKE_PTR(a);
         return 0;
@@ -622,7 +646,9 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
         if (r < 0)
                 return fail(a, r, "VM %s: cannot write %s/vms/%s%s: %s", def->name, a->cfg.state_dir, def->name,
                             VM_DEF_SUFFIX, strerror(-r));
-        r = journal_define(a, def);
+        r = CRASH_POINT("agent-create-definition-saved"); /* the next start journals the file it finds */
+        if (r >= 0)
+                r = journal_define(a, def);
         if (r < 0) {
                 (void) vm_def_remove(a->vms_fd, def->name, NULL);
                 return r;
@@ -745,6 +771,9 @@ int agent_vm_remove(Agent *a, const char *name, bool force) {
         if (r < 0 && r != -ENOENT)
                 return fail(a, r, "VM %s: cannot remove %s/vms/%s%s: %s", v->name, a->cfg.state_dir, v->name,
                             VM_DEF_SUFFIX, strerror(-r));
+        r = CRASH_POINT("agent-remove-definition-removed"); /* the next start forgets the VM */
+        if (r < 0)
+                return r;
         if (live_set_get_vm(journal_live_set(a->journal), v->id)) {
                 r = journal_undefine(a, v->id);
                 if (r < 0)

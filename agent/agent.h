@@ -108,5 +108,9 @@ int agent_vm_names(Agent *a, char ***ret);
 typedef int (*AgentObjectCallback)(const LiveObject *o, void *userdata);
 int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata);
 
+/* Compacts the ownership journal when it has grown past [agent] journal_compact_size (not in quarantine:
+ * that is the admin's decision). Called after changes; failures are logged and ignored. */
+void agent_maybe_compact(Agent *a);
+
 size_t agent_n_vms(const Agent *a);
 size_t agent_n_running(const Agent *a);

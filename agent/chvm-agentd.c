@@ -16,8 +16,10 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/backend-loader.h"
 #include "agent/api.h"
 #include "agent/config.h"
+#include "util/crashpoint.h"
 #include "util/log.h"
 #include "vmm/hypervisor.h"
 #include "vmm/process.h"
@@ -49,6 +51,7 @@ static void help(void) {
                "      --check-config     parse the configuration, check the hypervisor binary, and exit\n"
                "      --log-target T     auto (journald when stderr is the journal), stderr or journal\n"
                "  -v, --verbose          also log debug messages\n"
+               "      --list-crash-points  (for tests) the CHVM_CRASH_AT points of the agent and its modules\n"
                "  -h, --help             show this help\n"
                "      --version          show the version\n"
                "\n"
@@ -130,8 +133,45 @@ static int check_hypervisor(const AgentConfig *c, const char *config_path) {
         return 0;
 }
 
+/* For crash tests: every CHVM_CRASH_AT point of this program and of the configured backend modules. */
+static int list_crash_points(const AgentConfig *cfg) {
+        size_t n;
+        const char *const *own = crash_point_list(&n);
+        for (size_t i = 0; i < n; i++)
+                printf("%s\n", own[i]);
+        for (unsigned i = 0; i < cfg->n_backends; i++) {
+                BackendConfig bc = { .agent_id = "00000000-0000-4000-8000-000000000000",
+                                     .table = cfg->local_table,
+                                     .bridge = cfg->local_bridge,
+                                     .subnet = cfg->local_subnet,
+                                     .prefixlen = cfg->local_prefixlen,
+                                     .gateway = cfg->local_gateway,
+                                     .tap_prefix = cfg->local_tap_prefix };
+                if (strcmp(cfg->backends[i], "bridge") == 0) {
+                        bc.bridge = cfg->bridge_bridge;
+                        bc.tap_prefix = cfg->bridge_tap_prefix;
+                }
+                Backend *b = NULL;
+                char err[512];
+                if (backend_load(cfg->backend_dir, cfg->backends[i], &bc, &b, err, sizeof(err)) < 0) {
+                        log_error("backend %s: %s", cfg->backends[i], err);
+                        return 1;
+                }
+                const char *const *pts = b->vtable->crash_points ? b->vtable->crash_points(&n) : NULL;
+                for (size_t k = 0; pts && k < n; k++) {
+                        bool dup = false;
+                        for (size_t j = 0; own[j] && !dup; j++)
+                                dup = strcmp(own[j], pts[k]) == 0;
+                        if (!dup)
+                                printf("%s\n", pts[k]);
+                }
+                backend_unload(b);
+        }
+        return 0;
+}
+
 int main(int argc, char *argv[]) {
-        enum { ARG_CHECK_CONFIG = 0x100, ARG_LOG_TARGET, ARG_VERSION };
+        enum { ARG_CHECK_CONFIG = 0x100, ARG_LOG_TARGET, ARG_VERSION, ARG_LIST_CRASH_POINTS };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, ARG_CHECK_CONFIG },
@@ -139,11 +179,12 @@ int main(int argc, char *argv[]) {
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
+                { "list-crash-points", no_argument, NULL, ARG_LIST_CRASH_POINTS },
                 {},
         };
         const char *config_path = NULL;
         LogTarget target = LOG_TARGET_AUTO;
-        bool check_only = false;
+        bool check_only = false, crash_points = false;
         int level = LOG_INFO, c, r;
 
         log_setup("chvm-agentd", LOG_TARGET_AUTO, LOG_INFO);
@@ -154,6 +195,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_CHECK_CONFIG:
                         check_only = true;
+                        break;
+                case ARG_LIST_CRASH_POINTS:
+                        crash_points = true;
                         break;
                 case ARG_LOG_TARGET:
                         if (strcmp(optarg, "auto") == 0)
@@ -205,6 +249,8 @@ int main(int argc, char *argv[]) {
                 config_path = "(built-in defaults)";
                 log_notice("%s does not exist: using the built-in defaults", CHVM_CONFIG_PATH);
         }
+        if (crash_points)
+                return list_crash_points(&cfg);
         if (check_hypervisor(&cfg, config_path) < 0) {
                 log_error("refusing to start");
                 return 1;

@@ -22,6 +22,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .control_group = "chvm",
                 .backends = { "local", "bridge", "mosnet" },
                 .n_backends = 3,
+                .journal_compact_size = UINT64_C(8) << 20,
                 .hypervisor = "cloud-hypervisor",
                 .stop_timeout = 10,
                 .accel = "auto",
@@ -150,6 +151,23 @@ static int handler(void *user, const char *section, const char *name, const char
                                      (simple_name(value, 32, true) &&
                                       put_str(c->control_group, sizeof(c->control_group), value)),
                                      "control_group \"%s\" is not a group name", value);
+                if (strcmp(name, "journal_compact_size") == 0) {
+                        char *end;
+                        errno = 0;
+                        unsigned long long v = strtoull(value, &end, 10);
+                        unsigned shift = 0;
+                        if (*end == 'K' || *end == 'k')
+                                shift = 10, end++;
+                        else if (*end == 'M')
+                                shift = 20, end++;
+                        else if (*end == 'G')
+                                shift = 30, end++;
+                        if (errno || *end || value[0] < '0' || value[0] > '9' || v == 0 || v > (UINT64_C(1) << 40) >> shift)
+                                return bad(p, "journal_compact_size \"%s\": expected bytes (with K, M or G) from 1 to 1T",
+                                           value);
+                        c->journal_compact_size = (uint64_t) v << shift;
+                        return 1;
+                }
                 if (strcmp(name, "backends") == 0) {
                         char buf[512], *save = NULL;
                         unsigned n = 0;

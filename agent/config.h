@@ -8,6 +8,7 @@
  *   [agent]  state_dir [/var/lib/chvm]  runtime_dir [/run/chvm]  socket [<runtime_dir>/agent.sock]
  *            backend_dir [$(pkglibdir)/backends]  default_backend [local]  control_group [chvm]
  *            backends [local bridge mosnet]   (the modules loaded at start)
+ *            journal_compact_size [8M]   (compact the ownership journal when it grows past this; K, M, G)
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
  * [chvm] [bridge] bridge [br0]  tap_prefix [tap-]
@@ -28,6 +29,7 @@ typedef struct AgentConfig {
         char control_group[33];
         char backends[CONFIG_MAX_BACKENDS][33];
         unsigned n_backends;
+        uint64_t journal_compact_size; /* bytes */
 
         char hypervisor[32]; /* "cloud-hypervisor" or "qemu" */
         char vmm_binary[PATH_MAX]; /* "" = the kind's default */

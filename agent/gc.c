@@ -500,8 +500,10 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
         r = decide_journal_only(&g);
         if (r < 0)
                 goto out;
-        if (!o->dry_run)
+        if (!o->dry_run) {
                 r = carry_out(&g);
+                agent_maybe_compact(a);
+        }
 out:
         free(g.found);
         for (size_t i = 0; i < g.n_live; i++)

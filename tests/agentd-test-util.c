@@ -111,7 +111,7 @@ bool test_agent_wait_notify(TestAgent *a, const char *want, int timeout_ms) {
                                 snprintf(a->notified + have, sizeof(a->notified) - have, "%s\n", buf);
                         }
                 }
-                if (a->pid > 0 && waitpid(a->pid, NULL, WNOHANG) == a->pid) {
+                if (a->pid > 0 && waitpid(a->pid, &a->exit_status, WNOHANG) == a->pid) {
                         a->pid = -1; /* died before saying it */
                         return strstr(a->notified, want) != NULL;
                 }
@@ -129,6 +129,30 @@ void test_agent_start(TestAgent *a, char *const *env) {
                 char *log = test_agent_log(a);
                 cr_assert_fail("chvm-agentd did not become ready; its log:\n%s", log);
         }
+}
+
+bool test_agent_try_start(TestAgent *a, char *const *env) {
+        open_notify(a);
+        a->exit_status = -1;
+        a->pid = spawn(a, env);
+        return test_agent_wait_notify(a, "READY=1", 10000) && a->pid > 0;
+}
+
+int test_agent_wait_exit(TestAgent *a, int timeout_ms) {
+        if (a->pid <= 0)
+                return a->exit_status;
+        for (int waited = 0; waited < timeout_ms; waited += 10) {
+                int status;
+                if (waitpid(a->pid, &status, WNOHANG) == a->pid) {
+                        a->pid = -1;
+                        a->exit_status = status;
+                        return status;
+                }
+                usleep(10000);
+        }
+        int status = test_agent_signal_wait(a, SIGKILL);
+        a->exit_status = status;
+        return status;
 }
 
 int test_agent_run_to_exit(TestAgent *a, char *const *env, char **ret_log) {

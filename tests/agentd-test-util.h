@@ -16,6 +16,7 @@ typedef struct TestAgent {
         int notify_fd;
         char notify_path[128];
         char notified[8192]; /* every notify message received so far, newline-separated */
+        int exit_status; /* once it exited on its own (pid then -1) */
 } TestAgent;
 
 /* Makes the folder and writes a config: fake-vmm as cloud-hypervisor, the build's backends, tcg, plus the
@@ -24,6 +25,11 @@ void test_agent_init(TestAgent *a, const char *extra);
 /* Starts the agent (extra environment "K=V" strings, NULL-terminated, may be NULL) and waits for READY=1
  * (fails the test after 10 s, showing the agent's log). */
 void test_agent_start(TestAgent *a, char *const *env);
+/* Like test_agent_start(), but an agent that exits before READY=1 is not a failure: false then, and its
+ * exit status is kept for test_agent_wait_exit(). */
+bool test_agent_try_start(TestAgent *a, char *const *env);
+/* Waits up to timeout_ms for the agent to exit (then SIGKILLs it) and returns its wait status. */
+int test_agent_wait_exit(TestAgent *a, int timeout_ms);
 /* Starts it and returns its exit status (for agents that must refuse to start); its stderr in *ret_log. */
 int test_agent_run_to_exit(TestAgent *a, char *const *env, char **ret_log);
 /* Reads notify messages for up to timeout_ms or until `want` has been seen; true if seen. */

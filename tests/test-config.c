@@ -44,6 +44,7 @@ Test(config, defaults) {
         cr_assert_str_eq(c.local_tap_prefix, "tap-");
         cr_assert_str_eq(c.local_table, "chvm");
         cr_assert_str_eq(c.bridge_bridge, "br0");
+        cr_assert_eq(c.journal_compact_size, UINT64_C(8) << 20);
 }
 
 Test(config, every_key) {
@@ -55,6 +56,7 @@ Test(config, every_key) {
                            "default_backend = mosnet\n"
                            "control_group = vmadmins\n"
                            "backends = local mosnet\n"
+                           "journal_compact_size = 64K\n"
                            "[vmm]\n"
                            "hypervisor = qemu\n"
                            "binary = /bin/sh\n"
@@ -77,6 +79,7 @@ Test(config, every_key) {
         cr_assert_str_eq(c.control_group, "vmadmins");
         cr_assert_eq(c.n_backends, 2);
         cr_assert_str_eq(c.backends[1], "mosnet");
+        cr_assert_eq(c.journal_compact_size, 65536);
         cr_assert_str_eq(c.hypervisor, "qemu");
         cr_assert_str_eq(c.vmm_binary, "/bin/sh");
         cr_assert_eq(c.stop_timeout, 30);
@@ -132,6 +135,10 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[agent]\nstate_dir = /a\n\n[agent]\nstate_dir = /b\n",
                   "agent.conf:5: [agent] state_dir is set twice" },
                 { "[agent\nstate_dir = /a\n", "agent.conf:1:" },
+                { "[agent]\njournal_compact_size = 0\n", "agent.conf:2: journal_compact_size \"0\"" },
+                { "[agent]\njournal_compact_size = 8X\n", "journal_compact_size \"8X\": expected bytes" },
+                { "[agent]\njournal_compact_size = -1\n", "journal_compact_size \"-1\"" },
+                { "[agent]\njournal_compact_size = 2048G\n", "journal_compact_size \"2048G\"" },
                 { "[agent]\njust some words\n", "agent.conf:2:" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
