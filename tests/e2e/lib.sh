@@ -159,9 +159,15 @@ e2e_netns_remove() {
 
 # --- the agent -----------------------------------------------------------------------------------------
 
-# e2e_tmp_make: a private folder for the agent's state, runtime files and logs.
+# e2e_tmp_make [DIR]: a private folder for the agent's state, runtime files and logs: a new one in /tmp, or
+# DIR made afresh (what an earlier run left there is removed first).
 e2e_tmp_make() {
-        E2E_TMP=$(mktemp -d "/tmp/chvm-$E2E_PROG.XXXXXX") || e2e_fail "mktemp failed"
+        if [ $# -gt 0 ]; then
+                rm -rf "$1" && mkdir -m 0700 "$1" || e2e_fail "cannot make $1"
+                E2E_TMP=$1
+        else
+                E2E_TMP=$(mktemp -d "/tmp/chvm-$E2E_PROG.XXXXXX") || e2e_fail "mktemp failed"
+        fi
         E2E_SOCKET=$E2E_TMP/run/agent.sock
         E2E_AGENT_LOG=$E2E_TMP/agent.log
 }
@@ -191,9 +197,15 @@ e2e_agent_alive() {
 }
 
 # Starts chvm-agentd in the host namespace (`ip netns exec` execs it in place: $! is the agent) and waits
-# until it answers on its socket.
+# until it answers on its socket. The agent gets none of the caller's descriptors above 2: it may outlive the
+# caller (killed with SIGKILL, say) and must not hold on to, for example, tools/demo.sh's lock.
 e2e_agent_start() {
         (
+                local fd
+                for fd in /proc/$BASHPID/fd/*; do
+                        fd=${fd##*/}
+                        [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
+                done
                 unset NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID JOURNAL_STREAM LISTEN_FDS LISTEN_PID
                 exec ip netns exec "$E2E_HOST_NS" "$E2E_BUILD/chvm-agentd" --config "$E2E_TMP/agent.conf" \
                         --log-target stderr
