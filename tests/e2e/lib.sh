@@ -274,6 +274,15 @@ e2e_hypervisor_log() {
         echo "$E2E_TMP/run/vms/$(e2e_vm_field "$1" id)/hypervisor.log"
 }
 
+# e2e_pid_gone PID: the process has exited (no such process, or a zombie nobody has reaped yet: a
+# hypervisor whose agent exited belongs to PID 1, which may take its time).
+e2e_pid_gone() {
+        local stat
+        stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+        stat=${stat##*) }
+        [ "${stat%% *}" = Z ] || [ "${stat%% *}" = X ]
+}
+
 e2e_tap_exists() {
         ip -n "$E2E_HOST_NS" link show dev "$1" >/dev/null 2>&1
 }

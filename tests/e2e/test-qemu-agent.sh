@@ -12,7 +12,9 @@
 #   4. `chvmctl start web`, serving again; `chvmctl stop web --timeout 20` returns with web stopped because
 #      the guest powered off on QMP system_powerdown ("exited with status 0", well before the SIGTERM step,
 #      the guest's console saying so), not because of a signal; TAP and forward gone;
-#   5. `chvmctl rm web`, and the agent exits 0 on SIGTERM with nothing of web left in the kernel.
+#   5. start again, SIGTERM to the agent: QEMU, TAP and forward stay; the restarted agent adopts that QEMU
+#      (same PID), and a graceful stop of the adopted VM ends stopped too, by the guest's own poweroff;
+#   6. `chvmctl rm web`, and the agent exits 0 on SIGTERM with nothing of web left in the kernel.
 #
 # Exit status (automake): 0 pass, 77 skip (not root, a tool missing, the guest's packages cannot be
 # downloaded), 1 fail. Finds the build in $CHVM_BUILD_DIR (set by make check; default: the current directory)
@@ -184,12 +186,54 @@ grep -q "chvm-guest: power button, powering off" "$serial" ||
         e2e_fail "the guest's console does not show the power button ($serial)"
 hvlog=$(e2e_hypervisor_log web)
 ! grep -q "terminating on signal" "$hvlog" || e2e_fail "QEMU was signalled: $(cat "$hvlog")"
-! kill -0 "$vmm_pid" 2>/dev/null || e2e_fail "QEMU pid $vmm_pid still runs after chvmctl stop returned"
+e2e_pid_gone "$vmm_pid" || e2e_fail "QEMU pid $vmm_pid still runs after chvmctl stop returned"
 e2e_tap_gone "$tap" || e2e_fail "TAP $tap still there after stop"
 e2e_forward_gone "$port" || e2e_fail "the forward of $port is still in portfwd4 after stop"
 e2e_say "stopped by the guest's own poweroff in $stop_ms ms; TAP and forward gone"
 
-# --- 5. remove, stop the agent -------------------------------------------------------------------------
+# --- 5. agent restart: the running QEMU is adopted, and stops as gracefully ------------------------------
+
+e2e_step "adopt: start web, SIGTERM to the agent (VMs keep running), start it again"
+e2e_show e2e_ctl start web || e2e_fail "chvmctl start web failed"
+e2e_wait_serving "$port" "$boot_timeout" || e2e_fail "web does not serve within $boot_timeout s of chvmctl start"
+vmm_pid=$(e2e_vm_field web vmm_pid)
+tap=$(e2e_vm_field web tap)
+e2e_poll 10000 0.1 grep -q "chvm-guest: ready" "$serial" || e2e_fail "no 'chvm-guest: ready' in $serial"
+e2e_agent_stop
+[ "$E2E_AGENT_STATUS" -eq 0 ] || e2e_fail "chvm-agentd exited with status $E2E_AGENT_STATUS on SIGTERM"
+! e2e_pid_gone "$vmm_pid" || e2e_fail "QEMU pid $vmm_pid died with the agent"
+e2e_tap_exists "$tap" || e2e_fail "TAP $tap went with the agent"
+page=$(e2e_fetch "$port" 3) || e2e_fail "no page through the forward while the agent is down"
+e2e_say "agent down: QEMU $vmm_pid still runs, $tap still there, '$page' still served"
+e2e_agent_start
+[ "$(e2e_vm_field web vmm_pid)" = "$vmm_pid" ] && e2e_vm_state_is web running ||
+        e2e_fail "the restarted agent did not adopt web's QEMU $vmm_pid: $(e2e_ctl inspect web)"
+grep -q "1 running VM(s) adopted" "$E2E_AGENT_LOG" || e2e_fail "the agent's log does not say it adopted web"
+e2e_say "restarted agent (pid $E2E_AGENT_PID) adopted QEMU $vmm_pid"
+
+e2e_step "stop the adopted VM: chvmctl stop web --timeout $stop_timeout"
+t_stop=$(e2e_now_us)
+e2e_show e2e_ctl stop web --timeout "$stop_timeout" || e2e_fail "chvmctl stop web failed"
+adopted_stop_ms=$(e2e_ms_since "$t_stop")
+e2e_show e2e_ctl list -a
+state=$(e2e_vm_field web state)
+reason=$(e2e_vm_field web exit_reason)
+# Not our child any more: its exit status is known only when taskstats reaches the agent's namespace.
+case $reason in
+"exited with status 0" | "exited after a stop request (exit status unknown)") ;;
+*) e2e_fail "after stop the adopted web is '$state' ($reason), not stopped by its exit" ;;
+esac
+[ "$state" = stopped ] || e2e_fail "after stop the adopted web is '$state' ($reason), not stopped"
+[ "$adopted_stop_ms" -lt $((stop_timeout * 1000)) ] ||
+        e2e_fail "stop took $adopted_stop_ms ms: the guest did not power off before the SIGTERM step"
+grep -q "chvm-guest: power button, powering off" "$serial" ||
+        e2e_fail "the guest's console does not show the power button ($serial)"
+e2e_pid_gone "$vmm_pid" || e2e_fail "QEMU pid $vmm_pid still runs after chvmctl stop returned"
+e2e_tap_gone "$tap" || e2e_fail "TAP $tap still there after stop"
+e2e_forward_gone "$port" || e2e_fail "the forward of $port is still in portfwd4 after stop"
+e2e_say "adopted VM stopped by the guest's poweroff in $adopted_stop_ms ms; TAP and forward gone"
+
+# --- 6. remove, stop the agent -------------------------------------------------------------------------
 
 e2e_step "remove: chvmctl rm web, then SIGTERM to the agent"
 e2e_show e2e_ctl rm web || e2e_fail "chvmctl rm web failed"
@@ -205,4 +249,4 @@ e2e_say "agent exited 0; no TAP and no per-VM nft object left"
 result=pass
 echo
 echo "PASS: $E2E_PROG: boot to serving $boot_ms ms, kill -9 to clean $clean_ms ms," \
-        "restart to serving $restart_ms ms, graceful stop $stop_ms ms"
+        "restart to serving $restart_ms ms, graceful stop $stop_ms ms (adopted: $adopted_stop_ms ms)"
