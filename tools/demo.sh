@@ -60,7 +60,8 @@ finish() {
                 [ "$rc" -ne 0 ] || rc=1
                 local what=FAILED
                 [ "$rc" -lt 129 ] || what=INTERRUPTED
-                echo "demo: $what${failed_step:+ at step \"$failed_step\"} after $(($(e2e_ms_since "$t_demo") / 1000)) s"
+                echo "demo: $what${failed_step:+ at step \"$failed_step\"}" \
+                        "after $(($(e2e_ms_since "$t_demo") / 1000)) s"
         fi
         exit "$rc"
 }
@@ -84,8 +85,8 @@ t=$(e2e_now_us)
 tools/install-deps.sh || e2e_fail "installing the dependencies failed"
 
 demo_step "build: autoreconf, configure in build/demo (no sanitizers), make"
-if [ ! -x configure ] || [ configure.ac -nt configure ] || [ ! -f Makefile.in ] || [ Makefile.am -nt Makefile.in ]
-then
+if [ ! -x configure ] || [ configure.ac -nt configure ] || [ ! -f Makefile.in ] ||
+        [ Makefile.am -nt Makefile.in ]; then
         e2e_show autoreconf -fi || e2e_fail "autoreconf failed"
 else
         e2e_say "configure is up to date (no autoreconf needed)"
@@ -108,7 +109,8 @@ fi
 for f in chvm-agentd chvmctl backends/local.so; do
         [ -e "$E2E_BUILD/$f" ] || e2e_fail "make left no $E2E_BUILD/$f"
 done
-e2e_say "built $("$E2E_BUILD/chvmctl" --version | head -n 1) in $(($(e2e_ms_since "$t") / 1000)) s (with install)"
+version=$("$E2E_BUILD/chvmctl" --version | head -n 1)
+e2e_say "built $version in $(($(e2e_ms_since "$t") / 1000)) s (with the install step)"
 
 demo_step "guest: tests/guest/build-guest.sh build/guest"
 status=0
@@ -191,7 +193,8 @@ doctor_status=0
 if [ "$doctor_status" -eq 0 ]; then
         e2e_show e2e_ctl doctor --gc --dry-run || e2e_fail "chvmctl doctor --gc --dry-run failed"
 else
-        e2e_say "skipped: this build's chvmctl has no doctor command yet (chvmctl doctor --help exits $doctor_status)"
+        e2e_say "skipped: this build's chvmctl has no doctor command yet" \
+                "(chvmctl doctor --help exits $doctor_status)"
 fi
 
 demo_step "remove: chvmctl rm web, then the agent, the namespaces and $demo_dir"

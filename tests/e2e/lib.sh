@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# Helpers for the end-to-end scripts that run a whole agent with a real QEMU guest: tests/e2e/test-qemu-agent.sh
-# (the automake test) and tools/demo.sh (the README's one-command demo). Sourced by bash, never run.
+# shellcheck disable=SC2034 # E2E_* variables are read by the scripts that source this file
+# Helpers for the end-to-end scripts that run a whole agent with a real QEMU guest:
+# tests/e2e/test-qemu-agent.sh (the automake test) and tools/demo.sh (the README's one-command demo).
+# Sourced by bash, never run.
 #
 # The layout both build, every part of it in network namespaces made here (the machine's own namespace is
 # never touched):
@@ -142,14 +144,14 @@ e2e_netns_setup() {
 # Kills, by PID, whatever still runs in namespace NS (only what this script started can be in it: the
 # agent, and the hypervisors, which outlive an agent on purpose), then removes the namespace.
 e2e_netns_remove() {
-        local ns=$1 pid pids i
+        local ns=$1 pid pids what
         ip netns list 2>/dev/null | grep -q "^$ns\( \|\$\)" || return 0
-        for i in 1 2 3; do
+        for _ in 1 2 3; do
                 pids=$(ip netns pids "$ns" 2>/dev/null) || break
                 [ -n "$pids" ] || break
                 for pid in $pids; do
-                        echo "$E2E_PROG: cleanup: killing pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-                                cut -c1-60)) left in $ns"
+                        what=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-60)
+                        echo "$E2E_PROG: cleanup: killing pid $pid ($what) left in $ns"
                         kill -KILL "$pid" 2>/dev/null
                 done
                 sleep 0.2
@@ -202,7 +204,7 @@ e2e_agent_alive() {
 e2e_agent_start() {
         (
                 local fd
-                for fd in /proc/$BASHPID/fd/*; do
+                for fd in "/proc/$BASHPID/fd/"*; do
                         fd=${fd##*/}
                         [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
                 done

@@ -41,7 +41,8 @@ skip() {
 why=$(e2e_cannot_run)
 [ -z "$why" ] || skip "$why"
 for f in chvm-agentd chvmctl backends/local.so; do
-        [ -e "$E2E_BUILD/$f" ] || e2e_fail "$E2E_BUILD/$f is missing: run the test from the build tree (make check)"
+        [ -e "$E2E_BUILD/$f" ] ||
+                e2e_fail "$E2E_BUILD/$f is missing: run the test from the build tree (make check)"
 done
 
 result=fail
@@ -108,8 +109,10 @@ guest_ip=$(jq -r '.ip // ""' <<<"$json")
 [ -n "$tap" ] || e2e_fail "inspect shows no tap: $json"
 [ -n "$guest_ip" ] || e2e_fail "inspect shows no ip: $json"
 jq -e --argjson p "$port" '.ports | length == 1 and .[0].proto == "tcp" and .[0].host_port == $p and
-        .[0].guest_port == 80' <<<"$json" >/dev/null || e2e_fail "inspect does not show the forward $port -> 80: $json"
-[ "$E2E_PAGE" = "chvm test guest $guest_ip" ] || e2e_fail "the page is '$E2E_PAGE', not the guest at $guest_ip's"
+        .[0].guest_port == 80' <<<"$json" >/dev/null ||
+        e2e_fail "inspect does not show the forward $port -> 80: $json"
+[ "$E2E_PAGE" = "chvm test guest $guest_ip" ] ||
+        e2e_fail "the page is '$E2E_PAGE', not the guest at $guest_ip's"
 
 # Independent oracles: the process, the link and the map element as the kernel shows them.
 cmdline=$(tr '\0' ' ' <"/proc/$vmm_pid/cmdline" 2>/dev/null) || e2e_fail "vmm_pid $vmm_pid is not running"
@@ -147,7 +150,8 @@ e2e_say "TAP, forward and state done $clean_ms ms after kill -9"
 e2e_show ip -n "$E2E_HOST_NS" -br link
 e2e_show ip netns exec "$E2E_HOST_NS" nft list map inet chvm portfwd4
 e2e_show e2e_ctl list -a
-[ "$(e2e_vm_field web exit_reason)" = "killed by signal 9" ] || e2e_fail "inspect's exit_reason: $(e2e_ctl inspect web)"
+[ "$(e2e_vm_field web exit_reason)" = "killed by signal 9" ] ||
+        e2e_fail "inspect's exit_reason: $(e2e_ctl inspect web)"
 
 e2e_step "client: the same fetch now fails"
 if page=$(e2e_fetch "$port" 3 2>&1); then
@@ -160,7 +164,8 @@ e2e_say "$page"
 e2e_step "restart: chvmctl start web"
 t_start=$(e2e_now_us)
 e2e_show e2e_ctl start web || e2e_fail "chvmctl start web failed"
-e2e_wait_serving "$port" "$boot_timeout" || e2e_fail "web does not serve within $boot_timeout s of chvmctl start"
+e2e_wait_serving "$port" "$boot_timeout" ||
+        e2e_fail "web does not serve within $boot_timeout s of chvmctl start"
 restart_ms=$(e2e_ms_since "$t_start")
 vmm_pid=$(e2e_vm_field web vmm_pid)
 tap=$(e2e_vm_field web tap)
@@ -195,7 +200,8 @@ e2e_say "stopped by the guest's own poweroff in $stop_ms ms; TAP and forward gon
 
 e2e_step "adopt: start web, SIGTERM to the agent (VMs keep running), start it again"
 e2e_show e2e_ctl start web || e2e_fail "chvmctl start web failed"
-e2e_wait_serving "$port" "$boot_timeout" || e2e_fail "web does not serve within $boot_timeout s of chvmctl start"
+e2e_wait_serving "$port" "$boot_timeout" ||
+        e2e_fail "web does not serve within $boot_timeout s of chvmctl start"
 vmm_pid=$(e2e_vm_field web vmm_pid)
 tap=$(e2e_vm_field web tap)
 e2e_poll 10000 0.1 grep -q "chvm-guest: ready" "$serial" || e2e_fail "no 'chvm-guest: ready' in $serial"
