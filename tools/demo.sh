@@ -153,6 +153,8 @@ t_run=$(e2e_now_us)
 e2e_ctl_run web --kernel "$CHVM_GUEST_KERNEL" --initrd "$CHVM_GUEST_INITRD" -p "$port:80" --memory 256 ||
         e2e_fail "chvmctl run web failed"
 e2e_say "waiting for the guest to serve (TCG: a few seconds) ..."
+e2e_wait_ready web "$boot_timeout" || e2e_fail "the guest did not come up within $boot_timeout s"
+e2e_say "its console says: $(grep -m1 "chvm-guest: ready" "$(e2e_serial_log web)")"
 e2e_wait_serving "$port" "$boot_timeout" || e2e_fail "the guest did not serve within $boot_timeout s"
 boot_ms=$(e2e_ms_since "$t_run")
 e2e_say "the guest serves, $boot_ms ms after chvmctl run"

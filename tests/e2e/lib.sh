@@ -262,9 +262,20 @@ e2e_fetch() {
 e2e_wait_serving() {
         local deadline=$(($(e2e_now_us) + $2 * 1000000))
         E2E_PAGE=""
-        until E2E_PAGE=$(e2e_fetch "$1" 1 2>/dev/null) && [ -n "$E2E_PAGE" ]; do
+        until E2E_PAGE=$(e2e_fetch "$1" 0.5 2>/dev/null) && [ -n "$E2E_PAGE" ]; do
                 [ "$(e2e_now_us)" -lt "$deadline" ] || return 1
-                sleep 0.2
+                sleep 0.1
+        done
+}
+
+# e2e_wait_ready NAME TIMEOUT_S: polls VM NAME's console until the guest says "chvm-guest: ready" (its web
+# server and ACPI daemon are up then); fails at once when the VM stops running.
+e2e_wait_ready() {
+        local serial deadline=$(($(e2e_now_us) + $2 * 1000000))
+        serial=$(e2e_serial_log "$1")
+        until grep -q "chvm-guest: ready" "$serial" 2>/dev/null; do
+                [ "$(e2e_now_us)" -lt "$deadline" ] && e2e_vm_state_is "$1" running || return 1
+                sleep 0.05
         done
 }
 
