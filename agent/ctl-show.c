@@ -131,8 +131,9 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                         break;
                 case 'h':
                         printf("Usage: chvmctl list [-a] [-q]\n\nLists running VMs (-a: all VMs, also defined, "
-                               "stopped and crashed ones).\nA hypervisor that died is never shown as running: "
-                               "the agent checks first.\n\n  -a, --all    all VMs\n  -q, --quiet  names only\n"
+                               "stopped and crashed ones,\nwith the reason each one is down). A hypervisor that "
+                               "died is never shown as running:\nthe agent checks first.\n\n"
+                               "  -a, --all    all VMs, and a REASON column\n  -q, --quiet  names only\n"
                                "  --json       print an array of {name, id, state, exit_reason, vmm_pid, backend,\n"
                                "               hypervisor, tap, ip, mac, ports}\n  -h, --help   show this "
                                "help\n");
@@ -159,8 +160,9 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                 json_begin(&w, stdout);
                 json_array_open(&w);
         } else if (!quiet)
-                printf("%-20s %-9s %-8s %-8s %-16s %-16s %s\n", "NAME", "STATE", "PID", "BACKEND", "IP", "TAP",
-                       "PORTS");
+                /* -a shows stopped and crashed VMs too, and then why each one is down. */
+                printf("%-20s %-9s %-8s %-8s %-16s %-16s %s%s\n", "NAME", "STATE", "PID", "BACKEND", "IP", "TAP",
+                       all ? "PORTS            " : "PORTS", all ? "REASON" : "");
         r = sd_bus_message_enter_container(reply, 'a', "(stssusssssa(sqq))");
         while (r >= 0 && (r = read_vm(reply, &v)) > 0) {
                 if (!all && !is_up(v.state))
@@ -173,8 +175,14 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                         char pid[16], ports[256];
                         snprintf(pid, sizeof(pid), "%u", v.vmm_pid);
                         ports_string(&v, ports, sizeof(ports));
-                        printf("%-20s %-9s %-8s %-8s %-16s %-16s %s\n", v.name, v.state, v.vmm_pid ? pid : "-",
-                               v.backend, v.ip[0] ? v.ip : "-", v.tap[0] ? v.tap : "-", ports);
+                        if (all)
+                                printf("%-20s %-9s %-8s %-8s %-16s %-16s %-16s %s\n", v.name, v.state,
+                                       v.vmm_pid ? pid : "-", v.backend, v.ip[0] ? v.ip : "-",
+                                       v.tap[0] ? v.tap : "-", ports, v.exit_reason[0] ? v.exit_reason : "-");
+                        else
+                                printf("%-20s %-9s %-8s %-8s %-16s %-16s %s\n", v.name, v.state,
+                                       v.vmm_pid ? pid : "-", v.backend, v.ip[0] ? v.ip : "-",
+                                       v.tap[0] ? v.tap : "-", ports);
                 }
         }
         if (ctl->json) {

@@ -238,6 +238,13 @@ Test(agentd, sigkill_agent_then_five_hypervisors) {
                 if (i % 2)
                         cr_assert_eq(vm_pid(name), pids[i]);
         }
+        /* `list -a` says why each one is down (the table, not only --json). */
+        char *list;
+        cr_assert_eq(ctl(&agent, &list, NULL, "list -a"), 0);
+        cr_assert(strstr(list, " REASON\n"), "%s", list);
+        cr_assert_eq(count_substr(list, " crashed "), 5, "%s", list);
+        cr_assert_eq(count_substr(list, " hypervisor gone while the agent was down\n"), 5, "%s", list);
+        free(list);
         char *k = kernel_state();
         cr_assert_eq(count_substr(k, "tap-"), 5, "%s", k);
         for (int i = 0; i < 10; i++) {

@@ -443,8 +443,21 @@ Test(vm_manager, restart_adopts_live_and_cleans_dead) {
         (void) waitpid(pids[1], NULL, 0);
         const LiveVm *vm2 = live_set_get_vm(journal_live_set(journal), 2);
         cr_assert_str_eq(vm2->reason, "exit status unknown");
+        cr_assert_eq(vm2->state, JOURNAL_VM_CRASHED);
         cr_assert_eq(vm2->n_objects, 0);
-        for (unsigned i = 3; i < N; i += 2) {
+
+        /* One stopped on request and gone by the power button is stopped, not crashed, status unknown or not. */
+        cr_assert_eq(vm_manager_stop(mgr, 4, 5), 0, "%s", vm_manager_error(mgr));
+        cr_assert_lt(run_until_gone(4), 5.0);
+        (void) waitpid(pids[3], NULL, 0);
+        char *serial = serial_of(4);
+        cr_assert(strstr(serial, "power-button\n"), "the power button never reached the guest: %s", serial);
+        free(serial);
+        const LiveVm *vm4 = live_set_get_vm(journal_live_set(journal), 4);
+        cr_assert_eq(vm4->state, JOURNAL_VM_STOPPED);
+        cr_assert_str_eq(vm4->reason, "exited after a stop request (exit status unknown)");
+        cr_assert_eq(vm4->n_objects, 0);
+        for (unsigned i = 5; i < N; i += 2) {
                 kill(pids[i], SIGKILL);
                 (void) waitpid(pids[i], NULL, 0);
         }
