@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -564,6 +566,119 @@ static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *u
         return 0;
 }
 
+/* Watches a hypervisor that is not our child (its pidfd taken, identity checked). */
+static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t pid, uint64_t start_time,
+                         const uint8_t boot_id[16], int pidfd) {
+        Vm *vm = calloc(1, sizeof(Vm));
+        if (!vm) {
+                safe_close(pidfd);
+                return -ENOMEM;
+        }
+        vm->talk_fd = -EBADF;
+        vm->manager = m;
+        vm->id = vm_id;
+        vm->adopted = true;
+        vm->kind = m->cfg.kind_of ? m->cfg.kind_of(vm->id, m->cfg.userdata) : m->cfg.hypervisor;
+        snprintf(vm->name, sizeof(vm->name), "%s", name);
+        char dir[4300];
+        if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0)
+                snprintf(vm->api_socket, sizeof(vm->api_socket), "%s/api.sock", dir);
+        vm->process = (VmmProcess){ .pid = pid, .pidfd = pidfd, .start_time = start_time };
+        memcpy(vm->process.boot_id, boot_id, 16);
+        int k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_adopted_exit, vm);
+        if (k >= 0)
+                k = u64map_put(m->vms, vm->id, vm);
+        if (k < 0) {
+                vm_free(vm);
+                return fail(m, k, "VM %s: cannot watch its adopted hypervisor: %s", name, strerror(-k));
+        }
+        return 0;
+}
+
+/* The VM id in a command line that names our runtime folder's vms/<16 hex>/, or 0. */
+static uint64_t orphan_vm_id(const char *cmdline, const char *needle) {
+        const char *p = strstr(cmdline, needle);
+        if (!p)
+                return 0;
+        p += strlen(needle);
+        char hex[17];
+        for (int i = 0; i < 16; i++) {
+                if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+                        return 0;
+                hex[i] = p[i];
+        }
+        hex[16] = '\0';
+        return p[16] == '/' ? strtoull(hex, NULL, 16) : 0;
+}
+
+/* A hypervisor spawned just before the agent died, before VM_STARTED was journaled: its network is up, the
+ * journal says the VM is not running, and nobody watches it. Recognised by our runtime folder's vms/<id>/
+ * in its arguments (only we start processes with those), adopted, and journaled as started. */
+static int adopt_orphans(VmManager *m, size_t *adopted) {
+        const LiveSet *ls = journal_live_set(m->cfg.journal);
+        char needle[4200];
+        DIR *d = opendir("/proc");
+        struct dirent *de;
+        uint8_t boot[16];
+        int r = boot_id_get(boot);
+
+        if (r < 0)
+                return r;
+        if (!d)
+                return negative_errno();
+        snprintf(needle, sizeof(needle), "%s/vms/", m->runtime_dir);
+        while ((de = readdir(d))) {
+                pid_t pid = (pid_t) atoi(de->d_name);
+                char path[64], buf[16384];
+                if (pid <= 1 || pid == getpid())
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                ssize_t n = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+                if (n <= 0)
+                        continue;
+                for (ssize_t i = 0; i < n; i++)
+                        if (buf[i] == '\0')
+                                buf[i] = ' ';
+                buf[n] = '\0';
+                uint64_t id = orphan_vm_id(buf, needle);
+                const LiveVm *lv = id ? live_set_get_vm(ls, id) : NULL;
+                if (!lv || lv->state == JOURNAL_VM_RUNNING || u64map_get(m->vms, id))
+                        continue;
+                uint64_t start_time;
+                int pidfd = -EBADF;
+                if (process_start_time(pid, &start_time) < 0 || vmm_adopt(pid, start_time, boot, &pidfd) < 0)
+                        continue; /* gone meanwhile */
+                JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                                      .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                                      .vm_id = id,
+                                      .pid = (uint32_t) pid,
+                                      .start_time = start_time };
+                memcpy(rec.boot_id, boot, 16);
+                r = journal_append_sync(m->cfg.journal, &rec);
+                if (r < 0) {
+                        safe_close(pidfd);
+                        closedir(d);
+                        return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+                }
+                char name[33];
+                snprintf(name, sizeof(name), "%s", lv->name);
+                if (m->cfg.taskstats)
+                        (void) taskstats_listener_watch(m->cfg.taskstats, pid);
+                r = watch_adopted(m, id, name, pid, start_time, boot, pidfd);
+                if (r < 0) {
+                        closedir(d);
+                        return r;
+                }
+                (*adopted)++;
+        }
+        closedir(d);
+        return 0;
+}
+
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
         const LiveSet *ls = journal_live_set(m->cfg.journal);
         _cleanup_free_ uint64_t *ids = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
@@ -585,33 +700,10 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                         (void) taskstats_listener_watch(m->cfg.taskstats, (pid_t) lv->pid);
                 int k = vmm_adopt((pid_t) lv->pid, lv->start_time, lv->boot_id, &pidfd);
                 if (k >= 0) {
-                        Vm *vm = calloc(1, sizeof(Vm));
-                        if (!vm) {
-                                safe_close(pidfd);
-                                return -ENOMEM;
-                        }
-                        vm->talk_fd = -EBADF;
-                        vm->manager = m;
-                        vm->id = lv->vm_id;
-                        vm->adopted = true;
-                        vm->kind = m->cfg.kind_of ? m->cfg.kind_of(vm->id, m->cfg.userdata)
-                                                  : m->cfg.hypervisor;
-                        snprintf(vm->name, sizeof(vm->name), "%s", lv->name);
-                        char dir[4300];
-                        if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0)
-                                snprintf(vm->api_socket, sizeof(vm->api_socket), "%s/api.sock", dir);
-                        vm->process = (VmmProcess){ .pid = (pid_t) lv->pid,
-                                                    .pidfd = pidfd,
-                                                    .start_time = lv->start_time };
-                        memcpy(vm->process.boot_id, lv->boot_id, 16);
-                        k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_adopted_exit, vm);
-                        if (k >= 0)
-                                k = u64map_put(m->vms, vm->id, vm);
-                        if (k < 0) {
-                                vm_free(vm);
-                                return fail(m, k, "VM %s: cannot watch its adopted hypervisor: %s", lv->name,
-                                            strerror(-k));
-                        }
+                        k = watch_adopted(m, lv->vm_id, lv->name, (pid_t) lv->pid, lv->start_time, lv->boot_id,
+                                          pidfd);
+                        if (k < 0)
+                                return k;
                         adopted++;
                         continue;
                 }
@@ -641,6 +733,9 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                         return r;
                 gone++;
         }
+        r = adopt_orphans(m, &adopted);
+        if (r < 0)
+                return r;
         if (ret_adopted)
                 *ret_adopted = adopted;
         if (ret_gone)
