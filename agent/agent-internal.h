@@ -43,3 +43,5 @@ struct Agent {
 
 
 AgentVm *agent_find_vm(const Agent *a, const char *name);
+/* The state of a VM by id without looking at its objects; _VM_STATE_INVALID when unknown. */
+VmState agent_vm_state(const Agent *a, uint64_t vm_id);

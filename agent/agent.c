@@ -804,6 +804,13 @@ static VmState state_of(const Agent *a, const AgentVm *v, const LiveVm *lv) {
         }
 }
 
+VmState agent_vm_state(const Agent *a, uint64_t vm_id) {
+        const AgentVm *v = u64map_get(a->vms, vm_id);
+        if (!v)
+                return _VM_STATE_INVALID;
+        return state_of(a, v, live_set_get_vm(journal_live_set(a->journal), vm_id));
+}
+
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
         AgentVm *v = agent_find_vm(a, name);
         if (!v)

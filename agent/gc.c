@@ -55,6 +55,38 @@ typedef struct Found {
         bool matched; /* a journal object has this identity */
 } Found;
 
+/* An object's identity as a string, for sorting and lookup: links by name, elements by their key, tables by
+ * name ("tap tap-0123...", "nft-portfwd 06 1f90 c0a8c802 0050"). */
+typedef struct Ident {
+        char key[96];
+        size_t index;
+} Ident;
+
+static void ident_of(uint32_t kind, const char *name, const void *key, size_t key_size, char ret[96]) {
+        int o = snprintf(ret, 96, "%u ", kind);
+        if (resource_kind_is_elem((ResourceKind) kind))
+                for (size_t i = 0; i < key_size && o < 93; i++)
+                        o += snprintf(ret + o, (size_t) (96 - o), "%02x", ((const uint8_t *) key)[i]);
+        else
+                snprintf(ret + o, (size_t) (96 - o), "%s", name ? name : "");
+}
+
+static void ident_of_resource(const Resource *r, char ret[96]) {
+        uint8_t k[64];
+        size_t n = resource_kind_is_elem(r->kind) ? resource_key_encode(r, k, sizeof(k)) : 0;
+        ident_of((uint32_t) r->kind, r->name, k, n, ret);
+}
+
+static int ident_cmp(const void *x, const void *y) {
+        return strcmp(((const Ident *) x)->key, ((const Ident *) y)->key);
+}
+
+static const Ident *ident_find(const Ident *sorted, size_t n, const char *key) {
+        Ident k;
+        snprintf(k.key, sizeof(k.key), "%s", key);
+        return bsearch(&k, sorted, n, sizeof(Ident), ident_cmp);
+}
+
 typedef struct Gc {
         Agent *a;
         const GcOptions *o;
@@ -63,20 +95,15 @@ typedef struct Gc {
         size_t n_found;
         char our_prefix[80]; /* "chvm1:<agent-id>:" */
         U64Map *running; /* VM ids with a live hypervisor we watch */
-        char **live_cmdlines; /* /proc/PID/cmdline of every process, for VMs we do not watch */
-        size_t n_live;
+        Ident *found_idx; /* the found objects' identities, sorted */
+        Ident *journal_idx; /* the live objects' identities, sorted; index into journal_objs */
+        const LiveObject **journal_objs;
+        size_t n_journal;
+        char **running_taps; /* TAP names of running VMs (heuristic), sorted */
+        size_t n_running_taps;
+        U64Map *running_ips; /* guest addresses of running VMs (heuristic) */
+        U64Map *alive; /* VM ids named by a live process's runtime folder vms/<id>/ (VMs we do not watch) */
 } Gc;
-
-static bool same_identity(const Resource *x, uint32_t kind, const char *name, const void *key, size_t key_size) {
-        if ((uint32_t) x->kind != kind)
-                return false;
-        if (resource_kind_is_elem(x->kind)) {
-                uint8_t k[64];
-                size_t n = resource_key_encode(x, k, sizeof(k));
-                return n == key_size && memcmp(k, key, n) == 0;
-        }
-        return name && strcmp(x->name, name) == 0;
-}
 
 static int scan_all(Gc *g) {
         Agent *a = g->a;
@@ -92,45 +119,85 @@ static int scan_all(Gc *g) {
                         resource_set_clear(&s);
                         return r;
                 }
-                /* Several backends see the same links (local and bridge both list TAPs): one entry each. */
                 for (size_t k = 0; k < s.n; k++) {
-                        const Resource *x = &s.items[k];
-                        bool dup = false;
-                        for (size_t j = 0; j < g->n_found && !dup; j++) {
-                                const Resource *y = &g->found[j].res;
-                                if (x->kind != y->kind)
-                                        continue;
-                                if (resource_kind_is_link(x->kind))
-                                        dup = x->ifindex == y->ifindex;
-                                else if (resource_kind_is_elem(x->kind)) {
-                                        uint8_t kb[64];
-                                        size_t kn = resource_key_encode(x, kb, sizeof(kb));
-                                        dup = same_identity(y, (uint32_t) x->kind, NULL, kb, kn);
-                                } else
-                                        dup = strcmp(x->name, y->name) == 0;
-                        }
-                        if (dup)
-                                continue;
                         Found *f = realloc(g->found, (g->n_found + 1) * sizeof(Found));
                         if (!f) {
                                 resource_set_clear(&s);
                                 return -ENOMEM;
                         }
                         g->found = f;
-                        g->found[g->n_found++] = (Found){ .res = *x, .backend = b };
+                        g->found[g->n_found++] = (Found){ .res = s.items[k], .backend = b };
                 }
                 resource_set_clear(&s);
         }
+        /* Several backends see the same links (local and bridge both list TAPs): one entry each, the first
+         * backend's (links by ifindex, the rest by identity). */
+        g->found_idx = calloc(g->n_found + 1, sizeof(Ident));
+        if (!g->found_idx)
+                return -ENOMEM;
+        for (size_t i = 0; i < g->n_found; i++) {
+                const Resource *x = &g->found[i].res;
+                if (resource_kind_is_link(x->kind))
+                        snprintf(g->found_idx[i].key, sizeof(g->found_idx[i].key), "link %u", x->ifindex);
+                else
+                        ident_of_resource(x, g->found_idx[i].key);
+                g->found_idx[i].index = i;
+        }
+        qsort(g->found_idx, g->n_found, sizeof(Ident), ident_cmp);
+        size_t kept = 0;
+        bool *drop = calloc(g->n_found + 1, sizeof(bool));
+        if (!drop)
+                return -ENOMEM;
+        /* In each run of equal identities, the first found stays. */
+        for (size_t i = 0, j; i < g->n_found; i = j) {
+                size_t first = g->found_idx[i].index;
+                for (j = i + 1; j < g->n_found && strcmp(g->found_idx[j].key, g->found_idx[i].key) == 0; j++)
+                        if (g->found_idx[j].index < first)
+                                first = g->found_idx[j].index;
+                for (size_t k = i; k < j; k++)
+                        drop[g->found_idx[k].index] = g->found_idx[k].index != first;
+        }
+        for (size_t i = 0; i < g->n_found; i++)
+                if (!drop[i])
+                        g->found[kept++] = g->found[i];
+        g->n_found = kept;
+        free(drop);
+        /* Now by identity, for the journal to look up. */
+        for (size_t i = 0; i < g->n_found; i++) {
+                ident_of_resource(&g->found[i].res, g->found_idx[i].key);
+                g->found_idx[i].index = i;
+        }
+        qsort(g->found_idx, g->n_found, sizeof(Ident), ident_cmp);
+        return 0;
+}
+
+static int index_journal(Gc *g) {
+        const LiveSet *ls = journal_live_set(g->a->journal);
+        const LiveObject *o;
+        size_t n = live_set_n_objects(ls), k = 0;
+        g->journal_idx = calloc(n + 1, sizeof(Ident));
+        g->journal_objs = calloc(n + 1, sizeof(LiveObject *));
+        if (!g->journal_idx || !g->journal_objs)
+                return -ENOMEM;
+        for (size_t i = 0; live_set_iterate_objects(ls, &i, &o) && k < n; k++) {
+                ident_of(o->kind, o->name, o->key, o->key_size, g->journal_idx[k].key);
+                g->journal_idx[k].index = k;
+                g->journal_objs[k] = o;
+        }
+        g->n_journal = k;
+        qsort(g->journal_idx, k, sizeof(Ident), ident_cmp);
         return 0;
 }
 
 /* Every process's command line, read once: a hypervisor we do not watch (journal lost, or quarantine) is
  * still recognised by its runtime folder vms/<id>/ in its arguments. */
 static int read_processes(Gc *g) {
+        char needle[PATH_MAX + 8];
         DIR *d = opendir("/proc");
         struct dirent *de;
         if (!d)
                 return negative_errno();
+        snprintf(needle, sizeof(needle), "%s/vms/", g->a->cfg.runtime_dir);
         while ((de = readdir(d))) {
                 char path[64], buf[16384];
                 pid_t pid = (pid_t) atoi(de->d_name);
@@ -148,31 +215,20 @@ static int read_processes(Gc *g) {
                         if (buf[i] == '\0')
                                 buf[i] = ' ';
                 buf[n] = '\0';
-                if (!strstr(buf, "/vms/"))
-                        continue;
-                char **l = realloc(g->live_cmdlines, (g->n_live + 1) * sizeof(char *));
-                if (!l || !(l[g->n_live] = strdup(buf))) {
-                        if (l)
-                                g->live_cmdlines = l;
-                        closedir(d);
-                        return -ENOMEM;
+                for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle)) {
+                        uint64_t id = vm_manager_vm_id_in(p, needle);
+                        if (id && u64map_replace(g->alive, id, (void *) 1) < 0) {
+                                closedir(d);
+                                return -ENOMEM;
+                        }
                 }
-                g->live_cmdlines = l;
-                g->n_live++;
         }
         closedir(d);
         return 0;
 }
 
 static bool vm_alive(const Gc *g, uint64_t vm_id) {
-        char needle[PATH_MAX + 40];
-        if (u64map_get(g->running, vm_id))
-                return true;
-        snprintf(needle, sizeof(needle), "%s/vms/%016" PRIx64 "/", g->a->cfg.runtime_dir, vm_id);
-        for (size_t i = 0; i < g->n_live; i++)
-                if (strstr(g->live_cmdlines[i], needle))
-                        return true;
-        return false;
+        return u64map_get(g->running, vm_id) || u64map_get(g->alive, vm_id);
 }
 
 static const char *vm_label(const Gc *g, uint64_t vm_id, char buf[40]) {
@@ -190,11 +246,8 @@ static const char *vm_label(const Gc *g, uint64_t vm_id, char buf[40]) {
 }
 
 static const char *vm_state_word(const Gc *g, uint64_t vm_id) {
-        AgentVmInfo info;
-        AgentVm *v = u64map_get(g->a->vms, vm_id);
-        if (!v || agent_vm_info(g->a, v->name, &info) < 0)
-                return "unknown to this agent";
-        return vm_state_to_string(info.state);
+        VmState st = agent_vm_state(g->a, vm_id);
+        return st < 0 ? "unknown to this agent" : vm_state_to_string(st);
 }
 
 static void describe(const Resource *r, char *buf, size_t size) {
@@ -251,20 +304,35 @@ static bool in_subnet(const Agent *a, uint32_t ip) {
         return (ip & mask) == a->cfg.local_subnet;
 }
 
-/* Whether a running VM uses this TAP name / this guest address (from the journal's live set). */
-static bool running_uses(const Gc *g, const char *ifname, uint32_t ip) {
+static int cmp_str(const void *x, const void *y) {
+        return strcmp(*(char *const *) x, *(char *const *) y);
+}
+
+/* The TAP names and guest addresses of running VMs, from the journal's live set, for the heuristic. */
+static int index_running(Gc *g) {
         const LiveSet *ls = journal_live_set(g->a->journal);
         const LiveObject *o;
         uint32_t ip4;
         uint64_t owner;
-        for (size_t i = 0; ifname && live_set_iterate_objects(ls, &i, &o);)
-                if (o->kind == RESOURCE_LINK_TAP && o->name && strcmp(o->name, ifname) == 0 &&
-                    vm_alive(g, o->vm_id))
-                        return true;
-        for (size_t i = 0; ip && live_set_iterate_ips(ls, &i, &ip4, &owner);)
-                if (ip4 == ip && vm_alive(g, owner))
-                        return true;
-        return false;
+        g->running_ips = u64map_new();
+        g->running_taps = calloc(live_set_n_objects(ls) + 1, sizeof(char *));
+        if (!g->running_ips || !g->running_taps)
+                return -ENOMEM;
+        for (size_t i = 0; live_set_iterate_objects(ls, &i, &o);)
+                if (o->kind == RESOURCE_LINK_TAP && o->name && vm_alive(g, o->vm_id))
+                        g->running_taps[g->n_running_taps++] = o->name;
+        qsort(g->running_taps, g->n_running_taps, sizeof(char *), cmp_str);
+        for (size_t i = 0; live_set_iterate_ips(ls, &i, &ip4, &owner);)
+                if (vm_alive(g, owner) && u64map_replace(g->running_ips, ip4, (void *) 1) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
+/* Whether a running VM uses this TAP name / this guest address. */
+static bool running_uses(const Gc *g, const char *ifname, uint32_t ip) {
+        if (ifname && bsearch(&ifname, g->running_taps, g->n_running_taps, sizeof(char *), cmp_str))
+                return true;
+        return ip && u64map_get(g->running_ips, ip);
 }
 
 static int decide_untagged_(Gc *g, Found *f);
@@ -329,12 +397,15 @@ static int decide_untagged_(Gc *g, Found *f) {
 }
 
 static const LiveObject *journal_match(const Gc *g, const Resource *r) {
-        const LiveObject *o;
-        for (size_t i = 0; live_set_iterate_objects(journal_live_set(g->a->journal), &i, &o);)
-                if (same_identity(r, o->kind, o->name, o->key, o->key_size) &&
-                    (!resource_kind_is_link(r->kind) || !o->ifindex || o->ifindex == r->ifindex))
-                        return o;
-        return NULL;
+        char key[96];
+        ident_of_resource(r, key);
+        const Ident *i = ident_find(g->journal_idx, g->n_journal, key);
+        if (!i)
+                return NULL;
+        const LiveObject *o = g->journal_objs[i->index];
+        if (resource_kind_is_link(r->kind) && o->ifindex && o->ifindex != r->ifindex)
+                return NULL;
+        return o;
 }
 
 static int decide_found(Gc *g, Found *f) {
@@ -386,10 +457,9 @@ static int decide_journal_only(Gc *g) {
         const LiveObject *o;
         char label[40];
         for (size_t i = 0; live_set_iterate_objects(journal_live_set(g->a->journal), &i, &o);) {
-                bool seen = false;
-                for (size_t k = 0; k < g->n_found && !seen; k++)
-                        seen = same_identity(&g->found[k].res, o->kind, o->name, o->key, o->key_size);
-                if (seen)
+                char key[96];
+                ident_of(o->kind, o->name, o->key, o->key_size, key);
+                if (ident_find(g->found_idx, g->n_found, key))
                         continue;
                 Resource r = { .kind = (ResourceKind) o->kind, .vm_id = o->vm_id, .ifindex = o->ifindex };
                 snprintf(r.name, sizeof(r.name), "%s", o->name ? o->name : "");
@@ -479,8 +549,12 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
                 agent_refresh(a);
 
         g.running = u64map_new();
-        if (!g.running)
+        g.alive = u64map_new();
+        if (!g.running || !g.alive) {
+                u64map_free(g.running);
+                u64map_free(g.alive);
                 return -ENOMEM;
+        }
         void *v;
         for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &v);)
                 if (vm_manager_pid(a->vmm, ((AgentVm *) v)->id) &&
@@ -492,6 +566,10 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
                 goto out;
         }
         r = scan_all(&g);
+        if (r >= 0)
+                r = index_journal(&g);
+        if (r >= 0)
+                r = index_running(&g);
         if (r < 0)
                 goto out;
         for (size_t i = 0; i < g.n_found; i++)
@@ -506,9 +584,12 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
         }
 out:
         free(g.found);
-        for (size_t i = 0; i < g.n_live; i++)
-                free(g.live_cmdlines[i]);
-        free(g.live_cmdlines);
+        free(g.found_idx);
+        free(g.journal_idx);
+        free(g.journal_objs);
+        free(g.running_taps);
+        u64map_free(g.running_ips);
+        u64map_free(g.alive);
         u64map_free(g.running);
         if (r < 0 && r != -EIO)
                 gc_plan_clear(ret);

@@ -595,8 +595,7 @@ static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t p
         return 0;
 }
 
-/* The VM id in a command line that names our runtime folder's vms/<16 hex>/, or 0. */
-static uint64_t orphan_vm_id(const char *cmdline, const char *needle) {
+uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle) {
         const char *p = strstr(cmdline, needle);
         if (!p)
                 return 0;
@@ -644,7 +643,7 @@ static int adopt_orphans(VmManager *m, size_t *adopted) {
                         if (buf[i] == '\0')
                                 buf[i] = ' ';
                 buf[n] = '\0';
-                uint64_t id = orphan_vm_id(buf, needle);
+                uint64_t id = vm_manager_vm_id_in(buf, needle);
                 const LiveVm *lv = id ? live_set_get_vm(ls, id) : NULL;
                 if (!lv || lv->state == JOURNAL_VM_RUNNING || u64map_get(m->vms, id))
                         continue;

@@ -90,6 +90,9 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 /* Handles now every exit that has happened but that the loop has not dispatched yet, so that nothing
  * reports a dead hypervisor as running. Returns how many there were. */
 size_t vm_manager_reap(VmManager *m);
+/* The VM id where `needle` ("<runtime_dir>/vms/") is followed by 16 hex digits and a slash in cmdline, or 0:
+ * how a hypervisor's command line names its VM. */
+uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle);
 /* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way. */
 bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);
 /* The hypervisor's PID while it runs, else 0. */
