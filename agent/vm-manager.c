@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "agent/vm-manager.h"
+#include "util/crashpoint.h"
 #include "util/hashmap.h"
 #include "util/macro.h"
 #include "vmm/argv.h"
@@ -43,6 +44,7 @@ typedef struct Vm {
         uint64_t stop_timeout_usec;
         bool adopted; /* not our child: the exit status cannot be read */
         bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
+        bool journaled_start; /* VM_STARTED is in the journal */
         /* the power-button conversation (talk_fd -EBADF when none) */
         int talk_fd;
         sd_event_source *talk_io;
@@ -216,6 +218,26 @@ static int vm_dir(VmManager *m, uint64_t id, char *buf, size_t size) {
         return 0;
 }
 
+/* The spawn's gate: VM_STARTED is durable before the hypervisor runs, so every hypervisor the agent ever
+ * ran is named in the journal, whenever the agent dies. */
+static int journal_started(const VmmProcess *p, void *userdata) {
+        Vm *vm = userdata;
+        VmManager *m = vm->manager;
+        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                              .vm_id = vm->id,
+                              .pid = (uint32_t) p->pid,
+                              .start_time = p->start_time };
+        memcpy(rec.boot_id, p->boot_id, 16);
+        int r = CRASH_POINT("vmm-gate-before-started");
+        if (r >= 0)
+                r = journal_append_sync(m->cfg.journal, &rec);
+        if (r < 0)
+                return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+        vm->journaled_start = true;
+        return CRASH_POINT("vmm-gate-started-journaled");
+}
+
 int vm_manager_start(VmManager *m, const VmRequest *req) {
         char dir[4300], sock[4400], serial[4400], log[4400], err[512];
         _cleanup_(strv_freep) char **argv = NULL;
@@ -281,29 +303,29 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         vm->kind = req->hypervisor;
         snprintf(vm->api_socket, sizeof(vm->api_socket), "%s", sock);
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
-        r = vmm_spawn(argv, log, &vm->process, err, sizeof(err));
+        r = vmm_spawn_gated(argv, log, journal_started, vm, &vm->process, err, sizeof(err));
         if (r < 0) {
-                fail(m, r, "VM %s: %s", req->name, err);
+                char why[600];
+                snprintf(why, sizeof(why), "%s", err);
+                fail(m, r, "VM %s: %s", req->name, why);
+                if (vm->journaled_start) {
+                        /* Journaled as started, then exec failed: it is over before it began. */
+                        JournalRecord x = {};
+                        (void) journal_exit(m, vm->id, &x, JOURNAL_VM_CRASHED, why);
+                }
                 free(vm);
                 goto undo_net;
         }
-
-        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
-                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
-                              .vm_id = req->vm_id,
-                              .pid = (uint32_t) vm->process.pid,
-                              .start_time = vm->process.start_time };
-        memcpy(rec.boot_id, vm->process.boot_id, 16);
-        r = journal_append_sync(m->cfg.journal, &rec);
-        if (r >= 0)
-                r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED,
-                                             on_hypervisor_exit, vm);
+        r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED, on_hypervisor_exit,
+                                     vm);
         if (r >= 0)
                 r = u64map_put(m->vms, vm->id, vm);
         if (r < 0) {
                 fail(m, r, "VM %s: cannot watch its hypervisor: %s", req->name, strerror(-r));
                 (void) vmm_signal(vm->process.pidfd, SIGKILL);
                 (void) waitid(P_PIDFD, (id_t) vm->process.pidfd, &(siginfo_t){}, WEXITED);
+                JournalRecord x = {};
+                (void) journal_exit(m, vm->id, &x, JOURNAL_VM_CRASHED, "killed: the agent could not watch it");
                 vm_free(vm);
                 goto undo_net;
         }

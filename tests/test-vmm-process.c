@@ -135,3 +135,87 @@ Test(vmm_process, start_time_parsing) {
         close(p.pidfd);
         cr_assert_eq(process_start_time(999999999, &st), -ESRCH);
 }
+
+static int gate_ok(const VmmProcess *p, void *userdata) {
+        *(pid_t *) userdata = p->pid;
+        return 0;
+}
+
+static int gate_refuses(const VmmProcess *p, void *userdata) {
+        (void) p;
+        (void) userdata;
+        return -EIO;
+}
+
+static int gate_dies(const VmmProcess *p, void *userdata) {
+        /* tell the test the pid that waits at the gate, then die as a killed agent would */
+        int fd = *(int *) userdata;
+        (void) !write(fd, &p->pid, sizeof(p->pid));
+        _exit(86);
+}
+
+/* The gate: the child runs only once the caller let it (after journaling it); a refusing gate kills it; a
+ * caller that dies at the gate leaves nothing running, and the program never starts. */
+Test(vmm_process, spawn_gate) {
+        char marker[300], cmd[400], err[256];
+        snprintf(marker, sizeof(marker), "%s.ran", log_path);
+        snprintf(cmd, sizeof(cmd), "touch %s; exec sleep 30", marker);
+        char *argv[] = { S("sh"), S("-c"), cmd, NULL };
+        VmmProcess p;
+        pid_t seen = 0;
+
+        cr_assert_eq(vmm_spawn_gated(argv, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(seen, p.pid, "the gate saw the child's identity");
+        for (int i = 0; i < 200 && access(marker, F_OK) < 0; i++)
+                usleep(10000);
+        cr_assert_eq(access(marker, F_OK), 0, "released, the program ran");
+        vmm_signal(p.pidfd, SIGKILL);
+        wait_pidfd(p.pidfd);
+        close(p.pidfd);
+        unlink(marker);
+
+        cr_assert_eq(vmm_spawn_gated(argv, log_path, gate_refuses, NULL, &p, err, sizeof(err)), -EIO);
+        cr_assert(strstr(err, "not started"), "%s", err);
+        usleep(100000);
+        cr_assert_eq(access(marker, F_OK), -1, "a refused child never ran");
+
+        /* A caller that dies at the gate: its child must end without running. */
+        int pfd[2];
+        cr_assert_eq(pipe(pfd), 0);
+        pid_t agent = fork();
+        cr_assert_geq(agent, 0);
+        if (agent == 0) {
+                close(pfd[0]);
+                VmmProcess q;
+                char e[256];
+                (void) vmm_spawn_gated(argv, log_path, gate_dies, &pfd[1], &q, e, sizeof(e));
+                _exit(1);
+        }
+        close(pfd[1]);
+        pid_t child = 0;
+        cr_assert_eq(read(pfd[0], &child, sizeof(child)), (ssize_t) sizeof(child));
+        close(pfd[0]);
+        int status;
+        cr_assert_eq(waitpid(agent, &status, 0), agent);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 86);
+        /* the orphan is reparented; it must be gone (or a zombie) soon, having never run the program */
+        bool gone = false;
+        for (int i = 0; i < 200 && !gone; i++) {
+                char path[64], st[512] = "";
+                snprintf(path, sizeof(path), "/proc/%d/stat", (int) child);
+                FILE *f = fopen(path, "re");
+                if (!f)
+                        gone = true;
+                else {
+                        if (fgets(st, sizeof(st), f)) {
+                                const char *rp = strrchr(st, ')');
+                                gone = rp && (rp[2] == 'Z' || rp[2] == 'X');
+                        }
+                        fclose(f);
+                }
+                if (!gone)
+                        usleep(10000);
+        }
+        cr_assert(gone, "the child of a caller that died at the gate is still running");
+        cr_assert_eq(access(marker, F_OK), -1, "the program ran although its caller died at the gate");
+}

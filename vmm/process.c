@@ -84,7 +84,7 @@ int boot_id_get(uint8_t ret[16]) {
         return k == 32 ? 0 : -EBADMSG;
 }
 
-_noreturn_ static void child(char *const argv[], int log_fd, int report_fd) {
+_noreturn_ static void child(char *const argv[], int log_fd, int report_fd, int gate_fd) {
         sigset_t none;
         int r;
 
@@ -99,10 +99,23 @@ _noreturn_ static void child(char *const argv[], int log_fd, int report_fd) {
         if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log_fd, STDOUT_FILENO) < 0 ||
             dup2(log_fd, STDERR_FILENO) < 0)
                 goto fail;
-        /* Everything else stays behind: the report pipe is close-on-exec. */
+        /* Everything else stays behind (the agent's sockets, its journal lock); the report pipe is
+         * close-on-exec. */
         for (int fd = 3; fd < 1024; fd++)
-                if (fd != report_fd)
+                if (fd != report_fd && fd != gate_fd)
                         (void) close(fd);
+        /* Held at the gate until the agent has journaled this process: an agent killed before that leaves
+         * no hypervisor it never heard of — end of file here, and this process ends without running. */
+        if (gate_fd >= 0) {
+                char go;
+                ssize_t n;
+                do
+                        n = read(gate_fd, &go, 1);
+                while (n < 0 && errno == EINTR);
+                if (n != 1)
+                        _exit(0);
+                (void) close(gate_fd);
+        }
         execvp(argv[0], argv);
 fail:
         r = errno;
@@ -111,7 +124,12 @@ fail:
 }
 
 int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size) {
-        _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF;
+        return vmm_spawn_gated(argv, log_path, NULL, NULL, ret, err, err_size);
+}
+
+int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void *userdata, VmmProcess *ret,
+                    char *err, size_t err_size) {
+        _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF, gate_rd = -EBADF, gate_wr = -EBADF;
         int pipefd[2], r;
         VmmProcess p = { .pidfd = -EBADF };
 
@@ -127,6 +145,12 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
                 return negative_errno();
         rd = pipefd[0];
         wr = pipefd[1];
+        if (gate) {
+                if (pipe2(pipefd, O_CLOEXEC) < 0)
+                        return negative_errno();
+                gate_rd = pipefd[0];
+                gate_wr = pipefd[1];
+        }
 
         r = boot_id_get(p.boot_id);
         if (r < 0) {
@@ -137,8 +161,12 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
         p.pid = fork();
         if (p.pid < 0)
                 return negative_errno();
-        if (p.pid == 0)
-                child(argv, log_fd, wr);
+        if (p.pid == 0) {
+                if (gate_wr >= 0)
+                        (void) close(gate_wr); /* or the gate would never see the agent go */
+                child(argv, log_fd, wr, gate_rd);
+        }
+        gate_rd = safe_close(gate_rd);
 
         /* Our child cannot be reaped by anyone else, so its PID cannot be reused before we hold a pidfd. */
         p.pidfd = pidfd_open(p.pid, 0);
@@ -149,6 +177,28 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
                 return r;
         }
         wr = safe_close(wr);
+
+        /* The start time is the fork's: it is the same before and after exec. */
+        r = process_start_time(p.pid, &p.start_time);
+        if (r < 0) {
+                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0], (int) p.pid,
+                         strerror(-r));
+                goto kill_child;
+        }
+        if (gate) {
+                r = gate(&p, userdata);
+                if (r < 0) {
+                        snprintf(err, err_size, "not started: %s", strerror(-r));
+                        goto kill_child;
+                }
+                if (write(gate_wr, "g", 1) != 1) {
+                        r = negative_errno();
+                        snprintf(err, err_size, "cannot release %s (pid %d): %s", argv[0], (int) p.pid, strerror(-r));
+                        goto kill_child;
+                }
+                gate_wr = safe_close(gate_wr);
+        }
+
         int child_errno = 0;
         ssize_t n;
         do
@@ -160,19 +210,14 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
                 snprintf(err, err_size, "cannot execute %s: %s", argv[0], strerror(child_errno));
                 return child_errno > 0 ? -child_errno : -EIO;
         }
-
-        r = process_start_time(p.pid, &p.start_time);
-        if (r < 0) {
-                /* Exited already (zombie still has its stat)? Then stat fails only on a real problem. */
-                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0],
-                         (int) p.pid, strerror(-r));
-                (void) pidfd_send_signal(p.pidfd, SIGKILL, NULL, 0);
-                (void) waitpid(p.pid, NULL, 0);
-                safe_close(p.pidfd);
-                return r;
-        }
         *ret = p;
         return 0;
+
+kill_child:
+        (void) pidfd_send_signal(p.pidfd, SIGKILL, NULL, 0);
+        (void) waitpid(p.pid, NULL, 0);
+        safe_close(p.pidfd);
+        return r;
 }
 
 /* The state letter of /proc/PID/stat (field 3): Z and X mean the process has exited. */

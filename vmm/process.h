@@ -22,6 +22,14 @@ typedef struct VmmProcess {
  * err says "cannot execute X: cause"). */
 int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size);
 
+/* Called between fork and exec with the child's identity (pid, pidfd, start time, boot id): the child execs
+ * only after it returned >= 0, and ends without running if the caller dies first (or the gate refuses it:
+ * then vmm_spawn_gated() kills it and returns that error). The agent journals VM_STARTED here, so that no
+ * hypervisor runs that the journal does not name. */
+typedef int (*VmmGate)(const VmmProcess *p, void *userdata);
+int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void *userdata, VmmProcess *ret,
+                    char *err, size_t err_size);
+
 int process_start_time(pid_t pid, uint64_t *ret);
 int boot_id_get(uint8_t ret[16]);
 
