@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/agent-internal.h"
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
@@ -24,34 +26,6 @@
 
 /* How long kill (and rm -f) waits for a SIGKILLed hypervisor to be gone. */
 #define KILL_WAIT_MS 5000U
-
-typedef struct AgentVm {
-        char name[33];
-        uint64_t id;
-        VmDef *def; /* NULL: the definition file is missing or does not parse */
-        char def_error[512];
-} AgentVm;
-
-struct Agent {
-        AgentConfig cfg;
-        sd_event *event;
-        int state_fd, vms_fd;
-        uint8_t agent_id[16];
-        char agent_id_str[AGENT_ID_STRING_SIZE];
-        Journal *journal;
-        Backend *backends[CONFIG_MAX_BACKENDS];
-        size_t n_backends;
-        Dispatcher *dispatcher;
-        VmManager *vmm;
-        TaskstatsListener *taskstats; /* NULL: exit statuses of adopted hypervisors are unknown */
-        sd_event_source *taskstats_source;
-        bool taskstats_overflow_warned;
-        HypervisorKind default_kind;
-        U64Map *vms; /* AgentVm by id */
-        AgentStateCallback on_state;
-        void *userdata;
-        char error[1024];
-};
 
 static const char *const vm_state_table[_VM_STATE_MAX] = {
         [VM_STATE_DEFINED] = "defined",   [VM_STATE_STARTING] = "starting", [VM_STATE_RUNNING] = "running",
@@ -102,7 +76,7 @@ static AgentVm *agent_vm_free(AgentVm *v) {
         return NULL;
 }
 
-static AgentVm *find_vm(const Agent *a, const char *name) {
+AgentVm *agent_find_vm(const Agent *a, const char *name) {
         void *v;
         for (size_t i = 0; name && u64map_iterate(a->vms, &i, NULL, &v);)
                 if (strcmp(((AgentVm *) v)->name, name) == 0)
@@ -376,39 +350,29 @@ static bool is_bad_name(const LoadCtx *c, const char *name) {
         return false;
 }
 
-static int load_definitions(Agent *a, char *err, size_t err_size) {
-        LoadCtx c = { .a = a };
+/* VMs the journal knows but no file describes: forgotten when they own nothing (removed: the file went
+ * first, a crash came before VM_UNDEFINE), else listed without a definition. */
+static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_size) {
+        const LiveSet *ls = journal_live_set(a->journal);
+        _cleanup_free_ uint64_t *forget = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
         const LiveVm *lv;
+        size_t k = 0;
         int r;
 
-        r = vm_def_load_all(a->vms_fd, on_definition, &c);
-        if (r < 0) {
-                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
-                         a->error[0] ? a->error : strerror(-r));
-                goto out;
-        }
-
-        /* VMs the journal knows but no file describes. */
-        const LiveSet *ls = journal_live_set(a->journal);
-        size_t n = live_set_n_vms(ls), k = 0;
-        _cleanup_free_ uint64_t *forget = calloc(n + 1, sizeof(uint64_t));
-        if (!forget) {
-                r = -ENOMEM;
-                goto out;
-        }
+        if (!forget)
+                return -ENOMEM;
         for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
                 if (u64map_get(a->vms, lv->vm_id))
                         continue;
-                bool bad = is_bad_name(&c, lv->name);
+                bool bad = is_bad_name(c, lv->name);
                 if (!bad && lv->state != JOURNAL_VM_RUNNING && lv->n_objects == 0) {
-                        /* Removed: the file went first, a crash came before VM_UNDEFINE. */
                         forget[k++] = lv->vm_id;
                         continue;
                 }
                 AgentVm *v;
                 r = add_vm(a, lv->name, lv->vm_id, NULL, &v);
                 if (r < 0)
-                        goto out;
+                        return r;
                 snprintf(v->def_error, sizeof(v->def_error), "%s",
                          bad ? "its definition file does not parse" : "its definition file is missing");
                 if (!bad)
@@ -420,11 +384,20 @@ static int load_definitions(Agent *a, char *err, size_t err_size) {
                 r = journal_undefine(a, forget[i]);
                 if (r < 0) {
                         snprintf(err, err_size, "%s", a->error);
-                        goto out;
+                        return r;
                 }
         }
-        r = 0;
-out:
+        return 0;
+}
+
+static int load_definitions(Agent *a, char *err, size_t err_size) {
+        LoadCtx c = { .a = a };
+        int r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        if (r < 0)
+                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
+                         a->error[0] ? a->error : strerror(-r));
+        else
+                r = journal_only_vms(a, &c, err, err_size);
         for (size_t i = 0; i < c.n_bad; i++)
                 free(c.bad_names[i]);
         free(c.bad_names);
@@ -569,8 +542,9 @@ static int check_file(Agent *a, const char *vm, const char *what, const char *pa
         struct stat st;
         if (!path)
                 return 0;
+        /* -EINVAL, not the errno: a bad path is bad input (exit 1), not "no such VM" (exit 3). */
         if (stat(path, &st) < 0)
-                return fail(a, negative_errno(), "VM %s: %s %s: %s", vm, what, path, strerror(errno));
+                return fail(a, -EINVAL, "VM %s: %s %s: %s", vm, what, path, strerror(errno));
         if (!S_ISREG(st.st_mode) && !(strcmp(what, "disk") == 0 && S_ISBLK(st.st_mode)))
                 return fail(a, -EINVAL, "VM %s: %s %s is not a regular file", vm, what, path);
         return 0;
@@ -615,11 +589,24 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
         r = vm_def_validate(def, why, sizeof(why));
         if (r < 0)
                 return fail(a, r, "%s", why);
-        if (find_vm(a, def->name))
+        if (agent_find_vm(a, def->name))
                 return fail(a, -EEXIST, "VM %s already exists", def->name);
         if (!backend_loaded(a, def->backend))
-                return fail(a, -ENOENT, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
+                return fail(a, -EINVAL, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
                             def->backend);
+        /* A host port is forwarded to one VM at most, running or not: refused now rather than at a start. */
+        for (size_t i = 0; i < def->n_ports; i++) {
+                void *v;
+                for (size_t it = 0; u64map_iterate(a->vms, &it, NULL, &v);) {
+                        const VmDef *o = ((AgentVm *) v)->def;
+                        for (size_t k = 0; o && k < o->n_ports; k++)
+                                if (o->ports[k].proto == def->ports[i].proto &&
+                                    o->ports[k].host_port == def->ports[i].host_port)
+                                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s",
+                                                    def->ports[i].host_port,
+                                                    def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
+                }
+        }
         r = check_file(a, def->name, "kernel", def->kernel);
         if (r >= 0)
                 r = check_file(a, def->name, "initrd", def->initrd);
@@ -655,7 +642,7 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
 }
 
 static AgentVm *lookup(Agent *a, const char *name) {
-        AgentVm *v = find_vm(a, name);
+        AgentVm *v = agent_find_vm(a, name);
         a->error[0] = '\0';
         if (!v)
                 fail(a, -ENOENT, "no VM named \"%s\"", name ? name : "");
@@ -789,7 +776,7 @@ static VmState state_of(const Agent *a, const AgentVm *v, const LiveVm *lv) {
 }
 
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
-        AgentVm *v = find_vm(a, name);
+        AgentVm *v = agent_find_vm(a, name);
         if (!v)
                 return -ENOENT;
         const LiveSet *ls = journal_live_set(a->journal);

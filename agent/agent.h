@@ -81,7 +81,8 @@ const AgentConfig *agent_config(const Agent *a);
 Journal *agent_journal(const Agent *a);
 
 /* Creates a VM from def (def->id is ignored: a fresh id is chosen). -EEXIST: the name is taken; -EINVAL:
- * the definition is bad; -ENOENT: a path does not exist or the backend is not loaded. The definition file
+ * the definition is bad, a path does not exist or the backend is not loaded; -EADDRINUSE: another VM has
+ * one of its host ports. The definition file
  * is written and journaled before this returns; on failure neither is. */
 int agent_vm_create(Agent *a, const VmDef *def, uint64_t *ret_id);
 /* -ENOENT: no such VM; -EBUSY: running; else the network's or the hypervisor's error. On failure nothing

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent/api.h"
+#include "agent/gc.h"
 #include "backends/backend.h"
 #include "util/log.h"
 #include "vmm/argv.h"
@@ -45,6 +46,7 @@ typedef struct Pending {
 struct Conn {
         Api *api;
         sd_bus *bus;
+        uint64_t serial; /* for the unique name Hello hands out */
         uid_t uid;
         bool privileged;
         Conn *prev, *next;
@@ -60,6 +62,7 @@ struct Api {
         gid_t control_gid;
         bool has_control_group;
         sd_id128_t server_id;
+        uint64_t n_accepted;
         Conn *conns;
         size_t n_conns;
         Pending *pending;
@@ -67,6 +70,7 @@ struct Api {
 };
 
 static const sd_bus_vtable api_vtable[];
+static const sd_bus_vtable hello_vtable[];
 
 /* --- errors ---------------------------------------------------------------------------------------- */
 
@@ -162,6 +166,7 @@ static int conn_new(Api *api, int fd) {
         if (!c)
                 return -ENOMEM;
         c->api = api;
+        c->serial = ++api->n_accepted;
         c->uid = cred.uid;
         c->privileged = cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
         c->next = api->conns;
@@ -181,6 +186,9 @@ static int conn_new(Api *api, int fd) {
                 r = sd_bus_set_anonymous(c->bus, false);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(c->bus, NULL, API_OBJECT_PATH, API_INTERFACE, api_vtable, c);
+        if (r >= 0)
+                r = sd_bus_add_object_vtable(c->bus, NULL, "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                             hello_vtable, c);
         if (r >= 0)
                 r = sd_bus_match_signal(c->bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
                                         "org.freedesktop.DBus.Local", "Disconnected", on_disconnected, c);
@@ -746,6 +754,72 @@ static int method_status(sd_bus_message *m, void *userdata, sd_bus_error *error)
         return sd_bus_send(NULL, reply, NULL);
 }
 
+static int method_gc(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int dry_run, heuristic, r;
+        GcPlan p;
+
+        r = sd_bus_message_read(m, "bb", &dry_run, &heuristic);
+        if (r < 0)
+                return r;
+        if (!dry_run) {
+                r = require_privileged(c, "collect garbage", error);
+                if (r < 0)
+                        return r;
+        }
+        GcOptions o = { .dry_run = dry_run, .heuristic = heuristic };
+        r = agent_gc(c->api->agent, &o, &p);
+        if (r < 0 && r != -EIO)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        log_info("garbage collection%s%s by uid %u: %zu delete, %zu forget, %zu skip, %zu failed",
+                 dry_run ? " (dry run)" : "", heuristic ? " (heuristic)" : "", (unsigned) c->uid,
+                 p.count[GC_DELETE], p.count[GC_FORGET], p.count[GC_SKIP], p.n_failed);
+        for (size_t i = 0; !dry_run && i < p.n; i++)
+                if (p.items[i].failed)
+                        log_warning("garbage collection: cannot delete %s %s: %s",
+                                    resource_kind_to_string(p.items[i].kind), p.items[i].name, p.items[i].error);
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(ssssssbs)");
+        for (size_t i = 0; r >= 0 && i < p.n; i++) {
+                const GcDecision *d = &p.items[i];
+                const char *kind = resource_kind_to_string(d->kind);
+                r = sd_bus_message_append(reply, "(ssssssbs)", gc_action_to_string(d->action), kind ? kind : "unknown",
+                                          d->name, d->vm, gc_reason_to_string(d->reason), d->detail, d->failed,
+                                          d->error);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "b", p.quarantine);
+        gc_plan_clear(&p);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_doctor(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        DoctorReport rep;
+        int r = agent_doctor(c->api->agent, &rep);
+        if (r < 0)
+                return reply_errno(error, r, agent_error(c->api->agent));
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(sss)");
+        for (size_t i = 0; r >= 0 && i < rep.n; i++)
+                r = sd_bus_message_append(reply, "(sss)", doctor_severity_to_string(rep.items[i].severity),
+                                          rep.items[i].topic, rep.items[i].message);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        doctor_report_clear(&rep);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
 static const sd_bus_vtable api_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("CreateVM",
@@ -769,7 +843,29 @@ static const sd_bus_vtable api_vtable[] = {
                                 method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Status", SD_BUS_NO_ARGS, SD_BUS_RESULT(STATUS_RECORD, status), method_status,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("CollectGarbage", SD_BUS_ARGS("b", dry_run, "b", heuristic),
+                                SD_BUS_RESULT("a(ssssssbs)", decisions, "b", quarantine), method_gc,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Doctor", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sss)", findings), method_doctor,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("VMStateChanged", SD_BUS_ARGS("s", name, "t", id, "s", state, "s", reason), 0),
+        SD_BUS_VTABLE_END,
+};
+
+/* Clients that take the socket for a bus (busctl --address=...) say Hello first; a peer-to-peer server has
+ * no bus names, so each connection just gets a unique one. */
+static int method_hello(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        char name[32];
+        (void) error;
+        snprintf(name, sizeof(name), ":1.%" PRIu64, c->serial);
+        return sd_bus_reply_method_return(m, "s", name);
+}
+
+static const sd_bus_vtable hello_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("Hello", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", unique_name), method_hello,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 

@@ -59,8 +59,8 @@ static void help(void) {
 
 static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         (void) userdata;
-        log_info("%s received: shutting down, leaving %s", strsignal((int) si->ssi_signo),
-                 "running VMs running (the next start adopts them)");
+        log_info("%s received: shutting down, leaving running VMs running (the next start adopts them)",
+                 si->ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
         (void) sd_notify(0, "STOPPING=1\nSTATUS=Shutting down, VMs keep running");
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }

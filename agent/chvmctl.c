@@ -22,6 +22,7 @@ static const CtlCommand commands[] = {
         { "list", ctl_list_main, "list VMs" },
         { "inspect", ctl_inspect_main, "show a VM: state, hypervisor, network, owned kernel objects" },
         { "status", ctl_status_main, "show the agent's status" },
+        { "doctor", ctl_doctor_main, "check the agent's health; --gc collects garbage (--dry-run: plan only)" },
 };
 
 static void help(FILE *f) {

@@ -223,8 +223,15 @@ static int create_or_run(Ctl *ctl, int argc, char *argv[], bool start) {
         if (start) {
                 r = ctl_call_name(ctl, "StartVM", a.name, 0);
                 if (r != 0) {
-                        fprintf(stderr, "chvmctl: VM %s was created but did not start; `chvmctl rm %s` removes it\n",
-                                a.name, a.name);
+                        /* Nothing half-done: the VM that could not start is not left defined. */
+                        sd_bus_message *m = NULL;
+                        int k = ctl_new_call(ctl, "RemoveVM", &m);
+                        if (k == 0 && sd_bus_message_append(m, "sb", a.name, 0) >= 0)
+                                k = ctl_call(ctl, m, 0, NULL);
+                        sd_bus_message_unref(m);
+                        if (k != 0)
+                                fprintf(stderr, "chvmctl: VM %s was created but did not start; `chvmctl rm %s` "
+                                        "removes it\n", a.name, a.name);
                         return r;
                 }
         }

@@ -57,3 +57,4 @@ int ctl_rm_main(Ctl *ctl, int argc, char *argv[]);
 int ctl_list_main(Ctl *ctl, int argc, char *argv[]);
 int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]);
 int ctl_status_main(Ctl *ctl, int argc, char *argv[]);
+int ctl_doctor_main(Ctl *ctl, int argc, char *argv[]);

@@ -40,6 +40,13 @@ typedef struct Vm {
         StopStage stage;
         uint64_t stop_timeout_usec;
         bool adopted; /* not our child: the exit status cannot be read */
+        bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
+        /* the power-button conversation (talk_fd -EBADF when none) */
+        int talk_fd;
+        sd_event_source *talk_io;
+        const char *const *talk_reqs, *const *talk_expects;
+        size_t talk_n, talk_step, talk_have;
+        char talk_buf[4096];
 } Vm;
 
 struct VmManager {
@@ -86,6 +93,8 @@ static Vm *vm_free(Vm *vm) {
                 taskstats_listener_unwatch(vm->manager->cfg.taskstats, vm->process.pid);
         sd_event_source_disable_unref(vm->source);
         sd_event_source_disable_unref(vm->timer);
+        sd_event_source_disable_unref(vm->talk_io);
+        safe_close(vm->talk_fd);
         safe_close(vm->process.pidfd);
         free(vm);
         return NULL;
@@ -105,8 +114,19 @@ VmManager *vm_manager_free(VmManager *m) {
 /* The exit as journaled: "exited with status N" (stopped when N is 0, else crashed), "killed by signal N"
  * (crashed), or, when it cannot be known (si NULL: an adopted hypervisor is not our child), "exit status
  * unknown" (crashed: nobody asked it to stop). */
-static JournalVmState exit_reason(const siginfo_t *si, JournalRecord *rec, char *reason, size_t size) {
+static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, JournalRecord *rec, char *reason,
+                                  size_t size) {
         if (!si) {
+                /* Not our child and taskstats did not say: what we did ourselves is all we know. */
+                if (vm->sent_kill) {
+                        snprintf(reason, size, "killed by signal %d (sent by the agent; exit status not seen)",
+                                 SIGKILL);
+                        return JOURNAL_VM_CRASHED;
+                }
+                if (vm->stage != STOP_NONE) {
+                        snprintf(reason, size, "exited after a stop request (exit status unknown)");
+                        return JOURNAL_VM_STOPPED;
+                }
                 snprintf(reason, size, "exit status unknown");
                 return JOURNAL_VM_CRASHED;
         }
@@ -156,7 +176,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
         JournalRecord rec = {};
         siginfo_t seen;
-        char reason[80];
+        char reason[96];
 
         if (!si && vm->adopted && adopted_exit(m, vm, &seen))
                 si = &seen;
@@ -167,7 +187,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         if (r < 0)
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
-        JournalVmState state = exit_reason(si, &rec, reason, sizeof(reason));
+        JournalVmState state = exit_reason(vm, si, &rec, reason, sizeof(reason));
         int k = journal_exit(m, vm->id, &rec, state, reason);
         notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k);
         vm_free(vm);
@@ -253,6 +273,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 r = -ENOMEM;
                 goto undo_net;
         }
+        vm->talk_fd = -EBADF;
         vm->manager = m;
         vm->id = req->vm_id;
         vm->kind = req->hypervisor;
@@ -304,6 +325,7 @@ int vm_manager_kill(VmManager *m, uint64_t vm_id) {
         /* ESRCH counts as success; the exit event tears the network down. If the signal cannot be sent at
          * all, the network goes now, and the exit event (whenever it comes) finds nothing left. */
         int r = vmm_signal(vm->process.pidfd, SIGKILL);
+        vm->sent_kill = r >= 0;
         if (r < 0) {
                 fail(m, r, "VM %s: cannot kill its hypervisor (pid %d): %s", vm->name, (int) vm->process.pid,
                      strerror(-r));
@@ -380,60 +402,105 @@ size_t vm_manager_n_running(const VmManager *m) {
         return u64map_size(m->vms);
 }
 
-/* Writes `req` to the unix socket at path and reads until `expect` appears in the answer (at most 2 s). */
-static int socket_talk(const char *path, const char *const *reqs, const char *const *expects, size_t n) {
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        char buf[4096];
-        size_t have = 0;
+/* The hypervisor's own shutdown, as a conversation on its API socket driven by the event loop, so that a
+ * hypervisor that does not answer holds up nothing but its own stop: cloud-hypervisor's PUT vm.power-button,
+ * QEMU's QMP greeting, qmp_capabilities, system_powerdown. Each step sends reqs[i] (if any) and waits for
+ * expects[i] in what comes back. */
+static const char *const ch_reqs[] = { "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\n"
+                                       "Content-Length: 0\r\n\r\n" };
+static const char *const ch_expects[] = { "HTTP/1.1 2" };
+static const char *const qmp_reqs[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
+                                        "{\"execute\":\"system_powerdown\"}\n" };
+static const char *const qmp_expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
 
-        if (fd < 0)
-                return negative_errno();
-        if (strlen(path) >= sizeof(sa.sun_path))
-                return -ENAMETOOLONG;
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return negative_errno();
-        for (size_t i = 0; i < n; i++) {
-                if (reqs[i] && send(fd, reqs[i], strlen(reqs[i]), MSG_NOSIGNAL) != (ssize_t) strlen(reqs[i]))
-                        return -EIO;
-                for (;;) {
-                        buf[have] = '\0';
-                        char *hit = strstr(buf, expects[i]);
-                        if (hit) {
-                                /* keep what follows the match for the next exchange */
-                                size_t off = (size_t) (hit - buf) + strlen(expects[i]);
-                                memmove(buf, buf + off, have - off);
-                                have -= off;
-                                break;
-                        }
-                        struct pollfd p = { .fd = fd, .events = POLLIN };
-                        int k = poll(&p, 1, 2000);
-                        if (k <= 0)
-                                return k < 0 ? negative_errno() : -ETIMEDOUT;
-                        if (have + 1 >= sizeof(buf))
-                                return -EBADMSG;
-                        ssize_t got = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
-                        if (got <= 0)
-                                return got < 0 ? negative_errno() : -ECONNRESET;
-                        have += (size_t) got;
-                }
-        }
-        return 0;
+static void talk_close(Vm *vm) {
+        vm->talk_io = sd_event_source_disable_unref(vm->talk_io);
+        vm->talk_fd = safe_close(vm->talk_fd);
 }
 
-/* The hypervisor's own shutdown: cloud-hypervisor's vm.power-button, QEMU's QMP system_powerdown. */
-static int ask_power_off(const Vm *vm) {
-        if (vm->kind == HYPERVISOR_QEMU) {
-                static const char *const reqs[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
-                                                    "{\"execute\":\"system_powerdown\"}\n" };
-                static const char *const expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
-                return socket_talk(vm->api_socket, reqs, expects, 3);
+static int talk_send(Vm *vm) {
+        const char *req = vm->talk_reqs[vm->talk_step];
+        if (!req)
+                return 0;
+        ssize_t n = send(vm->talk_fd, req, strlen(req), MSG_NOSIGNAL | MSG_DONTWAIT);
+        return n == (ssize_t) strlen(req) ? 0 : n < 0 ? negative_errno() : -EIO;
+}
+
+/* The hypervisor did not take the power button: SIGTERM at once, and the timer starts over. */
+static void talk_failed(Vm *vm) {
+        talk_close(vm);
+        if (vm->stage != STOP_GRACEFUL)
+                return;
+        vm->stage = STOP_TERM;
+        (void) vmm_signal(vm->process.pidfd, SIGTERM);
+        if (vm->timer)
+                (void) sd_event_source_set_time_relative(vm->timer, vm->stop_timeout_usec);
+}
+
+static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Vm *vm = userdata;
+        (void) s;
+        (void) revents;
+
+        if (vm->talk_have + 1 >= sizeof(vm->talk_buf)) {
+                talk_failed(vm);
+                return 0;
         }
-        static const char *const reqs[] = { "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\n"
-                                            "Content-Length: 0\r\n\r\n" };
-        static const char *const expects[] = { "HTTP/1.1 2" };
-        return socket_talk(vm->api_socket, reqs, expects, 1);
+        ssize_t n = recv(fd, vm->talk_buf + vm->talk_have, sizeof(vm->talk_buf) - 1 - vm->talk_have, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (n <= 0) {
+                talk_failed(vm);
+                return 0;
+        }
+        vm->talk_have += (size_t) n;
+        vm->talk_buf[vm->talk_have] = '\0';
+        for (;;) {
+                char *hit = strstr(vm->talk_buf, vm->talk_expects[vm->talk_step]);
+                if (!hit)
+                        return 0;
+                /* keep what follows the match for the next step */
+                size_t off = (size_t) (hit - vm->talk_buf) + strlen(vm->talk_expects[vm->talk_step]);
+                memmove(vm->talk_buf, vm->talk_buf + off, vm->talk_have - off + 1);
+                vm->talk_have -= off;
+                if (++vm->talk_step == vm->talk_n) {
+                        talk_close(vm); /* asked: now the guest powers off, or the timer escalates */
+                        return 0;
+                }
+                if (talk_send(vm) < 0) {
+                        talk_failed(vm);
+                        return 0;
+                }
+        }
+}
+
+static int start_power_off(VmManager *m, Vm *vm) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        bool qemu = vm->kind == HYPERVISOR_QEMU;
+        int r;
+
+        if (strlen(vm->api_socket) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, vm->api_socket, strlen(vm->api_socket) + 1);
+        vm->talk_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (vm->talk_fd < 0)
+                return negative_errno();
+        if (connect(vm->talk_fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                r = negative_errno();
+                talk_close(vm);
+                return r;
+        }
+        vm->talk_reqs = qemu ? qmp_reqs : ch_reqs;
+        vm->talk_expects = qemu ? qmp_expects : ch_expects;
+        vm->talk_n = qemu ? ELEMENTSOF(qmp_reqs) : ELEMENTSOF(ch_reqs);
+        vm->talk_step = 0;
+        vm->talk_have = 0;
+        r = talk_send(vm);
+        if (r >= 0)
+                r = sd_event_add_io(m->cfg.event, &vm->talk_io, vm->talk_fd, EPOLLIN, on_talk, vm);
+        if (r < 0)
+                talk_close(vm);
+        return r;
 }
 
 static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -442,11 +509,13 @@ static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         (void) usec;
 
         /* Still running: the next, harder step. */
+        talk_close(vm);
         if (vm->stage < STOP_TERM) {
                 vm->stage = STOP_TERM;
                 (void) vmm_signal(vm->process.pidfd, SIGTERM);
         } else {
                 vm->stage = STOP_KILL;
+                vm->sent_kill = true;
                 if (vmm_signal(vm->process.pidfd, SIGKILL) < 0)
                         /* The network goes even when the hypervisor cannot be killed. */
                         (void) vm_net_down(vm->manager->cfg.dispatcher, vm->id);
@@ -468,7 +537,7 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
                 return 0; /* already on its way down */
         vm->stop_timeout_usec = (uint64_t) (timeout_sec ? timeout_sec : 1) * UINT64_C(1000000);
 
-        r = ask_power_off(vm);
+        r = start_power_off(m, vm);
         if (r >= 0)
                 vm->stage = STOP_GRACEFUL;
         else {
@@ -521,6 +590,7 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                                 safe_close(pidfd);
                                 return -ENOMEM;
                         }
+                        vm->talk_fd = -EBADF;
                         vm->manager = m;
                         vm->id = lv->vm_id;
                         vm->adopted = true;
@@ -557,12 +627,16 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                                              : "hypervisor gone while the agent was down";
                 char name[33];
                 snprintf(name, sizeof(name), "%s", lv->name);
-                r = vm_net_down(m->cfg.dispatcher, ids[i]);
-                if (r < 0)
-                        return fail(m, r, "VM %s: %s", name, dispatcher_error(m->cfg.dispatcher));
+                /* A teardown that fails (say, its backend is not loaded now) does not keep the agent from
+                 * starting: the VM is journaled crashed, its objects stay owned, and doctor --gc deletes
+                 * them once it can. */
+                int down = vm_net_down(m->cfg.dispatcher, ids[i]);
+                if (down < 0)
+                        fail(m, down, "VM %s: teardown of its network failed: %s", name,
+                             dispatcher_error(m->cfg.dispatcher));
                 JournalRecord rec = {};
                 r = journal_exit(m, ids[i], &rec, JOURNAL_VM_CRASHED, reason);
-                notify_exit(m, ids[i], name, JOURNAL_VM_CRASHED, reason, r);
+                notify_exit(m, ids[i], name, JOURNAL_VM_CRASHED, reason, r < 0 ? r : down);
                 if (r < 0)
                         return r;
                 gone++;

@@ -84,7 +84,8 @@ static pid_t spawn(TestAgent *a, char *const *env) {
                         putenv(*e);
                 char bin[256];
                 snprintf(bin, sizeof(bin), "%s/chvm-agentd", BUILD_DIR);
-                execl(bin, bin, "--config", a->config, "--log-target", "stderr", (char *) NULL);
+                const char *target = getenv("CHVM_TEST_LOG_TARGET");
+                execl(bin, bin, "--config", a->config, "--log-target", target ? target : "stderr", (char *) NULL);
                 _exit(127);
         }
         return pid;

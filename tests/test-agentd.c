@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -246,4 +248,58 @@ Test(agentd, sigkill_agent_then_five_hypervisors) {
                 free(r);
         }
         free(k);
+}
+
+/* Logs go to journald with the VM's fields when asked (and when stderr is the journal stream): a private
+ * mount namespace puts our own datagram socket where sd-journal sends, /run/systemd/journal/socket. */
+Test(agentd, journald_fields) {
+        if (unshare(CLONE_NEWNS) < 0)
+                cr_skip_test("unshare(CLONE_NEWNS): %s", strerror(errno));
+        char *o = sh("mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && echo ok");
+        if (strcmp(o, "ok\n") != 0) {
+                free(o);
+                cr_skip_test("cannot make a private /run for a fake journald");
+        }
+        free(o);
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/run/systemd/journal/socket" };
+        cr_assert_eq(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "%s", strerror(errno));
+
+        test_agent_init(&agent, NULL);
+        /* the helper starts agents with --log-target stderr; this one is told where journald is by the stream */
+        char *env[] = { (char *) "CHVM_TEST_LOG_TARGET=journal", NULL };
+        test_agent_start(&agent, env);
+        create_and_start("web", 8080);
+        char *err;
+        cr_assert_eq(ctl(&agent, NULL, &err, "kill web"), 0, "%s", err);
+        free(err);
+        usleep(200000);
+
+        char all[65536] = "";
+        size_t have = 0;
+        for (;;) {
+                char buf[8192];
+                ssize_t n = recv(fd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+                if (n <= 0)
+                        break;
+                buf[n] = '\0';
+                /* one datagram = one entry: FIELD=value lines */
+                have += (size_t) snprintf(all + have, sizeof(all) - have, "%s\n--\n", buf);
+                if (have >= sizeof(all) - 1)
+                        break;
+        }
+        close(fd);
+        cr_assert(strstr(all, "MESSAGE=VM web started"), "%s", all);
+        const char *entry = strstr(all, "MESSAGE=VM web started");
+        while (entry > all && strncmp(entry, "--\n", 3) != 0)
+                entry--;
+        char one[4096];
+        const char *end = strstr(entry + 3, "\n--\n");
+        snprintf(one, sizeof(one), "%.*s", (int) (end ? end - entry - 3 : 4000), entry + 3);
+        cr_assert(strstr(one, "VM=web\n") && strstr(one, "VM_ID=") && strstr(one, "BACKEND=local\n") &&
+                          strstr(one, "INTERFACE=tap-") && strstr(one, "PRIORITY=6\n") &&
+                          strstr(one, "SYSLOG_IDENTIFIER=chvm-agentd\n"),
+                  "the start message lacks its fields:\n%s", one);
+        cr_assert(strstr(all, "MESSAGE=VM web crashed: hypervisor killed by signal 9"), "%s", all);
+        cr_assert(strstr(all, "PRIORITY=4\n"), "a crash is a warning:\n%s", all);
 }

@@ -22,6 +22,8 @@ packages=(
         # man-db), systemd-analyze and systemd-sysusers for the units, bash-completion's pkg-config file
         # for the completion folder
         mandoc groff-base systemd bash-completion
+        # the agent tests check chvmctl --json output with jq
+        jq
 )
 
 # Nothing to do when every package is already installed: no network, no apt lock needed.

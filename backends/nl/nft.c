@@ -1140,3 +1140,71 @@ int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_
         }
         return -EAGAIN;
 }
+
+typedef struct ChainList {
+        NftBaseChain *chains;
+        size_t n;
+} ChainList;
+
+static int chains_cb(const struct nlmsghdr *nlh, void *data) {
+        ChainList *list = data;
+        struct nftnl_chain *c = nftnl_chain_alloc();
+        if (!c)
+                return MNL_CB_ERROR;
+        if (nftnl_chain_nlmsg_parse(nlh, c) < 0) {
+                nftnl_chain_free(c);
+                return MNL_CB_ERROR;
+        }
+        if (!nftnl_chain_is_set(c, NFTNL_CHAIN_HOOKNUM)) {
+                nftnl_chain_free(c); /* a regular chain: no hook, no policy */
+                return MNL_CB_OK;
+        }
+        NftBaseChain *n = realloc(list->chains, (list->n + 1) * sizeof(NftBaseChain));
+        if (!n) {
+                nftnl_chain_free(c);
+                return MNL_CB_ERROR;
+        }
+        list->chains = n;
+        NftBaseChain *x = &list->chains[list->n++];
+        *x = (NftBaseChain){
+                .family = (int) nftnl_chain_get_u32(c, NFTNL_CHAIN_FAMILY),
+                .hook = nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM),
+                .priority = nftnl_chain_is_set(c, NFTNL_CHAIN_PRIO) ? nftnl_chain_get_s32(c, NFTNL_CHAIN_PRIO) : 0,
+                .policy = nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY) ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
+                                                                     : NF_ACCEPT,
+        };
+        snprintf(x->table, sizeof(x->table), "%s", nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE));
+        snprintf(x->chain, sizeof(x->chain), "%s", nftnl_chain_get_str(c, NFTNL_CHAIN_NAME));
+        nftnl_chain_free(c);
+        return MNL_CB_OK;
+}
+
+int nft_dump_base_chains(Nft *nft, NftBaseChain **ret, size_t *ret_n) {
+        for (unsigned attempt = 0; attempt < 10; attempt++) {
+                ChainList list = {};
+                uint32_t gen_before, gen_after;
+                char buf[512];
+                int r = nft_generation(nft, &gen_before);
+                if (r < 0)
+                        return r;
+                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP,
+                                                             ++nft->seq);
+                r = dump(nft, nlh, chains_cb, &list);
+                if (r == -ENOENT)
+                        r = 0;
+                if (r >= 0)
+                        r = nft_generation(nft, &gen_after);
+                if (r == -EAGAIN || (r >= 0 && gen_after != gen_before)) {
+                        free(list.chains);
+                        continue;
+                }
+                if (r < 0) {
+                        free(list.chains);
+                        return r;
+                }
+                *ret = list.chains;
+                *ret_n = list.n;
+                return 0;
+        }
+        return -EAGAIN;
+}

@@ -92,3 +92,16 @@ int nft_generation(Nft *nft, uint32_t *ret);
 
 /* The raw bytes of the batch built so far (BEGIN ... END), for tests that parse it back. */
 int nft_batch_peek(NftBatch *b, const void **ret_buf, size_t *ret_len);
+
+/* A base chain of any table (ours or anyone's), for doctor's warning about drop policies elsewhere. */
+typedef struct NftBaseChain {
+        int family; /* NFPROTO_* */
+        char table[64];
+        char chain[64];
+        uint32_t hook; /* NF_INET_* (NF_BR_* for the bridge family) */
+        int32_t priority;
+        uint32_t policy; /* NF_ACCEPT or NF_DROP */
+} NftBaseChain;
+
+/* Every base chain of every table in this namespace, generation-checked. */
+int nft_dump_base_chains(Nft *nft, NftBaseChain **ret, size_t *ret_n);

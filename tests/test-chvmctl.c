@@ -1,0 +1,600 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* chvmctl and the control API against a live agent (fake-vmm hypervisors) in the test's own network
+ * namespace: every command in text and --json, exit codes, access control by peer credentials, many
+ * clients at once, garbage on the socket, bad input that must create nothing, introspection with busctl,
+ * socket activation with systemd-socket-activate. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <systemd/sd-bus.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/agentd-test-util.h"
+#include "tests/shell-oracle.h"
+
+static TestAgent agent;
+
+static void setup_ns(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        if (access("/dev/net/tun", R_OK | W_OK) < 0)
+                cr_skip_test("/dev/net/tun is not usable: %s", strerror(errno));
+        free(sh("ip link set lo up; sysctl -qw net.unix.max_dgram_qlen=4096"));
+}
+
+static void setup(void) {
+        setup_ns();
+        /* "users" exists on every Debian system: the control group, so access control can be tested without
+         * adding a group to the machine. */
+        test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
+        test_agent_start(&agent, NULL);
+}
+
+static void teardown(void) {
+        test_agent_cleanup(&agent);
+}
+
+TestSuite(chvmctl, .init = setup, .fini = teardown, .timeout = 180);
+
+#define KERNEL "--kernel %s/tests/fake-vmm"
+
+static void ok(const char *what, int r, char *out, char *err) {
+        cr_assert_eq(r, 0, "%s: exit %d\nstdout: %s\nstderr: %s", what, r, out ? out : "", err ? err : "");
+}
+
+/* Runs jq FILTER on chvmctl's --json output and returns jq's output (jq -e: fails on false/null). */
+static char *jq(const char *args, const char *filter) {
+        return sh("%s/chvmctl --socket %s %s | jq -ce '%s' 2>&1", test_build_dir(), agent.socket, args, filter);
+}
+
+static void expect_jq(const char *args, const char *filter, const char *want) {
+        char *o = jq(args, filter);
+        cr_assert_str_eq(o, want, "chvmctl %s | jq '%s'", args, filter);
+        free(o);
+}
+
+static char *nothing_made(void) {
+        return sh("ip -o link show type tun | wc -l; nft list map inet chvm portfwd4 2>/dev/null | grep -c 'tcp \\.' ;"
+                  "ls %s/vms | wc -l; md5sum < %s/ownership.journal",
+                  agent.state_dir, agent.state_dir);
+}
+
+/* Acceptance 1: every command, text and --json. */
+Test(chvmctl, every_command_text_and_json) {
+        char *out = NULL, *err = NULL;
+        int r;
+
+        r = ctl(&agent, &out, &err, "create web " KERNEL " -p 8080:80 -p 5353:53/udp --cpus 2 --memory 128",
+                test_build_dir());
+        ok("create", r, out, err);
+        cr_assert_str_eq(out, "web\n");
+        free(out), free(err);
+        expect_jq("list -a --json", ".[0] | [.name, .state, .vmm_pid, .backend, .hypervisor, (.ports | length)]",
+                  "[\"web\",\"defined\",null,\"local\",\"cloud-hypervisor\",2]\n");
+        r = ctl(&agent, &out, &err, "list");
+        ok("list", r, out, err);
+        cr_assert(!strstr(out, "web"), "list without -a shows only running VMs:\n%s", out);
+        free(out), free(err);
+
+        r = ctl(&agent, &out, &err, "start web");
+        ok("start", r, out, err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "list");
+        ok("list", r, out, err);
+        cr_assert(strstr(out, "NAME") && strstr(out, "web") && strstr(out, "running") &&
+                          strstr(out, "8080->80/tcp,5353->53/udp"),
+                  "%s", out);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "list -q");
+        ok("list -q", r, out, err);
+        cr_assert_str_eq(out, "web\n");
+        free(out), free(err);
+
+        r = ctl(&agent, &out, &err, "inspect web");
+        ok("inspect", r, out, err);
+        cr_assert(strstr(out, "state:       running") && strstr(out, "vmm_pid:") && strstr(out, "tap:         tap-") &&
+                          strstr(out, "ip:          192.168.200.2") && strstr(out, "cpus:        2") &&
+                          strstr(out, "memory:      128 MiB") && strstr(out, "objects:\n") &&
+                          strstr(out, "nft-portfwd") && strstr(out, "chvm1:"),
+                  "%s", out);
+        free(out), free(err);
+        expect_jq("inspect web --json",
+                  "[.name, .state, (.vmm_pid > 0), (.tap | startswith(\"tap-\")), .ip, (.mac | test(\"^02:\")), "
+                  ".ports[0].proto, .ports[0].host_port, .ports[0].guest_port, .ports[1].proto, .cpus, .memory_mib, "
+                  "(.objects | length), ([.objects[].kind] | sort | unique), (.objects | all(.tag | startswith(\"chvm1:\")))]",
+                  "[\"web\",\"running\",true,true,\"192.168.200.2\",true,\"tcp\",8080,80,\"udp\",2,128,5,"
+                  "[\"nft-portfwd\",\"nft-vm-addr\",\"nft-vm-port\",\"tap\"],true]\n");
+        expect_jq("inspect web --json", "keys",
+                  "[\"backend\",\"cmdline\",\"cpus\",\"definition_error\",\"disks\",\"exit_reason\",\"hypervisor\",\"id\","
+                  "\"initrd\",\"ip\",\"kernel\",\"mac\",\"memory_mib\",\"name\",\"objects\",\"ports\",\"state\",\"tap\","
+                  "\"vmm_pid\"]\n");
+        expect_jq("list --json", ".[0] | keys",
+                  "[\"backend\",\"exit_reason\",\"hypervisor\",\"id\",\"ip\",\"mac\",\"name\",\"ports\",\"state\",\"tap\","
+                  "\"vmm_pid\"]\n");
+
+        r = ctl(&agent, &out, &err, "status");
+        ok("status", r, out, err);
+        cr_assert(strstr(out, "journal:  ok") && strstr(out, "1 defined, 1 running") && strstr(out, "backends: local"),
+                  "%s", out);
+        free(out), free(err);
+        expect_jq("status --json", "[.journal.state, .vms, .running, (.agent_id | length)]", "[\"ok\",1,1,36]\n");
+
+        r = ctl(&agent, &out, &err, "doctor");
+        cr_assert(r == 0 || r == 1, "doctor: %d", r);
+        cr_assert(strstr(out, "journal") && strstr(out, "vms"), "%s", out);
+        free(out), free(err);
+        expect_jq("doctor --json", "[(.findings | length > 3), (.healthy | type)]", "[true,\"boolean\"]\n");
+        expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.skip_by_reason.running, .dry_run]",
+                  "[0,5,true]\n");
+
+        r = ctl(&agent, &out, &err, "stop web --timeout 5");
+        ok("stop", r, out, err);
+        free(out), free(err);
+        expect_jq("inspect web --json", "[.state, .exit_reason, .vmm_pid, .tap, (.objects | length)]",
+                  "[\"stopped\",\"exited with status 0\",null,null,0]\n");
+
+        r = ctl(&agent, &out, &err, "start web");
+        ok("start again", r, out, err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "kill web");
+        ok("kill", r, out, err);
+        free(out), free(err);
+        expect_jq("inspect web --json", "[.state, .exit_reason]", "[\"crashed\",\"killed by signal 9\"]\n");
+
+        r = ctl(&agent, &out, &err, "run db " KERNEL " --json", test_build_dir());
+        ok("run", r, out, err);
+        free(out), free(err);
+        expect_jq("run db2 --kernel " BUILD_DIR "/tests/fake-vmm --json", "[.name, .state, (.id | length)]",
+                  "[\"db2\",\"running\",16]\n");
+        r = ctl(&agent, &out, &err, "rm db");
+        cr_assert_eq(r, 1, "rm of a running VM without -f: %d", r);
+        cr_assert(strstr(err, "VM db is running"), "%s", err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "--json rm -f db db2 web");
+        ok("rm -f", r, out, err);
+        cr_assert_str_eq(out, "[{\"name\":\"db\",\"ok\":true},{\"name\":\"db2\",\"ok\":true},{\"name\":\"web\",\"ok\":true}]\n");
+        free(out), free(err);
+        expect_jq("list -a --json", "length", "0\n");
+        char *k = nothing_made();
+        cr_assert(strncmp(k, "0\n0\n0\n", 6) == 0, "left behind:\n%s", k);
+        free(k);
+
+        /* Not found: exit 3, for each command that takes a NAME. */
+        const char *cmds[] = { "start nosuch", "stop nosuch", "kill nosuch", "rm nosuch", "inspect nosuch" };
+        for (size_t i = 0; i < 5; i++) {
+                r = ctl(&agent, &out, &err, "%s", cmds[i]);
+                cr_assert_eq(r, 3, "%s: exit %d", cmds[i], r);
+                cr_assert(strstr(err, "no VM named \"nosuch\""), "%s: %s", cmds[i], err);
+                free(out), free(err);
+        }
+}
+
+Test(chvmctl, help_usage_and_unreachable) {
+        const char *cmds[] = { "run", "create", "start", "stop", "kill", "rm", "list", "inspect", "status", "doctor" };
+        char *out, *err;
+        for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+                int r = ctl(&agent, &out, &err, "%s --help", cmds[i]);
+                cr_assert_eq(r, 0, "%s --help: %d", cmds[i], r);
+                cr_assert(strncmp(out, "Usage: chvmctl ", 15) == 0, "%s --help:\n%s", cmds[i], out);
+                free(out), free(err);
+        }
+        int r = ctl(&agent, &out, &err, "--help");
+        cr_assert_eq(r, 0);
+        for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+                cr_assert(strstr(out, cmds[i]), "chvmctl --help lacks %s", cmds[i]);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "frobnicate");
+        cr_assert_eq(r, 2);
+        cr_assert(strstr(err, "unknown command \"frobnicate\""), "%s", err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "list --bogus");
+        cr_assert_eq(r, 2);
+        free(out), free(err);
+
+        char *o = sh("%s/chvmctl --socket %s/nosuch.sock list; echo rc=$?", test_build_dir(), agent.dir);
+        cr_assert(strstr(o, "rc=5"), "%s", o);
+        free(o);
+        o = sh("%s/chvmctl --socket %s/nosuch.sock list 2>&1", test_build_dir(), agent.dir);
+        cr_assert(strstr(o, "cannot reach the agent") && strstr(o, "nosuch.sock"), "%s", o);
+        free(o);
+}
+
+/* Runs chvmctl as uid/gid 65534 (nobody), with `supplementary` as its only extra group (0: none). */
+static int as_nobody(gid_t supplementary, char **ret_err, const char *args) {
+        char errfile[160];
+        snprintf(errfile, sizeof(errfile), "%s/nobody.err", agent.dir);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+                int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+                if (fd < 0 || null < 0)
+                        _exit(126);
+                dup2(fd, STDERR_FILENO);
+                dup2(null, STDOUT_FILENO);
+                gid_t g = supplementary;
+                if (setgroups(supplementary ? 1 : 0, &g) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+                        _exit(125);
+                char cmd[1024], bin[256];
+                snprintf(bin, sizeof(bin), "%s/chvmctl", test_build_dir());
+                snprintf(cmd, sizeof(cmd), "exec %s --socket %s %s", bin, agent.socket, args);
+                execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+                _exit(127);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        *ret_err = sh("cat %s", errfile);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Acceptance 2: a uid outside the control group gets exit 4 and "access denied" for every mutating
+ * command, and can list when the socket mode lets it connect; a member of the group may change things. */
+Test(chvmctl, access_control_by_peer_credentials) {
+        struct group *users = getgrnam("users");
+        if (!users)
+                cr_skip_test("no group \"users\" on this machine");
+        struct stat st;
+        cr_assert_eq(stat(agent.socket, &st), 0);
+        cr_assert_eq(st.st_mode & 0777, 0660, "socket mode %o", st.st_mode & 0777);
+        cr_assert_eq(st.st_gid, users->gr_gid, "socket group %u", st.st_gid);
+        /* The build tree must be reachable for nobody. */
+        free(sh("chmod o+rx %s", agent.dir));
+
+        char *err;
+        cr_assert_eq(ctl(&agent, NULL, NULL, "create web " KERNEL, test_build_dir()), 0);
+
+        /* Outside the group and the socket mode forbids connecting: refused before any method. */
+        int r = as_nobody(0, &err, "list");
+        cr_assert_eq(r, 4, "exit %d: %s", r, err);
+        cr_assert(strstr(err, "Permission denied") || strstr(err, "access denied"), "%s", err);
+        free(err);
+
+        /* The admin opens the socket to everyone: reading works, changing does not. */
+        cr_assert_eq(chmod(agent.socket, 0666), 0);
+        r = as_nobody(0, &err, "list -a");
+        cr_assert_eq(r, 0, "list as nobody: %d %s", r, err);
+        free(err);
+        r = as_nobody(0, &err, "status");
+        cr_assert_eq(r, 0, "%s", err);
+        free(err);
+        char run[512];
+        snprintf(run, sizeof(run), "run other --kernel %s/tests/fake-vmm", test_build_dir());
+        const char *mutating[] = { run, "create other --kernel /bin/true", "start web", "stop web", "kill web",
+                                   "rm web", "rm -f web", "doctor --gc", "doctor --gc --force-heuristic --yes" };
+        for (size_t i = 0; i < sizeof(mutating) / sizeof(mutating[0]); i++) {
+                r = as_nobody(0, &err, mutating[i]);
+                cr_assert_eq(r, 4, "%s as nobody: exit %d (%s)", mutating[i], r, err);
+                cr_assert(strstr(err, "access denied"), "%s: %s", mutating[i], err);
+                free(err);
+        }
+        r = as_nobody(0, &err, "doctor --gc --dry-run");
+        cr_assert_eq(r, 0, "a dry run is read-only: %d %s", r, err);
+        free(err);
+        char *state = sh("%s/chvmctl --socket %s list -a -q", test_build_dir(), agent.socket);
+        cr_assert_str_eq(state, "web\n", "a refused command changed something");
+        free(state);
+
+        /* In the control group (supplementary): allowed. */
+        cr_assert_eq(chmod(agent.socket, 0660), 0);
+        r = as_nobody(users->gr_gid, &err, "start web");
+        cr_assert_eq(r, 0, "start as a member of users: %d %s", r, err);
+        free(err);
+        r = as_nobody(users->gr_gid, &err, "rm -f web");
+        cr_assert_eq(r, 0, "%s", err);
+        free(err);
+}
+
+/* Acceptance 3: 20 clients at once, each creating, starting, stopping and removing 10 VMs. */
+Test(chvmctl, twenty_concurrent_clients) {
+        enum { CLIENTS = 20, EACH = 10 };
+        pid_t pids[CLIENTS];
+        for (int c = 0; c < CLIENTS; c++) {
+                pids[c] = fork();
+                cr_assert_geq(pids[c], 0);
+                if (pids[c] == 0) {
+                        char cmd[2048];
+                        snprintf(cmd, sizeof(cmd),
+                                 "set -e; C='%s/chvmctl --socket %s'; for i in $(seq 1 %d); do n=c%d-vm$i;"
+                                 " $C create $n --kernel %s/tests/fake-vmm -p $((10000 + %d * 100 + i)):80 >/dev/null;"
+                                 " $C start $n; $C stop --timeout 5 $n; $C rm $n; done",
+                                 test_build_dir(), agent.socket, EACH, c, test_build_dir(), c);
+                        execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+                        _exit(127);
+                }
+        }
+        int failed = 0;
+        for (int c = 0; c < CLIENTS; c++) {
+                int status;
+                cr_assert_eq(waitpid(pids[c], &status, 0), pids[c]);
+                failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        char *log = test_agent_log(&agent);
+        cr_assert_eq(failed, 0, "%d of %d clients failed; agent log:\n%s", failed, CLIENTS, log);
+        free(log);
+        char *k = nothing_made();
+        cr_assert(strncmp(k, "0\n0\n0\n", 6) == 0, "left behind (TAPs, forwards, definitions):\n%s", k);
+        free(k);
+        expect_jq("list -a --json", "length", "0\n");
+        expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.forget, .summary.skip_by_reason.running]",
+                  "[0,0,0]\n");
+        char *o = sh("%s/chvmctl --socket %s status", test_build_dir(), agent.socket);
+        cr_assert(strstr(o, "journal:  ok"), "%s", o);
+        free(o);
+}
+
+static int connect_agent(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(fd, 0);
+        memcpy(sa.sun_path, agent.socket, strlen(agent.socket) + 1);
+        cr_assert_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "connect: %s", strerror(errno));
+        return fd;
+}
+
+static double now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* The agent still answers, promptly, and is alive. */
+static void still_serving(const char *after) {
+        double t0 = now();
+        char *o = sh("timeout 10 %s/chvmctl --socket %s status >/dev/null 2>&1; echo $?", test_build_dir(), agent.socket);
+        cr_assert_str_eq(o, "0\n", "after %s the agent does not answer", after);
+        cr_assert_lt(now() - t0, 5.0, "after %s the agent took %.1f s to answer", after, now() - t0);
+        cr_assert_eq(kill(agent.pid, 0), 0, "the agent died after %s", after);
+        free(o);
+}
+
+/* Acceptance 4: garbage never crashes or blocks the agent. */
+Test(chvmctl, garbage_on_the_socket) {
+        /* A client that connects and sends nothing stays connected while others are served. */
+        int idle = connect_agent();
+        still_serving("an idle client");
+
+        /* Random bytes. */
+        unsigned seed = 42;
+        for (int round = 0; round < 50; round++) {
+                int fd = connect_agent();
+                char buf[4096];
+                size_t n = 1 + (size_t) (rand_r(&seed) % (int) sizeof(buf));
+                for (size_t i = 0; i < n; i++)
+                        buf[i] = (char) rand_r(&seed);
+                (void) send(fd, buf, n, MSG_NOSIGNAL);
+                close(fd);
+        }
+        still_serving("random bytes");
+
+        /* A proper authentication, then half a message, then gone. */
+        int fd = connect_agent();
+        const char auth[] = "\0AUTH EXTERNAL 30\r\nBEGIN\r\n";
+        (void) send(fd, auth, sizeof(auth) - 1, MSG_NOSIGNAL);
+        const char half[] = "l\1\0\1\x40\0\0\0\1\0\0\0";
+        (void) send(fd, half, sizeof(half) - 1, MSG_NOSIGNAL);
+        close(fd);
+        still_serving("half a message");
+
+        /* 1 MiB of zeros, written without waiting for the agent. */
+        fd = connect_agent();
+        int fl = fcntl(fd, F_GETFL);
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+        static char zeros[1 << 20];
+        size_t sent = 0;
+        double t0 = now();
+        while (sent < sizeof(zeros) && now() - t0 < 5.0) {
+                ssize_t k = send(fd, zeros + sent, sizeof(zeros) - sent, MSG_NOSIGNAL);
+                if (k > 0)
+                        sent += (size_t) k;
+                else if (k < 0 && errno != EAGAIN)
+                        break; /* the agent dropped us: fine */
+                else
+                        usleep(1000);
+        }
+        still_serving("1 MiB of zeros");
+        close(fd);
+
+        /* A client that disconnects in the middle of a call: StopVM answers once the VM is down, and this
+         * guest ignores the power button, so the call lasts until SIGTERM (fake-vmm exits on it). */
+        close(idle);
+        (void) test_agent_signal_wait(&agent, SIGTERM);
+        char *env[] = { (char *) "FAKE_VMM_IGNORE_POWER=1", NULL };
+        test_agent_start(&agent, env);
+        idle = connect_agent();
+        cr_assert_eq(ctl(&agent, NULL, NULL, "run web " KERNEL, test_build_dir()), 0);
+        char *o = sh("timeout -s KILL 0.3 %s/chvmctl --socket %s stop web --timeout 1; echo $?", test_build_dir(),
+                     agent.socket);
+        cr_assert_str_eq(o, "137\n", "the call should still have been waiting: %s", o);
+        free(o);
+        still_serving("a client gone in the middle of a call");
+        for (int i = 0; i < 100; i++) {
+                char *s = jq("inspect web --json", ".state");
+                bool down = strcmp(s, "\"stopped\"\n") == 0;
+                free(s);
+                if (down)
+                        break;
+                usleep(50000);
+        }
+        expect_jq("inspect web --json", ".state", "\"stopped\"\n");
+        close(idle);
+        still_serving("the idle client leaving");
+        char *log = test_agent_log(&agent);
+        cr_assert(!strstr(log, "ERROR: AddressSanitizer") && !strstr(log, "runtime error"), "%s", log);
+        free(log);
+}
+
+static void bad(const char *args, int want_rc, const char *want_err) {
+        char *before = nothing_made(), *out, *err;
+        int r = ctl(&agent, &out, &err, "%s", args);
+        cr_assert_eq(r, want_rc, "chvmctl %s: exit %d, want %d\n%s", args, r, want_rc, err);
+        cr_assert(strstr(err, want_err), "chvmctl %s: want \"%s\" in:\n%s", args, want_err, err);
+        char *after = nothing_made();
+        cr_assert_str_eq(after, before, "chvmctl %s changed the kernel, the definitions or the journal", args);
+        free(before), free(after), free(out), free(err);
+}
+
+/* Acceptance 5: bad input gets a clear error and an exit code, and creates nothing. */
+Test(chvmctl, bad_input_creates_nothing) {
+        char k[256], cmd[600];
+        snprintf(k, sizeof(k), "--kernel %s/tests/fake-vmm", test_build_dir());
+        /* Some state to compare against: tables exist, one VM runs with 8080. */
+        snprintf(cmd, sizeof(cmd), "run taken %s -p 8080:80", k);
+        cr_assert_eq(ctl(&agent, NULL, NULL, "%s", cmd), 0);
+
+#define BAD(rc, msg, fmt, ...)                                            \
+        do {                                                              \
+                snprintf(cmd, sizeof(cmd), fmt, __VA_ARGS__);              \
+                bad(cmd, rc, msg);                                         \
+        } while (0)
+        BAD(1, "VM name \"Bad_Name\" is not valid", "run Bad_Name %s", k);
+        BAD(1, "VM name \"9lives\" is not valid", "create 9lives %s", k);
+        BAD(1, "invalid VM name", "create abcdefghijklmnopqrstuvwxyz0123456789 %s", k);
+        BAD(1, "VM name \"\" is not valid", "create '' %s", k);
+        BAD(2, "port \"0:80\"", "run web %s -p 0:80", k);
+        BAD(2, "port \"70000:80\"", "run web %s -p 70000:80", k);
+        BAD(2, "port \"8081:0\"", "run web %s -p 8081:0", k);
+        BAD(2, "port \"8081:80/icmp\"", "run web %s -p 8081:80/icmp", k);
+        BAD(2, "host port 8081/tcp is given twice", "run web %s -p 8081:80 -p 8081:81", k);
+        BAD(1, "port 8080/tcp already forwarded to VM taken", "run web %s -p 8080:80", k);
+        BAD(1, "port 8080/tcp already forwarded to VM taken", "create web %s -p 8080:80", k);
+        BAD(1, "VM web: kernel /nonexistent/vmlinuz: No such file or directory", "run web --kernel %s",
+            "/nonexistent/vmlinuz");
+        BAD(1, "initrd /nonexistent/initrd", "run web %s --initrd /nonexistent/initrd", k);
+        BAD(1, "disk /nonexistent/disk", "run web %s --disk /nonexistent/disk", k);
+        BAD(1, "unknown backend \"nosuch\"", "run web %s --backend nosuch", k);
+        BAD(2, "--hypervisor \"xen\"", "run web %s --hypervisor xen", k);
+        BAD(2, "--cpus \"0\"", "run web %s --cpus 0", k);
+        BAD(2, "--memory \"1\"", "run web %s --memory 1", k);
+        BAD(2, "--kernel PATH is needed", "run web%s", "");
+        BAD(1, "VM taken already exists", "create taken %s", k);
+        BAD(1, "VM taken is already running", "start taken%s", "");
+        BAD(2, "--timeout \"0\"", "stop taken --timeout 0%s", "");
+        BAD(2, "--timeout \"99999\"", "stop taken --timeout 99999%s", "");
+        /* Refused by the agent after creation went through: run's start fails, and says how to clean up. */
+        BAD(3, "no VM named \"ghost\"", "start ghost%s", "");
+#undef BAD
+        char *k2 = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(k2, "1\n", "only the running VM's TAP");
+        free(k2);
+}
+
+/* busctl can introspect the interface over the socket (peer to peer, no bus daemon). */
+Test(chvmctl, busctl_introspects) {
+        char *which = sh("command -v busctl");
+        if (!which[0]) {
+                free(which);
+                cr_skip_test("busctl not installed");
+        }
+        free(which);
+        char *o = sh("busctl --address=unix:path=%s introspect org.chvm.Agent1 /org/chvm/agent 2>&1", agent.socket);
+        const char *want[] = { "org.chvm.Agent1", ".CreateVM", ".StartVM", ".StopVM", ".KillVM", ".RemoveVM", ".ListVMs",
+                               ".InspectVM", ".CollectGarbage", ".Status", ".Doctor", ".VMStateChanged",
+                               "ssssssutasa(sqq)" };
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+                cr_assert(strstr(o, want[i]), "busctl introspect lacks %s:\n%s", want[i], o);
+        free(o);
+        o = sh("busctl --address=unix:path=%s call org.chvm.Agent1 /org/chvm/agent org.chvm.Agent1 ListVMs 2>&1",
+               agent.socket);
+        cr_assert_str_eq(o, "a(stssusssssa(sqq)) 0\n");
+        free(o);
+}
+
+/* The VMStateChanged signal reaches a subscribed client. */
+static int on_signal(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        char *acc = userdata;
+        const char *name, *state, *reason;
+        uint64_t id;
+        (void) error;
+        if (sd_bus_message_read(m, "stss", &name, &id, &state, &reason) >= 0) {
+                size_t n = strlen(acc);
+                snprintf(acc + n, 4096 - n, "%s %s %s\n", name, state, reason);
+        }
+        return 0;
+}
+
+Test(chvmctl, state_changed_signal) {
+        static char acc[4096];
+        char address[200];
+        sd_bus *bus = NULL;
+        snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+        cr_assert_eq(sd_bus_new(&bus), 0);
+        cr_assert_geq(sd_bus_set_address(bus, address), 0);
+        cr_assert_geq(sd_bus_start(bus), 0);
+        cr_assert_geq(sd_bus_match_signal(bus, NULL, NULL, "/org/chvm/agent", "org.chvm.Agent1", "VMStateChanged",
+                                          on_signal, acc),
+                      0);
+        /* One call so that the connection is up before the changes. */
+        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, ""), 0);
+        cr_assert_eq(ctl(&agent, NULL, NULL, "run sig --kernel %s/tests/fake-vmm", test_build_dir()), 0);
+        cr_assert_eq(ctl(&agent, NULL, NULL, "kill sig"), 0);
+        cr_assert_eq(ctl(&agent, NULL, NULL, "rm sig"), 0);
+        for (double t0 = now(); !strstr(acc, "removed") && now() - t0 < 5.0;) {
+                int r = sd_bus_process(bus, NULL);
+                cr_assert_geq(r, 0);
+                if (r == 0)
+                        (void) sd_bus_wait(bus, 100000);
+        }
+        cr_assert_str_eq(acc, "sig defined \nsig starting \nsig running \nsig crashed killed by signal 9\nsig removed removed\n");
+        sd_bus_flush_close_unref(bus);
+}
+
+/* Socket activation: systemd-socket-activate passes the listening socket, the agent serves it. */
+Test(chvmctl, socket_activation, .init = setup_ns, .fini = teardown) {
+        char *which = sh("command -v systemd-socket-activate");
+        if (!which[0]) {
+                free(which);
+                cr_skip_test("systemd-socket-activate not installed");
+        }
+        free(which);
+        test_agent_init(&agent, NULL);
+        char sock[200];
+        snprintf(sock, sizeof(sock), "%s/activated.sock", agent.dir);
+        cr_assert_lt(strlen(sock), sizeof(agent.socket));
+        memcpy(agent.socket, sock, strlen(sock) + 1);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                char log[200];
+                snprintf(log, sizeof(log), "%s/agent.log", agent.dir);
+                int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                dup2(fd, STDERR_FILENO);
+                dup2(fd, STDOUT_FILENO);
+                sigset_t ss;
+                sigemptyset(&ss);
+                sigprocmask(SIG_SETMASK, &ss, NULL);
+                char agentd[256];
+                snprintf(agentd, sizeof(agentd), "%s/chvm-agentd", test_build_dir());
+                execlp("systemd-socket-activate", "systemd-socket-activate", "-l", sock, agentd, "--config",
+                       agent.config, "--log-target", "stderr", (char *) NULL);
+                _exit(127);
+        }
+        agent.pid = pid;
+        /* The socket is there at once; the agent starts at the first connection and answers it. */
+        for (int i = 0; i < 100 && access(sock, F_OK) < 0; i++)
+                usleep(20000);
+        char *o = sh("timeout 20 %s/chvmctl --socket %s status 2>&1", test_build_dir(), sock);
+        cr_assert(strstr(o, "journal:  ok") && strstr(o, "activated.sock"), "%s", o);
+        free(o);
+        cr_assert_eq(ctl(&agent, NULL, NULL, "run act --kernel %s/tests/fake-vmm", test_build_dir()), 0);
+        expect_jq("list --json", ".[0].state", "\"running\"\n");
+        cr_assert_eq(ctl(&agent, NULL, NULL, "rm -f act"), 0);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "control socket") && strstr(log, "activated.sock"), "%s", log);
+        free(log);
+}
