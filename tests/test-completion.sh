@@ -52,7 +52,7 @@ expect() {
         fi
 }
 
-expect "create inspect kill list rm run start status stop" ""
+expect "create doctor inspect kill list rm run start status stop" ""
 expect "start status stop" st
 expect "--help --json --socket --version" --
 expect "db old web" rm ""
@@ -64,6 +64,7 @@ expect "bridge local mosnet" run vm1 --backend ""
 expect "cloud-hypervisor qemu" create vm1 --hypervisor ""
 expect "--all" list --a
 expect "--timeout" stop --t
+expect "--dry-run" doctor --gc --d
 
 # Everything the real chvmctl offers.
 help=$("$builddir/chvmctl" --help)
