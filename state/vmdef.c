@@ -301,7 +301,7 @@ static const char *proto_to_string(uint8_t proto) {
 
 static int parse_port(const char *s, size_t n, const char *what, uint16_t *ret, char *buf, size_t size) {
         char q[QUOTE_BUF];
-        uint64_t v = 0;
+        uint64_t v = 0; /* set by parse_decimal() on success; gcc -O2 cannot see that */
         int r;
 
         if (n == 0)

@@ -18,6 +18,10 @@ packages=(
         iptables
         # the QEMU test guest: the hypervisor, and what builds its initramfs and fetches its page
         qemu-system-x86 cpio kmod curl
+        # documentation and installation tests: the man page linter (mandoc -Tlint; groff comes with
+        # man-db), systemd-analyze and systemd-sysusers for the units, bash-completion's pkg-config file
+        # for the completion folder
+        mandoc groff-base systemd bash-completion
         # the agent tests check chvmctl --json output with jq
         jq
 )

@@ -497,7 +497,7 @@ int taskstats_listener_new(TaskstatsListener **ret, char *err, size_t err_size) 
         }
 
         for (int i = 0;; i++) {
-                bool lost = false;
+                bool lost = false; /* probe_once() leaves it unset when it fails early */
                 r = probe_once(t, &lost, err, err_size);
                 if (r != -EOPNOTSUPP || !lost || i + 1 >= PROBE_TRIES)
                         break;
