@@ -126,8 +126,9 @@ void test_agent_start(TestAgent *a, char *const *env) {
         open_notify(a);
         a->pid = spawn(a, env);
         if (!test_agent_wait_notify(a, "READY=1", 10000)) {
-                char *log = test_agent_log(a);
-                cr_assert_fail("chvm-agentd did not become ready; its log:\n%s", log);
+                char *log = sh("tail -n 40 %s 2>/dev/null", a->log);
+                cr_assert_fail("chvm-agentd did not become ready (%s, status %d); the end of its log:\n%s",
+                               a->pid > 0 ? "still running" : "exited", a->exit_status, log);
         }
 }
 
