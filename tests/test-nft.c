@@ -18,9 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backends/nl/nft.h"
+#include "tests/nlfault.h"
 #include "tests/shell-oracle.h"
 
 #define AGENT "chvm1:c41e5500-1234-4000-8000-deadbeef0001"
@@ -333,4 +335,246 @@ Test(nft, batch_is_atomic, .init = netns_setup, .fini = netns_teardown) {
         cr_assert_str_eq(before, after, "a failed batch changed the ruleset");
         free(before);
         free(after);
+}
+
+/* --- faults: a batch fails as a whole at every position; lost answers; errors of the whole batch ------- */
+
+static NlFault fault;
+
+/* The elements a bring-up of VM a1 with two forwards adds, in the order the local backend adds them. */
+static void vm_elems(NftElem e[4], const char *vm, const char *tap, uint32_t ip, uint16_t port) {
+        e[0] = (NftElem){ .kind = NFT_ELEM_VM_PORT };
+        snprintf(e[0].ifname, sizeof(e[0].ifname), "%s", tap);
+        snprintf(e[0].tag, sizeof(e[0].tag), AGENT ":%s:port", vm);
+        e[1] = (NftElem){ .kind = NFT_ELEM_VM_ADDR, .guest_ip = ip, .mac = { 2, 0, 0, 0, 0, (uint8_t) ip } };
+        snprintf(e[1].ifname, sizeof(e[1].ifname), "%s", tap);
+        snprintf(e[1].tag, sizeof(e[1].tag), AGENT ":%s:addr", vm);
+        e[2] = fwd(port, IPPROTO_TCP, ip, 80, vm);
+        e[3] = fwd(port, IPPROTO_UDP, ip, 53, vm);
+}
+
+static NftBatch *batch_of(bool layout_too, const NftElem *e, size_t n, bool add) {
+        NftBatch *b = nft_batch_new(nft);
+        cr_assert(b);
+        if (layout_too)
+                cr_assert_eq(nft_batch_add_layout(b, &layout), 0);
+        for (size_t i = 0; i < n; i++)
+                cr_assert_eq(nft_batch_elem(b, &layout, &e[i], add), 0);
+        return b;
+}
+
+/* Every message of the batch, poisoned in turn: the kernel refuses it, the ruleset is byte for byte what it
+ * was, and the error names that message's operation. Returns the number of positions. */
+static size_t fail_at_every_position(bool layout_too, const NftElem *e, size_t n) {
+        NftBatch *probe = batch_of(layout_too, e, n, true);
+        size_t n_ops = nft_batch_n_ops(probe);
+        nft_batch_free(probe);
+        for (size_t i = 0; i < n_ops; i++) {
+                char *before = sh("nft -j list ruleset");
+                NftBatch *b = batch_of(layout_too, e, n, true);
+                nft_set_ops(nft, nl_fault_arm(&fault, NL_FAULT_POISON, 1, (unsigned) i));
+                int r = nft_batch_commit(nft, b);
+                nft_set_ops(nft, NULL);
+                cr_assert(fault.fired);
+                cr_assert_lt(r, 0, "message %zu (%s) poisoned, yet the batch was committed", i, nft_batch_op(b, i));
+                const char *msg = nft_error_message(nft);
+                cr_assert(strncmp(msg, nft_batch_op(b, i), strlen(nft_batch_op(b, i))) == 0 &&
+                                  msg[strlen(nft_batch_op(b, i))] == ':',
+                          "message %zu failed, the error names another: %s", i, msg);
+                char *after = sh("nft -j list ruleset");
+                cr_assert_str_eq(before, after, "message %zu (%s) failed, and the ruleset changed", i,
+                                 nft_batch_op(b, i));
+                free(before);
+                free(after);
+                nft_batch_free(b);
+        }
+        return n_ops;
+}
+
+/* (B) The layout batch (20 messages), the batch of one VM's bring-up with two forwards (4), and the rebuild
+ * batch of both (24): a failure at any position changes nothing. */
+Test(nft_faults, batch_fails_whole_at_every_position, .init = netns_setup, .fini = netns_teardown) {
+        NftElem a1[4], a2[4];
+        vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+        vm_elems(a2, "00000000000000a2", "tap-a2", 0xc0a8c803, 9090);
+        cr_assert_eq(fail_at_every_position(true, NULL, 0), 20, "the layout batch");
+        cr_assert_eq(fail_at_every_position(true, a1, 4), 24, "the rebuild batch: layout and elements");
+
+        setup_layout();
+        NftBatch *b = batch_of(false, a2, 4, true); /* another VM, so the ruleset has elements */
+        cr_assert_eq(nft_batch_commit(nft, b), 0, "%s", nft_error_message(nft));
+        nft_batch_free(b);
+        cr_assert_eq(fail_at_every_position(false, a1, 4), 4, "the batch of one VM's bring-up");
+}
+
+/* (B) The same with the kernel's own reason: an untagged element for the same key, made by hand, makes the
+ * exclusive add of position i fail with EEXIST; so does a table of our name made by hand. */
+Test(nft_faults, conflicting_element_at_every_position, .init = netns_setup, .fini = netns_teardown) {
+        static const char *const decoys[4] = {
+                "nft add element bridge chvm vm_ports '{ \"tap-a1\" }'",
+                "nft add element bridge chvm vm_addrs '{ \"tap-a1\" . 02:00:00:00:00:02 . 192.168.200.2 }'",
+                "nft add element inet chvm portfwd4 '{ tcp . 8080 : 10.9.9.9 . 22 }'",
+                "nft add element inet chvm portfwd4 '{ udp . 8080 : 10.9.9.9 . 22 }'",
+        };
+        static const char *const undo[4] = {
+                "nft delete element bridge chvm vm_ports '{ \"tap-a1\" }'",
+                "nft delete element bridge chvm vm_addrs '{ \"tap-a1\" . 02:00:00:00:00:02 . 192.168.200.2 }'",
+                "nft delete element inet chvm portfwd4 '{ tcp . 8080 }'",
+                "nft delete element inet chvm portfwd4 '{ udp . 8080 }'",
+        };
+        NftElem a1[4];
+        vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+        setup_layout();
+        for (size_t i = 0; i < 4; i++) {
+                free(sh("%s", decoys[i]));
+                char *before = sh("nft -j list ruleset");
+                NftBatch *b = batch_of(false, a1, 4, true);
+                cr_assert_eq(nft_batch_commit(nft, b), -EEXIST, "position %zu", i);
+                cr_assert(strstr(nft_error_message(nft), nft_batch_op(b, i)), "position %zu: %s", i,
+                          nft_error_message(nft));
+                char *after = sh("nft -j list ruleset");
+                cr_assert_str_eq(before, after, "position %zu", i);
+                free(before);
+                free(after);
+                nft_batch_free(b);
+                free(sh("%s", undo[i]));
+        }
+        /* The tables: `bridge chvm` made by hand fails the layout at its creation, inet chvm untouched. */
+        NftBatch *b = nft_batch_new(nft);
+        NftLayout other = layout;
+        other.table = "chvmx";
+        free(sh("nft add table bridge chvmx"));
+        char *before = sh("nft -j list ruleset");
+        cr_assert_eq(nft_batch_add_layout(b, &other), 0);
+        cr_assert_eq(nft_batch_commit(nft, b), -EEXIST);
+        cr_assert(strstr(nft_error_message(nft), "create table bridge chvmx"), "%s", nft_error_message(nft));
+        char *after = sh("nft -j list ruleset");
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
+        nft_batch_free(b);
+}
+
+static size_t batches_sent(void) {
+        size_t n = 0;
+        for (unsigned i = 0; i < fault.n_requests && i < NL_FAULT_LOG_MAX; i++)
+                n += strncmp(fault.log[i], "nft batch", 9) == 0;
+        return n;
+}
+
+/* (C) The answers to a committed batch are lost (ENOBUFS, or silently): the tags in the kernel say it was
+ * committed, and it is not sent again. Lost answers to a refused batch: nothing of it is there, so it is
+ * sent again and the kernel's refusal comes through. EINTR: sent again, once. */
+Test(nft_faults, lost_answers_resolved_from_tags, .init = netns_setup, .fini = netns_teardown) {
+        static const NlFaultKind kinds[] = { NL_FAULT_ENOBUFS, NL_FAULT_LOST_ACK };
+        NftElem a1[4];
+        vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+
+        for (size_t k = 0; k < 2; k++) {
+                /* the layout and elements, committed, answers lost */
+                NftBatch *b = batch_of(true, a1, 4, true);
+                nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
+                cr_assert_eq(nft_batch_commit(nft, b), 0, "%s: %s", nl_fault_kind_to_string(kinds[k]),
+                             nft_error_message(nft));
+                nft_set_ops(nft, NULL);
+                cr_assert(fault.fired);
+                cr_assert_eq(batches_sent(), 1, "a committed batch was sent again");
+                nft_batch_free(b);
+                char *out = sh("nft list ruleset");
+                cr_assert_eq(count_substr(out, "comment \"" AGENT ":00000000000000a1:"), 4, "%s", out);
+                free(out);
+
+                /* The same once more is committed as far as anyone can tell: the elements are there as
+                 * wanted. With one taken by hand first, the kernel refuses it (EEXIST), and the answer is
+                 * lost. */
+                b = batch_of(false, a1, 4, true);
+                nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
+                cr_assert_eq(nft_batch_commit(nft, b), 0, "%s", nft_error_message(nft));
+                nft_set_ops(nft, NULL);
+                cr_assert_eq(batches_sent(), 1);
+                nft_batch_free(b);
+                NftElem a3[4];
+                vm_elems(a3, "00000000000000a3", "tap-a3", 0xc0a8c804, 8181);
+                free(sh("nft add element inet chvm portfwd4 '{ udp . 8181 : 10.9.9.9 . 22 }'"));
+                char *before = sh("nft -j list ruleset");
+                b = batch_of(false, a3, 4, true);
+                nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
+                cr_assert_eq(nft_batch_commit(nft, b), -EEXIST, "%s", nft_error_message(nft));
+                nft_set_ops(nft, NULL);
+                cr_assert_eq(batches_sent(), 2, "the refused batch is sent once more, for the kernel's reason");
+                nft_batch_free(b);
+                char *after = sh("nft -j list ruleset");
+                cr_assert_str_eq(before, after);
+                free(before);
+                free(after);
+
+                free(sh("nft delete element inet chvm portfwd4 '{ udp . 8181 }'"));
+                /* delete, answers lost */
+                b = batch_of(false, a1, 4, false);
+                nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
+                cr_assert_eq(nft_batch_commit(nft, b), 0, "%s", nft_error_message(nft));
+                nft_set_ops(nft, NULL);
+                cr_assert_eq(batches_sent(), 1);
+                nft_batch_free(b);
+                out = sh("nft list ruleset");
+                cr_assert_eq(count_substr(out, ":00000000000000a1:"), 0, "%s", out);
+                free(out);
+
+                b = nft_batch_new(nft);
+                cr_assert_eq(nft_batch_delete_tables(b, &layout), 0);
+                cr_assert_eq(nft_batch_commit(nft, b), 0);
+                nft_batch_free(b);
+        }
+
+        NftBatch *b = batch_of(true, a1, 4, true);
+        nft_set_ops(nft, nl_fault_arm(&fault, NL_FAULT_EINTR, 1, 0));
+        cr_assert_eq(nft_batch_commit(nft, b), 0, "%s", nft_error_message(nft));
+        nft_set_ops(nft, NULL);
+        cr_assert(fault.fired);
+        cr_assert_eq(batches_sent(), 2, "interrupted before it was sent: sent once more");
+        nft_batch_free(b);
+        char *out = sh("nft list ruleset");
+        cr_assert_eq(count_substr(out, "comment \"" AGENT ":00000000000000a1:"), 4, "%s", out);
+        free(out);
+}
+
+/* (C) Every request of an element dump (generation, three sets, generation), faulted in turn: ENOBUFS,
+ * lost answers and EINTR are retried to the same result; refusals come back as errors. */
+Test(nft_faults, dumps_resync, .init = netns_setup, .fini = netns_teardown) {
+        NftElem a1[4];
+        vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+        setup_layout();
+        NftBatch *b = batch_of(false, a1, 4, true);
+        cr_assert_eq(nft_batch_commit(nft, b), 0);
+        nft_batch_free(b);
+
+        NftElem *clean;
+        size_t n_clean;
+        nft_set_ops(nft, nl_fault_arm(&fault, NL_FAULT_NONE, 0, 0));
+        cr_assert_eq(nft_dump_elems(nft, &layout, &clean, &n_clean), 0);
+        unsigned requests = fault.n_requests;
+        cr_assert_eq(requests, 5);
+        cr_assert_eq(n_clean, 4);
+        unsigned sites = 0;
+        for (NlFaultKind k = NL_FAULT_EEXIST; k <= NL_FAULT_LOST_ACK; k++)
+                for (unsigned at = 1; at <= requests; at++) {
+                        NftElem *e = NULL;
+                        size_t n = 0;
+                        nft_set_ops(nft, nl_fault_arm(&fault, k, at, 0));
+                        int r = nft_dump_elems(nft, &layout, &e, &n);
+                        cr_assert(fault.fired);
+                        sites++;
+                        if (k == NL_FAULT_EINTR || k == NL_FAULT_ENOBUFS || k == NL_FAULT_LOST_ACK) {
+                                cr_assert_eq(r, 0, "%s at request %u (%s): %d", nl_fault_kind_to_string(k), at,
+                                             fault.log[at - 1], r);
+                                cr_assert_eq(n, n_clean);
+                                cr_assert_eq(memcmp(e, clean, n * sizeof(NftElem)), 0);
+                                free(e);
+                        } else
+                                cr_assert_eq(r, k == NL_FAULT_EEXIST ? -EEXIST : k == NL_FAULT_EBUSY ? -EBUSY : -ENOMEM,
+                                             "%s at request %u: %d", nl_fault_kind_to_string(k), at, r);
+                }
+        nft_set_ops(nft, NULL);
+        cr_assert_eq(sites, 6 * 5);
+        free(clean);
 }

@@ -15,6 +15,7 @@
 
 typedef struct Nft Nft;
 typedef struct NftBatch NftBatch;
+typedef struct NlOps NlOps;
 
 #define NFT_TAG_MAX 128 /* what nft shows of a comment */
 
@@ -55,10 +56,17 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Nft *, nft_close);
 /* What went wrong in the last failed call: the operation and the kernel's extack text. */
 const char *nft_error_message(const Nft *nft);
 
+/* The socket calls to use (backends/nl/nlops.h); NULL: the system's. A seam for fault-injection tests. */
+void nft_set_ops(Nft *nft, const NlOps *ops);
+/* The netlink port id of our socket (what the kernel records as a table's owner). */
+uint32_t nft_portid(const Nft *nft);
+
 NftBatch *nft_batch_new(Nft *nft);
 NftBatch *nft_batch_free(NftBatch *b);
 DEFINE_TRIVIAL_CLEANUP_FUNC(NftBatch *, nft_batch_free);
 size_t nft_batch_n_ops(const NftBatch *b);
+/* What operation i does ("add forward 8080/tcp", "create chain inet chvm forward"), as errors name it. */
+const char *nft_batch_op(const NftBatch *b, size_t i);
 
 /* Adds the creation of both tables (NLM_F_EXCL, so -EEXIST from the kernel means "already set up"), their
  * sets, chains and static rules, all tagged. */
@@ -69,7 +77,10 @@ int nft_batch_elem(NftBatch *b, const NftLayout *l, const NftElem *e, bool add);
 int nft_batch_delete_tables(NftBatch *b, const NftLayout *l);
 
 /* Sends the batch and reads every reply. 0 if the kernel committed all of it; otherwise the first error,
- * described by nft_error_message(), and nothing of the batch was applied. */
+ * described by nft_error_message(), and nothing of the batch was applied.
+ * When the answers are lost (ENOBUFS, or they never come), the batch's tables and elements in the kernel
+ * tell whether it was committed (all of them as it wanted, with its tags: 0) or not (then it is sent
+ * again, up to three times, and the kernel's own answer comes through). */
 int nft_batch_commit(Nft *nft, NftBatch *b);
 
 /* Elements of our sets, with their comments, from a dump that is retried if the ruleset generation
@@ -88,6 +99,15 @@ int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_
 
 /* The comment of `inet <table>`: -ENOENT if there is no such table. */
 int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]);
+
+typedef struct NftTableInfo {
+        char tag[NFT_TAG_MAX + 1]; /* its comment, "" if none */
+        uint32_t flags; /* NFT_TABLE_F_* */
+        uint32_t owner; /* netlink port id of the owning socket, when flags has NFT_TABLE_F_OWNER */
+} NftTableInfo;
+
+/* `<family> <table>` (NFPROTO_INET or NFPROTO_BRIDGE): -ENOENT if there is no such table. */
+int nft_table_info(Nft *nft, const NftLayout *l, int family, NftTableInfo *ret);
 int nft_generation(Nft *nft, uint32_t *ret);
 
 /* The raw bytes of the batch built so far (BEGIN ... END), for tests that parse it back. */
