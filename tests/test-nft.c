@@ -538,6 +538,38 @@ Test(nft_faults, lost_answers_resolved_from_tags, .init = netns_setup, .fini = n
         free(out);
 }
 
+/* An error the kernel gives the whole batch, as the answer to BATCH_BEGIN: ENOMEM while it collected the
+ * answers (nothing else comes), or a commit that failed after every message was accepted (their 0s
+ * follow). Either way the batch did not apply, and the caller hears so at once. */
+Test(nft_faults, error_of_the_whole_batch, .init = netns_setup, .fini = netns_teardown) {
+        static const NlFaultKind kinds[] = { NL_FAULT_ENOMEM, NL_FAULT_COMMIT_ERROR };
+        NftElem a1[4];
+        vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+        for (size_t k = 0; k < 2; k++) {
+                char *before = sh("nft -j list ruleset");
+                NftBatch *b = batch_of(true, a1, 4, true);
+                struct timespec t0, t1;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
+                int r = nft_batch_commit(nft, b);
+                nft_set_ops(nft, NULL);
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                cr_assert_eq(r, -ENOMEM, "%s: %d (%s)", nl_fault_kind_to_string(kinds[k]), r, nft_error_message(nft));
+                cr_assert(strstr(nft_error_message(nft), "nftables batch (create table inet chvm"), "%s",
+                          nft_error_message(nft));
+                double s = (double) (t1.tv_sec - t0.tv_sec) + (double) (t1.tv_nsec - t0.tv_nsec) / 1e9;
+                cr_assert_lt(s, 1.0, "%s: the answer took %.1f s", nl_fault_kind_to_string(kinds[k]), s);
+                char *after = sh("nft -j list ruleset");
+                cr_assert_str_eq(before, after);
+                free(before);
+                free(after);
+                nft_batch_free(b);
+                /* nothing stale is left on the socket for the next request */
+                char tag[NFT_TAG_MAX + 1];
+                cr_assert_eq(nft_table_tag(nft, &layout, tag), -ENOENT);
+        }
+}
+
 /* (C) Every request of an element dump (generation, three sets, generation), faulted in turn: ENOBUFS,
  * lost answers and EINTR are retried to the same result; refusals come back as errors. */
 Test(nft_faults, dumps_resync, .init = netns_setup, .fini = netns_teardown) {

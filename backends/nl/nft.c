@@ -870,7 +870,9 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                                 strerror(-r));
 
         /* The kernel answers every operation (NLM_F_ACK), errors and all, once it has gone through the whole
-         * batch. */
+         * batch. An error it cannot pin on one operation (out of memory while collecting the answers, or a
+         * failure while committing) comes as the answer to BATCH_BEGIN: then nothing of the batch applies,
+         * whatever the operations' own answers said. */
         while (replies < b->n_ops) {
                 ssize_t n = nl_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
                 if (n == -ENOBUFS || n == -ETIMEDOUT) {
@@ -889,6 +891,12 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                                 continue;
                         char extack[NL_EXTACK_MAX];
                         int e = nl_error_parse(m, extack);
+                        if (m->nlmsg_seq == b->first_seq - 1 && e < 0) {
+                                nft_fail(nft, e, "nftables batch (%s, ... %zu operations): %s%s%s", b->ops[0],
+                                         b->n_ops, strerror(-e), extack[0] ? ": " : "", extack);
+                                nl_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                                return e;
+                        }
                         if (m->nlmsg_seq < b->first_seq || m->nlmsg_seq >= b->first_seq + b->n_ops)
                                 continue;
                         replies++;

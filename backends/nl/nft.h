@@ -77,7 +77,8 @@ int nft_batch_elem(NftBatch *b, const NftLayout *l, const NftElem *e, bool add);
 int nft_batch_delete_tables(NftBatch *b, const NftLayout *l);
 
 /* Sends the batch and reads every reply. 0 if the kernel committed all of it; otherwise the first error,
- * described by nft_error_message(), and nothing of the batch was applied.
+ * described by nft_error_message(), and nothing of the batch was applied. An error the kernel gives the
+ * whole batch (the answer to BATCH_BEGIN: out of memory, or a failed commit) counts as the batch's error.
  * When the answers are lost (ENOBUFS, or they never come), the batch's tables and elements in the kernel
  * tell whether it was committed (all of them as it wanted, with its tags: 0) or not (then it is sent
  * again, up to three times, and the kernel's own answer comes through). */
