@@ -118,13 +118,13 @@ int nft_open(Nft **ret) {
         }
         nft->portid = mnl_socket_get_portid(nft->nl);
         nft->seq = (uint32_t) time(NULL) << 8;
-        nft->ops = &nl_ops_default;
+        nft->ops = &nlops_default;
         *ret = nft;
         return 0;
 }
 
 void nft_set_ops(Nft *nft, const NlOps *ops) {
-        nft->ops = ops ?: &nl_ops_default;
+        nft->ops = ops ?: &nlops_default;
 }
 
 uint32_t nft_portid(const Nft *nft) {
@@ -863,7 +863,7 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
         int rcvbuf = (int) (b->n_ops * 1024 > 262144 ? b->n_ops * 1024 : 262144);
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
                 (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-        r = nl_sendiov(nft->ops, fd, iov, (size_t) n_iov);
+        r = nlops_sendiov(nft->ops, fd, iov, (size_t) n_iov);
         free(iov);
         if (r < 0)
                 return nft_fail(nft, r, "sending the nftables batch (%s, ...) failed: %s", b->ops[0],
@@ -874,7 +874,7 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
          * failure while committing) comes as the answer to BATCH_BEGIN: then nothing of the batch applies,
          * whatever the operations' own answers said. */
         while (replies < b->n_ops) {
-                ssize_t n = nl_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
+                ssize_t n = nlops_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
                 if (n == -ENOBUFS || n == -ETIMEDOUT) {
                         if (first_error)
                                 return first_error; /* an error means the kernel aborted the batch */
@@ -894,7 +894,7 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                         if (m->nlmsg_seq == b->first_seq - 1 && e < 0) {
                                 nft_fail(nft, e, "nftables batch (%s, ... %zu operations): %s%s%s", b->ops[0],
                                          b->n_ops, strerror(-e), extack[0] ? ": " : "", extack);
-                                nl_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
                                 return e;
                         }
                         if (m->nlmsg_seq < b->first_seq || m->nlmsg_seq >= b->first_seq + b->n_ops)
@@ -908,7 +908,7 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                 }
         }
         if (first_error)
-                nl_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
         return first_error;
 }
 
@@ -973,7 +973,7 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
                 r = commit_once(nft, b, &lost);
                 if (!lost)
                         return r;
-                nl_drain(nft->ops, mnl_socket_get_fd(nft->nl), nft->buf, sizeof(nft->buf));
+                nlops_drain(nft->ops, mnl_socket_get_fd(nft->nl), nft->buf, sizeof(nft->buf));
                 int k = batch_outcome(nft, b);
                 if (k == 1) {
                         nft->error[0] = '\0';
@@ -1000,13 +1000,13 @@ static int dump(Nft *nft, struct nlmsghdr *nlh, DumpCb cb, void *data) {
         uint32_t seq = nlh->nlmsg_seq;
         bool intr = false;
 
-        r = nl_send(nft->ops, fd, nlh, nlh->nlmsg_len);
+        r = nlops_send(nft->ops, fd, nlh, nlh->nlmsg_len);
         if (r < 0)
                 return r;
         for (;;) {
-                ssize_t n = nl_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
+                ssize_t n = nlops_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
                 if (n == -ENOBUFS || n == -ETIMEDOUT) {
-                        nl_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                        nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
                         return -EAGAIN;
                 }
                 if (n < 0)

@@ -24,13 +24,13 @@ static int default_poll(void *userdata _unused_, int fd, int timeout_ms) {
         return k < 0 ? negative_errno() : k;
 }
 
-const NlOps nl_ops_default = {
+const NlOps nlops_default = {
         .sendmsg = default_sendmsg,
         .recvmsg = default_recvmsg,
         .poll = default_poll,
 };
 
-int nl_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov) {
+int nlops_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov) {
         struct sockaddr_nl dst = { .nl_family = AF_NETLINK };
         struct msghdr msg = {
                 .msg_name = &dst, .msg_namelen = sizeof(dst), .msg_iov = (struct iovec *) iov, .msg_iovlen = n_iov
@@ -48,12 +48,12 @@ int nl_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov) 
         }
 }
 
-int nl_send(const NlOps *ops, int fd, const void *buf, size_t len) {
+int nlops_send(const NlOps *ops, int fd, const void *buf, size_t len) {
         struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
-        return nl_sendiov(ops, fd, &iov, 1);
+        return nlops_sendiov(ops, fd, &iov, 1);
 }
 
-ssize_t nl_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout_ms) {
+ssize_t nlops_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout_ms) {
         struct sockaddr_nl src = {};
         struct iovec iov = { .iov_base = buf, .iov_len = size };
         for (;;) {
@@ -81,7 +81,7 @@ ssize_t nl_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout_ms
         }
 }
 
-void nl_drain(const NlOps *ops, int fd, void *buf, size_t size) {
+void nlops_drain(const NlOps *ops, int fd, void *buf, size_t size) {
         struct iovec iov = { .iov_base = buf, .iov_len = size };
         for (unsigned i = 0; i < 4096; i++) {
                 struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };

@@ -8,7 +8,7 @@
  * -1). The default implementation calls the system directly.
  *
  * The kernel handles a netlink request inside sendmsg(): by the time it returns, every reply is queued
- * on our socket, or lost with ENOBUFS. So nl_recv() waits only a short while for a reply that has not
+ * on our socket, or lost with ENOBUFS. So nlops_recv() waits only a short while for a reply that has not
  * come (a reply timeout means "lost", not "slow"). */
 
 #include <stdbool.h>
@@ -24,17 +24,17 @@ typedef struct NlOps {
         void *userdata;
 } NlOps;
 
-extern const NlOps nl_ops_default;
+extern const NlOps nlops_default;
 
 #define NL_REPLY_TIMEOUT_MS 5000
 
 /* Sends buf (one or more netlink messages) to the kernel in one datagram; EINTR is retried. */
-int nl_send(const NlOps *ops, int fd, const void *buf, size_t len);
-int nl_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov);
+int nlops_send(const NlOps *ops, int fd, const void *buf, size_t len);
+int nlops_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov);
 
 /* The next datagram from the kernel: its size, -ETIMEDOUT if nothing came within timeout_ms, -ENOBUFS if
  * the kernel had to drop messages for us (replies were lost), or another -errno. EINTR is retried. */
-ssize_t nl_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout_ms);
+ssize_t nlops_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout_ms);
 
 /* Reads and discards whatever is queued for us (the rest of a lost exchange), without waiting. */
-void nl_drain(const NlOps *ops, int fd, void *buf, size_t size);
+void nlops_drain(const NlOps *ops, int fd, void *buf, size_t size);

@@ -54,7 +54,7 @@ int rtnl_open(Rtnl **ret) {
         }
         rtnl->portid = mnl_socket_get_portid(rtnl->nl);
         rtnl->seq = (uint32_t) time(NULL);
-        rtnl->ops = &nl_ops_default;
+        rtnl->ops = &nlops_default;
         *ret = rtnl;
         return 0;
 }
@@ -73,7 +73,7 @@ const char *rtnl_error_message(const Rtnl *rtnl) {
 }
 
 void rtnl_set_ops(Rtnl *rtnl, const NlOps *ops) {
-        rtnl->ops = ops ?: &nl_ops_default;
+        rtnl->ops = ops ?: &nlops_default;
 }
 
 /* The error of an NLMSG_ERROR message (0 for an ACK), and its extack text into rtnl->error. */
@@ -94,12 +94,12 @@ static int exchange(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *
 
         *ret_lost = false;
         rtnl->error[0] = '\0';
-        r = nl_send(rtnl->ops, fd, nlh, nlh->nlmsg_len);
+        r = nlops_send(rtnl->ops, fd, nlh, nlh->nlmsg_len);
         if (r < 0)
                 return r;
 
         for (;;) {
-                ssize_t n = nl_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
+                ssize_t n = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
                 if (n == -ENOBUFS || n == -ETIMEDOUT) {
                         *ret_lost = true;
                         return (int) n;
@@ -145,7 +145,7 @@ static int transact(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *
                 int r = exchange(rtnl, nlh, handler, userdata, &lost);
                 if (!lost)
                         return r;
-                nl_drain(rtnl->ops, mnl_socket_get_fd(rtnl->nl), rtnl->rbuf, sizeof(rtnl->rbuf));
+                nlops_drain(rtnl->ops, mnl_socket_get_fd(rtnl->nl), rtnl->rbuf, sizeof(rtnl->rbuf));
                 rtnl->lost_reply = true;
                 if (nlh->nlmsg_flags & NLM_F_DUMP)
                         return -EAGAIN;
@@ -548,7 +548,7 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 }
                 if (k == 0)
                         break;
-                int r = nl_send(rtnl->ops, fd, rtnl->buf, len);
+                int r = nlops_send(rtnl->ops, fd, rtnl->buf, len);
                 if (r < 0)
                         return r;
 
@@ -556,7 +556,7 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 int first_error = 0;
                 bool lost = false;
                 while (n_acked < k) {
-                        ssize_t got = nl_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
+                        ssize_t got = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
                         if (got == -ENOBUFS || got == -ETIMEDOUT) {
                                 lost = true;
                                 break;
@@ -589,7 +589,7 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 if (first_error)
                         return first_error;
                 if (lost) {
-                        nl_drain(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf));
+                        nlops_drain(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf));
                         if (++losses == 3)
                                 return -ENOBUFS;
                         i = start; /* this chunk again, without what was acknowledged */
