@@ -83,12 +83,17 @@ static int parse_error(Rtnl *rtnl, const struct nlmsghdr *nlh) {
 
 typedef int (*MsgHandler)(const struct nlmsghdr *nlh, void *userdata);
 
+/* NLM_F_DUMP is NLM_F_ROOT|NLM_F_MATCH, and NLM_F_MATCH is NLM_F_EXCL: only a get asks for a dump. */
+static bool is_dump(const struct nlmsghdr *nlh) {
+        return (nlh->nlmsg_type & 3) == 2 /* RTM_GET* */ && (nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+}
+
 /* One exchange: sends the request and reads every reply to it: data messages go to `handler`; the
  * request ends with its ACK (or error), a dump with NLMSG_DONE. *ret_lost is set when replies were lost
  * on the way (ENOBUFS, or nothing came back): then the outcome is unknown. */
 static int exchange(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *userdata, bool *ret_lost) {
         int fd = mnl_socket_get_fd(rtnl->nl);
-        bool dump = nlh->nlmsg_flags & NLM_F_DUMP, intr = false;
+        bool dump = is_dump(nlh), intr = false;
         uint32_t seq = nlh->nlmsg_seq;
         int r;
 
@@ -147,7 +152,7 @@ static int transact(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *
                         return r;
                 nlops_drain(rtnl->ops, mnl_socket_get_fd(rtnl->nl), rtnl->rbuf, sizeof(rtnl->rbuf));
                 rtnl->lost_reply = true;
-                if (nlh->nlmsg_flags & NLM_F_DUMP)
+                if (is_dump(nlh))
                         return -EAGAIN;
                 if (attempt == 2)
                         return r;
