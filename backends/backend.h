@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHVM_BACKEND_ABI 1U
+#define CHVM_BACKEND_ABI 2U /* 2: BackendConfig.nl_ops */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -78,6 +78,9 @@ typedef struct BackendConfig {
         uint8_t prefixlen;
         uint32_t gateway; /* local: the bridge's address */
         const char *tap_prefix;
+        /* The netlink socket calls (backends/nl/nlops.h); NULL: the system's. Only tests set it, to inject
+         * faults into every netlink request the backend makes. */
+        const struct NlOps *nl_ops;
 } BackendConfig;
 
 typedef struct PortForward {

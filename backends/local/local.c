@@ -79,9 +79,12 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         r = rtnl_open(&l->rtnl);
         if (r < 0)
                 return fail(l, r, "cannot open rtnetlink: %s", strerror(-r));
+        rtnl_set_ops(l->rtnl, cfg->nl_ops);
+        /* The one nfnetlink socket of the backend: every batch goes through it (see table ownership). */
         r = nft_open(&l->nft);
         if (r < 0)
                 return fail(l, r, "cannot open nfnetlink: %s", strerror(-r));
+        nft_set_ops(l->nft, cfg->nl_ops);
         return 0;
 }
 
