@@ -190,6 +190,7 @@ static int ensure_bridge(LocalBackend *l, Resource *br) {
         r = rtnl_bridge_create(l->rtnl, br->name, br->tag, &ifindex);
         br->created = r >= 0;
         if (r >= 0) {
+                br->ifindex = ifindex; /* for local_apply()'s undo, should a later step fail */
                 /* A fixed MAC, so the gateway's address does not follow whichever TAP joins or leaves. */
                 LinkChange m = LINK_CHANGE_KEEP;
                 m.mac = l->bridge_mac;
@@ -308,10 +309,19 @@ static int local_apply(Backend *b, ResourceSet *plan) {
         return CRASH_POINT("local-apply-nft-committed");
 
 undo:
-        /* All or nothing: the batch changed nothing; take the TAPs of this plan away again. */
+        /* All or nothing: the batch changed nothing; take the TAPs of this plan away again, and the bridge
+         * if this call made it. */
         for (size_t i = 0; i < made; i++)
                 if (plan->items[i].kind == RESOURCE_LINK_TAP && plan->items[i].ifindex)
                         (void) backend_remove_link(l->rtnl, &plan->items[i]);
+        for (size_t i = 0; i < plan->n; i++) {
+                Resource *x = &plan->items[i];
+                if (x->kind == RESOURCE_LINK_BRIDGE && x->created && x->ifindex) {
+                        (void) backend_remove_link(l->rtnl, x);
+                        x->created = false;
+                        x->ifindex = 0;
+                }
+        }
         return r;
 }
 
