@@ -546,8 +546,17 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
                 if (per_backend[bi].n == 0)
                         continue;
                 r = release(d, d->backends[bi], per_backend[bi].items, per_backend[bi].n, &s);
-                if (r < 0)
+                if (r < 0) {
+                        /* Say whose network it was: "VM web: cannot list ...", or how many VMs. */
+                        const LiveVm *vm = live_set_get_vm(ls, per_backend[bi].items[0].vm_id);
+                        char cause[sizeof(d->error)];
+                        memcpy(cause, d->error, sizeof(cause));
+                        if (u64map_size(wanted) == 1 && vm)
+                                fail(d, r, "VM %s: taking its network down: %.600s", vm->name, cause);
+                        else
+                                fail(d, r, "taking the network of %zu VMs down: %.600s", u64map_size(wanted), cause);
                         goto out;
+                }
                 stale += s;
         }
         for (size_t it = 0; live_set_iterate_ips(ls, &it, &ip4, &owner);) {
