@@ -87,7 +87,7 @@ static void describe(NlFault *f, int proto, const uint8_t *buf, size_t len) {
                 snprintf(out, 64, "nft batch %s%s%.0u", name, n > 1 ? " +" : "", n > 1 ? n - 1 : 0);
         else
                 snprintf(out, 64, "%s %s%s%s%.0u", proto == NETLINK_NETFILTER ? "nft" : "rtnl", name,
-                         first->nlmsg_flags & NLM_F_DUMP ? " dump" : "", n > 1 ? " x" : "", n > 1 ? n : 0);
+                         (first->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP && (first->nlmsg_type & 3) == 2 ? " dump" : "", n > 1 ? " x" : "", n > 1 ? n : 0);
 }
 
 static uint32_t portid_of(int fd) {
@@ -176,6 +176,10 @@ static ssize_t fault_sendmsg(void *userdata, int fd, const struct msghdr *msg, i
         int proto = 0;
         socklen_t pl = sizeof(proto);
 
+        if (f->paused) {
+                ssize_t n = sendmsg(fd, msg, flags);
+                return n < 0 ? -errno : n;
+        }
         (void) getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl);
         for (size_t i = 0; i < msg->msg_iovlen; i++) {
                 if (len + msg->msg_iov[i].iov_len > sizeof(buf))
@@ -186,15 +190,22 @@ static ssize_t fault_sendmsg(void *userdata, int fd, const struct msghdr *msg, i
         f->n_requests++;
         describe(f, proto, buf, len);
 
-        if (f->n_requests != f->at || f->kind == NL_FAULT_NONE) {
+        NlFaultKind kind = NL_FAULT_NONE;
+        if (f->n_requests == f->at) {
+                kind = f->kind;
+                f->fired = kind != NL_FAULT_NONE;
+        }
+        for (size_t i = 0; i < f->n_more; i++)
+                if (f->n_requests == f->more[i].at)
+                        kind = f->more[i].kind;
+        if (kind == NL_FAULT_NONE) {
                 ssize_t n = sendmsg(fd, msg, flags);
                 return n < 0 ? -errno : n;
         }
-        f->fired = true;
-        switch (f->kind) {
+        switch (kind) {
         case NL_FAULT_EEXIST:
         case NL_FAULT_EBUSY:
-                refuse(f, proto, fd, buf, len, f->kind == NL_FAULT_EEXIST ? EEXIST : EBUSY, false, false);
+                refuse(f, proto, fd, buf, len, kind == NL_FAULT_EEXIST ? EEXIST : EBUSY, false, false);
                 return (ssize_t) len;
         case NL_FAULT_ENOMEM:
                 refuse(f, proto, fd, buf, len, ENOMEM, true, false);
@@ -212,7 +223,7 @@ static ssize_t fault_sendmsg(void *userdata, int fd, const struct msghdr *msg, i
                         return -errno;
                 /* The kernel answered inside sendmsg(); a dump goes on as its replies are read. */
                 drain_real(fd);
-                if (f->kind == NL_FAULT_ENOBUFS)
+                if (kind == NL_FAULT_ENOBUFS)
                         f->enobufs_recv = true;
                 else
                         f->lost = true;
@@ -280,4 +291,9 @@ const NlOps *nl_fault_arm(NlFault *f, NlFaultKind kind, unsigned at, unsigned ms
         f->msg_index = msg_index;
         f->ops = (NlOps){ .sendmsg = fault_sendmsg, .recvmsg = fault_recvmsg, .poll = fault_poll, .userdata = f };
         return &f->ops;
+}
+
+void nl_fault_add(NlFault *f, NlFaultKind kind, unsigned at) {
+        if (f->n_more < NL_FAULT_MAX)
+                f->more[f->n_more++] = (typeof(f->more[0])){ .kind = kind, .at = at };
 }

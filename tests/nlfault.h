@@ -19,7 +19,8 @@
  *                          attribute the kernel's policy refuses (an over-long attribute of type 1, the
  *                          table name of every nf_tables message): the kernel itself refuses that message
  *
- * One fault per NlFault; requests after it pass untouched. */
+ * nl_fault_arm() sets the first fault, nl_fault_add() more (at other requests); every other request
+ * passes untouched. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,13 +45,21 @@ const char *nl_fault_kind_to_string(NlFaultKind k);
 
 #define NL_FAULT_LOG_MAX 512
 
+#define NL_FAULT_MAX 4
+
 typedef struct NlFault {
-        NlFaultKind kind;
-        unsigned at; /* 1-based request number; 0: never */
-        unsigned msg_index; /* POISON */
+        NlFaultKind kind; /* the first fault, */
+        unsigned at; /* at this 1-based request number (0: never), */
+        unsigned msg_index; /* on this message of it (POISON) */
+        struct {
+                NlFaultKind kind;
+                unsigned at;
+        } more[NL_FAULT_MAX];
+        size_t n_more;
+        bool paused; /* requests pass untouched and uncounted (the test's own look at the kernel) */
 
         unsigned n_requests; /* requests seen so far */
-        bool fired; /* the fault was injected */
+        bool fired; /* the (first) fault was injected */
         char log[NL_FAULT_LOG_MAX][64]; /* what each request was ("nft batch NEWTABLE +24", "rtnl RTM_NEWLINK") */
 
         /* state of an injected fault */
@@ -62,3 +71,5 @@ typedef struct NlFault {
 
 /* Resets the counters and arms the fault (kind NL_FAULT_NONE: only counts). Returns &f->ops. */
 const NlOps *nl_fault_arm(NlFault *f, NlFaultKind kind, unsigned at, unsigned msg_index);
+/* Another fault, at another request (not POISON). */
+void nl_fault_add(NlFault *f, NlFaultKind kind, unsigned at);
