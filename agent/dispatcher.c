@@ -407,8 +407,11 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         }
 
         r = ensure_core(d, b);
-        if (r < 0)
-                return r;
+        if (r < 0) {
+                char cause[sizeof(d->error)];
+                memcpy(cause, d->error, sizeof(cause));
+                return fail(d, r, "VM %s: %.700s", req->vm_name, cause);
+        }
 
         dispatcher_mac(req->vm_id, info.mac);
         if (b->vtable->uses_addresses) {

@@ -619,6 +619,74 @@ Test(dispatcher_faults, every_request_every_fault, .init = setup, .fini = teardo
         open_agent("chvm0", 24); /* for teardown */
 }
 
+/* The request number of the first request whose log starts with `what`, in a clean run of `flow`. */
+static unsigned find_request(const char *what) {
+        for (unsigned i = 0; i < nlf.n_requests && i < NL_FAULT_LOG_MAX; i++)
+                if (strncmp(nlf.log[i], what, strlen(what)) == 0)
+                        return i + 1;
+        return 0;
+}
+
+static int beta_up(void) {
+        PortForward p = { IPPROTO_TCP, 9090, 80 };
+        return up(2, "beta", "local", &p, 1, NULL);
+}
+
+/* (B) Through the dispatcher: each message of the layout batch (the first bring-up in an empty namespace)
+ * and of the VM's element batch (alpha, 2 forwards, next to VM beta) is poisoned in turn. The kernel
+ * refuses it; the bring-up fails naming VM alpha and the operation; the ruleset is byte for byte what it was
+ * (`nft -j list ruleset`), the links are what they were, and the journal owns nothing of alpha. */
+Test(dispatcher_faults, bringup_batches_fail_whole_at_every_position, .init = setup, .fini = teardown) {
+        static const char *const batches[] = { "nft batch NEWTABLE", "nft batch NEWSETELEM" };
+        size_t positions = 0;
+        for (size_t w = 0; w < ELEMENTSOF(batches); w++) {
+                bool with_beta = w == 1;
+                fresh_agent();
+                if (with_beta)
+                        cr_assert_eq(beta_up(), 0, "%s", dispatcher_error(disp));
+                nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
+                cr_assert_eq(fault_flow_up(), 0, "%s", dispatcher_error(disp));
+                unsigned at = find_request(batches[w]);
+                cr_assert_gt(at, 0, "no %s in the bring-up", batches[w]);
+                unsigned n_msgs = 1;
+                const char *plus = strchr(nlf.log[at - 1], '+');
+                if (plus)
+                        n_msgs += (unsigned) atoi(plus + 1);
+                cr_assert_eq(n_msgs, w == 0 ? 20 : 4, "%s has %u messages", batches[w], n_msgs);
+
+                for (unsigned i = 0; i < n_msgs; i++) {
+                        fresh_agent();
+                        if (with_beta)
+                                cr_assert_eq(beta_up(), 0, "%s", dispatcher_error(disp));
+                        char *rules = sh("nft -j list ruleset");
+                        char *links = sh("ip -o link | cut -d: -f2 | sort");
+                        nl_fault_arm(&nlf, NL_FAULT_POISON, at, i);
+                        int r = fault_flow_up();
+                        nlf.paused = true;
+                        cr_assert(nlf.fired);
+                        cr_assert_eq(r, -ERANGE, "%s message %u: %d (%s)", batches[w], i, r, dispatcher_error(disp));
+                        const char *e = dispatcher_error(disp);
+                        cr_assert(strstr(e, "alpha") && strstr(e, ": Numerical result out of range"), "%s", e);
+                        char *rules2 = sh("nft -j list ruleset");
+                        char *links2 = sh("ip -o link | cut -d: -f2 | sort");
+                        cr_assert_str_eq(rules, rules2, "%s message %u (%s): the ruleset changed", batches[w], i, e);
+                        cr_assert_str_eq(links, links2, "%s message %u (%s): the links changed", batches[w], i, e);
+                        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+                        cr_assert(!vm || (vm->n_objects == 0 && vm->n_ips == 0), "alpha still owns records");
+                        assert_kernel_matches_journal(e);
+                        free(rules);
+                        free(rules2);
+                        free(links);
+                        free(links2);
+                        positions++;
+                }
+        }
+        cr_assert_eq(positions, 24);
+        test_nl_ops = NULL;
+        close_agent();
+        open_agent("chvm0", 24);
+}
+
 /* A lost ACK on a create that cannot be settled where it happened: the answers to the VM's element batch
  * are lost and reading the elements back fails too, so the backend reports a failure for objects the
  * kernel did make. Before the dispatcher journals ABORTED it reads the tags back: the elements are found,
