@@ -13,11 +13,14 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <netinet/in.h>
+#include <linux/netfilter.h> /* after netinet/in.h, which it would clash with */
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -609,4 +612,249 @@ Test(nft_faults, dumps_resync, .init = netns_setup, .fini = netns_teardown) {
         nft_set_ops(nft, NULL);
         cr_assert_eq(sites, 6 * 5);
         free(clean);
+}
+
+/* --- table ownership: what the kernel does with NFT_TABLE_F_OWNER and NFT_TABLE_F_PERSIST -------------- */
+
+static NftLayout with_flags(uint32_t flags) {
+        NftLayout l = layout;
+        l.table_flags = flags;
+        return l;
+}
+
+#define OWNED (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
+
+static void commit_layout(Nft *n, const NftLayout *l, bool with_elems) {
+        NftBatch *b = nft_batch_new(n);
+        cr_assert_eq(nft_batch_add_layout(b, l), 0);
+        if (with_elems) {
+                NftElem a1[4];
+                vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+                for (size_t i = 0; i < 4; i++)
+                        cr_assert_eq(nft_batch_elem(b, l, &a1[i], true), 0);
+        }
+        cr_assert_eq(nft_batch_commit(n, b), 0, "%s", nft_error_message(n));
+        nft_batch_free(b);
+}
+
+/* Another process: the nft command. Its output and exit status. */
+static char *nft_cli(const char *args) {
+        return sh("nft %s 2>&1; echo \"rc=$?\"", args);
+}
+
+/* A process that makes the layout with `flags` on a socket of its own, then is killed (SIGKILL: an agent
+ * crash) when told to through the pipe; or, with hold, lives on until then. */
+static pid_t owner_process(uint32_t flags, int *ret_tell) {
+        int ready[2], go[2];
+        cr_assert_eq(pipe(ready), 0);
+        cr_assert_eq(pipe(go), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                Nft *n;
+                char c = 0;
+                close(ready[0]);
+                close(go[1]);
+                if (nft_open(&n) < 0)
+                        _exit(1);
+                NftLayout l = with_flags(flags);
+                NftBatch *b = nft_batch_new(n);
+                NftElem a1[4];
+                vm_elems(a1, "00000000000000a1", "tap-a1", 0xc0a8c802, 8080);
+                if (nft_batch_add_layout(b, &l) < 0)
+                        _exit(1);
+                for (size_t i = 0; i < 4; i++)
+                        if (nft_batch_elem(b, &l, &a1[i], true) < 0)
+                                _exit(1);
+                if (nft_batch_commit(n, b) < 0)
+                        _exit(2);
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(1);
+                if (read(go[0], &c, 1) < 0)
+                        _exit(1);
+                raise(SIGKILL);
+                _exit(3);
+        }
+        close(ready[1]);
+        close(go[0]);
+        char c;
+        cr_assert_eq(read(ready[0], &c, 1), 1, "the owner process failed");
+        close(ready[0]);
+        *ret_tell = go[1];
+        return pid;
+}
+
+static void kill_owner(pid_t pid, int tell) {
+        int status;
+        cr_assert_eq(write(tell, "k", 1), 1);
+        close(tell);
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+/* This kernel (6.18) knows both flags; an unknown flag is refused; the probe itself changes nothing, not
+ * even the ruleset's generation. A refusal of the probe (here injected: a kernel before 6.9 answers
+ * EOPNOTSUPP) reads as "not supported". */
+Test(nft_owner, probe, .init = netns_setup, .fini = netns_teardown) {
+        uint32_t g0, g1;
+        char *before = sh("nft -j list ruleset");
+        cr_assert_eq(nft_generation(nft, &g0), 0);
+        cr_assert_eq(nft_probe_table_flags(nft, NFT_TABLE_F_OWNER), 0, "%s", nft_error_message(nft));
+        cr_assert_eq(nft_probe_table_flags(nft, OWNED), 0, "%s", nft_error_message(nft));
+        cr_assert_eq(nft_probe_table_flags(nft, 0x80), -EOPNOTSUPP, "%s", nft_error_message(nft));
+        cr_assert_eq(nft_generation(nft, &g1), 0);
+        cr_assert_eq(g0, g1, "the probe committed something");
+        char *after = sh("nft -j list ruleset");
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
+}
+
+/* Owned tables: others list them (nft list, read-only), but cannot add an element, a rule, or delete the
+ * table (EPERM); `nft flush ruleset` by another process removes every other table and passes ours by. */
+Test(nft_owner, others_read_but_cannot_change_or_flush, .init = netns_setup, .fini = netns_teardown) {
+        NftLayout l = with_flags(OWNED);
+        commit_layout(nft, &l, true);
+        NftTableInfo info;
+        cr_assert_eq(nft_table_info(nft, &l, NFPROTO_INET, &info), 0);
+        cr_assert_eq(info.flags, OWNED);
+        cr_assert_eq(info.owner, nft_portid(nft));
+        cr_assert_eq(nft_table_info(nft, &l, NFPROTO_BRIDGE, &info), 0);
+        cr_assert_eq(info.flags, OWNED);
+
+        char *ours = sh("nft -j list table inet chvm; nft -j list table bridge chvm");
+        cr_assert(strstr(ours, "fwd") && strstr(ours, "\"owner\""), "nft lists owned tables: %s", ours);
+        static const char *const changes[] = {
+                "add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }'",
+                "add element bridge chvm vm_ports '{ \"tap-x\" }'",
+                "add rule inet chvm forward counter",
+                "delete table inet chvm",
+                "delete table bridge chvm",
+                "flush table inet chvm",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(changes); i++) {
+                char *o = nft_cli(changes[i]);
+                cr_assert(strstr(o, "Operation not permitted") && !strstr(o, "rc=0"), "nft %s: %s", changes[i], o);
+                free(o);
+        }
+        free(sh("nft add table ip foreign; nft add chain ip foreign c"));
+        char *o = nft_cli("flush ruleset");
+        cr_assert(strstr(o, "rc=0"), "%s", o);
+        free(o);
+        char *tables = sh("nft list tables");
+        cr_assert_str_eq(tables, "table inet chvm\ntable bridge chvm\n", "after flush ruleset: %s", tables);
+        char *ours2 = sh("nft -j list table inet chvm; nft -j list table bridge chvm");
+        cr_assert_str_eq(ours, ours2, "flush ruleset by another process changed our tables");
+        free(tables);
+        free(ours);
+        free(ours2);
+
+        /* The owner itself changes them as ever. */
+        NftElem e = fwd(7000, IPPROTO_TCP, 0xc0a8c809, 22, "00000000000000b1");
+        NftBatch *b = nft_batch_new(nft);
+        cr_assert_eq(nft_batch_elem(b, &l, &e, true), 0);
+        cr_assert_eq(nft_batch_commit(nft, b), 0, "%s", nft_error_message(nft));
+        nft_batch_free(b);
+}
+
+/* NFT_TABLE_F_OWNER alone: when the owning socket goes (the process is killed), the kernel deletes the
+ * tables with it, elements and all. */
+Test(nft_owner, owner_killed_without_persist_tables_go, .init = netns_setup, .fini = netns_teardown) {
+        int tell;
+        pid_t pid = owner_process(NFT_TABLE_F_OWNER, &tell);
+        char *t = sh("nft list tables");
+        cr_assert_str_eq(t, "table inet chvm\ntable bridge chvm\n");
+        free(t);
+        kill_owner(pid, tell);
+        t = sh("nft list tables");
+        cr_assert_str_empty(t, "the tables outlived their owner: %s", t);
+        free(t);
+}
+
+/* With NFT_TABLE_F_PERSIST the tables outlive their owner, orphaned (PERSIST without OWNER), elements and
+ * all. An orphan has no protection: others may change it, and flush ruleset would remove it. The next
+ * socket that sets OWNER on it adopts it, and then only that one may change it. */
+Test(nft_owner, owner_killed_with_persist_tables_orphaned_then_adopted, .init = netns_setup,
+     .fini = netns_teardown) {
+        NftLayout l = with_flags(OWNED);
+        int tell;
+        pid_t pid = owner_process(OWNED, &tell);
+        char *before = sh("nft list ruleset");
+        kill_owner(pid, tell);
+        char *after = sh("nft list ruleset");
+        cr_assert(strstr(after, "comment \"" AGENT ":00000000000000a1:fwd\""), "%s", after);
+        NftTableInfo info;
+        cr_assert_eq(nft_table_info(nft, &l, NFPROTO_INET, &info), 0);
+        cr_assert_eq(info.flags, NFT_TABLE_F_PERSIST, "orphaned: %x", info.flags);
+        cr_assert_eq(nft_table_info(nft, &l, NFPROTO_BRIDGE, &info), 0);
+        cr_assert_eq(info.flags, NFT_TABLE_F_PERSIST);
+        free(before);
+        free(after);
+
+        /* Orphaned: anyone may add to it. */
+        char *o = nft_cli("add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }'");
+        cr_assert(strstr(o, "rc=0"), "%s", o);
+        free(o);
+
+        /* Adoption: one batch for both tables; then ours alone again. */
+        cr_assert_eq(nft_adopt_tables(nft, &l), 0, "%s", nft_error_message(nft));
+        for (int f = 0; f < 2; f++) {
+                cr_assert_eq(nft_table_info(nft, &l, f ? NFPROTO_BRIDGE : NFPROTO_INET, &info), 0);
+                cr_assert_eq(info.flags, OWNED);
+                cr_assert_eq(info.owner, nft_portid(nft));
+        }
+        o = nft_cli("add element inet chvm portfwd4 '{ tcp . 9998 : 192.168.200.99 . 80 }'");
+        cr_assert(strstr(o, "Operation not permitted"), "%s", o);
+        free(o);
+        o = sh("nft list map inet chvm portfwd4");
+        cr_assert(strstr(o, "9999") && strstr(o, "8080"), "adoption kept the elements: %s", o);
+        free(o);
+        /* Adopting again is a no-op for the owner. */
+        cr_assert_eq(nft_adopt_tables(nft, &l), 0, "%s", nft_error_message(nft));
+        nft = nft_close(nft); /* and let go */
+        cr_assert_eq(nft_open(&nft), 0);
+
+        /* An orphan is flushed like any table. */
+        o = nft_cli("flush ruleset");
+        cr_assert(strstr(o, "rc=0"), "%s", o);
+        free(o);
+        o = sh("nft list tables");
+        cr_assert_str_empty(o, "an orphaned table survived flush ruleset: %s", o);
+        free(o);
+}
+
+/* Adoption is refused while the owner lives (EPERM), for tables made without PERSIST (EOPNOTSUPP: the kernel
+ * never lets OWNER be set on a table that has none, nor PERSIST be added later), and where there are no
+ * tables (ENOENT); a refused adoption changes nothing. */
+Test(nft_owner, adoption_refused, .init = netns_setup, .fini = netns_teardown) {
+        NftLayout l = with_flags(OWNED);
+        cr_assert_eq(nft_adopt_tables(nft, &l), -ENOENT, "%s", nft_error_message(nft));
+        cr_assert(strstr(nft_error_message(nft), "table inet chvm"), "%s", nft_error_message(nft));
+        char *none = sh("nft list tables");
+        cr_assert_str_empty(none, "adopting nothing made tables: %s", none);
+        free(none);
+
+        int tell;
+        pid_t pid = owner_process(OWNED, &tell);
+        char *before = sh("nft -j list ruleset");
+        cr_assert_eq(nft_adopt_tables(nft, &l), -EPERM, "%s", nft_error_message(nft));
+        char *after = sh("nft -j list ruleset");
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
+        kill_owner(pid, tell);
+        cr_assert_eq(nft_adopt_tables(nft, &l), 0, "%s", nft_error_message(nft));
+        NftBatch *b = nft_batch_new(nft);
+        cr_assert_eq(nft_batch_delete_tables(b, &l), 0);
+        cr_assert_eq(nft_batch_commit(nft, b), 0, "the owner deletes its tables: %s", nft_error_message(nft));
+        nft_batch_free(b);
+
+        NftLayout plain = with_flags(0);
+        commit_layout(nft, &plain, false);
+        before = sh("nft -j list ruleset");
+        cr_assert_eq(nft_adopt_tables(nft, &l), -EOPNOTSUPP, "%s", nft_error_message(nft));
+        after = sh("nft -j list ruleset");
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
 }

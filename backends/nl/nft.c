@@ -65,6 +65,8 @@ struct Nft {
 typedef struct BatchCheck {
         bool add;
         bool is_table;
+        bool adopt; /* tables: owned by us with these flags */
+        uint32_t flags;
         uint16_t family; /* tables */
         NftElem elem; /* elements (with the tag they are added with) */
         char tag[NFT_TAG_MAX + 1]; /* tables: the comment they are created with */
@@ -220,6 +222,9 @@ static int batch_done(NftBatch *b) {
         return nftnl_batch_update(b->batch) < 0 ? -ENOMEM : 0;
 }
 
+static int table_get(Nft *nft, uint16_t family, const char *name, NftTableInfo *ret);
+static bool elem_same_key(const NftElem *a, const NftElem *b);
+
 static int batch_check(NftBatch *b, const char *table, const BatchCheck *c) {
         BatchCheck *n = realloc(b->checks, (b->n_checks + 1) * sizeof(BatchCheck));
         if (!n)
@@ -268,6 +273,8 @@ static int add_table(NftBatch *b, const NftLayout *l, uint16_t family, const cha
         }
         nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
         nftnl_table_set_data(t, NFTNL_TABLE_USERDATA, nftnl_udata_buf_data(u), nftnl_udata_buf_len(u));
+        if (l->table_flags)
+                nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, l->table_flags);
         nftnl_table_nlmsg_build_payload(nlh, t);
         nftnl_table_free(t);
         nftnl_udata_buf_free(u);
@@ -703,6 +710,125 @@ int nft_batch_delete_tables(NftBatch *b, const NftLayout *l) {
         return 0;
 }
 
+/* The adoption messages: NEWTABLE (an update of the table that is there; the kernel makes a new one if
+ * there is none, with or without NLM_F_CREATE: see nft_adopt_tables()) with the flags. */
+static int batch_adopt_tables(NftBatch *b, const NftLayout *l) {
+        static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
+        for (size_t i = 0; i < ELEMENTSOF(families); i++) {
+                struct nftnl_table *t = nftnl_table_alloc();
+                struct nlmsghdr *nlh = batch_msg(b, NFT_MSG_NEWTABLE, families[i], 0, "adopt table %s %s",
+                                                 i == 0 ? "inet" : "bridge", l->table);
+                if (!t || !nlh) {
+                        nftnl_table_free(t);
+                        return -ENOMEM;
+                }
+                nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
+                nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, l->table_flags);
+                nftnl_table_nlmsg_build_payload(nlh, t);
+                nftnl_table_free(t);
+                if (batch_done(b) < 0)
+                        return -ENOMEM;
+                BatchCheck c = { .add = true, .is_table = true, .adopt = true, .flags = l->table_flags,
+                                 .family = families[i] };
+                if (batch_check(b, l->table, &c) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int nft_adopt_tables(Nft *nft, const NftLayout *l) {
+        static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
+        NftTableInfo info[2];
+        bool ours = true;
+        int r;
+
+        if (!(l->table_flags & NFT_TABLE_F_OWNER))
+                return -EINVAL;
+        for (size_t i = 0; i < 2; i++) {
+                r = table_get(nft, families[i], l->table, &info[i]);
+                if (r < 0)
+                        return nft_fail(nft, r, "table %s %s: %s", i ? "bridge" : "inet", l->table, strerror(-r));
+                ours = ours && (info[i].flags & NFT_TABLE_F_OWNER) && info[i].owner == nft->portid;
+        }
+        if (ours)
+                return 0;
+
+        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(nft);
+        if (!b)
+                return -ENOMEM;
+        r = batch_adopt_tables(b, l);
+        if (r < 0)
+                return r;
+        r = nft_batch_commit(nft, b);
+        if (r < 0)
+                return r;
+
+        /* Both must be the tables read above, with their comments: one deleted between the look and the
+         * batch came back bare (ours now, so ours to take away). */
+        for (size_t i = 0; i < 2; i++) {
+                NftTableInfo now;
+                r = table_get(nft, families[i], l->table, &now);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                if (r >= 0 && strcmp(now.tag, info[i].tag) == 0)
+                        continue;
+                if (r >= 0 && !now.tag[0]) {
+                        _cleanup_(nft_batch_freep) NftBatch *d = nft_batch_new(nft);
+                        struct nftnl_table *t = nftnl_table_alloc();
+                        struct nlmsghdr *nlh =
+                                d ? batch_msg(d, NFT_MSG_DELTABLE, families[i], 0, "delete bare table %s %s",
+                                              i ? "bridge" : "inet", l->table)
+                                  : NULL;
+                        if (t && nlh) {
+                                nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
+                                nftnl_table_nlmsg_build_payload(nlh, t);
+                                if (batch_done(d) >= 0)
+                                        (void) nft_batch_commit(nft, d);
+                        }
+                        nftnl_table_free(t);
+                }
+                return nft_fail(nft, -ENOENT, "table %s %s vanished while it was being adopted",
+                                i ? "bridge" : "inet", l->table);
+        }
+        return 0;
+}
+
+int nft_probe_table_flags(Nft *nft, uint32_t flags) {
+        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(nft);
+        char name[64], none[80];
+        int r;
+
+        if (!b)
+                return -ENOMEM;
+        snprintf(name, sizeof(name), "chvm-probe-%08x", nft->portid);
+        snprintf(none, sizeof(none), "%s-none", name);
+        /* A throwaway table with the flags, then the deletion of one that does not exist: the batch always
+         * aborts, at its first message if the flags are unknown (EOPNOTSUPP; EINVAL before 5.12). */
+        for (unsigned i = 0; i < 2; i++) {
+                struct nftnl_table *t = nftnl_table_alloc();
+                struct nlmsghdr *nlh = batch_msg(b, i == 0 ? NFT_MSG_NEWTABLE : NFT_MSG_DELTABLE, NFPROTO_INET,
+                                                 i == 0 ? NLM_F_CREATE | NLM_F_EXCL : 0, "%s table inet %s",
+                                                 i == 0 ? "probe" : "delete", i == 0 ? name : none);
+                if (!t || !nlh) {
+                        nftnl_table_free(t);
+                        return -ENOMEM;
+                }
+                nftnl_table_set_str(t, NFTNL_TABLE_NAME, i == 0 ? name : none);
+                if (i == 0)
+                        nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, flags);
+                nftnl_table_nlmsg_build_payload(nlh, t);
+                nftnl_table_free(t);
+                if (batch_done(b) < 0)
+                        return -ENOMEM;
+        }
+        r = nft_batch_commit(nft, b);
+        if (r == -ENOENT && strncmp(nft->error, "delete table", 12) == 0)
+                return 0; /* the flags passed; the batch failed where it was meant to */
+        if ((r == -EOPNOTSUPP || r == -EINVAL) && strncmp(nft->error, "probe table", 11) == 0)
+                return -EOPNOTSUPP;
+        return r < 0 ? r : -EIO;
+}
+
 /* The key (and map data) of an element in the register layout nft uses: every field padded to 4 bytes. */
 static int elem_key(const NftElem *e, uint8_t key[32], uint32_t *key_len, uint8_t data[8],
                     uint32_t *data_len) {
@@ -912,8 +1038,6 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
         return first_error;
 }
 
-static int table_get(Nft *nft, uint16_t family, const char *name, NftTableInfo *ret);
-static bool elem_same_key(const NftElem *a, const NftElem *b);
 
 /* After the kernel's answers to a batch were lost: 1 if the kernel committed it, 0 if not. A batch is
  * atomic, so had it been committed, every object of it would now be as it wanted: its tables and added
@@ -936,7 +1060,8 @@ static int batch_outcome(Nft *nft, NftBatch *b) {
                         if (r < 0 && r != -ENOENT)
                                 return r;
                         present = r >= 0;
-                        tagged = present && strcmp(t.tag, c->tag) == 0;
+                        tagged = present && (c->adopt ? (t.flags & c->flags) == c->flags && t.owner == nft->portid
+                                                      : strcmp(t.tag, c->tag) == 0);
                 } else {
                         if (!dumped) {
                                 NftLayout l = { .table = b->table };

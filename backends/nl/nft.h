@@ -13,6 +13,11 @@
 
 #include "util/macro.h"
 
+/* Kernel 6.9 and later; Debian 12's linux/netfilter/nf_tables.h knows only NFT_TABLE_F_OWNER (5.12). */
+#ifndef NFT_TABLE_F_PERSIST
+#define NFT_TABLE_F_PERSIST 0x4
+#endif
+
 typedef struct Nft Nft;
 typedef struct NftBatch NftBatch;
 typedef struct NlOps NlOps;
@@ -26,6 +31,7 @@ typedef struct NftLayout {
         uint32_t subnet; /* host byte order */
         uint8_t prefixlen;
         const char *tag_prefix; /* "chvm1:<agent-id>": roles are appended as ":core:<role>" */
+        uint32_t table_flags; /* for both tables: 0, or NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST */
 } NftLayout;
 
 typedef enum NftElemKind {
@@ -69,12 +75,19 @@ size_t nft_batch_n_ops(const NftBatch *b);
 const char *nft_batch_op(const NftBatch *b, size_t i);
 
 /* Adds the creation of both tables (NLM_F_EXCL, so -EEXIST from the kernel means "already set up"), their
- * sets, chains and static rules, all tagged. */
+ * sets, chains and static rules, all tagged. The tables get l->table_flags: with NFT_TABLE_F_OWNER they
+ * belong to the socket that commits the batch (only it may change them; `nft flush ruleset` by anyone
+ * else passes them by), with NFT_TABLE_F_PERSIST too they outlive it, orphaned, until a socket adopts
+ * them (nft_adopt_tables()). */
 int nft_batch_add_layout(NftBatch *b, const NftLayout *l);
 /* Adds or deletes one element (NLM_F_EXCL on add: a host port forwarded twice fails the batch). */
 int nft_batch_elem(NftBatch *b, const NftLayout *l, const NftElem *e, bool add);
 /* Deletes both tables (only for tests and a full teardown of our own layout). */
 int nft_batch_delete_tables(NftBatch *b, const NftLayout *l);
+
+/* Can this kernel make tables with `flags`? 0 yes, -EOPNOTSUPP no; tried with a throwaway table in a
+ * batch that always aborts, so nothing changes (not even the ruleset generation). */
+int nft_probe_table_flags(Nft *nft, uint32_t flags);
 
 /* Sends the batch and reads every reply. 0 if the kernel committed all of it; otherwise the first error,
  * described by nft_error_message(), and nothing of the batch was applied. An error the kernel gives the
@@ -97,6 +110,14 @@ typedef struct NftRuleInfo {
 /* The rules of both our tables with their handles and comments (generation-checked like the elements).
  * Tables that do not exist contribute nothing. */
 int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_n);
+
+/* Takes both tables over for our socket, in one batch that sets l->table_flags (OWNER|PERSIST) on them.
+ * The kernel allows it only for orphaned tables (made with NFT_TABLE_F_PERSIST, their owner gone):
+ * -EPERM while another socket owns them, -EOPNOTSUPP for tables made without NFT_TABLE_F_PERSIST (the
+ * kernel never sets OWNER on a table that had none, nor adds PERSIST later), -ENOENT if either is
+ * missing. 0 also when they are ours already. A NEWTABLE for a table that vanished meanwhile would make
+ * a new, bare one: that is read back and taken away again (-ENOENT). */
+int nft_adopt_tables(Nft *nft, const NftLayout *l);
 
 /* The comment of `inet <table>`: -ENOENT if there is no such table. */
 int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]);
