@@ -10,7 +10,8 @@
  *            backends [local bridge mosnet]   (the modules loaded at start)
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
- * [chvm] [bridge] bridge [br0]  tap_prefix [tap-]
+ *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
+ *   [bridge] bridge [br0]  tap_prefix [tap-]
  */
 
 #include <limits.h>
@@ -40,6 +41,7 @@ typedef struct AgentConfig {
         uint32_t local_gateway;
         char local_tap_prefix[12];
         char local_table[33];
+        int local_table_owner; /* TableOwner */
 
         char bridge_bridge[16];
         char bridge_tap_prefix[12];

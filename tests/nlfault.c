@@ -19,7 +19,7 @@ static const char *const kind_table[_NL_FAULT_MAX] = {
         [NL_FAULT_NONE] = "none",         [NL_FAULT_EEXIST] = "EEXIST",     [NL_FAULT_EBUSY] = "EBUSY",
         [NL_FAULT_ENOMEM] = "ENOMEM",     [NL_FAULT_EINTR] = "EINTR",       [NL_FAULT_ENOBUFS] = "ENOBUFS",
         [NL_FAULT_LOST_ACK] = "lost ACK", [NL_FAULT_POISON] = "poisoned message",
-        [NL_FAULT_COMMIT_ERROR] = "failed commit",
+        [NL_FAULT_COMMIT_ERROR] = "failed commit", [NL_FAULT_EOPNOTSUPP] = "EOPNOTSUPP",
 };
 
 const char *nl_fault_kind_to_string(NlFaultKind k) {
@@ -205,7 +205,12 @@ static ssize_t fault_sendmsg(void *userdata, int fd, const struct msghdr *msg, i
         switch (kind) {
         case NL_FAULT_EEXIST:
         case NL_FAULT_EBUSY:
-                refuse(f, proto, fd, buf, len, kind == NL_FAULT_EEXIST ? EEXIST : EBUSY, false, false);
+        case NL_FAULT_EOPNOTSUPP:
+                refuse(f, proto, fd, buf, len,
+                       kind == NL_FAULT_EEXIST  ? EEXIST
+                       : kind == NL_FAULT_EBUSY ? EBUSY
+                                                : EOPNOTSUPP,
+                       false, false);
                 return (ssize_t) len;
         case NL_FAULT_ENOMEM:
                 refuse(f, proto, fd, buf, len, ENOMEM, true, false);

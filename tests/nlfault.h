@@ -4,8 +4,8 @@
 /* A fault-injecting NlOps (backends/nl/nlops.h) for the netlink tests: counts the requests (sendmsg
  * calls) that go through it, remembers what each one was, and at request number `at` injects one fault:
  *
- *   EEXIST, EBUSY          the kernel never sees the request; the answer to its first message is that
- *                          error (to the other messages of a batch: 0), as if the kernel had refused it
+ *   EEXIST, EBUSY,         the kernel never sees the request; the answer to its first message is that
+ *   EOPNOTSUPP             error (to the other messages of a batch: 0), as if the kernel had refused it
  *   ENOMEM                 the same for a single request; an nf_tables batch gets what the kernel sends
  *                          when it runs out of memory in one: a single ENOMEM answering BATCH_BEGIN
  *   COMMIT_ERROR           nf_tables batches: every message is accepted (0 to each) but the commit fails,
@@ -38,6 +38,7 @@ typedef enum NlFaultKind {
         NL_FAULT_LOST_ACK,
         NL_FAULT_POISON,
         NL_FAULT_COMMIT_ERROR,
+        NL_FAULT_EOPNOTSUPP,
         _NL_FAULT_MAX,
 } NlFaultKind;
 

@@ -14,12 +14,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
+#include "backends/nl/nft.h"
 #include "state/journal.h"
 #include "tests/nlfault.h"
 #include "tests/shell-oracle.h"
@@ -37,10 +41,12 @@ static Backend *backends[3];
 static size_t n_backends;
 static Dispatcher *disp;
 static const NlOps *test_nl_ops; /* the backends' netlink calls, for the fault tests */
+static TableOwner test_table_owner; /* [local] table_owner; auto unless a test says otherwise */
 
 static BackendConfig config(const char *bridge, uint8_t prefixlen) {
         return (BackendConfig){
                 .nl_ops = test_nl_ops,
+                .table_owner = test_table_owner,
                 .agent_id = AGENT,
                 .table = "chvm",
                 .bridge = bridge,
@@ -99,6 +105,8 @@ static void setup(void) {
         if (system("nft --version >/dev/null 2>&1 && ip -V >/dev/null 2>&1") != 0)
                 cr_skip_test("nft and ip (the oracles) are needed");
         cr_assert(mkdtemp(statedir));
+        test_table_owner = TABLE_OWNER_AUTO;
+        test_nl_ops = NULL;
         open_agent("chvm0", 24);
 }
 
@@ -196,15 +204,22 @@ static char *decoy_state(void) {
 Test(dispatcher, decoys_untouched) {
         PortForward p = { IPPROTO_TCP, 8080, 80 };
         up_ok(1, "first", &p, 1, NULL); /* makes our tables */
+        /* Our tables are the agent's alone while it runs; an untagged element gets in while it is down
+         * (the tables orphaned), and the agent adopts them with it when it comes back. */
+        close_agent();
         free(sh("ip tuntap add dev tap-deadbeef mode tap; ip tuntap add dev tap-other mode tap; "
                 "ip link set tap-other alias chvm1:" OTHER_AGENT ":0000000000000001:tap; "
                 "nft add table ip foreign; "
                 "nft add chain ip foreign pre '{ type nat hook prerouting priority -100; }'; "
                 "nft add rule ip foreign pre tcp dport 9999 dnat to 192.168.200.99:80; "
                 "nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }'"));
+        open_agent("chvm0", 24);
         char *before = decoy_state();
         cr_assert(strstr(before, "tap-deadbeef") && strstr(before, OTHER_AGENT) && strstr(before, "9999"),
                   "%s", before);
+        char *decoy = sh("nft list map inet chvm portfwd4 | grep -c 'tcp . 9999 : 192.168.200.99 . 80'");
+        cr_assert_str_eq(decoy, "1\n", "the untagged element is not in our map");
+        free(decoy);
 
         for (unsigned i = 2; i <= 6; i++) {
                 char name[16];
@@ -225,8 +240,11 @@ Test(dispatcher, decoys_untouched) {
 /* Acceptance 3: a batch failing at its last message leaves the ruleset as it was and no TAP behind. */
 Test(dispatcher, failed_bringup_leaves_nothing) {
         up_ok(1, "first", NULL, 0, NULL);
-        /* An untagged element for 7777/tcp the journal knows nothing of: the kernel refuses our add. */
+        /* An untagged element for 7777/tcp the journal knows nothing of (made while the agent was down,
+         * the tables orphaned): the kernel refuses our add. */
+        close_agent();
         free(sh("nft add element inet chvm portfwd4 '{ tcp . 7777 : 192.168.200.99 . 80 }'"));
+        open_agent("chvm0", 24);
         char *rules = sh("nft -j list ruleset");
         char *links = sh("ip -o link | cut -d: -f2 | sort");
         PortForward p[2] = { { IPPROTO_TCP, 7000, 80 }, { IPPROTO_TCP, 7777, 80 } };
@@ -256,8 +274,11 @@ Test(dispatcher, failed_bringup_leaves_nothing) {
 }
 
 /* Acceptance 4: after `nft flush ruleset` the next operation rebuilds the tables with every VM's elements.
- */
+ * Plain tables (table_owner = no, as on kernels without NFT_TABLE_F_PERSIST): owned ones are passed by. */
 Test(dispatcher, rebuild_after_flush) {
+        close_agent();
+        test_table_owner = TABLE_OWNER_NO;
+        open_agent("chvm0", 24);
         for (unsigned i = 1; i <= 3; i++) {
                 char name[16];
                 snprintf(name, sizeof(name), "vm%u", i);
@@ -279,6 +300,173 @@ Test(dispatcher, rebuild_after_flush) {
         cr_assert_eq(count_substr(nft, ":port\""), 4);
         cr_assert(strstr(nft, "masquerade"));
         free(nft);
+}
+
+/* --- table ownership ([local] table_owner) --------------------------------------------------------- */
+
+static void assert_kernel_matches_journal(const char *when);
+
+static uint32_t table_flags(int family) {
+        Nft *n;
+        NftTableInfo info;
+        NftLayout l = { .table = "chvm" };
+        cr_assert_eq(nft_open(&n), 0);
+        int r = nft_table_info(n, &l, family, &info);
+        nft_close(n);
+        return r < 0 ? 0xffffffff : info.flags;
+}
+
+static char *our_tables(void) {
+        return sh("nft -j list table inet chvm; nft -j list table bridge chvm");
+}
+
+/* With table_owner = auto on this kernel (6.18) the tables belong to the backend's socket: `nft flush
+ * ruleset` by another process removes the other tables and passes ours by, every VM's forwards and
+ * anti-spoofing in place; nobody else may add to them; bring-ups go on without a rebuild. */
+Test(dispatcher, flush_ruleset_passes_owned_tables) {
+        for (unsigned i = 1; i <= 3; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "vm%u", i);
+                PortForward p = { IPPROTO_TCP, (uint16_t) (8000 + i), 80 };
+                up_ok(i, name, &p, 1, NULL);
+        }
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+        cr_assert_eq(table_flags(NFPROTO_BRIDGE), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+        free(sh("nft add table ip foreign"));
+        char *before = our_tables();
+        char *o = sh("nft flush ruleset 2>&1; echo rc=$?");
+        cr_assert_str_eq(o, "rc=0\n");
+        free(o);
+        char *after = our_tables();
+        cr_assert_str_eq(before, after, "flush ruleset by another process changed our tables");
+        o = sh("nft list tables");
+        cr_assert_str_eq(o, "table inet chvm\ntable bridge chvm\n", "%s", o);
+        free(o);
+        o = sh("nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }' 2>&1");
+        cr_assert(strstr(o, "Operation not permitted"), "%s", o);
+        free(o);
+        PortForward p = { IPPROTO_TCP, 8004, 80 };
+        up_ok(4, "vm4", &p, 1, NULL);
+        assert_kernel_matches_journal("after flush ruleset");
+        free(before);
+        free(after);
+}
+
+/* The agent crashes (its process dies with the socket): the tables stay, orphaned (PERSIST alone), the VMs'
+ * elements in them. The next agent adopts them before it changes anything, so they are its alone again;
+ * recovery and teardown then work on them as ever. */
+Test(dispatcher, restart_adopts_orphaned_tables) {
+        close_agent();
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                open_agent("chvm0", 24);
+                PortForward p[2] = { { IPPROTO_TCP, 8080, 80 }, { IPPROTO_UDP, 5353, 53 } };
+                if (up(1, "alpha", "local", p, 2, NULL) < 0)
+                        _exit(1);
+                raise(SIGKILL);
+                _exit(2);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status), "the agent's bring-up failed");
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_PERSIST, "orphaned");
+        cr_assert_eq(table_flags(NFPROTO_BRIDGE), NFT_TABLE_F_PERSIST, "orphaned");
+        char *o = sh("nft list ruleset | grep -c ':0000000000000001:'");
+        cr_assert_str_eq(o, "4\n", "the VM's elements outlived the agent");
+        free(o);
+
+        open_agent("chvm0", 24);
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, "adopted");
+        cr_assert_eq(table_flags(NFPROTO_BRIDGE), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, "adopted");
+        o = sh("nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }' 2>&1");
+        cr_assert(strstr(o, "Operation not permitted"), "%s", o);
+        free(o);
+        cr_assert_eq(dispatcher_recover(disp), 0, "%s", dispatcher_error(disp));
+        assert_kernel_matches_journal("after the restart");
+        cr_assert_eq(vm_net_down(disp, 1), 0, "%s", dispatcher_error(disp));
+        o = sh("nft list ruleset | grep -c ':0000000000000001:'; true");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
+}
+
+/* The fallback, forced: the probe refused as a kernel before 6.9 refuses NFT_TABLE_F_PERSIST. auto makes
+ * plain tables (flush ruleset removes them, the next bring-up rebuilds them); yes refuses to start, saying
+ * why; no never probes. */
+Test(dispatcher, table_owner_fallback_without_persist) {
+        static NlFault f;
+        char err[512];
+        close_agent();
+        test_nl_ops = nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0); /* the first request: the probe */
+        open_agent("chvm0", 24);
+        cr_assert(f.fired && strncmp(f.log[0], "nft batch NEWTABLE +1", 21) == 0, "%s", f.log[0]);
+        PortForward p = { IPPROTO_TCP, 8001, 80 };
+        up_ok(1, "vm1", &p, 1, NULL);
+        cr_assert_eq(table_flags(NFPROTO_INET), 0);
+        cr_assert_eq(table_flags(NFPROTO_BRIDGE), 0);
+        free(sh("nft flush ruleset"));
+        PortForward q = { IPPROTO_TCP, 8002, 80 };
+        up_ok(2, "vm2", &q, 1, NULL);
+        char *o = sh("nft list map inet chvm portfwd4 | grep -c 'tcp . 800[12] comment'");
+        cr_assert_str_eq(o, "2\n", "not rebuilt after the flush");
+        free(o);
+        close_agent();
+
+        test_table_owner = TABLE_OWNER_YES;
+        BackendConfig lc = config("chvm0", 24);
+        Backend *lb = NULL;
+        nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
+        cr_assert(strstr(err, "table_owner = yes") && strstr(err, "NFT_TABLE_F_PERSIST needs Linux 6.9"), "%s", err);
+
+        test_table_owner = TABLE_OWNER_NO;
+        nl_fault_arm(&f, NL_FAULT_NONE, 0, 0);
+        open_agent("chvm0", 24);
+        cr_assert_eq(f.n_requests, 0, "table_owner = no probed the kernel");
+        test_nl_ops = NULL;
+}
+
+/* Tables the kernel lets no one own (made with table_owner = no): yes refuses to start, naming what to do;
+ * auto goes on with them plain. And tables another socket owns (a second agent on them) are refused. */
+Test(dispatcher, table_owner_refusals) {
+        char err[512];
+        Backend *lb = NULL;
+        close_agent();
+        test_table_owner = TABLE_OWNER_NO;
+        open_agent("chvm0", 24);
+        up_ok(1, "vm1", NULL, 0, NULL);
+        close_agent();
+
+        test_table_owner = TABLE_OWNER_YES;
+        BackendConfig lc = config("chvm0", 24);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
+        cr_assert(strstr(err, "made without owner") && strstr(err, "nft delete table inet chvm"), "%s", err);
+        test_table_owner = TABLE_OWNER_AUTO;
+        open_agent("chvm0", 24);
+        cr_assert_eq(table_flags(NFPROTO_INET), 0, "plain tables stay plain");
+        up_ok(2, "vm2", NULL, 0, NULL);
+        cr_assert_eq(vm_net_down(disp, 1), 0);
+        cr_assert_eq(vm_net_down(disp, 2), 0);
+        /* tear the plain tables down: owned ones are made at the next bring-up */
+        const LiveObject *o;
+        for (size_t it = 0; live_set_iterate_objects(journal_live_set(journal), &it, &o);)
+                if (o->kind == RESOURCE_NFT_TABLES) {
+                        Resource r = { .kind = RESOURCE_NFT_TABLES };
+                        snprintf(r.name, sizeof(r.name), "%s", o->name);
+                        snprintf(r.tag, sizeof(r.tag), "%s", o->tag);
+                        cr_assert_eq(backends[0]->vtable->remove(backends[0], &r), 0, "%s",
+                                     backends[0]->vtable->error_message(backends[0]));
+                }
+        close_agent();
+        free(sh("rm -rf %s/*", statedir));
+        open_agent("chvm0", 24);
+        up_ok(3, "vm3", NULL, 0, NULL);
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+
+        /* a second backend on the same tables, while the first holds them */
+        lc = config("chvm0", 24);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EBUSY);
+        cr_assert(strstr(err, "belong to another process's netlink socket"), "%s", err);
 }
 
 /* Every kernel object tagged with our agent id is a CREATED object of the journal, and every journaled
@@ -693,6 +881,7 @@ Test(dispatcher_faults, bringup_batches_fail_whole_at_every_position, .init = se
  * recorded as created and taken away again, so the failed bring-up leaves nothing, and owns nothing. */
 Test(dispatcher_faults, lost_ack_settled_from_tags, .init = setup, .fini = teardown) {
         fresh_agent();
+        nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
         cr_assert_eq(fault_flow_up(), 0, "%s", dispatcher_error(disp));
         unsigned batch = 0;
         for (unsigned i = 0; i < nlf.n_requests; i++)

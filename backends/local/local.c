@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,8 @@ typedef struct LocalBackend {
         char error[640];
 } LocalBackend;
 
+#define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
+
 extern const BackendVTable chvm_backend;
 
 static LocalBackend *LOCAL(Backend *b) {
@@ -47,6 +51,8 @@ _printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
         va_end(ap);
         return r;
 }
+
+static int setup_table_owner(LocalBackend *l, TableOwner want);
 
 static int local_init(Backend *b, const BackendConfig *cfg) {
         LocalBackend *l = LOCAL(b);
@@ -85,6 +91,70 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         if (r < 0)
                 return fail(l, r, "cannot open nfnetlink: %s", strerror(-r));
         nft_set_ops(l->nft, cfg->nl_ops);
+        if (cfg->table_owner < 0 || cfg->table_owner >= _TABLE_OWNER_MAX)
+                return fail(l, -EINVAL, "local backend: invalid table_owner");
+        return setup_table_owner(l, cfg->table_owner);
+}
+
+/* Table ownership ([local] table_owner). Owned tables belong to l->nft, the backend's one nfnetlink
+ * socket, which is why every batch goes through it. They are created owned at the first bring-up; tables
+ * left by an earlier agent are orphaned (the kernel kept them for PERSIST when its socket closed) and are
+ * adopted here, before anything changes them. OWNER without PERSIST is never used: the kernel would delete
+ * both tables, port forwards and anti-spoofing with them, whenever the agent stops or crashes. */
+static int setup_table_owner(LocalBackend *l, TableOwner want) {
+        char tag_inet[NFT_TAG_MAX + 1], tag_bridge[NFT_TAG_MAX + 1];
+        NftTableInfo inet, br;
+        int r, rb;
+
+        l->layout.table_flags = 0;
+        if (want == TABLE_OWNER_NO)
+                return 0;
+        r = nft_probe_table_flags(l->nft, OWNED_TABLE_FLAGS);
+        if (r == -EOPNOTSUPP) {
+                if (want == TABLE_OWNER_YES)
+                        return fail(l, r,
+                                    "table_owner = yes, but this kernel cannot keep owned nftables tables past "
+                                    "their owner (NFT_TABLE_F_PERSIST needs Linux 6.9)");
+                return 0; /* auto: plain tables */
+        }
+        if (r < 0)
+                return fail(l, r, "cannot probe the nftables table flags: %s", nft_error_message(l->nft));
+        l->layout.table_flags = OWNED_TABLE_FLAGS;
+
+        r = nft_table_info(l->nft, &l->layout, NFPROTO_INET, &inet);
+        rb = nft_table_info(l->nft, &l->layout, NFPROTO_BRIDGE, &br);
+        if (r == -ENOENT && rb == -ENOENT)
+                return 0; /* made owned at the first bring-up */
+        if ((r < 0 && r != -ENOENT) || (rb < 0 && rb != -ENOENT))
+                return fail(l, r < 0 && r != -ENOENT ? r : rb, "cannot read the nftables tables %s: %s", l->table,
+                            strerror(-(r < 0 && r != -ENOENT ? r : rb)));
+        snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
+        snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
+        if (r < 0 || rb < 0 || strcmp(inet.tag, tag_inet) != 0 || strcmp(br.tag, tag_bridge) != 0)
+                return 0; /* not (all) ours: bring-up says so when it gets there */
+
+        uint32_t flags = inet.flags | br.flags;
+        if (flags & NFT_TABLE_F_OWNER && ((inet.flags & NFT_TABLE_F_OWNER && inet.owner != nft_portid(l->nft)) ||
+                                          (br.flags & NFT_TABLE_F_OWNER && br.owner != nft_portid(l->nft))))
+                return fail(l, -EBUSY,
+                            "the nftables tables %s belong to another process's netlink socket (port id %u): "
+                            "is another agent running on them?",
+                            l->table, inet.flags & NFT_TABLE_F_OWNER ? inet.owner : br.owner);
+        if (!(inet.flags & NFT_TABLE_F_PERSIST) || !(br.flags & NFT_TABLE_F_PERSIST)) {
+                /* Made by an agent with table_owner = no, or on an older kernel. The kernel lets no one own
+                 * them now; replacing them would drop whatever in them is not ours. */
+                if (want == TABLE_OWNER_YES)
+                        return fail(l, -EOPNOTSUPP,
+                                    "table_owner = yes, but the nftables tables %s were made without owner "
+                                    "(table_owner = no, or an older kernel), and the kernel lets no one own "
+                                    "them now: stop the VMs and delete both tables (nft delete table inet %s; "
+                                    "nft delete table bridge %s), or set table_owner = auto",
+                                    l->table, l->table, l->table);
+                return 0; /* auto: plain until they are made again */
+        }
+        r = nft_adopt_tables(l->nft, &l->layout);
+        if (r < 0)
+                return fail(l, r, "cannot take the nftables tables %s over: %s", l->table, nft_error_message(l->nft));
         return 0;
 }
 
