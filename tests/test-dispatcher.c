@@ -875,6 +875,67 @@ Test(dispatcher_faults, bringup_batches_fail_whole_at_every_position, .init = se
         open_agent("chvm0", 24);
 }
 
+/* (C) The netlink requests of a local backend starting on the orphaned tables of a crashed agent (the
+ * probe, reading both tables, the adoption and reading them back), each meeting each fault in turn. EINTR,
+ * ENOBUFS and a lost ACK must be invisible: the tables adopted. A refusal makes the start fail, naming the
+ * tables; either way the tables and every VM's elements in them are as they were. */
+Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teardown, .timeout = 300) {
+        static const NlFaultKind kinds[] = { NL_FAULT_EEXIST, NL_FAULT_EBUSY,   NL_FAULT_ENOMEM,
+                                             NL_FAULT_EINTR,  NL_FAULT_ENOBUFS, NL_FAULT_LOST_ACK };
+        char err[512];
+        Backend *lb = NULL;
+        fresh_agent();
+        cr_assert_eq(fault_flow_up(), 0, "%s", dispatcher_error(disp));
+        close_agent(); /* the tables orphaned, alpha's elements in them */
+        char *before = sh("nft list ruleset | grep -v '^\tflags '");
+
+        BackendConfig lc = config("chvm0", 24);
+        nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
+        unsigned n = nlf.n_requests;
+        static char sites[NL_FAULT_LOG_MAX][64];
+        memcpy(sites, nlf.log, sizeof(sites));
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+        lb = backend_unload(lb);
+        cr_assert_geq(n, 4, "only %u requests", n);
+        for (unsigned k = 0; k < n; k++)
+                cr_log_info("restart request %u: %s", k + 1, sites[k]);
+
+        unsigned refused = 0, runs = 0;
+        for (size_t f = 0; f < ELEMENTSOF(kinds); f++)
+                for (unsigned k = 1; k <= n; k++) {
+                        bool transient = kinds[f] == NL_FAULT_EINTR || kinds[f] == NL_FAULT_ENOBUFS ||
+                                         kinds[f] == NL_FAULT_LOST_ACK;
+                        char when[160];
+                        snprintf(when, sizeof(when), "%s at request %u (%s)", nl_fault_kind_to_string(kinds[f]), k,
+                                 sites[k - 1]);
+                        nl_fault_arm(&nlf, kinds[f], k, 0);
+                        int r = backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err));
+                        nlf.paused = true;
+                        cr_assert(nlf.fired, "%s: never reached", when);
+                        if (r < 0) {
+                                refused++;
+                                cr_assert(!transient, "%s: the backend did not start: %s", when, err);
+                                cr_assert(strstr(err, "nftables") && (strstr(err, "chvm") || strstr(err, "probe")),
+                                          "%s: the error names nothing: %s", when, err);
+                        } else {
+                                if (transient)
+                                        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+                                                     "%s: not adopted", when);
+                                lb = backend_unload(lb);
+                        }
+                        char *after = sh("nft list ruleset | grep -v '^\tflags '");
+                        cr_assert_str_eq(before, after, "%s: the tables changed", when);
+                        free(after);
+                        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_PERSIST, "%s: not orphaned again", when);
+                        runs++;
+                }
+        cr_log_info("%u runs (%zu faults x %u requests): %u starts refused", runs, ELEMENTSOF(kinds), n, refused);
+        free(before);
+        test_nl_ops = NULL;
+        open_agent("chvm0", 24);
+}
+
 /* A lost ACK on a create that cannot be settled where it happened: the answers to the VM's element batch
  * are lost and reading the elements back fails too, so the backend reports a failure for objects the
  * kernel did make. Before the dispatcher journals ABORTED it reads the tags back: the elements are found,
