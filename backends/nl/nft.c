@@ -1002,8 +1002,10 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
         while (replies < b->n_ops) {
                 ssize_t n = nlops_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
                 if (n == -ENOBUFS || n == -ETIMEDOUT) {
-                        if (first_error)
-                                return first_error; /* an error means the kernel aborted the batch */
+                        if (first_error) { /* an error means the kernel aborted the batch */
+                                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                                return first_error;
+                        }
                         *ret_lost = true;
                         return nft_fail(nft, (int) n, "the kernel's answers to the nftables batch (%s, ...) were lost",
                                         b->ops[0]);
