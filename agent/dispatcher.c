@@ -241,7 +241,8 @@ static const Resource *find_in_scan(const ResourceSet *scan, const Resource *r) 
  * journaled CREATED (and created set), the rest ABORTED. Only the items with fresh[i] (all if NULL) were
  * announced by this call. When the kernel cannot be read, the intents stay pending, for
  * dispatcher_recover() to settle by the same tags. *ret_found: how many were found. */
-static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, const bool *fresh, size_t *ret_found) {
+static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, const bool *fresh,
+                               size_t *ret_found) {
         ResourceSet scan = {};
         size_t found = 0;
         int r;
@@ -477,8 +478,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                         resource_set_clear(&made);
                         if (k < 0)
                                 snprintf(cause + strlen(cause), sizeof(cause) - strlen(cause),
-                                         " (and %zu object(s) made anyway could not be removed: %.200s)", found,
-                                         d->error);
+                                         " (and %zu object(s) made anyway could not be removed: %.200s)",
+                                         found, d->error);
                 }
                 memcpy(d->error, cause, sizeof(cause));
                 goto undo_ip;
@@ -626,7 +627,8 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
                         if (u64map_size(wanted) == 1 && vm)
                                 fail(d, r, "VM %s: taking its network down: %.600s", vm->name, cause);
                         else
-                                fail(d, r, "taking the network of %zu VMs down: %.600s", u64map_size(wanted), cause);
+                                fail(d, r, "taking the network of %zu VMs down: %.600s", u64map_size(wanted),
+                                     cause);
                         goto out;
                 }
                 stale += s;

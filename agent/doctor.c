@@ -217,26 +217,32 @@ static int check_table_owner(Agent *a, DoctorReport *r) {
                 k = nft_table_info(nft, &l, NFPROTO_INET, &info);
         nft_close(nft);
         if (k == -ENOENT)
-                return add(r, DOCTOR_OK, "tables", "tables %s not made yet (the first bring-up makes them)", l.table);
+                return add(r, DOCTOR_OK, "tables", "tables %s not made yet (the first bring-up makes them)",
+                           l.table);
         if (k < 0)
-                return add(r, DOCTOR_WARNING, "tables", "cannot read table inet %s: %s", l.table, strerror(-k));
-        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) == (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
-                return add(r, DOCTOR_OK, "tables",
-                           "tables inet/bridge %s belong to the agent (flags owner, persist): only it may change "
-                           "them, nft flush ruleset by others passes them by",
-                           l.table);
+                return add(r, DOCTOR_WARNING, "tables", "cannot read table inet %s: %s", l.table,
+                           strerror(-k));
+        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) ==
+            (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
+                return add(
+                        r, DOCTOR_OK, "tables",
+                        "tables inet/bridge %s belong to the agent (flags owner, persist): only it may change "
+                        "them, nft flush ruleset by others passes them by",
+                        l.table);
         if (info.flags & NFT_TABLE_F_PERSIST)
-                return add(r, DOCTOR_WARNING, "tables",
-                           "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or flush "
-                           "them until an agent adopts them at its start",
-                           l.table);
-        return add(r, a->cfg.local_table_owner == TABLE_OWNER_NO ? DOCTOR_OK : DOCTOR_WARNING, "tables",
-                   "tables inet/bridge %s are plain (%s): anyone may change them, and nft flush ruleset removes "
-                   "them with the guests' port forwards and anti-spoofing until the next bring-up rebuilds them",
-                   l.table,
-                   a->cfg.local_table_owner == TABLE_OWNER_NO
-                           ? "table_owner = no"
-                           : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
+                return add(
+                        r, DOCTOR_WARNING, "tables",
+                        "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or flush "
+                        "them until an agent adopts them at its start",
+                        l.table);
+        return add(
+                r, a->cfg.local_table_owner == TABLE_OWNER_NO ? DOCTOR_OK : DOCTOR_WARNING, "tables",
+                "tables inet/bridge %s are plain (%s): anyone may change them, and nft flush ruleset removes "
+                "them with the guests' port forwards and anti-spoofing until the next bring-up rebuilds them",
+                l.table,
+                a->cfg.local_table_owner == TABLE_OWNER_NO
+                        ? "table_owner = no"
+                        : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
 }
 
 /* Running VMs' TAPs must exist and be ports of the agent's bridge (someone may have deleted chvm0). */

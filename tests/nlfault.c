@@ -16,10 +16,16 @@
 #include "tests/nlfault.h"
 
 static const char *const kind_table[_NL_FAULT_MAX] = {
-        [NL_FAULT_NONE] = "none",         [NL_FAULT_EEXIST] = "EEXIST",     [NL_FAULT_EBUSY] = "EBUSY",
-        [NL_FAULT_ENOMEM] = "ENOMEM",     [NL_FAULT_EINTR] = "EINTR",       [NL_FAULT_ENOBUFS] = "ENOBUFS",
-        [NL_FAULT_LOST_ACK] = "lost ACK", [NL_FAULT_POISON] = "poisoned message",
-        [NL_FAULT_COMMIT_ERROR] = "failed commit", [NL_FAULT_EOPNOTSUPP] = "EOPNOTSUPP",
+        [NL_FAULT_NONE] = "none",
+        [NL_FAULT_EEXIST] = "EEXIST",
+        [NL_FAULT_EBUSY] = "EBUSY",
+        [NL_FAULT_ENOMEM] = "ENOMEM",
+        [NL_FAULT_EINTR] = "EINTR",
+        [NL_FAULT_ENOBUFS] = "ENOBUFS",
+        [NL_FAULT_LOST_ACK] = "lost ACK",
+        [NL_FAULT_POISON] = "poisoned message",
+        [NL_FAULT_COMMIT_ERROR] = "failed commit",
+        [NL_FAULT_EOPNOTSUPP] = "EOPNOTSUPP",
 };
 
 const char *nl_fault_kind_to_string(NlFaultKind k) {
@@ -70,7 +76,8 @@ static void describe(NlFault *f, int proto, const uint8_t *buf, size_t len) {
         const struct nlmsghdr *first = NULL;
         unsigned n = 0;
         int left = (int) len;
-        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left);
+             m = mnl_nlmsg_next(m, &left)) {
                 if (is_batch_marker(proto, m))
                         continue;
                 if (!first)
@@ -81,13 +88,18 @@ static void describe(NlFault *f, int proto, const uint8_t *buf, size_t len) {
                 snprintf(out, 64, "empty");
                 return;
         }
-        bool batch = proto == NETLINK_NETFILTER && ((const struct nlmsghdr *) buf)->nlmsg_type == NFNL_MSG_BATCH_BEGIN;
-        const char *name = proto == NETLINK_NETFILTER ? nft_msg_name(first->nlmsg_type) : rtm_name(first->nlmsg_type);
+        bool batch = proto == NETLINK_NETFILTER &&
+                     ((const struct nlmsghdr *) buf)->nlmsg_type == NFNL_MSG_BATCH_BEGIN;
+        const char *name =
+                proto == NETLINK_NETFILTER ? nft_msg_name(first->nlmsg_type) : rtm_name(first->nlmsg_type);
         if (batch)
                 snprintf(out, 64, "nft batch %s%s%.0u", name, n > 1 ? " +" : "", n > 1 ? n - 1 : 0);
         else
                 snprintf(out, 64, "%s %s%s%s%.0u", proto == NETLINK_NETFILTER ? "nft" : "rtnl", name,
-                         (first->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP && (first->nlmsg_type & 3) == 2 ? " dump" : "", n > 1 ? " x" : "", n > 1 ? n : 0);
+                         (first->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP && (first->nlmsg_type & 3) == 2
+                                 ? " dump"
+                                 : "",
+                         n > 1 ? " x" : "", n > 1 ? n : 0);
 }
 
 static uint32_t portid_of(int fd) {
@@ -115,8 +127,8 @@ static void put_answer(NlFault *f, const struct nlmsghdr *m, uint32_t portid, in
 
 /* The answers the kernel would give had it refused the request's first message with `error`; with
  * `batch_error`, the error answers BATCH_BEGIN (alone, or followed by the messages' 0s if `acks`). */
-static void refuse(NlFault *f, int proto, int fd, const uint8_t *buf, size_t len, int error, bool batch_error,
-                   bool acks) {
+static void refuse(NlFault *f, int proto, int fd, const uint8_t *buf, size_t len, int error,
+                   bool batch_error, bool acks) {
         uint32_t portid = portid_of(fd);
         const struct nlmsghdr *begin = (const void *) buf;
         bool first = true;
@@ -128,7 +140,8 @@ static void refuse(NlFault *f, int proto, int fd, const uint8_t *buf, size_t len
                         return;
                 error = 0;
         }
-        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left);
+             m = mnl_nlmsg_next(m, &left)) {
                 if (is_batch_marker(proto, m))
                         continue;
                 put_answer(f, m, portid, first ? error : 0);
@@ -141,7 +154,8 @@ static size_t poison(const uint8_t *buf, size_t len, int proto, unsigned index, 
         size_t o = 0;
         unsigned i = 0;
         int left = (int) len;
-        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+        for (const struct nlmsghdr *m = (const void *) buf; mnl_nlmsg_ok(m, left);
+             m = mnl_nlmsg_next(m, &left)) {
                 size_t mlen = NLMSG_ALIGN(m->nlmsg_len);
                 if (o + mlen + 512 > size)
                         return 0;
@@ -294,7 +308,9 @@ const NlOps *nl_fault_arm(NlFault *f, NlFaultKind kind, unsigned at, unsigned ms
         f->kind = kind;
         f->at = at;
         f->msg_index = msg_index;
-        f->ops = (NlOps){ .sendmsg = fault_sendmsg, .recvmsg = fault_recvmsg, .poll = fault_poll, .userdata = f };
+        f->ops = (NlOps){
+                .sendmsg = fault_sendmsg, .recvmsg = fault_recvmsg, .poll = fault_poll, .userdata = f
+        };
         return &f->ops;
 }
 

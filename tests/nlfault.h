@@ -61,7 +61,8 @@ typedef struct NlFault {
 
         unsigned n_requests; /* requests seen so far */
         bool fired; /* the (first) fault was injected */
-        char log[NL_FAULT_LOG_MAX][64]; /* what each request was ("nft batch NEWTABLE +24", "rtnl RTM_NEWLINK") */
+        char log[NL_FAULT_LOG_MAX]
+                [64]; /* what each request was ("nft batch NEWTABLE +24", "rtnl RTM_NEWLINK") */
 
         /* state of an injected fault */
         bool eintr_recv, enobufs_recv, lost;

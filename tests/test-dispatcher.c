@@ -10,16 +10,18 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/netfilter.h>
-#include <linux/netfilter/nf_tables.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* After netinet/in.h, whose definitions linux/netfilter.h would clash with. */
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
@@ -417,7 +419,8 @@ Test(dispatcher, table_owner_fallback_without_persist) {
         Backend *lb = NULL;
         nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0);
         cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
-        cr_assert(strstr(err, "table_owner = yes") && strstr(err, "NFT_TABLE_F_PERSIST needs Linux 6.9"), "%s", err);
+        cr_assert(strstr(err, "table_owner = yes") && strstr(err, "NFT_TABLE_F_PERSIST needs Linux 6.9"),
+                  "%s", err);
 
         test_table_owner = TABLE_OWNER_NO;
         nl_fault_arm(&f, NL_FAULT_NONE, 0, 0);
@@ -699,7 +702,8 @@ static void assert_nothing_leaked(const char *when) {
                                 continue;
                         bool known = false;
                         for (size_t it = 0; live_set_iterate_objects(ls, &it, &o);)
-                                known = known || (o->kind == (uint32_t) r->kind && strcmp(o->tag, r->tag) == 0);
+                                known = known ||
+                                        (o->kind == (uint32_t) r->kind && strcmp(o->tag, r->tag) == 0);
                         cr_assert(known, "%s: %s %s (%s) is in the kernel but not in the journal", when,
                                   resource_kind_to_string(r->kind), r->name, r->tag);
                 }
@@ -723,8 +727,8 @@ static int fault_flow_up(void) {
 
 /* Does the error name an object of the flow (or the VM)? */
 static bool names_object(const char *e) {
-        static const char *const names[] = { "alpha", "chvm0", "tap-", "inet chvm", "bridge chvm", "vm_ports",
-                                             "vm_addrs", "8080/tcp", "5353/udp" };
+        static const char *const names[] = { "alpha",    "chvm0",    "tap-",     "inet chvm", "bridge chvm",
+                                             "vm_ports", "vm_addrs", "8080/tcp", "5353/udp" };
         for (size_t i = 0; i < ELEMENTSOF(names); i++)
                 if (strstr(e, names[i]))
                         return true;
@@ -748,7 +752,8 @@ Test(dispatcher_faults, every_request_every_fault, .init = setup, .fini = teardo
         static char sites[NL_FAULT_LOG_MAX][64];
         memcpy(sites, nlf.log, sizeof(sites));
         cr_assert_geq(n_up, 10, "only %u netlink requests in a bring-up", n_up);
-        cr_log_info("%u netlink requests: %u in the bring-up, %u in the teardown", n_total, n_up, n_total - n_up);
+        cr_log_info("%u netlink requests: %u in the bring-up, %u in the teardown", n_total, n_up,
+                    n_total - n_up);
         for (unsigned k = 0; k < n_total; k++)
                 cr_log_info("request %u: %s", k + 1, sites[k]);
 
@@ -760,15 +765,16 @@ Test(dispatcher_faults, every_request_every_fault, .init = setup, .fini = teardo
                                          kinds[f] == NL_FAULT_LOST_ACK;
                         fresh_agent();
                         nl_fault_arm(&nlf, kinds[f], k, 0);
-                        snprintf(when, sizeof(when), "%s at request %u (%s)", nl_fault_kind_to_string(kinds[f]), k,
-                                 sites[k - 1]);
+                        snprintf(when, sizeof(when), "%s at request %u (%s)",
+                                 nl_fault_kind_to_string(kinds[f]), k, sites[k - 1]);
 
                         int r = fault_flow_up();
                         if (r < 0) {
                                 failed_up++;
-                                cr_assert(!transient, "%s: bring-up failed: %s", when, dispatcher_error(disp));
-                                cr_assert(names_object(dispatcher_error(disp)), "%s: the error names nothing: %s",
-                                          when, dispatcher_error(disp));
+                                cr_assert(!transient, "%s: bring-up failed: %s", when,
+                                          dispatcher_error(disp));
+                                cr_assert(names_object(dispatcher_error(disp)),
+                                          "%s: the error names nothing: %s", when, dispatcher_error(disp));
                                 const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
                                 cr_assert(!vm || (vm->n_objects == 0 && vm->n_ips == 0),
                                           "%s: the failed VM still owns journal records", when);
@@ -782,15 +788,18 @@ Test(dispatcher_faults, every_request_every_fault, .init = setup, .fini = teardo
                         r = vm_net_down(disp, 1);
                         if (r < 0) {
                                 failed_down++;
-                                cr_assert(!transient, "%s: teardown failed: %s", when, dispatcher_error(disp));
-                                cr_assert(names_object(dispatcher_error(disp)) || strstr(dispatcher_error(disp), "TAP"),
+                                cr_assert(!transient, "%s: teardown failed: %s", when,
+                                          dispatcher_error(disp));
+                                cr_assert(names_object(dispatcher_error(disp)) ||
+                                                  strstr(dispatcher_error(disp), "TAP"),
                                           "%s: the error names nothing: %s", when, dispatcher_error(disp));
                         }
                         nlf.paused = true;
                         assert_nothing_leaked(when);
                         cr_assert(nlf.fired, "%s: never reached", when);
 
-                        cr_assert_eq(dispatcher_recover(disp), 0, "%s: recover: %s", when, dispatcher_error(disp));
+                        cr_assert_eq(dispatcher_recover(disp), 0, "%s: recover: %s", when,
+                                     dispatcher_error(disp));
                         assert_kernel_matches_journal(when);
                         cr_assert_eq(vm_net_down(disp, 1), 0, "%s: %s", when, dispatcher_error(disp));
                         assert_kernel_matches_journal(when);
@@ -800,8 +809,9 @@ Test(dispatcher_faults, every_request_every_fault, .init = setup, .fini = teardo
                         free(left);
                         runs++;
                 }
-        cr_log_info("%u runs (%zu faults x %u requests): %u bring-ups and %u teardowns failed as they should",
-                    runs, ELEMENTSOF(kinds), n_total, failed_up, failed_down);
+        cr_log_info(
+                "%u runs (%zu faults x %u requests): %u bring-ups and %u teardowns failed as they should",
+                runs, ELEMENTSOF(kinds), n_total, failed_up, failed_down);
         test_nl_ops = NULL;
         close_agent();
         open_agent("chvm0", 24); /* for teardown */
@@ -852,13 +862,17 @@ Test(dispatcher_faults, bringup_batches_fail_whole_at_every_position, .init = se
                         int r = fault_flow_up();
                         nlf.paused = true;
                         cr_assert(nlf.fired);
-                        cr_assert_eq(r, -ERANGE, "%s message %u: %d (%s)", batches[w], i, r, dispatcher_error(disp));
+                        cr_assert_eq(r, -ERANGE, "%s message %u: %d (%s)", batches[w], i, r,
+                                     dispatcher_error(disp));
                         const char *e = dispatcher_error(disp);
-                        cr_assert(strstr(e, "alpha") && strstr(e, ": Numerical result out of range"), "%s", e);
+                        cr_assert(strstr(e, "alpha") && strstr(e, ": Numerical result out of range"), "%s",
+                                  e);
                         char *rules2 = sh("nft -j list ruleset");
                         char *links2 = sh("ip -o link | cut -d: -f2 | sort");
-                        cr_assert_str_eq(rules, rules2, "%s message %u (%s): the ruleset changed", batches[w], i, e);
-                        cr_assert_str_eq(links, links2, "%s message %u (%s): the links changed", batches[w], i, e);
+                        cr_assert_str_eq(rules, rules2, "%s message %u (%s): the ruleset changed",
+                                         batches[w], i, e);
+                        cr_assert_str_eq(links, links2, "%s message %u (%s): the links changed", batches[w],
+                                         i, e);
                         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
                         cr_assert(!vm || (vm->n_objects == 0 && vm->n_ips == 0), "alpha still owns records");
                         assert_kernel_matches_journal(e);
@@ -907,8 +921,8 @@ Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teard
                         bool transient = kinds[f] == NL_FAULT_EINTR || kinds[f] == NL_FAULT_ENOBUFS ||
                                          kinds[f] == NL_FAULT_LOST_ACK;
                         char when[160];
-                        snprintf(when, sizeof(when), "%s at request %u (%s)", nl_fault_kind_to_string(kinds[f]), k,
-                                 sites[k - 1]);
+                        snprintf(when, sizeof(when), "%s at request %u (%s)",
+                                 nl_fault_kind_to_string(kinds[f]), k, sites[k - 1]);
                         nl_fault_arm(&nlf, kinds[f], k, 0);
                         int r = backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err));
                         nlf.paused = true;
@@ -916,21 +930,25 @@ Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teard
                         if (r < 0) {
                                 refused++;
                                 cr_assert(!transient, "%s: the backend did not start: %s", when, err);
-                                cr_assert(strstr(err, "nftables") && (strstr(err, "chvm") || strstr(err, "probe")),
+                                cr_assert(strstr(err, "nftables") &&
+                                                  (strstr(err, "chvm") || strstr(err, "probe")),
                                           "%s: the error names nothing: %s", when, err);
                         } else {
                                 if (transient)
-                                        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+                                        cr_assert_eq(table_flags(NFPROTO_INET),
+                                                     NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
                                                      "%s: not adopted", when);
                                 lb = backend_unload(lb);
                         }
                         char *after = sh("nft list ruleset | grep -v '^\tflags '");
                         cr_assert_str_eq(before, after, "%s: the tables changed", when);
                         free(after);
-                        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_PERSIST, "%s: not orphaned again", when);
+                        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_PERSIST,
+                                     "%s: not orphaned again", when);
                         runs++;
                 }
-        cr_log_info("%u runs (%zu faults x %u requests): %u starts refused", runs, ELEMENTSOF(kinds), n, refused);
+        cr_log_info("%u runs (%zu faults x %u requests): %u starts refused", runs, ELEMENTSOF(kinds), n,
+                    refused);
         free(before);
         test_nl_ops = NULL;
         open_agent("chvm0", 24);
@@ -959,7 +977,8 @@ Test(dispatcher_faults, lost_ack_settled_from_tags, .init = setup, .fini = teard
                 cr_assert_lt(r, 0, "the backend could not tell, yet the bring-up succeeded");
                 cr_assert(strstr(dispatcher_error(disp), "alpha"), "%s", dispatcher_error(disp));
                 assert_nothing_leaked("after the unsettled lost ACK");
-                char *left = sh("ip -o link show type tun; nft list ruleset | grep -c ':0000000000000001:'; true");
+                char *left = sh(
+                        "ip -o link show type tun; nft list ruleset | grep -c ':0000000000000001:'; true");
                 cr_assert_str_eq(left, "0\n", "left of the failed VM: %s", left);
                 free(left);
                 const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
@@ -1017,7 +1036,8 @@ Test(loader, refusals) {
         copy(BUILD_TESTS_DIR "/backend-badabi.so", path, 0755);
         cr_assert_eq(backend_load(dir, "badabi", &c, &b, err, sizeof(err)), -EPROTO);
         char abi[64];
-        snprintf(abi, sizeof(abi), "ABI %u, this agent needs ABI %u", CHVM_BACKEND_ABI + 1, CHVM_BACKEND_ABI);
+        snprintf(abi, sizeof(abi), "ABI %u, this agent needs ABI %u", CHVM_BACKEND_ABI + 1,
+                 CHVM_BACKEND_ABI);
         cr_assert(strstr(err, abi), "%s", err);
 
         /* A module loaded under another backend's name is refused. */

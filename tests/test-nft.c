@@ -13,7 +13,6 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <netinet/in.h>
-#include <linux/netfilter.h> /* after netinet/in.h, which it would clash with */
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,6 +22,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* After netinet/in.h, whose definitions it would clash with. */
+#include <linux/netfilter.h>
 
 #include "backends/nl/nft.h"
 #include "tests/nlfault.h"
@@ -379,7 +381,8 @@ static size_t fail_at_every_position(bool layout_too, const NftElem *e, size_t n
                 int r = nft_batch_commit(nft, b);
                 nft_set_ops(nft, NULL);
                 cr_assert(fault.fired);
-                cr_assert_lt(r, 0, "message %zu (%s) poisoned, yet the batch was committed", i, nft_batch_op(b, i));
+                cr_assert_lt(r, 0, "message %zu (%s) poisoned, yet the batch was committed", i,
+                             nft_batch_op(b, i));
                 const char *msg = nft_error_message(nft);
                 cr_assert(strncmp(msg, nft_batch_op(b, i), strlen(nft_batch_op(b, i))) == 0 &&
                                   msg[strlen(nft_batch_op(b, i))] == ':',
@@ -504,7 +507,8 @@ Test(nft_faults, lost_answers_resolved_from_tags, .init = netns_setup, .fini = n
                 nft_set_ops(nft, nl_fault_arm(&fault, kinds[k], 1, 0));
                 cr_assert_eq(nft_batch_commit(nft, b), -EEXIST, "%s", nft_error_message(nft));
                 nft_set_ops(nft, NULL);
-                cr_assert_eq(batches_sent(), 2, "the refused batch is sent once more, for the kernel's reason");
+                cr_assert_eq(batches_sent(), 2,
+                             "the refused batch is sent once more, for the kernel's reason");
                 nft_batch_free(b);
                 char *after = sh("nft -j list ruleset");
                 cr_assert_str_eq(before, after);
@@ -557,7 +561,8 @@ Test(nft_faults, error_of_the_whole_batch, .init = netns_setup, .fini = netns_te
                 int r = nft_batch_commit(nft, b);
                 nft_set_ops(nft, NULL);
                 clock_gettime(CLOCK_MONOTONIC, &t1);
-                cr_assert_eq(r, -ENOMEM, "%s: %d (%s)", nl_fault_kind_to_string(kinds[k]), r, nft_error_message(nft));
+                cr_assert_eq(r, -ENOMEM, "%s: %d (%s)", nl_fault_kind_to_string(kinds[k]), r,
+                             nft_error_message(nft));
                 cr_assert(strstr(nft_error_message(nft), "nftables batch (create table inet chvm"), "%s",
                           nft_error_message(nft));
                 double s = (double) (t1.tv_sec - t0.tv_sec) + (double) (t1.tv_nsec - t0.tv_nsec) / 1e9;
@@ -600,13 +605,16 @@ Test(nft_faults, dumps_resync, .init = netns_setup, .fini = netns_teardown) {
                         cr_assert(fault.fired);
                         sites++;
                         if (k == NL_FAULT_EINTR || k == NL_FAULT_ENOBUFS || k == NL_FAULT_LOST_ACK) {
-                                cr_assert_eq(r, 0, "%s at request %u (%s): %d", nl_fault_kind_to_string(k), at,
-                                             fault.log[at - 1], r);
+                                cr_assert_eq(r, 0, "%s at request %u (%s): %d", nl_fault_kind_to_string(k),
+                                             at, fault.log[at - 1], r);
                                 cr_assert_eq(n, n_clean);
                                 cr_assert_eq(memcmp(e, clean, n * sizeof(NftElem)), 0);
                                 free(e);
                         } else
-                                cr_assert_eq(r, k == NL_FAULT_EEXIST ? -EEXIST : k == NL_FAULT_EBUSY ? -EBUSY : -ENOMEM,
+                                cr_assert_eq(r,
+                                             k == NL_FAULT_EEXIST  ? -EEXIST
+                                             : k == NL_FAULT_EBUSY ? -EBUSY
+                                                                   : -ENOMEM,
                                              "%s at request %u: %d", nl_fault_kind_to_string(k), at, r);
                 }
         nft_set_ops(nft, NULL);
@@ -734,7 +742,8 @@ Test(nft_owner, others_read_but_cannot_change_or_flush, .init = netns_setup, .fi
         };
         for (size_t i = 0; i < ELEMENTSOF(changes); i++) {
                 char *o = nft_cli(changes[i]);
-                cr_assert(strstr(o, "Operation not permitted") && !strstr(o, "rc=0"), "nft %s: %s", changes[i], o);
+                cr_assert(strstr(o, "Operation not permitted") && !strstr(o, "rc=0"), "nft %s: %s",
+                          changes[i], o);
                 free(o);
         }
         free(sh("nft add table ip foreign; nft add chain ip foreign c"));
@@ -846,7 +855,8 @@ Test(nft_owner, adoption_refused, .init = netns_setup, .fini = netns_teardown) {
         cr_assert_eq(nft_adopt_tables(nft, &l), 0, "%s", nft_error_message(nft));
         NftBatch *b = nft_batch_new(nft);
         cr_assert_eq(nft_batch_delete_tables(b, &l), 0);
-        cr_assert_eq(nft_batch_commit(nft, b), 0, "the owner deletes its tables: %s", nft_error_message(nft));
+        cr_assert_eq(nft_batch_commit(nft, b), 0, "the owner deletes its tables: %s",
+                     nft_error_message(nft));
         nft_batch_free(b);
 
         NftLayout plain = with_flags(0);

@@ -8,13 +8,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <linux/netfilter.h>
-#include <linux/netfilter/nf_tables.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* After netinet/in.h, whose definitions linux/netfilter.h would clash with. */
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 
 #include "backends/backend.h"
 #include "backends/common.h"
@@ -112,9 +114,10 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
         r = nft_probe_table_flags(l->nft, OWNED_TABLE_FLAGS);
         if (r == -EOPNOTSUPP) {
                 if (want == TABLE_OWNER_YES)
-                        return fail(l, r,
-                                    "table_owner = yes, but this kernel cannot keep owned nftables tables past "
-                                    "their owner (NFT_TABLE_F_PERSIST needs Linux 6.9)");
+                        return fail(
+                                l, r,
+                                "table_owner = yes, but this kernel cannot keep owned nftables tables past "
+                                "their owner (NFT_TABLE_F_PERSIST needs Linux 6.9)");
                 return 0; /* auto: plain tables */
         }
         if (r < 0)
@@ -126,35 +129,39 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
         if (r == -ENOENT && rb == -ENOENT)
                 return 0; /* made owned at the first bring-up */
         if ((r < 0 && r != -ENOENT) || (rb < 0 && rb != -ENOENT))
-                return fail(l, r < 0 && r != -ENOENT ? r : rb, "cannot read the nftables tables %s: %s", l->table,
-                            strerror(-(r < 0 && r != -ENOENT ? r : rb)));
+                return fail(l, r < 0 && r != -ENOENT ? r : rb, "cannot read the nftables tables %s: %s",
+                            l->table, strerror(-(r < 0 && r != -ENOENT ? r : rb)));
         snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
         snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
         if (r < 0 || rb < 0 || strcmp(inet.tag, tag_inet) != 0 || strcmp(br.tag, tag_bridge) != 0)
                 return 0; /* not (all) ours: bring-up says so when it gets there */
 
         uint32_t flags = inet.flags | br.flags;
-        if (flags & NFT_TABLE_F_OWNER && ((inet.flags & NFT_TABLE_F_OWNER && inet.owner != nft_portid(l->nft)) ||
-                                          (br.flags & NFT_TABLE_F_OWNER && br.owner != nft_portid(l->nft))))
-                return fail(l, -EBUSY,
-                            "the nftables tables %s belong to another process's netlink socket (port id %u): "
-                            "is another agent running on them?",
-                            l->table, inet.flags & NFT_TABLE_F_OWNER ? inet.owner : br.owner);
+        if (flags & NFT_TABLE_F_OWNER &&
+            ((inet.flags & NFT_TABLE_F_OWNER && inet.owner != nft_portid(l->nft)) ||
+             (br.flags & NFT_TABLE_F_OWNER && br.owner != nft_portid(l->nft))))
+                return fail(
+                        l, -EBUSY,
+                        "the nftables tables %s belong to another process's netlink socket (port id %u): "
+                        "is another agent running on them?",
+                        l->table, inet.flags & NFT_TABLE_F_OWNER ? inet.owner : br.owner);
         if (!(inet.flags & NFT_TABLE_F_PERSIST) || !(br.flags & NFT_TABLE_F_PERSIST)) {
                 /* Made by an agent with table_owner = no, or on an older kernel. The kernel lets no one own
                  * them now; replacing them would drop whatever in them is not ours. */
                 if (want == TABLE_OWNER_YES)
-                        return fail(l, -EOPNOTSUPP,
-                                    "table_owner = yes, but the nftables tables %s were made without owner "
-                                    "(table_owner = no, or an older kernel), and the kernel lets no one own "
-                                    "them now: stop the VMs and delete both tables (nft delete table inet %s; "
-                                    "nft delete table bridge %s), or set table_owner = auto",
-                                    l->table, l->table, l->table);
+                        return fail(
+                                l, -EOPNOTSUPP,
+                                "table_owner = yes, but the nftables tables %s were made without owner "
+                                "(table_owner = no, or an older kernel), and the kernel lets no one own "
+                                "them now: stop the VMs and delete both tables (nft delete table inet %s; "
+                                "nft delete table bridge %s), or set table_owner = auto",
+                                l->table, l->table, l->table);
                 return 0; /* auto: plain until they are made again */
         }
         r = nft_adopt_tables(l->nft, &l->layout);
         if (r < 0)
-                return fail(l, r, "cannot take the nftables tables %s over: %s", l->table, nft_error_message(l->nft));
+                return fail(l, r, "cannot take the nftables tables %s over: %s", l->table,
+                            nft_error_message(l->nft));
         return 0;
 }
 

@@ -728,7 +728,10 @@ static int batch_adopt_tables(NftBatch *b, const NftLayout *l) {
                 nftnl_table_free(t);
                 if (batch_done(b) < 0)
                         return -ENOMEM;
-                BatchCheck c = { .add = true, .is_table = true, .adopt = true, .flags = l->table_flags,
+                BatchCheck c = { .add = true,
+                                 .is_table = true,
+                                 .adopt = true,
+                                 .flags = l->table_flags,
                                  .family = families[i] };
                 if (batch_check(b, l->table, &c) < 0)
                         return -ENOMEM;
@@ -747,7 +750,8 @@ int nft_adopt_tables(Nft *nft, const NftLayout *l) {
         for (size_t i = 0; i < 2; i++) {
                 r = table_get(nft, families[i], l->table, &info[i]);
                 if (r < 0)
-                        return nft_fail(nft, r, "table %s %s: %s", i ? "bridge" : "inet", l->table, strerror(-r));
+                        return nft_fail(nft, r, "table %s %s: %s", i ? "bridge" : "inet", l->table,
+                                        strerror(-r));
                 ours = ours && (info[i].flags & NFT_TABLE_F_OWNER) && info[i].owner == nft->portid;
         }
         if (ours)
@@ -806,9 +810,10 @@ int nft_probe_table_flags(Nft *nft, uint32_t flags) {
          * aborts, at its first message if the flags are unknown (EOPNOTSUPP; EINVAL before 5.12). */
         for (unsigned i = 0; i < 2; i++) {
                 struct nftnl_table *t = nftnl_table_alloc();
-                struct nlmsghdr *nlh = batch_msg(b, i == 0 ? NFT_MSG_NEWTABLE : NFT_MSG_DELTABLE, NFPROTO_INET,
-                                                 i == 0 ? NLM_F_CREATE | NLM_F_EXCL : 0, "%s table inet %s",
-                                                 i == 0 ? "probe" : "delete", i == 0 ? name : none);
+                struct nlmsghdr *nlh =
+                        batch_msg(b, i == 0 ? NFT_MSG_NEWTABLE : NFT_MSG_DELTABLE, NFPROTO_INET,
+                                  i == 0 ? NLM_F_CREATE | NLM_F_EXCL : 0, "%s table inet %s",
+                                  i == 0 ? "probe" : "delete", i == 0 ? name : none);
                 if (!t || !nlh) {
                         nftnl_table_free(t);
                         return -ENOMEM;
@@ -1007,11 +1012,13 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                                 return first_error;
                         }
                         *ret_lost = true;
-                        return nft_fail(nft, (int) n, "the kernel's answers to the nftables batch (%s, ...) were lost",
+                        return nft_fail(nft, (int) n,
+                                        "the kernel's answers to the nftables batch (%s, ...) were lost",
                                         b->ops[0]);
                 }
                 if (n < 0)
-                        return nft_fail(nft, (int) n, "reading nftables replies failed: %s", strerror((int) -n));
+                        return nft_fail(nft, (int) n, "reading nftables replies failed: %s",
+                                        strerror((int) -n));
                 int len = (int) n;
                 for (const struct nlmsghdr *m = (const struct nlmsghdr *) nft->buf; mnl_nlmsg_ok(m, len);
                      m = mnl_nlmsg_next(m, &len)) {
@@ -1020,8 +1027,8 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                         char extack[NL_EXTACK_MAX];
                         int e = nl_error_parse(m, extack);
                         if (m->nlmsg_seq == b->first_seq - 1 && e < 0) {
-                                nft_fail(nft, e, "nftables batch (%s, ... %zu operations): %s%s%s", b->ops[0],
-                                         b->n_ops, strerror(-e), extack[0] ? ": " : "", extack);
+                                nft_fail(nft, e, "nftables batch (%s, ... %zu operations): %s%s%s",
+                                         b->ops[0], b->n_ops, strerror(-e), extack[0] ? ": " : "", extack);
                                 nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
                                 return e;
                         }
@@ -1039,7 +1046,6 @@ static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
                 nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
         return first_error;
 }
-
 
 /* After the kernel's answers to a batch were lost: 1 if the kernel committed it, 0 if not. A batch is
  * atomic, so had it been committed, every object of it would now be as it wanted: its tables and added
@@ -1062,8 +1068,9 @@ static int batch_outcome(Nft *nft, NftBatch *b) {
                         if (r < 0 && r != -ENOENT)
                                 return r;
                         present = r >= 0;
-                        tagged = present && (c->adopt ? (t.flags & c->flags) == c->flags && t.owner == nft->portid
-                                                      : strcmp(t.tag, c->tag) == 0);
+                        tagged = present &&
+                                 (c->adopt ? (t.flags & c->flags) == c->flags && t.owner == nft->portid
+                                           : strcmp(t.tag, c->tag) == 0);
                 } else {
                         if (!dumped) {
                                 NftLayout l = { .table = b->table };
@@ -1107,10 +1114,11 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
                         return 0;
                 }
                 if (k < 0)
-                        return nft_fail(nft, k,
-                                        "the kernel's answers to the nftables batch (%s, ...) were lost, and "
-                                        "reading back its objects failed: %s",
-                                        b->ops[0], strerror(-k));
+                        return nft_fail(
+                                nft, k,
+                                "the kernel's answers to the nftables batch (%s, ...) were lost, and "
+                                "reading back its objects failed: %s",
+                                b->ops[0], strerror(-k));
         }
         return r;
 }
@@ -1213,10 +1221,12 @@ static int table_cb(const struct nlmsghdr *nlh, void *data) {
         if (nftnl_table_nlmsg_parse(nlh, tb) == 0) {
                 const void *ud = nftnl_table_get_data(tb, NFTNL_TABLE_USERDATA, &len);
                 parse_comment(ud, len, t->out->tag);
-                t->out->flags = nftnl_table_is_set(tb, NFTNL_TABLE_FLAGS) ? nftnl_table_get_u32(tb, NFTNL_TABLE_FLAGS)
-                                                                          : 0;
-                t->out->owner = nftnl_table_is_set(tb, NFTNL_TABLE_OWNER) ? nftnl_table_get_u32(tb, NFTNL_TABLE_OWNER)
-                                                                          : 0;
+                t->out->flags = nftnl_table_is_set(tb, NFTNL_TABLE_FLAGS)
+                                        ? nftnl_table_get_u32(tb, NFTNL_TABLE_FLAGS)
+                                        : 0;
+                t->out->owner = nftnl_table_is_set(tb, NFTNL_TABLE_OWNER)
+                                        ? nftnl_table_get_u32(tb, NFTNL_TABLE_OWNER)
+                                        : 0;
                 t->found = true;
         }
         nftnl_table_free(tb);
@@ -1233,7 +1243,8 @@ static int table_get(Nft *nft, uint16_t family, const char *name, NftTableInfo *
 
                 if (!t)
                         return -ENOMEM;
-                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, family, NLM_F_ACK, ++nft->seq);
+                struct nlmsghdr *nlh =
+                        nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, family, NLM_F_ACK, ++nft->seq);
                 nftnl_table_set_str(t, NFTNL_TABLE_NAME, name);
                 nftnl_table_nlmsg_build_payload(nlh, t);
                 nftnl_table_free(t);
@@ -1378,8 +1389,8 @@ static bool elem_same_key(const NftElem *a, const NftElem *b) {
         case NFT_ELEM_VM_PORT:
                 return strncmp(a->ifname, b->ifname, sizeof(a->ifname)) == 0;
         case NFT_ELEM_VM_ADDR:
-                return strncmp(a->ifname, b->ifname, sizeof(a->ifname)) == 0 && memcmp(a->mac, b->mac, 6) == 0 &&
-                       a->guest_ip == b->guest_ip;
+                return strncmp(a->ifname, b->ifname, sizeof(a->ifname)) == 0 &&
+                       memcmp(a->mac, b->mac, 6) == 0 && a->guest_ip == b->guest_ip;
         default:
                 return false;
         }

@@ -32,9 +32,10 @@ const NlOps nlops_default = {
 
 int nlops_sendiov(const NlOps *ops, int fd, const struct iovec *iov, size_t n_iov) {
         struct sockaddr_nl dst = { .nl_family = AF_NETLINK };
-        struct msghdr msg = {
-                .msg_name = &dst, .msg_namelen = sizeof(dst), .msg_iov = (struct iovec *) iov, .msg_iovlen = n_iov
-        };
+        struct msghdr msg = { .msg_name = &dst,
+                              .msg_namelen = sizeof(dst),
+                              .msg_iov = (struct iovec *) iov,
+                              .msg_iovlen = n_iov };
         size_t total = 0;
         for (size_t i = 0; i < n_iov; i++)
                 total += iov[i].iov_len;
@@ -57,7 +58,9 @@ ssize_t nlops_recv(const NlOps *ops, int fd, void *buf, size_t size, int timeout
         struct sockaddr_nl src = {};
         struct iovec iov = { .iov_base = buf, .iov_len = size };
         for (;;) {
-                struct msghdr msg = { .msg_name = &src, .msg_namelen = sizeof(src), .msg_iov = &iov, .msg_iovlen = 1 };
+                struct msghdr msg = {
+                        .msg_name = &src, .msg_namelen = sizeof(src), .msg_iov = &iov, .msg_iovlen = 1
+                };
                 ssize_t n = ops->recvmsg(ops->userdata, fd, &msg, MSG_DONTWAIT);
                 if (n == -EINTR)
                         continue;

@@ -29,7 +29,8 @@ struct Rtnl {
         bool lost_reply; /* the last request's reply was lost at least once, and it was sent again */
         char error[NL_EXTACK_MAX];
         uint8_t buf[32768] __attribute__((aligned(8))); /* requests */
-        uint8_t rbuf[32768] __attribute__((aligned(8))); /* replies; >= MNL_SOCKET_BUFFER_SIZE (8 KiB): one recvmsg never truncates a dump */
+        uint8_t rbuf[32768] __attribute__((aligned(
+                8))); /* replies; >= MNL_SOCKET_BUFFER_SIZE (8 KiB): one recvmsg never truncates a dump */
 };
 
 int rtnl_open(Rtnl **ret) {
@@ -391,7 +392,8 @@ int rtnl_bridge_create(Rtnl *rtnl, const char *name, const char *alias, uint32_t
                 return r;
         /* EEXIST to the repeated request after the first one's reply was lost: the first one made it, if
          * what is there is a bridge with no alias yet (or ours). */
-        if (lost && (strcmp(l.kind, "bridge") != 0 || (l.alias[0] && (!alias || strcmp(l.alias, alias) != 0))))
+        if (lost &&
+            (strcmp(l.kind, "bridge") != 0 || (l.alias[0] && (!alias || strcmp(l.alias, alias) != 0))))
                 return -EEXIST;
         /* The kernel ignores IFLA_IFALIAS when it creates a link (only a change sets it): tag it now, and
          * take the bridge away again if that fails, so no untagged bridge of ours stays behind. */
@@ -561,7 +563,8 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 int first_error = 0;
                 bool lost = false;
                 while (n_acked < k) {
-                        ssize_t got = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
+                        ssize_t got = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf),
+                                                 NL_REPLY_TIMEOUT_MS);
                         if (got == -ENOBUFS || got == -ETIMEDOUT) {
                                 lost = true;
                                 break;
