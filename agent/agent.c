@@ -247,7 +247,8 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
                                      .subnet = a->cfg.local_subnet,
                                      .prefixlen = a->cfg.local_prefixlen,
                                      .gateway = a->cfg.local_gateway,
-                                     .tap_prefix = a->cfg.local_tap_prefix };
+                                     .tap_prefix = a->cfg.local_tap_prefix,
+                                     .table_owner = (TableOwner) a->cfg.local_table_owner };
                 if (strcmp(name, "bridge") == 0) {
                         bc.bridge = a->cfg.bridge_bridge;
                         bc.tap_prefix = a->cfg.bridge_tap_prefix;

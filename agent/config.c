@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/config.h"
+#include "backends/backend.h"
 #include "util/ifname.h"
 #include "util/macro.h"
 
@@ -32,6 +33,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .local_gateway = 0,
                 .local_tap_prefix = "tap-",
                 .local_table = "chvm",
+                .local_table_owner = TABLE_OWNER_AUTO,
                 .bridge_bridge = "br0",
                 .bridge_tap_prefix = "tap-",
         };
@@ -269,6 +271,13 @@ static int handler(void *user, const char *section, const char *name, const char
                                      (simple_name(value, 32, true) &&
                                       put_str(c->local_table, sizeof(c->local_table), value)),
                                      "table \"%s\" is not a valid table name", value);
+                if (strcmp(name, "table_owner") == 0) {
+                        TableOwner t = table_owner_from_string(value);
+                        if (t < 0)
+                                return bad(p, "table_owner \"%s\": expected auto, yes or no", value);
+                        c->local_table_owner = t;
+                        return 1;
+                }
         } else if (strcmp(section, "bridge") == 0) {
                 if (strcmp(name, "bridge") == 0)
                         return check(p,

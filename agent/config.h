@@ -11,7 +11,8 @@
  *            journal_compact_size [8M]   (compact the ownership journal when it grows past this; K, M, G)
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
- * [chvm] [bridge] bridge [br0]  tap_prefix [tap-]
+ *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
+ *   [bridge] bridge [br0]  tap_prefix [tap-]
  */
 
 #include <limits.h>
@@ -42,6 +43,7 @@ typedef struct AgentConfig {
         uint32_t local_gateway;
         char local_tap_prefix[12];
         char local_table[33];
+        int local_table_owner; /* TableOwner */
 
         char bridge_bridge[16];
         char bridge_tap_prefix[12];

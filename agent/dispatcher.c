@@ -222,6 +222,55 @@ int dispatcher_vm_ip(const Dispatcher *d, uint64_t vm_id, uint32_t *ret) {
 }
 
 static int live_elems(Dispatcher *d, Backend *b, ResourceSet *ret);
+static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *ret_stale);
+
+static const Resource *find_in_scan(const ResourceSet *scan, const Resource *r) {
+        for (size_t i = 0; i < scan->n; i++) {
+                const Resource *s = &scan->items[i];
+                if (s->kind != r->kind || strcmp(s->tag, r->tag) != 0)
+                        continue;
+                if (resource_kind_is_link(s->kind) && strcmp(s->name, r->name) != 0)
+                        continue;
+                return s;
+        }
+        return NULL;
+}
+
+/* apply() failed. Whatever of the plan the kernel has anyway with its tag — made and not taken away
+ * again, or made although the answer saying so was lost — is ours and must not be left unowned: it is
+ * journaled CREATED (and created set), the rest ABORTED. Only the items with fresh[i] (all if NULL) were
+ * announced by this call. When the kernel cannot be read, the intents stay pending, for
+ * dispatcher_recover() to settle by the same tags. *ret_found: how many were found. */
+static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, const bool *fresh,
+                               size_t *ret_found) {
+        ResourceSet scan = {};
+        size_t found = 0;
+        int r;
+
+        *ret_found = 0;
+        r = b->vtable->scan(b, &scan);
+        if (r < 0) {
+                resource_set_clear(&scan);
+                return r;
+        }
+        for (size_t i = 0; i < plan->n && r >= 0; i++) {
+                Resource *x = &plan->items[i];
+                if (fresh && !fresh[i])
+                        continue;
+                const Resource *s = find_in_scan(&scan, x);
+                x->created = s;
+                if (s) {
+                        x->ifindex = s->ifindex;
+                        found++;
+                }
+                r = append_oid(d, s ? JOURNAL_CREATED : JOURNAL_ABORTED, x->oid, s ? s->ifindex : 0);
+        }
+        resource_set_clear(&scan);
+        if (r < 0)
+                return r;
+        *ret_found = found;
+        return sync_journal(d);
+}
 
 /* Shared objects: created (or found, by tag) on every bring-up; journaled once. */
 static int ensure_core(Dispatcher *d, Backend *b) {
@@ -256,11 +305,12 @@ static int ensure_core(Dispatcher *d, Backend *b) {
 
         r = b->vtable->apply(b, &core);
         if (r < 0) {
+                size_t found;
                 fail(d, r, "%s", b->vtable->error_message(b));
-                for (size_t i = 0; i < core.n; i++)
-                        if (fresh[i])
-                                (void) append_oid(d, JOURNAL_ABORTED, core.items[i].oid, 0);
-                (void) sync_journal(d);
+                /* Shared objects that exist after all stay, journaled: the next bring-up uses them. */
+                if (settle_failed_apply(d, b, &core, fresh, &found) < 0)
+                        snprintf(d->error + strlen(d->error), sizeof(d->error) - strlen(d->error),
+                                 " (and the kernel could not be read back: recovery will settle it)");
                 goto out;
         }
         for (size_t i = 0; i < core.n && r >= 0; i++)
@@ -358,8 +408,11 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         }
 
         r = ensure_core(d, b);
-        if (r < 0)
-                return r;
+        if (r < 0) {
+                char cause[sizeof(d->error)];
+                memcpy(cause, d->error, sizeof(cause));
+                return fail(d, r, "VM %s: %.700s", req->vm_name, cause);
+        }
 
         dispatcher_mac(req->vm_id, info.mac);
         if (b->vtable->uses_addresses) {
@@ -406,9 +459,29 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
 
         r = apply_with_rebuild(d, b, &plan);
         if (r < 0) {
+                size_t found = 0;
                 fail(d, r, "VM %s: %s", req->vm_name, b->vtable->error_message(b));
-                for (size_t i = 0; i < plan.n; i++)
-                        (void) append_oid(d, JOURNAL_ABORTED, plan.items[i].oid, 0);
+                char cause[sizeof(d->error)];
+                memcpy(cause, d->error, sizeof(cause));
+                if (settle_failed_apply(d, b, &plan, NULL, &found) < 0)
+                        snprintf(cause + strlen(cause), sizeof(cause) - strlen(cause),
+                                 " (and the kernel could not be read back: recovery will settle it)");
+                else if (found > 0) {
+                        /* A failed request leaves nothing: take what exists anyway away again. */
+                        ResourceSet made = {};
+                        int k = 0;
+                        for (size_t i = 0; i < plan.n && k >= 0; i++)
+                                if (plan.items[i].created)
+                                        k = resource_set_add(&made, &plan.items[i]);
+                        if (k >= 0)
+                                k = release(d, b, made.items, made.n, NULL);
+                        resource_set_clear(&made);
+                        if (k < 0)
+                                snprintf(cause + strlen(cause), sizeof(cause) - strlen(cause),
+                                         " (and %zu object(s) made anyway could not be removed: %.200s)",
+                                         found, d->error);
+                }
+                memcpy(d->error, cause, sizeof(cause));
                 goto undo_ip;
         }
         r = CRASH_POINT("dispatcher-up-applied");
@@ -546,8 +619,18 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
                 if (per_backend[bi].n == 0)
                         continue;
                 r = release(d, d->backends[bi], per_backend[bi].items, per_backend[bi].n, &s);
-                if (r < 0)
+                if (r < 0) {
+                        /* Say whose network it was: "VM web: cannot list ...", or how many VMs. */
+                        const LiveVm *vm = live_set_get_vm(ls, per_backend[bi].items[0].vm_id);
+                        char cause[sizeof(d->error)];
+                        memcpy(cause, d->error, sizeof(cause));
+                        if (u64map_size(wanted) == 1 && vm)
+                                fail(d, r, "VM %s: taking its network down: %.600s", vm->name, cause);
+                        else
+                                fail(d, r, "taking the network of %zu VMs down: %.600s", u64map_size(wanted),
+                                     cause);
                         goto out;
+                }
                 stale += s;
         }
         for (size_t it = 0; live_set_iterate_ips(ls, &it, &ip4, &owner);) {

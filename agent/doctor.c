@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <net/if.h> /* before the kernel headers below, which then leave its definitions alone */
 #include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter_bridge.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -204,6 +205,46 @@ static int check_firewall(Agent *a, DoctorReport *r) {
         return drops ? 0 : add(r, DOCTOR_OK, "firewall", "no drop policy in other tables on the guests' path");
 }
 
+/* Who may change our tables ([local] table_owner): owned ones only the agent, and `nft flush ruleset` by
+ * others passes them by; plain ones anyone, and a flush takes the guests' forwards and anti-spoofing away
+ * until the next bring-up rebuilds them. */
+static int check_table_owner(Agent *a, DoctorReport *r) {
+        NftLayout l = { .table = a->cfg.local_table };
+        NftTableInfo info;
+        Nft *nft = NULL;
+        int k = nft_open(&nft);
+        if (k >= 0)
+                k = nft_table_info(nft, &l, NFPROTO_INET, &info);
+        nft_close(nft);
+        if (k == -ENOENT)
+                return add(r, DOCTOR_OK, "tables", "tables %s not made yet (the first bring-up makes them)",
+                           l.table);
+        if (k < 0)
+                return add(r, DOCTOR_WARNING, "tables", "cannot read table inet %s: %s", l.table,
+                           strerror(-k));
+        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) ==
+            (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
+                return add(
+                        r, DOCTOR_OK, "tables",
+                        "tables inet/bridge %s belong to the agent (flags owner, persist): only it may change "
+                        "them, nft flush ruleset by others passes them by",
+                        l.table);
+        if (info.flags & NFT_TABLE_F_PERSIST)
+                return add(
+                        r, DOCTOR_WARNING, "tables",
+                        "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or flush "
+                        "them until an agent adopts them at its start",
+                        l.table);
+        return add(
+                r, a->cfg.local_table_owner == TABLE_OWNER_NO ? DOCTOR_OK : DOCTOR_WARNING, "tables",
+                "tables inet/bridge %s are plain (%s): anyone may change them, and nft flush ruleset removes "
+                "them with the guests' port forwards and anti-spoofing until the next bring-up rebuilds them",
+                l.table,
+                a->cfg.local_table_owner == TABLE_OWNER_NO
+                        ? "table_owner = no"
+                        : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
+}
+
 /* Running VMs' TAPs must exist and be ports of the agent's bridge (someone may have deleted chvm0). */
 static int check_links(Agent *a, DoctorReport *r) {
         _cleanup_free_ LinkInfo *links = NULL;
@@ -264,6 +305,8 @@ int agent_doctor(Agent *a, DoctorReport *ret) {
                 k = check_ip_forward(a, &r);
         if (k >= 0 && backend_loaded(a, "local"))
                 k = check_firewall(a, &r);
+        if (k >= 0 && backend_loaded(a, "local"))
+                k = check_table_owner(a, &r);
         if (k >= 0)
                 k = check_links(a, &r);
         if (k < 0) {

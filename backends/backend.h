@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHVM_BACKEND_ABI 1U
+#define CHVM_BACKEND_ABI 2U /* 2: BackendConfig.nl_ops and table_owner */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -70,6 +70,20 @@ int resource_tag(const char *agent_id, uint64_t vm_id, const char *role, char re
 /* Splits a tag; -EINVAL if it is not of our form. ret_vm_id is 0 for "core". */
 int resource_tag_parse(const char *tag, char ret_agent[64], uint64_t *ret_vm_id, char ret_role[32]);
 
+/* [local] table_owner: whether the local backend's nftables tables belong to its netlink socket
+ * (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST): then only the agent may change them, `nft flush ruleset` by
+ * others passes them by, and they outlive an agent crash, orphaned, until the next agent adopts them. */
+typedef enum TableOwner {
+        TABLE_OWNER_AUTO, /* owned where the kernel has NFT_TABLE_F_PERSIST (6.9), plain tables elsewhere */
+        TABLE_OWNER_YES, /* owned, or the backend refuses to start */
+        TABLE_OWNER_NO, /* plain tables anyone may change, and flush */
+        _TABLE_OWNER_MAX,
+        _TABLE_OWNER_INVALID = -22,
+} TableOwner;
+
+const char *table_owner_to_string(TableOwner t);
+TableOwner table_owner_from_string(const char *s);
+
 typedef struct BackendConfig {
         const char *agent_id; /* UUID string */
         const char *table; /* nft table name (local) */
@@ -78,6 +92,10 @@ typedef struct BackendConfig {
         uint8_t prefixlen;
         uint32_t gateway; /* local: the bridge's address */
         const char *tap_prefix;
+        TableOwner table_owner; /* local */
+        /* The netlink socket calls (backends/nl/nlops.h); NULL: the system's. Only tests set it, to inject
+         * faults into every netlink request the backend makes. */
+        const struct NlOps *nl_ops;
 } BackendConfig;
 
 typedef struct PortForward {

@@ -138,6 +138,8 @@ Test(chvmctl, every_command_text_and_json) {
         r = ctl(&agent, &out, &err, "doctor");
         cr_assert(r == 0 || r == 1, "doctor: %d", r);
         cr_assert(strstr(out, "journal") && strstr(out, "vms"), "%s", out);
+        cr_assert(strstr(out, "tables inet/bridge chvm belong to the agent (flags owner, persist)"), "%s",
+                  out);
         free(out), free(err);
         expect_jq("doctor --json", "[(.findings | length > 3), (.healthy | type)]", "[true,\"boolean\"]\n");
         expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.skip_by_reason.running, .dry_run]",

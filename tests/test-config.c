@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/config.h"
+#include "backends/backend.h"
 
 static AgentConfig c;
 static char err[512];
@@ -43,8 +44,24 @@ Test(config, defaults) {
         cr_assert_eq(c.local_gateway, 0xc0a8c801, "the gateway defaults to the first host");
         cr_assert_str_eq(c.local_tap_prefix, "tap-");
         cr_assert_str_eq(c.local_table, "chvm");
+        cr_assert_eq(c.local_table_owner, TABLE_OWNER_AUTO);
         cr_assert_str_eq(c.bridge_bridge, "br0");
         cr_assert_eq(c.journal_compact_size, UINT64_C(8) << 20);
+}
+
+Test(config, table_owner) {
+        static const struct {
+                const char *value;
+                TableOwner want;
+        } cases[] = { { "auto", TABLE_OWNER_AUTO }, { "yes", TABLE_OWNER_YES }, { "no", TABLE_OWNER_NO } };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char text[64];
+                setup();
+                snprintf(text, sizeof(text), "[local]\ntable_owner = %s\n", cases[i].value);
+                cr_assert_eq(load(text), 0, "%s", err);
+                cr_assert_eq(c.local_table_owner, cases[i].want);
+                cr_assert_str_eq(table_owner_to_string(cases[i].want), cases[i].value);
+        }
 }
 
 Test(config, every_key) {
@@ -68,6 +85,7 @@ Test(config, every_key) {
                            "gateway = 10.20.0.254\n"
                            "tap_prefix = vm-\n"
                            "table = chvm_test\n"
+                           "table_owner = no\n"
                            "[bridge]\n"
                            "bridge = br-lan\n"
                            "tap_prefix = vb-\n";
@@ -90,6 +108,7 @@ Test(config, every_key) {
         cr_assert_eq(c.local_gateway, 0x0a1400fe);
         cr_assert_str_eq(c.local_tap_prefix, "vm-");
         cr_assert_str_eq(c.local_table, "chvm_test");
+        cr_assert_eq(c.local_table_owner, TABLE_OWNER_NO);
         cr_assert_str_eq(c.bridge_bridge, "br-lan");
         cr_assert_str_eq(c.bridge_tap_prefix, "vb-");
 }
@@ -116,6 +135,8 @@ Test(config, bad_input_names_file_line_and_cause) {
                   "agent.conf:2: bridge \"way-too-long-bridge\" is not a valid interface name" },
                 { "[local]\nbridge = a/b\n", "is not a valid interface name" },
                 { "[local]\ntap_prefix = twelve-chars\n", "agent.conf:2: tap_prefix" },
+                { "[local]\ntable_owner = maybe\n",
+                  "agent.conf:2: table_owner \"maybe\": expected auto, yes or no" },
                 { "[vmm]\nhypervisor = xen\n",
                   "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },

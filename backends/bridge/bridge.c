@@ -46,7 +46,10 @@ static int bridge_init(Backend *b, const BackendConfig *cfg) {
         snprintf(x->bridge, sizeof(x->bridge), "%s", cfg->bridge);
         snprintf(x->tap_prefix, sizeof(x->tap_prefix), "%s", cfg->tap_prefix);
         r = rtnl_open(&x->rtnl);
-        return r < 0 ? fail(x, r, "cannot open rtnetlink: %s", strerror(-r)) : 0;
+        if (r < 0)
+                return fail(x, r, "cannot open rtnetlink: %s", strerror(-r));
+        rtnl_set_ops(x->rtnl, cfg->nl_ops);
+        return 0;
 }
 
 static void bridge_done(Backend *b) {

@@ -14,6 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
+/* After netinet/in.h, whose definitions linux/netfilter.h would clash with. */
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+
 #include "backends/backend.h"
 #include "backends/common.h"
 #include "backends/nl/nft.h"
@@ -33,6 +37,8 @@ typedef struct LocalBackend {
         char error[640];
 } LocalBackend;
 
+#define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
+
 extern const BackendVTable chvm_backend;
 
 static LocalBackend *LOCAL(Backend *b) {
@@ -47,6 +53,8 @@ _printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
         va_end(ap);
         return r;
 }
+
+static int setup_table_owner(LocalBackend *l, TableOwner want);
 
 static int local_init(Backend *b, const BackendConfig *cfg) {
         LocalBackend *l = LOCAL(b);
@@ -79,9 +87,81 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         r = rtnl_open(&l->rtnl);
         if (r < 0)
                 return fail(l, r, "cannot open rtnetlink: %s", strerror(-r));
+        rtnl_set_ops(l->rtnl, cfg->nl_ops);
+        /* The one nfnetlink socket of the backend: every batch goes through it (see table ownership). */
         r = nft_open(&l->nft);
         if (r < 0)
                 return fail(l, r, "cannot open nfnetlink: %s", strerror(-r));
+        nft_set_ops(l->nft, cfg->nl_ops);
+        if (cfg->table_owner < 0 || cfg->table_owner >= _TABLE_OWNER_MAX)
+                return fail(l, -EINVAL, "local backend: invalid table_owner");
+        return setup_table_owner(l, cfg->table_owner);
+}
+
+/* Table ownership ([local] table_owner). Owned tables belong to l->nft, the backend's one nfnetlink
+ * socket, which is why every batch goes through it. They are created owned at the first bring-up; tables
+ * left by an earlier agent are orphaned (the kernel kept them for PERSIST when its socket closed) and are
+ * adopted here, before anything changes them. OWNER without PERSIST is never used: the kernel would delete
+ * both tables, port forwards and anti-spoofing with them, whenever the agent stops or crashes. */
+static int setup_table_owner(LocalBackend *l, TableOwner want) {
+        char tag_inet[NFT_TAG_MAX + 1], tag_bridge[NFT_TAG_MAX + 1];
+        NftTableInfo inet, br;
+        int r, rb;
+
+        l->layout.table_flags = 0;
+        if (want == TABLE_OWNER_NO)
+                return 0;
+        r = nft_probe_table_flags(l->nft, OWNED_TABLE_FLAGS);
+        if (r == -EOPNOTSUPP) {
+                if (want == TABLE_OWNER_YES)
+                        return fail(
+                                l, r,
+                                "table_owner = yes, but this kernel cannot keep owned nftables tables past "
+                                "their owner (NFT_TABLE_F_PERSIST needs Linux 6.9)");
+                return 0; /* auto: plain tables */
+        }
+        if (r < 0)
+                return fail(l, r, "cannot probe the nftables table flags: %s", nft_error_message(l->nft));
+        l->layout.table_flags = OWNED_TABLE_FLAGS;
+
+        r = nft_table_info(l->nft, &l->layout, NFPROTO_INET, &inet);
+        rb = nft_table_info(l->nft, &l->layout, NFPROTO_BRIDGE, &br);
+        if (r == -ENOENT && rb == -ENOENT)
+                return 0; /* made owned at the first bring-up */
+        if ((r < 0 && r != -ENOENT) || (rb < 0 && rb != -ENOENT))
+                return fail(l, r < 0 && r != -ENOENT ? r : rb, "cannot read the nftables tables %s: %s",
+                            l->table, strerror(-(r < 0 && r != -ENOENT ? r : rb)));
+        snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
+        snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
+        if (r < 0 || rb < 0 || strcmp(inet.tag, tag_inet) != 0 || strcmp(br.tag, tag_bridge) != 0)
+                return 0; /* not (all) ours: bring-up says so when it gets there */
+
+        uint32_t flags = inet.flags | br.flags;
+        if (flags & NFT_TABLE_F_OWNER &&
+            ((inet.flags & NFT_TABLE_F_OWNER && inet.owner != nft_portid(l->nft)) ||
+             (br.flags & NFT_TABLE_F_OWNER && br.owner != nft_portid(l->nft))))
+                return fail(
+                        l, -EBUSY,
+                        "the nftables tables %s belong to another process's netlink socket (port id %u): "
+                        "is another agent running on them?",
+                        l->table, inet.flags & NFT_TABLE_F_OWNER ? inet.owner : br.owner);
+        if (!(inet.flags & NFT_TABLE_F_PERSIST) || !(br.flags & NFT_TABLE_F_PERSIST)) {
+                /* Made by an agent with table_owner = no, or on an older kernel. The kernel lets no one own
+                 * them now; replacing them would drop whatever in them is not ours. */
+                if (want == TABLE_OWNER_YES)
+                        return fail(
+                                l, -EOPNOTSUPP,
+                                "table_owner = yes, but the nftables tables %s were made without owner "
+                                "(table_owner = no, or an older kernel), and the kernel lets no one own "
+                                "them now: stop the VMs and delete both tables (nft delete table inet %s; "
+                                "nft delete table bridge %s), or set table_owner = auto",
+                                l->table, l->table, l->table);
+                return 0; /* auto: plain until they are made again */
+        }
+        r = nft_adopt_tables(l->nft, &l->layout);
+        if (r < 0)
+                return fail(l, r, "cannot take the nftables tables %s over: %s", l->table,
+                            nft_error_message(l->nft));
         return 0;
 }
 
@@ -187,6 +267,7 @@ static int ensure_bridge(LocalBackend *l, Resource *br) {
         r = rtnl_bridge_create(l->rtnl, br->name, br->tag, &ifindex);
         br->created = r >= 0;
         if (r >= 0) {
+                br->ifindex = ifindex; /* for local_apply()'s undo, should a later step fail */
                 /* A fixed MAC, so the gateway's address does not follow whichever TAP joins or leaves. */
                 LinkChange m = LINK_CHANGE_KEEP;
                 m.mac = l->bridge_mac;
@@ -305,10 +386,19 @@ static int local_apply(Backend *b, ResourceSet *plan) {
         return CRASH_POINT("local-apply-nft-committed");
 
 undo:
-        /* All or nothing: the batch changed nothing; take the TAPs of this plan away again. */
+        /* All or nothing: the batch changed nothing; take the TAPs of this plan away again, and the bridge
+         * if this call made it. */
         for (size_t i = 0; i < made; i++)
                 if (plan->items[i].kind == RESOURCE_LINK_TAP && plan->items[i].ifindex)
                         (void) backend_remove_link(l->rtnl, &plan->items[i]);
+        for (size_t i = 0; i < plan->n; i++) {
+                Resource *x = &plan->items[i];
+                if (x->kind == RESOURCE_LINK_BRIDGE && x->created && x->ifindex) {
+                        (void) backend_remove_link(l->rtnl, x);
+                        x->created = false;
+                        x->ifindex = 0;
+                }
+        }
         return r;
 }
 

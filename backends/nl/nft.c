@@ -21,7 +21,6 @@
 #include <linux/rtnetlink.h>
 #include <net/ethernet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +31,7 @@
 
 #include "backends/nl/nft.h"
 #include "backends/nl/nlerr.h"
+#include "backends/nl/nlops.h"
 
 #define IFNAMSIZ_PADDED 16 /* an ifname in a register or set key: 16 bytes, NUL-padded */
 
@@ -53,10 +53,24 @@
 
 struct Nft {
         struct mnl_socket *nl;
+        const NlOps *ops;
         uint32_t portid;
         uint32_t seq;
         char error[512];
+        uint8_t buf[65536] __attribute__((aligned(8))); /* replies */
 };
+
+/* What one operation of a batch leaves in the kernel when the batch is committed, to tell afterwards
+ * whether it was, when the kernel's answers were lost. */
+typedef struct BatchCheck {
+        bool add;
+        bool is_table;
+        bool adopt; /* tables: owned by us with these flags */
+        uint32_t flags;
+        uint16_t family; /* tables */
+        NftElem elem; /* elements (with the tag they are added with) */
+        char tag[NFT_TAG_MAX + 1]; /* tables: the comment they are created with */
+} BatchCheck;
 
 struct NftBatch {
         Nft *nft;
@@ -68,6 +82,9 @@ struct NftBatch {
         uint32_t next_set_id;
         bool ended;
         void *flat; /* nft_batch_peek()'s copy */
+        char table[64]; /* the tables the checks look at */
+        BatchCheck *checks;
+        size_t n_checks;
 };
 
 static const char *const elem_kind_table[_NFT_ELEM_KIND_MAX] = {
@@ -103,8 +120,17 @@ int nft_open(Nft **ret) {
         }
         nft->portid = mnl_socket_get_portid(nft->nl);
         nft->seq = (uint32_t) time(NULL) << 8;
+        nft->ops = &nlops_default;
         *ret = nft;
         return 0;
+}
+
+void nft_set_ops(Nft *nft, const NlOps *ops) {
+        nft->ops = ops ?: &nlops_default;
+}
+
+uint32_t nft_portid(const Nft *nft) {
+        return nft->portid;
 }
 
 Nft *nft_close(Nft *nft) {
@@ -154,6 +180,7 @@ NftBatch *nft_batch_free(NftBatch *b) {
                 free(b->ops[i]);
         free(b->ops);
         free(b->flat);
+        free(b->checks);
         nftnl_batch_free(b->batch);
         free(b);
         return NULL;
@@ -161,6 +188,10 @@ NftBatch *nft_batch_free(NftBatch *b) {
 
 size_t nft_batch_n_ops(const NftBatch *b) {
         return b->n_ops;
+}
+
+const char *nft_batch_op(const NftBatch *b, size_t i) {
+        return i < b->n_ops ? b->ops[i] : NULL;
 }
 
 /* Starts the next message of the batch, remembering what it does for error messages. */
@@ -189,6 +220,19 @@ _printf_(5, 6) static struct nlmsghdr *batch_msg(NftBatch *b, uint16_t type, uin
 
 static int batch_done(NftBatch *b) {
         return nftnl_batch_update(b->batch) < 0 ? -ENOMEM : 0;
+}
+
+static int table_get(Nft *nft, uint16_t family, const char *name, NftTableInfo *ret);
+static bool elem_same_key(const NftElem *a, const NftElem *b);
+
+static int batch_check(NftBatch *b, const char *table, const BatchCheck *c) {
+        BatchCheck *n = realloc(b->checks, (b->n_checks + 1) * sizeof(BatchCheck));
+        if (!n)
+                return -ENOMEM;
+        b->checks = n;
+        b->checks[b->n_checks++] = *c;
+        snprintf(b->table, sizeof(b->table), "%s", table);
+        return 0;
 }
 
 /* A comment in nft's userdata form: one TLV (type 0 = the *_COMMENT type of every object), NUL included. */
@@ -229,10 +273,17 @@ static int add_table(NftBatch *b, const NftLayout *l, uint16_t family, const cha
         }
         nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
         nftnl_table_set_data(t, NFTNL_TABLE_USERDATA, nftnl_udata_buf_data(u), nftnl_udata_buf_len(u));
+        if (l->table_flags)
+                nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, l->table_flags);
         nftnl_table_nlmsg_build_payload(nlh, t);
         nftnl_table_free(t);
         nftnl_udata_buf_free(u);
-        return batch_done(b);
+        r = batch_done(b);
+        if (r < 0)
+                return r;
+        BatchCheck c = { .add = true, .is_table = true, .family = family };
+        snprintf(c.tag, sizeof(c.tag), "%s", tag);
+        return batch_check(b, l->table, &c);
 }
 
 typedef struct SetSpec {
@@ -652,8 +703,135 @@ int nft_batch_delete_tables(NftBatch *b, const NftLayout *l) {
                 nftnl_table_free(t);
                 if (batch_done(b) < 0)
                         return -ENOMEM;
+                BatchCheck c = { .add = false, .is_table = true, .family = families[i] };
+                if (batch_check(b, l->table, &c) < 0)
+                        return -ENOMEM;
         }
         return 0;
+}
+
+/* The adoption messages: NEWTABLE (an update of the table that is there; the kernel makes a new one if
+ * there is none, with or without NLM_F_CREATE: see nft_adopt_tables()) with the flags. */
+static int batch_adopt_tables(NftBatch *b, const NftLayout *l) {
+        static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
+        for (size_t i = 0; i < ELEMENTSOF(families); i++) {
+                struct nftnl_table *t = nftnl_table_alloc();
+                struct nlmsghdr *nlh = batch_msg(b, NFT_MSG_NEWTABLE, families[i], 0, "adopt table %s %s",
+                                                 i == 0 ? "inet" : "bridge", l->table);
+                if (!t || !nlh) {
+                        nftnl_table_free(t);
+                        return -ENOMEM;
+                }
+                nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
+                nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, l->table_flags);
+                nftnl_table_nlmsg_build_payload(nlh, t);
+                nftnl_table_free(t);
+                if (batch_done(b) < 0)
+                        return -ENOMEM;
+                BatchCheck c = { .add = true,
+                                 .is_table = true,
+                                 .adopt = true,
+                                 .flags = l->table_flags,
+                                 .family = families[i] };
+                if (batch_check(b, l->table, &c) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int nft_adopt_tables(Nft *nft, const NftLayout *l) {
+        static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
+        NftTableInfo info[2];
+        bool ours = true;
+        int r;
+
+        if (!(l->table_flags & NFT_TABLE_F_OWNER))
+                return -EINVAL;
+        for (size_t i = 0; i < 2; i++) {
+                r = table_get(nft, families[i], l->table, &info[i]);
+                if (r < 0)
+                        return nft_fail(nft, r, "table %s %s: %s", i ? "bridge" : "inet", l->table,
+                                        strerror(-r));
+                ours = ours && (info[i].flags & NFT_TABLE_F_OWNER) && info[i].owner == nft->portid;
+        }
+        if (ours)
+                return 0;
+
+        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(nft);
+        if (!b)
+                return -ENOMEM;
+        r = batch_adopt_tables(b, l);
+        if (r < 0)
+                return r;
+        r = nft_batch_commit(nft, b);
+        if (r < 0)
+                return r;
+
+        /* Both must be the tables read above, with their comments: one deleted between the look and the
+         * batch came back bare (ours now, so ours to take away). */
+        for (size_t i = 0; i < 2; i++) {
+                NftTableInfo now;
+                r = table_get(nft, families[i], l->table, &now);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                if (r >= 0 && strcmp(now.tag, info[i].tag) == 0)
+                        continue;
+                if (r >= 0 && !now.tag[0]) {
+                        _cleanup_(nft_batch_freep) NftBatch *d = nft_batch_new(nft);
+                        struct nftnl_table *t = nftnl_table_alloc();
+                        struct nlmsghdr *nlh =
+                                d ? batch_msg(d, NFT_MSG_DELTABLE, families[i], 0, "delete bare table %s %s",
+                                              i ? "bridge" : "inet", l->table)
+                                  : NULL;
+                        if (t && nlh) {
+                                nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
+                                nftnl_table_nlmsg_build_payload(nlh, t);
+                                if (batch_done(d) >= 0)
+                                        (void) nft_batch_commit(nft, d);
+                        }
+                        nftnl_table_free(t);
+                }
+                return nft_fail(nft, -ENOENT, "table %s %s vanished while it was being adopted",
+                                i ? "bridge" : "inet", l->table);
+        }
+        return 0;
+}
+
+int nft_probe_table_flags(Nft *nft, uint32_t flags) {
+        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(nft);
+        char name[64], none[80];
+        int r;
+
+        if (!b)
+                return -ENOMEM;
+        snprintf(name, sizeof(name), "chvm-probe-%08x", nft->portid);
+        snprintf(none, sizeof(none), "%s-none", name);
+        /* A throwaway table with the flags, then the deletion of one that does not exist: the batch always
+         * aborts, at its first message if the flags are unknown (EOPNOTSUPP; EINVAL before 5.12). */
+        for (unsigned i = 0; i < 2; i++) {
+                struct nftnl_table *t = nftnl_table_alloc();
+                struct nlmsghdr *nlh =
+                        batch_msg(b, i == 0 ? NFT_MSG_NEWTABLE : NFT_MSG_DELTABLE, NFPROTO_INET,
+                                  i == 0 ? NLM_F_CREATE | NLM_F_EXCL : 0, "%s table inet %s",
+                                  i == 0 ? "probe" : "delete", i == 0 ? name : none);
+                if (!t || !nlh) {
+                        nftnl_table_free(t);
+                        return -ENOMEM;
+                }
+                nftnl_table_set_str(t, NFTNL_TABLE_NAME, i == 0 ? name : none);
+                if (i == 0)
+                        nftnl_table_set_u32(t, NFTNL_TABLE_FLAGS, flags);
+                nftnl_table_nlmsg_build_payload(nlh, t);
+                nftnl_table_free(t);
+                if (batch_done(b) < 0)
+                        return -ENOMEM;
+        }
+        r = nft_batch_commit(nft, b);
+        if (r == -ENOENT && strncmp(nft->error, "delete table", 12) == 0)
+                return 0; /* the flags passed; the batch failed where it was meant to */
+        if ((r == -EOPNOTSUPP || r == -EINVAL) && strncmp(nft->error, "probe table", 11) == 0)
+                return -EOPNOTSUPP;
+        return r < 0 ? r : -EIO;
 }
 
 /* The key (and map data) of an element in the register layout nft uses: every field padded to 4 bytes. */
@@ -745,7 +923,15 @@ int nft_batch_elem(NftBatch *b, const NftLayout *l, const NftElem *e, bool add) 
         nftnl_set_free(s); /* frees the element too */
         if (u)
                 nftnl_udata_buf_free(u);
-        return nlh ? batch_done(b) : -ENOMEM;
+        if (!nlh)
+                return -ENOMEM;
+        r = batch_done(b);
+        if (r < 0)
+                return r;
+        BatchCheck c = { .add = add, .elem = *e };
+        if (!add)
+                c.elem.tag[0] = '\0';
+        return batch_check(b, l->table, &c);
 }
 
 static void batch_end(NftBatch *b) {
@@ -783,15 +969,14 @@ int nft_batch_peek(NftBatch *b, const void **ret_buf, size_t *ret_len) {
         return 0;
 }
 
-int nft_batch_commit(Nft *nft, NftBatch *b) {
-        int first_error = 0;
+/* Sends the batch once and reads the answers. *ret_lost: some answers never came (the kernel dropped them
+ * for want of socket buffer, or they are missing), and no error came either: whether the kernel
+ * committed the batch is unknown. */
+static int commit_once(Nft *nft, NftBatch *b, bool *ret_lost) {
+        int first_error = 0, fd = mnl_socket_get_fd(nft->nl), r;
         size_t replies = 0;
 
-        nft->error[0] = '\0';
-        if (b->n_ops == 0)
-                return 0;
-        batch_end(b);
-
+        *ret_lost = false;
         int n_iov = nftnl_batch_iovec_len(b->batch);
         struct iovec *iov = calloc((size_t) n_iov, sizeof(struct iovec));
         if (!iov)
@@ -802,7 +987,6 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
                 total += iov[i].iov_len;
         /* A big batch must fit the socket's send buffer in one sendmsg, or the kernel sees half of it. */
         int sndbuf = (int) total + 4096;
-        int fd = mnl_socket_get_fd(nft->nl);
         if (total > 200000 && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
                 (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
         /* Every operation gets an ACK back; room for all of them (an ACK takes ~1 KiB of socket buffer), or
@@ -810,41 +994,47 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
         int rcvbuf = (int) (b->n_ops * 1024 > 262144 ? b->n_ops * 1024 : 262144);
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
                 (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-        struct sockaddr_nl dst = { .nl_family = AF_NETLINK };
-        struct msghdr msg = {
-                .msg_name = &dst, .msg_namelen = sizeof(dst), .msg_iov = iov, .msg_iovlen = (size_t) n_iov
-        };
-        ssize_t sent = sendmsg(fd, &msg, 0);
+        r = nlops_sendiov(nft->ops, fd, iov, (size_t) n_iov);
         free(iov);
-        if (sent < 0)
-                return nft_fail(nft, negative_errno(), "sending the nftables batch failed: %m");
+        if (r < 0)
+                return nft_fail(nft, r, "sending the nftables batch (%s, ...) failed: %s", b->ops[0],
+                                strerror(-r));
 
-        static uint8_t buf[65536];
+        /* The kernel answers every operation (NLM_F_ACK), errors and all, once it has gone through the whole
+         * batch. An error it cannot pin on one operation (out of memory while collecting the answers, or a
+         * failure while committing) comes as the answer to BATCH_BEGIN: then nothing of the batch applies,
+         * whatever the operations' own answers said. */
         while (replies < b->n_ops) {
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                int k = poll(&p, 1, 5000);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return negative_errno();
+                ssize_t n = nlops_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
+                if (n == -ENOBUFS || n == -ETIMEDOUT) {
+                        if (first_error) { /* an error means the kernel aborted the batch */
+                                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                                return first_error;
+                        }
+                        *ret_lost = true;
+                        return nft_fail(nft, (int) n,
+                                        "the kernel's answers to the nftables batch (%s, ...) were lost",
+                                        b->ops[0]);
                 }
-                if (k == 0)
-                        break; /* the kernel sent all it will send */
-                ssize_t n = recv(fd, buf, sizeof(buf), 0);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return nft_fail(nft, negative_errno(), "reading nftables replies failed: %m");
-                }
+                if (n < 0)
+                        return nft_fail(nft, (int) n, "reading nftables replies failed: %s",
+                                        strerror((int) -n));
                 int len = (int) n;
-                for (const struct nlmsghdr *m = (const struct nlmsghdr *) buf; mnl_nlmsg_ok(m, len);
+                for (const struct nlmsghdr *m = (const struct nlmsghdr *) nft->buf; mnl_nlmsg_ok(m, len);
                      m = mnl_nlmsg_next(m, &len)) {
-                        if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < b->first_seq ||
-                            m->nlmsg_seq >= b->first_seq + b->n_ops)
+                        if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_pid != nft->portid)
                                 continue;
-                        replies++;
                         char extack[NL_EXTACK_MAX];
                         int e = nl_error_parse(m, extack);
+                        if (m->nlmsg_seq == b->first_seq - 1 && e < 0) {
+                                nft_fail(nft, e, "nftables batch (%s, ... %zu operations): %s%s%s",
+                                         b->ops[0], b->n_ops, strerror(-e), extack[0] ? ": " : "", extack);
+                                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                                return e;
+                        }
+                        if (m->nlmsg_seq < b->first_seq || m->nlmsg_seq >= b->first_seq + b->n_ops)
+                                continue;
+                        replies++;
                         if (e == 0 || first_error)
                                 continue;
                         first_error = e;
@@ -853,32 +1043,131 @@ int nft_batch_commit(Nft *nft, NftBatch *b) {
                 }
         }
         if (first_error)
-                return first_error;
-        if (replies < b->n_ops)
-                return nft_fail(nft, -ETIMEDOUT, "the kernel answered %zu of %zu nftables operations",
-                                replies, b->n_ops);
-        return 0;
+                nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+        return first_error;
+}
+
+/* After the kernel's answers to a batch were lost: 1 if the kernel committed it, 0 if not. A batch is
+ * atomic, so had it been committed, every object of it would now be as it wanted: its tables and added
+ * elements there with its tags, its deleted ones gone. Anything else means it was not (or someone changed
+ * its objects since, which sending it again brings to light: its exclusive adds and its deletions then
+ * fail). An exclusive add of objects that were there already, with the same tags, counts as committed:
+ * what the caller wanted is what the kernel has. */
+static int batch_outcome(Nft *nft, NftBatch *b) {
+        _cleanup_free_ NftElem *elems = NULL;
+        size_t n_elems = 0;
+        bool dumped = false;
+        int r;
+
+        for (size_t i = 0; i < b->n_checks; i++) {
+                const BatchCheck *c = &b->checks[i];
+                bool present, tagged;
+                if (c->is_table) {
+                        NftTableInfo t;
+                        r = table_get(nft, c->family, b->table, &t);
+                        if (r < 0 && r != -ENOENT)
+                                return r;
+                        present = r >= 0;
+                        tagged = present &&
+                                 (c->adopt ? (t.flags & c->flags) == c->flags && t.owner == nft->portid
+                                           : strcmp(t.tag, c->tag) == 0);
+                } else {
+                        if (!dumped) {
+                                NftLayout l = { .table = b->table };
+                                r = nft_dump_elems(nft, &l, &elems, &n_elems);
+                                if (r < 0 && r != -ENOENT)
+                                        return r;
+                                dumped = true;
+                        }
+                        const NftElem *found = NULL;
+                        for (size_t j = 0; j < n_elems && !found; j++)
+                                if (elem_same_key(&elems[j], &c->elem))
+                                        found = &elems[j];
+                        present = found;
+                        tagged = found && strcmp(found->tag, c->elem.tag) == 0;
+                }
+                if (c->add ? !tagged : present)
+                        return 0;
+        }
+        return b->n_checks > 0;
+}
+
+int nft_batch_commit(Nft *nft, NftBatch *b) {
+        int r = 0;
+
+        nft->error[0] = '\0';
+        if (b->n_ops == 0)
+                return 0;
+        batch_end(b);
+
+        /* When the answers are lost, the tags in the kernel say whether the batch was committed; if it was
+         * not, it is sent again (it is atomic: nothing of it happened). */
+        for (unsigned attempt = 0; attempt < 3; attempt++) {
+                bool lost;
+                r = commit_once(nft, b, &lost);
+                if (!lost)
+                        return r;
+                nlops_drain(nft->ops, mnl_socket_get_fd(nft->nl), nft->buf, sizeof(nft->buf));
+                int k = batch_outcome(nft, b);
+                if (k == 1) {
+                        nft->error[0] = '\0';
+                        return 0;
+                }
+                if (k < 0)
+                        return nft_fail(
+                                nft, k,
+                                "the kernel's answers to the nftables batch (%s, ...) were lost, and "
+                                "reading back its objects failed: %s",
+                                b->ops[0], strerror(-k));
+        }
+        return r;
 }
 
 /* --- dumps ---------------------------------------------------------------------------------------- */
 
 typedef int (*DumpCb)(const struct nlmsghdr *nlh, void *data);
 
+/* One request with its replies (a dump, or a get with NLM_F_ACK): data messages go to cb. Replies to
+ * earlier requests are skipped. -EAGAIN when the caller should ask again with fresh results: the dump was
+ * interrupted by a change (NLM_F_DUMP_INTR), or replies were lost (ENOBUFS, or none came). */
 static int dump(Nft *nft, struct nlmsghdr *nlh, DumpCb cb, void *data) {
-        static uint8_t buf[65536];
+        int fd = mnl_socket_get_fd(nft->nl), r;
         uint32_t seq = nlh->nlmsg_seq;
+        bool intr = false;
 
-        if (mnl_socket_sendto(nft->nl, nlh, nlh->nlmsg_len) < 0)
-                return negative_errno();
+        r = nlops_send(nft->ops, fd, nlh, nlh->nlmsg_len);
+        if (r < 0)
+                return r;
         for (;;) {
-                ssize_t n = mnl_socket_recvfrom(nft->nl, buf, sizeof(buf));
+                ssize_t n = nlops_recv(nft->ops, fd, nft->buf, sizeof(nft->buf), NL_REPLY_TIMEOUT_MS);
+                if (n == -ENOBUFS || n == -ETIMEDOUT) {
+                        nlops_drain(nft->ops, fd, nft->buf, sizeof(nft->buf));
+                        return -EAGAIN;
+                }
                 if (n < 0)
-                        return errno == ENOBUFS ? -EAGAIN : negative_errno();
-                int r = mnl_cb_run(buf, (size_t) n, seq, nft->portid, cb, data);
-                if (r < 0)
-                        return errno == EINTR ? -EAGAIN : negative_errno();
-                if (r == MNL_CB_STOP)
-                        return 0;
+                        return (int) n;
+                int len = (int) n;
+                for (const struct nlmsghdr *m = (const struct nlmsghdr *) nft->buf; mnl_nlmsg_ok(m, len);
+                     m = mnl_nlmsg_next(m, &len)) {
+                        if (m->nlmsg_seq != seq || m->nlmsg_pid != nft->portid)
+                                continue;
+                        if (m->nlmsg_flags & NLM_F_DUMP_INTR)
+                                intr = true;
+                        if (m->nlmsg_type == NLMSG_ERROR) {
+                                char extack[NL_EXTACK_MAX];
+                                int e = nl_error_parse(m, extack);
+                                return e < 0 ? e : intr ? -EAGAIN : 0;
+                        }
+                        if (m->nlmsg_type == NLMSG_DONE)
+                                return intr ? -EAGAIN : 0;
+                        if (m->nlmsg_type == NLMSG_NOOP)
+                                continue;
+                        r = cb(m, data);
+                        if (r == MNL_CB_ERROR)
+                                return -ENOMEM;
+                        if (r == MNL_CB_STOP)
+                                return 0;
+                }
         }
 }
 
@@ -899,11 +1188,6 @@ int nft_generation(Nft *nft, uint32_t *ret) {
         return dump(nft, nlh, gen_cb, ret);
 }
 
-typedef struct TableTag {
-        char *out;
-        bool found;
-} TableTag;
-
 static int comment_cb(const struct nftnl_udata *attr, void *data) {
         char *out = data;
         if (nftnl_udata_type(attr) == 0 && nftnl_udata_len(attr) > 0) {
@@ -923,39 +1207,71 @@ static void parse_comment(const void *ud, uint32_t len, char *out) {
                 (void) nftnl_udata_parse(ud, len, comment_cb, out);
 }
 
+typedef struct TableInfoOut {
+        NftTableInfo *out;
+        bool found;
+} TableInfoOut;
+
 static int table_cb(const struct nlmsghdr *nlh, void *data) {
-        TableTag *t = data;
+        TableInfoOut *t = data;
         struct nftnl_table *tb = nftnl_table_alloc();
         uint32_t len = 0;
         if (!tb)
                 return MNL_CB_ERROR;
         if (nftnl_table_nlmsg_parse(nlh, tb) == 0) {
                 const void *ud = nftnl_table_get_data(tb, NFTNL_TABLE_USERDATA, &len);
-                parse_comment(ud, len, t->out);
+                parse_comment(ud, len, t->out->tag);
+                t->out->flags = nftnl_table_is_set(tb, NFTNL_TABLE_FLAGS)
+                                        ? nftnl_table_get_u32(tb, NFTNL_TABLE_FLAGS)
+                                        : 0;
+                t->out->owner = nftnl_table_is_set(tb, NFTNL_TABLE_OWNER)
+                                        ? nftnl_table_get_u32(tb, NFTNL_TABLE_OWNER)
+                                        : 0;
                 t->found = true;
         }
         nftnl_table_free(tb);
         return MNL_CB_OK;
 }
 
-int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]) {
-        char buf[512];
-        struct nftnl_table *t = nftnl_table_alloc();
-        TableTag tt = { .out = ret_tag };
-        int r;
+static int table_get(Nft *nft, uint16_t family, const char *name, NftTableInfo *ret) {
+        for (unsigned attempt = 0; attempt < 3; attempt++) {
+                char buf[512];
+                NftTableInfo info = {};
+                TableInfoOut tt = { .out = &info };
+                struct nftnl_table *t = nftnl_table_alloc();
+                int r;
 
-        if (!t)
-                return -ENOMEM;
-        struct nlmsghdr *nlh =
-                nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_ACK, ++nft->seq);
-        nftnl_table_set_str(t, NFTNL_TABLE_NAME, l->table);
-        nftnl_table_nlmsg_build_payload(nlh, t);
-        nftnl_table_free(t);
-        ret_tag[0] = '\0';
-        r = dump(nft, nlh, table_cb, &tt);
+                if (!t)
+                        return -ENOMEM;
+                struct nlmsghdr *nlh =
+                        nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, family, NLM_F_ACK, ++nft->seq);
+                nftnl_table_set_str(t, NFTNL_TABLE_NAME, name);
+                nftnl_table_nlmsg_build_payload(nlh, t);
+                nftnl_table_free(t);
+                r = dump(nft, nlh, table_cb, &tt);
+                if (r == -EAGAIN)
+                        continue; /* the answer was lost: ask again */
+                if (r < 0)
+                        return r;
+                if (!tt.found)
+                        return -ENOENT;
+                *ret = info;
+                return 0;
+        }
+        return -EAGAIN;
+}
+
+int nft_table_info(Nft *nft, const NftLayout *l, int family, NftTableInfo *ret) {
+        return table_get(nft, (uint16_t) family, l->table, ret);
+}
+
+int nft_table_tag(Nft *nft, const NftLayout *l, char ret_tag[NFT_TAG_MAX + 1]) {
+        NftTableInfo info;
+        int r = table_get(nft, NFPROTO_INET, l->table, &info);
         if (r < 0)
                 return r;
-        return tt.found ? 0 : -ENOENT;
+        memcpy(ret_tag, info.tag, NFT_TAG_MAX + 1);
+        return 0;
 }
 
 typedef struct ElemList {
@@ -1026,6 +1342,8 @@ int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {
                 int r;
 
                 r = nft_generation(nft, &gen_before);
+                if (r == -EAGAIN)
+                        continue;
                 if (r < 0)
                         return r;
                 for (NftElemKind k = 0; k < _NFT_ELEM_KIND_MAX && r >= 0; k++) {
@@ -1060,6 +1378,22 @@ int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {
                 return 0;
         }
         return -EAGAIN;
+}
+
+static bool elem_same_key(const NftElem *a, const NftElem *b) {
+        if (a->kind != b->kind)
+                return false;
+        switch (a->kind) {
+        case NFT_ELEM_PORTFWD:
+                return a->proto == b->proto && a->host_port == b->host_port;
+        case NFT_ELEM_VM_PORT:
+                return strncmp(a->ifname, b->ifname, sizeof(a->ifname)) == 0;
+        case NFT_ELEM_VM_ADDR:
+                return strncmp(a->ifname, b->ifname, sizeof(a->ifname)) == 0 &&
+                       memcmp(a->mac, b->mac, 6) == 0 && a->guest_ip == b->guest_ip;
+        default:
+                return false;
+        }
 }
 
 typedef struct RuleList {
@@ -1105,6 +1439,8 @@ int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_
                 RuleList list = {};
                 uint32_t gen_before, gen_after;
                 int r = nft_generation(nft, &gen_before);
+                if (r == -EAGAIN)
+                        continue;
                 if (r < 0)
                         return r;
                 for (size_t i = 0; i < ELEMENTSOF(families) && r >= 0; i++) {
@@ -1185,6 +1521,8 @@ int nft_dump_base_chains(Nft *nft, NftBaseChain **ret, size_t *ret_n) {
                 uint32_t gen_before, gen_after;
                 char buf[512];
                 int r = nft_generation(nft, &gen_before);
+                if (r == -EAGAIN)
+                        continue;
                 if (r < 0)
                         return r;
                 struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP,

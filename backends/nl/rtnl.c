@@ -17,15 +17,20 @@
 #include <time.h>
 
 #include "backends/nl/nlerr.h"
+#include "backends/nl/nlops.h"
 #include "backends/nl/rtnl.h"
 #include "util/crashpoint.h"
 
 struct Rtnl {
         struct mnl_socket *nl;
+        const NlOps *ops;
         uint32_t portid;
         uint32_t seq;
+        bool lost_reply; /* the last request's reply was lost at least once, and it was sent again */
         char error[NL_EXTACK_MAX];
-        uint8_t buf[32768]; /* >= MNL_SOCKET_BUFFER_SIZE (8 KiB): one recvmsg never truncates a dump */
+        uint8_t buf[32768] __attribute__((aligned(8))); /* requests */
+        uint8_t rbuf[32768] __attribute__((aligned(
+                8))); /* replies; >= MNL_SOCKET_BUFFER_SIZE (8 KiB): one recvmsg never truncates a dump */
 };
 
 int rtnl_open(Rtnl **ret) {
@@ -50,6 +55,7 @@ int rtnl_open(Rtnl **ret) {
         }
         rtnl->portid = mnl_socket_get_portid(rtnl->nl);
         rtnl->seq = (uint32_t) time(NULL);
+        rtnl->ops = &nlops_default;
         *ret = rtnl;
         return 0;
 }
@@ -67,6 +73,10 @@ const char *rtnl_error_message(const Rtnl *rtnl) {
         return rtnl->error;
 }
 
+void rtnl_set_ops(Rtnl *rtnl, const NlOps *ops) {
+        rtnl->ops = ops ?: &nlops_default;
+}
+
 /* The error of an NLMSG_ERROR message (0 for an ACK), and its extack text into rtnl->error. */
 static int parse_error(Rtnl *rtnl, const struct nlmsghdr *nlh) {
         return nl_error_parse(nlh, rtnl->error);
@@ -74,25 +84,36 @@ static int parse_error(Rtnl *rtnl, const struct nlmsghdr *nlh) {
 
 typedef int (*MsgHandler)(const struct nlmsghdr *nlh, void *userdata);
 
-/* Sends one request and reads every reply to it: data messages go to `handler`; the request ends with
- * its ACK (or error), a dump with NLMSG_DONE. -EINTR if a dump was interrupted (NLM_F_DUMP_INTR). */
-static int transact(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *userdata) {
-        bool dump = nlh->nlmsg_flags & NLM_F_DUMP, intr = false;
-        uint32_t seq = nlh->nlmsg_seq;
+/* NLM_F_DUMP is NLM_F_ROOT|NLM_F_MATCH, and NLM_F_MATCH is NLM_F_EXCL: only a get asks for a dump. */
+static bool is_dump(const struct nlmsghdr *nlh) {
+        return (nlh->nlmsg_type & 3) == 2 /* RTM_GET* */ && (nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+}
 
+/* One exchange: sends the request and reads every reply to it: data messages go to `handler`; the
+ * request ends with its ACK (or error), a dump with NLMSG_DONE. *ret_lost is set when replies were lost
+ * on the way (ENOBUFS, or nothing came back): then the outcome is unknown. */
+static int exchange(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *userdata, bool *ret_lost) {
+        int fd = mnl_socket_get_fd(rtnl->nl);
+        bool dump = is_dump(nlh), intr = false;
+        uint32_t seq = nlh->nlmsg_seq;
+        int r;
+
+        *ret_lost = false;
         rtnl->error[0] = '\0';
-        if (mnl_socket_sendto(rtnl->nl, nlh, nlh->nlmsg_len) < 0)
-                return negative_errno();
+        r = nlops_send(rtnl->ops, fd, nlh, nlh->nlmsg_len);
+        if (r < 0)
+                return r;
 
         for (;;) {
-                ssize_t n = mnl_socket_recvfrom(rtnl->nl, rtnl->buf, sizeof(rtnl->buf));
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return negative_errno();
+                ssize_t n = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf), NL_REPLY_TIMEOUT_MS);
+                if (n == -ENOBUFS || n == -ETIMEDOUT) {
+                        *ret_lost = true;
+                        return (int) n;
                 }
+                if (n < 0)
+                        return (int) n;
                 int len = (int) n;
-                for (const struct nlmsghdr *m = (const struct nlmsghdr *) rtnl->buf; mnl_nlmsg_ok(m, len);
+                for (const struct nlmsghdr *m = (const struct nlmsghdr *) rtnl->rbuf; mnl_nlmsg_ok(m, len);
                      m = mnl_nlmsg_next(m, &len)) {
                         if (m->nlmsg_seq != seq || m->nlmsg_pid != rtnl->portid)
                                 continue; /* a late reply to an earlier request */
@@ -105,13 +126,37 @@ static int transact(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *
                         if (m->nlmsg_type == NLMSG_NOOP)
                                 continue;
                         if (handler) {
-                                int r = handler(m, userdata);
+                                r = handler(m, userdata);
                                 if (r < 0)
                                         return r;
                         }
                         if (!dump && !(nlh->nlmsg_flags & NLM_F_ACK))
                                 return 0;
                 }
+        }
+}
+
+/* Sends one request and reads every reply to it (see exchange()). -EINTR if a dump was interrupted
+ * (NLM_F_DUMP_INTR). When the replies are lost (the kernel dropped them for want of socket buffer, or they
+ * never came), what is left of them is drained and the request sent again, up to three times: every
+ * request made here may be repeated — changes set absolute values, deletions of what is gone answer
+ * ENODEV, and exclusive creations answer EEXIST, which their callers resolve by looking at the object
+ * (rtnl_bridge_create(), and rtnl_addr_add4()'s callers take EEXIST as done). rtnl->lost_reply tells them
+ * that this happened. A dump whose replies were lost returns -EAGAIN: its handler has seen part of it,
+ * so only the caller can start it again with fresh results. */
+static int transact(Rtnl *rtnl, struct nlmsghdr *nlh, MsgHandler handler, void *userdata) {
+        rtnl->lost_reply = false;
+        for (unsigned attempt = 0;; attempt++) {
+                bool lost;
+                int r = exchange(rtnl, nlh, handler, userdata, &lost);
+                if (!lost)
+                        return r;
+                nlops_drain(rtnl->ops, mnl_socket_get_fd(rtnl->nl), rtnl->rbuf, sizeof(rtnl->rbuf));
+                rtnl->lost_reply = true;
+                if (is_dump(nlh))
+                        return -EAGAIN;
+                if (attempt == 2)
+                        return r;
         }
 }
 
@@ -305,7 +350,8 @@ int rtnl_link_dump(Rtnl *rtnl, LinkInfo **ret, size_t *ret_n) {
 
                 ifi->ifi_family = AF_UNSPEC;
                 r = transact(rtnl, nlh, dump_handler, &list);
-                if (r == -EINTR) { /* the link table changed during the dump: take it again */
+                if (r == -EINTR || r == -EAGAIN) { /* the link table changed during the dump, or replies
+                                                    * were lost: take it again */
                         free(list.links);
                         continue;
                 }
@@ -338,11 +384,17 @@ int rtnl_bridge_create(Rtnl *rtnl, const char *name, const char *alias, uint32_t
                 return -EINVAL;
         r = simple_request(rtnl,
                            rtnl_build_bridge_create(rtnl->buf, sizeof(rtnl->buf), ++rtnl->seq, name, alias));
-        if (r < 0)
+        bool lost = rtnl->lost_reply;
+        if (r < 0 && !(r == -EEXIST && lost))
                 return r;
         r = rtnl_link_get_by_name(rtnl, name, &l);
         if (r < 0)
                 return r;
+        /* EEXIST to the repeated request after the first one's reply was lost: the first one made it, if
+         * what is there is a bridge with no alias yet (or ours). */
+        if (lost &&
+            (strcmp(l.kind, "bridge") != 0 || (l.alias[0] && (!alias || strcmp(l.alias, alias) != 0))))
+                return -EEXIST;
         /* The kernel ignores IFLA_IFALIAS when it creates a link (only a change sets it): tag it now, and
          * take the bridge away again if that fails, so no untagged bridge of ours stays behind. */
         if (alias && strcmp(l.alias, alias) != 0) {
@@ -474,20 +526,26 @@ static const LinkInfo *find_link(const LinkInfo *links, size_t n, uint32_t ifind
         return NULL;
 }
 
-/* Sends RTM_NEWLINK "group = g" for every link with doomed[i], up to PIPELINE requests per sendto, and
+/* Sends RTM_NEWLINK "group = g" for every link with doomed[i], up to PIPELINE requests per sendmsg, and
  * reads each one's ACK. A link that vanished meanwhile (ENODEV) is no longer doomed but counts as
- * deleted; any other error stops. */
+ * deleted; any other error stops. When ACKs are lost, the links not yet acknowledged are sent again
+ * (setting a group twice changes nothing), up to three times in a row. */
 #define PIPELINE 128
 static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, bool *doomed, uint32_t group,
                                size_t *deleted, size_t *moved) {
+        _cleanup_free_ bool *acked = calloc(n ? n : 1, sizeof(bool));
+        int fd = mnl_socket_get_fd(rtnl->nl);
+        unsigned losses = 0;
         size_t i = 0;
 
+        if (!acked)
+                return -ENOMEM;
         while (i < n) {
-                size_t idx[PIPELINE], k = 0, len = 0;
+                size_t idx[PIPELINE], k = 0, len = 0, start = i;
                 uint32_t first_seq = rtnl->seq + 1;
 
                 for (; i < n && k < PIPELINE; i++) {
-                        if (!doomed[i])
+                        if (!doomed[i] || acked[i])
                                 continue;
                         LinkChange c = LINK_CHANGE_KEEP;
                         c.group = group;
@@ -497,28 +555,35 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 }
                 if (k == 0)
                         break;
-                if (mnl_socket_sendto(rtnl->nl, rtnl->buf, len) < 0)
-                        return negative_errno();
+                int r = nlops_send(rtnl->ops, fd, rtnl->buf, len);
+                if (r < 0)
+                        return r;
 
-                size_t acked = 0;
+                size_t n_acked = 0;
                 int first_error = 0;
-                while (acked < k) {
-                        ssize_t got = mnl_socket_recvfrom(rtnl->nl, rtnl->buf, sizeof(rtnl->buf));
-                        if (got < 0) {
-                                if (errno == EINTR)
-                                        continue;
-                                return negative_errno();
+                bool lost = false;
+                while (n_acked < k) {
+                        ssize_t got = nlops_recv(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf),
+                                                 NL_REPLY_TIMEOUT_MS);
+                        if (got == -ENOBUFS || got == -ETIMEDOUT) {
+                                lost = true;
+                                break;
                         }
+                        if (got < 0)
+                                return (int) got;
                         int left = (int) got;
-                        for (const struct nlmsghdr *m = (const struct nlmsghdr *) rtnl->buf;
+                        for (const struct nlmsghdr *m = (const struct nlmsghdr *) rtnl->rbuf;
                              mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
                                 if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < first_seq ||
-                                    m->nlmsg_seq >= first_seq + k)
+                                    m->nlmsg_seq >= first_seq + k || m->nlmsg_pid != rtnl->portid)
                                         continue;
                                 size_t j = idx[m->nlmsg_seq - first_seq];
                                 char extack[NL_EXTACK_MAX];
                                 int e = nl_error_parse(m, extack);
-                                acked++;
+                                if (acked[j])
+                                        continue;
+                                acked[j] = true;
+                                n_acked++;
                                 if (e == -ENODEV) {
                                         doomed[j] = false;
                                         (*deleted)++;
@@ -531,6 +596,13 @@ static int set_group_pipelined(Rtnl *rtnl, const OwnedLink *links, size_t n, boo
                 }
                 if (first_error)
                         return first_error;
+                if (lost) {
+                        nlops_drain(rtnl->ops, fd, rtnl->rbuf, sizeof(rtnl->rbuf));
+                        if (++losses == 3)
+                                return -ENOBUFS;
+                        i = start; /* this chunk again, without what was acknowledged */
+                } else
+                        losses = 0;
         }
         return 0;
 }

@@ -19,6 +19,7 @@
 #include "util/macro.h"
 
 typedef struct Rtnl Rtnl;
+typedef struct NlOps NlOps;
 
 #define LINK_ALIAS_MAX 128
 
@@ -41,6 +42,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Rtnl *, rtnl_close);
 
 /* The kernel's extended-ack text for the last failed request ("" if it gave none). */
 const char *rtnl_error_message(const Rtnl *rtnl);
+
+/* The socket calls to use (backends/nl/nlops.h); NULL: the system's. A seam for fault-injection tests. */
+void rtnl_set_ops(Rtnl *rtnl, const NlOps *ops);
 
 /* -ENODEV if there is no such link. */
 int rtnl_link_get(Rtnl *rtnl, uint32_t ifindex, LinkInfo *ret);
