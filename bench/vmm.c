@@ -89,6 +89,7 @@
 #define CALL_TIMEOUT_USEC (UINT64_C(60) * 1000000)
 
 static volatile sig_atomic_t interrupted;
+static pid_t agent_pid_for_diagnosis; /* the agent that runs now, for diagnose_agent() */
 
 static void on_signal(int sig) {
         interrupted = sig;
@@ -393,6 +394,15 @@ static int write_file(const char *path, const char *content) {
         return fclose(f) < 0 ? negative_errno() : 0;
 }
 
+static void read_loadavg(char ret[64]) {
+        FILE *f = fopen("/proc/loadavg", "re");
+        if (!f || !fgets(ret, 64, f))
+                snprintf(ret, 64, "?");
+        if (f)
+                fclose(f);
+        ret[strcspn(ret, "\n")] = '\0';
+}
+
 /* Whether the process is one we started: its command line names our folder (a PID alone is never trusted).
  */
 static bool is_ours(pid_t pid, const char *dir) {
@@ -686,6 +696,7 @@ typedef struct Bench {
         size_t n_peers;
 
         /* results */
+        char load_start[64], load_end[64]; /* /proc/loadavg: the figures depend on what else runs */
         double probe_time;
         int probe_result;
         char probe_why[512];
@@ -803,6 +814,7 @@ static int agent_start(Bench *b, Reconcile *ret) {
         int r = agent_spawn(b);
         if (r < 0)
                 return r;
+        agent_pid_for_diagnosis = b->agent_pid;
         for (;;) {
                 if (monitor_ready_since(&b->mon, n, &t))
                         break;
@@ -873,8 +885,28 @@ static void bus_dispatch(Bench *b) {
                 ;
 }
 
+/* What the agent is doing when it does not answer: its state, where it sleeps, its kernel stack. */
+static void diagnose_agent(void) {
+        static const char *const files[] = { "wchan", "syscall", "stack" };
+        pid_t pid = agent_pid_for_diagnosis;
+        char path[64], buf[4096];
+        if (pid <= 0)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(files); i++) {
+                snprintf(path, sizeof(path), "/proc/%d/%s", (int) pid, files[i]);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                ssize_t k = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+                safe_close(fd);
+                buf[k > 0 ? k : 0] = '\0';
+                say("agent pid %d %s: %s", (int) pid, files[i], buf);
+        }
+}
+
 static int call_failed(const char *what, const char *vm, int r, const sd_bus_error *e) {
-        say("%s %s: %s", what, vm, e && e->message ? e->message : strerror(-r));
+        say("%s %s: %s (%s)", what, vm, e && e->message ? e->message : strerror(-r),
+            e && e->name ? e->name : "no error name");
+        if (r == -ETIMEDOUT)
+                diagnose_agent();
         return r < 0 ? r : -EIO;
 }
 
@@ -1576,6 +1608,7 @@ static int phase_restart_kill(Bench *b) {
         r = agent_spawn(b);
         if (r < 0)
                 return r;
+        agent_pid_for_diagnosis = b->agent_pid;
         r = watch_wait(b, t0 + 120, agent_ready, &n);
         if (r < 0) {
                 say("after SIGKILL: %zu objects of dead VMs not deleted or no READY=1 (%s); log: %s",
@@ -1647,6 +1680,8 @@ static void report(const Bench *b) {
         printf("  in a network namespace of its own (kernel %s); a VM = TAP on chvm0 + vm_ports + vm_addrs\n"
                "  + 1 tcp port forward; state and runtime folders in %s\n",
                u.release, b->dir);
+        printf("  load average (/proc/loadavg) at the start: %s; at the end: %s; %ld CPUs\n", b->load_start,
+               b->load_end, sysconf(_SC_NPROCESSORS_ONLN));
 
         printf("\nBring-up of %zu VMs: %.2f s wall, agent CPU %.2f s\n", n, b->up_total, b->up_cpu);
         printf("  %-52s %8s %8s %8s %8s   (ms)\n", "per VM", "p50", "p99", "max", "min");
@@ -1939,6 +1974,7 @@ int main(int argc, char **argv) {
                 goto finish;
         }
 
+        read_loadavg(b.load_start);
         say("taskstats probe in this namespace (gives up after %d ms here)...", TASKSTATS_PROBE_TIMEOUT_MS);
         {
                 TaskstatsListener *t = NULL;
@@ -2009,12 +2045,20 @@ int main(int argc, char **argv) {
                 if (r < 0)
                         goto finish;
         }
+        read_loadavg(b.load_end);
         report(&b);
         r = 0;
 
 finish:
-        if (r < 0 && b.dir[0])
-                say("failed; the agents' log: %s%s", b.log, b.o.keep ? "" : " (removed; --keep keeps it)");
+        if (r < 0 && b.dir[0]) {
+                if (b.mon.log)
+                        fflush(b.mon.log);
+                char *tail_argv[] = { (char *) "tail", (char *) "-n", (char *) "15", b.log, NULL };
+                _cleanup_free_ char *tail = NULL;
+                (void) run(tail_argv, &tail);
+                say("failed; the end of the agents' log %s%s:\n%s", b.log,
+                    b.o.keep ? "" : " (removed; --keep keeps it)", tail ? tail : "");
+        }
         cleanup(&b);
         return r < 0 ? 1 : 0;
 }
