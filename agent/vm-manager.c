@@ -123,15 +123,21 @@ static JournalVmState exit_reason(const siginfo_t *si, JournalRecord *rec, char 
         return JOURNAL_VM_CRASHED;
 }
 
-static int journal_exit(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
-                        const char *reason) {
+/* sync false: the caller syncs once for several (group commit). */
+static int journal_exit_full(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
+                             const char *reason, bool sync) {
         rec->type = JOURNAL_VM_EXITED;
         rec->fields |= F(VM_ID) | F(VM_STATE) | F(REASON);
         rec->vm_id = vm_id;
         rec->vm_state = state;
         rec->reason = reason;
-        int r = journal_append_sync(m->cfg.journal, rec);
+        int r = sync ? journal_append_sync(m->cfg.journal, rec) : journal_append(m->cfg.journal, rec);
         return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+}
+
+static int journal_exit(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
+                        const char *reason) {
+        return journal_exit_full(m, vm_id, rec, state, reason, true);
 }
 
 static void notify_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
@@ -501,6 +507,11 @@ typedef struct DeadVm {
         bool pid_reused;
 } DeadVm;
 
+static const char *dead_reason(const DeadVm *d) {
+        return d->pid_reused ? "hypervisor gone while the agent was down (its PID is reused)"
+                             : "hypervisor gone while the agent was down";
+}
+
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
         const LiveSet *ls = journal_live_set(m->cfg.journal);
         _cleanup_free_ uint64_t *ids = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
@@ -575,17 +586,22 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                                     n_dead, dead[0].name, n_dead > 1 ? ", ..." : "",
                                     dispatcher_error(m->cfg.dispatcher));
         }
-        for (size_t i = 0; i < n_dead; i++) {
-                const char *reason = dead[i].pid_reused
-                                             ? "hypervisor gone while the agent was down (its PID is reused)"
-                                             : "hypervisor gone while the agent was down";
+        /* Their exits with one fdatasync (no kernel change waits on these records), then reported; on a
+         * journal failure, each VM up to the one that failed is reported with the error. */
+        size_t journaled = 0;
+        while (journaled < n_dead && r >= 0) {
                 JournalRecord rec = {};
-                r = journal_exit(m, dead_ids[i], &rec, JOURNAL_VM_CRASHED, reason);
-                notify_exit(m, dead_ids[i], dead[i].name, JOURNAL_VM_CRASHED, reason, r);
-                if (r < 0)
-                        return r;
-                gone++;
+                r = journal_exit_full(m, dead_ids[journaled], &rec, JOURNAL_VM_CRASHED,
+                                      dead_reason(&dead[journaled]), false);
+                journaled++;
         }
+        if (r >= 0 && n_dead > 0 && (r = journal_sync(m->cfg.journal)) < 0)
+                fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+        for (size_t i = 0; i < journaled; i++)
+                notify_exit(m, dead_ids[i], dead[i].name, JOURNAL_VM_CRASHED, dead_reason(&dead[i]), r);
+        if (r < 0)
+                return r;
+        gone = n_dead;
         if (ret_adopted)
                 *ret_adopted = adopted;
         if (ret_gone)
