@@ -17,5 +17,6 @@ int backend_scan_links(Rtnl *rtnl, const char *tap_prefix, ResourceSet *ret);
 /* Removes one link after re-reading its identity; a link given without ifindex is looked up by name. */
 int backend_remove_link(Rtnl *rtnl, const Resource *r);
 
-/* Removes many links with one grouped RTM_DELLINK (links whose identity changed are left alone). */
+/* Removes many links with one grouped RTM_DELLINK, a single one with its own (links whose identity changed
+ * are left alone and counted in *ret_stale). */
 int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_stale);

@@ -214,7 +214,7 @@ Test(gc, leaked_owned_objects_are_deleted) {
         free(sh("sed -i 's|^\\[agent\\]|[agent]\\nbackends = mosnet\\ndefault_backend = mosnet|' %s", agent.config));
         test_agent_start(&agent, NULL);
         char *log = test_agent_log(&agent);
-        cr_assert(strstr(log, "VM db: teardown of its network failed"), "%s", log);
+        cr_assert(strstr(log, "VM db: teardown of the network failed"), "%s", log);
         free(log);
         (void) test_agent_signal_wait(&agent, SIGTERM);
         free(sh("cp %s.full %s", agent.config, agent.config));
