@@ -85,6 +85,16 @@ static pid_t spawn(TestAgent *a, char *const *env) {
                 char bin[256];
                 snprintf(bin, sizeof(bin), "%s/chvm-agentd", BUILD_DIR);
                 const char *target = getenv("CHVM_TEST_LOG_TARGET");
+                const char *caps = getenv("CHVM_TEST_CAPS");
+                if (caps) {
+                        /* Only these capabilities in the bounding set: what the agent (and its hypervisors)
+                         * can ever have, as with the unit's CapabilityBoundingSet=. */
+                        char bs[256];
+                        snprintf(bs, sizeof(bs), "--bounding-set=-all%s%s", caps[0] ? "," : "", caps);
+                        execlp("setpriv", "setpriv", bs, "--inh-caps=-all", "--", bin, "--config", a->config,
+                               "--log-target", target ? target : "stderr", (char *) NULL);
+                        _exit(127);
+                }
                 execl(bin, bin, "--config", a->config, "--log-target", target ? target : "stderr", (char *) NULL);
                 _exit(127);
         }
@@ -177,17 +187,28 @@ int test_agent_signal_wait(TestAgent *a, int sig) {
 }
 
 void test_agent_cleanup(TestAgent *a) {
+        int status = 0;
+        bool stopped = false;
+        if (!a->dir[0])
+                return; /* never set up (a static TestAgent is all zeros) */
         if (a->pid > 0) {
-                kill(a->pid, SIGKILL);
-                waitpid(a->pid, NULL, 0);
-                a->pid = -1;
+                /* A clean stop, so that the sanitizers' exit checks (leaks) run in the agent too. */
+                kill(a->pid, SIGTERM);
+                status = test_agent_wait_exit(a, 10000);
+                stopped = true;
         }
         if (a->notify_fd >= 0)
                 close(a->notify_fd);
-        if (a->dir[0]) {
-                test_agent_kill_hypervisors(a);
-                free(sh("rm -rf %s", a->dir));
-        }
+        a->notify_fd = -1;
+        test_agent_kill_hypervisors(a);
+        char *log = sh("grep -E -A20 'ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:' %s 2>/dev/null | head -n 60",
+                       a->log);
+        free(sh("rm -rf %s", a->dir));
+        a->dir[0] = '\0';
+        cr_assert_str_empty(log, "the agent's log has a sanitizer report:\n%s", log);
+        free(log);
+        cr_assert(!stopped || (WIFEXITED(status) && WEXITSTATUS(status) == 0),
+                  "the agent did not exit cleanly on SIGTERM (wait status %d)", status);
 }
 
 /* Hypervisors an agent left running (they survive it on purpose) are recognised by our private folder in

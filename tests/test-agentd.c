@@ -310,3 +310,49 @@ Test(agentd, journald_fields) {
         cr_assert(strstr(all, "MESSAGE=VM web crashed: hypervisor killed by signal 9"), "%s", all);
         cr_assert(strstr(all, "PRIORITY=4\n"), "a crash is a warning:\n%s", all);
 }
+
+/* Which capabilities the agent needs, measured: with only CAP_NET_ADMIN and CAP_CHOWN in its bounding set
+ * (the unit's CapabilityBoundingSet=) it runs VMs with forwards, kills them, collects garbage; without
+ * CAP_NET_ADMIN or without CAP_CHOWN (it cannot give its socket to the control group) it refuses to start,
+ * naming the cause. */
+Test(agentd, capabilities_it_needs) {
+        char *which = sh("command -v setpriv");
+        if (!which[0]) {
+                free(which);
+                cr_skip_test("setpriv (util-linux) not installed");
+        }
+        free(which);
+        char *out, *err;
+        test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
+        char *env[] = { (char *) "CHVM_TEST_CAPS=+net_admin,+chown", (char *) "CHVM_NO_TASKSTATS=1", NULL };
+        test_agent_start(&agent, env);
+        char *caps = sh("grep CapEff /proc/%d/status", (int) agent.pid);
+        cr_assert_str_eq(caps, "CapEff:\t0000000000001001\n", "CAP_CHOWN (0) and CAP_NET_ADMIN (12) only: %s", caps);
+        free(caps);
+        create_and_start("web", 8080);
+        cr_assert_eq(ctl(&agent, &out, &err, "doctor --gc"), 0, "%s%s", out, err);
+        free(out), free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "kill web"), 0, "%s", err);
+        free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "rm web"), 0, "%s", err);
+        free(err);
+        test_agent_cleanup(&agent);
+
+        /* Without CAP_NET_ADMIN nothing of the network can be made: refused at start, the kernel's EPERM named. */
+        test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
+        char *no_admin[] = { (char *) "CHVM_TEST_CAPS=+chown", (char *) "CHVM_NO_TASKSTATS=1", NULL };
+        char *log0;
+        int status0 = test_agent_run_to_exit(&agent, no_admin, &log0);
+        cr_assert(WIFEXITED(status0) && WEXITSTATUS(status0) == 1, "%s", log0);
+        cr_assert(strstr(log0, "Operation not permitted") && strstr(log0, "refusing to start"), "%s", log0);
+        free(log0);
+        test_agent_cleanup(&agent);
+
+        test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
+        char *no_chown[] = { (char *) "CHVM_TEST_CAPS=+net_admin", (char *) "CHVM_NO_TASKSTATS=1", NULL };
+        char *log;
+        int status = test_agent_run_to_exit(&agent, no_chown, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
+        cr_assert(strstr(log, "cannot give") && strstr(log, "to group users"), "%s", log);
+        free(log);
+}
