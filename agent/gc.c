@@ -15,6 +15,7 @@
 #include "agent/agent-internal.h"
 #include "agent/gc.h"
 #include "util/log.h"
+#include "vmm/process.h"
 
 static const char *const gc_action_table[_GC_ACTION_MAX] = {
         [GC_DELETE] = "delete",
@@ -103,6 +104,7 @@ typedef struct Gc {
         size_t n_running_taps;
         U64Map *running_ips; /* guest addresses of running VMs (heuristic) */
         U64Map *alive; /* VM ids named by a live process's runtime folder vms/<id>/ (VMs we do not watch) */
+        char needle[PATH_MAX + 8]; /* "<runtime_dir>/vms/" */
 } Gc;
 
 static int scan_all(Gc *g) {
@@ -191,40 +193,20 @@ static int index_journal(Gc *g) {
 
 /* Every process's command line, read once: a hypervisor we do not watch (journal lost, or quarantine) is
  * still recognised by its runtime folder vms/<id>/ in its arguments. */
-static int read_processes(Gc *g) {
-        char needle[PATH_MAX + 8];
-        DIR *d = opendir("/proc");
-        struct dirent *de;
-        if (!d)
-                return negative_errno();
-        snprintf(needle, sizeof(needle), "%s/vms/", g->a->cfg.runtime_dir);
-        while ((de = readdir(d))) {
-                char path[64], buf[16384];
-                pid_t pid = (pid_t) atoi(de->d_name);
-                if (pid <= 0)
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        continue;
-                ssize_t n = read(fd, buf, sizeof(buf) - 1);
-                close(fd);
-                if (n <= 0)
-                        continue;
-                for (ssize_t i = 0; i < n; i++)
-                        if (buf[i] == '\0')
-                                buf[i] = ' ';
-                buf[n] = '\0';
-                for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle)) {
-                        uint64_t id = vm_manager_vm_id_in(p, needle);
-                        if (id && u64map_replace(g->alive, id, (void *) 1) < 0) {
-                                closedir(d);
-                                return -ENOMEM;
-                        }
-                }
+static int note_alive(pid_t pid, const char *cmdline, void *userdata) {
+        Gc *g = userdata;
+        (void) pid;
+        for (const char *p = strstr(cmdline, g->needle); p; p = strstr(p + 1, g->needle)) {
+                uint64_t id = vm_manager_vm_id_in(p, g->needle);
+                if (id && u64map_replace(g->alive, id, (void *) 1) < 0)
+                        return -ENOMEM;
         }
-        closedir(d);
         return 0;
+}
+
+static int read_processes(Gc *g) {
+        snprintf(g->needle, sizeof(g->needle), "%s/vms/", g->a->cfg.runtime_dir);
+        return process_for_each(note_alive, g);
 }
 
 static bool vm_alive(const Gc *g, uint64_t vm_id) {

@@ -638,72 +638,59 @@ uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle) {
         return p[16] == '/' ? strtoull(hex, NULL, 16) : 0;
 }
 
-/* A hypervisor spawned just before the agent died, before VM_STARTED was journaled: its network is up, the
- * journal says the VM is not running, and nobody watches it. Recognised by our runtime folder's vms/<id>/
- * in its arguments (only we start processes with those), adopted, and journaled as started. */
-static int adopt_orphans(VmManager *m, size_t *adopted) {
-        const LiveSet *ls = journal_live_set(m->cfg.journal);
-        char needle[4200];
-        DIR *d = opendir("/proc");
-        struct dirent *de;
+/* A hypervisor the journal does not say is running but that runs: started by us for a VM the journal
+ * knows (its arguments name our runtime folder's vms/<id>/; only we start processes with those), e.g. after
+ * the journal was restored from a backup. Adopted, and journaled as started. */
+typedef struct OrphanCtx {
+        VmManager *m;
+        const char *needle; /* "<runtime_dir>/vms/" */
         uint8_t boot[16];
-        int r = boot_id_get(boot);
+        size_t adopted;
+} OrphanCtx;
 
+static int adopt_orphan(pid_t pid, const char *cmdline, void *userdata) {
+        OrphanCtx *c = userdata;
+        VmManager *m = c->m;
+        uint64_t id = vm_manager_vm_id_in(cmdline, c->needle), start_time;
+        const LiveVm *lv = id ? live_set_get_vm(journal_live_set(m->cfg.journal), id) : NULL;
+        int pidfd = -EBADF, r;
+
+        if (pid <= 1 || !lv || lv->state == JOURNAL_VM_RUNNING || u64map_get(m->vms, id))
+                return 0;
+        if (process_start_time(pid, &start_time) < 0 || vmm_adopt(pid, start_time, c->boot, &pidfd) < 0)
+                return 0; /* gone meanwhile */
+        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                              .vm_id = id,
+                              .pid = (uint32_t) pid,
+                              .start_time = start_time };
+        memcpy(rec.boot_id, c->boot, 16);
+        r = journal_append_sync(m->cfg.journal, &rec);
+        if (r < 0) {
+                safe_close(pidfd);
+                return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+        }
+        char name[33];
+        snprintf(name, sizeof(name), "%s", lv->name);
+        if (m->cfg.taskstats)
+                (void) taskstats_listener_watch(m->cfg.taskstats, pid);
+        r = watch_adopted(m, id, name, pid, start_time, c->boot, pidfd);
         if (r < 0)
                 return r;
-        if (!d)
-                return negative_errno();
-        snprintf(needle, sizeof(needle), "%s/vms/", m->runtime_dir);
-        while ((de = readdir(d))) {
-                pid_t pid = (pid_t) atoi(de->d_name);
-                char path[64], buf[16384];
-                if (pid <= 1 || pid == getpid())
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        continue;
-                ssize_t n = read(fd, buf, sizeof(buf) - 1);
-                close(fd);
-                if (n <= 0)
-                        continue;
-                for (ssize_t i = 0; i < n; i++)
-                        if (buf[i] == '\0')
-                                buf[i] = ' ';
-                buf[n] = '\0';
-                uint64_t id = vm_manager_vm_id_in(buf, needle);
-                const LiveVm *lv = id ? live_set_get_vm(ls, id) : NULL;
-                if (!lv || lv->state == JOURNAL_VM_RUNNING || u64map_get(m->vms, id))
-                        continue;
-                uint64_t start_time;
-                int pidfd = -EBADF;
-                if (process_start_time(pid, &start_time) < 0 || vmm_adopt(pid, start_time, boot, &pidfd) < 0)
-                        continue; /* gone meanwhile */
-                JournalRecord rec = { .type = JOURNAL_VM_STARTED,
-                                      .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
-                                      .vm_id = id,
-                                      .pid = (uint32_t) pid,
-                                      .start_time = start_time };
-                memcpy(rec.boot_id, boot, 16);
-                r = journal_append_sync(m->cfg.journal, &rec);
-                if (r < 0) {
-                        safe_close(pidfd);
-                        closedir(d);
-                        return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
-                }
-                char name[33];
-                snprintf(name, sizeof(name), "%s", lv->name);
-                if (m->cfg.taskstats)
-                        (void) taskstats_listener_watch(m->cfg.taskstats, pid);
-                r = watch_adopted(m, id, name, pid, start_time, boot, pidfd);
-                if (r < 0) {
-                        closedir(d);
-                        return r;
-                }
-                (*adopted)++;
-        }
-        closedir(d);
+        c->adopted++;
         return 0;
+}
+
+static int adopt_orphans(VmManager *m, size_t *adopted) {
+        char needle[4200];
+        OrphanCtx c = { .m = m, .needle = needle };
+        int r = boot_id_get(c.boot);
+        if (r < 0)
+                return r;
+        snprintf(needle, sizeof(needle), "%s/vms/", m->runtime_dir);
+        r = process_for_each(adopt_orphan, &c);
+        *adopted += c.adopted;
+        return r;
 }
 
 /* A VM whose hypervisor was found gone at adoption, for the teardown after the loop. */

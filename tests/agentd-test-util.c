@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <criterion/criterion.h>
-#include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,6 +19,7 @@
 
 #include "tests/agentd-test-util.h"
 #include "tests/shell-oracle.h"
+#include "vmm/process.h"
 
 const char *test_build_dir(void) {
         return BUILD_DIR;
@@ -213,36 +214,34 @@ void test_agent_cleanup(TestAgent *a) {
 
 /* Hypervisors an agent left running (they survive it on purpose) are recognised by our private folder in
  * their command line (--api-socket, --serial), and ended by their PID. */
-unsigned test_agent_kill_hypervisors(const TestAgent *a) {
-        DIR *d = opendir("/proc");
-        struct dirent *de;
-        unsigned n = 0;
+typedef struct KillCtx {
         char needle[80];
+        unsigned n;
+} KillCtx;
 
-        snprintf(needle, sizeof(needle), "%s/", a->dir);
-        cr_assert(d);
-        while ((de = readdir(d))) {
-                pid_t pid = (pid_t) atoi(de->d_name);
-                char path[64], buf[8192];
-                if (pid <= 1 || pid == getpid())
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        continue;
-                ssize_t k = read(fd, buf, sizeof(buf) - 1);
-                close(fd);
-                if (k <= 0)
-                        continue;
-                for (ssize_t i = 0; i < k; i++)
-                        if (buf[i] == '\0')
-                                buf[i] = ' ';
-                buf[k] = '\0';
-                if (strstr(buf, needle) && kill(pid, SIGKILL) == 0)
-                        n++;
-        }
-        closedir(d);
-        return n;
+static int kill_ours(pid_t pid, const char *cmdline, void *userdata) {
+        KillCtx *c = userdata;
+        if (pid > 1 && strstr(cmdline, c->needle) && kill(pid, SIGKILL) == 0)
+                c->n++;
+        return 0;
+}
+
+unsigned test_agent_kill_hypervisors(const TestAgent *a) {
+        KillCtx c = {};
+        snprintf(c.needle, sizeof(c.needle), "%s/", a->dir);
+        cr_assert_geq(process_for_each(kill_ours, &c), 0);
+        return c.n;
+}
+
+void test_enter_private_netns(void) {
+        if (geteuid() != 0)
+                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
+        if (unshare(CLONE_NEWNET) < 0)
+                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
+        if (access("/dev/net/tun", R_OK | W_OK) < 0)
+                cr_skip_test("/dev/net/tun is not usable: %s", strerror(errno));
+        /* The agent's notify messages queue up while a test is busy elsewhere (this namespace's setting). */
+        free(sh("ip link set lo up; sysctl -qw net.unix.max_dgram_qlen=4096"));
 }
 
 static char *slurp(const char *path) {

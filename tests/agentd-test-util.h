@@ -47,5 +47,9 @@ char *test_agent_log(const TestAgent *a);
 __attribute__((format(printf, 4, 5))) int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt,
                                               ...);
 
+/* unshare()s a network namespace for this test process (the agents it starts inherit it), or skips the test
+ * with the reason: not root, no namespaces, no /dev/net/tun. */
+void test_enter_private_netns(void);
+
 /* The build's programs. */
 const char *test_build_dir(void);

@@ -25,15 +25,7 @@
 static TestAgent agent;
 
 static void setup(void) {
-        if (geteuid() != 0)
-                cr_skip_test("needs root to create a network namespace (the test runs in its own)");
-        if (unshare(CLONE_NEWNET) < 0)
-                cr_skip_test("unshare(CLONE_NEWNET) failed: %s", strerror(errno));
-        if (access("/dev/net/tun", R_OK | W_OK) < 0)
-                cr_skip_test("/dev/net/tun is not usable: %s", strerror(errno));
-        free(sh("ip link set lo up"));
-        /* The agent's notify messages queue up while a test is busy elsewhere (this namespace's setting). */
-        free(sh("sysctl -qw net.unix.max_dgram_qlen=4096"));
+        test_enter_private_netns();
 }
 
 static void teardown(void) {

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -308,4 +309,34 @@ int vmm_find_binary(const char *name, char *ret, size_t size) {
                         return -ENOENT;
                 p = colon + 1;
         }
+}
+
+int process_for_each(ProcessCallback cb, void *userdata) {
+        DIR *d = opendir("/proc");
+        struct dirent *de;
+        int r = 0;
+
+        if (!d)
+                return negative_errno();
+        while (r >= 0 && (de = readdir(d))) {
+                char path[64], buf[16384];
+                pid_t pid = (pid_t) atoi(de->d_name);
+                if (pid <= 0 || pid == getpid())
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                ssize_t n = read(fd, buf, sizeof(buf) - 1);
+                (void) close(fd);
+                if (n <= 0)
+                        continue; /* gone, or a kernel thread */
+                for (ssize_t i = 0; i < n; i++)
+                        if (buf[i] == '\0')
+                                buf[i] = ' ';
+                buf[n] = '\0';
+                r = cb(pid, buf, userdata);
+        }
+        closedir(d);
+        return r;
 }

@@ -44,3 +44,9 @@ int vmm_signal(int pidfd, int sig);
  * executable regular file of that name in $PATH (a default PATH when unset). -ENOENT when there is none,
  * -EACCES when the named file is not executable. */
 int vmm_find_binary(const char *name, char *ret, size_t size);
+
+/* Calls cb for every process but this one, with its command line (the arguments joined by spaces, cut at
+ * 16 KiB); processes that go away meanwhile are skipped. A negative return from cb stops the walk with it.
+ * How the agent finds hypervisors whose arguments name its runtime folder. */
+typedef int (*ProcessCallback)(pid_t pid, const char *cmdline, void *userdata);
+int process_for_each(ProcessCallback cb, void *userdata);
