@@ -408,9 +408,12 @@ size_t vm_manager_reap(VmManager *m) {
         if (!gone)
                 return 0;
         for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);) {
-                struct pollfd p = { .fd = ((Vm *) v)->process.pidfd, .events = POLLIN };
-                if (poll(&p, 1, 0) > 0)
-                        gone[n++] = v;
+                Vm *vm = v;
+                struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
+                /* A hypervisor killed a moment ago is as good as gone: wait (briefly) for its exit rather
+                 * than report it running. */
+                if (poll(&p, 1, 0) > 0 || (process_dying(vm->process.pid) && poll(&p, 1, 500) > 0))
+                        gone[n++] = vm;
         }
         for (; k < n; k++)
                 reap(gone[k]);

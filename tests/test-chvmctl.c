@@ -492,6 +492,24 @@ Test(chvmctl, bad_input_creates_nothing) {
         free(k2);
 }
 
+/* `list` never shows a dead hypervisor as running, even asked the moment after kill -9. */
+Test(chvmctl, list_right_after_kill) {
+        for (int i = 0; i < 20; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "k%d", i);
+                cr_assert_eq(ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()), 0);
+                char args[64];
+                snprintf(args, sizeof(args), "inspect %s --json", name);
+                char *pid = jq(args, ".vmm_pid");
+                cr_assert_eq(kill((pid_t) atoi(pid), SIGKILL), 0);
+                free(pid);
+                snprintf(args, sizeof(args), "list -a --json");
+                char filter[64];
+                snprintf(filter, sizeof(filter), ".[] | select(.name == \"%s\") | .state", name);
+                expect_jq(args, filter, "\"crashed\"\n");
+        }
+}
+
 /* busctl can introspect the interface over the socket (peer to peer, no bus daemon). */
 Test(chvmctl, busctl_introspects) {
         char *which = sh("command -v busctl");

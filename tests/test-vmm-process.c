@@ -219,3 +219,19 @@ Test(vmm_process, spawn_gate) {
         cr_assert(gone, "the child of a caller that died at the gate is still running");
         cr_assert_eq(access(marker, F_OK), -1, "the program ran although its caller died at the gate");
 }
+
+Test(vmm_process, dying_is_seen) {
+        char *argv[] = { S("sleep"), S("30"), NULL };
+        VmmProcess p;
+        char err[256];
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_not(process_dying(p.pid), "a sleeping process is not dying");
+        cr_assert_not(process_dying(getpid()));
+        /* (the dying window itself is too short to catch here: test-chvmctl::list_right_after_kill) */
+        cr_assert_eq(vmm_signal(p.pidfd, SIGKILL), 0);
+        siginfo_t si = wait_pidfd(p.pidfd);
+        cr_assert_eq(si.si_status, SIGKILL);
+        cr_assert_not(process_dying(p.pid), "a reaped process is gone, not dying");
+        cr_assert_not(process_dying(999999999));
+        close(p.pidfd);
+}

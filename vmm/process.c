@@ -60,6 +60,32 @@ int process_start_time(pid_t pid, uint64_t *ret) {
         return 0;
 }
 
+bool process_dying(pid_t pid) {
+        char buf[2048], *p, path[64], line[256];
+        bool dying = false;
+
+        if (read_proc_stat(pid, buf, sizeof(buf), &p) < 0)
+                return false;
+        /* field 9 (flags) is the 7th after the state */
+        p--;
+        for (int field = 3; field < 9 && p; field++)
+                p = strchr(p + 1, ' ');
+        if (p && (strtoul(p + 1, NULL, 10) & 0x4U /* PF_EXITING */))
+                return true;
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return false;
+        while (!dying && fgets(line, sizeof(line), f)) {
+                unsigned long long mask;
+                if ((sscanf(line, "ShdPnd: %llx", &mask) == 1 || sscanf(line, "SigPnd: %llx", &mask) == 1) &&
+                    (mask & (1ULL << (SIGKILL - 1))))
+                        dying = true;
+        }
+        fclose(f);
+        return dying;
+}
+
 int boot_id_get(uint8_t ret[16]) {
         char buf[64];
         _cleanup_close_ int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);

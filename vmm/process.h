@@ -5,6 +5,7 @@
  * restart. A PID alone names nothing for long: a process is (PID, start time from /proc/PID/stat,
  * boot id). The agent never signals a process whose identity it has not just checked. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -31,6 +32,9 @@ int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void
                     char *err, size_t err_size);
 
 int process_start_time(pid_t pid, uint64_t *ret);
+/* Whether the process is on its way out: a SIGKILL pending, or its exit begun (PF_EXITING), so that it is
+ * gone in a moment though its pidfd is not readable yet. */
+bool process_dying(pid_t pid);
 int boot_id_get(uint8_t ret[16]);
 
 /* A pidfd for the process the journal remembers, if it is still that process: -ESRCH when there is no
