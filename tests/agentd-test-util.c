@@ -2,6 +2,7 @@
 
 #include <criterion/criterion.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -75,6 +76,8 @@ static pid_t spawn(TestAgent *a, char *const *env) {
                         _exit(126);
                 dup2(fd, STDERR_FILENO);
                 dup2(fd, STDOUT_FILENO);
+                /* An agent outlives no test, even one that crashed or timed out before its cleanup. */
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 /* The test blocks SIGCHLD for sd-event; the agent must start with a clean mask. */
                 sigset_t ss;
                 sigemptyset(&ss);
