@@ -113,6 +113,10 @@ Test(config, bad_input_names_file_line_and_cause) {
                   "agent.conf:2: bridge \"way-too-long-bridge\" is not a valid interface name" },
                 { "[local]\nbridge = a/b\n", "is not a valid interface name" },
                 { "[local]\ntap_prefix = twelve-chars\n", "agent.conf:2: tap_prefix" },
+                /* the kernel reads a '%' as a template ("br%d" -> br0): never the name we asked for */
+                { "[local]\nbridge = br%d\n", "agent.conf:2: bridge \"br%d\" is not a valid interface name" },
+                { "[local]\ntap_prefix = vm%\n", "agent.conf:2: tap_prefix \"vm%\"" },
+                { "[bridge]\nbridge = all\n", "agent.conf:2: bridge \"all\" is not a valid interface name" },
                 { "[vmm]\nhypervisor = xen\n",
                   "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
