@@ -41,6 +41,7 @@ typedef struct Parse {
         AgentConfig c;
         char seen[32][48]; /* "section.key" given so far */
         unsigned n_seen;
+        bool gateway_given;
         char why[256]; /* the first error */
 } Parse;
 
@@ -238,6 +239,7 @@ static int handler(void *user, const char *section, const char *name, const char
                         if (parse_ipv4(value, &a) < 0)
                                 return bad(p, "gateway \"%s\" is not an IPv4 address", value);
                         c->local_gateway = a; /* checked against the subnet at the end */
+                        p->gateway_given = true;
                         return 1;
                 }
                 if (strcmp(name, "tap_prefix") == 0)
@@ -278,7 +280,8 @@ static int finish(Parse *p, const char *name, int line, char *err, size_t err_si
         }
         uint32_t size = UINT32_C(1) << (32 - c->local_prefixlen);
         uint32_t bcast = c->local_subnet + size - 1;
-        if (c->local_gateway == 0)
+        /* 0 is "not set" (the default), unless the file says 0.0.0.0: then it is a bad gateway. */
+        if (c->local_gateway == 0 && !p->gateway_given)
                 c->local_gateway = c->local_subnet + 1;
         else if (c->local_gateway <= c->local_subnet || c->local_gateway >= bcast) {
                 snprintf(err, err_size, "%s: [local] gateway is not a host address of subnet %u.%u.%u.%u/%u",

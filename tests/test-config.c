@@ -117,6 +117,8 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[local]\nbridge = br%d\n", "agent.conf:2: bridge \"br%d\" is not a valid interface name" },
                 { "[local]\ntap_prefix = vm%\n", "agent.conf:2: tap_prefix \"vm%\"" },
                 { "[bridge]\nbridge = all\n", "agent.conf:2: bridge \"all\" is not a valid interface name" },
+                /* 0.0.0.0 is no host of the subnet, not a way to ask for the default */
+                { "[local]\ngateway = 0.0.0.0\n", "agent.conf: [local] gateway is not a host address of subnet" },
                 { "[vmm]\nhypervisor = xen\n",
                   "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
