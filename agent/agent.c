@@ -465,7 +465,7 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                 .subnet = cfg->local_subnet,
                                 .prefixlen = cfg->local_prefixlen,
                                 .gateway = cfg->local_gateway,
-                                .tap_prefix = cfg->local_tap_prefix };
+                                .tap_prefix = a->cfg.local_tap_prefix };
         r = dispatcher_new(&dc, &a->dispatcher);
         if (r < 0) {
                 snprintf(err, err_size, "cannot set up the dispatcher: %s", strerror(-r));
@@ -481,12 +481,14 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         if (r < 0)
                 return r;
 
+        /* Pointers into the agent's own copy of the config: the caller's may be gone once we return
+         * (the VMM manager keeps .binary). */
         VmManagerConfig mc = { .event = event,
                                .journal = a->journal,
                                .dispatcher = a->dispatcher,
-                               .runtime_dir = cfg->runtime_dir,
+                               .runtime_dir = a->cfg.runtime_dir,
                                .hypervisor = a->default_kind,
-                               .binary = cfg->vmm_binary[0] ? cfg->vmm_binary : NULL,
+                               .binary = a->cfg.vmm_binary[0] ? a->cfg.vmm_binary : NULL,
                                .accel = accel,
                                .gateway = cfg->local_gateway,
                                .prefixlen = cfg->local_prefixlen,

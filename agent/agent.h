@@ -68,6 +68,7 @@ typedef struct AgentOptions {
         bool kvm_works; /* accel = auto may pick KVM (the host's QEMU can use it) */
 } AgentOptions;
 
+/* cfg is copied: the caller may drop it after the call. */
 int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
               size_t err_size);
 /* Stops watching; running hypervisors keep running and their objects stay (adopted at the next start). */
