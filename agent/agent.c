@@ -678,6 +678,10 @@ int agent_vm_start(Agent *a, const char *name) {
         notify(a, v->name, v->id, VM_STATE_STARTING, "");
         int r = vm_manager_start(a->vmm, &req);
         if (r < 0) {
+                /* -ENOENT tells callers there is no such VM: a hypervisor binary or a backend that is not
+                 * there makes a VM that cannot start (the API would say NotFound, chvmctl exit 3). */
+                if (r == -ENOENT)
+                        r = -ENOEXEC;
                 fail(a, r, "%s", vm_manager_error(a->vmm));
                 log_vm(LOG_WARNING, &lv, "%s", a->error);
                 const LiveVm *l = live_set_get_vm(journal_live_set(a->journal), v->id);

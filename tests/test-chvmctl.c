@@ -494,6 +494,23 @@ Test(chvmctl, bad_input_creates_nothing) {
         free(k2);
 }
 
+/* A hypervisor binary that is not there is a VM that cannot start (exit 1), not a VM that is not there
+ * (exit 3): the agent runs without a PATH, so qemu's default binary cannot be found. */
+Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = teardown) {
+        static char path[] = "PATH=/nonexistent-chvm-test";
+        char *env[] = { path, NULL }, *out = NULL, *err = NULL;
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, env);
+        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()), out, err);
+        free(out), free(err);
+        int r = ctl(&agent, &out, &err, "start nobin");
+        cr_assert_eq(r, 1, "chvmctl start nobin: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "cannot execute"), "chvmctl start nobin: %s", err);
+        free(out), free(err);
+        ok("inspect", ctl(&agent, &out, &err, "inspect nobin"), out, err);
+        free(out), free(err);
+}
+
 /* busctl can introspect the interface over the socket (peer to peer, no bus daemon). */
 Test(chvmctl, busctl_introspects) {
         char *which = sh("command -v busctl");
