@@ -317,7 +317,8 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         return 0;
 }
 
-int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+/* Everything an Api is except its socket. */
+static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
         Api *api = calloc(1, sizeof(Api));
         int r;
 
@@ -334,6 +335,19 @@ int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size
                 log_notice("control group %s does not exist: only root may change anything, the socket is 0600",
                            agent_config(agent)->control_group);
         r = sd_id128_randomize(&api->server_id);
+        if (r < 0) {
+                api_free(api);
+                return r;
+        }
+        *ret = api;
+        return 0;
+}
+
+int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+        Api *api = NULL;
+        int r;
+
+        r = api_alloc(agent, event, &api);
         if (r < 0)
                 goto fail;
         r = socket_from_systemd(api, err, err_size);
@@ -353,6 +367,18 @@ fail:
                 snprintf(err, err_size, "%s", strerror(-r));
         api_free(api);
         return r;
+}
+
+int api_new_unlistened(Agent *agent, sd_event *event, Api **ret) {
+        return api_alloc(agent, event, ret);
+}
+
+int api_add_connection(Api *api, int fd) {
+        if (api->n_conns >= API_MAX_CONNECTIONS) {
+                safe_close(fd);
+                return -EBUSY;
+        }
+        return conn_new(api, fd);
 }
 
 Api *api_free(Api *api) {
