@@ -571,6 +571,40 @@ Test(chvmctl, state_changed_signal) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* An error text that quotes a client's string cut short ("%.40s") can end in half a character; sd-bus
+ * builds no reply with broken UTF-8, so the call used to get no answer at all (found by fuzz/fuzz-api). */
+Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
+        char address[200], name[64], proto[64];
+        sd_bus *bus = NULL;
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+        cr_assert_eq(sd_bus_new(&bus), 0);
+        cr_assert_geq(sd_bus_set_address(bus, address), 0);
+        cr_assert_geq(sd_bus_start(bus), 0);
+
+        /* "no VM named \"%.40s\"": 39 letters and an a-umlaut, cut after its first byte */
+        snprintf(name, sizeof(name), "%s\xc3\xa4", "abcdefghijklmnopqrstuvwxyzabcdefghijklm");
+        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM", &e, NULL, "s", name);
+        cr_assert_lt(r, 0);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.NotFound"), "InspectVM: %s: %s", e.name, e.message);
+        sd_bus_error_free(&e);
+
+        /* "port protocol \"%.16s\"": a letter and eight a-umlauts, cut in the eighth */
+        snprintf(proto, sizeof(proto), "x%s", "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
+        cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "CreateVM"), 0);
+        cr_assert_geq(sd_bus_message_append(m, "ssssssutas", "cut", "", "", "/bin/sh", "", "", 0, UINT64_C(0), 0), 0);
+        cr_assert_geq(sd_bus_message_append(m, "a(sqq)", 1, proto, 8080, 80), 0);
+        r = sd_bus_call(bus, m, 5 * 1000000, &e, &reply);
+        cr_assert_lt(r, 0);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.InvalidArgument"), "CreateVM: %s: %s", e.name,
+                  e.message);
+        cr_assert(strstr(e.message, "port protocol"), "%s", e.message);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
+        sd_bus_flush_close_unref(bus);
+}
+
 /* Socket activation: systemd-socket-activate passes the listening socket, the agent serves it. */
 Test(chvmctl, socket_activation, .init = setup_ns, .fini = teardown) {
         char *which = sh("command -v systemd-socket-activate");
