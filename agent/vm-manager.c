@@ -293,6 +293,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                               .start_time = vm->process.start_time };
         memcpy(rec.boot_id, vm->process.boot_id, 16);
         r = journal_append_sync(m->cfg.journal, &rec);
+        bool journaled = r >= 0;
         if (r >= 0)
                 r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED,
                                              on_hypervisor_exit, vm);
@@ -302,6 +303,17 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 fail(m, r, "VM %s: cannot watch its hypervisor: %s", req->name, strerror(-r));
                 (void) vmm_signal(vm->process.pidfd, SIGKILL);
                 (void) waitid(P_PIDFD, (id_t) vm->process.pidfd, &(siginfo_t){}, WEXITED);
+                /* The journal says it runs: say it is gone, or the VM stays "running" there (and cannot be
+                 * removed) until the next start finds it dead. The first error is the one reported. */
+                if (journaled) {
+                        JournalRecord ex = { .type = JOURNAL_VM_EXITED,
+                                             .fields = F(VM_ID) | F(VM_STATE) | F(REASON) | F(EXIT_SIGNAL),
+                                             .vm_id = req->vm_id,
+                                             .vm_state = JOURNAL_VM_CRASHED,
+                                             .reason = "killed by signal 9 (the agent could not watch it)",
+                                             .exit_signal = SIGKILL };
+                        (void) journal_append_sync(m->cfg.journal, &ex);
+                }
                 vm_free(vm);
                 goto undo_net;
         }
