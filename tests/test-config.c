@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,11 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[agent]\nstate_dir = /a\n\n[agent]\nstate_dir = /b\n",
                   "agent.conf:5: [agent] state_dir is set twice" },
                 { "[agent\nstate_dir = /a\n", "agent.conf:1:" },
+                /* inih would read the rest as the next line (or drop it as a comment) */
+                { "[agent]\nstate_dir = /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaa#b\n",
+                  "agent.conf:2: line is longer than 198 bytes" },
                 { "[agent]\njust some words\n", "agent.conf:2:" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -164,5 +170,24 @@ Test(config, file_errors) {
         char expect[128];
         snprintf(expect, sizeof(expect), "%s:3: unknown key \"foo\" in [vmm]", path);
         cr_assert_str_eq(err, expect);
+
+        /* the parser would stop at the NUL and never see the bad key after it */
+        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(write(fd, "[vmm]\nhypervisor = qemu\n\0foo = bar\n", 34), 34);
+        close(fd);
+        cr_assert_eq(config_load(&c, path, err, sizeof(err)), -EINVAL);
+        snprintf(expect, sizeof(expect), "%s: not a text file (a NUL byte at offset 24)", path);
+        cr_assert_str_eq(err, expect);
+
+        /* a line of 198 bytes is fine, from a file too */
+        char line[256];
+        snprintf(line, sizeof(line), "[agent]\nstate_dir = /%0185d\n", 0);
+        cr_assert_eq(strlen(line) - strlen("[agent]\n") - 1, 198);
+        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        cr_assert_eq(write(fd, line, strlen(line)), (ssize_t) strlen(line));
+        close(fd);
+        cr_assert_eq(config_load(&c, path, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(strlen(c.state_dir), 186);
         unlink(path);
 }
