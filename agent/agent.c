@@ -489,7 +489,7 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                 .subnet = cfg->local_subnet,
                                 .prefixlen = cfg->local_prefixlen,
                                 .gateway = cfg->local_gateway,
-                                .tap_prefix = cfg->local_tap_prefix };
+                                .tap_prefix = a->cfg.local_tap_prefix };
         r = dispatcher_new(&dc, &a->dispatcher);
         if (r < 0) {
                 snprintf(err, err_size, "cannot set up the dispatcher: %s", strerror(-r));
@@ -505,12 +505,14 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         if (r < 0)
                 return r;
 
+        /* Pointers into the agent's own copy of the config: the caller's may be gone once we return
+         * (the VMM manager keeps .binary). */
         VmManagerConfig mc = { .event = event,
                                .journal = a->journal,
                                .dispatcher = a->dispatcher,
-                               .runtime_dir = cfg->runtime_dir,
+                               .runtime_dir = a->cfg.runtime_dir,
                                .hypervisor = a->default_kind,
-                               .binary = cfg->vmm_binary[0] ? cfg->vmm_binary : NULL,
+                               .binary = a->cfg.vmm_binary[0] ? a->cfg.vmm_binary : NULL,
                                .accel = accel,
                                .gateway = cfg->local_gateway,
                                .prefixlen = cfg->local_prefixlen,
@@ -703,6 +705,10 @@ int agent_vm_start(Agent *a, const char *name) {
         notify(a, v->name, v->id, VM_STATE_STARTING, "");
         int r = vm_manager_start(a->vmm, &req);
         if (r < 0) {
+                /* -ENOENT tells callers there is no such VM: a hypervisor binary or a backend that is not
+                 * there makes a VM that cannot start (the API would say NotFound, chvmctl exit 3). */
+                if (r == -ENOENT)
+                        r = -ENOEXEC;
                 fail(a, r, "%s", vm_manager_error(a->vmm));
                 log_vm(LOG_WARNING, &lv, "%s", a->error);
                 const LiveVm *l = live_set_get_vm(journal_live_set(a->journal), v->id);

@@ -68,6 +68,7 @@ typedef struct AgentOptions {
         bool kvm_works; /* accel = auto may pick KVM (the host's QEMU can use it) */
 } AgentOptions;
 
+/* cfg is copied: the caller may drop it after the call. */
 int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
               size_t err_size);
 /* Stops watching; running hypervisors keep running and their objects stay (adopted at the next start). */
@@ -85,8 +86,9 @@ Journal *agent_journal(const Agent *a);
  * one of its host ports. The definition file
  * is written and journaled before this returns; on failure neither is. */
 int agent_vm_create(Agent *a, const VmDef *def, uint64_t *ret_id);
-/* -ENOENT: no such VM; -EBUSY: running; else the network's or the hypervisor's error. On failure nothing
- * of the VM's network stays behind. */
+/* -ENOENT: no such VM; -EBUSY: running; -ENOEXEC: it cannot be started (no definition, no hypervisor
+ * binary, its backend is not loaded); else the network's or the hypervisor's error. On failure nothing of
+ * the VM's network stays behind. */
 int agent_vm_start(Agent *a, const char *name);
 /* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running
  * is fine (any network it still owns is taken down). Returns once the stop is under way. */

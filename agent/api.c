@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "agent/gc.h"
 #include "backends/backend.h"
 #include "util/log.h"
+#include "util/utf8.h"
 #include "vmm/argv.h"
 
 #define VM_RECORD "(stssusssssa(sqq))"
@@ -74,6 +76,18 @@ static const sd_bus_vtable hello_vtable[];
 
 /* --- errors ---------------------------------------------------------------------------------------- */
 
+/* Every error text goes through here. sd-bus refuses to build an error reply whose text is not UTF-8,
+ * and then the call gets no answer at all; a text cut short ("%.40s" of a client's string, a full
+ * buffer) can end in half a character. */
+_printf_(3, 4) static int set_error(sd_bus_error *error, const char *name, const char *fmt, ...) {
+        char buf[2048];
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        return sd_bus_error_set(error, name, utf8_sanitize(buf));
+}
+
 static int reply_errno(sd_bus_error *error, int r, const char *message) {
         const char *name;
         switch (r) {
@@ -100,7 +114,7 @@ static int reply_errno(sd_bus_error *error, int r, const char *message) {
         default:
                 name = API_ERROR_FAILED;
         }
-        return sd_bus_error_set(error, name, message && message[0] ? message : strerror(-r));
+        return set_error(error, name, "%s", message && message[0] ? message : strerror(-r));
 }
 
 static int require_privileged(Conn *c, const char *what, sd_bus_error *error) {
@@ -108,7 +122,7 @@ static int require_privileged(Conn *c, const char *what, sd_bus_error *error) {
                 return 0;
         log_notice("access denied: uid %u may not %s (needs root or the control group)", (unsigned) c->uid,
                    what);
-        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+        return set_error(error, SD_BUS_ERROR_ACCESS_DENIED,
                                  "access denied: %s needs root or membership in group %s",
                                  what, agent_config(c->api->agent)->control_group);
 }
@@ -317,7 +331,8 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         return 0;
 }
 
-int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+/* Everything an Api is except its socket. */
+static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
         Api *api = calloc(1, sizeof(Api));
         int r;
 
@@ -334,6 +349,19 @@ int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size
                 log_notice("control group %s does not exist: only root may change anything, the socket is 0600",
                            agent_config(agent)->control_group);
         r = sd_id128_randomize(&api->server_id);
+        if (r < 0) {
+                api_free(api);
+                return r;
+        }
+        *ret = api;
+        return 0;
+}
+
+int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+        Api *api = NULL;
+        int r;
+
+        r = api_alloc(agent, event, &api);
         if (r < 0)
                 goto fail;
         r = socket_from_systemd(api, err, err_size);
@@ -353,6 +381,18 @@ fail:
                 snprintf(err, err_size, "%s", strerror(-r));
         api_free(api);
         return r;
+}
+
+int api_new_unlistened(Agent *agent, sd_event *event, Api **ret) {
+        return api_alloc(agent, event, ret);
+}
+
+int api_add_connection(Api *api, int fd) {
+        if (api->n_conns >= API_MAX_CONNECTIONS) {
+                safe_close(fd);
+                return -EBUSY;
+        }
+        return conn_new(api, fd);
 }
 
 Api *api_free(Api *api) {
@@ -473,15 +513,15 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         if (!def)
                 return -ENOMEM;
         if (strlen(name) >= sizeof(def->name))
-                return sd_bus_error_setf(error, API_ERROR_INVALID,
+                return set_error(error, API_ERROR_INVALID,
                                          "invalid VM name \"%.40s...\" (want ^[a-z][a-z0-9-]{0,31}$)", name);
         snprintf(def->name, sizeof(def->name), "%s", name);
         if (strlen(backend) >= sizeof(def->backend))
-                return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: unknown backend \"%.40s...\"", name,
+                return set_error(error, API_ERROR_INVALID, "VM %s: unknown backend \"%.40s...\"", name,
                                          backend);
         snprintf(def->backend, sizeof(def->backend), "%s", backend);
         if (hypervisor[0] && hypervisor_kind_from_string(hypervisor) < 0)
-                return sd_bus_error_setf(error, API_ERROR_INVALID,
+                return set_error(error, API_ERROR_INVALID,
                                          "VM %s: hypervisor \"%.40s\": expected cloud-hypervisor or qemu", name,
                                          hypervisor);
         snprintf(def->hypervisor, sizeof(def->hypervisor), "%s", hypervisor);
@@ -496,7 +536,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 def->memory_mib = memory;
         size_t n = strv_length(disks);
         if (n > VM_DEF_MAX_DISKS)
-                return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: %zu disks, at most %d", name, n,
+                return set_error(error, API_ERROR_INVALID, "VM %s: %zu disks, at most %d", name, n,
                                          VM_DEF_MAX_DISKS);
         for (size_t i = 0; i < n; i++)
                 def->disks[def->n_disks++] = TAKE_PTR(disks[i]);
@@ -508,7 +548,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         uint16_t host, guest;
         while ((r = sd_bus_message_read(m, "(sqq)", &proto, &host, &guest)) > 0) {
                 if (def->n_ports == VM_DEF_MAX_PORTS)
-                        return sd_bus_error_setf(error, API_ERROR_INVALID, "VM %s: more than %d ports", name,
+                        return set_error(error, API_ERROR_INVALID, "VM %s: more than %d ports", name,
                                                  VM_DEF_MAX_PORTS);
                 PortForward *p = &def->ports[def->n_ports++];
                 if (strcmp(proto, "tcp") == 0)
@@ -516,7 +556,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 else if (strcmp(proto, "udp") == 0)
                         p->proto = IPPROTO_UDP;
                 else
-                        return sd_bus_error_setf(error, API_ERROR_INVALID,
+                        return set_error(error, API_ERROR_INVALID,
                                                  "VM %s: port protocol \"%.16s\": expected tcp or udp", name,
                                                  proto);
                 p->host_port = host;
@@ -586,7 +626,7 @@ static int method_stop(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         if (r < 0)
                 return r;
         if (timeout > 3600)
-                return sd_bus_error_setf(error, API_ERROR_INVALID, "stop timeout %u s: at most 3600", timeout);
+                return set_error(error, API_ERROR_INVALID, "stop timeout %u s: at most 3600", timeout);
         r = agent_vm_stop(c->api->agent, name, timeout);
         if (r < 0)
                 return reply_errno(error, r, agent_error(c->api->agent));
@@ -626,7 +666,7 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 return r;
         if (vm_up(c->api->agent, name, &id)) {
                 if (!force)
-                        return sd_bus_error_setf(error, API_ERROR_BUSY,
+                        return set_error(error, API_ERROR_BUSY,
                                                  "VM %s is running: stop it first (or remove it with -f)", name);
                 r = agent_vm_kill(c->api->agent, name);
                 if (r < 0)
@@ -686,7 +726,7 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
                 return r;
         agent_refresh(c->api->agent);
         if (agent_vm_info(c->api->agent, name, &info) < 0)
-                return sd_bus_error_setf(error, API_ERROR_NOT_FOUND, "no VM named \"%.40s\"", name);
+                return set_error(error, API_ERROR_NOT_FOUND, "no VM named \"%.40s\"", name);
         r = sd_bus_message_new_method_return(m, &reply);
         if (r < 0)
                 return r;
@@ -873,9 +913,13 @@ static const sd_bus_vtable hello_vtable[] = {
 
 void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState state, const char *reason) {
         const char *s = state == _VM_STATE_INVALID ? "removed" : vm_state_to_string(state);
+        char why[2048];
+        /* the reason may be an error text cut short (see set_error()): a signal sd-bus cannot build is lost */
+        snprintf(why, sizeof(why), "%s", reason ? reason : "");
+        utf8_sanitize(why);
         for (Conn *c = api->conns; c; c = c->next)
                 (void) sd_bus_emit_signal(c->bus, API_OBJECT_PATH, API_INTERFACE, "VMStateChanged", "stss", name,
-                                          vm_id, s, reason);
+                                          vm_id, s, why);
         if (state != VM_STATE_STOPPED && state != VM_STATE_CRASHED)
                 return;
 

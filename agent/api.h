@@ -27,6 +27,12 @@
 typedef struct Api Api;
 
 int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size);
+/* An Api that listens nowhere (tests, the fuzzer): its clients come through api_add_connection(). */
+int api_new_unlistened(Agent *agent, sd_event *event, Api **ret);
+/* Serves fd, a connected unix stream socket, as one client, exactly like an accepted connection (the
+ * peer's credentials decide what it may do). Takes fd, also on failure; -EBUSY when API_MAX_CONNECTIONS
+ * clients are connected. */
+int api_add_connection(Api *api, int fd);
 Api *api_free(Api *api);
 const char *api_socket_path(const Api *api);
 size_t api_n_connections(const Api *api);

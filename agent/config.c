@@ -44,6 +44,7 @@ typedef struct Parse {
         AgentConfig c;
         char seen[32][48]; /* "section.key" given so far */
         unsigned n_seen;
+        bool gateway_given;
         char why[256]; /* the first error */
 } Parse;
 
@@ -258,6 +259,7 @@ static int handler(void *user, const char *section, const char *name, const char
                         if (parse_ipv4(value, &a) < 0)
                                 return bad(p, "gateway \"%s\" is not an IPv4 address", value);
                         c->local_gateway = a; /* checked against the subnet at the end */
+                        p->gateway_given = true;
                         return 1;
                 }
                 if (strcmp(name, "tap_prefix") == 0)
@@ -305,7 +307,8 @@ static int finish(Parse *p, const char *name, int line, char *err, size_t err_si
         }
         uint32_t size = UINT32_C(1) << (32 - c->local_prefixlen);
         uint32_t bcast = c->local_subnet + size - 1;
-        if (c->local_gateway == 0)
+        /* 0 is "not set" (the default), unless the file says 0.0.0.0: then it is a bad gateway. */
+        if (c->local_gateway == 0 && !p->gateway_given)
                 c->local_gateway = c->local_subnet + 1;
         else if (c->local_gateway <= c->local_subnet || c->local_gateway >= bcast) {
                 snprintf(err, err_size, "%s: [local] gateway is not a host address of subnet %u.%u.%u.%u/%u",
@@ -333,33 +336,74 @@ static int finish(Parse *p, const char *name, int line, char *err, size_t err_si
         return 0;
 }
 
+/* inih reads a line into a buffer of INI_MAX_LINE bytes and takes what does not fit for the next line: a
+ * longer line would be misread ("syntax error" on the line after it) or cut short without a word (when
+ * the rest looks like a comment). Refused here, with its line. */
+static int check_lines(const char *name, const char *text, char *err, size_t err_size) {
+        const size_t max = INI_MAX_LINE - 2; /* room for the newline and the NUL */
+        int line = 1;
+        for (const char *p = text;; line++) {
+                const char *nl = strchr(p, '\n');
+                size_t len = nl ? (size_t) (nl - p) : strlen(p);
+                if (len > max) {
+                        snprintf(err, err_size, "%s:%d: line is longer than %zu bytes", name, line, max);
+                        return -EINVAL;
+                }
+                if (!nl)
+                        return 0;
+                p = nl + 1;
+        }
+}
+
+#define CONFIG_FILE_MAX (1024 * 1024)
+
 int config_load(AgentConfig *c, const char *path, char *err, size_t err_size) {
-        Parse *p = calloc(1, sizeof(Parse));
+        _cleanup_free_ char *text = NULL;
+        size_t n = 0;
         FILE *f;
         int r;
 
-        if (!p)
-                return -ENOMEM;
         f = fopen(path, "re");
         if (!f) {
                 r = negative_errno();
                 snprintf(err, err_size, "%s: %s", path, strerror(-r));
-                free(p);
                 return r;
         }
-        p->c = *c;
-        r = finish(p, path, ini_parse_file(f, handler, p), err, err_size);
+        text = malloc(CONFIG_FILE_MAX + 1);
+        if (!text) {
+                fclose(f);
+                return -ENOMEM;
+        }
+        n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
+        r = ferror(f) ? -EIO : 0;
         fclose(f);
-        if (r >= 0)
-                *c = p->c;
-        free(p);
-        return r;
+        if (r < 0) {
+                snprintf(err, err_size, "%s: cannot read it", path);
+                return r;
+        }
+        if (n > CONFIG_FILE_MAX) {
+                snprintf(err, err_size, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
+                return -EFBIG;
+        }
+        text[n] = '\0';
+        /* the parser stops at a NUL: what follows would be ignored without a word */
+        const char *nul = memchr(text, '\0', n);
+        if (nul) {
+                snprintf(err, err_size, "%s: not a text file (a NUL byte at offset %zu)", path,
+                         (size_t) (nul - text));
+                return -EINVAL;
+        }
+        return config_load_string(c, path, text, err, err_size);
 }
 
 int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size) {
-        Parse *p = calloc(1, sizeof(Parse));
+        Parse *p;
         int r;
 
+        r = check_lines(name, text, err, err_size);
+        if (r < 0)
+                return r;
+        p = calloc(1, sizeof(Parse));
         if (!p)
                 return -ENOMEM;
         p->c = *c;

@@ -53,8 +53,8 @@ typedef struct AgentConfig {
 void config_defaults(AgentConfig *c, const char *backend_dir);
 
 /* Parses path over the defaults already in *c ([vmm] binary must exist and be executable). 0, or -errno
- * with err = "PATH:LINE: cause" (or
- * "PATH: cause" when the file cannot be read). On failure *c is unchanged. */
+ * with err = "PATH:LINE: cause" (a line longer than INI_MAX_LINE - 2 bytes is one), or "PATH: cause" when
+ * the file cannot be read, is larger than 1 MiB or holds a NUL byte. On failure *c is unchanged. */
 int config_load(AgentConfig *c, const char *path, char *err, size_t err_size);
 
 /* Same from a string (for tests and the fuzzer); `name` stands in for the path in messages. */

@@ -510,6 +510,23 @@ Test(chvmctl, list_right_after_kill) {
         }
 }
 
+/* A hypervisor binary that is not there is a VM that cannot start (exit 1), not a VM that is not there
+ * (exit 3): the agent runs without a PATH, so qemu's default binary cannot be found. */
+Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = teardown) {
+        static char path[] = "PATH=/nonexistent-chvm-test";
+        char *env[] = { path, NULL }, *out = NULL, *err = NULL;
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, env);
+        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()), out, err);
+        free(out), free(err);
+        int r = ctl(&agent, &out, &err, "start nobin");
+        cr_assert_eq(r, 1, "chvmctl start nobin: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "cannot execute"), "chvmctl start nobin: %s", err);
+        free(out), free(err);
+        ok("inspect", ctl(&agent, &out, &err, "inspect nobin"), out, err);
+        free(out), free(err);
+}
+
 /* busctl can introspect the interface over the socket (peer to peer, no bus daemon). */
 Test(chvmctl, busctl_introspects) {
         char *which = sh("command -v busctl");
@@ -567,6 +584,40 @@ Test(chvmctl, state_changed_signal) {
                         (void) sd_bus_wait(bus, 100000);
         }
         cr_assert_str_eq(acc, "sig defined \nsig starting \nsig running \nsig crashed killed by signal 9\nsig removed removed\n");
+        sd_bus_flush_close_unref(bus);
+}
+
+/* An error text that quotes a client's string cut short ("%.40s") can end in half a character; sd-bus
+ * builds no reply with broken UTF-8, so the call used to get no answer at all (found by fuzz/fuzz-api). */
+Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
+        char address[200], name[64], proto[64];
+        sd_bus *bus = NULL;
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+        cr_assert_eq(sd_bus_new(&bus), 0);
+        cr_assert_geq(sd_bus_set_address(bus, address), 0);
+        cr_assert_geq(sd_bus_start(bus), 0);
+
+        /* "no VM named \"%.40s\"": 39 letters and an a-umlaut, cut after its first byte */
+        snprintf(name, sizeof(name), "%s\xc3\xa4", "abcdefghijklmnopqrstuvwxyzabcdefghijklm");
+        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM", &e, NULL, "s", name);
+        cr_assert_lt(r, 0);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.NotFound"), "InspectVM: %s: %s", e.name, e.message);
+        sd_bus_error_free(&e);
+
+        /* "port protocol \"%.16s\"": a letter and eight a-umlauts, cut in the eighth */
+        snprintf(proto, sizeof(proto), "x%s", "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
+        cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "CreateVM"), 0);
+        cr_assert_geq(sd_bus_message_append(m, "ssssssutas", "cut", "", "", "/bin/sh", "", "", 0, UINT64_C(0), 0), 0);
+        cr_assert_geq(sd_bus_message_append(m, "a(sqq)", 1, proto, 8080, 80), 0);
+        r = sd_bus_call(bus, m, 5 * 1000000, &e, &reply);
+        cr_assert_lt(r, 0);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.InvalidArgument"), "CreateVM: %s: %s", e.name,
+                  e.message);
+        cr_assert(strstr(e.message, "port protocol"), "%s", e.message);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
         sd_bus_flush_close_unref(bus);
 }
 

@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,12 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[local]\ntap_prefix = twelve-chars\n", "agent.conf:2: tap_prefix" },
                 { "[local]\ntable_owner = maybe\n",
                   "agent.conf:2: table_owner \"maybe\": expected auto, yes or no" },
+                /* the kernel reads a '%' as a template ("br%d" -> br0): never the name we asked for */
+                { "[local]\nbridge = br%d\n", "agent.conf:2: bridge \"br%d\" is not a valid interface name" },
+                { "[local]\ntap_prefix = vm%\n", "agent.conf:2: tap_prefix \"vm%\"" },
+                { "[bridge]\nbridge = all\n", "agent.conf:2: bridge \"all\" is not a valid interface name" },
+                /* 0.0.0.0 is no host of the subnet, not a way to ask for the default */
+                { "[local]\ngateway = 0.0.0.0\n", "agent.conf: [local] gateway is not a host address of subnet" },
                 { "[vmm]\nhypervisor = xen\n",
                   "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
@@ -160,6 +167,11 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[agent]\njournal_compact_size = 8X\n", "journal_compact_size \"8X\": expected bytes" },
                 { "[agent]\njournal_compact_size = -1\n", "journal_compact_size \"-1\"" },
                 { "[agent]\njournal_compact_size = 2048G\n", "journal_compact_size \"2048G\"" },
+                /* inih would read the rest as the next line (or drop it as a comment) */
+                { "[agent]\nstate_dir = /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaa#b\n",
+                  "agent.conf:2: line is longer than 198 bytes" },
                 { "[agent]\njust some words\n", "agent.conf:2:" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -186,5 +198,24 @@ Test(config, file_errors) {
         char expect[128];
         snprintf(expect, sizeof(expect), "%s:3: unknown key \"foo\" in [vmm]", path);
         cr_assert_str_eq(err, expect);
+
+        /* the parser would stop at the NUL and never see the bad key after it */
+        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(write(fd, "[vmm]\nhypervisor = qemu\n\0foo = bar\n", 34), 34);
+        close(fd);
+        cr_assert_eq(config_load(&c, path, err, sizeof(err)), -EINVAL);
+        snprintf(expect, sizeof(expect), "%s: not a text file (a NUL byte at offset 24)", path);
+        cr_assert_str_eq(err, expect);
+
+        /* a line of 198 bytes is fine, from a file too */
+        char line[256];
+        snprintf(line, sizeof(line), "[agent]\nstate_dir = /%0185d\n", 0);
+        cr_assert_eq(strlen(line) - strlen("[agent]\n") - 1, 198);
+        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        cr_assert_eq(write(fd, line, strlen(line)), (ssize_t) strlen(line));
+        close(fd);
+        cr_assert_eq(config_load(&c, path, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(strlen(c.state_dir), 186);
         unlink(path);
 }

@@ -160,6 +160,14 @@ Test(rtnl_build, ifname_valid) {
         cr_assert_not(ifname_valid("a\tb"));
         cr_assert_not(ifname_valid("a\xa0"));
         cr_assert(ifname_valid("t\xc3\xa4p"));
+        /* templates and the sysctl folders' names (the kernel renames or refuses them) */
+        cr_assert_not(ifname_valid("%d"));
+        cr_assert_not(ifname_valid("tap%d"));
+        cr_assert_not(ifname_valid("tap%"));
+        cr_assert_not(ifname_valid("all"));
+        cr_assert_not(ifname_valid("default"));
+        cr_assert(ifname_valid("all0"));
+        cr_assert(ifname_valid("defaults"));
 }
 
 /* --- in a private network namespace ---------------------------------------------------------------- */

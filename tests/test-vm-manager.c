@@ -171,6 +171,31 @@ static int count_released(const JournalRecord *r, bool after_damage, void *userd
         return 0;
 }
 
+/* A hypervisor that started but cannot be watched is killed, and the journal must not keep it running:
+ * with SIGCHLD not blocked sd-event refuses the child source (EBUSY). Before the fix the VM stayed
+ * "running" in the journal, and VM_UNDEFINE was refused (found by fuzz/fuzz-api). */
+Test(vm_manager, start_that_cannot_watch_leaves_no_running_vm) {
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGCHLD);
+        cr_assert_eq(sigprocmask(SIG_UNBLOCK, &ss, NULL), 0);
+        VmRequest req = { .vm_id = 7, .name = "unwatched", .backend = "local", .kernel = FAKE_VMM_PATH,
+                          .cpus = 1, .memory_mib = 64 };
+        cr_assert_lt(vm_manager_start(mgr, &req), 0);
+        cr_assert(strstr(vm_manager_error(mgr), "cannot watch its hypervisor"), "%s", vm_manager_error(mgr));
+        cr_assert_eq(vm_manager_n_running(mgr), 0);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 7);
+        cr_assert_not_null(vm);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_eq(vm->n_objects, 0, "its network is gone");
+        char *taps = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(taps, "0\n");
+        free(taps);
+        JournalRecord undefine = { .type = JOURNAL_VM_UNDEFINE, .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID),
+                                   .vm_id = 7 };
+        cr_assert_eq(journal_append_sync(journal, &undefine), 0, "%s", journal_error_message(journal));
+}
+
 /* Acceptance 1: 20 VMs, kill -9 of each hypervisor: its TAP and elements are gone within 1 s, the VM is
  * crashed with "killed by signal 9", and the journal has RELEASED for each of its objects. */
 Test(vm_manager, kill_minus_nine_tears_down) {

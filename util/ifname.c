@@ -16,8 +16,15 @@ bool ifname_valid(const char *name) {
                 return false;
         if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
                 return false;
+        /* The sysctl folders net/ipv4/conf/all and .../default are not links: registering a link of that
+         * name fails (the kernel's sysctl_dev_name_is_allowed()). */
+        if (strcmp(name, "all") == 0 || strcmp(name, "default") == 0)
+                return false;
         for (const unsigned char *p = (const unsigned char *) name; *p; p++)
-                if (*p == '/' || *p == ':' || *p == ' ' || (*p >= '\t' && *p <= '\r') || *p == 0xa0)
+                /* '%' makes the name a template ("tap%d" becomes tap0) or is refused: never the name
+                 * asked for. */
+                if (*p == '/' || *p == ':' || *p == ' ' || *p == '%' || (*p >= '\t' && *p <= '\r') ||
+                    *p == 0xa0)
                         return false;
         return true;
 }
