@@ -509,7 +509,7 @@ static char **make_agent_env(const char *notify) {
         return env;
 }
 
-int bench_agent_setup(BenchAgent *ag, const char *name, const char *local_section) {
+int bench_agent_setup(BenchAgent *ag, const char *name, const char *backends, const char *sections) {
         const char *tmp = getenv("TMPDIR");
         char conf[4096];
         int r;
@@ -527,12 +527,11 @@ int bench_agent_setup(BenchAgent *ag, const char *name, const char *local_sectio
         snprintf(ag->notify, sizeof(ag->notify), "%s/notify.sock", ag->dir);
         snprintf(ag->log, sizeof(ag->log), "%s/agent.log", ag->dir);
         snprintf(ag->kernel, sizeof(ag->kernel), "%s/vmlinuz", ag->dir);
-        /* The agent's only backend is local. */
         snprintf(conf, sizeof(conf),
-                 "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\nbackends = local\n"
+                 "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\nbackends = %s\n"
                  "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\n"
-                 "accel = tcg\n[local]\n%s",
-                 ag->state_dir, ag->runtime_dir, BUILD_DIR, BUILD_DIR, local_section ? local_section : "");
+                 "accel = tcg\n%s",
+                 ag->state_dir, ag->runtime_dir, BUILD_DIR, backends, BUILD_DIR, sections ? sections : "");
         r = write_file(ag->config, conf);
         if (r >= 0)
                 r = write_file(ag->kernel, "fake-vmm only checks that the kernel is a readable file\n");
@@ -713,15 +712,14 @@ int call_failed(const char *what, const char *vm, int r, const sd_bus_error *e) 
         return r < 0 ? r : -EIO;
 }
 
-int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const BusPort *ports, size_t n_ports,
-                     uint64_t *ret_id, double *ret_create, double *ret_start) {
+int bus_create(sd_bus *bus, const char *kernel, const char *name, const char *backend, const BusPort *ports,
+               size_t n_ports, uint64_t *ret_id) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *m = NULL, *reply = NULL;
         uint64_t id = 0;
-        double t0 = now();
         int r = sd_bus_message_new_method_call(bus, &m, NULL, AGENT_OBJECT, AGENT_INTERFACE, "CreateVM");
         if (r >= 0)
-                r = sd_bus_message_append(m, "ssssssutas", name, "local", "", kernel, "", "", (uint32_t) 1,
+                r = sd_bus_message_append(m, "ssssssutas", name, backend, "", kernel, "", "", (uint32_t) 1,
                                           (uint64_t) 0, (unsigned) 0);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "(sqq)");
@@ -733,13 +731,26 @@ int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const Bu
                 r = sd_bus_call(bus, m, 0, &e, &reply);
         if (r >= 0)
                 r = sd_bus_message_read(reply, "t", &id);
-        m = sd_bus_message_unref(m);
-        reply = sd_bus_message_unref(reply);
+        sd_bus_message_unref(m);
+        sd_bus_message_unref(reply);
         if (r < 0) {
                 r = call_failed("CreateVM", name, r, &e);
                 sd_bus_error_free(&e);
                 return r;
         }
+        if (ret_id)
+                *ret_id = id;
+        return 0;
+}
+
+int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const char *backend,
+                     const BusPort *ports, size_t n_ports, uint64_t *ret_id, double *ret_create,
+                     double *ret_start) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        double t0 = now();
+        int r = bus_create(bus, kernel, name, backend, ports, n_ports, ret_id);
+        if (r < 0)
+                return r;
         double t1 = now();
         r = sd_bus_call_method(bus, NULL, AGENT_OBJECT, AGENT_INTERFACE, "StartVM", &e, NULL, "s", name);
         if (r < 0) {
@@ -747,8 +758,6 @@ int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const Bu
                 sd_bus_error_free(&e);
                 return r;
         }
-        if (ret_id)
-                *ret_id = id;
         if (ret_create)
                 *ret_create = t1 - t0;
         if (ret_start)

@@ -111,10 +111,10 @@ typedef struct BenchAgent {
         pid_t pid;
 } BenchAgent;
 
-/* A scratch folder $TMPDIR/chvm-bench-<name>-XXXXXX (default /tmp) with the agent's config (the local
- * backend only, tests/fake-vmm as cloud-hypervisor, then `local_section`, the [local] keys), a file for
+/* A scratch folder $TMPDIR/chvm-bench-<name>-XXXXXX (default /tmp) with the agent's config (`backends`,
+ * tests/fake-vmm as cloud-hypervisor, then `sections`, e.g. "[local]\nsubnet = ...\n"), a file for
  * fake-vmm's --kernel, the agent's environment, and the monitor thread. */
-int bench_agent_setup(BenchAgent *ag, const char *name, const char *local_section);
+int bench_agent_setup(BenchAgent *ag, const char *name, const char *backends, const char *sections);
 int agent_spawn(BenchAgent *ag);
 int agent_wait_exit(BenchAgent *ag, double timeout, int *ret_status);
 /* Waits for READY=1 past n_before (monitor_reset()'s count) of the agent spawned at t0; its time in
@@ -141,10 +141,15 @@ typedef struct BusPort {
         uint16_t host, guest;
 } BusPort;
 
-/* CreateVM (backend local, 1 CPU, the scratch kernel) with tcp forwards + StartVM, each timed. */
-int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const BusPort *ports, size_t n_ports,
-                     uint64_t *ret_id, double *ret_create, double *ret_start);
+/* CreateVM (1 CPU, the scratch kernel) with tcp forwards. */
+int bus_create(sd_bus *bus, const char *kernel, const char *name, const char *backend, const BusPort *ports,
+               size_t n_ports, uint64_t *ret_id);
+/* The same + StartVM, each timed. */
+int bus_create_start(sd_bus *bus, const char *kernel, const char *name, const char *backend,
+                     const BusPort *ports, size_t n_ports, uint64_t *ret_id, double *ret_create,
+                     double *ret_start);
 
+/* Valid during the callback only. */
 typedef struct BusVm {
         const char *name, *state, *tap, *ip;
         uint64_t id;

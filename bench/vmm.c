@@ -335,7 +335,7 @@ typedef struct Bench {
 
 static int setup_dir(Bench *b) {
         /* A /16 so that N_MAX guests have addresses. */
-        int r = bench_agent_setup(&b->ag, "vmm", "subnet = 10.96.0.0/16\n");
+        int r = bench_agent_setup(&b->ag, "vmm", "local", "[local]\nsubnet = 10.96.0.0/16\n");
         if (r < 0)
                 return r;
         snprintf(b->peer_dir, sizeof(b->peer_dir), "%s/peer", b->ag.dir);
@@ -399,8 +399,8 @@ static void bus_dispatch(Bench *b) {
 
 static int vm_create_start(Bench *b, size_t i, double *ret_create, double *ret_start) {
         BusPort port = { .host = (uint16_t) (HOST_PORT_BASE + i), .guest = 80 };
-        return bus_create_start(b->bus, b->ag.kernel, b->vms[i].name, &port, 1, &b->vms[i].id, ret_create,
-                                ret_start);
+        return bus_create_start(b->bus, b->ag.kernel, b->vms[i].name, "local", &port, 1, &b->vms[i].id,
+                                ret_create, ret_start);
 }
 
 static int ctl_run(Bench *b, size_t i) {
