@@ -21,14 +21,15 @@
  *             anyone); then it is started again and adopts the tables and the N running VMs.
  *   plan      R times, interleaved: CollectGarbage(dry_run=true, heuristic=false) and (…, heuristic=true)
  *             over D-Bus, reply read to the end; `chvmctl doctor --gc --dry-run` as a process; the
- *             peer's way; the peer's way on an nftables host. Without and then with the leaks.
+ *             peer's way in C, as a script, and on an nftables host. Without and then with the leaks.
  *   peer      a faithful, generous baseline in C: runs `ip -o link show` and `iptables -t nat -S`, reads
  *             its state file, parses the text, and decides per TAP named with the prefix (delete unless
  *             a running VM has it) and per DNAT rule into the subnet (delete unless it points to a
  *             running VM's address; others are foreign: skip). The nftables-host variant runs
  *             `ip -o link show` and `nft list ruleset` and takes every `dnat to ADDR` and every map
- *             element `: ADDR . PORT` as a forward. Sorted arrays and bsearch, no shell: a script would
- *             be slower.
+ *             element `: ADDR . PORT` as a forward. Sorted arrays and bsearch: the generous baseline.
+ *             The same plan as a script would make it (the two commands piped into awk, which prints a
+ *             line per decision) is timed alongside; both must come to the same decisions.
  *   parts     where the time goes, timed in this process in the same namespace: the link dump and the
  *             dump of our tables' elements with the agent's own netlink code (libchvm), a read of every
  *             /proc/PID/cmdline (the GC's search for hypervisors it does not watch), and each command
@@ -377,6 +378,47 @@ static int peer_plan(Peer *p, bool nft_host, PeerPlan *ret) {
         return 0;
 }
 
+/* The same as a script would do it: the tools piped into awk, which reads the state file first and prints
+ * the plan, a line per TAP and per DNAT rule into the subnet ("delete NAME" / "keep NAME"). $1: the state
+ * file. */
+static const char peer_script[] =
+        "state=$1\n"
+        "ip -o link show | awk -v state=\"$state\" '\n"
+        "  BEGIN { while ((getline l < state) > 0) { split(l, f, \" \"); if (f[4] == \"running\") "
+        "run[f[2]] = 1 } }\n"
+        "  { n = $2; sub(/[:@].*/, \"\", n); if (n !~ /^" TAP_PREFIX "/) next;\n"
+        "    print ((n in run) ? \"keep \" : \"delete \") n }'\n"
+        "iptables -t nat -S | awk -v state=\"$state\" '\n"
+        "  BEGIN { while ((getline l < state) > 0) { split(l, f, \" \"); if (f[4] == \"running\") "
+        "run[f[3]] = 1 } }\n"
+        "  /^-A / && / -j DNAT/ { ip = \"\"\n"
+        "    for (i = 1; i < NF; i++) if ($i == \"--to-destination\") { split($(i + 1), a, \":\"); ip = "
+        "a[1] }\n"
+        "    if (ip !~ /^10\\.64\\.([0-9]|1[0-5])\\./) { print \"foreign \" ip; next }\n" /* 10.64.0.0/20 */
+        "    print ((ip in run) ? \"keep \" : \"delete \") ip }'\n";
+
+static int peer_script_plan(const Peer *p, PeerPlan *ret) {
+        char *argv[] = { (char *) "bash", (char *) "-c",          (char *) peer_script,
+                         (char *) "peer", (char *) p->state_file, NULL };
+        _cleanup_free_ char *out = NULL;
+        PeerPlan pl = {};
+        int r = run(argv, &out);
+        if (r != 0) {
+                say("peer script: exit %d: %.400s", r, out ? out : "");
+                return r < 0 ? r : -EIO;
+        }
+        for (char *line = out; *line;) {
+                char *end = strchrnul(line, '\n');
+                pl.n += strncmp(line, "delete ", 7) == 0 || strncmp(line, "keep ", 5) == 0;
+                pl.del += strncmp(line, "delete ", 7) == 0;
+                pl.keep += strncmp(line, "keep ", 5) == 0;
+                pl.foreign += strncmp(line, "foreign ", 8) == 0;
+                line = *end ? end + 1 : end;
+        }
+        *ret = pl;
+        return 0;
+}
+
 /* --- the benchmark ------------------------------------------------------------------------------------- */
 
 typedef struct Vm {
@@ -401,7 +443,7 @@ typedef struct Series {
         PeerPlan pp;
 } Series;
 
-enum { S_AGENT, S_AGENT_HEUR, S_CTL, S_PEER, S_PEER_NFT, _S_MAX };
+enum { S_AGENT, S_AGENT_HEUR, S_CTL, S_PEER, S_PEER_SH, S_PEER_NFT, _S_MAX };
 
 typedef struct Round {
         const char *title;
@@ -634,10 +676,10 @@ static int phase_world(Bench *b) {
                                  "-A PREROUTING -p tcp -m tcp --dport %zu -j DNAT --to-destination %s:%u\n",
                                  HOST_PORT_BASE + 2 * i + k, b->vms[i].ip, k ? 443 : 80);
         for (size_t k = 0; k < ipt; k++)
-                text_add(
-                        &t,
-                        "-A PREROUTING -p tcp -m tcp --dport %zu -j DNAT --to-destination 192.168.%zu.%zu:80\n",
-                        DECOY_IPT_PORT_BASE + k, 200 + (k / 250) % 2, 2 + k % 250);
+                text_add(&t,
+                         "-A PREROUTING -p tcp -m tcp --dport %zu -j DNAT --to-destination "
+                         "192.168.%zu.%zu:80\n",
+                         DECOY_IPT_PORT_BASE + k, 200 + (k / 250) % 2, 2 + k % 250);
         text_add(&t, "COMMIT\n");
         if ((r = run_text(IPT_RESTORE, &t)) < 0)
                 return r;
@@ -781,6 +823,15 @@ static int time_ctl_gc(Bench *b, Series *s) {
         return 0;
 }
 
+static int time_peer_script(Bench *b, Series *s) {
+        double t = now();
+        int r = peer_script_plan(&b->peer, &s->pp);
+        if (r < 0)
+                return bench_error(r, "peer (script)");
+        s->t[s->n++] = now() - t;
+        return 0;
+}
+
 static int time_peer(Bench *b, Series *s, bool nft_host) {
         double t = now();
         int r = peer_plan(&b->peer, nft_host, &s->pp);
@@ -804,8 +855,15 @@ static int phase_plans(Bench *b, const char *title, size_t n_leaks) {
                     (r = time_peer(b, &rd->s[S_PEER], false)) < 0 ||
                     (r = time_agent(b, &rd->s[S_AGENT_HEUR], true)) < 0 ||
                     (r = time_peer(b, &rd->s[S_PEER_NFT], true)) < 0 ||
+                    (r = time_peer_script(b, &rd->s[S_PEER_SH])) < 0 ||
                     (r = time_ctl_gc(b, &rd->s[S_CTL])) < 0)
                         return r;
+        }
+        const PeerPlan *c = &rd->s[S_PEER].pp, *sh = &rd->s[S_PEER_SH].pp;
+        if (c->del != sh->del || c->keep != sh->keep || c->foreign != sh->foreign) {
+                say("the peer in C and as a script disagree: %zu/%zu/%zu vs %zu/%zu/%zu delete/keep/foreign",
+                    c->del, c->keep, c->foreign, sh->del, sh->keep, sh->foreign);
+                return -EIO;
         }
         b->n_rounds++;
         return 0;
@@ -1003,7 +1061,8 @@ static int check_kernel(Bench *b, const char *when, bool vms_up, size_t leaks_le
         size_t want_taps = vms_up ? b->n_vms : 0, want_fwds = 2 * ((vms_up ? b->n_local : 0) + leaks_left);
         bool ok = taps == want_taps && leak_taps == leaks_left && ours == want_taps + leaks_left &&
                   fwds == want_fwds;
-        say("%s: ip/nft: %zu of %zu VM TAPs, %zu of %zu leaked TAPs, %zu links named like ours, %zu forwards "
+        say("%s: ip/nft: %zu of %zu VM TAPs, %zu of %zu leaked TAPs, %zu links named like ours, %zu "
+            "forwards "
             "and %zu objects tagged by the agent%s",
             when, taps, b->n_vms, leak_taps, b->o.leaks, ours, fwds, own, ok ? "" : ": NOT AS EXPECTED");
         if (!ok)
@@ -1035,9 +1094,10 @@ static void print_round(const Bench *b, const Round *rd) {
                 [S_AGENT_HEUR] = "agent: CollectGarbage(dry_run, heuristic=true)",
                 [S_CTL] = "agent: `chvmctl doctor --gc --dry-run` (a process)",
                 [S_PEER] = "peer: `ip -o link` + `iptables -t nat -S`, parsed",
+                [S_PEER_SH] = "peer as a script: the same two piped into awk",
                 [S_PEER_NFT] = "peer, nftables host: `ip -o link` + `nft list ruleset`",
         };
-        static const int order[] = { S_AGENT, S_AGENT_HEUR, S_CTL, S_PEER, S_PEER_NFT };
+        static const int order[] = { S_AGENT, S_AGENT_HEUR, S_CTL, S_PEER, S_PEER_SH, S_PEER_NFT };
         printf("\nGC plan: %s (%zu running VMs, %zu leaked, %zu decoys; load average before: %s)\n",
                rd->title, b->n_vms, rd->n_leaks, b->o.decoys, rd->load);
         printf("  %-56s %8s %8s %8s  %s\n", "", "min", "p50", "max", "(ms; decisions)");
@@ -1048,25 +1108,31 @@ static void print_round(const Bench *b, const Round *rd) {
                         snprintf(extra, sizeof(extra),
                                  "%zu: %zu delete, %zu keep (+%zu foreign DNAT); %zu KiB text", s->pp.n,
                                  s->pp.del, s->pp.keep, s->pp.foreign, s->pp.bytes / 1024);
+                else if (order[i] == S_PEER_SH)
+                        snprintf(extra, sizeof(extra), "%zu: %zu delete, %zu keep (+%zu foreign DNAT)",
+                                 s->pp.n, s->pp.del, s->pp.keep, s->pp.foreign);
                 else if (order[i] == S_CTL)
                         snprintf(extra, sizeof(extra), "agent CPU %.1f ms per call",
                                  s->cpu * 1e3 / (double) s->n);
                 else
-                        snprintf(
-                                extra, sizeof(extra),
-                                "%zu: %zu delete (%zu untracked, %zu heuristic), %zu skip (%zu running, %zu unknown "
-                                "ownership, %zu core); agent CPU %.1f ms",
-                                s->c.n, s->c.del, s->c.untracked, s->c.heuristic, s->c.skip, s->c.running,
-                                s->c.unknown, s->c.core, s->cpu * 1e3 / (double) s->n);
+                        snprintf(extra, sizeof(extra),
+                                 "%zu: %zu delete (%zu untracked, %zu heuristic), %zu skip (%zu running, "
+                                 "%zu unknown "
+                                 "ownership, %zu core); agent CPU %.1f ms",
+                                 s->c.n, s->c.del, s->c.untracked, s->c.heuristic, s->c.skip, s->c.running,
+                                 s->c.unknown, s->c.core, s->cpu * 1e3 / (double) s->n);
                 print_ms(what[order[i]], s->t, s->n, extra);
         }
         Stats a = stats_of(rd->s[S_AGENT].t, rd->s[S_AGENT].n),
               p = stats_of(rd->s[S_PEER].t, rd->s[S_PEER].n),
+              ps = stats_of(rd->s[S_PEER_SH].t, rd->s[S_PEER_SH].n),
               pn = stats_of(rd->s[S_PEER_NFT].t, rd->s[S_PEER_NFT].n),
               ah = stats_of(rd->s[S_AGENT_HEUR].t, rd->s[S_AGENT_HEUR].n);
-        printf("  peer / agent, p50 (min): iptables peer %.1fx (%.1fx), nftables-host peer %.1fx (%.1fx); "
-               "vs the heuristic plan %.1fx\n",
-               p.p50 / a.p50, p.min / a.min, pn.p50 / a.p50, pn.min / a.min, p.p50 / ah.p50);
+        printf("  peer / agent, p50 (min/min): C peer %.1fx (%.1fx), script peer %.1fx (%.1fx), "
+               "nftables-host "
+               "peer %.1fx (%.1fx);\n  C peer / the heuristic plan %.1fx\n",
+               p.p50 / a.p50, p.min / a.min, ps.p50 / a.p50, ps.min / a.min, pn.p50 / a.p50, pn.min / a.min,
+               p.p50 / ah.p50);
 }
 
 static void report(const Bench *b) {
@@ -1076,7 +1142,8 @@ static void report(const Bench *b) {
         char what[128];
 
         size_t taps = b->o.decoys / 2, nat = b->o.decoys - taps, ipt = nat / 2, nft = nat - ipt;
-        printf("\nchvm GC benchmark: chvm-agentd of this build, tests/fake-vmm as cloud-hypervisor, table_owner = "
+        printf("\nchvm GC benchmark: chvm-agentd of this build, tests/fake-vmm as cloud-hypervisor, "
+               "table_owner = "
                "auto\n");
         printf("  network namespace of its own (kernel %s); %zu VMs on local (TAP on chvm0 + vm_ports + "
                "vm_addrs\n  + 2 tcp forwards each), %zu on bridge (TAP on " ADMIN_BRIDGE ", nothing else);\n"
@@ -1084,10 +1151,12 @@ static void report(const Bench *b) {
                "xxxxxxxx, %zu DNAT rules in nft table ip foreign, %zu "
                "iptables DNAT rules;\n  the peer's twins of the forwards: %zu iptables DNAT rules\n",
                u.release, b->n_local, b->n_vms - b->n_local, taps, nft, ipt, 2 * (b->n_local + b->o.leaks));
-        printf("  load average (/proc/loadavg) at the start: %s; at the end: %s; %ld CPUs; %zu repetitions\n",
+        printf("  load average (/proc/loadavg) at the start: %s; at the end: %s; %ld CPUs; %zu "
+               "repetitions\n",
                b->load_start, b->load_end, sysconf(_SC_NPROCESSORS_ONLN), b->o.reps);
         if (b->overflow_error[0])
-                printf("  local VM number %d (chvm0 has the kernel's maximum of %d ports): StartVM says \"%s\"; "
+                printf("  local VM number %d (chvm0 has the kernel's maximum of %d ports): StartVM says "
+                       "\"%s\"; "
                        "nothing of it left in the kernel\n",
                        LOCAL_MAX + 1, LOCAL_MAX, b->overflow_error);
 
@@ -1121,14 +1190,16 @@ static void report(const Bench *b) {
                 snprintf(extra[P_IP], 64, "%zu KiB", b->bytes_ip / 1024);
                 snprintf(extra[P_IPT], 64, "%zu KiB", b->bytes_ipt / 1024);
                 snprintf(extra[P_NFT], 64, "%zu KiB", b->bytes_nft / 1024);
-                printf("\nWhere the time goes (in this process, same namespace, with the leaks)\n");
+                printf("\nWhere the time goes (in this process, same namespace, after the plans%s)\n",
+                       b->o.leaks ? ", with the leaks" : "");
                 printf("  %-56s %8s %8s %8s\n", "", "min", "p50", "max");
                 for (int p = 0; p < _P_MAX; p++)
                         print_ms(what_part[p], b->parts[p], b->n_parts, extra[p]);
         }
 
         if (b->gc_done.n) {
-                printf("\nCollection carried out (dry_run=false), %zu leaked VMs: %.1f ms; %zu deleted (%zu untracked), "
+                printf("\nCollection carried out (dry_run=false), %zu leaked VMs: %.1f ms; %zu deleted "
+                       "(%zu untracked), "
                        "%zu skipped; the plan after it: %zu delete, %zu forget\n",
                        b->o.leaks, b->gc_time * 1e3, b->gc_done.del, b->gc_done.untracked, b->gc_done.skip,
                        b->gc_after.del, b->gc_after.forget);
@@ -1173,11 +1244,13 @@ static void report(const Bench *b) {
 
 static void usage(FILE *f) {
         fprintf(f,
-                "usage: bench/gc [--quick] [--vms N] [--decoys D] [--leaks L] [--reps R] [--no-teardown] [--keep]\n"
+                "usage: bench/gc [--quick] [--vms N] [--decoys D] [--leaks L] [--reps R] [--no-teardown] "
+                "[--keep]\n"
                 "  --vms N        running fake VMs, 2 forwards each (default 1000, at most %d)\n"
                 "  --decoys D     foreign objects: D/2 untagged TAPs, D/4 nft and D/4 iptables DNAT rules\n"
                 "                 (default 1000, at most %d)\n"
-                "  --leaks L      VMs' worth of objects tagged by the agent for VMs it never had, made while\n"
+                "  --leaks L      VMs' worth of objects tagged by the agent for VMs it never had, made "
+                "while\n"
                 "                 it is stopped (default 100, at most %d; 0: no second round)\n"
                 "  --reps R       repetitions of every timing (default 10, at most %d)\n"
                 "  --no-teardown  leave the VMs to the cleanup instead of stopping and removing them\n"
@@ -1264,7 +1337,8 @@ int main(int argc, char **argv) {
         }
 
         if (geteuid() != 0) {
-                printf("SKIP: bench/gc needs root: it runs chvm-agentd with TAPs and nftables tables in a network "
+                printf("SKIP: bench/gc needs root: it runs chvm-agentd with TAPs and nftables tables in "
+                       "a network "
                        "namespace of its own\n");
                 return 0;
         }
