@@ -818,12 +818,9 @@ VmState agent_vm_state(const Agent *a, uint64_t vm_id) {
         return state_of(a, v, live_set_get_vm(journal_live_set(a->journal), vm_id));
 }
 
-int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
-        AgentVm *v = agent_find_vm(a, name);
-        if (!v)
-                return -ENOENT;
-        const LiveSet *ls = journal_live_set(a->journal);
-        const LiveVm *lv = live_set_get_vm(ls, v->id);
+/* Everything but what needs the VM's objects (n_objects, tap). */
+static void vm_info_base(Agent *a, const AgentVm *v, AgentVmInfo *ret) {
+        const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), v->id);
         AgentVmInfo info = {
                 .name = v->name,
                 .id = v->id,
@@ -839,43 +836,67 @@ int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
                 info.exit_reason = "";
         dispatcher_mac(v->id, info.mac);
         (void) dispatcher_vm_ip(a->dispatcher, v->id, &info.ip4);
+        *ret = info;
+}
+
+static void vm_info_add_object(AgentVmInfo *info, const LiveObject *o) {
+        info->n_objects++;
+        if (o->kind == RESOURCE_LINK_TAP && o->name)
+                snprintf(info->tap, sizeof(info->tap), "%s", o->name);
+}
+
+int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret) {
+        AgentVm *v = agent_find_vm(a, name);
         const LiveObject *o;
-        for (size_t i = 0; live_set_iterate_objects(ls, &i, &o);) {
-                if (o->vm_id != v->id)
-                        continue;
-                info.n_objects++;
-                if (o->kind == RESOURCE_LINK_TAP && o->name)
-                        snprintf(info.tap, sizeof(info.tap), "%s", o->name);
-        }
+        AgentVmInfo info;
+        if (!v)
+                return -ENOENT;
+        vm_info_base(a, v, &info);
+        for (size_t i = 0; live_set_iterate_objects(journal_live_set(a->journal), &i, &o);)
+                if (o->vm_id == v->id)
+                        vm_info_add_object(&info, o);
         *ret = info;
         return 0;
 }
 
-static int cmp_str(const void *x, const void *y) {
-        return strcmp(*(char *const *) x, *(char *const *) y);
+static int cmp_info_name(const void *x, const void *y) {
+        return strcmp(((const AgentVmInfo *) x)->name, ((const AgentVmInfo *) y)->name);
+}
+
+int agent_vm_list(Agent *a, AgentVmInfo **ret, size_t *ret_n) {
+        size_t n = u64map_size(a->vms), k = 0;
+        _cleanup_free_ AgentVmInfo *l = calloc(n + 1, sizeof(AgentVmInfo));
+        U64Map *by_id = u64map_new();
+        const LiveObject *o;
+        void *v;
+        int r = 0;
+
+        if (!l || !by_id) {
+                u64map_free(by_id);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; k < n && u64map_iterate(a->vms, &i, NULL, &v); k++) {
+                vm_info_base(a, v, &l[k]);
+                if ((r = u64map_put(by_id, l[k].id, &l[k])) < 0)
+                        break;
+        }
+        /* One pass over the journal's objects for all VMs, not one per VM. */
+        for (size_t i = 0; r >= 0 && live_set_iterate_objects(journal_live_set(a->journal), &i, &o);) {
+                AgentVmInfo *info = u64map_get(by_id, o->vm_id);
+                if (info)
+                        vm_info_add_object(info, o);
+        }
+        u64map_free(by_id);
+        if (r < 0)
+                return r;
+        qsort(l, k, sizeof(AgentVmInfo), cmp_info_name);
+        *ret = TAKE_PTR(l);
+        *ret_n = k;
+        return 0;
 }
 
 void agent_refresh(Agent *a) {
         (void) vm_manager_reap(a->vmm);
-}
-
-int agent_vm_names(Agent *a, char ***ret) {
-        size_t n = u64map_size(a->vms), k = 0;
-        char **l = calloc(n + 1, sizeof(char *));
-        void *v;
-        if (!l)
-                return -ENOMEM;
-        for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &v);) {
-                l[k] = strdup(((AgentVm *) v)->name);
-                if (!l[k]) {
-                        strv_free(l);
-                        return -ENOMEM;
-                }
-                k++;
-        }
-        qsort(l, k, sizeof(char *), cmp_str);
-        *ret = l;
-        return 0;
 }
 
 int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata) {

@@ -104,8 +104,9 @@ int agent_vm_remove(Agent *a, const char *name, bool force);
 void agent_refresh(Agent *a);
 /* -ENOENT when there is no such VM. */
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret);
-/* The names of all VMs, sorted; free with strv_free(). */
-int agent_vm_names(Agent *a, char ***ret);
+/* Every VM's info, sorted by name, from one pass over the journal's objects; free() the array. Its strings
+ * point into the agent's state: valid until that changes. */
+int agent_vm_list(Agent *a, AgentVmInfo **ret, size_t *ret_n);
 /* The live objects the journal says the VM owns (for inspect); callback per object. */
 typedef int (*AgentObjectCallback)(const LiveObject *o, void *userdata);
 int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata);

@@ -683,10 +683,11 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
 static int method_list(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Conn *c = userdata;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_(strv_freep) char **names = NULL;
+        _cleanup_free_ AgentVmInfo *vms = NULL;
+        size_t n;
         (void) error;
         agent_refresh(c->api->agent);
-        int r = agent_vm_names(c->api->agent, &names);
+        int r = agent_vm_list(c->api->agent, &vms, &n);
         if (r < 0)
                 return r;
         r = sd_bus_message_new_method_return(m, &reply);
@@ -695,11 +696,8 @@ static int method_list(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         r = sd_bus_message_open_container(reply, 'a', VM_RECORD);
         if (r < 0)
                 return r;
-        for (char **n = names; *n; n++) {
-                AgentVmInfo info;
-                if (agent_vm_info(c->api->agent, *n, &info) < 0)
-                        continue;
-                r = append_vm(reply, &info);
+        for (size_t i = 0; i < n; i++) {
+                r = append_vm(reply, &vms[i]);
                 if (r < 0)
                         return r;
         }

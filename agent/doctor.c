@@ -78,17 +78,17 @@ static int check_journal(Agent *a, DoctorReport *r) {
 }
 
 static int check_vms(Agent *a, DoctorReport *r) {
-        size_t by_state[_VM_STATE_MAX] = {}, objects = 0, no_def = 0;
-        void *v;
-        for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &v);) {
-                AgentVmInfo info;
-                if (agent_vm_info(a, ((AgentVm *) v)->name, &info) < 0)
-                        continue;
-                by_state[info.state]++;
-                objects += info.n_objects;
-                no_def += !info.def;
+        size_t by_state[_VM_STATE_MAX] = {}, objects = 0, no_def = 0, n;
+        _cleanup_free_ AgentVmInfo *vms = NULL;
+        int k = agent_vm_list(a, &vms, &n);
+        if (k < 0)
+                return k;
+        for (size_t i = 0; i < n; i++) {
+                by_state[vms[i].state]++;
+                objects += vms[i].n_objects;
+                no_def += !vms[i].def;
         }
-        int k = add(r, DOCTOR_OK, "vms", "%zu defined, %zu running, %zu stopping, %zu stopped, %zu crashed",
+        k = add(r, DOCTOR_OK, "vms", "%zu defined, %zu running, %zu stopping, %zu stopped, %zu crashed",
                     by_state[VM_STATE_DEFINED], by_state[VM_STATE_RUNNING], by_state[VM_STATE_STOPPING],
                     by_state[VM_STATE_STOPPED], by_state[VM_STATE_CRASHED]);
         if (k >= 0 && no_def)
@@ -245,6 +245,10 @@ static int check_table_owner(Agent *a, DoctorReport *r) {
                         : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
 }
 
+static int cmp_link_name(const void *x, const void *y) {
+        return strcmp(((const LinkInfo *) x)->name, ((const LinkInfo *) y)->name);
+}
+
 /* Running VMs' TAPs must exist and be ports of the agent's bridge (someone may have deleted chvm0). */
 static int check_links(Agent *a, DoctorReport *r) {
         _cleanup_free_ LinkInfo *links = NULL;
@@ -260,24 +264,28 @@ static int check_links(Agent *a, DoctorReport *r) {
         for (size_t i = 0; i < n; i++)
                 if (strcmp(links[i].name, a->cfg.local_bridge) == 0)
                         bridge = links[i].ifindex;
-        void *v;
-        for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &v);) {
-                AgentVmInfo info;
-                if (agent_vm_info(a, ((AgentVm *) v)->name, &info) < 0 || !info.vmm_pid || !info.tap[0] ||
-                    strcmp(info.backend, "local") != 0)
+        _cleanup_free_ AgentVmInfo *vms = NULL;
+        size_t n_vms;
+        k = agent_vm_list(a, &vms, &n_vms);
+        if (k < 0)
+                return k;
+        qsort(links, n, sizeof(LinkInfo), cmp_link_name);
+        for (size_t i = 0; i < n_vms; i++) {
+                const AgentVmInfo *info = &vms[i];
+                LinkInfo key;
+                if (!info->vmm_pid || !info->tap[0] || strcmp(info->backend, "local") != 0)
                         continue;
-                const LinkInfo *l = NULL;
-                for (size_t j = 0; j < n && !l; j++)
-                        if (strcmp(links[j].name, info.tap) == 0)
-                                l = &links[j];
+                snprintf(key.name, sizeof(key.name), "%s", info->tap);
+                const LinkInfo *l = bsearch(&key, links, n, sizeof(LinkInfo), cmp_link_name);
                 if (!l) {
                         missing++;
-                        k = add(r, DOCTOR_ERROR, "links", "VM %s is running but its TAP %s is gone", info.name,
-                                info.tap);
+                        k = add(r, DOCTOR_ERROR, "links", "VM %s is running but its TAP %s is gone",
+                                info->name, info->tap);
                 } else if (!bridge || l->master != bridge) {
                         detached++;
-                        k = add(r, DOCTOR_ERROR, "links", "VM %s: its TAP %s is not a port of bridge %s%s", info.name,
-                                info.tap, a->cfg.local_bridge, bridge ? "" : " (the bridge is gone)");
+                        k = add(r, DOCTOR_ERROR, "links", "VM %s: its TAP %s is not a port of bridge %s%s",
+                                info->name, info->tap, a->cfg.local_bridge,
+                                bridge ? "" : " (the bridge is gone)");
                 }
                 if (k < 0)
                         return k;

@@ -68,401 +68,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench-agent.h"
 #include "util/macro.h"
 #include "vmm/taskstats.h"
 
-#ifndef BUILD_DIR
-#error "BUILD_DIR must name the build tree (chvm-agentd, chvmctl, backends/, tests/fake-vmm)"
-#endif
 #ifndef IFF_LOWER_UP
 #define IFF_LOWER_UP 0x10000 /* linux/if.h, which clashes with net/if.h */
 #endif
 
-#define AGENT_OBJECT "/org/chvm/agent"
-#define AGENT_INTERFACE "org.chvm.Agent1"
 #define N_MAX 20000 /* host ports 20000 + i stay below the peer's, guests inside 10.96.0.0/16 */
 #define HOST_PORT_BASE 20000
 #define PEER_MAX 1000
 #define PEER_PORT_BASE 50000
 #define TAG_MAX 160
 #define MAX_ELEMS 4
-#define CALL_TIMEOUT_USEC (UINT64_C(60) * 1000000)
-
-static volatile sig_atomic_t interrupted;
-static pid_t agent_pid_for_diagnosis; /* the agent that runs now, for diagnose_agent() */
-
-static void on_signal(int sig) {
-        interrupted = sig;
-}
-
-static double now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
-_printf_(1, 2) static void say(const char *fmt, ...) {
-        va_list ap;
-        fputs("bench/vmm: ", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-}
-
-/* --- figures ------------------------------------------------------------------------------------------- */
-
-typedef struct Stats {
-        size_t n;
-        double min, p50, p99, max, mean;
-} Stats;
-
-static int cmp_double(const void *x, const void *y) {
-        double a = *(const double *) x, b = *(const double *) y;
-        return a < b ? -1 : a > b;
-}
-
-/* Nearest-rank percentiles: p99 of 100 samples is the 99th smallest. */
-static Stats stats_of(const double *v, size_t n) {
-        Stats s = { .n = n };
-        if (n == 0)
-                return s;
-        double *c = malloc(n * sizeof(double));
-        if (!c)
-                return s;
-        memcpy(c, v, n * sizeof(double));
-        qsort(c, n, sizeof(double), cmp_double);
-        size_t k50 = (size_t) ceil(0.50 * (double) n), k99 = (size_t) ceil(0.99 * (double) n);
-        s.min = c[0];
-        s.p50 = c[k50 ? k50 - 1 : 0];
-        s.p99 = c[k99 ? k99 - 1 : 0];
-        s.max = c[n - 1];
-        for (size_t i = 0; i < n; i++)
-                s.mean += c[i] / (double) n;
-        free(c);
-        return s;
-}
-
-/* --- the agent's log and notify messages, read by a thread of their own -------------------------------- */
-
-/* The agent must never block on either: its stderr is a pipe and sd_notify() a blocking datagram send. */
-typedef struct Monitor {
-        pthread_t thread;
-        bool started;
-        int notify_fd; /* bound to NOTIFY_SOCKET */
-        int log_rd, log_wr; /* the agent's stdout and stderr */
-        int quit[2];
-        FILE *log; /* everything the agents said, with times */
-        double t0;
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
-        /* Since monitor_reset(), in now() seconds; 0: not yet. */
-        unsigned n_ready;
-        double t_ready, t_taskstats, t_adopted;
-        char adopted[256];
-        char error[512];
-} Monitor;
-
-static void monitor_line(Monitor *m, const char *line, double t) {
-        fprintf(m->log, "%10.4f %s\n", t - m->t0, line);
-        pthread_mutex_lock(&m->lock);
-        if (strstr(line, "exit statuses of adopted hypervisors will be"))
-                m->t_taskstats = t;
-        else if (strstr(line, "running VM(s) adopted")) {
-                m->t_adopted = t;
-                snprintf(m->adopted, sizeof(m->adopted), "%s", line);
-        } else if (strstr(line, "error: ") && !m->error[0])
-                snprintf(m->error, sizeof(m->error), "%s", line);
-        pthread_mutex_unlock(&m->lock);
-}
-
-static void *monitor_main(void *userdata) {
-        Monitor *m = userdata;
-        static char buf[65536];
-        size_t have = 0;
-
-        for (;;) {
-                struct pollfd p[3] = { { .fd = m->notify_fd, .events = POLLIN },
-                                       { .fd = m->log_rd, .events = POLLIN },
-                                       { .fd = m->quit[0], .events = POLLIN } };
-                if (poll(p, 3, -1) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        break;
-                }
-                double t = now();
-                if (p[2].revents)
-                        break;
-                if (p[0].revents & POLLIN) {
-                        char msg[4096];
-                        ssize_t k;
-                        while ((k = recv(m->notify_fd, msg, sizeof(msg) - 1, MSG_DONTWAIT)) > 0) {
-                                msg[k] = '\0';
-                                if (strstr(msg, "READY=1")) {
-                                        pthread_mutex_lock(&m->lock);
-                                        m->t_ready = t;
-                                        m->n_ready++;
-                                        pthread_cond_broadcast(&m->cond);
-                                        pthread_mutex_unlock(&m->lock);
-                                }
-                                for (char *c = msg; *c; c++)
-                                        if (*c == '\n')
-                                                *c = ' ';
-                                fprintf(m->log, "%10.4f notify: %s\n", t - m->t0, msg);
-                        }
-                }
-                if (p[1].revents & (POLLIN | POLLHUP)) {
-                        ssize_t k = read(m->log_rd, buf + have, sizeof(buf) - 1 - have);
-                        if (k <= 0)
-                                continue;
-                        have += (size_t) k;
-                        char *s = buf, *nl;
-                        while ((nl = memchr(s, '\n', have - (size_t) (s - buf)))) {
-                                *nl = '\0';
-                                monitor_line(m, s, t);
-                                s = nl + 1;
-                        }
-                        have -= (size_t) (s - buf);
-                        memmove(buf, s, have);
-                        if (have == sizeof(buf) - 1) {
-                                buf[have] = '\0';
-                                monitor_line(m, buf, t);
-                                have = 0;
-                        }
-                }
-        }
-        fflush(m->log);
-        return NULL;
-}
-
-static int monitor_start(Monitor *m, const char *notify_path, const char *log_path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int p[2], rcvbuf = 4 << 20;
-
-        if (strlen(notify_path) >= sizeof(sa.sun_path))
-                return -ENAMETOOLONG;
-        memcpy(sa.sun_path, notify_path, strlen(notify_path) + 1);
-        m->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (m->notify_fd < 0)
-                return negative_errno();
-        if (bind(m->notify_fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return negative_errno();
-        (void) setsockopt(m->notify_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-        if (pipe2(p, O_CLOEXEC) < 0)
-                return negative_errno();
-        m->log_rd = p[0];
-        m->log_wr = p[1];
-        if (pipe2(m->quit, O_CLOEXEC) < 0)
-                return negative_errno();
-        m->log = fopen(log_path, "we");
-        if (!m->log)
-                return negative_errno();
-        setvbuf(m->log, NULL, _IOLBF, 0);
-        m->t0 = now();
-        pthread_mutex_init(&m->lock, NULL);
-        pthread_cond_init(&m->cond, NULL);
-        int r = pthread_create(&m->thread, NULL, monitor_main, m);
-        if (r != 0)
-                return -r;
-        m->started = true;
-        return 0;
-}
-
-static void monitor_stop(Monitor *m) {
-        if (m->started) {
-                (void) !write(m->quit[1], "q", 1);
-                pthread_join(m->thread, NULL);
-                m->started = false;
-        }
-        if (m->log)
-                fclose(m->log);
-        m->log = NULL;
-}
-
-/* Forgets what the previous agent said (call before starting the next one); returns the READY count to wait
- * past. */
-static unsigned monitor_reset(Monitor *m) {
-        pthread_mutex_lock(&m->lock);
-        m->t_ready = m->t_taskstats = m->t_adopted = 0;
-        m->adopted[0] = m->error[0] = '\0';
-        unsigned n = m->n_ready;
-        pthread_mutex_unlock(&m->lock);
-        return n;
-}
-
-static bool monitor_ready_since(Monitor *m, unsigned n_before, double *ret_t) {
-        pthread_mutex_lock(&m->lock);
-        bool ready = m->n_ready > n_before;
-        if (ready && ret_t)
-                *ret_t = m->t_ready;
-        pthread_mutex_unlock(&m->lock);
-        return ready;
-}
-
-/* --- processes ----------------------------------------------------------------------------------------- */
-
-/* argv[0] (looked up in PATH when it has no slash) with stdin from /dev/null, stdout and stderr into out_fd
- * (or /dev/null), an empty signal mask and default signal dispositions. */
-static int spawn(char *const argv[], char *const envp[], int out_fd, pid_t *ret_pid) {
-        posix_spawn_file_actions_t fa;
-        posix_spawnattr_t at;
-        sigset_t none, dfl;
-        int r;
-
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-        if (out_fd >= 0) {
-                posix_spawn_file_actions_adddup2(&fa, out_fd, STDOUT_FILENO);
-                posix_spawn_file_actions_adddup2(&fa, out_fd, STDERR_FILENO);
-        } else {
-                posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-                posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-        }
-        posix_spawnattr_init(&at);
-        sigemptyset(&none);
-        sigemptyset(&dfl);
-        sigaddset(&dfl, SIGINT);
-        sigaddset(&dfl, SIGTERM);
-        sigaddset(&dfl, SIGHUP);
-        sigaddset(&dfl, SIGPIPE);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dfl);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-        r = strchr(argv[0], '/') ? posix_spawn(ret_pid, argv[0], &fa, &at, argv, envp ? envp : environ)
-                                 : posix_spawnp(ret_pid, argv[0], &fa, &at, argv, envp ? envp : environ);
-        posix_spawnattr_destroy(&at);
-        posix_spawn_file_actions_destroy(&fa);
-        return -r;
-}
-
-static int wait_pid(pid_t pid, int *ret_status) {
-        int status;
-        while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
-                        return negative_errno();
-        if (ret_status)
-                *ret_status = status;
-        return 0;
-}
-
-/* Runs a command to its end; its output (stdout + stderr) in *ret_out when given. Returns the exit code. */
-static int run(char *const argv[], char **ret_out) {
-        _cleanup_free_ char *out = NULL;
-        size_t len = 0, size = 0;
-        int p[2], status, r;
-        pid_t pid;
-
-        if (pipe2(p, O_CLOEXEC) < 0)
-                return negative_errno();
-        r = spawn(argv, NULL, p[1], &pid);
-        safe_close(p[1]);
-        if (r < 0) {
-                safe_close(p[0]);
-                return r;
-        }
-        for (;;) {
-                if (size - len < 65536) {
-                        char *q = realloc(out, size + (1 << 20));
-                        if (!q)
-                                break;
-                        out = q;
-                        size += 1 << 20;
-                }
-                ssize_t k = read(p[0], out + len, size - len - 1);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0)
-                        break;
-                len += (size_t) k;
-        }
-        safe_close(p[0]);
-        r = wait_pid(pid, &status);
-        if (r < 0)
-                return r;
-        if (out)
-                out[len] = '\0';
-        if (ret_out)
-                *ret_out = out ? TAKE_PTR(out) : strdup("");
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-static int write_file(const char *path, const char *content) {
-        FILE *f = fopen(path, "we");
-        if (!f)
-                return negative_errno();
-        fputs(content, f);
-        return fclose(f) < 0 ? negative_errno() : 0;
-}
-
-static void read_loadavg(char ret[64]) {
-        FILE *f = fopen("/proc/loadavg", "re");
-        if (!f || !fgets(ret, 64, f))
-                snprintf(ret, 64, "?");
-        if (f)
-                fclose(f);
-        ret[strcspn(ret, "\n")] = '\0';
-}
-
-/* Whether the process is one we started: its command line names our folder (a PID alone is never trusted).
- */
-static bool is_ours(pid_t pid, const char *dir) {
-        char path[64], buf[8192];
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return false;
-        ssize_t k = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (k <= 0)
-                return false;
-        for (ssize_t i = 0; i < k; i++)
-                if (buf[i] == '\0')
-                        buf[i] = ' ';
-        buf[k] = '\0';
-        return strstr(buf, dir) != NULL;
-}
-
-typedef struct ProcInfo {
-        long rss_kib, hwm_kib;
-        size_t fds;
-        double cpu; /* user + system seconds */
-} ProcInfo;
-
-static ProcInfo proc_info(pid_t pid) {
-        ProcInfo pi = { .rss_kib = -1, .hwm_kib = -1 };
-        char path[64], line[512];
-
-        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
-        FILE *f = fopen(path, "re");
-        while (f && fgets(line, sizeof(line), f)) {
-                if (strncmp(line, "VmRSS:", 6) == 0)
-                        pi.rss_kib = strtol(line + 6, NULL, 10);
-                else if (strncmp(line, "VmHWM:", 6) == 0)
-                        pi.hwm_kib = strtol(line + 6, NULL, 10);
-        }
-        if (f)
-                fclose(f);
-        snprintf(path, sizeof(path), "/proc/%d/fd", (int) pid);
-        DIR *d = opendir(path);
-        for (struct dirent *de; d && (de = readdir(d));)
-                pi.fds += de->d_name[0] != '.';
-        if (d)
-                closedir(d);
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        f = fopen(path, "re");
-        char stat[1024];
-        if (f && fgets(stat, sizeof(stat), f)) {
-                char *p = strrchr(stat, ')');
-                unsigned long ut = 0, st = 0;
-                /* after the comm: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-                 * utime stime */
-                if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-                        pi.cpu = (double) (ut + st) / (double) sysconf(_SC_CLK_TCK);
-        }
-        if (f)
-                fclose(f);
-        return pi;
-}
 
 /* --- the kernel's view: link and nftables notifications, link lookups ---------------------------------- */
 
@@ -682,11 +301,8 @@ typedef struct Reconcile {
 
 typedef struct Bench {
         Options o;
-        char dir[128], config[192], state_dir[192], runtime_dir[192], socket[192], notify[192], log[192],
-                kernel[192], peer_dir[192];
-        char **agent_env;
-        Monitor mon;
-        pid_t agent_pid;
+        BenchAgent ag; /* the scratch folder, the config, the agent's process and log */
+        char peer_dir[192];
         sd_bus *bus;
         Watch watch;
         Vm *vms;
@@ -717,128 +333,31 @@ typedef struct Bench {
         bool killed_ran;
 } Bench;
 
-static int bench_error(int r, const char *what) {
-        if (r == -EINTR)
-                say("interrupted");
-        else
-                say("%s: %s", what, strerror(-r));
-        return r;
-}
-
 static int setup_dir(Bench *b) {
-        const char *tmp = getenv("TMPDIR");
-        char conf[4096];
-        int r;
-
-        snprintf(b->dir, sizeof(b->dir), "%.80s/chvm-bench-vmm-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        if (!mkdtemp(b->dir)) {
-                b->dir[0] = '\0';
-                return negative_errno();
-        }
-        snprintf(b->config, sizeof(b->config), "%s/agent.conf", b->dir);
-        snprintf(b->state_dir, sizeof(b->state_dir), "%s/state", b->dir);
-        snprintf(b->runtime_dir, sizeof(b->runtime_dir), "%s/run", b->dir);
-        snprintf(b->socket, sizeof(b->socket), "%s/run/agent.sock", b->dir);
-        snprintf(b->notify, sizeof(b->notify), "%s/notify.sock", b->dir);
-        snprintf(b->log, sizeof(b->log), "%s/agent.log", b->dir);
-        snprintf(b->kernel, sizeof(b->kernel), "%s/vmlinuz", b->dir);
-        snprintf(b->peer_dir, sizeof(b->peer_dir), "%s/peer", b->dir);
-        /* A /16 so that N_MAX guests have addresses; the agent's only backend is local. */
-        snprintf(conf, sizeof(conf),
-                 "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\nbackends = local\n"
-                 "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\n"
-                 "accel = tcg\n[local]\nsubnet = 10.96.0.0/16\n",
-                 b->state_dir, b->runtime_dir, BUILD_DIR, BUILD_DIR);
-        r = write_file(b->config, conf);
-        if (r >= 0)
-                r = write_file(b->kernel, "fake-vmm only checks that the kernel is a readable file\n");
-        return r;
-}
-
-/* Our environment without what would tie the agent to a service manager, plus our NOTIFY_SOCKET. */
-static char **make_agent_env(const char *notify) {
-        static const char *const drop[] = { "NOTIFY_SOCKET=", "JOURNAL_STREAM=", "WATCHDOG_USEC=",
-                                            "WATCHDOG_PID=",  "LISTEN_FDS=",     "LISTEN_PID=",
-                                            "LISTEN_FDNAMES=" };
-        size_t n = 0, k = 0;
-        while (environ[n])
-                n++;
-        char **env = calloc(n + 2, sizeof(char *));
-        if (!env)
-                return NULL;
-        for (size_t i = 0; i < n; i++) {
-                bool keep = true;
-                for (size_t d = 0; d < ELEMENTSOF(drop); d++)
-                        keep = keep && strncmp(environ[i], drop[d], strlen(drop[d])) != 0;
-                if (keep)
-                        env[k++] = environ[i];
-        }
-        if (asprintf(&env[k], "NOTIFY_SOCKET=%s", notify) < 0) {
-                free(env);
-                return NULL;
-        }
-        return env;
-}
-
-static int agent_spawn(Bench *b) {
-        char bin[256];
-        snprintf(bin, sizeof(bin), "%s/chvm-agentd", BUILD_DIR);
-        char *argv[] = { bin, (char *) "--config", b->config, (char *) "--log-target", (char *) "stderr",
-                         NULL };
-        return spawn(argv, b->agent_env, b->mon.log_wr, &b->agent_pid);
-}
-
-static int agent_wait_exit(Bench *b, double timeout, int *ret_status) {
-        double end = now() + timeout;
-        for (;;) {
-                int status;
-                pid_t p = waitpid(b->agent_pid, &status, WNOHANG);
-                if (p == b->agent_pid) {
-                        b->agent_pid = 0;
-                        if (ret_status)
-                                *ret_status = status;
-                        return 0;
-                }
-                if (p < 0 && errno != EINTR)
-                        return negative_errno();
-                if (now() > end)
-                        return -ETIMEDOUT;
-                usleep(100);
-        }
+        /* A /16 so that N_MAX guests have addresses. */
+        int r = bench_agent_setup(&b->ag, "vmm", "local", "[local]\nsubnet = 10.96.0.0/16\n");
+        if (r < 0)
+                return r;
+        snprintf(b->peer_dir, sizeof(b->peer_dir), "%s/peer", b->ag.dir);
+        return 0;
 }
 
 /* Starts the agent and waits for READY=1; t0 is taken right before the spawn. */
-static int agent_start(Bench *b, Reconcile *ret) {
-        unsigned n = monitor_reset(&b->mon);
+static int agent_start_timed(Bench *b, Reconcile *ret) {
+        Monitor *m = &b->ag.mon;
+        unsigned n = monitor_reset(m);
         double t0 = now(), t = 0;
-        int r = agent_spawn(b);
+        int r = agent_spawn(&b->ag);
+        if (r >= 0)
+                r = agent_wait_ready(&b->ag, n, t0, &t);
         if (r < 0)
                 return r;
-        agent_pid_for_diagnosis = b->agent_pid;
-        for (;;) {
-                if (monitor_ready_since(&b->mon, n, &t))
-                        break;
-                if (interrupted)
-                        return -EINTR;
-                int status;
-                if (waitpid(b->agent_pid, &status, WNOHANG) == b->agent_pid) {
-                        b->agent_pid = 0;
-                        say("chvm-agentd exited before READY=1 (status %d): %s; its log: %s", status,
-                            b->mon.error, b->log);
-                        return -ECHILD;
-                }
-                if (now() - t0 > 120) {
-                        say("chvm-agentd not ready after 120 s; its log: %s", b->log);
-                        return -ETIMEDOUT;
-                }
-                usleep(500);
-        }
-        pthread_mutex_lock(&b->mon.lock);
+        pthread_mutex_lock(&m->lock);
         *ret = (Reconcile){ .ready = t - t0,
-                            .taskstats = b->mon.t_taskstats ? b->mon.t_taskstats - t0 : -1,
-                            .adopted = b->mon.t_adopted ? b->mon.t_adopted - t0 : -1 };
-        snprintf(ret->adopted_line, sizeof(ret->adopted_line), "%s", b->mon.adopted);
-        pthread_mutex_unlock(&b->mon.lock);
+                            .taskstats = m->t_taskstats ? m->t_taskstats - t0 : -1,
+                            .adopted = m->t_adopted ? m->t_adopted - t0 : -1 };
+        snprintf(ret->adopted_line, sizeof(ret->adopted_line), "%s", m->adopted);
+        pthread_mutex_unlock(&m->lock);
         return 0;
 }
 
@@ -859,14 +378,7 @@ static int on_state_changed(sd_bus_message *m, void *userdata, sd_bus_error *err
 }
 
 static int bus_connect(Bench *b) {
-        char addr[256];
-        int r;
-        snprintf(addr, sizeof(addr), "unix:path=%s", b->socket);
-        r = sd_bus_new(&b->bus);
-        if (r >= 0)
-                r = sd_bus_set_address(b->bus, addr);
-        if (r >= 0)
-                r = sd_bus_start(b->bus);
+        int r = bus_open(b->ag.socket, &b->bus);
         if (r >= 0)
                 r = sd_bus_match_signal(b->bus, NULL, NULL, AGENT_OBJECT, AGENT_INTERFACE, "VMStateChanged",
                                         on_state_changed, b);
@@ -885,59 +397,10 @@ static void bus_dispatch(Bench *b) {
                 ;
 }
 
-/* What the agent is doing when it does not answer: its state, where it sleeps, its kernel stack. */
-static void diagnose_agent(void) {
-        static const char *const files[] = { "wchan", "syscall", "stack" };
-        pid_t pid = agent_pid_for_diagnosis;
-        char path[64], buf[4096];
-        if (pid <= 0)
-                return;
-        for (size_t i = 0; i < ELEMENTSOF(files); i++) {
-                snprintf(path, sizeof(path), "/proc/%d/%s", (int) pid, files[i]);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                ssize_t k = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-                safe_close(fd);
-                buf[k > 0 ? k : 0] = '\0';
-                say("agent pid %d %s: %s", (int) pid, files[i], buf);
-        }
-}
-
-static int call_failed(const char *what, const char *vm, int r, const sd_bus_error *e) {
-        say("%s %s: %s (%s)", what, vm, e && e->message ? e->message : strerror(-r),
-            e && e->name ? e->name : "no error name");
-        if (r == -ETIMEDOUT)
-                diagnose_agent();
-        return r < 0 ? r : -EIO;
-}
-
-static int bus_create_start(Bench *b, size_t i, double *ret_create, double *ret_start) {
-        sd_bus_error e = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
-        Vm *vm = &b->vms[i];
-        double t0 = now();
-        int r = sd_bus_call_method(b->bus, NULL, AGENT_OBJECT, AGENT_INTERFACE, "CreateVM", &e, &reply,
-                                   "ssssssutasa(sqq)", vm->name, "local", "", b->kernel, "", "",
-                                   (uint32_t) 1, (uint64_t) 0, (unsigned) 0, (unsigned) 1, "tcp",
-                                   (int) (HOST_PORT_BASE + i), 80);
-        if (r >= 0)
-                r = sd_bus_message_read(reply, "t", &vm->id);
-        reply = sd_bus_message_unref(reply);
-        if (r < 0) {
-                r = call_failed("CreateVM", vm->name, r, &e);
-                sd_bus_error_free(&e);
-                return r;
-        }
-        double t1 = now();
-        r = sd_bus_call_method(b->bus, NULL, AGENT_OBJECT, AGENT_INTERFACE, "StartVM", &e, NULL, "s",
-                               vm->name);
-        if (r < 0) {
-                r = call_failed("StartVM", vm->name, r, &e);
-                sd_bus_error_free(&e);
-                return r;
-        }
-        *ret_create = t1 - t0;
-        *ret_start = now() - t1;
-        return 0;
+static int vm_create_start(Bench *b, size_t i, double *ret_create, double *ret_start) {
+        BusPort port = { .host = (uint16_t) (HOST_PORT_BASE + i), .guest = 80 };
+        return bus_create_start(b->bus, b->ag.kernel, b->vms[i].name, "local", &port, 1, &b->vms[i].id,
+                                ret_create, ret_start);
 }
 
 static int ctl_run(Bench *b, size_t i) {
@@ -946,11 +409,11 @@ static int ctl_run(Bench *b, size_t i) {
         snprintf(port, sizeof(port), "%zu:80", (size_t) HOST_PORT_BASE + i);
         char *argv[] = { bin,
                          (char *) "--socket",
-                         b->socket,
+                         b->ag.socket,
                          (char *) "run",
                          b->vms[i].name,
                          (char *) "--kernel",
-                         b->kernel,
+                         b->ag.kernel,
                          (char *) "-p",
                          port,
                          NULL };
@@ -1009,115 +472,6 @@ static int bus_inspect(Bench *b, Vm *vm) {
                 return -EIO;
         }
         return 0;
-}
-
-/* The numbers of VMs in each state the agent reports. */
-static int bus_list(Bench *b, size_t *ret_running, size_t *ret_crashed, size_t *ret_total) {
-        sd_bus_error e = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
-        const char *name, *state, *reason, *backend, *hyp, *tap, *ip, *mac;
-        uint64_t id;
-        uint32_t pid;
-        size_t running = 0, crashed = 0, total = 0;
-        int r;
-
-        r = sd_bus_call_method(b->bus, NULL, AGENT_OBJECT, AGENT_INTERFACE, "ListVMs", &e, &reply, NULL);
-        if (r < 0) {
-                r = call_failed("ListVMs", "", r, &e);
-                sd_bus_error_free(&e);
-                return r;
-        }
-        r = sd_bus_message_enter_container(reply, 'a', "(stssusssssa(sqq))");
-        while (r >= 0 && (r = sd_bus_message_enter_container(reply, 'r', "stssusssssa(sqq)")) > 0) {
-                r = sd_bus_message_read(reply, "stssusssss", &name, &id, &state, &reason, &pid, &backend,
-                                        &hyp, &tap, &ip, &mac);
-                if (r >= 0)
-                        r = sd_bus_message_skip(reply, "a(sqq)");
-                if (r >= 0)
-                        r = sd_bus_message_exit_container(reply);
-                total++;
-                running += strcmp(state, "running") == 0;
-                crashed += strcmp(state, "crashed") == 0;
-        }
-        sd_bus_message_unref(reply);
-        if (r < 0)
-                return call_failed("ListVMs (reply)", "", r, NULL);
-        if (ret_running)
-                *ret_running = running;
-        if (ret_crashed)
-                *ret_crashed = crashed;
-        if (ret_total)
-                *ret_total = total;
-        return 0;
-}
-
-/* --- the command-line tools as oracle ------------------------------------------------------------------ */
-
-typedef struct Oracle {
-        char **keys; /* link names and nftables comments, sorted */
-        size_t n, size;
-} Oracle;
-
-static int oracle_add(Oracle *o, const char *s, size_t len) {
-        if (o->n == o->size) {
-                size_t size = o->size ? 2 * o->size : 4096;
-                char **k = realloc(o->keys, size * sizeof(char *));
-                if (!k)
-                        return -ENOMEM;
-                o->keys = k;
-                o->size = size;
-        }
-        o->keys[o->n] = strndup(s, len);
-        return o->keys[o->n++] ? 0 : -ENOMEM;
-}
-
-static int cmp_str(const void *x, const void *y) {
-        return strcmp(*(char *const *) x, *(char *const *) y);
-}
-
-static void oracle_free(Oracle *o) {
-        for (size_t i = 0; i < o->n; i++)
-                free(o->keys[i]);
-        free(o->keys);
-        *o = (Oracle){};
-}
-
-/* `ip -o link show` (names) and `nft list ruleset` (every comment). */
-static int oracle_take(Oracle *o) {
-        char *ip_argv[] = { (char *) "ip", (char *) "-o", (char *) "link", (char *) "show", NULL };
-        char *nft_argv[] = { (char *) "nft", (char *) "list", (char *) "ruleset", NULL };
-        _cleanup_free_ char *links = NULL, *rules = NULL;
-        int r;
-
-        r = run(ip_argv, &links);
-        if (r != 0)
-                return r < 0 ? r : -EIO;
-        r = run(nft_argv, &rules);
-        if (r != 0)
-                return r < 0 ? r : -EIO;
-        for (char *line = links; line && *line;) {
-                char *end = strchrnul(line, '\n'), *name = strstr(line, ": ");
-                if (name && name < end) {
-                        name += 2;
-                        size_t len = strcspn(name, ":@ ");
-                        if ((r = oracle_add(o, name, len)) < 0)
-                                return r;
-                }
-                line = *end ? end + 1 : end;
-        }
-        for (char *p = rules; (p = strstr(p, "comment \""));) {
-                p += strlen("comment \"");
-                size_t len = strcspn(p, "\"");
-                if ((r = oracle_add(o, p, len)) < 0)
-                        return r;
-                p += len;
-        }
-        qsort(o->keys, o->n, sizeof(char *), cmp_str);
-        return 0;
-}
-
-static bool oracle_has(const Oracle *o, const char *key) {
-        return o->n && bsearch(&key, o->keys, o->n, sizeof(char *), cmp_str);
 }
 
 /* Every running VM has its TAP and its elements in the kernel, every killed one none of them. */
@@ -1213,7 +567,7 @@ static bool crashed_signal(Bench *b, void *userdata) {
 /* --- phases -------------------------------------------------------------------------------------------- */
 
 static int phase_bring_up(Bench *b) {
-        ProcInfo c0 = proc_info(b->agent_pid);
+        ProcInfo c0 = proc_info(b->ag.pid);
         double t0 = now();
         int r;
 
@@ -1237,7 +591,7 @@ static int phase_bring_up(Bench *b) {
                                 return r;
                         b->up_ctl[b->n_up_ctl++] = now() - t;
                 } else {
-                        r = bus_create_start(b, i, &b->up_create[b->n_up_bus], &b->up_start[b->n_up_bus]);
+                        r = vm_create_start(b, i, &b->up_create[b->n_up_bus], &b->up_start[b->n_up_bus]);
                         if (r < 0)
                                 return r;
                         b->up_bus[b->n_up_bus++] = now() - t;
@@ -1247,7 +601,7 @@ static int phase_bring_up(Bench *b) {
                         say("  %zu VMs up (%.1f s)", i + 1, now() - t0);
         }
         b->up_total = now() - t0;
-        b->up_cpu = proc_info(b->agent_pid).cpu - c0.cpu;
+        b->up_cpu = proc_info(b->ag.pid).cpu - c0.cpu;
         return 0;
 }
 
@@ -1264,7 +618,7 @@ static int phase_inspect_all(Bench *b) {
         for (int k = 0; k < 3; k++) {
                 size_t running;
                 double t = now();
-                int r = bus_list(b, &running, NULL, NULL);
+                int r = bus_list(b->bus, NULL, NULL, &running, NULL, NULL);
                 if (r < 0)
                         return r;
                 t = now() - t;
@@ -1288,7 +642,7 @@ static int phase_crash(Bench *b) {
         b->kill_signal = calloc(k + 1, sizeof(double));
         if (!b->kill_clean || !b->kill_tap || !b->kill_elems || !b->kill_signal)
                 return -ENOMEM;
-        ProcInfo c0 = proc_info(b->agent_pid);
+        ProcInfo c0 = proc_info(b->ag.pid);
         for (size_t j = 0; j < k; j++) {
                 Vm *vm = &b->vms[j * b->n_vms / k];
                 Watch *w = &b->watch;
@@ -1333,7 +687,7 @@ static int phase_crash(Bench *b) {
                         return -EIO;
                 }
         }
-        b->kill_cpu = (proc_info(b->agent_pid).cpu - c0.cpu) / (double) k;
+        b->kill_cpu = (proc_info(b->ag.pid).cpu - c0.cpu) / (double) k;
         return 0;
 }
 
@@ -1419,7 +773,7 @@ static int peer_setup(Bench *b) {
                                  (char *) "--api-socket",
                                  sock,
                                  (char *) "--kernel",
-                                 b->kernel,
+                                 b->ag.kernel,
                                  (char *) "--cmdline",
                                  (char *) "console=ttyS0",
                                  (char *) "--cpus",
@@ -1529,9 +883,9 @@ static int phase_restart_term(Bench *b, Reconcile *res) {
 
         bus_close(b);
         double t = now();
-        if (kill(b->agent_pid, SIGTERM) < 0)
+        if (kill(b->ag.pid, SIGTERM) < 0)
                 return negative_errno();
-        r = agent_wait_exit(b, 60, &status);
+        r = agent_wait_exit(&b->ag, 60, &status);
         if (r < 0)
                 return bench_error(r, "waiting for the agent to exit after SIGTERM");
         double shutdown = now() - t;
@@ -1539,18 +893,18 @@ static int phase_restart_term(Bench *b, Reconcile *res) {
                 say("chvm-agentd exited with status %d after SIGTERM", status);
                 return -EIO;
         }
-        r = agent_start(b, res);
+        r = agent_start_timed(b, res);
         if (r < 0)
                 return r;
         res->shutdown = shutdown;
-        res->after = proc_info(b->agent_pid);
+        res->after = proc_info(b->ag.pid);
         r = bus_connect(b);
         if (r < 0)
                 return bench_error(r, "connecting to the restarted agent");
         size_t running, want = 0;
         for (size_t i = 0; i < b->n_vms; i++)
                 want += !b->vms[i].dead;
-        r = bus_list(b, &running, NULL, NULL);
+        r = bus_list(b->bus, NULL, NULL, &running, NULL, NULL);
         if (r < 0)
                 return r;
         if (running != want) {
@@ -1561,7 +915,7 @@ static int phase_restart_term(Bench *b, Reconcile *res) {
 }
 
 static bool agent_ready(Bench *b, void *userdata) {
-        return monitor_ready_since(&b->mon, *(unsigned *) userdata, NULL);
+        return monitor_ready_since(&b->ag.mon, *(unsigned *) userdata, NULL);
 }
 
 static int phase_restart_kill(Bench *b) {
@@ -1578,9 +932,9 @@ static int phase_restart_kill(Bench *b) {
         if (d > alive)
                 d = alive;
         bus_close(b);
-        if (kill(b->agent_pid, SIGKILL) < 0)
+        if (kill(b->ag.pid, SIGKILL) < 0)
                 return negative_errno();
-        r = agent_wait_exit(b, 30, &status);
+        r = agent_wait_exit(&b->ag, 30, &status);
         if (r < 0)
                 return r;
 
@@ -1588,7 +942,7 @@ static int phase_restart_kill(Bench *b) {
         for (size_t j = 0; j < d; j++) {
                 Vm *vm = &b->vms[idx[j * alive / d]];
                 /* Ours since their agent died (we are the subreaper): reaped, so the PID is really gone. */
-                if (!is_ours(vm->pid, b->dir) || kill(vm->pid, SIGKILL) < 0)
+                if (!is_ours(vm->pid, b->ag.dir) || kill(vm->pid, SIGKILL) < 0)
                         return bench_error(-ESRCH, vm->name);
                 r = wait_pid(vm->pid, NULL);
                 if (r < 0)
@@ -1603,35 +957,34 @@ static int phase_restart_kill(Bench *b) {
         b->killed_running = alive - k;
 
         /* The start, with the deletions of the dead VMs' objects timed as they are announced. */
-        unsigned n = monitor_reset(&b->mon);
+        unsigned n = monitor_reset(&b->ag.mon);
         double t0 = now(), t_ready = 0;
-        r = agent_spawn(b);
+        r = agent_spawn(&b->ag);
         if (r < 0)
                 return r;
-        agent_pid_for_diagnosis = b->agent_pid;
         r = watch_wait(b, t0 + 120, agent_ready, &n);
         if (r < 0) {
                 say("after SIGKILL: %zu objects of dead VMs not deleted or no READY=1 (%s); log: %s",
-                    b->watch.n_left, strerror(-r), b->log);
+                    b->watch.n_left, strerror(-r), b->ag.log);
                 return r;
         }
-        (void) monitor_ready_since(&b->mon, n, &t_ready);
-        pthread_mutex_lock(&b->mon.lock);
+        (void) monitor_ready_since(&b->ag.mon, n, &t_ready);
+        pthread_mutex_lock(&b->ag.mon.lock);
         *res = (Reconcile){ .ready = t_ready - t0,
-                            .taskstats = b->mon.t_taskstats ? b->mon.t_taskstats - t0 : -1,
-                            .adopted = b->mon.t_adopted ? b->mon.t_adopted - t0 : -1,
+                            .taskstats = b->ag.mon.t_taskstats ? b->ag.mon.t_taskstats - t0 : -1,
+                            .adopted = b->ag.mon.t_adopted ? b->ag.mon.t_adopted - t0 : -1,
                             .shutdown = -1,
                             .last_gone = watch_last(&b->watch, true, true) - t0 };
-        snprintf(res->adopted_line, sizeof(res->adopted_line), "%s", b->mon.adopted);
-        pthread_mutex_unlock(&b->mon.lock);
-        res->after = proc_info(b->agent_pid);
+        snprintf(res->adopted_line, sizeof(res->adopted_line), "%s", b->ag.mon.adopted);
+        pthread_mutex_unlock(&b->ag.mon.lock);
+        res->after = proc_info(b->ag.pid);
         b->killed_ran = true;
 
         r = bus_connect(b);
         if (r < 0)
                 return bench_error(r, "connecting to the restarted agent");
         size_t running, crashed, total;
-        r = bus_list(b, &running, &crashed, &total);
+        r = bus_list(b->bus, NULL, NULL, &running, &crashed, &total);
         if (r < 0)
                 return r;
         if (running != b->killed_running) {
@@ -1679,7 +1032,7 @@ static void report(const Bench *b) {
                "backend local\n");
         printf("  in a network namespace of its own (kernel %s); a VM = TAP on chvm0 + vm_ports + vm_addrs\n"
                "  + 1 tcp port forward; state and runtime folders in %s\n",
-               u.release, b->dir);
+               u.release, b->ag.dir);
         printf("  load average (/proc/loadavg) at the start: %s; at the end: %s; %ld CPUs\n", b->load_start,
                b->load_end, sysconf(_SC_NPROCESSORS_ONLN));
 
@@ -1796,47 +1149,20 @@ static void report(const Bench *b) {
 
 static void cleanup(Bench *b) {
         bus_close(b);
-        if (b->agent_pid > 0) {
-                (void) kill(b->agent_pid, SIGTERM);
-                if (agent_wait_exit(b, 30, NULL) < 0) {
-                        (void) kill(b->agent_pid, SIGKILL);
-                        (void) agent_wait_exit(b, 10, NULL);
-                }
-        }
+        agent_stop(&b->ag);
         peer_stop(b);
         /* The hypervisors outlive the agent on purpose: each ended by its PID, which must still be ours. */
         size_t killed = 0;
         for (size_t i = 0; b->vms && i < b->n_vms; i++)
-                if (b->vms[i].pid > 0 && !b->vms[i].dead && is_ours(b->vms[i].pid, b->dir) &&
+                if (b->vms[i].pid > 0 && !b->vms[i].dead && is_ours(b->vms[i].pid, b->ag.dir) &&
                     kill(b->vms[i].pid, SIGKILL) == 0) {
                         killed++;
                         /* reaped now (ECHILD if it is not our child), so the search below cannot count it */
                         (void) waitpid(b->vms[i].pid, NULL, 0);
                 }
-        /* Any we did not learn the PID of (a run cut short): found by our folder in their command line. */
-        DIR *d = b->dir[0] ? opendir("/proc") : NULL;
-        for (struct dirent *de; d && (de = readdir(d));) {
-                pid_t pid = (pid_t) atoi(de->d_name);
-                if (pid > 1 && pid != getpid() && is_ours(pid, b->dir) && kill(pid, SIGKILL) == 0)
-                        killed++;
-        }
-        if (d)
-                closedir(d);
-        /* Reap them all (ours as the subreaper), and the peer script's last `sleep`. */
-        for (double end = now() + 5; now() < end;) {
-                pid_t p = waitpid(-1, NULL, WNOHANG);
-                if (p < 0 && errno == ECHILD)
-                        break;
-                if (p <= 0)
-                        usleep(10000);
-        }
         watch_close(&b->watch);
-        monitor_stop(&b->mon);
-        if (b->dir[0] && !b->o.keep) {
-                char *argv[] = { (char *) "rm", (char *) "-rf", b->dir, NULL };
-                (void) run(argv, NULL);
-        } else if (b->dir[0])
-                say("kept %s", b->dir);
+        /* Any we did not learn the PID of (a run cut short), and the peer script's last `sleep`. */
+        killed += bench_agent_cleanup(&b->ag, b->o.keep);
         if (killed)
                 say("ended %zu hypervisor(s) by PID", killed);
 }
@@ -1878,6 +1204,7 @@ int main(int argc, char **argv) {
                            .ctl_every = 20 } };
         int r = 0;
 
+        bench_name = "bench/vmm";
         for (int i = 1; i < argc; i++) {
                 struct {
                         const char *name;
@@ -1935,10 +1262,7 @@ int main(int argc, char **argv) {
                 return 0;
         }
         setvbuf(stdout, NULL, _IOLBF, 0);
-        struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: waits end with EINTR */
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGHUP, &sa, NULL);
+        bench_catch_signals();
         /* Hypervisors whose agent exits are reparented to us, not to PID 1: we can reap and end them. */
         (void) prctl(PR_SET_CHILD_SUBREAPER, 1);
 
@@ -1955,17 +1279,7 @@ int main(int argc, char **argv) {
         }
         r = setup_dir(&b);
         if (r < 0) {
-                bench_error(r, "scratch folder");
-                goto finish;
-        }
-        b.agent_env = make_agent_env(b.notify);
-        if (!b.agent_env) {
-                r = -ENOMEM;
-                goto finish;
-        }
-        r = monitor_start(&b.mon, b.notify, b.log);
-        if (r < 0) {
-                bench_error(r, "notify socket and log pipe");
+                bench_error(r, "scratch folder, notify socket and log pipe");
                 goto finish;
         }
         r = watch_open(&b.watch);
@@ -1984,8 +1298,8 @@ int main(int argc, char **argv) {
                 taskstats_listener_free(t);
         }
 
-        say("starting chvm-agentd (empty state in %s)", b.dir);
-        r = agent_start(&b, &b.first);
+        say("starting chvm-agentd (empty state in %s)", b.ag.dir);
+        r = agent_start_timed(&b, &b.first);
         if (r < 0)
                 goto finish;
         r = bus_connect(&b);
@@ -1993,13 +1307,13 @@ int main(int argc, char **argv) {
                 bench_error(r, "connecting to the agent");
                 goto finish;
         }
-        b.at0 = proc_info(b.agent_pid);
+        b.at0 = proc_info(b.ag.pid);
 
         say("bringing up %zu VMs", b.o.vms);
         r = phase_bring_up(&b);
         if (r < 0)
                 goto finish;
-        b.atn = proc_info(b.agent_pid);
+        b.atn = proc_info(b.ag.pid);
         r = phase_inspect_all(&b);
         if (r < 0)
                 goto finish;
@@ -2050,15 +1364,8 @@ int main(int argc, char **argv) {
         r = 0;
 
 finish:
-        if (r < 0 && b.dir[0]) {
-                if (b.mon.log)
-                        fflush(b.mon.log);
-                char *tail_argv[] = { (char *) "tail", (char *) "-n", (char *) "15", b.log, NULL };
-                _cleanup_free_ char *tail = NULL;
-                (void) run(tail_argv, &tail);
-                say("failed; the end of the agents' log %s%s:\n%s", b.log,
-                    b.o.keep ? "" : " (removed; --keep keeps it)", tail ? tail : "");
-        }
+        if (r < 0)
+                bench_agent_show_log(&b.ag, b.o.keep);
         cleanup(&b);
         return r < 0 ? 1 : 0;
 }

@@ -140,7 +140,8 @@ void test_agent_start(TestAgent *a, char *const *env) {
         open_notify(a);
         a->pid = spawn(a, env);
         if (!test_agent_wait_notify(a, "READY=1", 10000)) {
-                char *log = sh("tail -n 40 %s 2>/dev/null", a->log);
+                char *log = sh("cp %s /tmp/chvm-unready-agent.log; grep -n 'refusing\\|error\\|Sanitizer' %s | tail -n 10;"
+                               " tail -n 20 %s 2>/dev/null", a->log, a->log, a->log);
                 cr_assert_fail("chvm-agentd did not become ready (%s, status %d); the end of its log:\n%s",
                                a->pid > 0 ? "still running" : "exited", a->exit_status, log);
         }
