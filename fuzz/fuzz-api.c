@@ -743,8 +743,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 static char **vm_names(void) {
-        char **names = NULL;
-        check(agent_vm_names(h.agent, &names) >= 0);
+        AgentVmInfo *infos = NULL;
+        size_t n = 0;
+        check(agent_vm_list(h.agent, &infos, &n) >= 0);
+        char **names = calloc(n + 1, sizeof(char *));
+        check(names != NULL);
+        for (size_t i = 0; i < n; i++) {
+                names[i] = strdup(infos[i].name);
+                check(names[i] != NULL);
+        }
+        free(infos);
         return names;
 }
 
