@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +23,10 @@ struct Journal {
         char *directory;
         int dir_fd;
         int lock_fd;
+        dev_t lock_dev; /* the lock file, for writers_held() */
+        ino_t lock_ino;
+        pid_t lock_pid; /* who took the lock: a forked child's copy of this Journal holds nothing */
+        Journal *next_writer;
         int fd;
         const FsOps *ops;
         bool read_only;
@@ -128,10 +131,51 @@ static int open_file_at(int dir_fd, const char *name, int flags, int *ret_fd) {
         return 0;
 }
 
+/* The writers this process has open. A POSIX record lock is the process's, not an open file's: a
+ * second open in the same process would be granted it, and closing that second fd would drop the first
+ * writer's lock. So the process checks its own writers before it opens the lock file. */
+static Journal *writers;
+
+static Journal *writer_holding(dev_t dev, ino_t ino) {
+        for (Journal *w = writers; w; w = w->next_writer)
+                if (w->lock_pid == getpid() && w->lock_dev == dev && w->lock_ino == ino)
+                        return w;
+        return NULL;
+}
+
+static void writer_forget(Journal *j) {
+        for (Journal **w = &writers; *w; w = &(*w)->next_writer)
+                if (*w == j) {
+                        *w = j->next_writer;
+                        return;
+                }
+}
+
+static int lock_busy(Journal *j, JournalReport *rep, pid_t holder, bool ourselves) {
+        char by[64] = "";
+        if (holder > 0)
+                snprintf(by, sizeof(by), " (pid %d%s)", (int) holder, ourselves ? ", this process" : "");
+        message_add(rep->message, sizeof(rep->message),
+                    "journal %s/%s is already open for writing by another %s%s (lock %s held); only one "
+                    "writer is allowed",
+                    j->directory, JOURNAL_FILE, ourselves ? "journal of this process" : "process", by,
+                    JOURNAL_LOCK_FILE);
+        return -EBUSY;
+}
+
+/* One writer: a POSIX write lock on ownership.lock (fcntl F_SETLK). Unlike flock() or an OFD lock it is
+ * not shared with forked children — a hypervisor child that has not yet closed the agent's fds when the
+ * agent is killed does not keep the next agent out. The file holds the writer's PID for people; the lock
+ * itself names its holder (F_GETLK). */
 static int take_lock(Journal *j, JournalReport *rep) {
         _cleanup_close_ int fd = -EBADF;
+        struct stat st;
         char pidbuf[32];
         int r;
+
+        if (fstatat(j->dir_fd, JOURNAL_LOCK_FILE, &st, AT_SYMLINK_NOFOLLOW) >= 0 &&
+            writer_holding(st.st_dev, st.st_ino))
+                return lock_busy(j, rep, getpid(), true);
 
         r = open_file_at(j->dir_fd, JOURNAL_LOCK_FILE, O_RDWR | O_CREAT, &fd);
         if (r < 0) {
@@ -139,29 +183,35 @@ static int take_lock(Journal *j, JournalReport *rep) {
                             j->directory, JOURNAL_LOCK_FILE, strerror(-r));
                 return r;
         }
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        struct flock lk = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        if (fcntl(fd, F_SETLK, &lk) < 0) {
                 r = negative_errno();
-                if (r == -EWOULDBLOCK) {
-                        ssize_t n = pread(fd, pidbuf, sizeof(pidbuf) - 1, 0);
-                        pidbuf[n > 0 ? n : 0] = '\0';
-                        pidbuf[strcspn(pidbuf, "\n")] = '\0';
-                        message_add(rep->message, sizeof(rep->message),
-                                    "journal %s/%s is already open for writing by another process%s%s%s "
-                                    "(lock %s held); only one writer is allowed",
-                                    j->directory, JOURNAL_FILE, pidbuf[0] ? " (pid " : "", pidbuf,
-                                    pidbuf[0] ? ")" : "", JOURNAL_LOCK_FILE);
-                        return -EBUSY;
+                if (r == -EAGAIN || r == -EACCES) {
+                        struct flock who = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+                        pid_t holder = fcntl(fd, F_GETLK, &who) >= 0 && who.l_type != F_UNLCK ? who.l_pid : 0;
+                        return lock_busy(j, rep, holder, false);
                 }
                 message_add(rep->message, sizeof(rep->message), "cannot lock %s/%s: %s", j->directory,
                             JOURNAL_LOCK_FILE, strerror(-r));
                 return r;
         }
+        if (fstat(fd, &st) < 0) {
+                r = negative_errno();
+                message_add(rep->message, sizeof(rep->message), "cannot stat %s/%s: %s", j->directory,
+                            JOURNAL_LOCK_FILE, strerror(-r));
+                return r;
+        }
 
-        /* Who holds it, for the message above. Best effort: the lock is what matters. */
+        /* Who holds it, for people reading the file. Best effort: the lock is what matters. */
         int n = snprintf(pidbuf, sizeof(pidbuf), "%d\n", (int) getpid());
         if (ftruncate(fd, 0) >= 0)
                 (void) !pwrite(fd, pidbuf, (size_t) n, 0);
         j->lock_fd = TAKE_FD(fd);
+        j->lock_dev = st.st_dev;
+        j->lock_ino = st.st_ino;
+        j->lock_pid = getpid();
+        j->next_writer = writers;
+        writers = j;
         return 0;
 }
 
@@ -663,7 +713,9 @@ Journal *journal_close(Journal *j) {
         if (!j)
                 return NULL;
         safe_close(j->fd);
-        safe_close(j->lock_fd); /* releases the flock */
+        if (j->lock_fd >= 0)
+                writer_forget(j);
+        safe_close(j->lock_fd); /* releases the lock */
         safe_close(j->dir_fd);
         live_set_free(j->live);
         free(j->directory);

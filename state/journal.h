@@ -2,8 +2,8 @@
 #pragma once
 
 /* The ownership journal: an append-only log of every kernel object the agent means to create, has
- * created, and has released, plus VM states and IP allocations. One writer at a time (flock on
- * ownership.lock); records are appended with one pwrite each and made durable with journal_sync()
+ * created, and has released, plus VM states and IP allocations. One writer at a time (a POSIX
+ * fcntl lock on ownership.lock, not inherited by forked children); records are appended with one pwrite each and made durable with journal_sync()
  * (fdatasync), which must return before the kernel change a record announces is made. A failed write
  * that could be rolled back is returned and the journal stays usable; a failed sync is fatal and never
  * retried: the journal refuses every later write.
@@ -11,7 +11,7 @@
  * Files in the journal's directory:
  *     ownership.journal           the log (header + records)
  *     ownership.snapshot          the live set as of some LSN, written by compaction
- *     ownership.lock              flock()ed by the writer; holds its PID
+ *     ownership.lock              fcntl(F_SETLK)-locked by the writer; holds its PID
  *     ownership.journal.N.broken  a copy of a journal whose torn tail was cut off at open
  *
  * Opening replays snapshot + journal into the live set (state/liveset.h). A torn tail (damage with no

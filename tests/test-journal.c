@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -889,6 +890,46 @@ Test(journal, compaction_crash_points) {
         }
 }
 
+/* The lock is the writer's, not its children's: a writer killed while a child it forked still holds
+ * copies of its fds (a hypervisor between fork and exec) must not keep the next writer out. With flock()
+ * this failed: the child's copy of the open file kept the lock (tests/test-chaos saw it, about one run in
+ * ten). */
+Test(journal, a_dead_writers_child_does_not_hold_the_lock) {
+        int hold[2], told[2];
+        cr_assert_eq(pipe(hold), 0);
+        cr_assert_eq(pipe(told), 0);
+        pid_t writer = fork();
+        cr_assert_geq(writer, 0);
+        if (writer == 0) {
+                JournalOptions o = options(NULL, NULL);
+                Journal *jw = NULL;
+                if (journal_open(&o, &jw, NULL) < 0)
+                        _exit(1);
+                pid_t child = fork();
+                if (child == 0) {
+                        char c;
+                        close(hold[1]);
+                        (void) !read(hold[0], &c, 1); /* every fd of the writer's, until the test lets go */
+                        _exit(0);
+                }
+                (void) !write(told[1], &child, sizeof(child));
+                _exit(child > 0 ? 0 : 1); /* the journal is not closed: as if killed */
+        }
+        close(hold[0]);
+        close(told[1]);
+        int status;
+        cr_assert_eq(waitpid(writer, &status, 0), writer);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        pid_t child = 0;
+        cr_assert_eq(read(told[0], &child, sizeof(child)), (ssize_t) sizeof(child));
+        cr_assert_eq(kill(child, 0), 0, "the writer's child should still run");
+
+        Journal *j = open_ok(NULL, NULL, NULL);
+        journal_close(j);
+        close(hold[1]); /* the child ends */
+        close(told[0]);
+}
+
 /* Acceptance 8: a second writer is refused with a clear error. */
 Test(journal, two_writers) {
         Journal *j = open_ok(NULL, NULL, NULL);
@@ -914,6 +955,18 @@ Test(journal, two_writers) {
         int status;
         cr_assert_eq(waitpid(child, &status, 0), child);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a second process could open the journal");
+
+        /* After a failed second open in this process the first one still holds the lock (a POSIX lock goes
+         * when the process closes any fd of the file: the second open must not have opened it). */
+        cr_assert_eq(journal_open(&o, &j2, &rep), -EBUSY);
+        child = fork();
+        cr_assert_geq(child, 0);
+        if (child == 0) {
+                Journal *jc = NULL;
+                _exit(journal_open(&o, &jc, NULL) == -EBUSY ? 0 : 1);
+        }
+        cr_assert_eq(waitpid(child, &status, 0), child);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the first writer lost its lock");
 
         /* A read-only look is allowed while the writer runs. */
         o.read_only = true;
