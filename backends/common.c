@@ -21,9 +21,16 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, 
         c.master = bridge_ifindex;
         c.up = 1;
         k = rtnl_link_change(rtnl, ifindex, &c);
-        if (k < 0) {
+        if (k == -EXFULL)
+                /* The kernel numbers a bridge's ports in 10 bits (BR_MAX_PORTS), port 0 unused. */
+                snprintf(err, err_size,
+                         "cannot attach TAP %s to its bridge: the bridge is full (a Linux bridge takes at most "
+                         "1023 ports, one per VM)",
+                         r->name);
+        else if (k < 0)
                 snprintf(err, err_size, "cannot attach TAP %s to its bridge: %s%s%s", r->name, strerror(-k),
                          rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
+        if (k < 0) {
                 OwnedLink o = { .ifindex = ifindex, .name = r->name, .tag = r->tag };
                 (void) rtnl_link_delete_owned(rtnl, &o);
                 return k;
