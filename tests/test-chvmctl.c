@@ -527,6 +527,36 @@ Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = tea
         free(out), free(err);
 }
 
+/* A Linux bridge takes at most 1023 ports (BR_MAX_PORTS): with chvm0 filled up by someone's veths a start
+ * fails saying so, and leaves no TAP, no element and no running VM behind. */
+Test(chvmctl, start_on_a_full_bridge, .init = setup_ns, .fini = teardown) {
+        char *out = NULL, *err = NULL;
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        ok("create", ctl(&agent, &out, &err, "create first " KERNEL, test_build_dir()), out, err);
+        free(out), free(err);
+        ok("start", ctl(&agent, &out, &err, "start first"), out, err); /* makes chvm0 */
+        free(out), free(err);
+        free(sh("for i in $(seq 1 1022); do echo \"link add v$i type veth peer name w$i\"; echo \"link set v$i master chvm0\"; done |"
+                " ip -batch -"));
+        char *ports = sh("ip -o link show master chvm0 | wc -l");
+        cr_assert_eq(atoi(ports), 1023, "the bridge should be full: %s ports", ports);
+        free(ports);
+        const char *world = "ip -j link | jq -c '[.[] | .ifname] | sort'; nft -j list ruleset | jq -c '[.nftables[] | select(.element)]'";
+        char *before = sh("%s", world);
+        ok("create", ctl(&agent, &out, &err, "create full " KERNEL, test_build_dir()), out, err);
+        free(out), free(err);
+        int r = ctl(&agent, &out, &err, "start full");
+        cr_assert_eq(r, 1, "chvmctl start full: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "the bridge is full") && strstr(err, "1023 ports"), "chvmctl start full: %s", err);
+        free(out), free(err);
+        char *after = sh("%s", world);
+        cr_assert_str_eq(after, before, "a failed start left something behind");
+        char *state = sh("%s/chvmctl --socket %s --json inspect full | jq -r .state", test_build_dir(), agent.socket);
+        cr_assert(strcmp(state, "running\n") != 0, "the VM is %s", state);
+        free(state), free(before), free(after);
+}
+
 /* busctl can introspect the interface over the socket (peer to peer, no bus daemon). */
 Test(chvmctl, busctl_introspects) {
         char *which = sh("command -v busctl");
