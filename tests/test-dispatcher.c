@@ -735,6 +735,34 @@ static bool names_object(const char *e) {
         return false;
 }
 
+/* Once our tables are there, a bring-up sends no layout: one look at the table's tag, then only the VM's
+ * elements in their batch. (Sending the layout anyway made a transaction that failed with EEXIST and was
+ * aborted at every StartVM, most of its time.) The first bring-up does send it. */
+Test(dispatcher_faults, later_bring_ups_send_no_layout, .init = setup, .fini = teardown) {
+        PortForward p[1] = { { IPPROTO_TCP, 8081, 80 } };
+        fresh_agent();
+        nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
+        cr_assert_eq(fault_flow_up(), 0, "%s", dispatcher_error(disp));
+        bool layout = false;
+        for (unsigned k = 0; k < nlf.n_requests && k < NL_FAULT_LOG_MAX; k++)
+                layout = layout || strstr(nlf.log[k], "nft batch NEWTABLE");
+        cr_assert(layout, "the first bring-up sent no layout batch");
+
+        nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
+        cr_assert_eq(up(2, "beta", "local", p, 1, NULL), 0, "%s", dispatcher_error(disp));
+        unsigned batches = 0;
+        for (unsigned k = 0; k < nlf.n_requests && k < NL_FAULT_LOG_MAX; k++) {
+                cr_assert_null(strstr(nlf.log[k], "NEWTABLE"), "request %u of the second bring-up: %s", k + 1,
+                               nlf.log[k]);
+                batches += strncmp(nlf.log[k], "nft batch", 9) == 0;
+        }
+        cr_assert_eq(batches, 1, "%u nft batches in the second bring-up, want 1 (its elements)", batches);
+        assert_kernel_matches_journal("after the second bring-up");
+        char *m = sh("nft list map inet chvm portfwd4 | grep -c '8081'");
+        cr_assert_str_eq(m, "1\n", "the second VM's forward is not in the map");
+        free(m);
+}
+
 /* (C) The netlink requests of a clean bring-up of one VM with two forwards in an empty namespace, and of its
  * teardown, are counted; then each of them in turn meets each fault. EINTR, ENOBUFS and a lost ACK must be
  * invisible (retried, or the outcome read back from the kernel's tags); refusals fail the operation with an

@@ -308,12 +308,43 @@ static int bridge_ifindex(LocalBackend *l, uint32_t *ret) {
         return 0;
 }
 
-/* One batch: the layout if planned, and every element. -EEXIST on the layout with our table tag means it
- * is already there: then the elements go alone. */
+static Resource *tables_of(ResourceSet *plan) {
+        for (size_t i = 0; i < plan->n; i++)
+                if (plan->items[i].kind == RESOURCE_NFT_TABLES)
+                        return &plan->items[i];
+        return NULL;
+}
+
+static int commit_nft_batch(LocalBackend *l, ResourceSet *plan, bool with_layout);
+
+/* The layout if planned and not there yet, and every element, in one batch. Usually (every bring-up after
+ * the first) our tables are there: a look at the table's tag costs one small request, sending the layout
+ * anyway a kernel transaction that fails with EEXIST and is aborted, most of a StartVM's time. Tables
+ * that vanish between the look and the batch make it fail with ENOENT: then it goes again with the
+ * layout. */
 static int commit_nft(LocalBackend *l, ResourceSet *plan, bool with_layout) {
-        _cleanup_(nft_batch_freep) NftBatch *b = nft_batch_new(l->nft);
+        char t[NFT_TAG_MAX + 1];
+        Resource *tables = tables_of(plan);
+
+        if (with_layout && tables && nft_table_tag(l->nft, &l->layout, t) >= 0 && strcmp(t, tables->tag) == 0) {
+                int r = commit_nft_batch(l, plan, false);
+                if (r != -ENOENT)
+                        return r;
+        }
+        return commit_nft_batch(l, plan, with_layout);
+}
+
+/* -EEXIST on the layout with our table tag means it is already there: then the elements go alone. */
+static int commit_nft_batch(LocalBackend *l, ResourceSet *plan, bool with_layout) {
+        _cleanup_(nft_batch_freep) NftBatch *b = NULL;
+        size_t n_elems = 0;
         int r;
 
+        for (size_t i = 0; i < plan->n; i++)
+                n_elems += resource_kind_is_elem(plan->items[i].kind);
+        if (!with_layout && n_elems == 0)
+                return 0;
+        b = nft_batch_new(l->nft);
         if (!b)
                 return -ENOMEM;
         if (with_layout) {
@@ -336,12 +367,9 @@ static int commit_nft(LocalBackend *l, ResourceSet *plan, bool with_layout) {
                                 plan->items[i].created = true;
         if (r == -EEXIST && with_layout) {
                 char t[NFT_TAG_MAX + 1];
-                Resource *tables = NULL;
-                for (size_t i = 0; i < plan->n; i++)
-                        if (plan->items[i].kind == RESOURCE_NFT_TABLES)
-                                tables = &plan->items[i];
+                Resource *tables = tables_of(plan);
                 if (tables && nft_table_tag(l->nft, &l->layout, t) >= 0 && strcmp(t, tables->tag) == 0)
-                        return commit_nft(l, plan, false);
+                        return commit_nft_batch(l, plan, false);
         }
         if (r < 0)
                 return fail(l, r, "%s", nft_error_message(l->nft));
