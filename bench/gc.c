@@ -1237,6 +1237,14 @@ static void report(const Bench *b) {
                                         : "NOT met");
                 printf("  >= 10x faster than the text-parsing way: %.1fx at p50 (%.1fx min/min): %s\n",
                        p.p50 / a.p50, p.min / a.min, p.p50 / a.p50 >= 10 ? "met" : "NOT met");
+                if (b->n_parts) {
+                        /* A plan that looks at the kernel does at least the link dump the peer's `ip` does:
+                         * the ratio cannot pass the peer's whole time over that dump alone. */
+                        Stats l = stats_of(b->parts[P_LINKS], b->n_parts);
+                        printf("  the ceiling for any plan that dumps the links from the kernel (and does "
+                               "nothing else):\n    C peer p50 / link dump p50 = %.1fx (min/min %.1fx)\n",
+                               p.p50 / l.p50, p.min / l.min);
+                }
         }
 }
 
