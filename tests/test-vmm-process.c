@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -218,6 +219,33 @@ Test(vmm_process, spawn_gate) {
         }
         cr_assert(gone, "the child of a caller that died at the gate is still running");
         cr_assert_eq(access(marker, F_OK), -1, "the program ran although its caller died at the gate");
+}
+
+/* The window between a kill -9 and the process's exit, held open: the killer runs SCHED_FIFO on the one
+ * CPU its victim may use, so the victim cannot run to act on the signal until the killer lets go. */
+Test(vmm_process, a_pending_sigkill_is_dying) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0, "%s", strerror(errno));
+        pid_t victim = fork();
+        cr_assert_geq(victim, 0);
+        if (victim == 0)
+                for (;;)
+                        ; /* runnable all the time, on CPU 0 only */
+        usleep(50000);
+        cr_assert_not(process_dying(victim), "a busy process is not dying");
+        struct sched_param fifo = { .sched_priority = 1 }, other = { .sched_priority = 0 };
+        cr_assert_eq(sched_setscheduler(0, SCHED_FIFO, &fifo), 0, "SCHED_FIFO: %s", strerror(errno));
+        cr_assert_eq(kill(victim, SIGKILL), 0);
+        bool dying = process_dying(victim);
+        char *state = sh("cut -d' ' -f3 /proc/%d/stat", (int) victim);
+        cr_assert_eq(sched_setscheduler(0, SCHED_OTHER, &other), 0);
+        int status;
+        cr_assert_eq(waitpid(victim, &status, 0), victim);
+        cr_assert(dying, "a process with SIGKILL pending is not seen dying (state %s)", state);
+        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        free(state);
 }
 
 Test(vmm_process, dying_is_seen) {
