@@ -35,7 +35,7 @@ typedef struct Vm {
         VmManager *manager;
         uint64_t id;
         char name[33];
-        char api_socket[4400];
+        char *api_socket; /* NULL when unknown */
         VmmProcess process;
         sd_event_source *source;
         sd_event_source *timer;
@@ -50,8 +50,10 @@ typedef struct Vm {
         sd_event_source *talk_io;
         const char *const *talk_reqs, *const *talk_expects;
         size_t talk_n, talk_step, talk_have;
-        char talk_buf[4096];
+        char *talk_buf; /* TALK_BUF_SIZE, only while talking: a VM costs ~0.4 KiB the rest of the time */
 } Vm;
+
+#define TALK_BUF_SIZE 4096
 
 struct VmManager {
         VmManagerConfig cfg;
@@ -99,6 +101,8 @@ static Vm *vm_free(Vm *vm) {
         sd_event_source_disable_unref(vm->timer);
         sd_event_source_disable_unref(vm->talk_io);
         safe_close(vm->talk_fd);
+        free(vm->talk_buf);
+        free(vm->api_socket);
         safe_close(vm->process.pidfd);
         free(vm);
         return NULL;
@@ -307,7 +311,12 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         vm->manager = m;
         vm->id = req->vm_id;
         vm->kind = req->hypervisor;
-        snprintf(vm->api_socket, sizeof(vm->api_socket), "%s", sock);
+        vm->api_socket = strdup(sock);
+        if (!vm->api_socket) {
+                free(vm);
+                r = -ENOMEM;
+                goto undo_net;
+        }
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
         r = vmm_spawn_gated(argv, log, journal_started, vm, &vm->process, err, sizeof(err));
         if (r < 0) {
@@ -319,6 +328,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                         JournalRecord x = {};
                         (void) journal_exit(m, vm->id, &x, JOURNAL_VM_CRASHED, why);
                 }
+                free(vm->api_socket);
                 free(vm);
                 goto undo_net;
         }
@@ -449,6 +459,8 @@ static const char *const qmp_expects[] = { "\"QMP\"", "\"return\"", "\"return\""
 static void talk_close(Vm *vm) {
         vm->talk_io = sd_event_source_disable_unref(vm->talk_io);
         vm->talk_fd = safe_close(vm->talk_fd);
+        free(vm->talk_buf);
+        vm->talk_buf = NULL;
 }
 
 static int talk_send(Vm *vm) {
@@ -475,11 +487,11 @@ static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         (void) s;
         (void) revents;
 
-        if (vm->talk_have + 1 >= sizeof(vm->talk_buf)) {
+        if (vm->talk_have + 1 >= TALK_BUF_SIZE) {
                 talk_failed(vm);
                 return 0;
         }
-        ssize_t n = recv(fd, vm->talk_buf + vm->talk_have, sizeof(vm->talk_buf) - 1 - vm->talk_have, MSG_DONTWAIT);
+        ssize_t n = recv(fd, vm->talk_buf + vm->talk_have, TALK_BUF_SIZE - 1 - vm->talk_have, MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 return 0;
         if (n <= 0) {
@@ -512,12 +524,19 @@ static int start_power_off(VmManager *m, Vm *vm) {
         bool qemu = vm->kind == HYPERVISOR_QEMU;
         int r;
 
+        if (!vm->api_socket)
+                return -ENOENT;
         if (strlen(vm->api_socket) >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
         memcpy(sa.sun_path, vm->api_socket, strlen(vm->api_socket) + 1);
+        if (!vm->talk_buf && !(vm->talk_buf = malloc(TALK_BUF_SIZE)))
+                return -ENOMEM;
         vm->talk_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (vm->talk_fd < 0)
-                return negative_errno();
+        if (vm->talk_fd < 0) {
+                r = negative_errno();
+                talk_close(vm);
+                return r;
+        }
         if (connect(vm->talk_fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
                 r = negative_errno();
                 talk_close(vm);
@@ -612,8 +631,8 @@ static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t p
         vm->kind = m->cfg.kind_of ? m->cfg.kind_of(vm->id, m->cfg.userdata) : m->cfg.hypervisor;
         snprintf(vm->name, sizeof(vm->name), "%s", name);
         char dir[4300];
-        if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0)
-                snprintf(vm->api_socket, sizeof(vm->api_socket), "%s/api.sock", dir);
+        if (vm_dir(m, vm->id, dir, sizeof(dir)) >= 0 && asprintf(&vm->api_socket, "%s/api.sock", dir) < 0)
+                vm->api_socket = NULL; /* no power button then: a stop goes on to SIGTERM */
         vm->process = (VmmProcess){ .pid = pid, .pidfd = pidfd, .start_time = start_time };
         memcpy(vm->process.boot_id, boot_id, 16);
         int k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_adopted_exit, vm);
