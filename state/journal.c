@@ -152,14 +152,14 @@ static void writer_forget(Journal *j) {
 }
 
 static int lock_busy(Journal *j, JournalReport *rep, pid_t holder, bool ourselves) {
-        char by[64] = "";
-        if (holder > 0)
-                snprintf(by, sizeof(by), " (pid %d%s)", (int) holder, ourselves ? ", this process" : "");
+        char by[64] = "another process";
+        if (ourselves)
+                snprintf(by, sizeof(by), "this process (pid %d)", (int) holder);
+        else if (holder > 0)
+                snprintf(by, sizeof(by), "another process (pid %d)", (int) holder);
         message_add(rep->message, sizeof(rep->message),
-                    "journal %s/%s is already open for writing by another %s%s (lock %s held); only one "
-                    "writer is allowed",
-                    j->directory, JOURNAL_FILE, ourselves ? "journal of this process" : "process", by,
-                    JOURNAL_LOCK_FILE);
+                    "journal %s/%s is already open for writing by %s (lock %s held); only one writer is allowed",
+                    j->directory, JOURNAL_FILE, by, JOURNAL_LOCK_FILE);
         return -EBUSY;
 }
 
