@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,6 +67,17 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
         char err[256];
         int leak = open("/dev/null", O_RDONLY); /* not close-on-exec: must still not reach the child */
         cr_assert_geq(leak, 0);
+        /* nor one past 1024, where an agent with a thousand VMs has its pidfds */
+        struct rlimit nofile;
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+        if (nofile.rlim_cur < 2048 && nofile.rlim_max >= 2048) {
+                nofile.rlim_cur = 2048;
+                cr_assert_eq(setrlimit(RLIMIT_NOFILE, &nofile), 0);
+        }
+        cr_assert_geq(nofile.rlim_cur, 2048, "RLIMIT_NOFILE %llu: cannot test an fd past 1024",
+                      (unsigned long long) nofile.rlim_cur);
+        int high = dup2(leak, 1500);
+        cr_assert_eq(high, 1500, "%s", strerror(errno));
         cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
         wait_pidfd(p.pidfd);
         char *log = sh("cat %s", log_path);
@@ -74,7 +86,9 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
         cr_assert_str_eq(pgid, pid, "not in a process group of its own: %s", log);
         /* ls itself has 0, 1, 2 and the directory it reads (3) */
         cr_assert(strstr(log, "\n0 1 2 3 ") || strstr(log, "\n0 1 2 "), "inherited fds: %s", log);
+        cr_assert_null(strstr(log, " 1500 "), "fd 1500 reached the child: %s", log);
         free(log);
+        close(high);
         close(leak);
         close(p.pidfd);
 }

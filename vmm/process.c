@@ -106,6 +106,20 @@ int boot_id_get(uint8_t ret[16]) {
         return k == 32 ? 0 : -EBADMSG;
 }
 
+/* Closes every fd from 3 up but a and b (each may be negative: none), in ranges. */
+static void close_all_but(int a, int b) {
+        int keep[2] = { a < b ? a : b, a < b ? b : a };
+        unsigned from = 3;
+        for (int i = 0; i < 2; i++) {
+                if (keep[i] < (int) from)
+                        continue;
+                if ((unsigned) keep[i] > from)
+                        (void) close_range(from, (unsigned) keep[i] - 1, 0);
+                from = (unsigned) keep[i] + 1;
+        }
+        (void) close_range(from, ~0U, 0);
+}
+
 _noreturn_ static void child(char *const argv[], int log_fd, int report_fd, int gate_fd) {
         sigset_t none;
         int r;
@@ -121,11 +135,9 @@ _noreturn_ static void child(char *const argv[], int log_fd, int report_fd, int 
         if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log_fd, STDOUT_FILENO) < 0 ||
             dup2(log_fd, STDERR_FILENO) < 0)
                 goto fail;
-        /* Everything else stays behind (the agent's sockets, its journal lock); the report pipe is
-         * close-on-exec. */
-        for (int fd = 3; fd < 1024; fd++)
-                if (fd != report_fd && fd != gate_fd)
-                        (void) close(fd);
+        /* Everything else stays behind (the agent's sockets, its pidfds — past fd 1024 at a thousand VMs —,
+         * its journal lock); the report pipe is close-on-exec. */
+        close_all_but(report_fd, gate_fd);
         /* Held at the gate until the agent has journaled this process: an agent killed before that leaves
          * no hypervisor it never heard of — end of file here, and this process ends without running. */
         if (gate_fd >= 0) {
