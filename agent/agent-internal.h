@@ -38,8 +38,19 @@ struct Agent {
         U64Map *vms; /* AgentVm by id */
         AgentStateCallback on_state;
         void *userdata;
+        /* One dump of the links while links_held > 0 (a collection's scans, a doctor run), made at the first
+         * ask and shared by every backend (BackendConfig.links). */
+        unsigned links_held;
+        bool links_dumped;
+        struct LinkInfo *links;
+        size_t n_links;
         char error[1024];
 };
+
+/* The links as one dump made them, for as long as the outermost hold lasts. */
+void agent_links_hold(Agent *a);
+void agent_links_release(Agent *a);
+int agent_links(void *agent, const struct LinkInfo **ret, size_t *ret_n);
 
 
 AgentVm *agent_find_vm(const Agent *a, const char *name);

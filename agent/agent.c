@@ -18,6 +18,7 @@
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
+#include "backends/nl/rtnl.h"
 #include "state/agent-id.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
@@ -238,6 +239,37 @@ static int open_journal(Agent *a, char *err, size_t err_size) {
         return 0;
 }
 
+void agent_links_hold(Agent *a) {
+        a->links_held++;
+}
+
+void agent_links_release(Agent *a) {
+        if (a->links_held == 0 || --a->links_held > 0)
+                return;
+        free(a->links);
+        a->links = NULL;
+        a->n_links = 0;
+        a->links_dumped = false;
+}
+
+int agent_links(void *agent, const LinkInfo **ret, size_t *ret_n) {
+        Agent *a = agent;
+        if (a->links_held == 0)
+                return -ENOENT; /* not in a collection: the backend's own, fresh dump */
+        if (!a->links_dumped) {
+                _cleanup_(rtnl_closep) Rtnl *rtnl = NULL;
+                int r = rtnl_open(&rtnl);
+                if (r >= 0)
+                        r = rtnl_link_dump(rtnl, &a->links, &a->n_links);
+                if (r < 0)
+                        return r; /* each backend then dumps, and says what failed */
+                a->links_dumped = true;
+        }
+        *ret = a->links;
+        *ret_n = a->n_links;
+        return 0;
+}
+
 static int load_backends(Agent *a, char *err, size_t err_size) {
         for (unsigned i = 0; i < a->cfg.n_backends; i++) {
                 const char *name = a->cfg.backends[i];
@@ -248,7 +280,9 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
                                      .prefixlen = a->cfg.local_prefixlen,
                                      .gateway = a->cfg.local_gateway,
                                      .tap_prefix = a->cfg.local_tap_prefix,
-                                     .table_owner = (TableOwner) a->cfg.local_table_owner };
+                                     .table_owner = (TableOwner) a->cfg.local_table_owner,
+                                     .links = agent_links,
+                                     .links_userdata = a };
                 if (strcmp(name, "bridge") == 0) {
                         bc.bridge = a->cfg.bridge_bridge;
                         bc.tap_prefix = a->cfg.bridge_tap_prefix;

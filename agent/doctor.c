@@ -251,15 +251,17 @@ static int cmp_link_name(const void *x, const void *y) {
 
 /* Running VMs' TAPs must exist and be ports of the agent's bridge (someone may have deleted chvm0). */
 static int check_links(Agent *a, DoctorReport *r) {
-        _cleanup_free_ LinkInfo *links = NULL;
+        const LinkInfo *dump = NULL;
         size_t n = 0, missing = 0, detached = 0;
-        Rtnl *rtnl = NULL;
-        int k = rtnl_open(&rtnl);
-        if (k >= 0)
-                k = rtnl_link_dump(rtnl, &links, &n);
-        rtnl_close(rtnl);
+        int k = agent_links(a, &dump, &n); /* the dump the plan's scans read too */
         if (k < 0)
                 return add(r, DOCTOR_WARNING, "links", "cannot list links: %s", strerror(-k));
+        /* sorted by name here: a copy, the shared dump stays as it is */
+        _cleanup_free_ LinkInfo *links = n ? malloc(n * sizeof(LinkInfo)) : NULL;
+        if (n && !links)
+                return -ENOMEM;
+        if (n)
+                memcpy(links, dump, n * sizeof(LinkInfo));
         uint32_t bridge = 0;
         for (size_t i = 0; i < n; i++)
                 if (strcmp(links[i].name, a->cfg.local_bridge) == 0)
@@ -293,7 +295,17 @@ static int check_links(Agent *a, DoctorReport *r) {
         return missing || detached ? 0 : add(r, DOCTOR_OK, "links", "running VMs' TAPs are in place");
 }
 
+static int agent_doctor_(Agent *a, DoctorReport *ret);
+
+/* One dump of the links for the whole report: the plan's scans and the TAP check read the same. */
 int agent_doctor(Agent *a, DoctorReport *ret) {
+        agent_links_hold(a);
+        int k = agent_doctor_(a, ret);
+        agent_links_release(a);
+        return k;
+}
+
+static int agent_doctor_(Agent *a, DoctorReport *ret) {
         DoctorReport r = {};
         agent_refresh(a);
         int k = check_journal(a, &r);

@@ -128,7 +128,17 @@ typedef struct Gc {
         int processes_error;
 } Gc;
 
+static int scan_all_(Gc *g);
+
+/* Every backend's scan reads the same dump of the links (agent_links()). */
 static int scan_all(Gc *g) {
+        agent_links_hold(g->a);
+        int r = scan_all_(g);
+        agent_links_release(g->a);
+        return r;
+}
+
+static int scan_all_(Gc *g) {
         Agent *a = g->a;
         for (size_t i = 0; i < a->n_backends; i++) {
                 Backend *b = a->backends[i];

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHVM_BACKEND_ABI 2U /* 2: BackendConfig.nl_ops and table_owner */
+#define CHVM_BACKEND_ABI 3U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -84,6 +84,11 @@ typedef enum TableOwner {
 const char *table_owner_to_string(TableOwner t);
 TableOwner table_owner_from_string(const char *s);
 
+struct LinkInfo; /* backends/nl/rtnl.h */
+
+/* The links of the host as one dump made them: *ret stays valid until the scan that asked returns. */
+typedef int (*BackendLinksFn)(void *userdata, const struct LinkInfo **ret, size_t *ret_n);
+
 typedef struct BackendConfig {
         const char *agent_id; /* UUID string */
         const char *table; /* nft table name (local) */
@@ -96,6 +101,11 @@ typedef struct BackendConfig {
         /* The netlink socket calls (backends/nl/nlops.h); NULL: the system's. Only tests set it, to inject
          * faults into every netlink request the backend makes. */
         const struct NlOps *nl_ops;
+        /* The agent's dump of the links for the collection (or doctor run) in progress, so that every
+         * backend's scan reads the same one: with local and bridge loaded, a collection dumps the links once,
+         * not twice. NULL, or a call that fails: the backend dumps them itself. */
+        BackendLinksFn links;
+        void *links_userdata;
 } BackendConfig;
 
 typedef struct PortForward {

@@ -39,14 +39,19 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, 
         return 0;
 }
 
-int backend_scan_links(Rtnl *rtnl, const char *tap_prefix, ResourceSet *ret) {
-        _cleanup_free_ LinkInfo *links = NULL;
-        size_t n;
+int backend_scan_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *tap_prefix,
+                       ResourceSet *ret) {
+        _cleanup_free_ LinkInfo *own = NULL;
+        const LinkInfo *links = NULL;
+        size_t n = 0;
         int k;
 
-        k = rtnl_link_dump(rtnl, &links, &n);
-        if (k < 0)
-                return k;
+        if (!shared || shared(userdata, &links, &n) < 0) {
+                k = rtnl_link_dump(rtnl, &own, &n);
+                if (k < 0)
+                        return k;
+                links = own;
+        }
         for (size_t i = 0; i < n; i++) {
                 const LinkInfo *l = &links[i];
                 bool tagged = strncmp(l->alias, "chvm1:", 6) == 0;

@@ -12,7 +12,9 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, 
 
 /* Appends the links the agent could own: TAPs and bridges whose alias is a chvm1 tag (any agent), and
  * untagged TAPs whose name starts with tap_prefix (tag ""). */
-int backend_scan_links(Rtnl *rtnl, const char *tap_prefix, ResourceSet *ret);
+/* From the dump `shared` gives (see BackendConfig.links), or a dump of its own when there is none. */
+int backend_scan_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *tap_prefix,
+                       ResourceSet *ret);
 
 /* Removes one link after re-reading its identity; a link given without ifindex is looked up by name. */
 int backend_remove_link(Rtnl *rtnl, const Resource *r);

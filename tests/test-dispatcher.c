@@ -26,6 +26,7 @@
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "backends/nl/nft.h"
+#include "backends/nl/rtnl.h"
 #include "state/journal.h"
 #include "tests/nlfault.h"
 #include "tests/shell-oracle.h"
@@ -682,6 +683,60 @@ Test(dispatcher, bad_requests) {
         free(links);
         cr_assert_eq(live_set_n_objects(journal_live_set(journal)), 0,
                      "a refused request left journal records");
+}
+
+/* --- one link dump for every backend's scan (BackendConfig.links) ----------------------------------- */
+
+static unsigned links_asked;
+static bool links_fail;
+
+static int given_links(void *userdata, const struct LinkInfo **ret, size_t *ret_n) {
+        links_asked++;
+        if (links_fail)
+                return -EIO;
+        *ret = userdata;
+        *ret_n = 1;
+        return 0;
+}
+
+static bool scan_has(Backend *b, const char *name) {
+        ResourceSet s = {};
+        bool found = false;
+        cr_assert_eq(b->vtable->scan(b, &s), 0, "%s", b->vtable->error_message(b));
+        for (size_t i = 0; i < s.n; i++)
+                found = found || strcmp(s.items[i].name, name) == 0;
+        resource_set_clear(&s);
+        return found;
+}
+
+/* Both link backends scan what the agent's dump gives them (a TAP that is only in that list is found, a
+ * real one not in it is not), and make a dump of their own when the agent's fails. */
+Test(dispatcher, scans_read_the_shared_link_dump) {
+        static LinkInfo only = { .ifindex = 4242, .name = "tap-shared0", .kind = "tun",
+                                 .alias = "chvm1:" AGENT ":00000000000000aa:tap" };
+        BackendConfig lc = config("chvm0", 24), bc = config("br-test", 24);
+        lc.links = bc.links = given_links;
+        lc.links_userdata = bc.links_userdata = &only;
+        Backend *lb, *bb;
+        char err[512];
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &bb, err, sizeof(err)), 0, "%s", err);
+        free(sh("ip tuntap add dev tap-real0 mode tap"));
+        for (int fail = 0; fail < 2; fail++) {
+                links_fail = fail;
+                links_asked = 0;
+                Backend *both[] = { lb, bb };
+                for (size_t i = 0; i < ELEMENTSOF(both); i++) {
+                        bool shared = scan_has(both[i], "tap-shared0"), real = scan_has(both[i], "tap-real0");
+                        cr_assert(fail ? !shared && real : shared && !real,
+                                  "backend %s, the agent's dump %s: tap-shared0 %sfound, tap-real0 %sfound",
+                                  both[i]->vtable->name, fail ? "failing" : "given", shared ? "" : "not ",
+                                  real ? "" : "not ");
+                }
+                cr_assert_eq(links_asked, 4, "the agent's dump was asked %u times for 4 scans", links_asked);
+        }
+        backend_unload(lb);
+        backend_unload(bb);
 }
 
 /* --- netlink faults at every request of a bring-up and teardown ------------------------------------ */

@@ -20,6 +20,8 @@ typedef struct BridgeBackend {
         char bridge[IFNAMSIZ], tap_prefix[IFNAMSIZ];
         Rtnl *rtnl;
         char error[512];
+        BackendLinksFn links; /* the agent's shared link dump (BackendConfig.links) */
+        void *links_userdata;
 } BridgeBackend;
 
 extern const BackendVTable chvm_backend;
@@ -49,6 +51,8 @@ static int bridge_init(Backend *b, const BackendConfig *cfg) {
         if (r < 0)
                 return fail(x, r, "cannot open rtnetlink: %s", strerror(-r));
         rtnl_set_ops(x->rtnl, cfg->nl_ops);
+        x->links = cfg->links;
+        x->links_userdata = cfg->links_userdata;
         return 0;
 }
 
@@ -130,7 +134,7 @@ static int bridge_remove_many(Backend *b, const Resource *r, size_t n) {
 
 static int bridge_scan(Backend *b, ResourceSet *ret) {
         BridgeBackend *x = BRIDGE(b);
-        int k = backend_scan_links(x->rtnl, x->tap_prefix, ret);
+        int k = backend_scan_links(x->rtnl, x->links, x->links_userdata, x->tap_prefix, ret);
         return k < 0 ? fail(x, k, "cannot list links: %s", strerror(-k)) : 0;
 }
 

@@ -35,6 +35,8 @@ typedef struct LocalBackend {
         Rtnl *rtnl;
         Nft *nft;
         char error[640];
+        BackendLinksFn links; /* the agent's shared link dump (BackendConfig.links) */
+        void *links_userdata;
 } LocalBackend;
 
 #define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
@@ -88,6 +90,8 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         if (r < 0)
                 return fail(l, r, "cannot open rtnetlink: %s", strerror(-r));
         rtnl_set_ops(l->rtnl, cfg->nl_ops);
+        l->links = cfg->links;
+        l->links_userdata = cfg->links_userdata;
         /* The one nfnetlink socket of the backend: every batch goes through it (see table ownership). */
         r = nft_open(&l->nft);
         if (r < 0)
@@ -588,7 +592,7 @@ static int local_scan(Backend *b, ResourceSet *ret) {
         size_t n;
         int k;
 
-        k = backend_scan_links(l->rtnl, l->tap_prefix, ret);
+        k = backend_scan_links(l->rtnl, l->links, l->links_userdata, l->tap_prefix, ret);
         if (k < 0)
                 return fail(l, k, "cannot list links: %s", strerror(-k));
         k = nft_table_tag(l->nft, &l->layout, t);
