@@ -274,10 +274,15 @@ static int socket_from_systemd(Api *api, char *err, size_t err_size) {
         return 1;
 }
 
+/* How long a socket (or table) of a killed agent may stay held by its forked children. */
+#define STALE_HOLDER_WAIT_MS 3000
+
 /* Someone listens there already: another agent (the journal lock only covers our state folder). */
 static bool socket_in_use(const struct sockaddr_un *sa) {
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        return fd >= 0 && connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) == 0;
+        /* Non-blocking: a listener that accepts nothing fills its backlog, and a blocking connect would
+         * then wait for ever; EAGAIN says someone listens just as well. */
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        return fd >= 0 && (connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) == 0 || errno == EAGAIN);
 }
 
 static int socket_own(Api *api, char *err, size_t err_size) {
@@ -296,7 +301,14 @@ static int socket_own(Api *api, char *err, size_t err_size) {
                         snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it", path);
                         return -EEXIST;
                 }
-                if (socket_in_use(&sa)) {
+                /* An agent just killed may still "listen" for a moment: a hypervisor child it forked holds a
+                 * copy of the socket until it has closed the agent's fds (or ended at its gate). */
+                bool busy = socket_in_use(&sa);
+                for (unsigned waited = 0; busy && waited < STALE_HOLDER_WAIT_MS; waited += 20) {
+                        usleep(20000);
+                        busy = socket_in_use(&sa);
+                }
+                if (busy) {
                         snprintf(err, err_size, "%s: another agent is listening there", path);
                         return -EADDRINUSE;
                 }

@@ -348,3 +348,53 @@ Test(agentd, capabilities_it_needs) {
         cr_assert(strstr(log, "cannot give") && strstr(log, "to group users"), "%s", log);
         free(log);
 }
+
+/* A process listening at the control socket's path for a moment (a hypervisor child of a killed agent
+ * that has not closed the agent's fds yet) is waited for; one that keeps listening is another agent, and
+ * the agent refuses to start naming the path. */
+static pid_t listen_at(const char *path, useconds_t for_us) {
+        int ready[2];
+        cr_assert_eq(pipe(ready), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                if (strlen(path) >= sizeof(sa.sun_path))
+                        _exit(1);
+                memcpy(sa.sun_path, path, strlen(path) + 1);
+                int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+                if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 16) < 0)
+                        _exit(1);
+                (void) !write(ready[1], "r", 1);
+                usleep(for_us);
+                _exit(0);
+        }
+        char c;
+        close(ready[1]);
+        cr_assert_eq(read(ready[0], &c, 1), 1, "the listener could not listen at %s", path);
+        close(ready[0]);
+        return pid;
+}
+
+Test(agentd, a_stale_listener_is_waited_for_a_live_one_refused) {
+        test_agent_init(&agent, NULL);
+        free(sh("mkdir -p %s", agent.runtime_dir));
+        pid_t stale = listen_at(agent.socket, 500000);
+        test_agent_start(&agent, NULL); /* fails unless it becomes ready */
+        int status;
+        cr_assert_eq(waitpid(stale, &status, 0), stale);
+        char *out, *err;
+        cr_assert_eq(ctl(&agent, &out, &err, "list"), 0, "%s", err);
+        free(out), free(err);
+        (void) test_agent_signal_wait(&agent, SIGTERM);
+
+        free(sh("rm -f %s", agent.socket));
+        pid_t live = listen_at(agent.socket, 20000000);
+        char *log;
+        status = test_agent_run_to_exit(&agent, NULL, &log);
+        kill(live, SIGKILL);
+        waitpid(live, NULL, 0);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d:\n%s", status, log);
+        cr_assert(strstr(log, "another agent is listening there") && strstr(log, agent.socket), "%s", log);
+        free(log);
+}

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* After netinet/in.h, whose definitions linux/netfilter.h would clash with. */
@@ -391,6 +392,44 @@ Test(dispatcher, restart_adopts_orphaned_tables) {
         o = sh("nft list ruleset | grep -c ':0000000000000001:'; true");
         cr_assert_str_eq(o, "0\n");
         free(o);
+}
+
+/* An agent killed while a child it forked still has copies of its fds (a hypervisor between fork and
+ * close_range, on a loaded machine): its socket, and so its tables' ownership, outlives it for a moment.
+ * The next agent waits for the child to let go and adopts them instead of refusing to start (test-chaos
+ * saw that refusal). */
+Test(dispatcher, restart_waits_for_a_killed_agents_children) {
+        close_agent();
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                open_agent("chvm0", 24);
+                if (up(1, "alpha", "local", NULL, 0, NULL) < 0)
+                        _exit(1);
+                if (fork() == 0) {
+                        usleep(500000); /* every fd of the agent's, for half a second */
+                        _exit(0);
+                }
+                raise(SIGKILL);
+                _exit(2);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status), "the agent's bring-up failed");
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+                     "still owned: the child holds the dead agent's socket");
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        open_agent("chvm0", 24); /* asserts that the backends load */
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, "adopted");
+        char *o = sh("nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }' 2>&1");
+        cr_assert(strstr(o, "Operation not permitted"), "adopted by the new agent, so others may not: %s", o);
+        free(o);
+        cr_log_info("the new agent waited %ld ms for the dead agent's child",
+                    (long) ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+        cr_assert_eq(dispatcher_recover(disp), 0, "%s", dispatcher_error(disp));
+        assert_kernel_matches_journal("after the restart");
 }
 
 /* The fallback, forced: the probe refused as a kernel before 6.9 refuses NFT_TABLE_F_PERSIST. auto makes

@@ -107,6 +107,8 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
  * left by an earlier agent are orphaned (the kernel kept them for PERSIST when its socket closed) and are
  * adopted here, before anything changes them. OWNER without PERSIST is never used: the kernel would delete
  * both tables, port forwards and anti-spoofing with them, whenever the agent stops or crashes. */
+#define STALE_OWNER_WAIT_MS 3000
+
 static int setup_table_owner(LocalBackend *l, TableOwner want) {
         char tag_inet[NFT_TAG_MAX + 1], tag_bridge[NFT_TAG_MAX + 1];
         NftTableInfo inet, br;
@@ -128,15 +130,27 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
                 return fail(l, r, "cannot probe the nftables table flags: %s", nft_error_message(l->nft));
         l->layout.table_flags = OWNED_TABLE_FLAGS;
 
-        r = nft_table_info(l->nft, &l->layout, NFPROTO_INET, &inet);
-        rb = nft_table_info(l->nft, &l->layout, NFPROTO_BRIDGE, &br);
+        /* Tables owned by another socket: an agent that runs on them, or one just killed whose socket a
+         * hypervisor child it forked still holds for a moment (until the child has closed the agent's fds, or
+         * ended at its gate). The latter lets go soon; the former is refused after the wait. */
+        snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
+        snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
+        for (unsigned waited = 0;; waited += 20) {
+                r = nft_table_info(l->nft, &l->layout, NFPROTO_INET, &inet);
+                rb = nft_table_info(l->nft, &l->layout, NFPROTO_BRIDGE, &br);
+                bool other = (r >= 0 && strcmp(inet.tag, tag_inet) == 0 && inet.flags & NFT_TABLE_F_OWNER &&
+                              inet.owner != nft_portid(l->nft)) ||
+                             (rb >= 0 && strcmp(br.tag, tag_bridge) == 0 && br.flags & NFT_TABLE_F_OWNER &&
+                              br.owner != nft_portid(l->nft));
+                if (!other || waited >= STALE_OWNER_WAIT_MS)
+                        break;
+                usleep(20000);
+        }
         if (r == -ENOENT && rb == -ENOENT)
                 return 0; /* made owned at the first bring-up */
         if ((r < 0 && r != -ENOENT) || (rb < 0 && rb != -ENOENT))
                 return fail(l, r < 0 && r != -ENOENT ? r : rb, "cannot read the nftables tables %s: %s",
                             l->table, strerror(-(r < 0 && r != -ENOENT ? r : rb)));
-        snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
-        snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
         if (r < 0 || rb < 0 || strcmp(inet.tag, tag_inet) != 0 || strcmp(br.tag, tag_bridge) != 0)
                 return 0; /* not (all) ours: bring-up says so when it gets there */
 
