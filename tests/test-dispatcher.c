@@ -359,21 +359,31 @@ Test(dispatcher, flush_ruleset_passes_owned_tables) {
 /* The agent crashes (its process dies with the socket): the tables stay, orphaned (PERSIST alone), the VMs'
  * elements in them. The next agent adopts them before it changes anything, so they are its alone again;
  * recovery and teardown then work on them as ever. */
-Test(dispatcher, restart_adopts_orphaned_tables) {
+/* An agent in a child process brings VM 1 ("alpha") up with these forwards, leaves a child of its own
+ * holding every fd of the agent's for holder_us (0: none), and is SIGKILLed. */
+static void killed_agent_after_bring_up(const PortForward *p, size_t n, useconds_t holder_us) {
         close_agent();
         pid_t pid = fork();
         cr_assert_geq(pid, 0);
         if (pid == 0) {
                 open_agent("chvm0", 24);
-                PortForward p[2] = { { IPPROTO_TCP, 8080, 80 }, { IPPROTO_UDP, 5353, 53 } };
-                if (up(1, "alpha", "local", p, 2, NULL) < 0)
+                if (up(1, "alpha", "local", p, n, NULL) < 0)
                         _exit(1);
+                if (holder_us > 0 && fork() == 0) {
+                        usleep(holder_us);
+                        _exit(0);
+                }
                 raise(SIGKILL);
                 _exit(2);
         }
         int status;
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         cr_assert(WIFSIGNALED(status), "the agent's bring-up failed");
+}
+
+Test(dispatcher, restart_adopts_orphaned_tables) {
+        PortForward p[2] = { { IPPROTO_TCP, 8080, 80 }, { IPPROTO_UDP, 5353, 53 } };
+        killed_agent_after_bring_up(p, 2, 0);
         cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_PERSIST, "orphaned");
         cr_assert_eq(table_flags(NFPROTO_BRIDGE), NFT_TABLE_F_PERSIST, "orphaned");
         char *o = sh("nft list ruleset | grep -c ':0000000000000001:'");
@@ -399,23 +409,7 @@ Test(dispatcher, restart_adopts_orphaned_tables) {
  * The next agent waits for the child to let go and adopts them instead of refusing to start (test-chaos
  * saw that refusal). */
 Test(dispatcher, restart_waits_for_a_killed_agents_children) {
-        close_agent();
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                open_agent("chvm0", 24);
-                if (up(1, "alpha", "local", NULL, 0, NULL) < 0)
-                        _exit(1);
-                if (fork() == 0) {
-                        usleep(500000); /* every fd of the agent's, for half a second */
-                        _exit(0);
-                }
-                raise(SIGKILL);
-                _exit(2);
-        }
-        int status;
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        cr_assert(WIFSIGNALED(status), "the agent's bring-up failed");
+        killed_agent_after_bring_up(NULL, 0, 500000); /* every fd of the agent's, for half a second */
         cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
                      "still owned: the child holds the dead agent's socket");
         struct timespec t0, t1;
