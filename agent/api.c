@@ -274,9 +274,6 @@ static int socket_from_systemd(Api *api, char *err, size_t err_size) {
         return 1;
 }
 
-/* How long a socket (or table) of a killed agent may stay held by its forked children. */
-#define STALE_HOLDER_WAIT_MS 3000
-
 /* Someone listens there already: another agent (the journal lock only covers our state folder). */
 static bool socket_in_use(const struct sockaddr_un *sa) {
         /* Non-blocking: a listener that accepts nothing fills its backlog, and a blocking connect would

@@ -90,3 +90,8 @@ static inline void unaligned_write_le64(void *p, uint64_t v) {
         unaligned_write_le32(p, (uint32_t) v);
         unaligned_write_le32((uint8_t *) p + 4, (uint32_t) (v >> 32));
 }
+
+/* How long a killed agent's sockets (its control socket, the netlink socket that owns its nftables
+ * tables) may stay held by a hypervisor child it forked, before the next agent takes them for another
+ * agent's and refuses to start. See chvm-agentd(8), FILES. */
+#define STALE_HOLDER_WAIT_MS 3000U

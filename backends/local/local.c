@@ -107,8 +107,6 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
  * left by an earlier agent are orphaned (the kernel kept them for PERSIST when its socket closed) and are
  * adopted here, before anything changes them. OWNER without PERSIST is never used: the kernel would delete
  * both tables, port forwards and anti-spoofing with them, whenever the agent stops or crashes. */
-#define STALE_OWNER_WAIT_MS 3000
-
 static int setup_table_owner(LocalBackend *l, TableOwner want) {
         char tag_inet[NFT_TAG_MAX + 1], tag_bridge[NFT_TAG_MAX + 1];
         NftTableInfo inet, br;
@@ -142,7 +140,7 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
                               inet.owner != nft_portid(l->nft)) ||
                              (rb >= 0 && strcmp(br.tag, tag_bridge) == 0 && br.flags & NFT_TABLE_F_OWNER &&
                               br.owner != nft_portid(l->nft));
-                if (!other || waited >= STALE_OWNER_WAIT_MS)
+                if (!other || waited >= STALE_HOLDER_WAIT_MS)
                         break;
                 usleep(20000);
         }
