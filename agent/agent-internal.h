@@ -18,6 +18,11 @@ typedef struct AgentVm {
         uint64_t id;
         VmDef *def; /* NULL: the definition file is missing or does not parse */
         char def_error[512];
+        /* The last DHCP lease the local backend's server gave it since this agent started (not journaled:
+         * the address itself is, and a renewal refills this). */
+        uint32_t lease_address;
+        uint64_t lease_acked_usec; /* CLOCK_REALTIME; 0: none */
+        char lease_client_hostname[64];
 } AgentVm;
 
 struct Agent {

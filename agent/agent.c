@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -11,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
@@ -153,6 +155,10 @@ static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVm
         AgentVm *v = u64map_get(a->vms, vm_id);
         LogVm lv = { .name = name, .id = vm_id, .backend = v ? vm_backend(a, v) : NULL };
 
+        if (v) { /* a lease lives as long as its guest */
+                v->lease_address = 0;
+                v->lease_acked_usec = 0;
+        }
         if (error < 0)
                 log_vm_errno(LOG_ERR, error, &lv, "%s", vm_manager_error(m));
         log_vm(state == JOURNAL_VM_STOPPED ? LOG_INFO : LOG_WARNING, &lv,
@@ -270,10 +276,129 @@ int agent_links(void *agent, const LinkInfo **ret, size_t *ret_n) {
         return 0;
 }
 
+/* The guest with this MAC, for a backend's DHCP server: a running VM of that backend. The MAC is derived
+ * from the VM id (dispatcher_mac()), so its low 40 bits find the VM. */
+static int guest_lookup(void *userdata, Backend *b, const uint8_t mac[6], Dhcp4Lookup *ret) {
+        Agent *a = userdata;
+        void *p;
+        uint64_t id;
+        for (size_t i = 0; u64map_iterate(a->vms, &i, &id, &p);) {
+                AgentVm *v = p;
+                uint8_t m[6];
+                uint32_t ip4;
+                dispatcher_mac(id, m);
+                if (memcmp(m, mac, 6) != 0)
+                        continue;
+                if (strcmp(vm_backend(a, v), b->vtable->name) != 0 || agent_vm_state(a, id) != VM_STATE_RUNNING ||
+                    dispatcher_vm_ip(a->dispatcher, id, &ip4) < 0 || ip4 == 0)
+                        return -ENOENT;
+                *ret = (Dhcp4Lookup){ .id = id, .address = ip4 };
+                snprintf(ret->hostname, sizeof(ret->hostname), "%s", v->name);
+                return 0;
+        }
+        return -ENOENT;
+}
+
+static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
+        Agent *a = userdata;
+        AgentVm *v = ev->guest ? u64map_get(a->vms, ev->guest) : NULL;
+        char mac[18] = "", addr[16] = "";
+        if (ev->mac)
+                snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", ev->mac[0], ev->mac[1], ev->mac[2],
+                         ev->mac[3], ev->mac[4], ev->mac[5]);
+        if (ev->address)
+                snprintf(addr, sizeof(addr), "%u.%u.%u.%u", ev->address >> 24, (ev->address >> 16) & 0xff,
+                         (ev->address >> 8) & 0xff, ev->address & 0xff);
+        LogVm lv = { .name = v ? v->name : NULL, .id = ev->guest, .backend = b->vtable->name, .mac = mac, .address = addr };
+        const char *host = ev->client_hostname && ev->client_hostname[0] ? ev->client_hostname : NULL;
+
+        switch (ev->kind) {
+        case DHCP4_EVENT_ACK:
+                if (v) {
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        bool renewal = v->lease_address == ev->address;
+                        v->lease_address = ev->address;
+                        v->lease_acked_usec = (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+                        snprintf(v->lease_client_hostname, sizeof(v->lease_client_hostname), "%s", host ? host : "");
+                        log_vm(renewal ? LOG_DEBUG : LOG_INFO, &lv, "VM %s: DHCP lease %s for %s%s%s%s", v->name, addr,
+                               mac, host ? " (client host name \"" : "", host ? host : "", host ? "\")" : "");
+                }
+                break;
+        case DHCP4_EVENT_OFFER:
+        case DHCP4_EVENT_INFORM:
+                log_vm(LOG_DEBUG, &lv, "DHCP: %s to %s (%s)", ev->kind == DHCP4_EVENT_OFFER ? "offer" : "inform ack",
+                       mac, addr);
+                break;
+        case DHCP4_EVENT_NAK:
+                log_vm(LOG_NOTICE, &lv, "DHCP: refused %s to %s: %s", addr, mac, ev->why ? ev->why : "");
+                break;
+        case DHCP4_EVENT_RELEASE:
+                if (v)
+                        v->lease_acked_usec = 0, v->lease_address = 0;
+                log_vm(LOG_INFO, &lv, "DHCP: %s released %s", mac, addr);
+                break;
+        case DHCP4_EVENT_DECLINE:
+                log_vm(LOG_WARNING, &lv, "DHCP: %s declined %s: another host on the link uses it", mac, addr);
+                break;
+        default:
+                if (ev->suppressed)
+                        log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s (%u more such since the last report)",
+                               mac[0] ? mac : "?", ev->why ? ev->why : "", ev->suppressed);
+                else
+                        log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s", mac[0] ? mac : "?", ev->why ? ev->why : "");
+                break;
+        }
+}
+
+/* [local] dns not given: the host's resolvers, as the guests should use them. A loopback resolver (the stub
+ * of systemd-resolved at 127.0.0.53, a local dnsmasq) is no use to a guest: then resolved's upstream list. */
+static unsigned read_resolvers(const char *path, uint32_t *ret, unsigned max) {
+        FILE *f = fopen(path, "re");
+        char line[512];
+        unsigned n = 0;
+        if (!f)
+                return 0;
+        while (n < max && fgets(line, sizeof(line), f)) {
+                char addr[64];
+                struct in_addr in;
+                if (sscanf(line, " nameserver %63s", addr) != 1 || inet_pton(AF_INET, addr, &in) != 1)
+                        continue;
+                uint32_t x = ntohl(in.s_addr);
+                if ((x >> 24) == 127 || x == 0)
+                        continue;
+                ret[n++] = x;
+        }
+        fclose(f);
+        return n;
+}
+
+static void host_dns(Agent *a) {
+        if (a->cfg.local_dns_given || !a->cfg.local_dhcp)
+                return;
+        const char *paths[] = { "/etc/resolv.conf", "/run/systemd/resolve/resolv.conf" };
+        for (size_t i = 0; i < ELEMENTSOF(paths) && a->cfg.local_n_dns == 0; i++)
+                a->cfg.local_n_dns = read_resolvers(paths[i], a->cfg.local_dns, CONFIG_DNS_MAX);
+        if (a->cfg.local_n_dns == 0)
+                log_notice("DHCP: the host has no resolver a guest can reach (none in /etc/resolv.conf or "
+                           "/run/systemd/resolve/resolv.conf but loopback ones): guests get no DNS server "
+                           "(set [local] dns)");
+}
+
 static int load_backends(Agent *a, char *err, size_t err_size) {
+        host_dns(a);
         for (unsigned i = 0; i < a->cfg.n_backends; i++) {
                 const char *name = a->cfg.backends[i];
                 BackendConfig bc = { .agent_id = a->agent_id_str,
+                                     .event = a->event,
+                                     .guest_lookup = guest_lookup,
+                                     .lease_event = lease_event,
+                                     .guest_userdata = a,
+                                     .dhcp = a->cfg.local_dhcp,
+                                     .n_dns = a->cfg.local_n_dns,
+                                     .domain = a->cfg.local_domain[0] ? a->cfg.local_domain : NULL,
+                                     .lease_time = a->cfg.local_lease_time,
+                                     .mtu = a->cfg.local_mtu,
                                      .table = a->cfg.local_table,
                                      .bridge = a->cfg.local_bridge,
                                      .subnet = a->cfg.local_subnet,
@@ -283,6 +408,7 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
                                      .table_owner = (TableOwner) a->cfg.local_table_owner,
                                      .links = agent_links,
                                      .links_userdata = a };
+                memcpy(bc.dns, a->cfg.local_dns, sizeof(bc.dns));
                 if (strcmp(name, "bridge") == 0) {
                         bc.bridge = a->cfg.bridge_bridge;
                         bc.tap_prefix = a->cfg.bridge_tap_prefix;
@@ -550,6 +676,7 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                .accel = accel,
                                .gateway = cfg->local_gateway,
                                .prefixlen = cfg->local_prefixlen,
+                               .no_kernel_ip_arg = !cfg->local_kernel_ip_arg,
                                .on_exit = on_vm_exit,
                                .kind_of = kind_of,
                                .taskstats = a->taskstats,
@@ -868,6 +995,11 @@ static void vm_info_base(Agent *a, const AgentVm *v, AgentVmInfo *ret) {
         };
         if (info.state == VM_STATE_RUNNING || info.state == VM_STATE_STOPPING)
                 info.exit_reason = "";
+        if (info.state == VM_STATE_RUNNING || info.state == VM_STATE_STOPPING) {
+                info.lease_address = v->lease_address;
+                info.lease_acked_usec = v->lease_acked_usec;
+        }
+        info.lease_client_hostname = info.lease_acked_usec ? v->lease_client_hostname : "";
         dispatcher_mac(v->id, info.mac);
         (void) dispatcher_vm_ip(a->dispatcher, v->id, &info.ip4);
         *ret = info;

@@ -60,6 +60,9 @@ typedef struct AgentVmInfo {
         uint32_t ip4; /* 0 when none (host byte order) */
         uint8_t mac[6];
         size_t n_objects; /* live kernel objects the journal says it owns */
+        uint32_t lease_address; /* the DHCP lease last acknowledged (0: none since the agent started) */
+        uint64_t lease_acked_usec; /* when, CLOCK_REALTIME */
+        const char *lease_client_hostname; /* the host name the client sent ("" when none) */
 } AgentVmInfo;
 
 /* Options the daemon does not read from agent.conf. */

@@ -762,6 +762,10 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
                 r = sd_bus_message_close_container(reply);
         if (r >= 0)
                 r = sd_bus_message_append(reply, "s", info.def_error);
+        char lease[16];
+        ip4_string(info.lease_address, lease);
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "(sts)", lease, info.lease_acked_usec, info.lease_client_hostname);
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
@@ -886,7 +890,7 @@ static const sd_bus_vtable api_vtable[] = {
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("InspectVM", SD_BUS_ARGS("s", name),
                                 SD_BUS_RESULT(VM_RECORD, vm, VM_SPEC, spec, VM_OBJECTS, objects, "s",
-                                              definition_error),
+                                              definition_error, "(sts)", lease),
                                 method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Status", SD_BUS_NO_ARGS, SD_BUS_RESULT(STATUS_RECORD, status), method_status,
                                 SD_BUS_VTABLE_UNPRIVILEGED),

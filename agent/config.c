@@ -34,6 +34,9 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .local_tap_prefix = "tap-",
                 .local_table = "chvm",
                 .local_table_owner = TABLE_OWNER_AUTO,
+                .local_dhcp = true,
+                .local_lease_time = 3600,
+                .local_kernel_ip_arg = true,
                 .bridge_bridge = "br0",
                 .bridge_tap_prefix = "tap-",
         };
@@ -42,7 +45,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
 
 typedef struct Parse {
         AgentConfig c;
-        char seen[32][48]; /* "section.key" given so far */
+        char seen[48][48]; /* "section.key" given so far */
         unsigned n_seen;
         bool gateway_given;
         char why[256]; /* the first error */
@@ -114,6 +117,63 @@ static int parse_ipv4(const char *s, uint32_t *ret) {
                 return -EINVAL;
         *ret = ntohl(a.s_addr);
         return 0;
+}
+
+static int parse_bool(const char *s, bool *ret) {
+        if (strcmp(s, "yes") == 0 || strcmp(s, "true") == 0 || strcmp(s, "1") == 0)
+                *ret = true;
+        else if (strcmp(s, "no") == 0 || strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
+                *ret = false;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+/* A DNS domain as option 15 carries it: labels of letters, digits and '-', dot-separated. */
+static bool domain_ok(const char *s) {
+        size_t n = strlen(s), label = 0;
+        if (n == 0 || n > 253)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char ch = s[i];
+                if (ch == '.') {
+                        if (label == 0)
+                                return false;
+                        label = 0;
+                        continue;
+                }
+                bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                          (ch == '-' && label > 0);
+                if (!ok || ++label > 63)
+                        return false;
+        }
+        return label > 0 || n > 1;
+}
+
+static int parse_local_dns(Parse *p, const char *value) {
+        AgentConfig *c = &p->c;
+        char buf[256], *save = NULL;
+        unsigned n = 0;
+
+        c->local_dns_given = true;
+        c->local_n_dns = 0;
+        if (strcmp(value, "none") == 0)
+                return 1;
+        if (strlen(value) >= sizeof(buf))
+                return bad(p, "dns: too long");
+        memcpy(buf, value, strlen(value) + 1);
+        for (char *t = strtok_r(buf, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save)) {
+                uint32_t a;
+                if (parse_ipv4(t, &a) < 0 || a == 0 || a == 0xffffffffU)
+                        return bad(p, "dns: \"%s\" is not a unicast IPv4 address (DHCP option 6 carries IPv4)", t);
+                if (n == CONFIG_DNS_MAX)
+                        return bad(p, "dns: at most %d servers", CONFIG_DNS_MAX);
+                c->local_dns[n++] = a;
+        }
+        if (n == 0)
+                return bad(p, "dns: expected addresses, or none");
+        c->local_n_dns = n;
+        return 1;
 }
 
 static int handler(void *user, const char *section, const char *name, const char *value) {
@@ -278,6 +338,32 @@ static int handler(void *user, const char *section, const char *name, const char
                         if (t < 0)
                                 return bad(p, "table_owner \"%s\": expected auto, yes or no", value);
                         c->local_table_owner = t;
+                        return 1;
+                }
+                if (strcmp(name, "dhcp") == 0)
+                        return check(p, parse_bool(value, &c->local_dhcp) >= 0, "dhcp \"%s\": expected yes or no",
+                                     value);
+                if (strcmp(name, "kernel_ip_arg") == 0)
+                        return check(p, parse_bool(value, &c->local_kernel_ip_arg) >= 0,
+                                     "kernel_ip_arg \"%s\": expected yes or no", value);
+                if (strcmp(name, "dns") == 0)
+                        return parse_local_dns(p, value);
+                if (strcmp(name, "domain") == 0)
+                        return check(p, domain_ok(value) && put_str(c->local_domain, sizeof(c->local_domain), value),
+                                     "domain \"%s\" is not a DNS domain name", value);
+                if (strcmp(name, "lease_time") == 0 || strcmp(name, "mtu") == 0) {
+                        bool lease = name[0] == 'l';
+                        unsigned long min = lease ? 60 : 576, max = lease ? 31536000 : 65535;
+                        char *end;
+                        errno = 0;
+                        unsigned long v = strtoul(value, &end, 10);
+                        if (errno || *end || value[0] < '0' || value[0] > '9' || v < min || v > max)
+                                return bad(p, "%s \"%s\": expected %s from %lu to %lu", name, value,
+                                           lease ? "whole seconds" : "bytes", min, max);
+                        if (lease)
+                                c->local_lease_time = (uint32_t) v;
+                        else
+                                c->local_mtu = (uint32_t) v;
                         return 1;
                 }
         } else if (strcmp(section, "bridge") == 0) {

@@ -12,6 +12,8 @@
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
  *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
+ *            dhcp [yes]  dns [the host's resolvers]  domain []  lease_time [3600]  mtu [the bridge's]
+ *            kernel_ip_arg [yes]   (ip= on the command line of a VM booted with --kernel)
  *   [bridge] bridge [br0]  tap_prefix [tap-]
  */
 
@@ -20,6 +22,7 @@
 #include <stdint.h>
 
 #define CONFIG_MAX_BACKENDS 8
+#define CONFIG_DNS_MAX 3
 
 typedef struct AgentConfig {
         char state_dir[PATH_MAX];
@@ -44,6 +47,14 @@ typedef struct AgentConfig {
         char local_tap_prefix[12];
         char local_table[33];
         int local_table_owner; /* TableOwner */
+        bool local_dhcp;
+        bool local_dns_given; /* false: the host's resolvers (agent_host_dns()), read at start */
+        uint32_t local_dns[CONFIG_DNS_MAX]; /* host byte order */
+        unsigned local_n_dns;
+        char local_domain[254]; /* "": none */
+        uint32_t local_lease_time; /* seconds */
+        uint32_t local_mtu; /* 0: the bridge's */
+        bool local_kernel_ip_arg;
 
         char bridge_bridge[16];
         char bridge_tap_prefix[12];

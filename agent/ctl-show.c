@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "agent/ctl.h"
 #include "util/json.h"
@@ -316,18 +317,40 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                 r = sd_bus_message_exit_container(reply);
         if (r >= 0)
                 r = sd_bus_message_read(reply, "s", &def_error);
+        const char *lease_addr = "", *lease_host = "";
+        uint64_t lease_usec = 0;
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "(sts)", &lease_addr, &lease_usec, &lease_host);
         if (r < 0) {
                 sd_bus_message_unref(reply);
                 return ctl_fail(r, "cannot read the agent's answer");
         }
+        char acked[64] = "";
+        if (lease_usec) {
+                time_t t = (time_t) (lease_usec / 1000000);
+                struct tm tm;
+                strftime(acked, sizeof(acked), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+        }
         if (ctl->json) {
                 json_array_close(&w);
                 json_kv_string(&w, "definition_error", def_error[0] ? def_error : NULL);
+                json_key(&w, "lease");
+                if (lease_usec) {
+                        json_object_open(&w);
+                        json_kv_string(&w, "address", lease_addr);
+                        json_kv_string(&w, "acked", acked);
+                        json_kv_string(&w, "client_hostname", lease_host[0] ? lease_host : NULL);
+                        json_object_close(&w);
+                } else
+                        json_null(&w);
                 json_object_close(&w);
                 json_end(&w);
         } else {
                 if (n == 0)
                         printf("  (none)\n");
+                if (lease_usec)
+                        printf("lease:       %s, acknowledged %s%s%s%s\n", lease_addr, acked,
+                               lease_host[0] ? ", client host name \"" : "", lease_host, lease_host[0] ? "\"" : "");
                 if (def_error[0])
                         printf("warning:     %s\n", def_error);
         }

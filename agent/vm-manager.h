@@ -36,6 +36,7 @@ typedef struct VmManagerConfig {
         VmmAccel accel; /* resolved: kvm or tcg */
         uint32_t gateway; /* for the guest's ip= */
         uint8_t prefixlen;
+        bool no_kernel_ip_arg; /* no ip= on the guest kernel's command line ([local] kernel_ip_arg = no) */
         VmExitCallback on_exit; /* may be NULL */
         VmKindLookup kind_of; /* may be NULL: every adopted VM is of kind `hypervisor` */
         /* Exit statuses of adopted hypervisors (not our children); NULL where taskstats notifications do

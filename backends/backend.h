@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHVM_BACKEND_ABI 3U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links */
+#include "backends/dhcp/dhcp4-server.h"
+
+#define CHVM_BACKEND_ABI 4U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
+                            * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys) */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -89,6 +92,14 @@ struct LinkInfo; /* backends/nl/rtnl.h */
 /* The links of the host as one dump made them: *ret stays valid until the scan that asked returns. */
 typedef int (*BackendLinksFn)(void *userdata, const struct LinkInfo **ret, size_t *ret_n);
 
+typedef struct Backend Backend;
+
+/* The running VM of backend b whose guest MAC is mac: 0 with *ret (id = the VM id, its address, its name),
+ * or -ENOENT. The agent answers from its journal: a backend's service needs no state of its own. */
+typedef int (*BackendGuestLookupFn)(void *userdata, Backend *b, const uint8_t mac[6], Dhcp4Lookup *ret);
+/* A backend's DHCP server tells what it did (ev->guest is the VM id, 0 when unknown). */
+typedef void (*BackendLeaseFn)(void *userdata, Backend *b, const Dhcp4Event *ev);
+
 typedef struct BackendConfig {
         const char *agent_id; /* UUID string */
         const char *table; /* nft table name (local) */
@@ -106,6 +117,18 @@ typedef struct BackendConfig {
          * not twice. NULL, or a call that fails: the backend dumps them itself. */
         BackendLinksFn links;
         void *links_userdata;
+        /* The agent's event loop, for a backend's services (local: its DHCP server); NULL: none run. */
+        struct sd_event *event;
+        BackendGuestLookupFn guest_lookup;
+        BackendLeaseFn lease_event;
+        void *guest_userdata;
+        /* local: [local] dhcp, dns, domain, lease_time, mtu */
+        bool dhcp;
+        uint32_t dns[DHCP4_DNS_MAX]; /* host byte order */
+        size_t n_dns;
+        const char *domain; /* NULL: none */
+        uint32_t lease_time; /* seconds */
+        uint32_t mtu; /* 0: the bridge's own */
 } BackendConfig;
 
 typedef struct PortForward {
@@ -123,8 +146,6 @@ typedef struct VmNetSpec {
         const PortForward *ports;
         size_t n_ports;
 } VmNetSpec;
-
-typedef struct Backend Backend;
 
 typedef struct BackendVTable {
         uint32_t abi;

@@ -7,7 +7,7 @@
 
 #include "backends/common.h"
 
-int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, size_t err_size) {
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err, size_t err_size) {
         uint32_t ifindex;
         int k;
 
@@ -19,6 +19,7 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, char *err, 
         }
         LinkChange c = LINK_CHANGE_KEEP;
         c.master = bridge_ifindex;
+        c.mtu = mtu;
         c.up = 1;
         k = rtnl_link_change(rtnl, ifindex, &c);
         if (k == -EXFULL)

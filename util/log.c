@@ -58,8 +58,8 @@ static const char *level_prefix(int level) {
 }
 
 static void to_journal(int level, const LogVm *vm, const char *msg) {
-        char fields[6][300];
-        struct iovec iov[8];
+        char fields[8][300];
+        struct iovec iov[10];
         size_t n = 0;
 
 #define FIELD(...)                                                                         \
@@ -83,6 +83,10 @@ static void to_journal(int level, const LogVm *vm, const char *msg) {
                 FIELD("BACKEND=%s", vm->backend);
         if (vm && vm->interface && vm->interface[0])
                 FIELD("INTERFACE=%s", vm->interface);
+        if (vm && vm->mac && vm->mac[0])
+                FIELD("MAC=%s", vm->mac);
+        if (vm && vm->address && vm->address[0])
+                FIELD("ADDRESS=%s", vm->address);
 #undef FIELD
         /* The message itself may be long: its own buffer. */
         size_t len = strlen(msg);

@@ -27,6 +27,8 @@ typedef struct LogVm {
         uint64_t id;
         const char *backend;
         const char *interface;
+        const char *mac; /* MAC= (a lease's) */
+        const char *address; /* ADDRESS= (a lease's) */
 } LogVm;
 
 void log_setup(const char *program, LogTarget target, int max_level);

@@ -101,7 +101,7 @@ static int bridge_apply(Backend *b, ResourceSet *plan) {
         for (size_t i = 0; i < plan->n; i++) {
                 if (plan->items[i].kind != RESOURCE_LINK_TAP)
                         continue;
-                r = backend_tap_up(x->rtnl, &plan->items[i], br.ifindex, x->error, sizeof(x->error));
+                r = backend_tap_up(x->rtnl, &plan->items[i], br.ifindex, 0, x->error, sizeof(x->error));
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
                                 (void) backend_remove_link(x->rtnl, &plan->items[k]);

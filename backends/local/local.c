@@ -20,6 +20,7 @@
 
 #include "backends/backend.h"
 #include "backends/common.h"
+#include "backends/dhcp/dhcp4-server.h"
 #include "backends/nl/nft.h"
 #include "backends/nl/rtnl.h"
 #include "util/crashpoint.h"
@@ -37,6 +38,16 @@ typedef struct LocalBackend {
         char error[640];
         BackendLinksFn links; /* the agent's shared link dump (BackendConfig.links) */
         void *links_userdata;
+        /* The DHCP server on the bridge ([local] dhcp), made once the bridge is there. */
+        bool dhcp;
+        uint32_t mtu; /* [local] mtu; 0: the bridge's */
+        struct sd_event *event;
+        BackendGuestLookupFn guest_lookup;
+        BackendLeaseFn lease_event;
+        void *guest_userdata;
+        Dhcp4Options dhcp_options; /* .domain points at dhcp_domain */
+        char dhcp_domain[254];
+        Dhcp4Server *dhcp_server;
 } LocalBackend;
 
 #define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
@@ -57,6 +68,7 @@ _printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
 }
 
 static int setup_table_owner(LocalBackend *l, TableOwner want);
+static void dhcp_ensure(LocalBackend *l);
 
 static int local_init(Backend *b, const BackendConfig *cfg) {
         LocalBackend *l = LOCAL(b);
@@ -99,7 +111,74 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         nft_set_ops(l->nft, cfg->nl_ops);
         if (cfg->table_owner < 0 || cfg->table_owner >= _TABLE_OWNER_MAX)
                 return fail(l, -EINVAL, "local backend: invalid table_owner");
-        return setup_table_owner(l, cfg->table_owner);
+        l->dhcp = cfg->dhcp;
+        l->mtu = cfg->mtu;
+        l->event = cfg->event;
+        l->guest_lookup = cfg->guest_lookup;
+        l->lease_event = cfg->lease_event;
+        l->guest_userdata = cfg->guest_userdata;
+        if (cfg->n_dns > DHCP4_DNS_MAX || (cfg->domain && strlen(cfg->domain) >= sizeof(l->dhcp_domain)))
+                return fail(l, -EINVAL, "local backend: too many DNS servers or too long a domain");
+        snprintf(l->dhcp_domain, sizeof(l->dhcp_domain), "%s", cfg->domain ? cfg->domain : "");
+        l->dhcp_options = (Dhcp4Options){
+                .server_ip = l->gateway,
+                .prefixlen = l->prefixlen,
+                .router = l->gateway,
+                .n_dns = cfg->n_dns,
+                .domain = l->dhcp_domain,
+                .lease_time = cfg->lease_time ? cfg->lease_time : 3600,
+        };
+        memcpy(l->dhcp_options.dns, cfg->dns, sizeof(l->dhcp_options.dns));
+        r = setup_table_owner(l, cfg->table_owner);
+        if (r < 0)
+                return r;
+        dhcp_ensure(l); /* the bridge of an earlier run, with VMs to adopt */
+        return 0;
+}
+
+/* The guests' DHCP server, on our bridge once it exists (an agent that starts with running VMs finds it at
+ * init, else the first bring-up makes it) and made again when the bridge was replaced. Its failures are
+ * reported as events and never fail a bring-up: a direct-kernel guest does not need it. */
+static int dhcp_lookup(void *userdata, const uint8_t mac[6], Dhcp4Lookup *ret) {
+        LocalBackend *l = userdata;
+        return l->guest_lookup ? l->guest_lookup(l->guest_userdata, &l->base, mac, ret) : -ENOENT;
+}
+
+static void dhcp_event(void *userdata, const Dhcp4Event *ev) {
+        LocalBackend *l = userdata;
+        if (l->lease_event)
+                l->lease_event(l->guest_userdata, &l->base, ev);
+}
+
+static void dhcp_ensure(LocalBackend *l) {
+        LinkInfo info;
+        char tag[CHVM_TAG_MAX + 1];
+
+        if (!l->dhcp || !l->event)
+                return;
+        if (rtnl_link_get_by_name(l->rtnl, l->bridge, &info) < 0 ||
+            resource_tag(l->base.agent_id, 0, "bridge", tag) < 0 || strcmp(info.alias, tag) != 0) {
+                l->dhcp_server = dhcp4_server_free(l->dhcp_server);
+                return;
+        }
+        if (l->dhcp_server && dhcp4_server_alive(l->dhcp_server) &&
+            dhcp4_server_ifindex(l->dhcp_server) == info.ifindex)
+                return;
+        l->dhcp_server = dhcp4_server_free(l->dhcp_server);
+        Dhcp4ServerConfig c = {
+                .ifindex = info.ifindex,
+                .options = l->dhcp_options,
+                .lookup = dhcp_lookup,
+                .event = dhcp_event,
+                .userdata = l,
+        };
+        c.options.mtu = (uint16_t) (l->mtu ? l->mtu : info.mtu);
+        int r = dhcp4_server_new(l->event, &c, &l->dhcp_server);
+        if (r < 0) {
+                char why[160];
+                snprintf(why, sizeof(why), "cannot serve DHCP on %s: %s", l->bridge, strerror(-r));
+                dhcp_event(l, &(Dhcp4Event){ .kind = DHCP4_EVENT_IGNORED, .why = why, .client_hostname = "" });
+        }
 }
 
 /* Table ownership ([local] table_owner). Owned tables belong to l->nft, the backend's one nfnetlink
@@ -183,6 +262,7 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
 
 static void local_done(Backend *b) {
         LocalBackend *l = LOCAL(b);
+        l->dhcp_server = dhcp4_server_free(l->dhcp_server);
         l->rtnl = rtnl_close(l->rtnl);
         l->nft = nft_close(l->nft);
 }
@@ -227,6 +307,14 @@ static int local_plan(Backend *b, const VmNetSpec *spec, ResourceSet *ret) {
         if ((r = resource_set_add(ret, &tap)) < 0 || (r = resource_set_add(ret, &port)) < 0 ||
             (r = resource_set_add(ret, &addr)) < 0)
                 return r;
+        if (l->dhcp) {
+                /* The guest's DHCP client sends from 0.0.0.0 (and probes with ARP from 0.0.0.0, RFC 5227)
+                 * before it has its address: with its own MAC on its own TAP only, like every other frame. */
+                Resource unset = addr;
+                unset.elem.guest_ip = 0;
+                if ((r = tag(l, spec->vm_id, "addr-unset", &unset)) < 0 || (r = resource_set_add(ret, &unset)) < 0)
+                        return r;
+        }
 
         for (size_t i = 0; i < spec->n_ports; i++) {
                 const PortForward *p = &spec->ports[i];
@@ -308,9 +396,11 @@ static int ensure_bridge(LocalBackend *l, Resource *br) {
                 return fail(l, r, "cannot add the gateway address to %s: %s", br->name, strerror(-r));
         LinkChange c = LINK_CHANGE_KEEP;
         c.up = 1;
+        c.mtu = l->mtu; /* the TAPs get it too, and the guests in DHCP option 26 */
         r = rtnl_link_change(l->rtnl, ifindex, &c);
         if (r < 0)
-                return fail(l, r, "cannot set bridge %s up: %s", br->name, strerror(-r));
+                return fail(l, r, "cannot set bridge %s up%s: %s", br->name, l->mtu ? " with its MTU" : "",
+                            strerror(-r));
         br->ifindex = ifindex;
         return enable_ip_forward(l);
 }
@@ -416,7 +506,7 @@ static int local_apply(Backend *b, ResourceSet *plan) {
                         continue;
                 if (br == 0 && (r = bridge_ifindex(l, &br)) < 0)
                         goto undo;
-                r = backend_tap_up(l->rtnl, x, br, l->error, sizeof(l->error));
+                r = backend_tap_up(l->rtnl, x, br, l->mtu, l->error, sizeof(l->error));
                 if (r < 0)
                         goto undo;
                 made = i + 1;
@@ -427,6 +517,7 @@ static int local_apply(Backend *b, ResourceSet *plan) {
         r = commit_nft(l, plan, with_layout);
         if (r < 0)
                 goto undo;
+        dhcp_ensure(l);
         return CRASH_POINT("local-apply-nft-committed");
 
 undo:
