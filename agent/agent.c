@@ -797,6 +797,8 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
         }
         r = check_file(a, def->name, "kernel", def->kernel);
         if (r >= 0)
+                r = check_file(a, def->name, "firmware", def->firmware);
+        if (r >= 0)
                 r = check_file(a, def->name, "initrd", def->initrd);
         for (size_t i = 0; r >= 0 && i < def->n_disks; i++)
                 r = check_file(a, def->name, "disk", def->disks[i]);
@@ -853,6 +855,7 @@ int agent_vm_start(Agent *a, const char *name) {
                           .name = v->name,
                           .backend = d->backend,
                           .kernel = d->kernel,
+                          .firmware = d->firmware,
                           .initrd = d->initrd,
                           .cmdline = d->cmdline,
                           .disks = (const char *const *) d->disks,

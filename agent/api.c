@@ -24,7 +24,7 @@
 #include "vmm/argv.h"
 
 #define VM_RECORD "(stssusssssa(sqq))"
-#define VM_SPEC "(sssutas)"
+#define VM_SPEC "(ssssutas)"
 #define VM_OBJECTS "a(ssts)"
 #define STATUS_RECORD "(ssssuuassu)"
 
@@ -501,7 +501,7 @@ static int read_strv(sd_bus_message *m, char ***ret) {
 
 static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Conn *c = userdata;
-        const char *name, *backend, *hypervisor, *kernel, *initrd, *cmdline;
+        const char *name, *backend, *hypervisor, *kernel, *firmware, *initrd, *cmdline;
         uint32_t cpus;
         uint64_t memory, id;
         _cleanup_(strv_freep) char **disks = NULL;
@@ -511,8 +511,8 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         r = require_privileged(c, "create a VM", error);
         if (r < 0)
                 return r;
-        r = sd_bus_message_read(m, "ssssssut", &name, &backend, &hypervisor, &kernel, &initrd, &cmdline, &cpus,
-                                &memory);
+        r = sd_bus_message_read(m, "sssssssut", &name, &backend, &hypervisor, &kernel, &firmware, &initrd, &cmdline,
+                                &cpus, &memory);
         if (r < 0)
                 return r;
         r = read_strv(m, &disks);
@@ -534,10 +534,12 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                                          "VM %s: hypervisor \"%.40s\": expected cloud-hypervisor or qemu", name,
                                          hypervisor);
         snprintf(def->hypervisor, sizeof(def->hypervisor), "%s", hypervisor);
-        def->kernel = strdup(kernel);
+        def->kernel = kernel[0] ? strdup(kernel) : NULL;
+        def->firmware = firmware[0] ? strdup(firmware) : NULL;
         def->initrd = initrd[0] ? strdup(initrd) : NULL;
         def->cmdline = cmdline[0] ? strdup(cmdline) : NULL;
-        if (!def->kernel || (initrd[0] && !def->initrd) || (cmdline[0] && !def->cmdline))
+        if ((kernel[0] && !def->kernel) || (firmware[0] && !def->firmware) || (initrd[0] && !def->initrd) ||
+            (cmdline[0] && !def->cmdline))
                 return -ENOMEM;
         if (cpus)
                 def->cpus = cpus;
@@ -741,9 +743,10 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
         if (r < 0)
                 return r;
         const VmDef *d = info.def;
-        r = sd_bus_message_open_container(reply, 'r', "sssutas");
+        r = sd_bus_message_open_container(reply, 'r', "ssssutas");
         if (r >= 0)
-                r = sd_bus_message_append(reply, "sssut", d ? d->kernel : "", d && d->initrd ? d->initrd : "",
+                r = sd_bus_message_append(reply, "ssssut", d && d->kernel ? d->kernel : "",
+                                          d && d->firmware ? d->firmware : "", d && d->initrd ? d->initrd : "",
                                           d && d->cmdline ? d->cmdline : "", d ? d->cpus : 0,
                                           d ? d->memory_mib : 0);
         if (r >= 0)
@@ -874,7 +877,7 @@ static int method_doctor(sd_bus_message *m, void *userdata, sd_bus_error *error)
 static const sd_bus_vtable api_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("CreateVM",
-                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s", initrd,
+                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s", firmware, "s", initrd,
                                             "s", cmdline, "u", cpus, "t", memory_mib, "as", disks, "a(sqq)",
                                             ports),
                                 SD_BUS_RESULT("t", id), method_create, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -232,14 +232,14 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                 return r;
 
         VmRecord v;
-        const char *kernel, *initrd, *cmdline, *def_error;
+        const char *kernel, *firmware, *initrd, *cmdline, *def_error;
         uint32_t cpus;
         uint64_t memory;
         r = read_vm(reply, &v);
         if (r >= 0)
-                r = sd_bus_message_enter_container(reply, 'r', "sssutas");
+                r = sd_bus_message_enter_container(reply, 'r', "ssssutas");
         if (r >= 0)
-                r = sd_bus_message_read(reply, "sssut", &kernel, &initrd, &cmdline, &cpus, &memory);
+                r = sd_bus_message_read(reply, "ssssut", &kernel, &firmware, &initrd, &cmdline, &cpus, &memory);
         char **disks = NULL;
         if (r >= 0)
                 r = sd_bus_message_read_strv(reply, &disks);
@@ -255,6 +255,7 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                 json_begin(&w, stdout);
                 json_vm(&w, &v, false);
                 json_kv_string(&w, "kernel", kernel[0] ? kernel : NULL);
+                json_kv_string(&w, "firmware", firmware[0] ? firmware : NULL);
                 json_kv_string(&w, "initrd", initrd[0] ? initrd : NULL);
                 json_kv_string(&w, "cmdline", cmdline[0] ? cmdline : NULL);
                 json_kv_uint(&w, "cpus", cpus);
@@ -279,6 +280,10 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                        v.hypervisor, v.backend, v.tap[0] ? v.tap : "-", v.ip[0] ? v.ip : "-", v.mac, ports);
                 if (kernel[0])
                         printf("kernel:      %s\n", kernel);
+                else
+                        printf("boot:        first disk, through %s\n", firmware[0] ? firmware : "the default firmware");
+                if (firmware[0] && kernel[0])
+                        printf("firmware:    %s\n", firmware);
                 if (initrd[0])
                         printf("initrd:      %s\n", initrd);
                 if (cmdline[0])

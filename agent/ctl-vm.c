@@ -37,7 +37,7 @@ static const char *absolute(const char *path, char buf[PATH_MAX]) {
 }
 
 typedef struct CreateArgs {
-        const char *name, *backend, *hypervisor, *kernel, *initrd, *cmdline;
+        const char *name, *backend, *hypervisor, *kernel, *firmware, *initrd, *cmdline;
         uint64_t cpus, memory;
         const char *disks[VM_DEF_MAX_DISKS];
         size_t n_disks;
@@ -46,14 +46,20 @@ typedef struct CreateArgs {
 } CreateArgs;
 
 static void create_help(const char *cmd) {
-        printf("Usage: chvmctl %s NAME --kernel PATH [OPTIONS]\n"
+        printf("Usage: chvmctl %s NAME (--kernel PATH | --disk PATH) [OPTIONS]\n"
                "\n"
                "%s\n"
+               "Without --kernel the VM boots its first disk through its firmware (QEMU: SeaBIOS, or\n"
+               "--firmware; cloud-hypervisor needs --firmware). The guest gets its address by DHCP (local\n"
+               "backend) and, booted with --kernel, also as ip= on its command line.\n"
                "\n"
-               "  --kernel PATH        guest kernel (required)\n"
-               "  --initrd PATH        initramfs\n"
+               "  --kernel PATH        guest kernel, booted directly\n"
+               "  --initrd PATH        initramfs (with --kernel)\n"
+               "  --firmware PATH      firmware: OVMF.fd (QEMU -bios), rust-hypervisor-firmware or CLOUDHV.fd\n"
+               "                       (cloud-hypervisor)\n"
                "  --disk PATH          raw disk image (repeatable, at most %d; vda, vdb, ...)\n"
-               "  --cmdline STR        extra kernel arguments (the agent adds console= and ip=)\n"
+               "  --cmdline STR        extra kernel arguments, with --kernel (the agent adds console= and\n"
+               "                       ip=)\n"
                "  --cpus N             virtual CPUs (default 1)\n"
                "  --memory MIB         memory in MiB (default 256)\n"
                "  --backend NAME       local, bridge or mosnet (default: the agent's default_backend)\n"
@@ -68,10 +74,11 @@ static void create_help(const char *cmd) {
 }
 
 static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], CreateArgs *a) {
-        enum { ARG_KERNEL = 0x100, ARG_INITRD, ARG_DISK, ARG_CMDLINE, ARG_CPUS, ARG_MEMORY, ARG_BACKEND,
+        enum { ARG_KERNEL = 0x100, ARG_FIRMWARE, ARG_INITRD, ARG_DISK, ARG_CMDLINE, ARG_CPUS, ARG_MEMORY, ARG_BACKEND,
                ARG_HYPERVISOR, ARG_JSON };
         static const struct option options[] = {
                 { "kernel", required_argument, NULL, ARG_KERNEL },
+                { "firmware", required_argument, NULL, ARG_FIRMWARE },
                 { "initrd", required_argument, NULL, ARG_INITRD },
                 { "disk", required_argument, NULL, ARG_DISK },
                 { "cmdline", required_argument, NULL, ARG_CMDLINE },
@@ -84,11 +91,11 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        static char paths[2 + VM_DEF_MAX_DISKS][PATH_MAX];
+        static char paths[3 + VM_DEF_MAX_DISKS][PATH_MAX];
         char err[256];
         int c;
 
-        *a = (CreateArgs){ .backend = "", .hypervisor = "", .initrd = "", .cmdline = "" };
+        *a = (CreateArgs){ .backend = "", .hypervisor = "", .kernel = "", .firmware = "", .initrd = "", .cmdline = "" };
         optind = 0;
         opterr = 0;
         while ((c = getopt_long(argc, argv, ":p:h", options, NULL)) >= 0) {
@@ -98,6 +105,9 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                         break;
                 case ARG_INITRD:
                         a->initrd = absolute(optarg, paths[1]);
+                        break;
+                case ARG_FIRMWARE:
+                        a->firmware = absolute(optarg, paths[2 + VM_DEF_MAX_DISKS]);
                         break;
                 case ARG_DISK:
                         if (a->n_disks == VM_DEF_MAX_DISKS)
@@ -156,8 +166,12 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
         if (optind < argc)
                 return ctl_usage(cmd, "unexpected argument \"%s\" (options go before or after NAME, "
                                  "one VM per command)", argv[optind]);
-        if (!a->kernel)
-                return ctl_usage(cmd, "--kernel PATH is needed");
+        if (!a->kernel[0] && a->n_disks == 0 && !a->firmware[0])
+                return ctl_usage(cmd, "--kernel PATH or --disk PATH is needed (a VM boots a kernel, or its first "
+                                 "disk through its firmware)");
+        if (!a->kernel[0] && (a->initrd[0] || a->cmdline[0]))
+                return ctl_usage(cmd, "%s needs --kernel (without it the VM boots its first disk through its "
+                                 "firmware)", a->initrd[0] ? "--initrd" : "--cmdline");
         return 0;
 }
 
@@ -166,8 +180,8 @@ static int call_create(Ctl *ctl, const CreateArgs *a, uint64_t *ret_id) {
         int r = ctl_new_call(ctl, "CreateVM", &m);
         if (r != 0)
                 return r;
-        r = sd_bus_message_append(m, "ssssssut", a->name, a->backend, a->hypervisor, a->kernel, a->initrd,
-                                  a->cmdline, (uint32_t) a->cpus, a->memory);
+        r = sd_bus_message_append(m, "sssssssut", a->name, a->backend, a->hypervisor, a->kernel, a->firmware,
+                                  a->initrd, a->cmdline, (uint32_t) a->cpus, a->memory);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "s");
         for (size_t i = 0; r >= 0 && i < a->n_disks; i++)

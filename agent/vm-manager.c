@@ -278,6 +278,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         VmSpec spec = {
                 .name = req->name,
                 .kernel = req->kernel,
+                .firmware = req->firmware,
                 .initrd = req->initrd,
                 .cmdline = req->cmdline,
                 .cpus = req->cpus,

@@ -49,7 +49,8 @@ typedef struct VmRequest {
         uint64_t vm_id;
         const char *name;
         const char *backend;
-        const char *kernel;
+        const char *kernel; /* NULL: boot the first disk through the firmware */
+        const char *firmware; /* NULL: the kind's default */
         const char *initrd;
         const char *cmdline;
         const char *const *disks;

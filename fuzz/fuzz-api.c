@@ -334,7 +334,9 @@ static void do_create(Reader *r, char **names) {
         const char *cmdline = raw_string(r, cbuf, sizeof(cbuf));
         uint32_t cpus = (uint32_t) uint_n(r, u8(r) % 5);
         uint64_t memory = uint_n(r, u8(r) % 9);
-        check(sd_bus_message_append(m, "ssssssut", name, backend, kind, kernel, initrd, cmdline, cpus,
+        /* firmware "": the seeds' bytes keep their meaning (firmware paths go through the same checks as
+         * the kernel's, which this reaches) */
+        check(sd_bus_message_append(m, "sssssssut", name, backend, kind, kernel, "", initrd, cmdline, cpus,
                                     memory) >= 0);
         /* disks and ports: a few, or (rarely) very many */
         uint8_t nd = u8(r);

@@ -397,6 +397,7 @@ VmDef *vm_def_free(VmDef *d) {
         if (!d)
                 return NULL;
         free(d->kernel);
+        free(d->firmware);
         free(d->initrd);
         free(d->cmdline);
         /* every slot: unused ones are NULL (vm_def_new() zeroes them) */
@@ -434,7 +435,8 @@ int vm_def_copy(const VmDef *d, VmDef **ret) {
         c->memory_mib = d->memory_mib;
         memcpy(c->ports, d->ports, sizeof(c->ports));
         c->n_ports = d->n_ports;
-        if (strdup_or_null(d->kernel, &c->kernel) < 0 || strdup_or_null(d->initrd, &c->initrd) < 0 ||
+        if (strdup_or_null(d->kernel, &c->kernel) < 0 || strdup_or_null(d->firmware, &c->firmware) < 0 ||
+            strdup_or_null(d->initrd, &c->initrd) < 0 ||
             strdup_or_null(d->cmdline, &c->cmdline) < 0)
                 return -ENOMEM;
         for (size_t i = 0; i < d->n_disks; i++) {
@@ -461,7 +463,8 @@ bool vm_def_equal(const VmDef *a, const VmDef *b) {
         if (strncmp(a->name, b->name, sizeof(a->name)) != 0 || a->id != b->id ||
             strncmp(a->backend, b->backend, sizeof(a->backend)) != 0 ||
             strncmp(a->hypervisor, b->hypervisor, sizeof(a->hypervisor)) != 0 ||
-            !str_equal(a->kernel, b->kernel) || !str_equal(a->initrd, b->initrd) ||
+            !str_equal(a->kernel, b->kernel) || !str_equal(a->firmware, b->firmware) ||
+            !str_equal(a->initrd, b->initrd) ||
             !str_equal(a->cmdline, b->cmdline) || a->cpus != b->cpus || a->memory_mib != b->memory_mib ||
             a->n_disks != b->n_disks || a->n_ports != b->n_ports)
                 return false;
@@ -552,12 +555,22 @@ int vm_def_validate(const VmDef *d, char *err, size_t err_size) {
         if (check_hypervisor(d->hypervisor, buf, sizeof(buf)) < 0)
                 return fail(err, err_size, -EINVAL, "VM %s: hypervisor %s", vm, buf);
 
-        r = validate_path(vm, "kernel", d->kernel, false, err, err_size);
+        r = validate_path(vm, "kernel", d->kernel, true, err, err_size);
+        if (r < 0)
+                return r;
+        r = validate_path(vm, "firmware", d->firmware, true, err, err_size);
         if (r < 0)
                 return r;
         r = validate_path(vm, "initrd", d->initrd, true, err, err_size);
         if (r < 0)
                 return r;
+        if (!d->kernel && (d->initrd || d->cmdline))
+                return fail(err, err_size, -EINVAL,
+                            "VM %s: %s needs a kernel (without one the VM boots its first disk through its "
+                            "firmware)",
+                            vm, d->initrd ? "an initrd" : "a kernel command line");
+        if (!d->kernel && !d->firmware && d->n_disks == 0)
+                return fail(err, err_size, -EINVAL, "VM %s: nothing to boot: no kernel, no firmware and no disk", vm);
         if (d->cmdline) {
                 if (d->cmdline[0] == '\0')
                         return fail(err, err_size, -EINVAL, "VM %s: cmdline is empty (NULL means none)", vm);
@@ -603,6 +616,7 @@ typedef enum VmDefKey {
         KEY_PORT,
         KEY_INITRD,
         KEY_CMDLINE,
+        KEY_FIRMWARE,
         KEY_KERNEL,
         _KEY_MAX,
 } VmDefKey;
@@ -717,7 +731,15 @@ static int parse_path(Parser *p, const char *key, char **value, char **ret) {
 }
 
 static int parse_kernel(Parser *p, char **value) {
+        if ((*value)[0] == '\0') /* none: the VM boots from its disk through firmware */
+                return 0;
         return parse_path(p, "kernel", value, &p->def->kernel);
+}
+
+static int parse_firmware(Parser *p, char **value) {
+        if ((*value)[0] == '\0')
+                return 0;
+        return parse_path(p, "firmware", value, &p->def->firmware);
 }
 
 static int parse_initrd(Parser *p, char **value) {
@@ -793,6 +815,7 @@ static const struct {
         [KEY_PORT] = { "port", false, true, parse_port_key },
         [KEY_INITRD] = { "initrd", false, false, parse_initrd },
         [KEY_CMDLINE] = { "cmdline", false, false, parse_cmdline },
+        [KEY_FIRMWARE] = { "firmware", false, false, parse_firmware },
         [KEY_KERNEL] = { "kernel", true, false, parse_kernel },
 };
 
@@ -1011,7 +1034,9 @@ int vm_def_format(const VmDef *d, char **ret_text) {
                 text_add_line(&b, "initrd", d->initrd);
         if (d->cmdline)
                 text_add_line(&b, "cmdline", d->cmdline);
-        text_add_line(&b, "kernel", d->kernel);
+        if (d->firmware)
+                text_add_line(&b, "firmware", d->firmware);
+        text_add_line(&b, "kernel", d->kernel ? d->kernel : ""); /* "": boots from disk, but always there */
 
         if (b.oom) {
                 free(b.s);

@@ -14,9 +14,13 @@
  *     memory = 512                        MiB, VM_SPEC_MEMORY_MIB_MIN..VM_SPEC_MEMORY_MIB_MAX [256]
  *     disk = /srv/vm/web.img              repeatable (guest order), absolute, at most VM_DEF_MAX_DISKS
  *     port = 8080:80/tcp                  repeatable, HOSTPORT:GUESTPORT[/tcp|/udp], at most
- * VM_DEF_MAX_PORTS initrd = /boot/initrd.img           absolute; empty or absent: none cmdline = quiet
- * panic=-1            the rest of the line, at most VM_KERNEL_CMDLINE_MAX bytes kernel = /boot/vmlinuz
- * required, absolute
+ * VM_DEF_MAX_PORTS
+ *     initrd = /boot/initrd.img           absolute; empty or absent: none (needs a kernel)
+ *     cmdline = quiet panic=-1            the rest of the line, at most VM_KERNEL_CMDLINE_MAX bytes (needs a
+ *                                         kernel)
+ *     firmware = /usr/share/ovmf/OVMF.fd  absolute; empty or absent: the hypervisor's default
+ *     kernel = /boot/vmlinuz              required key, absolute; empty: no kernel, the VM boots its first
+ *                                         disk through its firmware (then it needs a disk or a firmware)
  *
  * A value is everything after the first '=', white space (spaces, tabs) around it trimmed. Lines have no
  * length limit; a file has at most VM_DEF_FILE_MAX bytes, UTF-8 without control characters other than
@@ -53,7 +57,8 @@ typedef struct VmDef {
         uint64_t id;
         char backend[33];
         char hypervisor[32]; /* "" = the agent's default kind */
-        char *kernel; /* malloc'ed, absolute */
+        char *kernel; /* malloc'ed, absolute; NULL: boot the first disk through the firmware */
+        char *firmware; /* NULL: the hypervisor's default (QEMU: SeaBIOS) */
         char *initrd; /* NULL: none */
         char *cmdline; /* NULL: none */
         unsigned cpus;

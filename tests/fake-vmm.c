@@ -20,6 +20,10 @@
  *   FAKE_VMM_CRASH_AFTER_MS=N      die of SIGSEGV N ms after start (no core dump)
  *   FAKE_VMM_EXIT_CODE=N           exit(N) FAKE_VMM_EXIT_AFTER_MS ms after start (default 0 ms)
  *   FAKE_VMM_EXIT_AFTER_MS=N       (exit code 0 when FAKE_VMM_EXIT_CODE is not set)
+ *   FAKE_VMM_GUEST_NETNS=PATH      the guest's NIC as a link: a TAP named FAKE_VMM_GUEST_IFNAME (default
+ *                                  eth0) with the guest's MAC in the network namespace at PATH, its frames
+ *                                  relayed to and from the VM's TAP, so that a real DHCP client (or any
+ *                                  program) in that namespace is the guest
  *
  * One thread, one poll() loop; clients are served as they come, a few at a time. */
 
@@ -30,6 +34,7 @@
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -60,6 +65,7 @@
 typedef struct Options {
         const char *api_socket;
         const char *kernel;
+        const char *firmware;
         const char *initramfs;
         const char *cmdline;
         unsigned cpus;
@@ -222,6 +228,9 @@ static void parse_args(int argc, char *argv[], Options *o) {
                 } else if (strcmp(opt, "--kernel") == 0) {
                         ONCE(o->kernel);
                         o->kernel = v;
+                } else if (strcmp(opt, "--firmware") == 0) {
+                        ONCE(o->firmware);
+                        o->firmware = v;
                 } else if (strcmp(opt, "--initramfs") == 0) {
                         ONCE(o->initramfs);
                         o->initramfs = v;
@@ -273,8 +282,12 @@ static void parse_args(int argc, char *argv[], Options *o) {
 
         if (!o->api_socket)
                 die_usage("--api-socket is missing");
-        if (!o->kernel)
-                die_usage("--kernel is missing");
+        if (!o->kernel && !o->firmware)
+                die_usage("--kernel or --firmware is missing");
+        if (o->kernel && o->firmware)
+                die_usage("--kernel and --firmware given together");
+        if (!o->kernel && (o->initramfs || o->cmdline))
+                die_usage("--initramfs and --cmdline need --kernel");
         if (!o->serial)
                 die_usage("--serial is missing");
         /* cloud-hypervisor's own defaults */
@@ -328,6 +341,64 @@ static int tap_attach(const char *name) {
         if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0)
                 die_refused("cannot set TAP %s up: %m", name);
         return TAKE_FD(fd);
+}
+
+/* FAKE_VMM_GUEST_NETNS: the guest side, a TAP without the virtio header in another namespace. */
+static int guest_link(const char *netns, const char *ifname, const char *mac) {
+        _cleanup_close_ int own = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        _cleanup_close_ int target = open(netns, O_RDONLY | O_CLOEXEC);
+        _cleanup_close_ int fd = -EBADF, sock = -EBADF;
+        struct ifreq ifr = {};
+        unsigned m[6];
+
+        if (own < 0 || target < 0)
+                die_refused("FAKE_VMM_GUEST_NETNS=%s: %m", netns);
+        if (setns(target, CLONE_NEWNET) < 0)
+                die_refused("setns %s: %m", netns);
+        fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+                die_refused("cannot open /dev/net/tun: %m");
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+        if (ioctl(fd, TUNSETIFF, &ifr) < 0)
+                die_refused("cannot make the guest link %s in %s: %m", ifname, netns);
+        sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (sock < 0)
+                die_refused("socket: %m");
+        if (mac && sscanf(mac, "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6) {
+                ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+                for (int i = 0; i < 6; i++)
+                        ifr.ifr_hwaddr.sa_data[i] = (char) m[i];
+                if (ioctl(sock, SIOCSIFHWADDR, &ifr) < 0)
+                        die_refused("cannot set the MAC of %s: %m", ifname);
+        }
+        if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+                die_refused("SIOCGIFFLAGS on %s: %m", ifname);
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0)
+                die_refused("cannot set %s up: %m", ifname);
+        if (setns(own, CLONE_NEWNET) < 0)
+                die_refused("setns back: %m");
+        return TAKE_FD(fd);
+}
+
+/* One frame from `from` to `to`; the VM's TAP carries a virtio_net_hdr (IFF_VNET_HDR, 10 bytes) before each
+ * frame, the guest link none. */
+static void relay(int from, int to, bool from_vnet) {
+        uint8_t buf[65536 + 10];
+        const size_t hdr = 10;
+        for (int i = 0; i < 64; i++) {
+                ssize_t n = read(from, from_vnet ? buf : buf + hdr, from_vnet ? sizeof(buf) : sizeof(buf) - hdr);
+                if (n <= 0)
+                        return;
+                if (from_vnet) {
+                        if ((size_t) n > hdr)
+                                (void) !write(to, buf + hdr, (size_t) n - hdr);
+                } else {
+                        memset(buf, 0, hdr);
+                        (void) !write(to, buf, (size_t) n + hdr);
+                }
+        }
 }
 
 _printf_(1, 2) static void serial_printf(const char *fmt, ...) {
@@ -601,7 +672,7 @@ static Action conn_read(Conn *c, int64_t now) {
 
 int main(int argc, char *argv[]) {
         Options o = {};
-        _cleanup_close_ int tap_fd = -EBADF, listen_fd = -EBADF, sig_fd = -EBADF;
+        _cleanup_close_ int tap_fd = -EBADF, listen_fd = -EBADF, sig_fd = -EBADF, guest_fd = -EBADF;
         Conn conns[MAX_CONNS];
         int64_t start = now_ms(), crash_at, exit_at, poweroff_at = -1;
         int exit_code = 0;
@@ -623,7 +694,10 @@ int main(int argc, char *argv[]) {
         }
 
         /* What cloud-hypervisor would refuse to start without. */
-        check_readable("kernel", o.kernel);
+        if (o.kernel)
+                check_readable("kernel", o.kernel);
+        else
+                check_readable("firmware", o.firmware);
         if (o.initramfs)
                 check_readable("initramfs", o.initramfs);
         for (size_t i = 0; i < o.n_disks; i++)
@@ -646,10 +720,14 @@ int main(int argc, char *argv[]) {
         if (o.tap[0]) {
                 tap_fd = tap_attach(o.tap);
                 snprintf(mac, sizeof(mac), "%s", o.mac[0] ? o.mac : "random");
+                if (getenv("FAKE_VMM_GUEST_NETNS"))
+                        guest_fd = guest_link(getenv("FAKE_VMM_GUEST_NETNS"),
+                                              getenv("FAKE_VMM_GUEST_IFNAME") ?: "eth0", o.mac[0] ? o.mac : NULL);
         }
 
-        serial_printf("fake-vmm: booted tap=%s mac=%s cpus=%u memory=%" PRIu64 "M kernel=%s\n",
-                      o.tap[0] ? o.tap : "none", mac, o.cpus, o.memory_mib, o.kernel);
+        serial_printf("fake-vmm: booted tap=%s mac=%s cpus=%u memory=%" PRIu64 "M %s=%s\n",
+                      o.tap[0] ? o.tap : "none", mac, o.cpus, o.memory_mib, o.kernel ? "kernel" : "firmware",
+                      o.kernel ? o.kernel : o.firmware);
         if (getenv("FAKE_VMM_PIDFILE"))
                 write_pidfile(getenv("FAKE_VMM_PIDFILE"));
         /* Last: a test that waits for the socket then finds everything above in place. */
@@ -659,8 +737,8 @@ int main(int argc, char *argv[]) {
                 conns[i] = (Conn){ .fd = -EBADF };
 
         for (;;) {
-                struct pollfd pfd[2 + MAX_CONNS];
-                Conn *pconn[2 + MAX_CONNS];
+                struct pollfd pfd[4 + MAX_CONNS];
+                Conn *pconn[4 + MAX_CONNS];
                 size_t n = 0, active = 0;
                 int64_t now = now_ms(), next = -1;
 
@@ -693,6 +771,12 @@ int main(int argc, char *argv[]) {
 
                 pfd[n] = (struct pollfd){ .fd = sig_fd, .events = POLLIN };
                 pconn[n++] = NULL;
+                if (guest_fd >= 0) {
+                        pfd[n] = (struct pollfd){ .fd = tap_fd, .events = POLLIN };
+                        pconn[n++] = NULL;
+                        pfd[n] = (struct pollfd){ .fd = guest_fd, .events = POLLIN };
+                        pconn[n++] = NULL;
+                }
                 if (active < MAX_CONNS) { /* when full, new clients wait in the backlog */
                         pfd[n] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
                         pconn[n++] = NULL;
@@ -725,6 +809,10 @@ int main(int argc, char *argv[]) {
                                                       si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
                                         clean_exit(0);
                                 }
+                        } else if (guest_fd >= 0 && pfd[i].fd == tap_fd) {
+                                relay(tap_fd, guest_fd, true);
+                        } else if (guest_fd >= 0 && pfd[i].fd == guest_fd) {
+                                relay(guest_fd, tap_fd, false);
                         } else if (pfd[i].fd == listen_fd) {
                                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
                                 if (fd < 0)

@@ -568,7 +568,7 @@ Test(chvmctl, busctl_introspects) {
         char *o = sh("busctl --address=unix:path=%s introspect org.chvm.Agent1 /org/chvm/agent 2>&1", agent.socket);
         const char *want[] = { "org.chvm.Agent1", ".CreateVM", ".StartVM", ".StopVM", ".KillVM", ".RemoveVM", ".ListVMs",
                                ".InspectVM", ".CollectGarbage", ".Status", ".Doctor", ".VMStateChanged",
-                               "ssssssutasa(sqq)" };
+                               "sssssssutasa(sqq)" };
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
                 cr_assert(strstr(o, want[i]), "busctl introspect lacks %s:\n%s", want[i], o);
         free(o);
@@ -639,7 +639,7 @@ Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
         /* "port protocol \"%.16s\"": a letter and eight a-umlauts, cut in the eighth */
         snprintf(proto, sizeof(proto), "x%s", "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
         cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "CreateVM"), 0);
-        cr_assert_geq(sd_bus_message_append(m, "ssssssutas", "cut", "", "", "/bin/sh", "", "", 0, UINT64_C(0), 0), 0);
+        cr_assert_geq(sd_bus_message_append(m, "sssssssutas", "cut", "", "", "/bin/sh", "", "", "", 0, UINT64_C(0), 0), 0);
         cr_assert_geq(sd_bus_message_append(m, "a(sqq)", 1, proto, 8080, 80), 0);
         r = sd_bus_call(bus, m, 5 * 1000000, &e, &reply);
         cr_assert_lt(r, 0);

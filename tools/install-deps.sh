@@ -24,6 +24,13 @@ packages=(
         mandoc groff-base systemd bash-completion
         # the agent tests check chvmctl --json output with jq
         jq
+        # DHCP clients no one here wrote, run against the agent's DHCP server (tests/test-dhcp-clients.sh):
+        # busybox udhcpc, ISC dhclient, dhcpcd (systemd-networkd comes with systemd); never started as
+        # services, only in the tests' namespaces
+        busybox-static isc-dhcp-client dhcpcd-base
+        # the stock Debian guest (tests/guest/build-stock-guest.sh): its root file system from Debian's
+        # packages, and a disk image with SYSLINUX made without loop devices
+        mmdebstrap e2fsprogs dosfstools mtools fdisk syslinux syslinux-common
 )
 
 # Nothing to do when every package is already installed: no network, no apt lock needed.

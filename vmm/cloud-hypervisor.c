@@ -2,14 +2,15 @@
 
 /* cloud-hypervisor (v30 and later):
  *
- *   cloud-hypervisor --api-socket path=SOCK --kernel K [--initramfs I] --cmdline CMDLINE --cpus boot=N
+ *   cloud-hypervisor --api-socket path=SOCK (--kernel K [--initramfs I] --cmdline CMDLINE | --firmware F)
+ *                    --cpus boot=N
  *                    --memory size=NM [--disk path=D1 path=D2 ...] [--net tap=TAP,mac=MAC]
  *                    --serial file=LOG --console off
  *
  * --disk takes several values after one flag (the form cloud-hypervisor's own tests use); the next flag ends
  * the list. --api-socket, --disk, --net and --serial values go through cloud-hypervisor's option parser,
  * which splits on ',', treats '"' as quoting and '[' ']' as nesting, and trims blanks, with no escape: such
- * values are refused rather than mangled. --kernel, --initramfs and --cmdline are taken verbatim.
+ * values are refused rather than mangled. --kernel, --initramfs, --cmdline and --firmware are taken verbatim.
  * The guest MAC is set with mac=; no ip=/mask= is passed, and cloud-hypervisor leaves the addresses of a TAP
  * that already exists alone. A guest poweroff ends the process (no --no-shutdown). */
 
@@ -49,6 +50,14 @@ static int check_option_value(const char *what, const char *value, char *error, 
 static int cloud_hypervisor_validate(const VmSpec *spec, char *error, size_t error_size) {
         int r;
 
+        if (!spec->kernel && !spec->firmware) {
+                if (error && error_size > 0)
+                        (void) snprintf(error, error_size,
+                                        "cloud-hypervisor boots a disk only through a firmware: give a kernel or "
+                                        "a firmware (rust-hypervisor-firmware, CLOUDHV.fd)");
+                return -EINVAL;
+        }
+
         r = check_option_value("API socket path", spec->api_socket, error, error_size);
         if (r < 0)
                 return r;
@@ -77,22 +86,28 @@ static int cloud_hypervisor_build_argv(const VmSpec *spec, char ***ret_argv) {
         r = vm_spec_validate(spec, HYPERVISOR_CLOUD_HYPERVISOR, NULL, 0);
         if (r < 0)
                 return r;
-        r = vm_spec_kernel_cmdline(spec, &cmdline);
+        r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;
         if (r < 0)
                 return r;
 
         argv_builder_add(&b, vm_spec_binary(spec, &cloud_hypervisor_vtable));
         argv_builder_add(&b, "--api-socket");
         argv_builder_addf(&b, "path=%s", spec->api_socket);
-        argv_builder_add(&b, "--kernel");
-        argv_builder_add(&b, spec->kernel);
-        if (spec->initrd) {
-                argv_builder_add(&b, "--initramfs");
-                argv_builder_add(&b, spec->initrd);
+        if (spec->kernel) {
+                argv_builder_add(&b, "--kernel");
+                argv_builder_add(&b, spec->kernel);
+                if (spec->initrd) {
+                        argv_builder_add(&b, "--initramfs");
+                        argv_builder_add(&b, spec->initrd);
+                }
+                /* starts with "console=", so it can never be mistaken for a flag */
+                argv_builder_add(&b, "--cmdline");
+                argv_builder_add(&b, cmdline);
+        } else {
+                /* --firmware takes the path verbatim, like --kernel */
+                argv_builder_add(&b, "--firmware");
+                argv_builder_add(&b, spec->firmware);
         }
-        /* starts with "console=", so it can never be mistaken for a flag */
-        argv_builder_add(&b, "--cmdline");
-        argv_builder_add(&b, cmdline);
         argv_builder_add(&b, "--cpus");
         argv_builder_addf(&b, "boot=%u", spec->cpus);
         argv_builder_add(&b, "--memory");

@@ -231,12 +231,21 @@ int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_
         if (has_control_chars(spec->name))
                 return invalid(error, error_size, "VM name contains control characters");
 
-        r = check_path("kernel", spec->kernel, false, error, error_size);
+        r = check_path("kernel", spec->kernel, true, error, error_size);
+        if (r < 0)
+                return r;
+        r = check_path("firmware", spec->firmware, true, error, error_size);
         if (r < 0)
                 return r;
         r = check_path("initrd", spec->initrd, true, error, error_size);
         if (r < 0)
                 return r;
+        if (!spec->kernel && spec->initrd)
+                return invalid(error, error_size, "an initrd needs a kernel (without one the VM boots its first "
+                                                  "disk through its firmware)");
+        if (!spec->kernel && spec->cmdline)
+                return invalid(error, error_size, "a kernel command line needs a kernel (without one the VM "
+                                                  "boots its first disk through its firmware)");
         if (spec->n_disks > 0 && !spec->disks)
                 return invalid(error, error_size, "%zu disks announced but none given", spec->n_disks);
         for (size_t i = 0; i < spec->n_disks; i++) {
@@ -277,7 +286,7 @@ int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_
 
         if (spec->cmdline && has_control_chars(spec->cmdline))
                 return invalid(error, error_size, "kernel command line contains control characters");
-        r = vm_spec_kernel_cmdline(spec, &cmdline);
+        r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;
         if (r == -EINVAL)
                 return invalid(error, error_size, "kernel command line is longer than %u bytes",
                                VM_KERNEL_CMDLINE_MAX);

@@ -62,7 +62,9 @@ int vmm_accel_resolve(VmmAccel accel, bool kvm_works, const char *kvm_device, Vm
  * option or a protocol prefix) and free of control characters. */
 typedef struct VmSpec {
         const char *name;
-        const char *kernel;
+        const char *kernel; /* NULL: boot the first disk through the firmware (initrd and cmdline unset) */
+        const char *firmware; /* NULL: the kind's default (QEMU: SeaBIOS; cloud-hypervisor needs one without
+                               * a kernel) */
         const char *initrd; /* NULL: none */
         const char *const *disks; /* n_disks raw images, in guest order (vda, vdb, ...) */
         size_t n_disks;
@@ -103,7 +105,8 @@ const HypervisorVTable *hypervisor_vtable(HypervisorKind kind);
 int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_t error_size);
 
 /* The guest kernel command line: "console=ttyS0", then spec->cmdline, then our ip= (last, so it wins over
- * an ip= in the extra arguments). -EINVAL when longer than VM_KERNEL_CMDLINE_MAX. */
+ * an ip= in the extra arguments). -EINVAL when longer than VM_KERNEL_CMDLINE_MAX. Only for a spec with a
+ * kernel. */
 int vm_spec_kernel_cmdline(const VmSpec *spec, char **ret);
 
 /* vm_spec_validate() with a message, then the kind's build_argv(). */

@@ -3,7 +3,7 @@
 /* QEMU (checked with 7.2 on Debian 12):
  *
  *   qemu-system-x86_64 -name guest=NAME -accel tcg|kvm -nodefaults -nographic -no-user-config -m N -smp N
- *                      -kernel K [-initrd I] -append CMDLINE -serial file:LOG
+ *                      [-bios FIRMWARE] [-kernel K [-initrd I] -append CMDLINE] -serial file:LOG
  *                      -qmp unix:path=SOCK,server=on,wait=off
  *                      [-netdev tap,id=net0,ifname=TAP,script=no,downscript=no
  *                       -device virtio-net-pci,netdev=net0,mac=MAC,romfile=]
@@ -11,7 +11,8 @@
  *
  * Values of QEMU's key=value option syntax (-name, -qmp, -netdev, -drive) get every ',' doubled, its only
  * escape, and always come with their key spelled out, so an '=' in a value cannot turn it into a key.
- * -kernel, -initrd, -append and -serial file: take their value verbatim and must not be escaped.
+ * -bios, -kernel, -initrd, -append and -serial file: take their value verbatim and must not be escaped.
+ * Without -kernel the firmware (SeaBIOS unless -bios says otherwise) boots the first virtio disk.
  * -no-reboot: a guest reboot ends the process like a poweroff, so the agent sees it exit. romfile= skips the
  * iPXE ROM. script=no/downscript=no: QEMU runs no helper, the TAP exists already. */
 
@@ -21,6 +22,12 @@
 #include "vmm/qemu.h"
 
 static int qemu_validate(const VmSpec *spec, char *error, size_t error_size) {
+        if (!spec->kernel && !spec->firmware && spec->n_disks == 0) {
+                if (error && error_size > 0)
+                        (void) snprintf(error, error_size,
+                                        "nothing to boot: no kernel, and no disk for the firmware to boot");
+                return -EINVAL;
+        }
         if (spec->accel != VMM_ACCEL_KVM && spec->accel != VMM_ACCEL_TCG) {
                 if (error && error_size > 0)
                         (void) snprintf(
@@ -40,7 +47,7 @@ static int qemu_build_argv(const VmSpec *spec, char ***ret_argv) {
         r = vm_spec_validate(spec, HYPERVISOR_QEMU, NULL, 0);
         if (r < 0)
                 return r;
-        r = vm_spec_kernel_cmdline(spec, &cmdline);
+        r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;
         if (r < 0)
                 return r;
 
@@ -56,14 +63,20 @@ static int qemu_build_argv(const VmSpec *spec, char ***ret_argv) {
         argv_builder_addf(&b, "%" PRIu64, spec->memory_mib);
         argv_builder_add(&b, "-smp");
         argv_builder_addf(&b, "%u", spec->cpus);
-        argv_builder_add(&b, "-kernel");
-        argv_builder_add(&b, spec->kernel);
-        if (spec->initrd) {
-                argv_builder_add(&b, "-initrd");
-                argv_builder_add(&b, spec->initrd);
+        if (spec->firmware) {
+                argv_builder_add(&b, "-bios");
+                argv_builder_add(&b, spec->firmware);
         }
-        argv_builder_add(&b, "-append");
-        argv_builder_add(&b, cmdline);
+        if (spec->kernel) {
+                argv_builder_add(&b, "-kernel");
+                argv_builder_add(&b, spec->kernel);
+                if (spec->initrd) {
+                        argv_builder_add(&b, "-initrd");
+                        argv_builder_add(&b, spec->initrd);
+                }
+                argv_builder_add(&b, "-append");
+                argv_builder_add(&b, cmdline);
+        }
         argv_builder_add(&b, "-serial");
         argv_builder_addf(&b, "file:%s", spec->serial_log);
         argv_builder_add(&b, "-qmp");

@@ -29,6 +29,7 @@ typedef enum Dhcp4EventKind {
         _DHCP4_EVENT_KIND_MAX,
 } Dhcp4EventKind;
 
+/* Its strings and mac are valid during the callback only. */
 typedef struct Dhcp4Event {
         Dhcp4EventKind kind;
         const uint8_t *mac; /* the frame's source */
