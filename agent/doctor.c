@@ -170,11 +170,14 @@ static const char *family_name(int f) {
         }
 }
 
-/* Guests' traffic crosses the forward hook (routed), and prerouting/forward of the bridge family; a drop
- * policy in anyone's chain there applies to it too. */
+/* Guests' traffic crosses the forward hook (routed), and prerouting/forward of the bridge family; the
+ * guests' DHCP (and whatever else they send to the host) also the bridge family's input and output, where
+ * the agent's DHCP server's packet socket takes and sends its frames (before and after the inet family's
+ * hooks, which therefore never see DHCP). A drop policy in anyone's chain there applies to it too. */
 static bool on_guest_path(const NftBaseChain *c) {
         if (c->family == NFPROTO_BRIDGE)
-                return c->hook == NF_BR_PRE_ROUTING || c->hook == NF_BR_FORWARD;
+                return c->hook == NF_BR_PRE_ROUTING || c->hook == NF_BR_FORWARD || c->hook == NF_BR_LOCAL_IN ||
+                       c->hook == NF_BR_LOCAL_OUT;
         if (c->family == NFPROTO_INET || c->family == NFPROTO_IPV4)
                 return c->hook == NF_INET_FORWARD || c->hook == NF_INET_PRE_ROUTING;
         return false;
@@ -195,10 +198,22 @@ static int check_firewall(Agent *a, DoctorReport *r) {
                 if (strcmp(c->table, a->cfg.local_table) == 0 || c->policy != NF_DROP || !on_guest_path(c))
                         continue;
                 drops++;
-                k = add(r, DOCTOR_WARNING, "firewall",
-                        "table %s %s chain %s has policy drop: it applies to guest traffic too; allow it there, "
-                        "e.g. iifname \"%s\" accept and oifname \"%s\" ct state established,related accept",
-                        family_name(c->family), c->table, c->chain, a->cfg.local_bridge, a->cfg.local_bridge);
+                if (c->family == NFPROTO_BRIDGE)
+                        k = add(r, DOCTOR_WARNING, "firewall",
+                                "table bridge %s chain %s has policy drop: it applies to the guests' frames too%s; "
+                                "allow them there, e.g. %s \"%s*\" accept",
+                                c->table, c->chain,
+                                c->hook == NF_BR_LOCAL_IN || c->hook == NF_BR_LOCAL_OUT
+                                        ? ", and drops their DHCP (udp 67/68) so that they get no address"
+                                        : "",
+                                c->hook == NF_BR_LOCAL_OUT ? "oifname" : "iifname", a->cfg.local_tap_prefix);
+                else
+                        k = add(r, DOCTOR_WARNING, "firewall",
+                                "table %s %s chain %s has policy drop: it applies to guest traffic too; allow it "
+                                "there, e.g. iifname \"%s\" accept and oifname \"%s\" ct state "
+                                "established,related accept",
+                                family_name(c->family), c->table, c->chain, a->cfg.local_bridge,
+                                a->cfg.local_bridge);
                 if (k < 0)
                         return k;
         }

@@ -112,12 +112,12 @@ Test(chvmctl, every_command_text_and_json) {
                   "[.name, .state, (.vmm_pid > 0), (.tap | startswith(\"tap-\")), .ip, (.mac | test(\"^02:\")), "
                   ".ports[0].proto, .ports[0].host_port, .ports[0].guest_port, .ports[1].proto, .cpus, .memory_mib, "
                   "(.objects | length), ([.objects[].kind] | sort | unique), (.objects | all(.tag | startswith(\"chvm1:\")))]",
-                  "[\"web\",\"running\",true,true,\"192.168.200.2\",true,\"tcp\",8080,80,\"udp\",2,128,5,"
+                  "[\"web\",\"running\",true,true,\"192.168.200.2\",true,\"tcp\",8080,80,\"udp\",2,128,6,"
                   "[\"nft-portfwd\",\"nft-vm-addr\",\"nft-vm-port\",\"tap\"],true]\n");
         expect_jq("inspect web --json", "keys",
-                  "[\"backend\",\"cmdline\",\"cpus\",\"definition_error\",\"disks\",\"exit_reason\",\"hypervisor\",\"id\","
-                  "\"initrd\",\"ip\",\"kernel\",\"mac\",\"memory_mib\",\"name\",\"objects\",\"ports\",\"state\",\"tap\","
-                  "\"vmm_pid\"]\n");
+                  "[\"backend\",\"cmdline\",\"cpus\",\"definition_error\",\"disks\",\"exit_reason\",\"firmware\","
+                  "\"hypervisor\",\"id\",\"initrd\",\"ip\",\"kernel\",\"lease\",\"mac\",\"memory_mib\",\"name\",\"objects\","
+                  "\"ports\",\"state\",\"tap\",\"vmm_pid\"]\n");
         expect_jq("list --json", ".[0] | keys",
                   "[\"backend\",\"exit_reason\",\"hypervisor\",\"id\",\"ip\",\"mac\",\"name\",\"ports\",\"state\",\"tap\","
                   "\"vmm_pid\"]\n");
@@ -137,7 +137,7 @@ Test(chvmctl, every_command_text_and_json) {
         free(out), free(err);
         expect_jq("doctor --json", "[(.findings | length > 3), (.healthy | type)]", "[true,\"boolean\"]\n");
         expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.skip_by_reason.running, .dry_run]",
-                  "[0,5,true]\n");
+                  "[0,6,true]\n");
 
         r = ctl(&agent, &out, &err, "stop web --timeout 5");
         ok("stop", r, out, err);
@@ -479,7 +479,8 @@ Test(chvmctl, bad_input_creates_nothing) {
         BAD(2, "--hypervisor \"xen\"", "run web %s --hypervisor xen", k);
         BAD(2, "--cpus \"0\"", "run web %s --cpus 0", k);
         BAD(2, "--memory \"1\"", "run web %s --memory 1", k);
-        BAD(2, "--kernel PATH is needed", "run web%s", "");
+        BAD(2, "--kernel PATH or --disk PATH is needed", "run web%s", "");
+        BAD(2, "--initrd needs --kernel", "run web --disk /dev/null --initrd /dev/null%s", "");
         BAD(1, "VM taken already exists", "create taken %s", k);
         BAD(1, "VM taken is already running", "start taken%s", "");
         BAD(2, "--timeout \"0\"", "stop taken --timeout 0%s", "");

@@ -48,6 +48,33 @@ Test(config, defaults) {
         cr_assert_eq(c.local_table_owner, TABLE_OWNER_AUTO);
         cr_assert_str_eq(c.bridge_bridge, "br0");
         cr_assert_eq(c.journal_compact_size, UINT64_C(8) << 20);
+        cr_assert(c.local_dhcp);
+        cr_assert(!c.local_dns_given, "DNS: the host's resolvers, read by the agent at start");
+        cr_assert_eq(c.local_n_dns, 0);
+        cr_assert_str_eq(c.local_domain, "");
+        cr_assert_eq(c.local_lease_time, 3600);
+        cr_assert_eq(c.local_mtu, 0, "the bridge's own");
+        cr_assert(c.local_kernel_ip_arg);
+}
+
+Test(config, dhcp_keys) {
+        cr_assert_eq(load("[local]\ndhcp = no\ndns = 10.0.0.53, 10.0.0.54 192.0.2.1\ndomain = guests.example\n"
+                          "lease_time = 600\nmtu = 9000\nkernel_ip_arg = no\n"),
+                     0, "%s", err);
+        cr_assert(!c.local_dhcp);
+        cr_assert(c.local_dns_given);
+        cr_assert_eq(c.local_n_dns, 3);
+        cr_assert_eq(c.local_dns[0], 0x0a000035);
+        cr_assert_eq(c.local_dns[1], 0x0a000036);
+        cr_assert_eq(c.local_dns[2], 0xc0000201);
+        cr_assert_str_eq(c.local_domain, "guests.example");
+        cr_assert_eq(c.local_lease_time, 600);
+        cr_assert_eq(c.local_mtu, 9000);
+        cr_assert(!c.local_kernel_ip_arg);
+        setup();
+        cr_assert_eq(load("[local]\ndns = none\n"), 0, "%s", err);
+        cr_assert(c.local_dns_given, "none: no option 6, not the host's");
+        cr_assert_eq(c.local_n_dns, 0);
 }
 
 Test(config, table_owner) {
@@ -173,6 +200,19 @@ Test(config, bad_input_names_file_line_and_cause) {
                   "aaaaaaaaaaaaaa#b\n",
                   "agent.conf:2: line is longer than 198 bytes" },
                 { "[agent]\njust some words\n", "agent.conf:2:" },
+                { "[local]\ndhcp = maybe\n", "agent.conf:2: dhcp \"maybe\": expected yes or no" },
+                { "[local]\nkernel_ip_arg = 2\n", "agent.conf:2: kernel_ip_arg \"2\": expected yes or no" },
+                { "[local]\ndns = fe80::1\n", "agent.conf:2: dns: \"fe80::1\" is not a unicast IPv4 address" },
+                { "[local]\ndns = 0.0.0.0\n", "dns: \"0.0.0.0\" is not a unicast IPv4 address" },
+                { "[local]\ndns = 1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4\n", "agent.conf:2: dns: at most 3 servers" },
+                { "[local]\ndns = ,\n", "agent.conf:2: dns: expected addresses, or none" },
+                { "[local]\ndomain = a..b\n", "agent.conf:2: domain \"a..b\" is not a DNS domain name" },
+                { "[local]\ndomain = -x.test\n", "domain \"-x.test\" is not a DNS domain name" },
+                { "[local]\ndomain = x y\n", "domain \"x y\" is not a DNS domain name" },
+                { "[local]\nlease_time = 59\n", "agent.conf:2: lease_time \"59\": expected whole seconds from 60" },
+                { "[local]\nlease_time = 1h\n", "lease_time \"1h\": expected whole seconds" },
+                { "[local]\nmtu = 575\n", "agent.conf:2: mtu \"575\": expected bytes from 576 to 65535" },
+                { "[local]\nmtu = 65536\n", "mtu \"65536\"" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 setup();

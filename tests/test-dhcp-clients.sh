@@ -187,6 +187,35 @@ lease=$(e2e_ctl inspect c-udhcpc --json | jq -c .lease)
 jq -e --arg ip "$IP" '.address == $ip' <<<"$lease" >/dev/null || e2e_fail "inspect shows no lease of $IP: $lease"
 e2e_say "inspect: lease $lease"
 
+udhcpc_once() {
+        ip -n "$GUEST_NS" addr flush dev eth0
+        guest busybox udhcpc -f -q -n -t "$1" -T 1 -i eth0 -s "$hook" >/dev/null 2>&1
+}
+
+e2e_step "a host firewall's bridge input chain with policy drop stops DHCP; doctor names it and the rule"
+hostns() {
+        ip netns exec "$E2E_HOST_NS" "$@"
+}
+hostns nft add table bridge hostfw
+hostns nft add chain bridge hostfw input '{ type filter hook input priority 0; policy drop; }'
+if udhcpc_once 2; then
+        e2e_fail "a lease came through a bridge input chain with policy drop"
+fi
+doctor=$(e2e_ctl doctor 2>&1 || true)
+grep -F 'table bridge hostfw chain input has policy drop' <<<"$doctor" | grep -qF 'iifname "tap-*" accept' ||
+        e2e_fail "doctor does not name the chain and the rule: $doctor"
+e2e_say "doctor: $(grep -F hostfw <<<"$doctor")"
+hostns nft add rule bridge hostfw input iifname '"tap-*"' accept
+udhcpc_once 5 || e2e_fail "no lease with the rule doctor named"
+hostns nft delete table bridge hostfw
+e2e_say "with 'iifname \"tap-*\" accept' in that chain the lease comes again"
+
+e2e_step "agent restart: the adopted VM's client gets its lease from the new agent (no bring-up in between)"
+e2e_agent_stop
+FAKE_VMM_GUEST_NETNS=/run/netns/$GUEST_NS e2e_agent_start
+udhcpc_once 5 || e2e_fail "no lease from the restarted agent"
+e2e_say "lease $(sed -n 's/^ip=//p' "$E2E_TMP/udhcpc.env") from agent pid $E2E_AGENT_PID"
+
 e2e_step "no answer to the VM's link with another MAC (anti-spoofing), nor to a foreign port on the bridge"
 ip -n "$GUEST_NS" addr flush dev eth0
 ip -n "$GUEST_NS" link set dev eth0 address 02:aa:bb:cc:dd:ee

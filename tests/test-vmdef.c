@@ -296,6 +296,36 @@ Test(vmdef, round_trip_small) {
                                "kernel = /boot/vmlinuz\n");
 }
 
+/* No kernel: the key stays (empty) and last, so a file cut short is still refused; firmware before it. */
+Test(vmdef, round_trip_disk_boot) {
+        _cleanup_(vm_def_freep) VmDef *d = minimal_def();
+        _cleanup_free_ char *text = NULL;
+
+        free(d->kernel);
+        d->kernel = NULL;
+        d->disks[0] = xstrdup("/srv/web/root.img");
+        d->n_disks = 1;
+        assert_round_trip(d);
+        d->firmware = xstrdup("/usr/share/ovmf/OVMF.fd");
+        assert_round_trip(d);
+        cr_assert_eq(vm_def_format(d, &text), 0);
+        cr_assert_str_eq(text, "# VM definition, written by chvm-agentd.\n"
+                               "[vm]\n"
+                               "name = web\n"
+                               "id = 00000000000004d2\n"
+                               "backend = local\n"
+                               "cpus = 1\n"
+                               "memory = 256\n"
+                               "disk = /srv/web/root.img\n"
+                               "firmware = /usr/share/ovmf/OVMF.fd\n"
+                               "kernel = \n");
+        /* every prefix of it is refused */
+        for (size_t n = 0; n < strlen(text); n++) {
+                VmDef *p = NULL;
+                cr_assert_lt(vm_def_parse("web.vm", text, n, &p, NULL, 0), 0, "prefix of %zu bytes accepted", n);
+        }
+}
+
 Test(vmdef, round_trip_every_field_at_its_limit) {
         _cleanup_(vm_def_freep) VmDef *d = full_def();
         _cleanup_free_ char *text = NULL;
@@ -366,7 +396,7 @@ Test(vmdef, errors_of_values) {
                      "of a-z, 0-9, '_' and '-')");
         assert_error("[vm]\nbackend =\n",
                      "web.vm:2: backend: \"\" is not a backend name (1..32 of a-z, 0-9, '_' and '-')");
-        assert_error("[vm]\nkernel =\n", "web.vm:2: kernel: \"\" is not an absolute path");
+        assert_error("[vm]\nfirmware = ovmf.fd\n", "web.vm:2: firmware: \"ovmf.fd\" is not an absolute path");
         assert_error("[vm]\nkernel = vmlinuz\n", "web.vm:2: kernel: \"vmlinuz\" is not an absolute path");
 }
 
@@ -654,7 +684,14 @@ static void set_str(char **field, const char *value) {
 
 Test(vmdef, validate_messages) {
         INVALID(set_str(&d->kernel, "rel/path"), "VM web: kernel \"rel/path\" is not an absolute path");
-        INVALID(set_str(&d->kernel, NULL), "VM web: kernel is missing");
+        INVALID(set_str(&d->kernel, NULL),
+                "VM web: an initrd needs a kernel (without one the VM boots its first disk through its firmware)");
+        INVALID((set_str(&d->kernel, NULL), set_str(&d->initrd, NULL)),
+                "VM web: a kernel command line needs a kernel (without one the VM boots its first disk through "
+                "its firmware)");
+        INVALID((set_str(&d->kernel, NULL), set_str(&d->initrd, NULL), set_str(&d->cmdline, NULL), d->n_disks = 0),
+                "VM web: nothing to boot: no kernel, no firmware and no disk");
+        INVALID(set_str(&d->firmware, "fw.fd"), "VM web: firmware \"fw.fd\" is not an absolute path");
         INVALID(set_str(&d->kernel, "/boot/vmlinuz "),
                 "VM web: kernel \"/boot/vmlinuz \" begins or ends with white space, which a .vm file cannot keep");
         INVALID(set_str(&d->kernel, "/boot/\nvmlinuz"),

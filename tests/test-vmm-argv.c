@@ -357,6 +357,77 @@ Test(qemu, minimal_tcg) {
         /* clang-format on */
 }
 
+/* No kernel: SeaBIOS (or -bios) boots the first disk; no -append, no ip= (the guest asks DHCP). */
+Test(qemu, disk_boot_through_firmware) {
+        VmSpec s = minimal_spec();
+
+        s.kernel = NULL;
+        s.disks = two_disks;
+        s.n_disks = 2;
+        s.ip4 = 0xc0a8c80a;
+        s.gateway4 = 0xc0a8c801;
+        s.prefixlen = 24;
+        /* clang-format off */
+        check_argv(HYPERVISOR_QEMU, &s,
+                   (const char *const[]) { "qemu-system-x86_64",
+                                           "-name", "guest=web",
+                                           "-accel", "tcg",
+                                           "-nodefaults", "-nographic", "-no-user-config",
+                                           "-m", "512",
+                                           "-smp", "1",
+                                           "-serial", "file:" SERIAL,
+                                           "-qmp", "unix:path=" SOCK ",server=on,wait=off",
+                                           "-netdev", "tap,id=net0,ifname=" TAP ",script=no,downscript=no",
+                                           "-device",
+                                           "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,romfile=",
+                                           "-drive", "file=" DISK0 ",if=virtio,format=raw",
+                                           "-drive", "file=" DISK1 ",if=virtio,format=raw",
+                                           "-no-reboot",
+                                           NULL });
+        s.firmware = "/usr/share/ovmf/OVMF.fd";
+        check_argv(HYPERVISOR_QEMU, &s,
+                   (const char *const[]) { "qemu-system-x86_64",
+                                           "-name", "guest=web",
+                                           "-accel", "tcg",
+                                           "-nodefaults", "-nographic", "-no-user-config",
+                                           "-m", "512",
+                                           "-smp", "1",
+                                           "-bios", "/usr/share/ovmf/OVMF.fd",
+                                           "-serial", "file:" SERIAL,
+                                           "-qmp", "unix:path=" SOCK ",server=on,wait=off",
+                                           "-netdev", "tap,id=net0,ifname=" TAP ",script=no,downscript=no",
+                                           "-device",
+                                           "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,romfile=",
+                                           "-drive", "file=" DISK0 ",if=virtio,format=raw",
+                                           "-drive", "file=" DISK1 ",if=virtio,format=raw",
+                                           "-no-reboot",
+                                           NULL });
+        /* clang-format on */
+}
+
+Test(cloud_hypervisor, firmware_boot) {
+        static const char *const one_disk[] = { DISK0 };
+        VmSpec s = minimal_spec();
+
+        s.kernel = NULL;
+        s.firmware = "/usr/share/cloud-hypervisor/CLOUDHV.fd";
+        s.disks = one_disk;
+        s.n_disks = 1;
+        /* clang-format off */
+        check_argv(HYPERVISOR_CLOUD_HYPERVISOR, &s,
+                   (const char *const[]) { "cloud-hypervisor",
+                                           "--api-socket", "path=" SOCK,
+                                           "--firmware", "/usr/share/cloud-hypervisor/CLOUDHV.fd",
+                                           "--cpus", "boot=1",
+                                           "--memory", "size=512M",
+                                           "--disk", "path=" DISK0,
+                                           "--net", "tap=" TAP ",mac=02:00:00:00:00:01",
+                                           "--serial", "file=" SERIAL,
+                                           "--console", "off",
+                                           NULL });
+        /* clang-format on */
+}
+
 Test(qemu, kvm_initrd_disks_ip_cmdline) {
         VmSpec s = full_spec();
 
@@ -534,7 +605,7 @@ static const BadCase common_cases[] = {
         { "no name", no_name, "VM name is missing" },
         { "empty name", empty_name, "VM name is missing" },
         { "name with a control character", name_ctrl, "VM name contains control characters" },
-        { "no kernel", no_kernel, "kernel is missing" },
+        { "no kernel, with an initrd", no_kernel, "an initrd needs a kernel" },
         { "relative kernel", kernel_relative, "kernel \"vmlinuz\" is not an absolute path" },
         { "empty kernel", kernel_empty, "kernel \"\" is not an absolute path" },
         { "kernel with a control character", kernel_ctrl, "kernel contains control characters" },
@@ -713,4 +784,32 @@ Test(validate, cloud_hypervisor_option_syntax) {
                 check_refused(HYPERVISOR_CLOUD_HYPERVISOR, &s, cases[i].what, cases[i].message);
                 cr_assert_eq(qemu_vtable.build_argv(&s, &argv), 0, "%s: refused by qemu", cases[i].what);
         }
+}
+
+static void no_kernel_no_firmware(VmSpec *s) {
+        s->kernel = NULL;
+        s->initrd = NULL;
+        s->cmdline = NULL;
+}
+
+/* What only one kind refuses, and what needs a kernel. */
+Test(validate, boot_without_a_kernel) {
+        VmSpec s = full_spec();
+        no_kernel_no_firmware(&s);
+        check_refused(HYPERVISOR_CLOUD_HYPERVISOR, &s, "disk, no firmware",
+                      "cloud-hypervisor boots a disk only through a firmware");
+        s.n_disks = 0;
+        check_refused(HYPERVISOR_QEMU, &s, "nothing to boot", "nothing to boot: no kernel, and no disk");
+        s = full_spec();
+        s.kernel = NULL;
+        s.cmdline = NULL;
+        check_refused(HYPERVISOR_QEMU, &s, "initrd without kernel", "an initrd needs a kernel");
+        s = full_spec();
+        s.kernel = NULL;
+        s.initrd = NULL;
+        check_refused(HYPERVISOR_QEMU, &s, "cmdline without kernel", "a kernel command line needs a kernel");
+        s = full_spec();
+        no_kernel_no_firmware(&s);
+        s.firmware = "fw.fd";
+        check_refused(HYPERVISOR_QEMU, &s, "relative firmware", "firmware \"fw.fd\" is not an absolute path");
 }

@@ -94,6 +94,8 @@ rm -f "$check_dir/test-suite.log"
 # The QEMU test guest (two Debian packages, ~42 MB) is built once here and shared by make check and
 # make distcheck.
 export CHVM_GUEST_DIR="${CHVM_GUEST_DIR:-$top/build/guest}"
+# The stock Debian 12 guest (mmdebstrap of Debian's packages, ~150 MB downloaded, about a minute) likewise.
+export CHVM_STOCK_DIR="${CHVM_STOCK_DIR:-$top/build/stock}"
 
 run install-deps tools/install-deps.sh || finish
 run autoreconf autoreconf -fi || finish
