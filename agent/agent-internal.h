@@ -41,6 +41,7 @@ struct Agent {
         bool taskstats_overflow_warned;
         HypervisorKind default_kind;
         U64Map *vms; /* AgentVm by id */
+        U64Map *vms_by_mac; /* the same by the low 40 bits of the id, which its guest MAC carries */
         AgentStateCallback on_state;
         void *userdata;
         /* One dump of the links while links_held > 0 (a collection's scans, a doctor run), made at the first

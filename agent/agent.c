@@ -88,6 +88,8 @@ AgentVm *agent_find_vm(const Agent *a, const char *name) {
         return NULL;
 }
 
+#define MAC_BITS ((UINT64_C(1) << 40) - 1) /* the part of a VM id its MAC carries (dispatcher_mac()) */
+
 static int add_vm(Agent *a, const char *name, uint64_t id, VmDef *def, AgentVm **ret) {
         AgentVm *v = calloc(1, sizeof(AgentVm));
         if (!v)
@@ -100,6 +102,13 @@ static int add_vm(Agent *a, const char *name, uint64_t id, VmDef *def, AgentVm *
                 v->def = NULL;
                 free(v);
                 return r;
+        }
+        /* new_vm_id() keeps the low 40 bits (the MAC's) unique; a clash from elsewhere keeps the first */
+        if (u64map_put(a->vms_by_mac, id & MAC_BITS, v) == -ENOMEM) {
+                u64map_remove(a->vms, id);
+                v->def = NULL;
+                free(v);
+                return -ENOMEM;
         }
         if (ret)
                 *ret = v;
@@ -280,23 +289,22 @@ int agent_links(void *agent, const LinkInfo **ret, size_t *ret_n) {
  * from the VM id (dispatcher_mac()), so its low 40 bits find the VM. */
 static int guest_lookup(void *userdata, Backend *b, const uint8_t mac[6], Dhcp4Lookup *ret) {
         Agent *a = userdata;
-        void *p;
-        uint64_t id;
-        for (size_t i = 0; u64map_iterate(a->vms, &i, &id, &p);) {
-                AgentVm *v = p;
-                uint8_t m[6];
-                uint32_t ip4;
-                dispatcher_mac(id, m);
-                if (memcmp(m, mac, 6) != 0)
-                        continue;
-                if (strcmp(vm_backend(a, v), b->vtable->name) != 0 || agent_vm_state(a, id) != VM_STATE_RUNNING ||
-                    dispatcher_vm_ip(a->dispatcher, id, &ip4) < 0 || ip4 == 0)
-                        return -ENOENT;
-                *ret = (Dhcp4Lookup){ .id = id, .address = ip4 };
-                snprintf(ret->hostname, sizeof(ret->hostname), "%s", v->name);
-                return 0;
-        }
-        return -ENOENT;
+        uint64_t low = 0;
+        uint8_t m[6];
+        uint32_t ip4;
+        for (int i = 1; i < 6; i++)
+                low = low << 8 | mac[i];
+        AgentVm *v = u64map_get(a->vms_by_mac, low);
+        if (!v)
+                return -ENOENT;
+        dispatcher_mac(v->id, m);
+        if (memcmp(m, mac, 6) != 0 || strcmp(vm_backend(a, v), b->vtable->name) != 0 ||
+            agent_vm_state(a, v->id) != VM_STATE_RUNNING || dispatcher_vm_ip(a->dispatcher, v->id, &ip4) < 0 ||
+            ip4 == 0)
+                return -ENOENT;
+        *ret = (Dhcp4Lookup){ .id = v->id, .address = ip4 };
+        snprintf(ret->hostname, sizeof(ret->hostname), "%s", v->name);
+        return 0;
 }
 
 static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
@@ -603,7 +611,8 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         a->state_fd = a->vms_fd = -EBADF;
         a->event = sd_event_ref(event);
         a->vms = u64map_new();
-        if (!a->vms)
+        a->vms_by_mac = u64map_new();
+        if (!a->vms || !a->vms_by_mac)
                 return -ENOMEM;
         a->default_kind = hypervisor_kind_from_string(cfg->hypervisor);
         if (a->default_kind < 0) {
@@ -712,6 +721,7 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; a->vms && u64map_iterate(a->vms, &i, NULL, &v);)
                 agent_vm_free(v);
         u64map_free(a->vms);
+        u64map_free(a->vms_by_mac);
         safe_close(a->vms_fd);
         safe_close(a->state_fd);
         sd_event_unref(a->event);
@@ -953,6 +963,8 @@ int agent_vm_remove(Agent *a, const char *name, bool force) {
         char vname[33];
         uint64_t id = v->id;
         snprintf(vname, sizeof(vname), "%s", v->name);
+        if (u64map_get(a->vms_by_mac, id & MAC_BITS) == v)
+                u64map_remove(a->vms_by_mac, id & MAC_BITS);
         agent_vm_free(u64map_remove(a->vms, id));
         log_vm(LOG_INFO, &((LogVm){ .name = vname, .id = id }), "VM %s removed", vname);
         notify(a, vname, id, _VM_STATE_INVALID, "removed");

@@ -21,7 +21,8 @@
  *   FAKE_VMM_EXIT_CODE=N           exit(N) FAKE_VMM_EXIT_AFTER_MS ms after start (default 0 ms)
  *   FAKE_VMM_EXIT_AFTER_MS=N       (exit code 0 when FAKE_VMM_EXIT_CODE is not set)
  *   FAKE_VMM_GUEST_NETNS=PATH      the guest's NIC as a link: a TAP named FAKE_VMM_GUEST_IFNAME (default
- *                                  eth0) with the guest's MAC in the network namespace at PATH, its frames
+ *                                  eth0; "@tap": the VM's TAP's name, for many VMs in one namespace) with
+ *                                  the guest's MAC in the network namespace at PATH, its frames
  *                                  relayed to and from the VM's TAP, so that a real DHCP client (or any
  *                                  program) in that namespace is the guest
  *
@@ -721,8 +722,11 @@ int main(int argc, char *argv[]) {
                 tap_fd = tap_attach(o.tap);
                 snprintf(mac, sizeof(mac), "%s", o.mac[0] ? o.mac : "random");
                 if (getenv("FAKE_VMM_GUEST_NETNS"))
+                {
+                        const char *ifname = getenv("FAKE_VMM_GUEST_IFNAME") ?: "eth0";
                         guest_fd = guest_link(getenv("FAKE_VMM_GUEST_NETNS"),
-                                              getenv("FAKE_VMM_GUEST_IFNAME") ?: "eth0", o.mac[0] ? o.mac : NULL);
+                                              strcmp(ifname, "@tap") == 0 ? o.tap : ifname, o.mac[0] ? o.mac : NULL);
+                }
         }
 
         serial_printf("fake-vmm: booted tap=%s mac=%s cpus=%u memory=%" PRIu64 "M %s=%s\n",

@@ -202,7 +202,8 @@ static int open_packet_socket(uint32_t ifindex) {
 
         if (fd < 0)
                 return -errno;
-        /* The filter before the bind, so that nothing unfiltered is queued in between. */
+        /* Protocol 0 until the bind: nothing is queued before the filter is there, and the bind hooks the
+         * socket to the one link without the RCU wait that moving an already hooked socket costs. */
         r = attach_filter(fd);
         if (r < 0)
                 return r;
