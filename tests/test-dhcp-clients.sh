@@ -36,25 +36,16 @@ done
 
 GUEST_NS=""
 CLIENT_PIDS=()
-result=fail
-finish() {
-        local rc=$? pid
-        set +e
+# The clients first (by PID; those left in the guest namespace are ended with it), then the rest.
+remove_guests() {
+        local pid
         for pid in "${CLIENT_PIDS[@]}"; do
                 kill -KILL "$pid" 2>/dev/null
         done
-        if [ "$result" != pass ]; then
-                e2e_dump
-                E2E_KEEP_TMP=yes
-        fi
-        e2e_cleanup
         [ -z "$GUEST_NS" ] || e2e_netns_remove "$GUEST_NS"
-        exit "$rc"
 }
-trap finish EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
+E2E_EXTRA_CLEANUP=remove_guests
+e2e_test_traps
 
 gw=192.168.200.1
 dns1=10.77.0.53
@@ -180,6 +171,12 @@ guest busybox udhcpc -f -q -n -t 5 -T 2 -i eth0 -s "$hook" -O mtu -O dns \
         e2e_fail "udhcpc got no lease"
 }
 check_configured udhcpc "$(sed -n 's/^dns=//p' "$E2E_TMP/udhcpc.env")"
+# [local] mtu: the bridge, the VM's TAP and option 26 agree
+tap=$(e2e_vm_field c-udhcpc tap)
+for link in chvm0 "$tap"; do
+        m=$(ip -n "$E2E_HOST_NS" -j link show dev "$link" | jq -r '.[0].mtu')
+        [ "$m" = "$mtu" ] || e2e_fail "$link has MTU $m, not [local] mtu = $mtu"
+done
 grep -qx "hostname=c-udhcpc" "$E2E_TMP/udhcpc.env" || e2e_fail "udhcpc: no host name option (12) with the VM's name"
 grep -qx "domain=guests.test" "$E2E_TMP/udhcpc.env" || e2e_fail "udhcpc: no domain option (15)"
 grep -qx "lease=600" "$E2E_TMP/udhcpc.env" || e2e_fail "udhcpc: lease time is not 600 s"
@@ -316,5 +313,5 @@ ip -n "$GUEST_NS" -4 addr show dev eth0 | grep -q "dynamic" || e2e_fail "network
 stop_guest_processes
 vm_down c-networkd
 
-result=pass
+E2E_RESULT=pass
 echo "PASS: $E2E_PROG"

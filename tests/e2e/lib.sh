@@ -327,6 +327,31 @@ e2e_dump() {
         done
 }
 
+# --- the automake tests' exit ----------------------------------------------------------------------------
+
+# e2e_test_traps: what a test runs on exit, however it ends: unless it set E2E_RESULT=pass, the logs
+# (e2e_dump) and E2E_TMP kept; then the function named in E2E_EXTRA_CLEANUP, when set, and e2e_cleanup.
+E2E_RESULT=fail
+E2E_EXTRA_CLEANUP=""
+e2e_test_finish() {
+        local rc=$?
+        set +e
+        if [ "$E2E_RESULT" != pass ]; then
+                e2e_dump
+                E2E_KEEP_TMP=yes
+        fi
+        [ -z "$E2E_EXTRA_CLEANUP" ] || "$E2E_EXTRA_CLEANUP"
+        e2e_cleanup
+        exit "$rc"
+}
+e2e_test_traps() {
+        trap e2e_test_finish EXIT
+        # bash runs the EXIT trap on a signal only when the signal itself is trapped.
+        trap 'exit 129' HUP
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+}
+
 # --- cleanup -------------------------------------------------------------------------------------------
 
 # Undoes whatever was made: the VMs through the agent (so it tears their network down as it would for an

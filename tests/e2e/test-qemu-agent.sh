@@ -45,22 +45,7 @@ for f in chvm-agentd chvmctl backends/local.so; do
                 e2e_fail "$E2E_BUILD/$f is missing: run the test from the build tree (make check)"
 done
 
-result=fail
-finish() {
-        local rc=$?
-        set +e
-        if [ "$result" != pass ]; then
-                e2e_dump
-                E2E_KEEP_TMP=yes
-        fi
-        e2e_cleanup
-        exit "$rc"
-}
-trap finish EXIT
-# bash runs the EXIT trap on a signal only when the signal itself is trapped.
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
+e2e_test_traps
 
 e2e_step "guest: build or reuse it"
 guest_dir=${CHVM_GUEST_DIR:-$PWD/tests/guest/out}
@@ -258,7 +243,7 @@ taps=$(ip -n "$E2E_HOST_NS" -o link show type tun)
         e2e_fail "per-VM nft objects left: $(ip netns exec "$E2E_HOST_NS" nft list ruleset)"
 e2e_say "agent exited 0; no TAP and no per-VM nft object left"
 
-result=pass
+E2E_RESULT=pass
 echo
 echo "PASS: $E2E_PROG: boot to ready $ready_ms ms, to serving $boot_ms ms," \
         "kill -9 to TAP gone $tap_ms ms, to all clean $clean_ms ms," \

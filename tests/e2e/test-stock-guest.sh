@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A stock Debian 12 guest (tests/guest/build-stock-guest.sh: Debian's cloud kernel and initramfs-tools
-# initramfs, systemd-networkd with DHCP=ipv4, busybox httpd) gets its network from the agent the standard
+# initramfs, systemd-networkd with DHCP=yes, busybox httpd) gets its network from the agent the standard
 # way, by DHCP, and is reached through its forward (issue 11, acceptance 3). In two network namespaces this
 # test makes and removes (tests/e2e/lib.sh):
 #
@@ -38,21 +38,7 @@ for f in chvm-agentd chvmctl backends/local.so; do
         [ -e "$E2E_BUILD/$f" ] || e2e_fail "$E2E_BUILD/$f is missing: run the test from the build tree (make check)"
 done
 
-result=fail
-finish() {
-        local rc=$?
-        set +e
-        if [ "$result" != pass ]; then
-                e2e_dump
-                E2E_KEEP_TMP=yes
-        fi
-        e2e_cleanup
-        exit "$rc"
-}
-trap finish EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
+e2e_test_traps
 
 e2e_step "stock guest: build or reuse it"
 stock_dir=${CHVM_STOCK_DIR:-$E2E_BUILD/tests/guest/stock}
@@ -117,5 +103,5 @@ if [ "${CHVM_STOCK_DISK_BOOT:-1}" != 0 ]; then
         boot_and_check stock-disk
 fi
 
-result=pass
+E2E_RESULT=pass
 echo "PASS: $E2E_PROG"

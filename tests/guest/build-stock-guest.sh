@@ -84,7 +84,7 @@ cat >"$root/etc/systemd/network/50-dhcp.network" <<'NET'
 Name=en* eth*
 
 [Network]
-DHCP=ipv4
+DHCP=yes
 NET
 echo chvm-stock-guest >"$root/srv/www/index.html"
 cat >"$root/srv/www/cgi-bin/addr" <<'CGI'
