@@ -232,13 +232,15 @@ static int index_journal(Gc *g) {
 }
 
 /* Every process's command line, read once: a hypervisor we do not watch (journal lost, or quarantine) is
- * still recognised by its runtime folder vms/<id>/ in its arguments. */
+ * still recognised by its runtime folder vms/<id>/ in its arguments, and proven by what it holds. */
 static int note_alive(pid_t pid, const char *cmdline, void *userdata) {
         Gc *g = userdata;
-        (void) pid;
         for (const char *p = strstr(cmdline, g->needle); p; p = strstr(p + 1, g->needle)) {
                 uint64_t id = vm_manager_vm_id_in(p, g->needle);
-                if (id && u64map_replace(g->alive, id, (void *) 1) < 0)
+                /* only the VM's own hypervisor keeps its objects, not anyone who names its folder; a process
+                 * that cannot be looked into (-errno) is not proven not to be it */
+                if (id && vm_manager_is_hypervisor(g->a->vmm, pid, id) != 0 &&
+                    u64map_replace(g->alive, id, (void *) 1) < 0)
                         return -ENOMEM;
         }
         return 0;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "agent/vm-manager.h"
+#include "backends/backend.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
 #include "util/macro.h"
@@ -218,7 +220,10 @@ static int vm_dir(VmManager *m, uint64_t id, char *buf, size_t size) {
         snprintf(vms, sizeof(vms), "%s/vms", m->runtime_dir);
         if (mkdir(m->runtime_dir, 0755) < 0 && errno != EEXIST)
                 return negative_errno();
-        if (mkdir(vms, 0755) < 0 && errno != EEXIST)
+        /* 0700: the VM ids (and the API sockets) are no one else's business */
+        if (mkdir(vms, 0700) < 0 && errno != EEXIST)
+                return negative_errno();
+        if (chmod(vms, 0700) < 0)
                 return negative_errno();
         int n = snprintf(buf, size, "%s/%016" PRIx64, vms, id);
         if (n < 0 || (size_t) n >= size)
@@ -661,8 +666,30 @@ uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle) {
         return p[16] == '/' ? strtoull(hex, NULL, 16) : 0;
 }
 
+/* Whether pid is provably VM vm_id's hypervisor (process_is_hypervisor_of()): our uid, the binary the VM's
+ * kind runs, and the VM's TAP or API socket in its hands. 1, 0, or -errno. */
+int vm_manager_is_hypervisor(VmManager *m, pid_t pid, uint64_t vm_id) {
+        HypervisorKind kind = m->cfg.kind_of ? m->cfg.kind_of(vm_id, m->cfg.userdata) : m->cfg.hypervisor;
+        const HypervisorVTable *vt = hypervisor_vtable(kind);
+        const char *binary = kind == m->cfg.hypervisor && m->cfg.binary ? m->cfg.binary : vt ? vt->default_binary : NULL;
+        char found[PATH_MAX], dir[4300], sock[4400];
+        const char *tap = NULL;
+        const LiveObject *o;
+
+        if (!binary || vmm_find_binary(binary, found, sizeof(found)) < 0)
+                return 0;
+        for (size_t i = 0; live_set_iterate_objects(journal_live_set(m->cfg.journal), &i, &o);)
+                if (o->vm_id == vm_id && o->kind == RESOURCE_LINK_TAP && o->name)
+                        tap = o->name;
+        int n = snprintf(dir, sizeof(dir), "%s/vms/%016" PRIx64, m->runtime_dir, vm_id);
+        if (n < 0 || (size_t) n >= sizeof(dir))
+                return 0;
+        snprintf(sock, sizeof(sock), "%s/api.sock", dir);
+        return process_is_hypervisor_of(pid, geteuid(), found, tap, sock);
+}
+
 /* A hypervisor the journal does not say is running but that runs: started by us for a VM the journal
- * knows (its arguments name our runtime folder's vms/<id>/; only we start processes with those), e.g. after
+ * knows (its arguments name our runtime folder's vms/<id>/, and vm_manager_is_hypervisor() proves it), e.g. after
  * the journal was restored from a backup. Adopted, and journaled as started. */
 typedef struct OrphanCtx {
         VmManager *m;
@@ -679,6 +706,9 @@ static int adopt_orphan(pid_t pid, const char *cmdline, void *userdata) {
         int pidfd = -EBADF, r;
 
         if (pid <= 1 || !lv || lv->state == JOURNAL_VM_RUNNING || u64map_get(m->vms, id))
+                return 0;
+        /* Its arguments name the VM's folder, which anyone may write in theirs: not proof enough. */
+        if (vm_manager_is_hypervisor(m, pid, id) <= 0)
                 return 0;
         if (process_start_time(pid, &start_time) < 0 || vmm_adopt(pid, start_time, c->boot, &pidfd) < 0)
                 return 0; /* gone meanwhile */

@@ -191,6 +191,90 @@ Test(agentd, sigterm_leaves_vms_running_and_restart_adopts) {
         free(now);
 }
 
+/* Issue 13, defect 1: a process whose arguments name a stopped VM's runtime folder is not that VM's
+ * hypervisor. As uid nobody (sh -c 'sleep 900; :' x <runtime>/vms/<id>/) and as root (tail -f of the VM's
+ * serial log): the restarted agent adopts neither, shows the VM stopped, starts it, and signals neither;
+ * the folder vms/ is 0700. Without the proof of ownership the agent adopted the first of them. */
+Test(agentd, impostors_are_not_adopted) {
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        create_and_start("web", 8080);
+        char *err = NULL, *id = NULL;
+        cr_assert_eq(ctl(&agent, &id, NULL, "inspect web --json | jq -r .id"), 0);
+        id[strcspn(id, "\n")] = '\0';
+        cr_assert_eq(ctl(&agent, NULL, &err, "stop web --timeout 5"), 0, "%s", err);
+        free(err);
+        char *st = vm_state("web");
+        cr_assert_str_eq(st, "stopped");
+        free(st);
+        struct stat sb;
+        char vms[256];
+        snprintf(vms, sizeof(vms), "%s/vms", agent.runtime_dir);
+        cr_assert_eq(stat(vms, &sb), 0);
+        cr_assert_eq(sb.st_mode & 07777, 0700, "%s is %o", vms, sb.st_mode & 07777);
+
+        char *p1 = sh("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'sleep 900; :' x %s/vms/%s/ "
+                      ">/dev/null 2>&1 & echo $!",
+                      agent.runtime_dir, id);
+        char *p2 = sh("tail -f %s/vms/%s/serial.log >/dev/null 2>&1 & echo $!", agent.runtime_dir, id);
+        pid_t nobody = (pid_t) atoi(p1), root = (pid_t) atoi(p2);
+        free(p1);
+        free(p2);
+        cr_assert(nobody > 0 && root > 0);
+        usleep(100000); /* their command lines are in place */
+
+        int status = test_agent_signal_wait(&agent, SIGTERM);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        test_agent_start(&agent, NULL);
+        st = vm_state("web");
+        cr_assert_str_eq(st, "stopped", "an impostor was adopted as web's hypervisor");
+        free(st);
+        cr_assert_eq(vm_pid("web"), 0);
+        cr_assert_eq(ctl(&agent, NULL, &err, "start web"), 0, "start: %s", err);
+        free(err);
+        pid_t real = vm_pid("web");
+        cr_assert(real > 0 && real != nobody && real != root);
+        cr_assert_eq(ctl(&agent, NULL, &err, "rm -f web"), 0, "%s", err);
+        free(err);
+        cr_assert_eq(kill(nobody, 0), 0, "the agent signalled nobody's process");
+        cr_assert_eq(kill(root, 0), 0, "the agent signalled root's tail");
+        kill(nobody, SIGKILL);
+        kill(root, SIGKILL);
+        free(id);
+}
+
+/* The other side of the same rule: a VM's real hypervisor that the journal does not know runs (the state
+ * folder restored from a copy made before the VM started) is still adopted: its binary, its uid, and it
+ * listens on the VM's API socket. */
+Test(agentd, a_real_orphan_is_adopted) {
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        char *err = NULL;
+        cr_assert_eq(ctl(&agent, NULL, &err, "create web --kernel %s/tests/fake-vmm", test_build_dir()), 0, "%s",
+                     err);
+        free(err);
+        int status = test_agent_signal_wait(&agent, SIGTERM);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        char *o = sh("rm -rf %s.copy && cp -a %s %s.copy && echo ok", agent.state_dir, agent.state_dir, agent.state_dir);
+        cr_assert_str_eq(o, "ok\n");
+        free(o);
+        test_agent_start(&agent, NULL);
+        cr_assert_eq(ctl(&agent, NULL, &err, "start web"), 0, "%s", err);
+        free(err);
+        pid_t pid = vm_pid("web");
+        cr_assert(pid > 0);
+        status = test_agent_signal_wait(&agent, SIGTERM);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        o = sh("rm -rf %s && mv %s.copy %s && echo ok", agent.state_dir, agent.state_dir, agent.state_dir);
+        cr_assert_str_eq(o, "ok\n");
+        free(o);
+        test_agent_start(&agent, NULL);
+        char *st = vm_state("web");
+        cr_assert_str_eq(st, "running", "the real hypervisor was not adopted");
+        free(st);
+        cr_assert_eq(vm_pid("web"), pid);
+}
+
 static bool process_dead(pid_t pid) {
         char *st = sh("cut -d' ' -f3 /proc/%d/stat 2>/dev/null", (int) pid);
         bool dead = st[0] == '\0' || st[0] == 'Z' || st[0] == 'X';

@@ -344,6 +344,118 @@ int vmm_find_binary(const char *name, char *ret, size_t size) {
         }
 }
 
+static int process_uid(pid_t pid, uid_t *ret) {
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return negative_errno();
+        int r = -EBADMSG;
+        while (fgets(line, sizeof(line), f)) {
+                unsigned long real, eff, saved, fs;
+                if (sscanf(line, "Uid: %lu %lu %lu %lu", &real, &eff, &saved, &fs) == 4) {
+                        /* every one of them: a process that can become another uid is not that uid's */
+                        r = real == eff && eff == saved && saved == fs ? 0 : -EPERM;
+                        *ret = (uid_t) eff;
+                        break;
+                }
+        }
+        fclose(f);
+        return r;
+}
+
+/* The inode of the listening unix socket bound at path, from /proc/net/unix; 0 when there is none. */
+static unsigned long unix_listener_inode(const char *path) {
+        FILE *f = fopen("/proc/net/unix", "re");
+        char line[4352];
+        unsigned long found = 0;
+        if (!f)
+                return 0;
+        while (!found && fgets(line, sizeof(line), f)) {
+                unsigned long flags, inode;
+                unsigned type, state;
+                int off = 0;
+                /* Num RefCount Protocol Flags Type St Inode Path */
+                if (sscanf(line, "%*s %*s %*s %lx %x %x %lu %n", &flags, &type, &state, &inode, &off) != 4 ||
+                    off == 0)
+                        continue;
+                char *p = line + off;
+                p[strcspn(p, "\n")] = '\0';
+                if ((flags & 0x10000) /* __SO_ACCEPTCON: listening */ && strcmp(p, path) == 0)
+                        found = inode;
+        }
+        fclose(f);
+        return found;
+}
+
+static bool holds(pid_t pid, const char *tap, unsigned long socket_inode) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/fd", (int) pid);
+        DIR *d = opendir(path);
+        struct dirent *de;
+        bool found = false;
+        if (!d)
+                return false;
+        while (!found && (de = readdir(d))) {
+                if (de->d_name[0] == '.')
+                        continue;
+                char link[320], target[64];
+                snprintf(link, sizeof(link), "/proc/%d/fd/%s", (int) pid, de->d_name);
+                ssize_t n = readlink(link, target, sizeof(target) - 1);
+                if (n <= 0)
+                        continue;
+                target[n] = '\0';
+                if (socket_inode) {
+                        char want[40];
+                        snprintf(want, sizeof(want), "socket:[%lu]", socket_inode);
+                        if (strcmp(target, want) == 0) {
+                                found = true;
+                                break;
+                        }
+                }
+                if (tap && strcmp(target, "/dev/net/tun") == 0) {
+                        char info[320], text[512];
+                        snprintf(info, sizeof(info), "/proc/%d/fdinfo/%s", (int) pid, de->d_name);
+                        int fd = open(info, O_RDONLY | O_CLOEXEC);
+                        ssize_t k = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+                        if (fd >= 0)
+                                close(fd);
+                        if (k <= 0)
+                                continue;
+                        text[k] = '\0';
+                        for (char *l = strstr(text, "iff:"); l && !found; l = strstr(l + 1, "iff:")) {
+                                l += 4;
+                                l += strspn(l, " \t");
+                                size_t len = strcspn(l, "\n");
+                                found = len == strlen(tap) && strncmp(l, tap, len) == 0;
+                        }
+                }
+        }
+        closedir(d);
+        return found;
+}
+
+int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap, const char *api_socket) {
+        char path[64], exe[PATH_MAX], want[PATH_MAX];
+        uid_t owner;
+        int r;
+
+        r = process_uid(pid, &owner);
+        if (r == -EPERM || (r >= 0 && owner != uid))
+                return 0;
+        if (r < 0)
+                return r == -ENOENT ? 0 : r;
+        snprintf(path, sizeof(path), "/proc/%d/exe", (int) pid);
+        ssize_t n = readlink(path, exe, sizeof(exe) - 1);
+        if (n < 0)
+                return errno == ENOENT || errno == ESRCH ? 0 : negative_errno();
+        exe[n] = '\0';
+        if (!binary || !realpath(binary, want) || strcmp(exe, want) != 0)
+                return 0;
+        unsigned long inode = api_socket ? unix_listener_inode(api_socket) : 0;
+        return holds(pid, tap, inode) ? 1 : 0;
+}
+
 int process_for_each(ProcessCallback cb, void *userdata) {
         DIR *d = opendir("/proc");
         struct dirent *de;

@@ -49,6 +49,13 @@ int vmm_signal(int pidfd, int sig);
  * -EACCES when the named file is not executable. */
 int vmm_find_binary(const char *name, char *ret, size_t size);
 
+/* What proves a process is a VM's hypervisor (issue 13): it runs as `uid`, its executable is `binary` (a
+ * path, compared after resolving symbolic links), and it holds a TUN fd attached to the TAP `tap`
+ * (/proc/PID/fdinfo says "iff: NAME") or, when tap is NULL or it holds none, the listening unix socket
+ * bound at `api_socket`. 1 when all of it holds, 0 when not, -errno when /proc cannot be read. A process
+ * that merely names the VM's folder in its arguments proves nothing. */
+int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap, const char *api_socket);
+
 /* Calls cb for every process but this one, with its command line (the arguments joined by spaces, cut at
  * 16 KiB); processes that go away meanwhile are skipped. A negative return from cb stops the walk with it.
  * How the agent finds hypervisors whose arguments name its runtime folder. */
