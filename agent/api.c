@@ -198,6 +198,10 @@ static int conn_new(Api *api, int fd) {
         }
         if (r >= 0)
                 r = sd_bus_set_anonymous(c->bus, false);
+        /* No fd passing: no method takes one, and fds a message carried would stay open in the agent as long
+         * as the call pends. Refused in the handshake; sd-bus then drops a connection that sends fds anyway. */
+        if (r >= 0)
+                r = sd_bus_negotiate_fds(c->bus, false);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(c->bus, NULL, API_OBJECT_PATH, API_INTERFACE, api_vtable, c);
         if (r >= 0)

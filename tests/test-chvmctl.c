@@ -652,6 +652,54 @@ Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
         sd_bus_flush_close_unref(bus);
 }
 
+static size_t open_fds(pid_t pid) {
+        char *o = sh("ls /proc/%d/fd | wc -l", (int) pid);
+        size_t n = (size_t) strtoul(o, NULL, 10);
+        free(o);
+        return n;
+}
+
+/* Issue 13, defect 4: a StopVM carrying 250 fds, while the stop of a VM that ignores its power button is
+ * pending, pinned them in the agent (17 -> 1,767 fds). The agent negotiates no fd passing: the client
+ * cannot send them, and the agent's fds stay where they were, also after the client left. */
+Test(chvmctl, no_fds_are_passed_to_the_agent, .init = setup_ns, .fini = teardown) {
+        static char ignore[] = "FAKE_VMM_IGNORE_POWER=1";
+        char *env[] = { ignore, NULL }, *out = NULL, *err = NULL, address[200];
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, env);
+        ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), out, err);
+        free(out), free(err);
+        size_t before = open_fds(agent.pid);
+
+        sd_bus *bus = NULL;
+        snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+        cr_assert_eq(sd_bus_new(&bus), 0);
+        cr_assert_geq(sd_bus_set_address(bus, address), 0);
+        cr_assert_geq(sd_bus_negotiate_fds(bus, true), 0);
+        cr_assert_geq(sd_bus_start(bus), 0);
+        cr_assert_eq(sd_bus_can_send(bus, SD_BUS_TYPE_UNIX_FD), 0, "the agent agreed to fd passing");
+        for (int k = 0; k < 4; k++) {
+                sd_bus_message *m = NULL;
+                cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1",
+                                                             "StopVM"),
+                              0);
+                int r = sd_bus_message_append(m, "su", "web", 5);
+                for (int i = 0; r >= 0 && i < 250; i++)
+                        r = sd_bus_message_append(m, "h", 0);
+                if (r >= 0)
+                        r = sd_bus_send(bus, m, NULL);
+                cr_assert_lt(r, 0, "a message with fds went out");
+                sd_bus_message_unref(m);
+        }
+        (void) sd_bus_flush(bus);
+        size_t during = open_fds(agent.pid);
+        cr_assert_leq(during, before + 2, "agent fds %zu -> %zu with the client connected", before, during);
+        sd_bus_flush_close_unref(bus);
+        usleep(100000);
+        size_t after = open_fds(agent.pid);
+        cr_assert_leq(after, before, "agent fds %zu -> %zu after the client left", before, after);
+}
+
 /* Socket activation: systemd-socket-activate passes the listening socket, the agent serves it. */
 Test(chvmctl, socket_activation, .init = setup_ns, .fini = teardown) {
         char *which = sh("command -v systemd-socket-activate");
