@@ -61,6 +61,10 @@ struct Api {
         bool own_socket; /* made (and so removed) by us, not passed by systemd */
         char path[sizeof(((struct sockaddr_un *) 0)->sun_path)];
         sd_event_source *listen_source;
+        /* Out of fds on accept (EMFILE, ENFILE): the listener rests for a moment instead of waking the loop
+         * at once again, and the warning comes once per rest with how many accepts failed. */
+        sd_event_source *rest_source;
+        uint64_t accept_failures;
         gid_t control_gid;
         bool has_control_group;
         sd_id128_t server_id;
@@ -221,6 +225,35 @@ static int conn_new(Api *api, int fd) {
         return 0;
 }
 
+#define ACCEPT_REST_USEC (UINT64_C(250) * 1000)
+
+static int on_rested(sd_event_source *s, uint64_t usec, void *userdata) {
+        Api *api = userdata;
+        (void) s;
+        (void) usec;
+        return sd_event_source_set_enabled(api->listen_source, SD_EVENT_ON);
+}
+
+/* No fd for the next client: stop watching the listener for ACCEPT_REST_USEC (the client waits in the
+ * backlog), else the loop would spin on a listener that stays readable. */
+static void accept_rest(Api *api, int error) {
+        int r;
+        if (api->accept_failures++ == 0)
+                log_warning_errno(error, "control socket: cannot accept a client: %m; not accepting for %llu ms "
+                                  "at a time until fds are free again",
+                                  (unsigned long long) (ACCEPT_REST_USEC / 1000));
+        r = sd_event_source_set_enabled(api->listen_source, SD_EVENT_OFF);
+        if (r >= 0 && api->rest_source)
+                r = sd_event_source_set_time_relative(api->rest_source, ACCEPT_REST_USEC);
+        else if (r >= 0)
+                r = sd_event_add_time_relative(api->event, &api->rest_source, CLOCK_MONOTONIC, ACCEPT_REST_USEC, 0,
+                                               on_rested, api);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(api->rest_source, SD_EVENT_ONESHOT);
+        if (r < 0) /* no timer: better a busy listener than a deaf one */
+                (void) sd_event_source_set_enabled(api->listen_source, SD_EVENT_ON);
+}
+
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Api *api = userdata;
         (void) s;
@@ -229,10 +262,16 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         for (;;) {
                 int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (cfd < 0) {
-                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                                accept_rest(api, -errno);
+                        else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                                 log_warning_errno(errno, "control socket: accept failed: %m, ignoring");
                         return 0;
                 }
+                if (api->accept_failures > 1)
+                        log_notice("control socket: accepting clients again (%llu accepts failed for want of fds)",
+                                   (unsigned long long) api->accept_failures - 1);
+                api->accept_failures = 0;
                 if (api->n_conns >= API_MAX_CONNECTIONS) {
                         if (!api->warned_full)
                                 log_warning("control socket: %d clients connected already, refusing more",
@@ -420,6 +459,7 @@ Api *api_free(Api *api) {
         while (api->conns)
                 conn_free(api->conns);
         sd_event_source_disable_unref(api->listen_source);
+        sd_event_source_disable_unref(api->rest_source);
         if (api->own_socket)
                 (void) unlink(api->path);
         safe_close(api->listen_fd);
