@@ -949,6 +949,16 @@ static int parse_full(const char *file, const char *expect_name, const char *tex
                 if (keys[k].required && p.key_line[k] == 0)
                         return fail(err, err_size, -EINVAL, "%s:%u: [vm] lacks the required key %s", file,
                                     section_line, keys[k].name);
+        /* What no single line says: without a kernel, what boots (named at the kernel's line) */
+        if (!d->kernel && (d->initrd || d->cmdline))
+                return fail(err, err_size, -EINVAL,
+                            "%s:%u: kernel: empty, but %s needs a kernel (without one the VM boots its first disk "
+                            "through its firmware)",
+                            file, p.key_line[KEY_KERNEL], d->initrd ? "an initrd" : "a kernel command line");
+        if (!d->kernel && !d->firmware && d->n_disks == 0)
+                return fail(err, err_size, -EINVAL,
+                            "%s:%u: kernel: empty, and there is no firmware and no disk to boot", file,
+                            p.key_line[KEY_KERNEL]);
 
         *ret = TAKE_PTR(d);
         return 0;

@@ -397,6 +397,12 @@ Test(vmdef, errors_of_values) {
         assert_error("[vm]\nbackend =\n",
                      "web.vm:2: backend: \"\" is not a backend name (1..32 of a-z, 0-9, '_' and '-')");
         assert_error("[vm]\nfirmware = ovmf.fd\n", "web.vm:2: firmware: \"ovmf.fd\" is not an absolute path");
+        /* found by fuzz/fuzz-vmdef: an empty kernel with nothing else to boot was read, then not valid */
+        assert_error("[vm]\nname = web\nid = 00000000000004d2\nbackend = local\nkernel =\n",
+                     "web.vm:5: kernel: empty, and there is no firmware and no disk to boot");
+        assert_error("[vm]\nname = web\nid = 00000000000004d2\nbackend = local\ninitrd = /i\nkernel =\n",
+                     "web.vm:6: kernel: empty, but an initrd needs a kernel (without one the VM boots its first "
+                     "disk through its firmware)");
         assert_error("[vm]\nkernel = vmlinuz\n", "web.vm:2: kernel: \"vmlinuz\" is not an absolute path");
 }
 
