@@ -350,7 +350,10 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
                 log_vm(LOG_WARNING, &lv, "DHCP: %s declined %s: another host on the link uses it", mac, addr);
                 break;
         default:
-                if (ev->suppressed)
+                if (!ev->mac) /* the server itself: it could not be set up */
+                        log_vm(LOG_WARNING, &lv, "DHCP: %s; guests get no address by DHCP, ignoring",
+                               ev->why ? ev->why : "the server failed");
+                else if (ev->suppressed)
                         log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s (%u more such since the last report)",
                                mac[0] ? mac : "?", ev->why ? ev->why : "", ev->suppressed);
                 else

@@ -48,6 +48,7 @@ typedef struct LocalBackend {
         Dhcp4Options dhcp_options; /* .domain points at dhcp_domain */
         char dhcp_domain[254];
         Dhcp4Server *dhcp_server;
+        bool dhcp_failure_reported; /* once until the server runs again, not at every bring-up */
 } LocalBackend;
 
 #define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
@@ -174,11 +175,12 @@ static void dhcp_ensure(LocalBackend *l) {
         };
         c.options.mtu = (uint16_t) (l->mtu ? l->mtu : info.mtu);
         int r = dhcp4_server_new(l->event, &c, &l->dhcp_server);
-        if (r < 0) {
+        if (r < 0 && !l->dhcp_failure_reported) {
                 char why[160];
                 snprintf(why, sizeof(why), "cannot serve DHCP on %s: %s", l->bridge, strerror(-r));
                 dhcp_event(l, &(Dhcp4Event){ .kind = DHCP4_EVENT_IGNORED, .why = why, .client_hostname = "" });
         }
+        l->dhcp_failure_reported = r < 0;
 }
 
 /* Table ownership ([local] table_owner). Owned tables belong to l->nft, the backend's one nfnetlink
