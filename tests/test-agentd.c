@@ -221,7 +221,18 @@ Test(agentd, impostors_are_not_adopted) {
         free(p1);
         free(p2);
         cr_assert(nobody > 0 && root > 0);
-        usleep(100000); /* their command lines are in place */
+        /* both in place, with the VM's folder in their command lines, before the agent looks */
+        for (int i = 0;; i++) {
+                char *c = sh("tr '\\0' ' ' </proc/%d/cmdline; echo; tr '\\0' ' ' </proc/%d/cmdline", (int) nobody,
+                             (int) root);
+                bool ready = strstr(c, "sh -c sleep 900; : x ") && strstr(c, "tail -f ") &&
+                             strstr(strstr(c, "tail -f "), id);
+                free(c);
+                if (ready)
+                        break;
+                cr_assert_lt(i, 200, "the impostors did not start");
+                usleep(10000);
+        }
 
         int status = test_agent_signal_wait(&agent, SIGTERM);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
