@@ -25,6 +25,7 @@
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
 #include "util/log.h"
+#include "util/netports.h"
 #include "vmm/argv.h"
 #include "vmm/process.h"
 
@@ -739,15 +740,148 @@ static bool backend_loaded(const Agent *a, const char *name) {
         return false;
 }
 
-static int check_file(Agent *a, const char *vm, const char *what, const char *path) {
+/* What the hypervisor of VM id, defined by d, starts with. */
+static void request_of(const Agent *a, const VmDef *d, uint64_t id, HypervisorKind kind, VmRequest *ret) {
+        (void) a;
+        *ret = (VmRequest){ .vm_id = id,
+                            .name = d->name,
+                            .backend = d->backend,
+                            .kernel = d->kernel,
+                            .firmware = d->firmware,
+                            .initrd = d->initrd,
+                            .cmdline = d->cmdline,
+                            .disks = (const char *const *) d->disks,
+                            .n_disks = d->n_disks,
+                            .hypervisor = kind,
+                            .cpus = d->cpus,
+                            .memory_mib = d->memory_mib,
+                            .ports = d->ports,
+                            .n_ports = d->n_ports };
+}
+
+/* Whether path (resolved) is dir (resolved) or below it. */
+static bool path_below(const char *path, const char *dir) {
+        size_t n = strlen(dir);
+        if (n == 1 && dir[0] == '/')
+                return true;
+        return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* The folder resolved, or as given when it does not exist (nothing below it then exists either). */
+static void resolve_dir(const char *dir, char ret[PATH_MAX]) {
+        if (!realpath(dir, ret))
+                snprintf(ret, PATH_MAX, "%s", dir);
+}
+
+/* A kernel, firmware, initrd or disk of VM vm. The hypervisor opens it as root for a caller who may not
+ * be able to read it, and a guest writes its disks: refused are what is not a regular file (a block
+ * device is a disk only with [vmm] allow_block_devices), anything inside the agent's own folders (its
+ * journal, definitions, control socket and modules), and with [vmm] image_dirs anything outside them.
+ * Symbolic links are followed first; the resolved path is what the hypervisor is given (ret, may be
+ * NULL), so a link changed after the check cannot point it elsewhere. */
+static int check_file(Agent *a, const char *vm, const char *what, const char *path, char ret[PATH_MAX]) {
+        char real[PATH_MAX], dir[PATH_MAX];
         struct stat st;
         if (!path)
                 return 0;
         /* -EINVAL, not the errno: a bad path is bad input (exit 1), not "no such VM" (exit 3). */
-        if (stat(path, &st) < 0)
+        if (!realpath(path, real) || stat(real, &st) < 0)
                 return fail(a, -EINVAL, "VM %s: %s %s: %s", vm, what, path, strerror(errno));
-        if (!S_ISREG(st.st_mode) && !(strcmp(what, "disk") == 0 && S_ISBLK(st.st_mode)))
+        bool disk = strcmp(what, "disk") == 0;
+        if (S_ISBLK(st.st_mode) && disk && !a->cfg.allow_block_devices)
+                return fail(a, -EPERM,
+                            "VM %s: disk %s is a block device (allowed only with [vmm] allow_block_devices = yes)",
+                            vm, path);
+        if (!S_ISREG(st.st_mode) && !(disk && S_ISBLK(st.st_mode)))
                 return fail(a, -EINVAL, "VM %s: %s %s is not a regular file", vm, what, path);
+        const struct {
+                const char *dir, *what;
+        } own[] = {
+                { a->cfg.state_dir, "the agent's state folder" },
+                { a->cfg.runtime_dir, "the agent's runtime folder" },
+                { a->cfg.backend_dir, "the agent's backend folder" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(own); i++) {
+                if (!own[i].dir[0])
+                        continue;
+                resolve_dir(own[i].dir, dir);
+                if (path_below(real, dir))
+                        return fail(a, -EPERM, "VM %s: %s %s is inside %s %s: refused", vm, what, path, own[i].what,
+                                    own[i].dir);
+        }
+        bool allowed = a->cfg.n_image_dirs == 0;
+        for (unsigned i = 0; !allowed && i < a->cfg.n_image_dirs; i++) {
+                resolve_dir(a->cfg.image_dirs[i], dir);
+                allowed = path_below(real, dir);
+        }
+        if (!allowed) {
+                char list[1024] = "";
+                for (unsigned i = 0; i < a->cfg.n_image_dirs; i++)
+                        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? " " : "",
+                                 a->cfg.image_dirs[i]);
+                return fail(a, -EPERM, "VM %s: %s %s is outside [vmm] image_dirs (%s): refused", vm, what, path,
+                            list);
+        }
+        if (ret)
+                memcpy(ret, real, strlen(real) + 1);
+        return 0;
+}
+
+/* Every file of def, checked; with ret, their resolved paths (ret->kernel, ... point into buffers of it). */
+typedef struct ResolvedFiles {
+        char kernel[PATH_MAX], firmware[PATH_MAX], initrd[PATH_MAX];
+        char disks[VM_DEF_MAX_DISKS][PATH_MAX];
+        const char *disk_ptrs[VM_DEF_MAX_DISKS];
+} ResolvedFiles;
+
+static int check_files(Agent *a, const VmDef *def, ResolvedFiles *ret) {
+        int r = check_file(a, def->name, "kernel", def->kernel, ret ? ret->kernel : NULL);
+        if (r >= 0)
+                r = check_file(a, def->name, "firmware", def->firmware, ret ? ret->firmware : NULL);
+        if (r >= 0)
+                r = check_file(a, def->name, "initrd", def->initrd, ret ? ret->initrd : NULL);
+        for (size_t i = 0; r >= 0 && i < def->n_disks; i++) {
+                r = check_file(a, def->name, "disk", def->disks[i], ret ? ret->disks[i] : NULL);
+                if (ret)
+                        ret->disk_ptrs[i] = ret->disks[i];
+        }
+        return r;
+}
+
+static bool port_in(const PortRange *pr, const PortForward *p) {
+        return (pr->proto == 0 || pr->proto == p->proto) && p->host_port >= pr->first && p->host_port <= pr->last;
+}
+
+/* [local] reserved_ports: a forward of a port the host listens on would take that service (the forward
+ * matches every local address: ssh, DNS, the agent's own DHCP server), so such ports are refused unless
+ * forced. Ports forwarded to our VMs are not "the host's". */
+static int check_reserved_ports(Agent *a, const VmDef *def) {
+        ListeningPorts lp;
+        bool have_lp = false;
+        for (size_t i = 0; i < def->n_ports; i++) {
+                const PortForward *p = &def->ports[i];
+                const char *proto = p->proto == IPPROTO_UDP ? "udp" : "tcp";
+                for (unsigned k = 0; k < a->cfg.local_n_reserved; k++)
+                        if (port_in(&a->cfg.local_reserved[k], p))
+                                return fail(a, -EADDRINUSE,
+                                            "VM %s: host port %u/%s is reserved ([local] reserved_ports); "
+                                            "root may forward it with --force-port",
+                                            def->name, p->host_port, proto);
+                if (!a->cfg.local_reserve_listening)
+                        continue;
+                if (!have_lp) {
+                        int r = listening_ports_read(&lp);
+                        if (r < 0)
+                                return fail(a, r, "VM %s: cannot read the host's listening sockets: %s", def->name,
+                                            strerror(-r));
+                        have_lp = true;
+                }
+                if (listening_ports_has(&lp, p->proto, p->host_port))
+                        return fail(a, -EADDRINUSE,
+                                    "VM %s: host port %u/%s: a socket of the host listens on it, and the forward "
+                                    "would take it over; root may forward it anyway with --force-port",
+                                    def->name, p->host_port, proto);
+        }
         return 0;
 }
 
@@ -775,7 +909,7 @@ static int new_vm_id(Agent *a, uint64_t *ret) {
         return -EADDRINUSE;
 }
 
-int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
+int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id) {
         _cleanup_(vm_def_freep) VmDef *def = NULL;
         char why[1024];
         int r;
@@ -808,15 +942,26 @@ int agent_vm_create(Agent *a, const VmDef *in, uint64_t *ret_id) {
                                                     def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
                 }
         }
-        r = check_file(a, def->name, "kernel", def->kernel);
-        if (r >= 0)
-                r = check_file(a, def->name, "firmware", def->firmware);
-        if (r >= 0)
-                r = check_file(a, def->name, "initrd", def->initrd);
-        for (size_t i = 0; r >= 0 && i < def->n_disks; i++)
-                r = check_file(a, def->name, "disk", def->disks[i]);
+        if (def->n_ports) {
+                r = dispatcher_backend_forwards_ports(a->dispatcher, def->backend);
+                if (r == 0)
+                        return fail(a, -EINVAL, "VM %s: backend %s forwards no ports: -p is refused", def->name,
+                                    def->backend);
+                if (!(flags & AGENT_CREATE_FORCE_PORT)) {
+                        r = check_reserved_ports(a, def);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        r = check_files(a, def, NULL);
         if (r < 0)
                 return r;
+        VmRequest req;
+        request_of(a, def, 1, def->hypervisor[0] ? hypervisor_kind_from_string(def->hypervisor) : a->default_kind,
+                   &req);
+        r = vm_manager_validate(a->vmm, &req);
+        if (r < 0)
+                return fail(a, r, "%s", vm_manager_error(a->vmm));
         r = new_vm_id(a, &def->id);
         if (r < 0)
                 return fail(a, r, "VM %s: cannot choose an id: %s", def->name, strerror(-r));
@@ -864,23 +1009,25 @@ int agent_vm_start(Agent *a, const char *name) {
                 return fail(a, -EBUSY, "VM %s is already running", v->name);
 
         const VmDef *d = v->def;
-        VmRequest req = { .vm_id = v->id,
-                          .name = v->name,
-                          .backend = d->backend,
-                          .kernel = d->kernel,
-                          .firmware = d->firmware,
-                          .initrd = d->initrd,
-                          .cmdline = d->cmdline,
-                          .disks = (const char *const *) d->disks,
-                          .n_disks = d->n_disks,
-                          .hypervisor = vm_kind(a, v),
-                          .cpus = d->cpus,
-                          .memory_mib = d->memory_mib,
-                          .ports = d->ports,
-                          .n_ports = d->n_ports };
         LogVm lv = { .name = v->name, .id = v->id, .backend = d->backend };
+        /* Checked again: a file may have been replaced since the create (a link now pointing into the
+         * state folder); the hypervisor gets the paths resolved here. */
+        _cleanup_free_ ResolvedFiles *files = malloc(sizeof(ResolvedFiles));
+        if (!files)
+                return fail(a, -ENOMEM, "VM %s: %s", v->name, strerror(ENOMEM));
+        int r = check_files(a, d, files);
+        if (r < 0) {
+                log_vm(LOG_WARNING, &lv, "%s", a->error);
+                return r == -EINVAL ? -ENOEXEC : r;
+        }
+        VmRequest req;
+        request_of(a, d, v->id, vm_kind(a, v), &req);
+        req.kernel = d->kernel ? files->kernel : NULL;
+        req.firmware = d->firmware ? files->firmware : NULL;
+        req.initrd = d->initrd ? files->initrd : NULL;
+        req.disks = files->disk_ptrs;
         notify(a, v->name, v->id, VM_STATE_STARTING, "");
-        int r = vm_manager_start(a->vmm, &req);
+        r = vm_manager_start(a->vmm, &req);
         if (r < 0) {
                 /* -ENOENT tells callers there is no such VM: a hypervisor binary or a backend that is not
                  * there makes a VM that cannot start (the API would say NotFound, chvmctl exit 3). */

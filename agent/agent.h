@@ -88,7 +88,8 @@ Journal *agent_journal(const Agent *a);
  * the definition is bad, a path does not exist or the backend is not loaded; -EADDRINUSE: another VM has
  * one of its host ports. The definition file
  * is written and journaled before this returns; on failure neither is. */
-int agent_vm_create(Agent *a, const VmDef *def, uint64_t *ret_id);
+#define AGENT_CREATE_FORCE_PORT (1u << 0) /* forward host ports [local] reserved_ports keeps for the host */
+int agent_vm_create(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
 /* -ENOENT: no such VM; -EBUSY: running; -ENOEXEC: it cannot be started (no definition, no hypervisor
  * binary, its backend is not loaded); else the network's or the hypervisor's error. On failure nothing of
  * the VM's network stays behind. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -39,18 +41,31 @@ typedef enum PendingOp {
 /* A Stop/Kill/Remove call that is answered once its VM is down. */
 typedef struct Pending {
         sd_bus_message *call;
+        Conn *conn; /* whose call; NULL once that connection is gone */
         uint64_t vm_id;
         char name[33];
         PendingOp op;
         struct Pending *next;
 } Pending;
 
+/* What a connection may still do. */
+typedef enum ConnState {
+        CONN_OK,
+        CONN_REFUSED, /* over a limit: its first call is answered with why, then it is closed */
+        CONN_CLOSING, /* shut down by us; the messages already read are dropped unanswered */
+} ConnState;
+
 struct Conn {
         Api *api;
         sd_bus *bus;
+        int fd;
         uint64_t serial; /* for the unique name Hello hands out */
         uid_t uid;
         bool privileged;
+        ConnState state;
+        char refusal[160]; /* CONN_REFUSED: the error text */
+        uint64_t last_active; /* CLOCK_MONOTONIC usec of its last message */
+        unsigned n_pending;
         Conn *prev, *next;
 };
 
@@ -70,9 +85,13 @@ struct Api {
         sd_id128_t server_id;
         uint64_t n_accepted;
         Conn *conns;
-        size_t n_conns;
+        size_t n_conns; /* all, the refused ones too */
+        size_t n_refused;
         Pending *pending;
-        bool warned_full;
+        sd_event_source *idle_source; /* closes idle connections ([agent] idle_timeout) */
+        uint64_t last_refusal_log; /* usec: refusals are logged at most once a second */
+        uint64_t n_refusals_unlogged;
+        bool trim_pending; /* a connection with a big queue went away: give the memory back */
 };
 
 static const sd_bus_vtable api_vtable[];
@@ -137,6 +156,19 @@ static Conn *conn_free(Conn *c) {
         if (!c)
                 return NULL;
         Api *api = c->api;
+        /* Its calls still waiting for a VM: nobody is left to answer, and each holds the message (and so
+         * the connection's memory). */
+        for (Pending **pp = &api->pending; *pp;) {
+                Pending *p = *pp;
+                if (p->conn == c) {
+                        *pp = p->next;
+                        sd_bus_message_unref(p->call);
+                        free(p);
+                } else
+                        pp = &p->next;
+        }
+        if (c->state == CONN_REFUSED)
+                api->n_refused--;
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -145,6 +177,9 @@ static Conn *conn_free(Conn *c) {
                 c->next->prev = c->prev;
         api->n_conns--;
         if (c->bus) {
+                uint64_t q = 0;
+                if (sd_bus_get_n_queued_write(c->bus, &q) >= 0 && q > 0)
+                        api->trim_pending = true;
                 sd_bus_detach_event(c->bus);
                 sd_bus_close_unref(c->bus);
         }
@@ -152,10 +187,75 @@ static Conn *conn_free(Conn *c) {
         return NULL;
 }
 
+/* Ends a connection from within the loop: shutdown() makes its bus see the end at the next read or write
+ * and dispatch Disconnected, which frees it (conn_free() cannot run inside the bus's own callbacks). */
+static void conn_close(Conn *c) {
+        if (c->state == CONN_CLOSING)
+                return;
+        if (c->state == CONN_REFUSED)
+                c->api->n_refused--;
+        c->state = CONN_CLOSING;
+        (void) shutdown(c->fd, SHUT_RDWR);
+}
+
 static int on_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        Api *api = c->api;
         (void) m;
         (void) error;
-        conn_free(userdata);
+        conn_free(c);
+        if (api->trim_pending) {
+                /* its queue was freed in pieces malloc keeps for itself; a client that never read must
+                 * not leave the agent big */
+                api->trim_pending = false;
+                (void) malloc_trim(0);
+        }
+        return 0;
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+/* Replies a connection may have waiting to be written when it sends another call: a client that does not
+ * read its answers is dropped, not buffered for (3,000 unread InspectVM replies were 200 MB). chvmctl and
+ * busctl have one call in flight. */
+#define CONN_MAX_QUEUED_AT_CALL 8
+#define API_CONN_SNDBUF (128 * 1024) /* the kernel doubles it */
+/* Messages waiting for a client (replies and signals) beyond which it is dropped when a signal is sent:
+ * a subscriber that does not read is disconnected, never let to hold the agent's memory. */
+#define CONN_MAX_QUEUED 1024
+/* Calls of one connection waiting for a VM to go down (StopVM, KillVM, RemoveVM). */
+#define CONN_MAX_PENDING 16
+
+/* Every message a client sends passes here first. */
+static int on_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        (void) error;
+        if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
+                return 0;
+        if (c->state == CONN_CLOSING)
+                return 1; /* read before the shutdown: dropped */
+        c->last_active = now_usec();
+        uint8_t type = 0;
+        (void) sd_bus_message_get_type(m, &type);
+        if (c->state == CONN_REFUSED) {
+                /* written at once when the socket has room; a client that does not read loses it */
+                if (type == SD_BUS_MESSAGE_METHOD_CALL && sd_bus_message_get_expect_reply(m))
+                        (void) sd_bus_reply_method_errorf(m, API_ERROR_BUSY, "%s", c->refusal);
+                conn_close(c);
+                return 1;
+        }
+        uint64_t queued = 0;
+        if (type == SD_BUS_MESSAGE_METHOD_CALL && sd_bus_get_n_queued_write(c->bus, &queued) >= 0 && queued >= CONN_MAX_QUEUED_AT_CALL) {
+                log_warning("control socket: a client of uid %u sends calls without reading the answers "
+                            "(%" PRIu64 " waiting): disconnected",
+                            (unsigned) c->uid, queued);
+                conn_close(c);
+                return 1;
+        }
         return 0;
 }
 
@@ -172,21 +272,116 @@ static bool peer_in_group(int fd, gid_t primary, gid_t want) {
         return false;
 }
 
+/* At most API_MAX_CONNECTIONS at once, of which API_ROOT_CONNECTIONS only for uid 0, and
+ * [agent] connections_per_uid for any other uid: 512 idle clients of one user locked everyone out. */
+#define API_ROOT_CONNECTIONS 16
+/* Refused clients are told why on their first call; this many at once, the rest are just closed. */
+#define API_MAX_REFUSED 32
+#define REFUSED_TIMEOUT_USEC (UINT64_C(2) * 1000000)
+
+/* Why a client of uid may not connect now, in ret (empty: it may). */
+static void admission(Api *api, uid_t uid, char *ret, size_t size) {
+        size_t used = api->n_conns - api->n_refused, of_uid = 0;
+        unsigned per_uid = agent_config(api->agent)->connections_per_uid;
+        ret[0] = '\0';
+        if (used >= API_MAX_CONNECTIONS) {
+                snprintf(ret, size, "too many connections: all %d are in use", API_MAX_CONNECTIONS);
+                return;
+        }
+        if (uid == 0)
+                return;
+        if (used >= API_MAX_CONNECTIONS - API_ROOT_CONNECTIONS) {
+                snprintf(ret, size, "too many connections: %zu of %d are in use, the last %d are kept for root",
+                         used, API_MAX_CONNECTIONS, API_ROOT_CONNECTIONS);
+                return;
+        }
+        for (Conn *c = api->conns; c; c = c->next)
+                if (c->uid == uid && c->state != CONN_REFUSED)
+                        of_uid++;
+        if (of_uid >= per_uid)
+                snprintf(ret, size, "too many connections from uid %u (at most %u per uid: [agent] connections_per_uid)",
+                         (unsigned) uid, per_uid);
+}
+
+static void log_refusal(Api *api, const char *why) {
+        uint64_t now = now_usec();
+        if (api->last_refusal_log && now - api->last_refusal_log < 1000000) {
+                api->n_refusals_unlogged++;
+                return;
+        }
+        if (api->n_refusals_unlogged)
+                log_warning("control socket: client refused: %s (and %" PRIu64 " more refused in the last second)",
+                            why, api->n_refusals_unlogged);
+        else
+                log_warning("control socket: client refused: %s", why);
+        api->last_refusal_log = now;
+        api->n_refusals_unlogged = 0;
+}
+
+#define IDLE_CHECK_USEC (UINT64_C(1000000))
+
+/* Once a second while clients are connected: refused ones that said nothing are closed after
+ * REFUSED_TIMEOUT_USEC, others after [agent] idle_timeout without a message and without a call waiting
+ * for a VM. */
+static int on_idle_check(sd_event_source *s, uint64_t usec, void *userdata) {
+        Api *api = userdata;
+        unsigned idle = agent_config(api->agent)->idle_timeout;
+        uint64_t now = now_usec();
+        (void) usec;
+        for (Conn *c = api->conns; c; c = c->next) {
+                if (c->state == CONN_REFUSED && now - c->last_active >= REFUSED_TIMEOUT_USEC)
+                        conn_close(c);
+                else if (c->state == CONN_OK && idle && !c->n_pending &&
+                         now - c->last_active >= (uint64_t) idle * 1000000) {
+                        log_info("control socket: closing the connection of uid %u: idle for %u s ([agent] "
+                                 "idle_timeout)",
+                                 (unsigned) c->uid, idle);
+                        conn_close(c);
+                }
+        }
+        if (!api->conns)
+                return 0;
+        int r = sd_event_source_set_time_relative(s, IDLE_CHECK_USEC);
+        return r < 0 ? r : sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static void idle_check_arm(Api *api) {
+        int enabled = SD_EVENT_OFF;
+        if (!api->idle_source || sd_event_source_get_enabled(api->idle_source, &enabled) < 0 || enabled)
+                return;
+        if (sd_event_source_set_time_relative(api->idle_source, IDLE_CHECK_USEC) >= 0)
+                (void) sd_event_source_set_enabled(api->idle_source, SD_EVENT_ONESHOT);
+}
+
 static int conn_new(Api *api, int fd) {
         _cleanup_close_ int cfd = fd;
         struct ucred cred;
         socklen_t len = sizeof(cred);
+        char why[160];
         int r;
 
         if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
                 return negative_errno();
+        admission(api, cred.uid, why, sizeof(why));
+        if (why[0]) {
+                log_refusal(api, why);
+                if (api->n_refused >= API_MAX_REFUSED)
+                        return -EBUSY; /* closed without a word: too many to tell */
+        }
         Conn *c = calloc(1, sizeof(Conn));
         if (!c)
                 return -ENOMEM;
         c->api = api;
+        c->fd = cfd;
         c->serial = ++api->n_accepted;
         c->uid = cred.uid;
         c->privileged = cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
+        c->last_active = now_usec();
+        if (why[0]) {
+                c->state = CONN_REFUSED;
+                snprintf(c->refusal, sizeof(c->refusal), "%s", why);
+                api->n_refused++;
+        }
         c->next = api->conns;
         if (api->conns)
                 api->conns->prev = c;
@@ -207,6 +402,8 @@ static int conn_new(Api *api, int fd) {
         if (r >= 0)
                 r = sd_bus_negotiate_fds(c->bus, false);
         if (r >= 0)
+                r = sd_bus_add_filter(c->bus, NULL, on_message, c);
+        if (r >= 0)
                 r = sd_bus_add_object_vtable(c->bus, NULL, API_OBJECT_PATH, API_INTERFACE, api_vtable, c);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(c->bus, NULL, "/org/freedesktop/DBus", "org.freedesktop.DBus",
@@ -222,6 +419,12 @@ static int conn_new(Api *api, int fd) {
                 conn_free(c);
                 return r;
         }
+        /* sd-bus raises the send buffer to 8 MiB (SO_SNDBUFFORCE as root): kernel memory each silent client
+         * could fill. Back to a common size, so that what a client does not read stays in the queue that
+         * CONN_MAX_QUEUED_AT_CALL bounds. */
+        int size = API_CONN_SNDBUF;
+        (void) setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        idle_check_arm(api);
         return 0;
 }
 
@@ -272,17 +475,8 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         log_notice("control socket: accepting clients again (%llu accepts failed for want of fds)",
                                    (unsigned long long) api->accept_failures - 1);
                 api->accept_failures = 0;
-                if (api->n_conns >= API_MAX_CONNECTIONS) {
-                        if (!api->warned_full)
-                                log_warning("control socket: %d clients connected already, refusing more",
-                                            API_MAX_CONNECTIONS);
-                        api->warned_full = true;
-                        safe_close(cfd);
-                        continue;
-                }
-                api->warned_full = false;
                 int r = conn_new(api, cfd);
-                if (r < 0)
+                if (r < 0 && r != -EBUSY)
                         log_warning_errno(r, "control socket: cannot set up a client connection: %m, ignoring");
         }
 }
@@ -401,6 +595,11 @@ static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
                 log_notice("control group %s does not exist: only root may change anything, the socket is 0600",
                            agent_config(agent)->control_group);
         r = sd_id128_randomize(&api->server_id);
+        if (r >= 0)
+                r = sd_event_add_time_relative(event, &api->idle_source, CLOCK_MONOTONIC, IDLE_CHECK_USEC, 0,
+                                               on_idle_check, api);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(api->idle_source, SD_EVENT_OFF);
         if (r < 0) {
                 api_free(api);
                 return r;
@@ -440,10 +639,6 @@ int api_new_unlistened(Agent *agent, sd_event *event, Api **ret) {
 }
 
 int api_add_connection(Api *api, int fd) {
-        if (api->n_conns >= API_MAX_CONNECTIONS) {
-                safe_close(fd);
-                return -EBUSY;
-        }
         return conn_new(api, fd);
 }
 
@@ -460,6 +655,7 @@ Api *api_free(Api *api) {
                 conn_free(api->conns);
         sd_event_source_disable_unref(api->listen_source);
         sd_event_source_disable_unref(api->rest_source);
+        sd_event_source_disable_unref(api->idle_source);
         if (api->own_socket)
                 (void) unlink(api->path);
         safe_close(api->listen_fd);
@@ -519,14 +715,20 @@ static int append_vm(sd_bus_message *reply, const AgentVmInfo *info) {
 
 /* --- methods ---------------------------------------------------------------------------------------- */
 
-static int read_strv(sd_bus_message *m, char ***ret) {
+static int read_strv(sd_bus_message *m, size_t max, char ***ret) {
         ArgvBuilder b = {};
         const char *s;
         int r = sd_bus_message_enter_container(m, 'a', "s");
         if (r < 0)
                 return r;
-        while ((r = sd_bus_message_read(m, "s", &s)) > 0)
+        size_t n = 0;
+        while ((r = sd_bus_message_read(m, "s", &s)) > 0) {
+                if (++n > max) { /* checked as read: a call may carry thousands */
+                        r = -E2BIG;
+                        break;
+                }
                 argv_builder_add(&b, s);
+        }
         if (r < 0) {
                 char **l = NULL;
                 (void) argv_builder_finish(&b, &l);
@@ -559,7 +761,9 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                                 &cpus, &memory);
         if (r < 0)
                 return r;
-        r = read_strv(m, &disks);
+        r = read_strv(m, VM_DEF_MAX_DISKS, &disks);
+        if (r == -E2BIG)
+                return set_error(error, API_ERROR_INVALID, "VM %s: more than %d disks", name, VM_DEF_MAX_DISKS);
         if (r < 0)
                 return r;
         def = vm_def_new();
@@ -590,9 +794,6 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         if (memory)
                 def->memory_mib = memory;
         size_t n = strv_length(disks);
-        if (n > VM_DEF_MAX_DISKS)
-                return set_error(error, API_ERROR_INVALID, "VM %s: %zu disks, at most %d", name, n,
-                                         VM_DEF_MAX_DISKS);
         for (size_t i = 0; i < n; i++)
                 def->disks[def->n_disks++] = TAKE_PTR(disks[i]);
 
@@ -622,8 +823,21 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         r = sd_bus_message_exit_container(m);
         if (r < 0)
                 return r;
+        uint64_t flags;
+        r = sd_bus_message_read(m, "t", &flags);
+        if (r < 0)
+                return r;
+        if (flags & ~(uint64_t) API_CREATE_FORCE_PORT)
+                return set_error(error, API_ERROR_INVALID, "VM %s: unknown flags 0x%" PRIx64, name,
+                                 flags & ~(uint64_t) API_CREATE_FORCE_PORT);
+        /* A reserved port is the host's (its ssh, its DNS): only root gives it to a guest. */
+        if ((flags & API_CREATE_FORCE_PORT) && c->uid != 0) {
+                log_notice("access denied: uid %u may not force a reserved port", (unsigned) c->uid);
+                return set_error(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                 "access denied: VM %s: --force-port (a port reserved for the host) needs root", name);
+        }
 
-        r = agent_vm_create(c->api->agent, def, &id);
+        r = agent_vm_create(c->api->agent, def, (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0, &id);
         if (r < 0)
                 return reply_errno(error, r, agent_error(c->api->agent));
         return sd_bus_reply_method_return(m, "t", id);
@@ -656,16 +870,26 @@ static bool vm_up(Agent *a, const char *name, uint64_t *ret_id) {
         return info.vmm_pid != 0;
 }
 
-static int add_pending(Api *api, sd_bus_message *m, const char *name, uint64_t id, PendingOp op) {
+/* Checked before a Stop/Kill/Remove does anything: one that could not wait would act unanswered. */
+static int pending_room(Conn *c, sd_bus_error *error) {
+        if (c->n_pending < CONN_MAX_PENDING)
+                return 0;
+        return set_error(error, API_ERROR_BUSY, "this connection has %d calls waiting for VMs to go down already",
+                         CONN_MAX_PENDING);
+}
+
+static int add_pending(Conn *c, sd_bus_message *m, const char *name, uint64_t id, PendingOp op) {
         Pending *p = calloc(1, sizeof(Pending));
         if (!p)
                 return -ENOMEM;
         p->call = sd_bus_message_ref(m);
+        p->conn = c;
         p->vm_id = id;
         p->op = op;
         snprintf(p->name, sizeof(p->name), "%s", name);
-        p->next = api->pending;
-        api->pending = p;
+        p->next = c->api->pending;
+        c->api->pending = p;
+        c->n_pending++;
         return 1; /* answered later */
 }
 
@@ -677,6 +901,9 @@ static int method_stop(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         int r = require_privileged(c, "stop a VM", error);
         if (r < 0)
                 return r;
+        r = pending_room(c, error);
+        if (r < 0)
+                return r;
         r = sd_bus_message_read(m, "su", &name, &timeout);
         if (r < 0)
                 return r;
@@ -686,7 +913,7 @@ static int method_stop(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         if (r < 0)
                 return reply_errno(error, r, agent_error(c->api->agent));
         if (vm_up(c->api->agent, name, &id))
-                return add_pending(c->api, m, name, id, PENDING_STOP);
+                return add_pending(c, m, name, id, PENDING_STOP);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -697,6 +924,9 @@ static int method_kill(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         int r = require_privileged(c, "kill a VM", error);
         if (r < 0)
                 return r;
+        r = pending_room(c, error);
+        if (r < 0)
+                return r;
         r = read_name(m, &name);
         if (r < 0)
                 return r;
@@ -704,7 +934,7 @@ static int method_kill(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         if (r < 0)
                 return reply_errno(error, r, agent_error(c->api->agent));
         if (vm_up(c->api->agent, name, &id))
-                return add_pending(c->api, m, name, id, PENDING_KILL);
+                return add_pending(c, m, name, id, PENDING_KILL);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -714,6 +944,9 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
         int force;
         uint64_t id;
         int r = require_privileged(c, "remove a VM", error);
+        if (r < 0)
+                return r;
+        r = pending_room(c, error);
         if (r < 0)
                 return r;
         r = sd_bus_message_read(m, "sb", &name, &force);
@@ -727,7 +960,7 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (r < 0)
                         return reply_errno(error, r, agent_error(c->api->agent));
                 if (vm_up(c->api->agent, name, &id))
-                        return add_pending(c->api, m, name, id, PENDING_REMOVE);
+                        return add_pending(c, m, name, id, PENDING_REMOVE);
         }
         r = agent_vm_remove(c->api->agent, name, false);
         if (r < 0)
@@ -923,7 +1156,7 @@ static const sd_bus_vtable api_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("CreateVM",
                                 SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s", firmware, "s", initrd,
                                             "s", cmdline, "u", cpus, "t", memory_mib, "as", disks, "a(sqq)",
-                                            ports),
+                                            ports, "t", flags),
                                 SD_BUS_RESULT("t", id), method_create, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("StartVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_start,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
@@ -975,9 +1208,19 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
         /* the reason may be an error text cut short (see set_error()): a signal sd-bus cannot build is lost */
         snprintf(why, sizeof(why), "%s", reason ? reason : "");
         utf8_sanitize(why);
-        for (Conn *c = api->conns; c; c = c->next)
+        for (Conn *c = api->conns; c; c = c->next) {
+                uint64_t queued = 0;
+                if (c->state != CONN_OK)
+                        continue;
                 (void) sd_bus_emit_signal(c->bus, API_OBJECT_PATH, API_INTERFACE, "VMStateChanged", "stss", name,
                                           vm_id, s, why);
+                if (sd_bus_get_n_queued_write(c->bus, &queued) >= 0 && queued > CONN_MAX_QUEUED) {
+                        log_warning("control socket: a client of uid %u does not read (%" PRIu64
+                                    " messages waiting): disconnected",
+                                    (unsigned) c->uid, queued);
+                        conn_close(c);
+                }
+        }
         if (state != VM_STATE_STOPPED && state != VM_STATE_CRASHED)
                 return;
 
@@ -996,6 +1239,8 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
         while (done) {
                 Pending *p = done;
                 done = p->next;
+                if (p->conn)
+                        p->conn->n_pending--;
                 if (p->op == PENDING_REMOVE && agent_vm_remove(api->agent, p->name, false) < 0) {
                         sd_bus_error e = SD_BUS_ERROR_NULL;
                         (void) reply_errno(&e, -EIO, agent_error(api->agent));

@@ -24,6 +24,8 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .backends = { "local", "bridge", "mosnet" },
                 .n_backends = 3,
                 .journal_compact_size = UINT64_C(8) << 20,
+                .connections_per_uid = 64,
+                .idle_timeout = 60,
                 .hypervisor = "cloud-hypervisor",
                 .stop_timeout = 10,
                 .accel = "auto",
@@ -37,6 +39,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .local_dhcp = true,
                 .local_lease_time = 3600,
                 .local_kernel_ip_arg = true,
+                .local_reserve_listening = true,
                 .bridge_bridge = "br0",
                 .bridge_tap_prefix = "tap-",
         };
@@ -150,6 +153,93 @@ static bool domain_ok(const char *s) {
         return label > 0 || n > 1;
 }
 
+/* A whole decimal number from min to max. */
+static bool parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *ret) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(s, &end, 10);
+        if (errno || *end || s[0] < '0' || s[0] > '9' || v < min || v > max)
+                return false;
+        *ret = v;
+        return true;
+}
+
+static int parse_image_dirs(Parse *p, const char *value) {
+        AgentConfig *c = &p->c;
+        char buf[2048], *save = NULL;
+        unsigned n = 0;
+        if (strlen(value) >= sizeof(buf))
+                return bad(p, "image_dirs: too long");
+        memcpy(buf, value, strlen(value) + 1);
+        for (char *t = strtok_r(buf, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+                if (n == CONFIG_MAX_IMAGE_DIRS)
+                        return bad(p, "image_dirs: at most %d folders", CONFIG_MAX_IMAGE_DIRS);
+                /* kept as given; the agent resolves them when it checks a path */
+                if (!put_path(c->image_dirs[n], sizeof(c->image_dirs[n]), t))
+                        return bad(p, "image_dirs: \"%s\" is not an absolute path of at most %zu bytes", t,
+                                   sizeof(c->image_dirs[n]) - 1);
+                size_t len = strlen(c->image_dirs[n]);
+                while (len > 1 && c->image_dirs[n][len - 1] == '/')
+                        c->image_dirs[n][--len] = '\0';
+                n++;
+        }
+        c->n_image_dirs = n;
+        return 1;
+}
+
+/* "listening", "none", or ports and ranges (PORT, PORT-PORT, either with /tcp or /udp), "listening"
+ * among them or not. */
+static int parse_reserved_ports(Parse *p, const char *value) {
+        AgentConfig *c = &p->c;
+        char buf[1024], *save = NULL;
+        unsigned n = 0;
+        bool listening = false, none = false, any = false;
+        if (strlen(value) >= sizeof(buf))
+                return bad(p, "reserved_ports: too long");
+        memcpy(buf, value, strlen(value) + 1);
+        for (char *t = strtok_r(buf, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save)) {
+                any = true;
+                if (strcmp(t, "listening") == 0) {
+                        listening = true;
+                        continue;
+                }
+                if (strcmp(t, "none") == 0) {
+                        none = true;
+                        continue;
+                }
+                PortRange pr = {};
+                char *slash = strchr(t, '/');
+                if (slash) {
+                        *slash = '\0';
+                        if (strcmp(slash + 1, "tcp") == 0)
+                                pr.proto = IPPROTO_TCP;
+                        else if (strcmp(slash + 1, "udp") == 0)
+                                pr.proto = IPPROTO_UDP;
+                        else
+                                return bad(p, "reserved_ports: \"%s\": expected tcp or udp after /", slash + 1);
+                }
+                char *dash = strchr(t, '-');
+                unsigned long lo, hi;
+                if (dash)
+                        *dash = '\0';
+                if (!parse_uint(t, 1, 65535, &lo) || !parse_uint(dash ? dash + 1 : t, 1, 65535, &hi) || hi < lo)
+                        return bad(p, "reserved_ports: \"%s%s%s\": expected a port or a range PORT-PORT of 1 to 65535",
+                                   t, dash ? "-" : "", dash ? dash + 1 : "");
+                if (n == CONFIG_MAX_RESERVED)
+                        return bad(p, "reserved_ports: at most %d ports or ranges", CONFIG_MAX_RESERVED);
+                pr.first = (uint16_t) lo;
+                pr.last = (uint16_t) hi;
+                c->local_reserved[n++] = pr;
+        }
+        if (!any)
+                return bad(p, "reserved_ports: expected listening, none or ports");
+        if (none && (listening || n))
+                return bad(p, "reserved_ports: none stands alone");
+        c->local_reserve_listening = listening;
+        c->local_n_reserved = n;
+        return 1;
+}
+
 static int parse_local_dns(Parse *p, const char *value) {
         AgentConfig *c = &p->c;
         char buf[256], *save = NULL;
@@ -231,6 +321,20 @@ static int handler(void *user, const char *section, const char *name, const char
                         c->journal_compact_size = (uint64_t) v << shift;
                         return 1;
                 }
+                if (strcmp(name, "connections_per_uid") == 0 || strcmp(name, "idle_timeout") == 0) {
+                        bool per_uid = name[0] == 'c';
+                        unsigned long v;
+                        if (!parse_uint(value, per_uid ? 1 : 0, per_uid ? 512 : 86400, &v))
+                                return bad(p, per_uid ? "connections_per_uid \"%s\": expected a number from 1 to 512"
+                                                      : "idle_timeout \"%s\": expected whole seconds from 0 (never) "
+                                                        "to 86400",
+                                           value);
+                        if (per_uid)
+                                c->connections_per_uid = (unsigned) v;
+                        else
+                                c->idle_timeout = (unsigned) v;
+                        return 1;
+                }
                 if (strcmp(name, "backends") == 0) {
                         char buf[512], *save = NULL;
                         unsigned n = 0;
@@ -277,6 +381,11 @@ static int handler(void *user, const char *section, const char *name, const char
                         c->stop_timeout = (unsigned) v;
                         return 1;
                 }
+                if (strcmp(name, "allow_block_devices") == 0)
+                        return check(p, parse_bool(value, &c->allow_block_devices) >= 0,
+                                     "allow_block_devices \"%s\": expected yes or no", value);
+                if (strcmp(name, "image_dirs") == 0)
+                        return parse_image_dirs(p, value);
                 if (strcmp(name, "accel") == 0) {
                         if (strcmp(value, "auto") != 0 && strcmp(value, "kvm") != 0 &&
                             strcmp(value, "tcg") != 0)
@@ -348,6 +457,8 @@ static int handler(void *user, const char *section, const char *name, const char
                                      "kernel_ip_arg \"%s\": expected yes or no", value);
                 if (strcmp(name, "dns") == 0)
                         return parse_local_dns(p, value);
+                if (strcmp(name, "reserved_ports") == 0)
+                        return parse_reserved_ports(p, value);
                 if (strcmp(name, "domain") == 0)
                         return check(p, domain_ok(value) && put_str(c->local_domain, sizeof(c->local_domain), value),
                                      "domain \"%s\" is not a DNS domain name", value);

@@ -9,11 +9,15 @@
  *            backend_dir [$(pkglibdir)/backends]  default_backend [local]  control_group [chvm]
  *            backends [local bridge mosnet]   (the modules loaded at start)
  *            journal_compact_size [8M]   (compact the ownership journal when it grows past this; K, M, G)
+ *            connections_per_uid [64]  idle_timeout [60]   (seconds; 0: never)
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
+ *            allow_block_devices [no]  image_dirs []   (absolute folders; empty: anywhere)
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
  *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
  *            dhcp [yes]  dns [the host's resolvers]  domain []  lease_time [3600]  mtu [the bridge's]
  *            kernel_ip_arg [yes]   (ip= on the command line of a VM booted with --kernel)
+ *            reserved_ports [listening]   (listening | none | PORT[-PORT][/tcp|/udp] ..., with or without
+ *            "listening": the ports a socket of the host listens on when the VM is created)
  *   [bridge] bridge [br0]  tap_prefix [tap-]
  */
 
@@ -23,6 +27,14 @@
 
 #define CONFIG_MAX_BACKENDS 8
 #define CONFIG_DNS_MAX 3
+#define CONFIG_MAX_IMAGE_DIRS 8
+#define CONFIG_MAX_RESERVED 32
+
+/* A host port range no forward may use without --force-port; proto 0: tcp and udp. */
+typedef struct PortRange {
+        uint8_t proto;
+        uint16_t first, last;
+} PortRange;
 
 typedef struct AgentConfig {
         char state_dir[PATH_MAX];
@@ -34,11 +46,16 @@ typedef struct AgentConfig {
         char backends[CONFIG_MAX_BACKENDS][33];
         unsigned n_backends;
         uint64_t journal_compact_size; /* bytes */
+        unsigned connections_per_uid; /* a uid other than 0 holds at most this many connections */
+        unsigned idle_timeout; /* seconds; a connection with no call in flight is closed after it; 0: never */
 
         char hypervisor[32]; /* "cloud-hypervisor" or "qemu" */
         char vmm_binary[PATH_MAX]; /* "" = the kind's default */
         unsigned stop_timeout; /* seconds */
         char accel[8]; /* "auto", "kvm", "tcg" */
+        bool allow_block_devices; /* a disk may be a block device */
+        char image_dirs[CONFIG_MAX_IMAGE_DIRS][256]; /* kernels, initrds, firmware and disks only below these */
+        unsigned n_image_dirs;
 
         char local_bridge[16];
         uint32_t local_subnet; /* host byte order */
@@ -55,6 +72,9 @@ typedef struct AgentConfig {
         uint32_t local_lease_time; /* seconds */
         uint32_t local_mtu; /* 0: the bridge's */
         bool local_kernel_ip_arg;
+        bool local_reserve_listening; /* a port some socket of the host listens on is reserved */
+        PortRange local_reserved[CONFIG_MAX_RESERVED];
+        unsigned local_n_reserved;
 
         char bridge_bridge[16];
         char bridge_tap_prefix[12];

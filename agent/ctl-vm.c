@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/api.h"
 #include "agent/ctl.h"
 #include "state/vmdef.h"
 #include "util/json.h"
@@ -43,6 +44,7 @@ typedef struct CreateArgs {
         size_t n_disks;
         PortForward ports[VM_DEF_MAX_PORTS];
         size_t n_ports;
+        bool force_port;
 } CreateArgs;
 
 static void create_help(const char *cmd) {
@@ -66,6 +68,8 @@ static void create_help(const char *cmd) {
                "  --hypervisor KIND    cloud-hypervisor or qemu (default: the agent's [vmm] hypervisor)\n"
                "  -p, --publish HOSTPORT:GUESTPORT[/tcp|/udp]\n"
                "                       forward a host port to the guest (repeatable, at most %d; local only)\n"
+               "  --force-port         forward ports the host keeps for itself ([local] reserved_ports: by\n"
+               "                       default every port a socket of the host listens on); root only\n"
                "  --json               print {name, id, state} as JSON\n"
                "  -h, --help           show this help\n",
                cmd,
@@ -75,7 +79,7 @@ static void create_help(const char *cmd) {
 
 static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], CreateArgs *a) {
         enum { ARG_KERNEL = 0x100, ARG_FIRMWARE, ARG_INITRD, ARG_DISK, ARG_CMDLINE, ARG_CPUS, ARG_MEMORY, ARG_BACKEND,
-               ARG_HYPERVISOR, ARG_JSON };
+               ARG_HYPERVISOR, ARG_FORCE_PORT, ARG_JSON };
         static const struct option options[] = {
                 { "kernel", required_argument, NULL, ARG_KERNEL },
                 { "firmware", required_argument, NULL, ARG_FIRMWARE },
@@ -87,6 +91,7 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                 { "backend", required_argument, NULL, ARG_BACKEND },
                 { "hypervisor", required_argument, NULL, ARG_HYPERVISOR },
                 { "publish", required_argument, NULL, 'p' },
+                { "force-port", no_argument, NULL, ARG_FORCE_PORT },
                 { "json", no_argument, NULL, ARG_JSON },
                 { "help", no_argument, NULL, 'h' },
                 {},
@@ -148,6 +153,9 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                                                          a->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp");
                         a->n_ports++;
                         break;
+                case ARG_FORCE_PORT:
+                        a->force_port = true;
+                        break;
                 case ARG_JSON:
                         ctl->json = true;
                         break;
@@ -195,6 +203,8 @@ static int call_create(Ctl *ctl, const CreateArgs *a, uint64_t *ret_id) {
                                           a->ports[i].host_port, a->ports[i].guest_port);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "t", a->force_port ? API_CREATE_FORCE_PORT : UINT64_C(0));
         if (r < 0) {
                 sd_bus_message_unref(m);
                 return ctl_fail(r, "cannot build the request");

@@ -94,6 +94,11 @@ static Backend *find_backend(Dispatcher *d, const char *name) {
         return NULL;
 }
 
+int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name) {
+        Backend *b = find_backend(d, name);
+        return b ? b->vtable->forwards_ports : -ENOENT;
+}
+
 /* The backend an object of the live set belongs to: its VM's, or for shared objects the one that makes
  * them (only `local` has shared objects). */
 static Backend *backend_of(Dispatcher *d, const LiveObject *o) {

@@ -60,6 +60,9 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n);
  * RELEASE_INTENT are removed again. */
 int dispatcher_recover(Dispatcher *d);
 
+/* Whether the loaded backend `name` forwards host ports: 1 yes, 0 no, -ENOENT not loaded. */
+int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name);
+
 /* The guest address allocated to a VM (host byte order), or -ENOENT. */
 int dispatcher_vm_ip(const Dispatcher *d, uint64_t vm_id, uint32_t *ret);
 

@@ -253,6 +253,53 @@ static int journal_started(const VmmProcess *p, void *userdata) {
         return CRASH_POINT("vmm-gate-started-journaled");
 }
 
+/* What the hypervisor of req runs with, on the network net. */
+static void fill_spec(const VmManager *m, const VmRequest *req, const VmNetInfo *net, const char *sock,
+                      const char *serial, VmSpec *ret) {
+        bool ip_arg = net->ip4 && !m->cfg.no_kernel_ip_arg;
+        *ret = (VmSpec){
+                .name = req->name,
+                .kernel = req->kernel,
+                .firmware = req->firmware,
+                .initrd = req->initrd,
+                .cmdline = req->cmdline,
+                .cpus = req->cpus,
+                .memory_mib = req->memory_mib,
+                .tap = net->tap[0] ? net->tap : NULL,
+                .ip4 = ip_arg ? net->ip4 : 0,
+                .gateway4 = ip_arg ? m->cfg.gateway : 0,
+                .prefixlen = ip_arg ? m->cfg.prefixlen : 0,
+                .api_socket = sock,
+                .serial_log = serial,
+                .disks = req->disks,
+                .n_disks = req->n_disks,
+                .accel = m->cfg.accel,
+                .binary = req->binary                          ? req->binary
+                          : req->hypervisor == m->cfg.hypervisor ? m->cfg.binary
+                                                                 : NULL,
+        };
+        memcpy(ret->mac, net->mac, 6);
+}
+
+int vm_manager_validate(VmManager *m, const VmRequest *req) {
+        char sock[4400], serial[4400], err[512];
+        /* The names a start would use (its id's folder), a TAP and an address of the longest kind. */
+        VmNetInfo net = { .tap = "tap-0123456789", .mac = { 0x02, 0, 0, 0, 0, 1 } };
+        if (m->cfg.gateway && m->cfg.prefixlen) {
+                uint32_t mask = ~UINT32_C(0) << (32 - m->cfg.prefixlen);
+                net.ip4 = (m->cfg.gateway & mask) | (~mask - 1);
+                if (net.ip4 == m->cfg.gateway)
+                        net.ip4--;
+        }
+        snprintf(sock, sizeof(sock), "%s/vms/%016" PRIx64 "/api.sock", m->runtime_dir, req->vm_id);
+        snprintf(serial, sizeof(serial), "%s/vms/%016" PRIx64 "/serial.log", m->runtime_dir, req->vm_id);
+        VmSpec spec;
+        fill_spec(m, req, &net, sock, serial, &spec);
+        m->error[0] = '\0';
+        int r = vm_spec_validate(&spec, req->hypervisor, err, sizeof(err));
+        return r < 0 ? fail(m, r, "VM %s: %s", req->name, err) : 0;
+}
+
 int vm_manager_start(VmManager *m, const VmRequest *req) {
         char dir[4300], sock[4400], serial[4400], log[4400], err[512];
         _cleanup_(strv_freep) char **argv = NULL;
@@ -280,28 +327,8 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
         if (r < 0)
                 return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
 
-        VmSpec spec = {
-                .name = req->name,
-                .kernel = req->kernel,
-                .firmware = req->firmware,
-                .initrd = req->initrd,
-                .cmdline = req->cmdline,
-                .cpus = req->cpus,
-                .memory_mib = req->memory_mib,
-                .tap = net.tap[0] ? net.tap : NULL,
-                .ip4 = !m->cfg.no_kernel_ip_arg ? net.ip4 : 0,
-                .gateway4 = net.ip4 && !m->cfg.no_kernel_ip_arg ? m->cfg.gateway : 0,
-                .prefixlen = net.ip4 && !m->cfg.no_kernel_ip_arg ? m->cfg.prefixlen : 0,
-                .api_socket = sock,
-                .serial_log = serial,
-                .disks = req->disks,
-                .n_disks = req->n_disks,
-                .accel = m->cfg.accel,
-                .binary = req->binary             ? req->binary
-                          : req->hypervisor == m->cfg.hypervisor ? m->cfg.binary
-                                                                 : NULL,
-        };
-        memcpy(spec.mac, net.mac, 6);
+        VmSpec spec;
+        fill_spec(m, req, &net, sock, serial, &spec);
         r = hypervisor_build_argv(req->hypervisor, &spec, &argv, err, sizeof(err));
         if (r < 0) {
                 fail(m, r, "VM %s: %s", req->name, err);
@@ -371,7 +398,8 @@ int vm_manager_kill(VmManager *m, uint64_t vm_id) {
         /* ESRCH counts as success; the exit event tears the network down. If the signal cannot be sent at
          * all, the network goes now, and the exit event (whenever it comes) finds nothing left. */
         int r = vmm_signal(vm->process.pidfd, SIGKILL);
-        vm->sent_kill = r >= 0;
+        if (r >= 0)
+                vm->sent_kill = true; /* only once sent: a failed kill is not "killed by the agent" */
         if (r < 0) {
                 fail(m, r, "VM %s: cannot kill its hypervisor (pid %d): %s", vm->name, (int) vm->process.pid,
                      strerror(-r));
@@ -573,10 +601,11 @@ static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 (void) vmm_signal(vm->process.pidfd, SIGTERM);
         } else {
                 vm->stage = STOP_KILL;
-                vm->sent_kill = true;
                 if (vmm_signal(vm->process.pidfd, SIGKILL) < 0)
                         /* The network goes even when the hypervisor cannot be killed. */
                         (void) vm_net_down(vm->manager->cfg.dispatcher, vm->id);
+                else
+                        vm->sent_kill = true;
                 return 0;
         }
         return sd_event_source_set_time_relative(vm->timer, vm->stop_timeout_usec) < 0 ||
@@ -607,7 +636,8 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
                                        on_stop_timer, vm);
         if (r < 0) {
                 /* Without a timer there is no escalation: kill now rather than hang. */
-                (void) vmm_signal(vm->process.pidfd, SIGKILL);
+                if (vmm_signal(vm->process.pidfd, SIGKILL) >= 0)
+                        vm->sent_kill = true;
                 return fail(m, r, "VM %s: cannot arm the stop timer: %s", vm->name, strerror(-r));
         }
         return 0;

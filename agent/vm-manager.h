@@ -71,6 +71,9 @@ const char *vm_manager_error(const VmManager *m);
 
 /* Network up, hypervisor spawned and watched; on any failure nothing stays behind. */
 int vm_manager_start(VmManager *m, const VmRequest *req);
+/* What vm_manager_start() would refuse about req's hypervisor arguments (cloud-hypervisor's option syntax,
+ * the command line's length, ...), found without starting anything: -EINVAL with vm_manager_error(). */
+int vm_manager_validate(VmManager *m, const VmRequest *req);
 /* SIGKILL. A hypervisor that is gone already is success; the teardown runs from the exit event (or at
  * once when the VM is not running). */
 int vm_manager_kill(VmManager *m, uint64_t vm_id);

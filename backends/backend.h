@@ -14,8 +14,9 @@
 
 #include "backends/dhcp/dhcp4-server.h"
 
-#define CHVM_BACKEND_ABI 4U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
-                            * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys) */
+#define CHVM_BACKEND_ABI 5U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
+                            * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);
+                            * 5: BackendVTable.forwards_ports */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -152,6 +153,7 @@ typedef struct BackendVTable {
         const char *name;
         size_t object_size; /* of the backend's object, which embeds Backend first */
         bool uses_addresses; /* the dispatcher allocates guest IPs for it */
+        bool forwards_ports; /* it forwards host ports (VmNetSpec.ports); a VM of a backend without: no -p */
         int (*init)(Backend *b, const BackendConfig *cfg);
         void (*done)(Backend *b);
         /* Shared objects every VM of this backend needs (bridge, tables); may be empty. */

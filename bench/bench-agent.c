@@ -728,6 +728,8 @@ int bus_create(sd_bus *bus, const char *kernel, const char *name, const char *ba
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
+                r = sd_bus_message_append(m, "t", UINT64_C(0)); /* flags */
+        if (r >= 0)
                 r = sd_bus_call(bus, m, 0, &e, &reply);
         if (r >= 0)
                 r = sd_bus_message_read(reply, "t", &id);

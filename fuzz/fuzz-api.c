@@ -357,6 +357,10 @@ static void do_create(Reader *r, char **names) {
                 check(sd_bus_message_append(m, "(sqq)", proto, host, guest) >= 0);
         }
         check(sd_bus_message_close_container(m) >= 0);
+        /* flags from bytes already read (the seeds keep their meaning): now and then --force-port, or a bit
+         * no agent knows */
+        uint64_t flags = cpus % 7 == 3 ? API_CREATE_FORCE_PORT : cpus % 7 == 5 ? UINT64_C(1) << 40 : 0;
+        check(sd_bus_message_append(m, "t", flags) >= 0);
 
         char name_copy[6000];
         snprintf(name_copy, sizeof(name_copy), "%s", name); /* name may point into names[] */

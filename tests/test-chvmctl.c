@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -48,8 +50,9 @@ TestSuite(chvmctl, .init = setup, .fini = teardown, .timeout = 180);
 
 #define KERNEL "--kernel %s/tests/fake-vmm"
 
-static void ok(const char *what, int r, char *out, char *err) {
-        cr_assert_eq(r, 0, "%s: exit %d\nstdout: %s\nstderr: %s", what, r, out ? out : "", err ? err : "");
+/* out and err are read here, after the call: as plain arguments they could be read before it. */
+static void ok(const char *what, int r, char **out, char **err) {
+        cr_assert_eq(r, 0, "%s: exit %d\nstdout: %s\nstderr: %s", what, r, *out ? *out : "", *err ? *err : "");
 }
 
 /* Runs jq FILTER on chvmctl's --json output and returns jq's output (jq -e: fails on false/null). */
@@ -76,32 +79,32 @@ Test(chvmctl, every_command_text_and_json) {
 
         r = ctl(&agent, &out, &err, "create web " KERNEL " -p 8080:80 -p 5353:53/udp --cpus 2 --memory 128",
                 test_build_dir());
-        ok("create", r, out, err);
+        ok("create", r, &out, &err);
         cr_assert_str_eq(out, "web\n");
         free(out), free(err);
         expect_jq("list -a --json", ".[0] | [.name, .state, .vmm_pid, .backend, .hypervisor, (.ports | length)]",
                   "[\"web\",\"defined\",null,\"local\",\"cloud-hypervisor\",2]\n");
         r = ctl(&agent, &out, &err, "list");
-        ok("list", r, out, err);
+        ok("list", r, &out, &err);
         cr_assert(!strstr(out, "web"), "list without -a shows only running VMs:\n%s", out);
         free(out), free(err);
 
         r = ctl(&agent, &out, &err, "start web");
-        ok("start", r, out, err);
+        ok("start", r, &out, &err);
         free(out), free(err);
         r = ctl(&agent, &out, &err, "list");
-        ok("list", r, out, err);
+        ok("list", r, &out, &err);
         cr_assert(strstr(out, "NAME") && strstr(out, "web") && strstr(out, "running") &&
                           strstr(out, "8080->80/tcp,5353->53/udp"),
                   "%s", out);
         free(out), free(err);
         r = ctl(&agent, &out, &err, "list -q");
-        ok("list -q", r, out, err);
+        ok("list -q", r, &out, &err);
         cr_assert_str_eq(out, "web\n");
         free(out), free(err);
 
         r = ctl(&agent, &out, &err, "inspect web");
-        ok("inspect", r, out, err);
+        ok("inspect", r, &out, &err);
         cr_assert(strstr(out, "state:       running") && strstr(out, "vmm_pid:") && strstr(out, "tap:         tap-") &&
                           strstr(out, "ip:          192.168.200.2") && strstr(out, "cpus:        2") &&
                           strstr(out, "memory:      128 MiB") && strstr(out, "objects:\n") &&
@@ -123,7 +126,7 @@ Test(chvmctl, every_command_text_and_json) {
                   "\"vmm_pid\"]\n");
 
         r = ctl(&agent, &out, &err, "status");
-        ok("status", r, out, err);
+        ok("status", r, &out, &err);
         cr_assert(strstr(out, "journal:  ok") && strstr(out, "1 defined, 1 running") && strstr(out, "backends: local"),
                   "%s", out);
         free(out), free(err);
@@ -140,21 +143,21 @@ Test(chvmctl, every_command_text_and_json) {
                   "[0,6,true]\n");
 
         r = ctl(&agent, &out, &err, "stop web --timeout 5");
-        ok("stop", r, out, err);
+        ok("stop", r, &out, &err);
         free(out), free(err);
         expect_jq("inspect web --json", "[.state, .exit_reason, .vmm_pid, .tap, (.objects | length)]",
                   "[\"stopped\",\"exited with status 0\",null,null,0]\n");
 
         r = ctl(&agent, &out, &err, "start web");
-        ok("start again", r, out, err);
+        ok("start again", r, &out, &err);
         free(out), free(err);
         r = ctl(&agent, &out, &err, "kill web");
-        ok("kill", r, out, err);
+        ok("kill", r, &out, &err);
         free(out), free(err);
         expect_jq("inspect web --json", "[.state, .exit_reason]", "[\"crashed\",\"killed by signal 9\"]\n");
 
         r = ctl(&agent, &out, &err, "run db " KERNEL " --json", test_build_dir());
-        ok("run", r, out, err);
+        ok("run", r, &out, &err);
         free(out), free(err);
         expect_jq("run db2 --kernel " BUILD_DIR "/tests/fake-vmm --json", "[.name, .state, (.id | length)]",
                   "[\"db2\",\"running\",16]\n");
@@ -163,7 +166,7 @@ Test(chvmctl, every_command_text_and_json) {
         cr_assert(strstr(err, "VM db is running"), "%s", err);
         free(out), free(err);
         r = ctl(&agent, &out, &err, "--json rm -f db db2 web");
-        ok("rm -f", r, out, err);
+        ok("rm -f", r, &out, &err);
         cr_assert_str_eq(out, "[{\"name\":\"db\",\"ok\":true},{\"name\":\"db2\",\"ok\":true},{\"name\":\"web\",\"ok\":true}]\n");
         free(out), free(err);
         expect_jq("list -a --json", "length", "0\n");
@@ -518,13 +521,13 @@ Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = tea
         char *env[] = { path, NULL }, *out = NULL, *err = NULL;
         test_agent_init(&agent, NULL);
         test_agent_start(&agent, env);
-        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()), out, err);
+        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
         int r = ctl(&agent, &out, &err, "start nobin");
         cr_assert_eq(r, 1, "chvmctl start nobin: exit %d, want 1\n%s", r, err);
         cr_assert(strstr(err, "cannot execute"), "chvmctl start nobin: %s", err);
         free(out), free(err);
-        ok("inspect", ctl(&agent, &out, &err, "inspect nobin"), out, err);
+        ok("inspect", ctl(&agent, &out, &err, "inspect nobin"), &out, &err);
         free(out), free(err);
 }
 
@@ -534,9 +537,9 @@ Test(chvmctl, start_on_a_full_bridge, .init = setup_ns, .fini = teardown) {
         char *out = NULL, *err = NULL;
         test_agent_init(&agent, NULL);
         test_agent_start(&agent, NULL);
-        ok("create", ctl(&agent, &out, &err, "create first " KERNEL, test_build_dir()), out, err);
+        ok("create", ctl(&agent, &out, &err, "create first " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
-        ok("start", ctl(&agent, &out, &err, "start first"), out, err); /* makes chvm0 */
+        ok("start", ctl(&agent, &out, &err, "start first"), &out, &err); /* makes chvm0 */
         free(out), free(err);
         free(sh("for i in $(seq 1 1022); do echo \"link add v$i type veth peer name w$i\"; echo \"link set v$i master chvm0\"; done |"
                 " ip -batch -"));
@@ -545,7 +548,7 @@ Test(chvmctl, start_on_a_full_bridge, .init = setup_ns, .fini = teardown) {
         free(ports);
         const char *world = "ip -j link | jq -c '[.[] | .ifname] | sort'; nft -j list ruleset | jq -c '[.nftables[] | select(.element)]'";
         char *before = sh("%s", world);
-        ok("create", ctl(&agent, &out, &err, "create full " KERNEL, test_build_dir()), out, err);
+        ok("create", ctl(&agent, &out, &err, "create full " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
         int r = ctl(&agent, &out, &err, "start full");
         cr_assert_eq(r, 1, "chvmctl start full: exit %d, want 1\n%s", r, err);
@@ -641,7 +644,7 @@ Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
         snprintf(proto, sizeof(proto), "x%s", "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
         cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "CreateVM"), 0);
         cr_assert_geq(sd_bus_message_append(m, "sssssssutas", "cut", "", "", "/bin/sh", "", "", "", 0, UINT64_C(0), 0), 0);
-        cr_assert_geq(sd_bus_message_append(m, "a(sqq)", 1, proto, 8080, 80), 0);
+        cr_assert_geq(sd_bus_message_append(m, "a(sqq)t", 1, proto, 8080, 80, UINT64_C(0)), 0);
         r = sd_bus_call(bus, m, 5 * 1000000, &e, &reply);
         cr_assert_lt(r, 0);
         cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.InvalidArgument"), "CreateVM: %s: %s", e.name,
@@ -667,7 +670,7 @@ Test(chvmctl, no_fds_are_passed_to_the_agent, .init = setup_ns, .fini = teardown
         char *env[] = { ignore, NULL }, *out = NULL, *err = NULL, address[200];
         test_agent_init(&agent, NULL);
         test_agent_start(&agent, env);
-        ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), out, err);
+        ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
         size_t before = open_fds(agent.pid);
 
@@ -742,7 +745,7 @@ Test(chvmctl, out_of_fds_the_listener_rests, .init = setup_ns, .fini = teardown)
         for (int i = 0; i < 100; i++)
                 close(fds[i]);
         usleep(600000);
-        ok("status after the clients left", ctl(&agent, &out, &err, "status"), out, err);
+        ok("status after the clients left", ctl(&agent, &out, &err, "status"), &out, &err);
         free(out), free(err);
 }
 
@@ -789,4 +792,324 @@ Test(chvmctl, socket_activation, .init = setup_ns, .fini = teardown) {
         char *log = test_agent_log(&agent);
         cr_assert(strstr(log, "control socket") && strstr(log, "activated.sock"), "%s", log);
         free(log);
+}
+
+static long rss_kib(pid_t pid) {
+        char *o = sh("awk '/^VmRSS:/ { print $2 }' /proc/%d/status", (int) pid);
+        long k = strtol(o, NULL, 10);
+        free(o);
+        return k;
+}
+
+static sd_bus *connect_bus(void) {
+        char address[200];
+        sd_bus *bus = NULL;
+        snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+        cr_assert_eq(sd_bus_new(&bus), 0);
+        cr_assert_geq(sd_bus_set_address(bus, address), 0);
+        cr_assert_geq(sd_bus_start(bus), 0);
+        /* one call: the handshake is done and the agent has set the connection up */
+        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, ""), 0);
+        return bus;
+}
+
+static unsigned clients_now(void) {
+        char *o = jq("status --json", ".clients");
+        unsigned n = (unsigned) strtoul(o, NULL, 10);
+        free(o);
+        return n;
+}
+
+/* Issue 13, defect 2: 3,000 InspectVM calls without reading an answer took the agent from 7.8 to 212 MB,
+ * and it stayed there after the client left. Now a client that sends a call while 8 answers wait for it is
+ * disconnected: the agent stays small while it floods, and gives the memory back when it is gone. */
+Test(chvmctl, a_client_that_never_reads_is_dropped, .init = setup_ns, .fini = teardown) {
+        char *out = NULL, *err = NULL;
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        ok("run", ctl(&agent, &out, &err, "run web " KERNEL " -p 8080:80", test_build_dir()), &out, &err);
+        free(out), free(err);
+        long before = rss_kib(agent.pid);
+
+        sd_bus *bus = connect_bus();
+        int sent = 0, r = 0;
+        for (; sent < 3000 && r >= 0; sent++) {
+                sd_bus_message *m = NULL;
+                r = sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM");
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "s", "web");
+                uint64_t cookie; /* with none, sd-bus would send the call as "no reply expected" */
+                if (r >= 0)
+                        r = sd_bus_send(bus, m, &cookie);
+                sd_bus_message_unref(m);
+        }
+        /* writes only, never reads: ends when the agent has hung up */
+        r = sd_bus_flush(bus);
+        char *log = NULL;
+        long during = 0;
+        for (int i = 0; i < 100; i++) {
+                long now_kib = rss_kib(agent.pid);
+                during = now_kib > during ? now_kib : during;
+                free(log);
+                log = test_agent_log(&agent);
+                if (strstr(log, "sends calls without reading the answers"))
+                        break;
+                usleep(50000);
+        }
+        cr_assert(strstr(log, "sends calls without reading the answers"), "the agent did not drop the client: %s",
+                  log);
+        free(log);
+        for (int i = 0; i < 50 && clients_now() > 1; i++)
+                usleep(100000);
+        cr_assert_eq(clients_now(), 1, "the silent client is still connected");
+        sd_bus_close_unref(bus);
+        usleep(200000);
+        long after = rss_kib(agent.pid);
+        cr_assert_lt(during - before, 16 * 1024, "agent RSS %ld -> %ld KiB while a client floods it", before, during);
+        cr_assert_lt(after - before, 4 * 1024, "agent RSS %ld -> %ld KiB after the client left", before, after);
+        ok("status", ctl(&agent, &out, &err, "status"), &out, &err);
+        free(out), free(err);
+}
+
+/* A child as uid `uid` (group users, which the socket is for) opens n connections and makes one call on
+ * each, then holds them until killed. Its report: "OK\n" per connection that works, else the error's
+ * message, in *ret. */
+static pid_t hold_connections(uid_t uid, int n, char **ret) {
+        int p[2];
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                gid_t users = getgrnam("users") ? getgrnam("users")->gr_gid : 100;
+                if (setgroups(1, &users) < 0 || setgid(65534) < 0 || setuid(uid) < 0)
+                        _exit(125);
+                FILE *f = fdopen(p[1], "w");
+                char address[200];
+                snprintf(address, sizeof(address), "unix:path=%s", agent.socket);
+                for (int i = 0; i < n; i++) {
+                        sd_bus *bus = NULL;
+                        sd_bus_error e = SD_BUS_ERROR_NULL;
+                        int r = sd_bus_new(&bus);
+                        if (r >= 0)
+                                r = sd_bus_set_address(bus, address);
+                        if (r >= 0)
+                                r = sd_bus_start(bus);
+                        if (r >= 0)
+                                r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", &e, NULL,
+                                                       "");
+                        if (r >= 0)
+                                fprintf(f, "OK\n");
+                        else
+                                fprintf(f, "%s\n", e.message ? e.message : strerror(-r));
+                        sd_bus_error_free(&e);
+                }
+                fclose(f);
+                pause();
+                _exit(0);
+        }
+        close(p[1]);
+        FILE *f = fdopen(p[0], "r");
+        char *text = NULL;
+        size_t size = 0;
+        cr_assert_geq(getdelim(&text, &size, '\0', f), 0);
+        fclose(f);
+        *ret = text;
+        return pid;
+}
+
+static int count_lines(const char *text, const char *line) {
+        int n = 0;
+        size_t len = strlen(line);
+        for (const char *p = text; (p = strstr(p, line)); p += len)
+                if ((p == text || p[-1] == '\n') && p[len] == '\n')
+                        n++;
+        return n;
+}
+
+/* Issue 13, defect 3: 512 idle connections of one user locked everyone out, root included. Now one uid holds
+ * at most [agent] connections_per_uid (64), the 65th is told why; and the last 16 of the 512 are kept for
+ * root: with eight users holding all they may, root still gets in. */
+Test(chvmctl, connection_limits_per_uid_and_for_root) {
+        char *report = NULL;
+        if (!getgrnam("users"))
+                cr_skip_test("no group \"users\" on this machine");
+        free(sh("chmod o+x %s %s", agent.dir, agent.runtime_dir)); /* the way to the socket */
+        pid_t pids[9];
+        pids[0] = hold_connections(60000, 70, &report);
+        cr_assert_eq(count_lines(report, "OK"), 64, "uid 60000 got:\n%s", report);
+        cr_assert(strstr(report, "too many connections from uid 60000 (at most 64 per uid"), "%s", report);
+        free(report);
+        for (int k = 1; k < 8; k++) {
+                pids[k] = hold_connections(60000 + k, 64, &report);
+                int want = k < 7 ? 64 : 64 - 16;
+                cr_assert_eq(count_lines(report, "OK"), want, "uid %d got:\n%s", 60000 + k, report);
+                if (k == 7)
+                        cr_assert(strstr(report, "the last 16 are kept for root"), "%s", report);
+                free(report);
+        }
+        pids[8] = hold_connections(60009, 1, &report);
+        cr_assert(strstr(report, "kept for root"), "%s", report);
+        free(report);
+        char *out = NULL, *err = NULL;
+        ok("status as root while 496 connections are held", ctl(&agent, &out, &err, "status"), &out, &err);
+        cr_assert(strstr(out, "(497 clients)"), "%s", out);
+        free(out), free(err);
+        for (int k = 0; k < 9; k++) {
+                kill(pids[k], SIGKILL);
+                waitpid(pids[k], NULL, 0);
+        }
+        for (int i = 0; i < 50 && clients_now() > 1; i++)
+                usleep(100000);
+        cr_assert_eq(clients_now(), 1);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "client refused: too many connections from uid 60000"), "%s", log);
+        free(log);
+}
+
+/* Idle connections are closed after [agent] idle_timeout; one whose StopVM waits for a VM is not. */
+Test(chvmctl, idle_connections_are_closed, .init = setup_ns, .fini = teardown) {
+        static char ignore[] = "FAKE_VMM_IGNORE_POWER=1";
+        char *env[] = { ignore, NULL }, *out = NULL, *err = NULL;
+        test_agent_init(&agent, "[agent]\nidle_timeout = 1\n");
+        test_agent_start(&agent, env);
+        ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+        sd_bus *bus = connect_bus();
+        double t0 = now();
+        ok("stop, longer than the idle timeout", ctl(&agent, &out, &err, "stop web --timeout 3"), &out, &err);
+        free(out), free(err);
+        cr_assert_geq(now() - t0, 2.5, "the stop did not wait");
+        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, "");
+        cr_assert_lt(r, 0, "an idle connection is still served after 3 s");
+        sd_bus_close_unref(bus);
+        char *log = test_agent_log(&agent);
+        cr_assert(strstr(log, "idle for 1 s"), "%s", log);
+        free(log);
+}
+
+/* A listening socket of the test's (and so the agent's) namespace: tcp or udp on the port. */
+static int listen_on(int type, uint16_t port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+        int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int){ 1 }, sizeof(int)), 0);
+        cr_assert_eq(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "bind %u: %m", port);
+        if (type == SOCK_STREAM)
+                cr_assert_eq(listen(fd, 4), 0);
+        return fd;
+}
+
+static void refused_as(gid_t group, const char *args, int want_exit, const char *want) {
+        char *err = NULL;
+        int r = as_nobody(group, &err, args);
+        cr_assert_eq(r, want_exit, "%s: exit %d: %s", args, r, err);
+        cr_assert(strstr(err, want), "%s:\n%s\nexpected: %s", args, err, want);
+        free(err);
+}
+
+/* Issue 13, defect 6: a member of the control group made the root hypervisor read /etc/shadow into a
+ * guest, gave a guest the agent's own journal as a disk, a block device, and the host's SSH and DNS ports.
+ * Now: nothing inside the agent's folders, no block device, no port the host listens on (root may force
+ * one), each refusal naming the path or port; and nothing is made. */
+Test(chvmctl, a_control_group_member_cannot_take_the_host) {
+        struct group *users = getgrnam("users");
+        if (!users)
+                cr_skip_test("no group \"users\" on this machine");
+        free(sh("chmod o+rx %s && cp %s/chvmctl %s/chvmctl && chmod 755 %s/chvmctl && cp %s/tests/fake-vmm %s/k && "
+                "chmod 644 %s/k && chmod o+x %s && touch %s/run-file && ln -s %s/ownership.journal %s/link && "
+                "mknod %s/blk b 7 0",
+                agent.dir, test_build_dir(), agent.dir, agent.dir, test_build_dir(), agent.dir, agent.dir,
+                agent.runtime_dir, agent.runtime_dir, agent.state_dir, agent.dir, agent.dir));
+        char *before = nothing_made();
+        gid_t g = users->gr_gid;
+        char args[1024];
+#define AS_MEMBER(want_exit, want, ...)                                 \
+        do {                                                            \
+                snprintf(args, sizeof(args), __VA_ARGS__);              \
+                refused_as(g, args, want_exit, want);                   \
+        } while (0)
+        AS_MEMBER(4, "kernel " , "create a --kernel %s/ownership.journal", agent.state_dir);
+        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/ownership.journal", agent.state_dir);
+        AS_MEMBER(4, "disk ", "create a --kernel %s/k --disk %s/ownership.journal", agent.dir, agent.state_dir);
+        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/k --disk %s/link", agent.dir,
+                  agent.dir);
+        AS_MEMBER(4, "is inside the agent's runtime folder", "create a --kernel %s/k --initrd %s/run-file", agent.dir,
+                  agent.runtime_dir);
+        AS_MEMBER(4, "is a block device (allowed only with [vmm] allow_block_devices = yes)",
+                  "create a --kernel %s/k --disk %s/blk", agent.dir, agent.dir);
+
+        int tcp = listen_on(SOCK_STREAM, 2222), udp = listen_on(SOCK_DGRAM, 5353);
+        AS_MEMBER(1, "host port 2222/tcp: a socket of the host listens on it", "create a --kernel %s/k -p 2222:22",
+                  agent.dir);
+        AS_MEMBER(1, "host port 5353/udp: a socket of the host listens on it",
+                  "create a --kernel %s/k -p 8080:80 -p 5353:53/udp", agent.dir);
+        AS_MEMBER(4, "--force-port (a port reserved for the host) needs root",
+                  "create a --kernel %s/k -p 2222:22 --force-port", agent.dir);
+        char *after = nothing_made();
+        cr_assert_str_eq(after, before, "a refused create left something");
+        free(after);
+        free(before);
+        /* a forward not taken by the host is fine, and so is a udp one on a port only tcp listens on */
+        AS_MEMBER(0, "", "create fine --kernel %s/k -p 2223:22 -p 2222:22/udp", agent.dir);
+        char *out = NULL, *err = NULL;
+
+        /* root may give a guest a port the host listens on */
+        ok("root --force-port", ctl(&agent, &out, &err, "create forced --kernel %s/k -p 2222:22 --force-port", agent.dir),
+           &out, &err);
+        free(out), free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create forced2 --kernel %s/k -p 5353:53/udp", agent.dir), 1);
+        cr_assert(strstr(err, "root may forward it anyway with --force-port"), "%s", err);
+        free(err);
+        close(tcp);
+        close(udp);
+#undef AS_MEMBER
+}
+
+/* [vmm] image_dirs and allow_block_devices, [local] reserved_ports; a file replaced after the create is
+ * checked again at the start; a backend without forwards refuses -p; cloud-hypervisor's option syntax is
+ * checked at the create, not only at the start. */
+Test(chvmctl, image_dirs_block_devices_reserved_ports, .init = setup_ns, .fini = teardown) {
+        char images[] = "/tmp/chvm-images-XXXXXX", extra[512], *out = NULL, *err = NULL;
+        cr_assert_not_null(mkdtemp(images));
+        snprintf(extra, sizeof(extra),
+                 "[vmm]\nimage_dirs = %s/\nallow_block_devices = yes\n[local]\nreserved_ports = 7000-7010/tcp\n", images);
+        test_agent_init(&agent, extra);
+        test_agent_start(&agent, NULL);
+        free(sh("cp %s/tests/fake-vmm %s/k && ln -s /etc/passwd %s/passwd && mknod %s/blk b 7 0 && "
+                "cp %s/k %s/k2 && cp %s/k %s/k3 && touch '%s/a,b'",
+                test_build_dir(), images, images, images, images, agent.dir, images, images, images));
+
+        ok("inside image_dirs", ctl(&agent, &out, &err, "create in --kernel %s/k --disk %s/blk", images, images), &out,
+           &err);
+        free(out), free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create out --kernel %s/k2", agent.dir), 4);
+        cr_assert(strstr(err, "is outside [vmm] image_dirs"), "%s", err);
+        free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create link --kernel %s/k --initrd %s/passwd", images, images), 4);
+        cr_assert(strstr(err, "initrd ") && strstr(err, "/passwd is outside [vmm] image_dirs"), "%s", err);
+        free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create r --kernel %s/k -p 7005:80", images), 1);
+        cr_assert(strstr(err, "host port 7005/tcp is reserved ([local] reserved_ports)"), "%s", err);
+        free(err);
+        ok("udp 7005 is not reserved", ctl(&agent, &out, &err, "create r --kernel %s/k -p 7005:80/udp", images), &out,
+           &err);
+        free(out), free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create m --backend mosnet --kernel %s/k -p 8080:80", images), 1);
+        cr_assert(strstr(err, "backend mosnet forwards no ports: -p is refused"), "%s", err);
+        free(err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create ch --kernel %s/k --disk '%s/a,b'", images, images), 1);
+        cr_assert(strstr(err, "contains ','"), "refused only at the start: %s", err);
+        free(err);
+
+        /* replaced by a link into the state folder after the create: refused at the start */
+        ok("create", ctl(&agent, &out, &err, "create swap --kernel %s/k --disk %s/k3", images, images), &out, &err);
+        free(out), free(err);
+        free(sh("rm -f %s/k3 && ln -s %s/ownership.journal %s/k3", images, agent.state_dir, images));
+        cr_assert_neq(ctl(&agent, NULL, &err, "start swap"), 0);
+        cr_assert(strstr(err, "is inside the agent's state folder"), "%s", err);
+        free(err);
+        char *o = jq("list -a --json", "[.[] | select(.name == \"swap\") | .state]");
+        cr_assert_str_eq(o, "[\"defined\"]\n");
+        free(o);
+        free(sh("rm -rf %s", images));
 }

@@ -3,6 +3,7 @@
 /* agent.conf: defaults, every key, and bad input refused with FILE:LINE and the cause. */
 
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -55,6 +56,40 @@ Test(config, defaults) {
         cr_assert_eq(c.local_lease_time, 3600);
         cr_assert_eq(c.local_mtu, 0, "the bridge's own");
         cr_assert(c.local_kernel_ip_arg);
+        cr_assert_eq(c.connections_per_uid, 64);
+        cr_assert_eq(c.idle_timeout, 60);
+        cr_assert(!c.allow_block_devices);
+        cr_assert_eq(c.n_image_dirs, 0, "anywhere");
+        cr_assert(c.local_reserve_listening, "the ports the host listens on");
+        cr_assert_eq(c.local_n_reserved, 0);
+}
+
+/* Issue 13: the keys that bound clients and what a VM may be given. */
+Test(config, hardening_keys) {
+        cr_assert_eq(load("[agent]\nconnections_per_uid = 8\nidle_timeout = 0\n"
+                          "[vmm]\nallow_block_devices = yes\nimage_dirs = /srv/images/ /var/lib/images\n"
+                          "[local]\nreserved_ports = 22 listening 5000-5010/udp 8080/tcp\n"),
+                     0, "%s", err);
+        cr_assert_eq(c.connections_per_uid, 8);
+        cr_assert_eq(c.idle_timeout, 0, "never");
+        cr_assert(c.allow_block_devices);
+        cr_assert_eq(c.n_image_dirs, 2);
+        cr_assert_str_eq(c.image_dirs[0], "/srv/images", "a trailing / is dropped");
+        cr_assert_str_eq(c.image_dirs[1], "/var/lib/images");
+        cr_assert(c.local_reserve_listening);
+        cr_assert_eq(c.local_n_reserved, 3);
+        cr_assert(c.local_reserved[0].proto == 0 && c.local_reserved[0].first == 22 && c.local_reserved[0].last == 22);
+        cr_assert(c.local_reserved[1].proto == IPPROTO_UDP && c.local_reserved[1].first == 5000 &&
+                  c.local_reserved[1].last == 5010);
+        cr_assert(c.local_reserved[2].proto == IPPROTO_TCP && c.local_reserved[2].first == 8080);
+        setup();
+        cr_assert_eq(load("[local]\nreserved_ports = none\n"), 0, "%s", err);
+        cr_assert(!c.local_reserve_listening);
+        cr_assert_eq(c.local_n_reserved, 0);
+        setup();
+        cr_assert_eq(load("[local]\nreserved_ports = 53\n"), 0, "%s", err);
+        cr_assert(!c.local_reserve_listening, "a list without \"listening\" replaces the default");
+        cr_assert_eq(c.local_n_reserved, 1);
 }
 
 Test(config, dhcp_keys) {
@@ -213,6 +248,19 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[local]\nlease_time = 1h\n", "lease_time \"1h\": expected whole seconds" },
                 { "[local]\nmtu = 575\n", "agent.conf:2: mtu \"575\": expected bytes from 576 to 65535" },
                 { "[local]\nmtu = 65536\n", "mtu \"65536\"" },
+                { "[agent]\nconnections_per_uid = 0\n",
+                  "agent.conf:2: connections_per_uid \"0\": expected a number from 1 to 512" },
+                { "[agent]\nidle_timeout = -1\n",
+                  "agent.conf:2: idle_timeout \"-1\": expected whole seconds from 0 (never) to 86400" },
+                { "[vmm]\nallow_block_devices = sometimes\n",
+                  "agent.conf:2: allow_block_devices \"sometimes\": expected yes or no" },
+                { "[vmm]\nimage_dirs = images\n", "agent.conf:2: image_dirs: \"images\" is not an absolute path" },
+                { "[vmm]\nimage_dirs = /a /b /c /d /e /f /g /h /i\n", "agent.conf:2: image_dirs: at most 8 folders" },
+                { "[local]\nreserved_ports = 0\n", "agent.conf:2: reserved_ports: \"0\": expected a port or a range" },
+                { "[local]\nreserved_ports = 10-5\n", "reserved_ports: \"10-5\": expected a port or a range" },
+                { "[local]\nreserved_ports = 22/sctp\n", "reserved_ports: \"sctp\": expected tcp or udp after /" },
+                { "[local]\nreserved_ports = none 22\n", "agent.conf:2: reserved_ports: none stands alone" },
+                { "[local]\nreserved_ports = ,\n", "reserved_ports: expected listening, none or ports" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 setup();

@@ -750,6 +750,7 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .name = "local",
         .object_size = sizeof(LocalBackend),
         .uses_addresses = true,
+        .forwards_ports = true,
         .init = local_init,
         .done = local_done,
         .plan_core = local_plan_core,
