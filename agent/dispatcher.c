@@ -11,6 +11,7 @@
 #include "agent/dispatcher.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
+#include "util/log.h"
 #include "util/macro.h"
 
 struct Dispatcher {
@@ -551,15 +552,37 @@ static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *
         if (r < 0)
                 return r;
 
-        if (b && b->vtable->remove_many && n > 1) {
-                r = b->vtable->remove_many(b, objs, n);
+        /* Only under a tag of this agent's own form: a corrupt or forged record with an empty or foreign
+         * tag would have the backend delete whatever carries that tag (an untagged link of someone else's).
+         * Such records are released from the journal and the object is left alone. */
+        _cleanup_free_ Resource *ours = malloc(sizeof(Resource) * (n ? n : 1));
+        size_t n_ours = 0;
+        if (!ours)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                char agent[64], role[32];
+                uint64_t vm;
+                if (resource_tag_parse(objs[i].tag, agent, &vm, role) >= 0 && strcmp(agent, d->agent_id) == 0 &&
+                    vm == objs[i].vm_id)
+                        ours[n_ours++] = objs[i];
+                else {
+                        stale++;
+                        log_warning("ownership journal: object %s %s is recorded with tag \"%s\", not one of "
+                                    "this agent's (chvm1:%s:...): not removed",
+                                    resource_kind_to_string(objs[i].kind) ? resource_kind_to_string(objs[i].kind)
+                                                                          : "unknown",
+                                    objs[i].name, objs[i].tag, d->agent_id);
+                }
+        }
+        if (b && b->vtable->remove_many && n_ours > 1) {
+                r = b->vtable->remove_many(b, ours, n_ours);
                 if (r == -ESTALE)
                         stale++;
                 else if (r < 0)
                         return fail(d, r, "%s", b->vtable->error_message(b));
         } else if (b) {
-                for (size_t i = 0; i < n; i++) {
-                        r = b->vtable->remove(b, &objs[i]);
+                for (size_t i = 0; i < n_ours; i++) {
+                        r = b->vtable->remove(b, &ours[i]);
                         if (r == -ESTALE)
                                 stale++;
                         else if (r < 0)

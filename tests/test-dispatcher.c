@@ -241,6 +241,54 @@ Test(dispatcher, decoys_untouched) {
         free(after);
 }
 
+/* Issue 13: teardown compared the kernel's tag with the journaled one only. A corrupt or forged record
+ * naming an untagged link with an empty tag, or another agent's link with that agent's tag, had the link
+ * deleted. Now a record whose tag is not of this agent's form (chvm1:<own id>:<its VM>:) removes nothing:
+ * it is released from the journal, the links stay. */
+Test(dispatcher, forged_records_delete_nothing) {
+        free(sh("ip tuntap add dev foreign0 mode tap; ip tuntap add dev foreign1 mode tap; "
+                "ip link set foreign1 alias chvm1:" OTHER_AGENT ":0000000000000077:tap"));
+        static const struct {
+                const char *name, *tag;
+        } forged[] = {
+                { "foreign0", "" },
+                { "foreign1", "chvm1:" OTHER_AGENT ":0000000000000077:tap" },
+        };
+        JournalRecord def = { .type = JOURNAL_VM_DEFINE,
+                              .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_NAME) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_BACKEND),
+                              .vm_id = 0x77,
+                              .vm_name = "forged",
+                              .backend = "local" };
+        cr_assert_eq(journal_append(journal, &def), 0);
+        for (size_t i = 0; i < 2; i++) {
+                char *ix = sh("ip -o link show %s | cut -d: -f1", forged[i].name);
+                JournalRecord in = { .type = JOURNAL_INTENT,
+                                     .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_KIND) |
+                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_NAME) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_TAG),
+                                     .oid = journal_new_oid(journal),
+                                     .vm_id = 0x77,
+                                     .obj_kind = RESOURCE_LINK_TAP,
+                                     .obj_name = forged[i].name,
+                                     .obj_tag = forged[i].tag };
+                JournalRecord made = { .type = JOURNAL_CREATED,
+                                       .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_IFINDEX),
+                                       .oid = in.oid,
+                                       .obj_ifindex = (uint32_t) strtoul(ix, NULL, 10) };
+                free(ix);
+                cr_assert_eq(journal_append(journal, &in), 0);
+                cr_assert_eq(journal_append_sync(journal, &made), 0);
+        }
+        int r = vm_net_down(disp, 0x77);
+        cr_assert(r == 0 || strstr(dispatcher_error(disp), "2 object(s) had been replaced by someone else's and were "
+                                                              "left alone"),
+                  "%d %s", r, dispatcher_error(disp));
+        char *o = sh("ip -o link show foreign0 >/dev/null && ip -o link show foreign1 >/dev/null && echo both");
+        cr_assert_str_eq(o, "both\n", "a forged record deleted a link");
+        free(o);
+        const LiveVm *lv = live_set_get_vm(journal_live_set(journal), 0x77);
+        cr_assert(!lv || lv->n_objects == 0, "the forged records are still live");
+}
+
 /* Acceptance 3: a batch failing at its last message leaves the ruleset as it was and no TAP behind. */
 Test(dispatcher, failed_bringup_leaves_nothing) {
         up_ok(1, "first", NULL, 0, NULL);
