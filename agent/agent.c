@@ -680,7 +680,14 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
 
         /* Pointers into the agent's own copy of the config: the caller's may be gone once we return
          * (the VMM manager keeps .binary). */
+        const char *env[CONFIG_MAX_ENV + 1] = {}, *pass[CONFIG_MAX_ENV + 1] = {};
+        for (unsigned i = 0; i < a->cfg.n_vmm_environment; i++)
+                env[i] = a->cfg.vmm_environment[i];
+        for (unsigned i = 0; i < a->cfg.n_vmm_pass_environment; i++)
+                pass[i] = a->cfg.vmm_pass_environment[i];
         VmManagerConfig mc = { .event = event,
+                               .environment = env,
+                               .pass_environment = pass,
                                .journal = a->journal,
                                .dispatcher = a->dispatcher,
                                .runtime_dir = a->cfg.runtime_dir,

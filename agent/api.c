@@ -530,6 +530,25 @@ static int socket_own(Api *api, char *err, size_t err_size) {
                 return -ENAMETOOLONG;
         }
         memcpy(sa.sun_path, path, strlen(path) + 1);
+        /* Everything below goes by path (bind, chown, unlink): only a folder nobody but root may change
+         * keeps the path ours between the steps. */
+        char dir[sizeof(sa.sun_path)];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+                slash[slash == dir] = '\0'; /* "/x.sock": "/" */
+        if (stat(dir, &st) < 0) {
+                r = negative_errno();
+                snprintf(err, err_size, "socket folder %s: %s", dir, strerror(-r));
+                return r;
+        }
+        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+                snprintf(err, err_size,
+                         "socket folder %s may be changed by others (owner uid %u, mode %04o): the control socket "
+                         "needs a folder only root may write",
+                         dir, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
         if (lstat(path, &st) == 0) {
                 if (!S_ISSOCK(st.st_mode)) {
                         snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it", path);
@@ -551,7 +570,9 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return negative_errno();
-        mode_t old = umask(0177); /* no window in which others could connect */
+        /* The final mode at once (0660 for the group, else 0600), group root until the lchown below: no
+         * window in which others could connect. */
+        mode_t old = umask(api->has_control_group ? 0117 : 0177);
         r = bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 ? negative_errno() : 0;
         umask(old);
         if (r < 0) {
@@ -561,7 +582,7 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         api->own_socket = true;
         snprintf(api->path, sizeof(api->path), "%s", path);
         if (api->has_control_group) {
-                if (chown(path, 0, api->control_gid) < 0 || chmod(path, 0660) < 0) {
+                if (lchown(path, 0, api->control_gid) < 0) {
                         r = negative_errno();
                         snprintf(err, err_size, "cannot give %s to group %s: %s", path,
                                  agent_config(api->agent)->control_group, strerror(-r));

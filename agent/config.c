@@ -187,6 +187,42 @@ static int parse_image_dirs(Parse *p, const char *value) {
         return 1;
 }
 
+/* [vmm] environment (NAME=VALUE ...) and pass_environment (NAME or PREFIX* ...). */
+static int parse_env_list(Parse *p, const char *key, const char *value, bool assignments) {
+        AgentConfig *c = &p->c;
+        char buf[4096], *save = NULL;
+        unsigned n = 0;
+        if (strlen(value) >= sizeof(buf))
+                return bad(p, "%s: too long", key);
+        memcpy(buf, value, strlen(value) + 1);
+        for (char *t = strtok_r(buf, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+                size_t len = assignments ? strcspn(t, "=") : strlen(t);
+                bool star = !assignments && len > 1 && t[len - 1] == '*';
+                bool ok = len > 0 && !(t[0] >= '0' && t[0] <= '9') && (!assignments || t[len] == '=');
+                for (size_t i = 0; ok && i < len - star; i++)
+                        ok = (t[i] >= 'A' && t[i] <= 'Z') || (t[i] >= 'a' && t[i] <= 'z') ||
+                             (t[i] >= '0' && t[i] <= '9') || t[i] == '_';
+                if (!ok)
+                        return bad(p, assignments ? "%s: \"%s\" is not NAME=VALUE (NAME of letters, digits and _)"
+                                                  : "%s: \"%s\" is not a variable name (or a prefix with *)",
+                                   key, t);
+                if (assignments && strncmp(t, "PATH=", 5) == 0)
+                        return bad(p, "%s: PATH is the agent's (%s)", key, "/usr/local/sbin:...:/bin");
+                if (n == CONFIG_MAX_ENV)
+                        return bad(p, "%s: at most %d", key, CONFIG_MAX_ENV);
+                char *dst = assignments ? c->vmm_environment[n] : c->vmm_pass_environment[n];
+                size_t size = assignments ? sizeof(c->vmm_environment[n]) : sizeof(c->vmm_pass_environment[n]);
+                if (!put_str(dst, size, t))
+                        return bad(p, "%s: \"%s\" is longer than %zu bytes", key, t, size - 1);
+                n++;
+        }
+        if (assignments)
+                c->n_vmm_environment = n;
+        else
+                c->n_vmm_pass_environment = n;
+        return 1;
+}
+
 /* "listening", "none", or ports and ranges (PORT, PORT-PORT, either with /tcp or /udp), "listening"
  * among them or not. */
 static int parse_reserved_ports(Parse *p, const char *value) {
@@ -386,6 +422,10 @@ static int handler(void *user, const char *section, const char *name, const char
                                      "allow_block_devices \"%s\": expected yes or no", value);
                 if (strcmp(name, "image_dirs") == 0)
                         return parse_image_dirs(p, value);
+                if (strcmp(name, "environment") == 0)
+                        return parse_env_list(p, name, value, true);
+                if (strcmp(name, "pass_environment") == 0)
+                        return parse_env_list(p, name, value, false);
                 if (strcmp(name, "accel") == 0) {
                         if (strcmp(value, "auto") != 0 && strcmp(value, "kvm") != 0 &&
                             strcmp(value, "tcg") != 0)

@@ -12,6 +12,7 @@
  *            connections_per_uid [64]  idle_timeout [60]   (seconds; 0: never)
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *            allow_block_devices [no]  image_dirs []   (absolute folders; empty: anywhere)
+ *            environment []  pass_environment []   (the hypervisors' environment besides PATH)
  *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
  *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
  *            dhcp [yes]  dns [the host's resolvers]  domain []  lease_time [3600]  mtu [the bridge's]
@@ -29,6 +30,7 @@
 #define CONFIG_DNS_MAX 3
 #define CONFIG_MAX_IMAGE_DIRS 8
 #define CONFIG_MAX_RESERVED 32
+#define CONFIG_MAX_ENV 16
 
 /* A host port range no forward may use without --force-port; proto 0: tcp and udp. */
 typedef struct PortRange {
@@ -56,6 +58,10 @@ typedef struct AgentConfig {
         bool allow_block_devices; /* a disk may be a block device */
         char image_dirs[CONFIG_MAX_IMAGE_DIRS][256]; /* kernels, initrds, firmware and disks only below these */
         unsigned n_image_dirs;
+        char vmm_environment[CONFIG_MAX_ENV][256]; /* "NAME=VALUE" */
+        unsigned n_vmm_environment;
+        char vmm_pass_environment[CONFIG_MAX_ENV][64]; /* NAME or PREFIX* */
+        unsigned n_vmm_pass_environment;
 
         char local_bridge[16];
         uint32_t local_subnet; /* host byte order */

@@ -61,6 +61,7 @@ struct VmManager {
         VmManagerConfig cfg;
         char runtime_dir[4096];
         U64Map *vms; /* running, by id */
+        char **environment, **pass_environment; /* copies of the config's */
         char error[1024];
 };
 
@@ -78,6 +79,39 @@ const char *vm_manager_error(const VmManager *m) {
         return m->error;
 }
 
+static bool env_name_matches(const char *pattern, const char *entry) {
+        size_t n = strlen(pattern);
+        if (n > 0 && pattern[n - 1] == '*')
+                return strncmp(entry, pattern, n - 1) == 0 && strchr(entry + n - 1, '=') != NULL;
+        return strncmp(entry, pattern, n) == 0 && entry[n] == '=';
+}
+
+static char **strv_copy(const char *const *l) {
+        ArgvBuilder b = {};
+        char **ret = NULL;
+        for (size_t i = 0; l && l[i]; i++)
+                argv_builder_add(&b, l[i]);
+        return argv_builder_finish(&b, &ret) < 0 ? NULL : ret;
+}
+
+/* At each start, from the environment the agent has then. */
+static int build_environment(const VmManager *m, char ***ret) {
+        ArgvBuilder b = {};
+        argv_builder_add(&b, VMM_DEFAULT_PATH);
+        for (size_t i = 0; m->environment[i]; i++)
+                argv_builder_add(&b, m->environment[i]);
+        for (char **e = environ; e && *e; e++) {
+                if (strncmp(*e, "PATH=", 5) == 0)
+                        continue;
+                for (size_t i = 0; m->pass_environment[i]; i++)
+                        if (env_name_matches(m->pass_environment[i], *e)) {
+                                argv_builder_add(&b, *e);
+                                break;
+                        }
+        }
+        return argv_builder_finish(&b, ret);
+}
+
 int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret) {
         VmManager *m = calloc(1, sizeof(VmManager));
         if (!m)
@@ -86,8 +120,11 @@ int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret) {
         snprintf(m->runtime_dir, sizeof(m->runtime_dir), "%s", cfg->runtime_dir);
         m->cfg.runtime_dir = m->runtime_dir;
         m->vms = u64map_new();
-        if (!m->vms) {
-                free(m);
+        m->environment = strv_copy(cfg->environment);
+        m->pass_environment = strv_copy(cfg->pass_environment);
+        m->cfg.environment = m->cfg.pass_environment = NULL; /* the caller's */
+        if (!m->vms || !m->environment || !m->pass_environment) {
+                vm_manager_free(m);
                 return -ENOMEM;
         }
         *ret = m;
@@ -117,6 +154,8 @@ VmManager *vm_manager_free(VmManager *m) {
         for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);)
                 vm_free(v);
         u64map_free(m->vms);
+        strv_free(m->environment);
+        strv_free(m->pass_environment);
         free(m);
         return NULL;
 }
@@ -351,7 +390,10 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 goto undo_net;
         }
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
-        r = vmm_spawn_gated(argv, log, journal_started, vm, &vm->process, err, sizeof(err));
+        _cleanup_(strv_freep) char **envp = NULL;
+        r = build_environment(m, &envp);
+        if (r >= 0)
+                r = vmm_spawn_gated(argv, envp, log, journal_started, vm, &vm->process, err, sizeof(err));
         if (r < 0) {
                 char why[600];
                 snprintf(why, sizeof(why), "%s", err);

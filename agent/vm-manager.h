@@ -17,6 +17,8 @@
 
 typedef struct VmManager VmManager;
 
+#define VMM_DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 /* Called after a VM's hypervisor is gone and its network torn down (whatever the cause: exit, crash,
  * stop, kill, found dead at adoption). `state` is what was journaled (stopped or crashed), `reason` the
  * exit reason; `error` is 0, or the failure of the teardown or of the journal write, described in
@@ -37,6 +39,12 @@ typedef struct VmManagerConfig {
         uint32_t gateway; /* for the guest's ip= */
         uint8_t prefixlen;
         bool no_kernel_ip_arg; /* no ip= on the guest kernel's command line ([local] kernel_ip_arg = no) */
+        /* The hypervisors' environment is VMM_DEFAULT_PATH, these "NAME=VALUE" strings ([vmm] environment)
+         * and the variables of the agent's own environment these names match ([vmm] pass_environment; a
+         * name ending in '*' matches by prefix), nothing else: not the agent's NOTIFY_SOCKET, WATCHDOG_*,
+         * credentials. Both NULL-terminated, may be NULL. */
+        const char *const *environment;
+        const char *const *pass_environment;
         VmExitCallback on_exit; /* may be NULL */
         VmKindLookup kind_of; /* may be NULL: every adopted VM is of kind `hypervisor` */
         /* Exit statuses of adopted hypervisors (not our children); NULL where taskstats notifications do

@@ -530,7 +530,7 @@ int bench_agent_setup(BenchAgent *ag, const char *name, const char *backends, co
         snprintf(conf, sizeof(conf),
                  "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\nbackends = %s\n"
                  "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\n"
-                 "accel = tcg\n%s",
+                 "accel = tcg\npass_environment = FAKE_VMM_*\n%s",
                  ag->state_dir, ag->runtime_dir, BUILD_DIR, backends, BUILD_DIR, sections ? sections : "");
         r = write_file(ag->config, conf);
         if (r >= 0)

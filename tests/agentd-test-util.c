@@ -48,7 +48,7 @@ void test_agent_init(TestAgent *a, const char *extra) {
         snprintf(conf, sizeof(conf),
                  "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\n"
                  "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\naccel = tcg\n"
-                 "%s",
+                 "pass_environment = FAKE_VMM_*\n%s",
                  a->state_dir, a->runtime_dir, BUILD_DIR, BUILD_DIR, extra ? extra : "");
         write_file(a->config, conf);
 }

@@ -54,12 +54,12 @@ static void expect_refusal(const char *extra, const char *want) {
 
 /* Acceptance 7: unknown key, bad subnet, missing hypervisor binary → refused, naming file:line and cause. */
 Test(agentd, bad_config_is_refused_with_file_and_line) {
-        /* the generated config has 9 lines before `extra`, the last in [vmm] */
-        expect_refusal("colour = blue\n", "agent.conf:10: unknown key \"colour\" in [vmm]");
+        /* the generated config has 10 lines before `extra`, the last in [vmm] */
+        expect_refusal("colour = blue\n", "agent.conf:11: unknown key \"colour\" in [vmm]");
         expect_refusal("[local]\nsubnet = 10.0.0.1/24\n",
-                       "agent.conf:11: subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
-        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:11: subnet \"10.0.0.0/33\": expected A.B.C.D/N");
-        expect_refusal("[nosuch]\nkey = 1\n", "agent.conf:11: unknown section [nosuch]");
+                       "agent.conf:12: subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
+        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:12: subnet \"10.0.0.0/33\": expected A.B.C.D/N");
+        expect_refusal("[nosuch]\nkey = 1\n", "agent.conf:12: unknown section [nosuch]");
         expect_refusal("[agent]\nbackends = local nosuch\n", "backend nosuch: ");
 }
 
@@ -518,4 +518,43 @@ Test(agentd, a_stale_listener_is_waited_for_a_live_one_refused) {
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d:\n%s", status, log);
         cr_assert(strstr(log, "another agent is listening there") && strstr(log, agent.socket), "%s", log);
         free(log);
+}
+
+/* Issue 13: hypervisors inherited the agent's whole environment (its NOTIFY_SOCKET, WATCHDOG_*, whatever
+ * the unit or an admin's shell put there). Now they get PATH, [vmm] environment and the variables
+ * [vmm] pass_environment names (the test agents pass FAKE_VMM_*), nothing else. */
+Test(agentd, hypervisors_get_a_minimal_environment) {
+        static char secret[] = "CHVM_TEST_SECRET=do-not-pass", fake[] = "FAKE_VMM_IGNORE_POWER=1";
+        char *env[] = { secret, fake, NULL };
+        test_agent_init(&agent, "[vmm]\nenvironment = LANG=C.UTF-8 TZ=UTC\n");
+        test_agent_start(&agent, env);
+        create_and_start("envy", 8080);
+        pid_t pid = vm_pid("envy");
+        cr_assert_gt(pid, 0);
+        char *agent_env = sh("tr '\\0' '\\n' </proc/%d/environ | cut -d= -f1 | sort | tr '\\n' ' '", (int) agent.pid);
+        cr_assert(strstr(agent_env, "NOTIFY_SOCKET") && strstr(agent_env, "CHVM_TEST_SECRET"), "%s", agent_env);
+        free(agent_env);
+        char *o = sh("tr '\\0' '\\n' </proc/%d/environ | sort | tr '\\n' ' '", (int) pid);
+        cr_assert_str_eq(o,
+                         "FAKE_VMM_IGNORE_POWER=1 LANG=C.UTF-8 "
+                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TZ=UTC ",
+                         "the hypervisor's environment");
+        free(o);
+}
+
+/* Issue 13: the control socket is made, chowned and unlinked by path; in a folder others may write, someone
+ * could swap what the path names between the steps. Such a folder is refused, naming it. */
+Test(agentd, a_socket_folder_others_may_write_is_refused) {
+        char dir[] = "/tmp/chvm-open-XXXXXX", extra[256], sock[128], *log = NULL;
+        cr_assert_not_null(mkdtemp(dir));
+        cr_assert_eq(chmod(dir, 01777), 0);
+        snprintf(sock, sizeof(sock), "%s/agent.sock", dir);
+        snprintf(extra, sizeof(extra), "[agent]\nsocket = %s\n", sock);
+        test_agent_init(&agent, extra);
+        int status = test_agent_run_to_exit(&agent, NULL, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d: %s", status, log);
+        cr_assert(strstr(log, "may be changed by others (owner uid 0, mode 1777)") && strstr(log, dir), "%s", log);
+        cr_assert_eq(access(sock, F_OK), -1, "a socket was made in %s", dir);
+        free(log);
+        rmdir(dir);
 }

@@ -83,6 +83,13 @@ Test(config, hardening_keys) {
                   c.local_reserved[1].last == 5010);
         cr_assert(c.local_reserved[2].proto == IPPROTO_TCP && c.local_reserved[2].first == 8080);
         setup();
+        cr_assert_eq(load("[vmm]\nenvironment = LANG=C.UTF-8 RUST_LOG=\npass_environment = HTTP_PROXY CH_*\n"), 0, "%s",
+                     err);
+        cr_assert_eq(c.n_vmm_environment, 2);
+        cr_assert_str_eq(c.vmm_environment[1], "RUST_LOG=");
+        cr_assert_eq(c.n_vmm_pass_environment, 2);
+        cr_assert_str_eq(c.vmm_pass_environment[1], "CH_*");
+        setup();
         cr_assert_eq(load("[local]\nreserved_ports = none\n"), 0, "%s", err);
         cr_assert(!c.local_reserve_listening);
         cr_assert_eq(c.local_n_reserved, 0);
@@ -261,6 +268,11 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[local]\nreserved_ports = 22/sctp\n", "reserved_ports: \"sctp\": expected tcp or udp after /" },
                 { "[local]\nreserved_ports = none 22\n", "agent.conf:2: reserved_ports: none stands alone" },
                 { "[local]\nreserved_ports = ,\n", "reserved_ports: expected listening, none or ports" },
+                { "[vmm]\nenvironment = LANG\n", "agent.conf:2: environment: \"LANG\" is not NAME=VALUE" },
+                { "[vmm]\nenvironment = 1X=2\n", "environment: \"1X=2\" is not NAME=VALUE" },
+                { "[vmm]\nenvironment = PATH=/tmp\n", "agent.conf:2: environment: PATH is the agent's" },
+                { "[vmm]\npass_environment = A-B\n", "pass_environment: \"A-B\" is not a variable name" },
+                { "[vmm]\npass_environment = *\n", "pass_environment: \"*\" is not a variable name" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 setup();

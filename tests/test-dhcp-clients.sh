@@ -69,6 +69,7 @@ backends = local
 hypervisor = cloud-hypervisor
 binary = $E2E_BUILD/tests/fake-vmm
 stop_timeout = 2
+pass_environment = FAKE_VMM_*
 [local]
 dns = $dns1 $dns2
 domain = guests.test

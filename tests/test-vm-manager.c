@@ -71,6 +71,7 @@ static void open_agent(void) {
                                .runtime_dir = runtime,
                                .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
                                .binary = FAKE_VMM_PATH,
+                               .pass_environment = (const char *const[]){ "FAKE_VMM_*", NULL },
                                .accel = VMM_ACCEL_TCG,
                                .gateway = bc.gateway,
                                .prefixlen = 24 };

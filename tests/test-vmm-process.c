@@ -179,7 +179,7 @@ Test(vmm_process, spawn_gate) {
         VmmProcess p;
         pid_t seen = 0;
 
-        cr_assert_eq(vmm_spawn_gated(argv, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s", err);
         cr_assert_eq(seen, p.pid, "the gate saw the child's identity");
         for (int i = 0; i < 200 && access(marker, F_OK) < 0; i++)
                 usleep(10000);
@@ -189,7 +189,7 @@ Test(vmm_process, spawn_gate) {
         close(p.pidfd);
         unlink(marker);
 
-        cr_assert_eq(vmm_spawn_gated(argv, log_path, gate_refuses, NULL, &p, err, sizeof(err)), -EIO);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_refuses, NULL, &p, err, sizeof(err)), -EIO);
         cr_assert(strstr(err, "not started"), "%s", err);
         usleep(100000);
         cr_assert_eq(access(marker, F_OK), -1, "a refused child never ran");
@@ -203,7 +203,7 @@ Test(vmm_process, spawn_gate) {
                 close(pfd[0]);
                 VmmProcess q;
                 char e[256];
-                (void) vmm_spawn_gated(argv, log_path, gate_dies, &pfd[1], &q, e, sizeof(e));
+                (void) vmm_spawn_gated(argv, NULL, log_path, gate_dies, &pfd[1], &q, e, sizeof(e));
                 _exit(1);
         }
         close(pfd[1]);

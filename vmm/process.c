@@ -120,7 +120,7 @@ static void close_all_but(int a, int b) {
         (void) close_range(from, ~0U, 0);
 }
 
-_noreturn_ static void child(char *const argv[], int log_fd, int report_fd, int gate_fd) {
+_noreturn_ static void child(char *const argv[], char *const envp[], int log_fd, int report_fd, int gate_fd) {
         sigset_t none;
         int r;
 
@@ -150,7 +150,10 @@ _noreturn_ static void child(char *const argv[], int log_fd, int report_fd, int 
                         _exit(0);
                 (void) close(gate_fd);
         }
-        execvp(argv[0], argv);
+        if (envp)
+                execvpe(argv[0], argv, envp);
+        else
+                execvp(argv[0], argv);
 fail:
         r = errno;
         (void) !write(report_fd, &r, sizeof(r));
@@ -158,11 +161,11 @@ fail:
 }
 
 int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size) {
-        return vmm_spawn_gated(argv, log_path, NULL, NULL, ret, err, err_size);
+        return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, ret, err, err_size);
 }
 
-int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void *userdata, VmmProcess *ret,
-                    char *err, size_t err_size) {
+int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate, void *userdata,
+                    VmmProcess *ret, char *err, size_t err_size) {
         _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF, gate_rd = -EBADF, gate_wr = -EBADF;
         int pipefd[2], r;
         VmmProcess p = { .pidfd = -EBADF };
@@ -198,7 +201,7 @@ int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void
         if (p.pid == 0) {
                 if (gate_wr >= 0)
                         (void) close(gate_wr); /* or the gate would never see the agent go */
-                child(argv, log_fd, wr, gate_rd);
+                child(argv, envp, log_fd, wr, gate_rd);
         }
         gate_rd = safe_close(gate_rd);
 

@@ -28,8 +28,10 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
  * then vmm_spawn_gated() kills it and returns that error). The agent journals VM_STARTED here, so that no
  * hypervisor runs that the journal does not name. */
 typedef int (*VmmGate)(const VmmProcess *p, void *userdata);
-int vmm_spawn_gated(char *const argv[], const char *log_path, VmmGate gate, void *userdata, VmmProcess *ret,
-                    char *err, size_t err_size);
+/* envp: the hypervisor's whole environment (NULL: this process's, for tests); argv[0] is looked up in this
+ * process's PATH. */
+int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate, void *userdata,
+                    VmmProcess *ret, char *err, size_t err_size);
 
 int process_start_time(pid_t pid, uint64_t *ret);
 /* Whether the process is on its way out: a SIGKILL pending, or its exit begun (PF_EXITING), so that it is
