@@ -341,7 +341,7 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
 
 int vm_manager_start(VmManager *m, const VmRequest *req) {
         char dir[4300], sock[4400], serial[4400], log[4400], err[512];
-        _cleanup_(strv_freep) char **argv = NULL;
+        _cleanup_(strv_freep) char **argv = NULL, **envp = NULL;
         VmNetInfo net;
         int r;
 
@@ -390,7 +390,6 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 goto undo_net;
         }
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
-        _cleanup_(strv_freep) char **envp = NULL;
         r = build_environment(m, &envp);
         if (r >= 0)
                 r = vmm_spawn_gated(argv, envp, log, journal_started, vm, &vm->process, err, sizeof(err));

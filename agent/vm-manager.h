@@ -103,11 +103,11 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 /* Handles now every exit that has happened but that the loop has not dispatched yet, so that nothing
  * reports a dead hypervisor as running. Returns how many there were. */
 size_t vm_manager_reap(VmManager *m);
-/* The VM id where `needle` ("<runtime_dir>/vms/") is followed by 16 hex digits and a slash in cmdline, or 0:
- * how a hypervisor's command line names its VM. */
 /* Whether pid is provably VM vm_id's hypervisor: of our uid, running the binary of the VM's kind, and
  * holding the VM's TAP or its API socket. 1 yes, 0 no, -errno when /proc cannot be read. */
 int vm_manager_is_hypervisor(VmManager *m, pid_t pid, uint64_t vm_id);
+/* The VM id where `needle` ("<runtime_dir>/vms/") is followed by 16 hex digits and a slash in cmdline, or 0:
+ * how a hypervisor's command line names its VM. */
 uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle);
 /* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way. */
 bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);

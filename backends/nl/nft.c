@@ -1188,23 +1188,25 @@ int nft_generation(Nft *nft, uint32_t *ret) {
         return dump(nft, nlh, gen_cb, ret);
 }
 
-static int comment_cb(const struct nftnl_udata *attr, void *data) {
-        char *out = data;
-        if (nftnl_udata_type(attr) == 0 && nftnl_udata_len(attr) > 0) {
-                const char *v = nftnl_udata_get(attr);
-                size_t n = strnlen(v, nftnl_udata_len(attr));
-                if (n > NFT_TAG_MAX)
-                        n = NFT_TAG_MAX;
-                memcpy(out, v, n);
-                out[n] = '\0';
-        }
-        return 0;
-}
-
+/* The comment in user data as nft writes it: TLVs of a type byte, a length byte and the value; type 0
+ * (NFTNL_UDATA_SET_ELEM_COMMENT, also the rule's and table's) holds the comment, NUL-terminated or not. */
 static void parse_comment(const void *ud, uint32_t len, char *out) {
+        const uint8_t *p = ud;
         out[0] = '\0';
-        if (ud && len > 0)
-                (void) nftnl_udata_parse(ud, len, comment_cb, out);
+        for (uint32_t off = 0; p && off + 2 <= len;) {
+                uint8_t type = p[off], n = p[off + 1];
+                if (off + 2 + n > len)
+                        return;
+                if (type == 0 && n > 0) {
+                        size_t k = strnlen((const char *) p + off + 2, n);
+                        if (k > NFT_TAG_MAX)
+                                k = NFT_TAG_MAX;
+                        memcpy(out, p + off + 2, k);
+                        out[k] = '\0';
+                        return;
+                }
+                off += 2 + n;
+        }
 }
 
 typedef struct TableInfoOut {
@@ -1281,12 +1283,9 @@ typedef struct ElemList {
         int error;
 } ElemList;
 
-static int elem_cb(struct nftnl_set_elem *el, void *data) {
-        ElemList *list = data;
-        uint32_t klen = 0, dlen = 0, ulen = 0;
-        const uint8_t *key = nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen);
-        const uint8_t *dat = nftnl_set_elem_get(el, NFTNL_SET_ELEM_DATA, &dlen);
-        const void *ud = nftnl_set_elem_get(el, NFTNL_SET_ELEM_USERDATA, &ulen);
+/* One element as the kernel describes it: key, data and user data (with the comment) are raw. */
+static int elem_add(ElemList *list, const uint8_t *key, uint32_t klen, const uint8_t *dat, uint32_t dlen,
+                    const void *ud, uint32_t ulen) {
         NftElem e = { .kind = list->kind };
 
         if (list->kind == NFT_ELEM_PORTFWD && key && klen == 8 && dat && dlen == 8) {
@@ -1323,16 +1322,66 @@ static int elem_cb(struct nftnl_set_elem *el, void *data) {
         return 0;
 }
 
+/* NFTA_SET_ELEM_KEY or _DATA: its NFTA_DATA_VALUE (NULL for a verdict or anything else). */
+static const uint8_t *data_value(const struct nlattr *nest, uint32_t *ret_len) {
+        const struct nlattr *a;
+        mnl_attr_for_each_nested(a, nest) {
+                if ((mnl_attr_get_type(a) & NLA_TYPE_MASK) == NFTA_DATA_VALUE) {
+                        *ret_len = mnl_attr_get_payload_len(a);
+                        return mnl_attr_get_payload(a);
+                }
+        }
+        return NULL;
+}
+
+/* Set elements are read with libmnl alone: libnftnl 1.2 trusts these messages (strdup() of strings without
+ * a NUL, strcmp() of a missing expression name, exit() on an oversized value: "kernel ABI is broken"), all
+ * found by fuzz/fuzz-parsers. mnl_attr_for_each*() checks every attribute's bounds. */
 static int elems_cb(const struct nlmsghdr *nlh, void *data) {
         ElemList *list = data;
-        struct nftnl_set *s = nftnl_set_alloc();
+        const struct nlattr *top, *elem, *a;
 
-        if (!s)
-                return MNL_CB_ERROR;
-        if (nftnl_set_elems_nlmsg_parse(nlh, s) >= 0 && nftnl_set_elem_foreach(s, elem_cb, list) < 0)
-                list->error = -ENOMEM;
-        nftnl_set_free(s);
-        return list->error ? MNL_CB_ERROR : MNL_CB_OK;
+        if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(struct nfgenmsg)))
+                return MNL_CB_OK; /* no element in it */
+        mnl_attr_for_each(top, nlh, sizeof(struct nfgenmsg)) {
+                if ((mnl_attr_get_type(top) & NLA_TYPE_MASK) != NFTA_SET_ELEM_LIST_ELEMENTS)
+                        continue;
+                mnl_attr_for_each_nested(elem, top) {
+                        const uint8_t *key = NULL, *dat = NULL;
+                        const void *ud = NULL;
+                        uint32_t klen = 0, dlen = 0, ulen = 0;
+                        mnl_attr_for_each_nested(a, elem) {
+                                switch (mnl_attr_get_type(a) & NLA_TYPE_MASK) {
+                                case NFTA_SET_ELEM_KEY:
+                                        key = data_value(a, &klen);
+                                        break;
+                                case NFTA_SET_ELEM_DATA:
+                                        dat = data_value(a, &dlen);
+                                        break;
+                                case NFTA_SET_ELEM_USERDATA:
+                                        ud = mnl_attr_get_payload(a);
+                                        ulen = mnl_attr_get_payload_len(a);
+                                        break;
+                                }
+                        }
+                        if (elem_add(list, key, klen, dat, dlen, ud, ulen) < 0) {
+                                list->error = -ENOMEM;
+                                return MNL_CB_ERROR;
+                        }
+                }
+        }
+        return MNL_CB_OK;
+}
+
+int nft_elems_message_parse(const struct nlmsghdr *nlh, NftElemKind kind, NftElem **ret, size_t *ret_n) {
+        ElemList list = { .kind = kind };
+        if (elems_cb(nlh, &list) != MNL_CB_OK) {
+                free(list.elems);
+                return list.error ? list.error : -ENOMEM;
+        }
+        *ret = list.elems;
+        *ret_n = list.n;
+        return 0;
 }
 
 int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {

@@ -13,6 +13,8 @@
 
 #include "util/macro.h"
 
+struct nlmsghdr;
+
 /* Kernel 6.9 and later; Debian 12's linux/netfilter/nf_tables.h knows only NFT_TABLE_F_OWNER (5.12). */
 #ifndef NFT_TABLE_F_PERSIST
 #define NFT_TABLE_F_PERSIST 0x4
@@ -97,6 +99,9 @@ int nft_probe_table_flags(Nft *nft, uint32_t flags);
  * again, up to three times, and the kernel's own answer comes through). */
 int nft_batch_commit(Nft *nft, NftBatch *b);
 
+/* Decodes one NFT_MSG_NEWSETELEM message of nlh->nlmsg_len bytes as an element dump reads it: the elements
+ * of the shape `kind` has, in *ret (free()), others skipped. For tests and fuzz/fuzz-parsers. */
+int nft_elems_message_parse(const struct nlmsghdr *nlh, NftElemKind kind, NftElem **ret, size_t *ret_n);
 /* Elements of our sets, with their comments, from a dump that is retried if the ruleset generation
  * changed while it ran. -ENOENT if our tables do not exist. */
 int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n);

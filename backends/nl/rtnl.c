@@ -268,7 +268,7 @@ static int link_attr_cb(const struct nlattr *attr, void *data) {
         return MNL_CB_OK;
 }
 
-static int parse_link(const struct nlmsghdr *nlh, LinkInfo *ret) {
+int rtnl_link_parse(const struct nlmsghdr *nlh, LinkInfo *ret) {
         const struct ifinfomsg *ifi = mnl_nlmsg_get_payload(nlh);
         LinkInfo l = {};
 
@@ -283,7 +283,7 @@ static int parse_link(const struct nlmsghdr *nlh, LinkInfo *ret) {
 }
 
 static int one_link_handler(const struct nlmsghdr *nlh, void *userdata) {
-        return parse_link(nlh, userdata);
+        return rtnl_link_parse(nlh, userdata);
 }
 
 static int get_link(Rtnl *rtnl, uint32_t ifindex, const char *name, LinkInfo *ret) {
@@ -334,7 +334,7 @@ static int dump_handler(const struct nlmsghdr *nlh, void *userdata) {
                 list->links = p;
                 list->allocated = a;
         }
-        r = parse_link(nlh, &list->links[list->n]);
+        r = rtnl_link_parse(nlh, &list->links[list->n]);
         if (r < 0)
                 return r;
         list->n++;

@@ -16,6 +16,8 @@
 #include <sys/types.h>
 
 #include "util/ifname.h"
+
+struct nlmsghdr;
 #include "util/macro.h"
 
 typedef struct Rtnl Rtnl;
@@ -35,6 +37,10 @@ typedef struct LinkInfo {
         uint8_t mac[6];
         bool has_mac;
 } LinkInfo;
+
+/* Decodes one RTM_NEWLINK message of nlh->nlmsg_len bytes (the caller checked they are there): what a link
+ * dump and a link get read. -EBADMSG for anything else. For tests and fuzz/fuzz-parsers. */
+int rtnl_link_parse(const struct nlmsghdr *nlh, LinkInfo *ret);
 
 int rtnl_open(Rtnl **ret);
 Rtnl *rtnl_close(Rtnl *rtnl);
