@@ -14,15 +14,23 @@
  * CreateVM (odd and long strings, paths that exist or not, cpus, memory, up to 100,000 disks or ports),
  * StartVM, StopVM (any timeout), KillVM, RemoveVM, ListVMs, InspectVM, Status, CollectGarbage (dry run or
  * not, heuristic or not), Doctor, Hello; a call of any member with a signature and values of the input's
- * choosing (wrong signatures, unknown members, the standard interfaces); and a second connection that
- * sends the input's bytes raw (after a valid handshake or not) and hangs up. Names are often taken from
- * the VMs that exist, so the calls meet real VMs.
+ * choosing (wrong signatures, unknown members, the standard interfaces); a second connection that sends
+ * the input's bytes raw (after a valid handshake or not) and hangs up; a client of uid 65534 (a child
+ * that became nobody hands its socket back); a client that sends up to 255 calls and reads nothing; a
+ * message that carries fds; and, as root, a VM whose hypervisor really runs (a shell script found as
+ * qemu-system-x86_64 in PATH for that call only) that exits on SIGTERM, ignores it, or ends by itself,
+ * met by StopVM, KillVM, RemoveVM and waits. Names are often taken from the VMs that exist, so the calls
+ * meet real VMs.
  *
  * Checked after every call: it was answered (a reply or an error, within 20 s); errors carry the name the
  * API promises (bad VM name or stop timeout: InvalidArgument; unknown VM: NotFound); a CreateVM that
  * fails changes nothing (VMs, definition files, journal), one that succeeds adds exactly that VM, whose
- * InspectVM agrees; StartVM never succeeds and no VM ever runs; ListVMs and Status count the agent's VMs;
- * the definition folder holds one file per VM and nothing else; a raw connection is gone once it hung up.
+ * InspectVM agrees; outside the stand-in hypervisor's call StartVM never succeeds and no VM runs; ListVMs
+ * and Status count the agent's VMs; the definition folder holds one file per VM and nothing else; a raw
+ * connection is gone once it hung up; every call of uid 65534 that changes something is AccessDenied and
+ * changes nothing; the silent client is dropped or gets every answer once it reads; a message with fds
+ * drops its connection and the agent keeps none of the fds; a stopped or killed VM is down when the
+ * answer comes, a removed one is gone, and no child is left once the stand-in's VM is removed.
  * After every input all VMs are removed again. Any violation aborts.
  *
  * CHVM_FUZZ_LOG=1 shows the agent's log. */
@@ -31,6 +39,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
@@ -207,11 +216,12 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
 }
 
-/* Sends m and runs the loop until its answer is in; NULL only if m could not be sent (too big, ...). */
-static sd_bus_message *call(sd_bus_message *m) {
+/* Sends m on bus (attached to the loop) and runs the loop until its answer is in; NULL only if m could not
+ * be sent (too big, ...). */
+static sd_bus_message *call_on(sd_bus *bus, sd_bus_message *m) {
         Reply rep = {};
         sd_bus_slot *slot = NULL;
-        int r = sd_bus_call_async(h.client, &slot, m, on_reply, &rep, REPLY_TIMEOUT_USEC);
+        int r = sd_bus_call_async(bus, &slot, m, on_reply, &rep, REPLY_TIMEOUT_USEC);
         sd_bus_message_unref(m);
         if (r < 0) {
                 check(r != -ENOTCONN && r != -ECONNRESET);
@@ -233,11 +243,18 @@ static sd_bus_message *call(sd_bus_message *m) {
         return rep.m;
 }
 
-static sd_bus_message *new_call(const char *member) {
+static sd_bus_message *call(sd_bus_message *m) {
+        return call_on(h.client, m);
+}
+
+static sd_bus_message *new_call_on(sd_bus *bus, const char *member) {
         sd_bus_message *m = NULL;
-        check(sd_bus_message_new_method_call(h.client, &m, NULL, API_OBJECT_PATH, API_INTERFACE, member) >=
-              0);
+        check(sd_bus_message_new_method_call(bus, &m, NULL, API_OBJECT_PATH, API_INTERFACE, member) >= 0);
         return m;
+}
+
+static sd_bus_message *new_call(const char *member) {
+        return new_call_on(h.client, member);
 }
 
 static bool is_error(sd_bus_message *m, const char *name) {
@@ -625,6 +642,295 @@ static void do_raw(Reader *r) {
         }
 }
 
+/* --- more clients: another uid, a slow reader, fds, a hypervisor that runs ----------------------------- */
+
+static size_t open_fds(void) {
+        return folder_entries("/proc/self/fd");
+}
+
+/* A connected pair whose peer credentials are uid/gid 65534: made by a child that became nobody, handed
+ * back over a socket. false when not root. */
+static bool nobody_pair(int ret[2]) {
+        int ch[2];
+        if (!h.privileged)
+                return false;
+        check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, ch) == 0);
+        pid_t pid = fork();
+        check(pid >= 0);
+        if (pid == 0) {
+                int p[2];
+                if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+                    setresuid(65534, 65534, 65534) < 0 ||
+                    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, p) < 0)
+                        _exit(1);
+                char cbuf[CMSG_SPACE(2 * sizeof(int))] = {}, byte = 'x';
+                struct iovec iov = { &byte, 1 };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                                     .msg_controllen = sizeof(cbuf) };
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+                memcpy(CMSG_DATA(c), p, 2 * sizeof(int));
+                _exit(sendmsg(ch[1], &mh, 0) == 1 ? 0 : 1);
+        }
+        int status;
+        check(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        char cbuf[CMSG_SPACE(2 * sizeof(int))], byte;
+        struct iovec iov = { &byte, 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+        check(recvmsg(ch[0], &mh, MSG_CMSG_CLOEXEC) == 1);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        check(c && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(2 * sizeof(int)));
+        memcpy(ret, CMSG_DATA(c), 2 * sizeof(int));
+        close(ch[0]);
+        close(ch[1]);
+        return true;
+}
+
+static sd_bus *client_on(int fds[2], bool attach) {
+        sd_bus *bus = NULL;
+        check(api_add_connection(h.api, fds[0]) >= 0);
+        check(sd_bus_new(&bus) >= 0);
+        check(sd_bus_set_fd(bus, fds[1], fds[1]) >= 0);
+        if (attach)
+                check(sd_bus_attach_event(bus, h.event, SD_EVENT_PRIORITY_NORMAL) >= 0);
+        check(sd_bus_start(bus) >= 0);
+        return bus;
+}
+
+static void hang_up(sd_bus *bus) {
+        sd_bus_close_unref(bus);
+        uint64_t start = now_usec();
+        while (api_n_connections(h.api) > h.base_conns) {
+                check(sd_event_run(h.event, 100000) >= 0);
+                check(now_usec() - start < 5000000);
+        }
+}
+
+/* A client of uid 65534, not in the control group: every call that changes something is denied and
+ * changes nothing; what only reads is answered. */
+static void do_nobody(Reader *r, char **names) {
+        static const char *const mutating[] = { "StartVM", "StopVM", "KillVM", "RemoveVM", "CollectGarbage" };
+        int fds[2];
+        char buf[6000];
+        if (!nobody_pair(fds))
+                return;
+        sd_bus *bus = client_on(fds, true);
+        size_t n_before = agent_n_vms(h.agent);
+        const char *member = mutating[u8(r) % ELEMENTSOF(mutating)];
+        const char *name = vm_name(r, names, buf, sizeof(buf));
+        sd_bus_message *m = new_call_on(bus, member);
+        int k;
+        if (strcmp(member, "StopVM") == 0)
+                k = sd_bus_message_append(m, "su", name, (uint32_t) 1);
+        else if (strcmp(member, "RemoveVM") == 0)
+                k = sd_bus_message_append(m, "sb", name, (int) (u8(r) & 1));
+        else if (strcmp(member, "CollectGarbage") == 0)
+                k = sd_bus_message_append(m, "bb", 0, (int) (u8(r) & 1));
+        else
+                k = sd_bus_message_append(m, "s", name);
+        check(k >= 0);
+        sd_bus_message *rep = call_on(bus, m);
+        check(rep && is_error(rep, SD_BUS_ERROR_ACCESS_DENIED));
+        sd_bus_message_unref(rep);
+        check(agent_n_vms(h.agent) == n_before);
+        rep = call_on(bus, new_call_on(bus, "ListVMs"));
+        check(rep && !is_error(rep, NULL));
+        sd_bus_message_unref(rep);
+        hang_up(bus);
+}
+
+static int count_reply(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        (void) m;
+        (void) e;
+        (*(unsigned *) userdata)++;
+        return 0;
+}
+
+/* A client that sends up to 255 calls and reads nothing until the agent is done: it is disconnected (its
+ * answers piled up), or, still connected, gets every answer once it reads. */
+static void do_slow_reader(Reader *r) {
+        int fds[2];
+        unsigned n = u8(r), answered = 0;
+        check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+        sd_bus *bus = client_on(fds, false);
+        unsigned sent = 0;
+        for (unsigned i = 0; i < n; i++) {
+                sd_bus_message *m = new_call_on(bus, i & 1 ? "ListVMs" : "Status");
+                if (sd_bus_call_async(bus, NULL, m, count_reply, &answered, 0) >= 0)
+                        sent++;
+                sd_bus_message_unref(m);
+                (void) sd_event_run(h.event, 0);
+        }
+        for (int i = 0; i < 100000 && sd_event_run(h.event, 0) > 0; i++)
+                ;
+        if (api_n_connections(h.api) > h.base_conns) {
+                uint64_t start = now_usec();
+                while (answered < sent && sd_bus_is_open(bus) > 0) {
+                        int k = sd_bus_process(bus, NULL);
+                        (void) sd_event_run(h.event, 0);
+                        if (k == 0)
+                                (void) sd_bus_wait(bus, 10000);
+                        check(now_usec() - start < REPLY_TIMEOUT_USEC);
+                }
+                /* dropped meanwhile (it was still over budget), or everything answered */
+                check(answered == sent || sd_bus_is_open(bus) <= 0);
+        }
+        hang_up(bus);
+}
+
+/* A raw client that sends a message carrying an fd: the agent never agreed to fds, so it drops the
+ * connection, and keeps none of the fds. */
+static void do_fds(Reader *r) {
+        static const char handshake[] = "\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n";
+        int fds[2], null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        check(null >= 0);
+        check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+        size_t before = open_fds(); /* with our end and the agent's end */
+        check(api_add_connection(h.api, fds[0]) >= 0);
+        (void) !write(fds[1], handshake, sizeof(handshake) - 1);
+        (void) sd_event_run(h.event, 0);
+        char payload[512];
+        size_t len = r->n < sizeof(payload) ? r->n : sizeof(payload);
+        memcpy(payload, r->p, len);
+        r->p += len;
+        r->n -= len;
+        if (len == 0)
+                payload[len++] = 'l';
+        unsigned n_fds = 1 + (len % 8);
+        int sent[8];
+        for (unsigned i = 0; i < n_fds; i++)
+                sent[i] = null;
+        char cbuf[CMSG_SPACE(8 * sizeof(int))] = {};
+        struct iovec iov = { payload, len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                             .msg_controllen = CMSG_SPACE(n_fds * sizeof(int)) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(n_fds * sizeof(int));
+        memcpy(CMSG_DATA(c), sent, n_fds * sizeof(int));
+        (void) sendmsg(fds[1], &mh, MSG_NOSIGNAL);
+        for (int i = 0; i < 1000 && api_n_connections(h.api) > h.base_conns; i++)
+                if (sd_event_run(h.event, 0) <= 0)
+                        break;
+        close(fds[1]);
+        uint64_t start = now_usec();
+        while (api_n_connections(h.api) > h.base_conns) {
+                check(sd_event_run(h.event, 100000) >= 0);
+                check(now_usec() - start < 5000000);
+        }
+        close(null);
+        /* our two ends and /dev/null are closed: two fewer than before (the agent's end went with it) */
+        check(open_fds() <= before - 2);
+}
+
+/* The stand-in hypervisor for do_hypervisor(): exits on SIGTERM, ignores it, or ends by itself. */
+static void write_hypervisor(uint8_t how) {
+        char path[160];
+        snprintf(path, sizeof(path), "%s/bin/qemu-system-x86_64", h.dir);
+        FILE *f = fopen(path, "we");
+        check(f != NULL);
+        switch (how % 4) {
+        case 0:
+                fputs("#!/bin/sh\nexec /bin/sleep 30\n", f);
+                break;
+        case 1:
+                fputs("#!/bin/sh\ntrap '' TERM\nexec /bin/sleep 30\n", f);
+                break;
+        case 2:
+                fputs("#!/bin/sh\n/bin/sleep 0.05\nexit 0\n", f);
+                break;
+        default:
+                fputs("#!/bin/sh\n/bin/sleep 0.02\nexit 3\n", f);
+        }
+        check(fclose(f) == 0);
+        check(chmod(path, 0755) == 0);
+}
+
+static bool vm_running(const char *name) {
+        AgentVmInfo info;
+        return agent_vm_info(h.agent, name, &info) >= 0 && info.vmm_pid != 0;
+}
+
+/* A VM whose hypervisor runs (a script standing in for QEMU, found in PATH for this call only), then a
+ * few of StopVM, KillVM, RemoveVM (with and without force), InspectVM, ListVMs and waits: the pending
+ * answers come once it is down, a stopped or killed VM does not run, a removed one is gone, and at the
+ * end no VM runs and no child is left. */
+static void do_hypervisor(Reader *r) {
+        static const char name[] = "hv-stand-in";
+        if (!h.privileged || vm_exists(name))
+                return;
+        write_hypervisor(u8(r));
+        char path[200];
+        snprintf(path, sizeof(path), "%s/bin", h.dir);
+        check(setenv("PATH", path, 1) == 0);
+        sd_bus_message *m = new_call("CreateVM");
+        check(sd_bus_message_append(m, "sssssssutas", name, "", "qemu", h.kernel, "", "", "", (uint32_t) 1,
+                                    (uint64_t) 64, 0) >= 0);
+        check(sd_bus_message_append(m, "a(sqq)t", 0, UINT64_C(0)) >= 0);
+        sd_bus_message *rep = call(m);
+        if (!rep || is_error(rep, NULL)) { /* no backend (not root): nothing to run */
+                sd_bus_message_unref(rep);
+                check(setenv("PATH", "/nonexistent/chvm-fuzz-api", 1) == 0);
+                return;
+        }
+        sd_bus_message_unref(rep);
+        m = new_call("StartVM");
+        check(sd_bus_message_append(m, "s", name) >= 0);
+        rep = call(m);
+        check(rep && !is_error(rep, NULL));
+        sd_bus_message_unref(rep);
+        check(setenv("PATH", "/nonexistent/chvm-fuzz-api", 1) == 0);
+
+        for (unsigned i = 0, n = 1 + u8(r) % 4; i < n && vm_exists(name); i++) {
+                uint8_t op = u8(r) % 7;
+                if (op == 6) {
+                        uint64_t until = now_usec() + 30000;
+                        while (now_usec() < until)
+                                (void) sd_event_run(h.event, 10000);
+                        continue;
+                }
+                static const char *const members[] = { "StopVM", "KillVM", "RemoveVM", "RemoveVM", "InspectVM",
+                                                       "ListVMs" };
+                m = new_call(members[op]);
+                if (op == 0)
+                        check(sd_bus_message_append(m, "su", name, (uint32_t) 1) >= 0);
+                else if (op == 2 || op == 3)
+                        check(sd_bus_message_append(m, "sb", name, op == 2) >= 0);
+                else if (op != 5)
+                        check(sd_bus_message_append(m, "s", name) >= 0);
+                bool was_running = vm_running(name);
+                rep = call(m);
+                check(rep != NULL);
+                if (op == 0 || op == 1) {
+                        check(!is_error(rep, NULL));
+                        check(!vm_running(name)); /* answered once it is down */
+                } else if (op == 2) {
+                        check(!is_error(rep, NULL) && !vm_exists(name));
+                } else if (op == 3) {
+                        check(was_running ? is_error(rep, API_ERROR_BUSY) || !vm_running(name)
+                                          : !is_error(rep, NULL) && !vm_exists(name));
+                } else
+                        check(!is_error(rep, NULL));
+                sd_bus_message_unref(rep);
+        }
+        if (vm_exists(name)) {
+                m = new_call("RemoveVM");
+                check(sd_bus_message_append(m, "sb", name, 1) >= 0);
+                rep = call(m);
+                check(rep && !is_error(rep, NULL));
+                sd_bus_message_unref(rep);
+        }
+        check(!vm_exists(name) && agent_n_running(h.agent) == 0);
+        uint64_t start = now_usec();
+        while (!no_children()) { /* reaped from the loop */
+                (void) sd_event_run(h.event, 10000);
+                check(now_usec() - start < 5000000);
+        }
+}
+
 /* --- set-up and the run ------------------------------------------------------------------------------- */
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
@@ -739,6 +1045,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         snprintf(h.folder, sizeof(h.folder), "%s/state", h.dir);
         touch(h.kernel);
         touch(h.initrd);
+        char bin[160];
+        snprintf(bin, sizeof(bin), "%s/bin", h.dir);
+        check(mkdir(bin, 0755) == 0);
         touch(h.disk);
 
         check(sd_event_new(&h.event) >= 0);
@@ -770,7 +1079,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 connect_client();
         for (unsigned i = 0; i < MAX_CALLS && r.n > 0; i++) {
                 _cleanup_(strv_freep) char **names = vm_names();
-                switch (u8(&r) % 16) {
+                switch (u8(&r) % 20) {
                 case 0:
                 case 1:
                 case 2:
@@ -811,8 +1120,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 case 14:
                         do_any(&r, names);
                         break;
-                default:
+                case 15:
                         do_raw(&r);
+                        break;
+                case 16:
+                        do_nobody(&r, names);
+                        break;
+                case 17:
+                        do_slow_reader(&r);
+                        break;
+                case 18:
+                        do_fds(&r);
+                        break;
+                default:
+                        do_hypervisor(&r);
+                        started = true;
                 }
                 check(sd_bus_is_open(h.client) > 0); /* well-formed calls never cost the connection */
                 check_state();
