@@ -12,7 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -23,6 +27,7 @@
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
 #include "tests/shell-oracle.h"
+#include "util/macro.h"
 #include "vmm/process.h"
 
 #define AGENT "c41e5500-1234-4000-8000-deadbeef0001"
@@ -487,6 +492,54 @@ Test(vm_manager, restart_adopts_live_and_cleans_dead) {
                 kill(pids[i], SIGKILL);
                 (void) waitpid(pids[i], NULL, 0);
         }
+}
+
+/* From here on, in this test's process, pidfd_send_signal(_, SIGKILL, ...) fails with EPERM, as it does for
+ * an agent without CAP_KILL facing another uid's process. Everything else is allowed. */
+static void deny_pidfd_sigkill(void) {
+        struct sock_filter f[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_send_signal, 0, 3),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SIGKILL, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTSOF(f), .filter = f };
+        cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        cr_assert_eq(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+/* Hardening 7: a SIGKILL that could not be sent is not "killed by the agent". An adopted hypervisor (whose
+ * exit status nobody can read) that the agent failed to kill, and that then dies of someone else's hand,
+ * is journaled with its status unknown; the failed kill took its network down at once. */
+Test(vm_manager, failed_kill_is_not_a_kill_by_the_agent) {
+        pid_t pids[1];
+        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        pid_t agent = run_agent_child(1, pids);
+        wait_ready(1);
+        cr_assert_eq(kill(agent, SIGKILL), 0);
+        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        open_agent();
+        size_t adopted, gone;
+        cr_assert_eq(vm_manager_adopt_all(mgr, &adopted, &gone), 0, "%s", vm_manager_error(mgr));
+        cr_assert_eq(adopted, 1);
+
+        deny_pidfd_sigkill();
+        cr_assert_eq(vm_manager_kill(mgr, 1), -EPERM);
+        cr_assert(strstr(vm_manager_error(mgr), "cannot kill its hypervisor"), "%s", vm_manager_error(mgr));
+        cr_assert_eq(kill(pids[0], 0), 0, "the premise: the hypervisor still runs");
+        char *o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n", "a failed kill left the TAP");
+        free(o);
+
+        cr_assert_eq(kill(pids[0], SIGKILL), 0); /* kill(2), not the pidfd: allowed */
+        run_until_gone(1);
+        (void) waitpid(pids[0], NULL, 0);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_str_eq(vm->reason, "exit status unknown");
+        cr_assert_eq(vm->n_objects, 0);
 }
 
 /* Acceptance 4: the journal's PID now belongs to an unrelated process: it is not signalled, and the VM's
