@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "backends/dhcp/dhcp4-server.h"
+#include "util/portfwd.h"
 
 #define CHVM_BACKEND_ABI 5U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
                             * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);
@@ -131,12 +132,6 @@ typedef struct BackendConfig {
         uint32_t lease_time; /* seconds */
         uint32_t mtu; /* 0: the bridge's own */
 } BackendConfig;
-
-typedef struct PortForward {
-        uint8_t proto; /* IPPROTO_TCP / IPPROTO_UDP */
-        uint16_t host_port;
-        uint16_t guest_port;
-} PortForward;
 
 typedef struct VmNetSpec {
         uint64_t vm_id;

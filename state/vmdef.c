@@ -15,7 +15,7 @@
 
 #include "state/vmdef.h"
 #include "util/vmname.h"
-#include "vmm/hypervisor.h"
+#include "util/vmkind.h"
 
 #define VM_DEF_TMP_SUFFIX VM_DEF_SUFFIX ".tmp"
 #define VM_DEF_FILE_NAME_MAX (VM_NAME_MAX + sizeof(VM_DEF_TMP_SUFFIX))

@@ -36,7 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backends/backend.h"
+#include "util/portfwd.h"
 #include "util/fsops.h"
 #include "util/macro.h"
 

@@ -46,7 +46,7 @@
 
 #include "agent/config.h"
 #include "agent/dispatcher.h"
-#include "backends/nl/nlerr.h"
+#include "util/nlerr.h"
 #include "tests/journal-test-util.h"
 #include "util/ifname.h"
 #include "util/macro.h"

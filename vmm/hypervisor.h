@@ -17,28 +17,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/vmkind.h"
 #include "vmm/argv.h"
 
-#define VM_SPEC_CPUS_MAX 512U
-#define VM_SPEC_MEMORY_MIB_MIN UINT64_C(32)
-#define VM_SPEC_MEMORY_MIB_MAX (UINT64_C(1) << 24) /* 16 TiB, so size=<N>M cannot overflow 64 bits */
-/* x86 COMMAND_LINE_SIZE is 2048 including the NUL; QEMU refuses a longer -append. */
-#define VM_KERNEL_CMDLINE_MAX 2047U
 /* sun_path is 108 bytes including the NUL. */
 #define VM_SOCKET_PATH_MAX 107U
 #define VM_GUEST_CONSOLE "ttyS0"
 #define VM_GUEST_IFNAME "eth0"
 #define VMM_KVM_DEVICE "/dev/kvm"
-
-typedef enum HypervisorKind {
-        HYPERVISOR_CLOUD_HYPERVISOR,
-        HYPERVISOR_QEMU,
-        _HYPERVISOR_KIND_MAX,
-        _HYPERVISOR_KIND_INVALID = -EINVAL,
-} HypervisorKind;
-
-const char *hypervisor_kind_to_string(HypervisorKind k);
-HypervisorKind hypervisor_kind_from_string(const char *s);
 
 typedef enum VmmAccel {
         VMM_ACCEL_AUTO,

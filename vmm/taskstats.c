@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backends/nl/nlerr.h"
+#include "util/nlerr.h"
 #include "util/hashmap.h"
 #include "util/macro.h"
 #include "vmm/taskstats-internal.h"

@@ -30,7 +30,7 @@
 #include <time.h>
 
 #include "backends/nl/nft.h"
-#include "backends/nl/nlerr.h"
+#include "util/nlerr.h"
 #include "backends/nl/nlops.h"
 
 #define IFNAMSIZ_PADDED 16 /* an ifname in a register or set key: 16 bytes, NUL-padded */

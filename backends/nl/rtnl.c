@@ -16,7 +16,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "backends/nl/nlerr.h"
+#include "util/nlerr.h"
 #include "backends/nl/nlops.h"
 #include "backends/nl/rtnl.h"
 #include "util/crashpoint.h"

@@ -4,7 +4,7 @@
 #include <libmnl/libmnl.h>
 #include <stdio.h>
 
-#include "backends/nl/nlerr.h"
+#include "util/nlerr.h"
 
 static int extack_cb(const struct nlattr *attr, void *data) {
         char *out = data;
