@@ -47,6 +47,11 @@ char *test_agent_log(const TestAgent *a);
 __attribute__((format(printf, 4, 5))) int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt,
                                               ...);
 
+/* Waits (up to 10 s) until VM `name`'s hypervisor accepts on its API socket: fake-vmm listens last, once
+ * its signal handlers and TAP are set up, so a stop sent after this reaches its power button (before, the
+ * agent cannot connect and goes on with SIGTERM at once). */
+void test_agent_wait_vm_ready(const TestAgent *a, const char *name);
+
 /* unshare()s a network namespace for this test process (the agents it starts inherit it), or skips the test
  * with the reason: not root, no namespaces, no /dev/net/tun. */
 void test_enter_private_netns(void);

@@ -419,6 +419,7 @@ Test(chvmctl, garbage_on_the_socket) {
         test_agent_start(&agent, env);
         idle = connect_agent();
         cr_assert_eq(ctl(&agent, NULL, NULL, "run web " KERNEL, test_build_dir()), 0);
+        test_agent_wait_vm_ready(&agent, "web");
         char *o = sh("timeout -s KILL 0.3 %s/chvmctl --socket %s stop web --timeout 1; echo $?", test_build_dir(),
                      agent.socket);
         cr_assert_str_eq(o, "137\n", "the call should still have been waiting: %s", o);
@@ -672,6 +673,7 @@ Test(chvmctl, no_fds_are_passed_to_the_agent, .init = setup_ns, .fini = teardown
         test_agent_start(&agent, env);
         ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
+        test_agent_wait_vm_ready(&agent, "web");
         size_t before = open_fds(agent.pid);
 
         sd_bus *bus = NULL;
@@ -974,6 +976,7 @@ Test(chvmctl, idle_connections_are_closed, .init = setup_ns, .fini = teardown) {
         test_agent_start(&agent, env);
         ok("run", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
+        test_agent_wait_vm_ready(&agent, "web");
         sd_bus *bus = connect_bus();
         double t0 = now();
         ok("stop, longer than the idle timeout", ctl(&agent, &out, &err, "stop web --timeout 3"), &out, &err);
