@@ -20,7 +20,7 @@
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
-#include "backends/nl/rtnl.h"
+#include "backends/nl/rtnl.h" /* layering: allowed: the one link dump every backend reads (agent_links) */
 #include "state/agent-id.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"

@@ -15,9 +15,9 @@
 #include "backends/dhcp/dhcp4-server.h"
 #include "util/portfwd.h"
 
-#define CHVM_BACKEND_ABI 5U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
+#define CHVM_BACKEND_ABI 6U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
                             * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);
-                            * 5: BackendVTable.forwards_ports */
+                            * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -143,6 +143,24 @@ typedef struct VmNetSpec {
         size_t n_ports;
 } VmNetSpec;
 
+/* What `chvmctl doctor` shows of a backend's host setup: a finding of a severity under a topic (a short
+ * word, e.g. "firewall"), its message naming the object and what to do. */
+typedef enum BackendSeverity {
+        BACKEND_OK,
+        BACKEND_WARNING,
+        BACKEND_ERROR,
+} BackendSeverity;
+
+/* A running VM of the backend, for its doctor hook: the TAP it was given ("" if none). */
+typedef struct BackendVm {
+        uint64_t vm_id;
+        const char *name;
+        const char *tap;
+} BackendVm;
+
+/* Takes one finding; a negative return (out of memory) ends the doctor hook, which returns it. */
+typedef int (*BackendFindingFn)(void *userdata, BackendSeverity severity, const char *topic, const char *message);
+
 typedef struct BackendVTable {
         uint32_t abi;
         const char *name;
@@ -173,6 +191,11 @@ typedef struct BackendVTable {
         /* The named crash points compiled into this module (CHVM_CRASH_AT), for tests that visit them all.
          */
         const char *const *(*crash_points)(size_t *ret_n);
+        /* Checks what the backend depends on and the agent cannot judge (sysctls, other tables' chains, the
+         * running VMs' TAPs and their bridge) and reports each through add(). The links it reads come from
+         * BackendConfig.links when given. NULL: nothing to check. */
+        int (*doctor)(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add,
+                      void *userdata);
 } BackendVTable;
 
 /* The base every backend object embeds first. The loader fills it in before init(). */

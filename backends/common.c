@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,4 +129,68 @@ int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_st
                 return 0;
         }
         return rtnl_links_delete_owned_bulk(rtnl, o, m, &deleted, ret_stale);
+}
+
+int backend_finding(BackendFindingFn add, void *userdata, BackendSeverity s, const char *topic, const char *fmt,
+                    ...) {
+        char message[1024];
+        va_list ap;
+        va_start(ap, fmt);
+        (void) vsnprintf(message, sizeof(message), fmt, ap);
+        va_end(ap);
+        return add(userdata, s, topic, message);
+}
+
+static int cmp_link_name(const void *x, const void *y) {
+        return strcmp(((const LinkInfo *) x)->name, ((const LinkInfo *) y)->name);
+}
+
+int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *bridge,
+                         const BackendVm *running, size_t n_running, BackendFindingFn add, void *add_userdata) {
+        _cleanup_free_ LinkInfo *own = NULL;
+        const LinkInfo *dump = NULL;
+        size_t n = 0, missing = 0, detached = 0;
+        int k;
+
+        if (!shared || shared(userdata, &dump, &n) < 0) {
+                k = rtnl_link_dump(rtnl, &own, &n);
+                if (k < 0)
+                        return backend_finding(add, add_userdata, BACKEND_WARNING, "links", "cannot list links: %s",
+                                               strerror(-k));
+                dump = own;
+        }
+        /* sorted by name here: a copy, the shared dump stays as it is */
+        _cleanup_free_ LinkInfo *links = malloc((n ? n : 1) * sizeof(LinkInfo));
+        if (!links)
+                return -ENOMEM;
+        if (n)
+                memcpy(links, dump, n * sizeof(LinkInfo));
+        qsort(links, n, sizeof(LinkInfo), cmp_link_name);
+        LinkInfo key = {};
+        snprintf(key.name, sizeof(key.name), "%s", bridge);
+        const LinkInfo *br = n ? bsearch(&key, links, n, sizeof(LinkInfo), cmp_link_name) : NULL;
+        for (size_t i = 0; i < n_running; i++) {
+                const BackendVm *vm = &running[i];
+                if (!vm->tap || !vm->tap[0])
+                        continue;
+                snprintf(key.name, sizeof(key.name), "%s", vm->tap);
+                const LinkInfo *l = n ? bsearch(&key, links, n, sizeof(LinkInfo), cmp_link_name) : NULL;
+                k = 0;
+                if (!l) {
+                        missing++;
+                        k = backend_finding(add, add_userdata, BACKEND_ERROR, "links",
+                                            "VM %s is running but its TAP %s is gone", vm->name, vm->tap);
+                } else if (!br || l->master != br->ifindex) {
+                        detached++;
+                        k = backend_finding(add, add_userdata, BACKEND_ERROR, "links",
+                                            "VM %s: its TAP %s is not a port of bridge %s%s", vm->name, vm->tap,
+                                            bridge, br ? "" : " (the bridge is gone)");
+                }
+                if (k < 0)
+                        return k;
+        }
+        if (missing || detached)
+                return 0;
+        return backend_finding(add, add_userdata, BACKEND_OK, "links", "running VMs' TAPs are ports of bridge %s",
+                               bridge);
 }

@@ -23,3 +23,12 @@ int backend_remove_link(Rtnl *rtnl, const Resource *r);
 /* Removes many links with one grouped RTM_DELLINK, a single one with its own (links whose identity changed
  * are left alone and counted in *ret_stale). */
 int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_stale);
+
+/* A finding for a doctor hook, formatted. */
+__attribute__((format(printf, 5, 6))) int backend_finding(BackendFindingFn add, void *userdata, BackendSeverity s,
+                                                          const char *topic, const char *fmt, ...);
+
+/* The doctor check of the backends that make TAPs on a bridge: every running VM's TAP exists and is a port
+ * of `bridge` (findings under "links"). Reads the shared dump like backend_scan_links(). */
+int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *bridge,
+                         const BackendVm *running, size_t n_running, BackendFindingFn add, void *add_userdata);

@@ -622,6 +622,42 @@ Test(chvmctl, state_changed_signal) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* Doctor's host checks come from each backend's doctor hook, with the running VMs of that backend: local's
+ * sysctl, firewall, tables and TAPs, bridge's TAPs on the admin's bridge. A TAP taken off its bridge, or a
+ * bridge deleted under running VMs, makes the report unhealthy, naming the VM, the TAP and the bridge. */
+Test(chvmctl, doctor_asks_each_backend) {
+        char *out = NULL, *err = NULL;
+        free(sh("ip link add br0 type bridge && ip link set br0 up"));
+        ok("run web", ctl(&agent, &out, &err, "run web " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+        ok("run b", ctl(&agent, &out, &err, "run b --backend bridge " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+        expect_jq("doctor --json",
+                  "[.healthy, ([.findings[] | select(.topic == \"links\") | .message] | sort), "
+                  "([.findings[].topic] | map(select(. == \"ip_forward\" or . == \"firewall\" or . == \"tables\")) "
+                  "| sort)]",
+                  "[true,[\"running VMs' TAPs are ports of bridge br0\",\"running VMs' TAPs are ports of bridge "
+                  "chvm0\"],[\"firewall\",\"ip_forward\",\"tables\"]]\n");
+
+        /* jq -c prints the names quoted: "tap-..." */
+        char *tap = jq("inspect web --json", ".tap"), *btap = jq("inspect b --json", ".tap");
+        tap[strcspn(tap, "\n")] = btap[strcspn(btap, "\n")] = '\0';
+        cr_assert(tap[0] == '"' && btap[0] == '"', "%s %s", tap, btap);
+        free(sh("ip link set %s nomaster && ip link del br0", tap));
+        int r = ctl(&agent, &out, &err, "doctor");
+        cr_assert_eq(r, 1, "doctor called a TAP off its bridge healthy:\n%s%s", out, err);
+        char want[160];
+        snprintf(want, sizeof(want), "VM web: its TAP %.*s is not a port of bridge chvm0\n", (int) strlen(tap) - 2,
+                 tap + 1);
+        cr_assert(strstr(out, want), "%s\nexpected: %s", out, want);
+        snprintf(want, sizeof(want), "VM b: its TAP %.*s is not a port of bridge br0 (the bridge is gone)\n",
+                 (int) strlen(btap) - 2, btap + 1);
+        cr_assert(strstr(out, want), "%s\nexpected: %s", out, want);
+        cr_assert(!strstr(out, "running VMs' TAPs are ports"), "%s", out);
+        free(out), free(err);
+        free(tap), free(btap);
+}
+
 /* An error text that quotes a client's string cut short ("%.40s") can end in half a character; sd-bus
  * builds no reply with broken UTF-8, so the call used to get no answer at all (found by fuzz/fuzz-api). */
 Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {

@@ -138,6 +138,12 @@ static int bridge_scan(Backend *b, ResourceSet *ret) {
         return k < 0 ? fail(x, k, "cannot list links: %s", strerror(-k)) : 0;
 }
 
+/* The admin's bridge is there, and every running VM's TAP is a port of it. */
+static int bridge_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add, void *u) {
+        BridgeBackend *x = BRIDGE(b);
+        return backend_doctor_links(x->rtnl, x->links, x->links_userdata, x->bridge, running, n_running, add, u);
+}
+
 static const char *bridge_error_message(Backend *b) {
         return BRIDGE(b)->error;
 }
@@ -156,4 +162,5 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .scan = bridge_scan,
         .error_message = bridge_error_message,
         .crash_points = crash_point_list,
+        .doctor = bridge_doctor,
 };

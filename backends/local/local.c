@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h> /* before linux/netfilter_bridge.h, which then leaves its definitions alone */
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 /* After netinet/in.h, whose definitions linux/netfilter.h would clash with. */
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter_bridge.h>
 
 #include "backends/backend.h"
 #include "backends/common.h"
@@ -32,6 +34,7 @@ typedef struct LocalBackend {
         uint32_t subnet, gateway;
         uint8_t prefixlen;
         uint8_t bridge_mac[6];
+        TableOwner table_owner; /* [local] table_owner, as configured */
         NftLayout layout;
         Rtnl *rtnl;
         Nft *nft;
@@ -130,6 +133,7 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
                 .lease_time = cfg->lease_time ? cfg->lease_time : 3600,
         };
         memcpy(l->dhcp_options.dns, cfg->dns, sizeof(l->dhcp_options.dns));
+        l->table_owner = cfg->table_owner;
         r = setup_table_owner(l, cfg->table_owner);
         if (r < 0)
                 return r;
@@ -741,6 +745,137 @@ static int local_scan(Backend *b, ResourceSet *ret) {
         return 0;
 }
 
+/* --- doctor ------------------------------------------------------------------------------------------ */
+
+static int doctor_ip_forward(BackendFindingFn add, void *u) {
+        char buf[8] = "";
+        int fd = open("/proc/sys/net/ipv4/ip_forward", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+                (void) !read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+        }
+        if (buf[0] == '1')
+                return backend_finding(add, u, BACKEND_OK, "ip_forward", "net.ipv4.ip_forward is 1");
+        if (buf[0] == '0')
+                return backend_finding(add, u, BACKEND_WARNING, "ip_forward",
+                                       "net.ipv4.ip_forward is 0: guests on the local backend get no routed traffic "
+                                       "(the agent turns it on when it sets up the bridge; someone turned it off)");
+        return backend_finding(add, u, BACKEND_WARNING, "ip_forward", "cannot read /proc/sys/net/ipv4/ip_forward");
+}
+
+static const char *family_name(int f) {
+        switch (f) {
+        case NFPROTO_INET:
+                return "inet";
+        case NFPROTO_IPV4:
+                return "ip";
+        case NFPROTO_IPV6:
+                return "ip6";
+        case NFPROTO_BRIDGE:
+                return "bridge";
+        case NFPROTO_NETDEV:
+                return "netdev";
+        case NFPROTO_ARP:
+                return "arp";
+        default:
+                return "?";
+        }
+}
+
+/* Guests' traffic crosses the forward hook (routed), and prerouting/forward of the bridge family; the
+ * guests' DHCP (and whatever else they send to the host) also the bridge family's input and output, where
+ * the DHCP server's packet socket takes and sends its frames (before and after the inet family's hooks,
+ * which therefore never see DHCP). A drop policy in anyone's chain there applies to it too. */
+static bool on_guest_path(const NftBaseChain *c) {
+        if (c->family == NFPROTO_BRIDGE)
+                return c->hook == NF_BR_PRE_ROUTING || c->hook == NF_BR_FORWARD || c->hook == NF_BR_LOCAL_IN ||
+                       c->hook == NF_BR_LOCAL_OUT;
+        if (c->family == NFPROTO_INET || c->family == NFPROTO_IPV4)
+                return c->hook == NF_INET_FORWARD || c->hook == NF_INET_PRE_ROUTING;
+        return false;
+}
+
+static int doctor_firewall(LocalBackend *l, BackendFindingFn add, void *u) {
+        _cleanup_free_ NftBaseChain *chains = NULL;
+        size_t n = 0, drops = 0;
+        int k = nft_dump_base_chains(l->nft, &chains, &n);
+        if (k < 0)
+                return backend_finding(add, u, BACKEND_WARNING, "firewall", "cannot list nftables chains: %s",
+                                       strerror(-k));
+        for (size_t i = 0; i < n; i++) {
+                const NftBaseChain *c = &chains[i];
+                if (strcmp(c->table, l->table) == 0 || c->policy != NF_DROP || !on_guest_path(c))
+                        continue;
+                drops++;
+                if (c->family == NFPROTO_BRIDGE)
+                        k = backend_finding(
+                                add, u, BACKEND_WARNING, "firewall",
+                                "table bridge %s chain %s has policy drop: it applies to the guests' frames too%s; "
+                                "allow them there, e.g. %s \"%s*\" accept",
+                                c->table, c->chain,
+                                c->hook == NF_BR_LOCAL_IN || c->hook == NF_BR_LOCAL_OUT
+                                        ? ", and drops their DHCP (udp 67/68) so that they get no address"
+                                        : "",
+                                c->hook == NF_BR_LOCAL_OUT ? "oifname" : "iifname", l->tap_prefix);
+                else
+                        k = backend_finding(add, u, BACKEND_WARNING, "firewall",
+                                            "table %s %s chain %s has policy drop: it applies to guest traffic too; "
+                                            "allow it there, e.g. iifname \"%s\" accept and oifname \"%s\" ct state "
+                                            "established,related accept",
+                                            family_name(c->family), c->table, c->chain, l->bridge, l->bridge);
+                if (k < 0)
+                        return k;
+        }
+        return drops ? 0
+                     : backend_finding(add, u, BACKEND_OK, "firewall",
+                                       "no drop policy in other tables on the guests' path");
+}
+
+/* Who may change our tables ([local] table_owner): owned ones only the agent, and `nft flush ruleset` by
+ * others passes them by; plain ones anyone, and a flush takes the guests' forwards and anti-spoofing away
+ * until the next bring-up rebuilds them. */
+static int doctor_table_owner(LocalBackend *l, BackendFindingFn add, void *u) {
+        NftTableInfo info;
+        int k = nft_table_info(l->nft, &l->layout, NFPROTO_INET, &info);
+        if (k == -ENOENT)
+                return backend_finding(add, u, BACKEND_OK, "tables",
+                                       "tables %s not made yet (the first bring-up makes them)", l->table);
+        if (k < 0)
+                return backend_finding(add, u, BACKEND_WARNING, "tables", "cannot read table inet %s: %s", l->table,
+                                       strerror(-k));
+        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) == (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
+                return backend_finding(add, u, BACKEND_OK, "tables",
+                                       "tables inet/bridge %s belong to the agent (flags owner, persist): only it may "
+                                       "change them, nft flush ruleset by others passes them by",
+                                       l->table);
+        if (info.flags & NFT_TABLE_F_PERSIST)
+                return backend_finding(add, u, BACKEND_WARNING, "tables",
+                                       "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or "
+                                       "flush them until an agent adopts them at its start",
+                                       l->table);
+        return backend_finding(
+                add, u, l->table_owner == TABLE_OWNER_NO ? BACKEND_OK : BACKEND_WARNING, "tables",
+                "tables inet/bridge %s are plain (%s): anyone may change them, and nft flush ruleset removes them "
+                "with the guests' port forwards and anti-spoofing until the next bring-up rebuilds them",
+                l->table,
+                l->table_owner == TABLE_OWNER_NO
+                        ? "table_owner = no"
+                        : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
+}
+
+static int local_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add, void *u) {
+        LocalBackend *l = LOCAL(b);
+        int k = doctor_ip_forward(add, u);
+        if (k >= 0)
+                k = doctor_firewall(l, add, u);
+        if (k >= 0)
+                k = doctor_table_owner(l, add, u);
+        if (k >= 0)
+                k = backend_doctor_links(l->rtnl, l->links, l->links_userdata, l->bridge, running, n_running, add,
+                                         u);
+        return k;
+}
+
 static const char *local_error_message(Backend *b) {
         return LOCAL(b)->error;
 }
@@ -762,4 +897,5 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .scan = local_scan,
         .error_message = local_error_message,
         .crash_points = crash_point_list,
+        .doctor = local_doctor,
 };
