@@ -30,7 +30,6 @@
 #include "vmm/process.h"
 
 /* How long kill (and rm -f) waits for a SIGKILLed hypervisor to be gone. */
-#define KILL_WAIT_MS 5000U
 
 static const char *const vm_state_table[_VM_STATE_MAX] = {
         [VM_STATE_DEFINED] = "defined",   [VM_STATE_STARTING] = "starting", [VM_STATE_RUNNING] = "running",
@@ -1083,25 +1082,18 @@ int agent_vm_kill(Agent *a, const char *name) {
         return r < 0 ? fail(a, r, "%s", vm_manager_error(a->vmm)) : 0;
 }
 
-int agent_vm_remove(Agent *a, const char *name, bool force) {
+int agent_vm_remove(Agent *a, const char *name) {
         AgentVm *v = lookup(a, name);
         int r;
 
         if (!v)
                 return -ENOENT;
-        if (vm_manager_pid(a->vmm, v->id)) {
-                if (!force)
-                        return fail(a, -EBUSY, "VM %s is running: stop it first (or remove it with -f)",
-                                    v->name);
-                r = vm_manager_kill_wait(a->vmm, v->id, KILL_WAIT_MS);
-                if (r < 0)
-                        return fail(a, r, "%s", vm_manager_error(a->vmm));
-        } else {
-                /* Whatever it still owns goes with it. */
-                r = vm_manager_kill(a->vmm, v->id);
-                if (r < 0)
-                        return fail(a, r, "%s", vm_manager_error(a->vmm));
-        }
+        if (vm_manager_pid(a->vmm, v->id))
+                return fail(a, -EBUSY, "VM %s is running: stop it first (or remove it with -f)", v->name);
+        /* Whatever it still owns goes with it. */
+        r = vm_manager_kill(a->vmm, v->id);
+        if (r < 0)
+                return fail(a, r, "%s", vm_manager_error(a->vmm));
 
         /* File first, then the journal: a crash in between leaves a journal entry without a file, which
          * the next start forgets; the other order would bring the VM back. */

@@ -100,9 +100,9 @@ int agent_vm_stop(Agent *a, const char *name, unsigned timeout_sec);
 /* SIGKILL; the exit event (from the loop) tears the network down and records the reason, or at once when
  * the VM is not running. The network is torn down even if the signal cannot be sent. */
 int agent_vm_kill(Agent *a, const char *name);
-/* Forgets a VM: its definition file and its journal entry. -EBUSY when running unless force (then killed
- * first, waiting a few seconds for it to be gone). */
-int agent_vm_remove(Agent *a, const char *name, bool force);
+/* Forgets a VM that is not running: its definition file and its journal entry; -EBUSY while it runs (the
+ * API's RemoveVM with force kills it first and removes it once its exit event came). */
+int agent_vm_remove(Agent *a, const char *name);
 
 /* Handles hypervisor exits that happened but were not dispatched yet (call before reporting states). */
 void agent_refresh(Agent *a);

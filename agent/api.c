@@ -983,7 +983,7 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (vm_up(c->api->agent, name, &id))
                         return add_pending(c, m, name, id, PENDING_REMOVE);
         }
-        r = agent_vm_remove(c->api->agent, name, false);
+        r = agent_vm_remove(c->api->agent, name);
         if (r < 0)
                 return reply_errno(error, r, agent_error(c->api->agent));
         return sd_bus_reply_method_return(m, NULL);
@@ -1262,7 +1262,7 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
                 done = p->next;
                 if (p->conn)
                         p->conn->n_pending--;
-                if (p->op == PENDING_REMOVE && agent_vm_remove(api->agent, p->name, false) < 0) {
+                if (p->op == PENDING_REMOVE && agent_vm_remove(api->agent, p->name) < 0) {
                         sd_bus_error e = SD_BUS_ERROR_NULL;
                         (void) reply_errno(&e, -EIO, agent_error(api->agent));
                         (void) sd_bus_reply_method_error(p->call, &e);

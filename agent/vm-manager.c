@@ -46,6 +46,7 @@ typedef struct Vm {
         uint64_t stop_timeout_usec;
         bool adopted; /* not our child: the exit status cannot be read */
         bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
+        bool dying; /* seen on its way out (vm_manager_reap()); its exit event is yet to come */
         bool journaled_start; /* VM_STARTED is in the journal */
         /* the power-button conversation (talk_fd -EBADF when none) */
         int talk_fd;
@@ -460,32 +461,6 @@ static void reap(Vm *vm) {
                 hypervisor_gone(vm, &si);
 }
 
-int vm_manager_kill_wait(VmManager *m, uint64_t vm_id, unsigned timeout_ms) {
-        Vm *vm = u64map_get(m->vms, vm_id);
-        if (!vm)
-                return net_down(m, vm_id);
-        int r = vm_manager_kill(m, vm_id);
-        if (r < 0)
-                return r;
-
-        struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
-        int k;
-        do
-                k = poll(&p, 1, (int) timeout_ms);
-        while (k < 0 && errno == EINTR);
-        if (k <= 0) {
-                /* Stuck (e.g. in uninterruptible sleep): its network goes anyway, the exit event later. */
-                r = k < 0 ? negative_errno() : -ETIMEDOUT;
-                fail(m, r, "VM %s: its hypervisor (pid %d) did not exit within %u ms of SIGKILL; its network "
-                     "is torn down anyway",
-                     vm->name, (int) vm->process.pid, timeout_ms);
-                (void) vm_net_down(m->cfg.dispatcher, vm_id);
-                return r;
-        }
-        reap(vm);
-        return 0;
-}
-
 size_t vm_manager_reap(VmManager *m) {
         size_t n = 0, k = 0;
         void *v;
@@ -495,10 +470,11 @@ size_t vm_manager_reap(VmManager *m) {
         for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);) {
                 Vm *vm = v;
                 struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
-                /* A hypervisor killed a moment ago is as good as gone: wait (briefly) for its exit rather
-                 * than report it running. */
-                if (poll(&p, 1, 0) > 0 || (process_dying(vm->process.pid) && poll(&p, 1, 500) > 0))
+                if (poll(&p, 1, 0) > 0)
                         gone[n++] = vm;
+                else if (!vm->dying)
+                        /* killed a moment ago, or slow to exit: stopping, not running; no wait here */
+                        vm->dying = process_dying(vm->process.pid);
         }
         for (; k < n; k++)
                 reap(gone[k]);
@@ -513,7 +489,7 @@ pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
 
 bool vm_manager_stopping(const VmManager *m, uint64_t vm_id) {
         const Vm *vm = u64map_get(m->vms, vm_id);
-        return vm && vm->stage != STOP_NONE;
+        return vm && (vm->stage != STOP_NONE || vm->dying);
 }
 
 size_t vm_manager_n_running(const VmManager *m) {

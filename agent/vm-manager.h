@@ -85,10 +85,6 @@ int vm_manager_validate(VmManager *m, const VmRequest *req);
 /* SIGKILL. A hypervisor that is gone already is success; the teardown runs from the exit event (or at
  * once when the VM is not running). */
 int vm_manager_kill(VmManager *m, uint64_t vm_id);
-/* vm_manager_kill(), then waits up to timeout_ms for the hypervisor to be gone and handles its exit at
- * once (network down, exit reason journaled, on_exit called) instead of from the event loop. -ETIMEDOUT
- * when it did not exit in time: the network is torn down anyway. */
-int vm_manager_kill_wait(VmManager *m, uint64_t vm_id, unsigned timeout_ms);
 /* Graceful stop: the hypervisor's own shutdown (cloud-hypervisor vm.power-button, QEMU QMP
  * system_powerdown), then SIGTERM after timeout_sec, then SIGKILL after another timeout_sec. The exit event
  * tears the network down as for any exit; a VM that is not running just has its network taken down. */
@@ -101,7 +97,10 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 
 /* Handles now every exit that has happened but that the loop has not dispatched yet, so that nothing
- * reports a dead hypervisor as running. Returns how many there were. */
+ * reports a dead hypervisor as running; a hypervisor on its way out (SIGKILL pending, or exiting: a big
+ * guest's memory takes a while to free, and a process whose main thread ended is "exiting" until its other
+ * threads have) is marked stopping. Never waits: the exit event comes through the loop. Returns how many
+ * exits it handled. */
 size_t vm_manager_reap(VmManager *m);
 /* Whether pid is provably VM vm_id's hypervisor: of our uid, running the binary of the VM's kind, and
  * holding the VM's TAP or its API socket. 1 yes, 0 no, -errno when /proc cannot be read. */
@@ -109,7 +108,7 @@ int vm_manager_is_hypervisor(VmManager *m, pid_t pid, uint64_t vm_id);
 /* The VM id where `needle` ("<runtime_dir>/vms/") is followed by 16 hex digits and a slash in cmdline, or 0:
  * how a hypervisor's command line names its VM. */
 uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle);
-/* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way. */
+/* Whether a stop (graceful, then SIGTERM, then SIGKILL) is under way, or the hypervisor was seen dying. */
 bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);
 /* The hypervisor's PID while it runs, else 0. */
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);

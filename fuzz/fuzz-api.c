@@ -1143,7 +1143,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* The next input starts from nothing. */
         _cleanup_(strv_freep) char **names = vm_names();
         for (char **n = names; *n; n++) {
-                int k = agent_vm_remove(h.agent, *n, true);
+                if (vm_running(*n)) { /* killed, and removed once its exit came through the loop */
+                        check(agent_vm_kill(h.agent, *n) >= 0);
+                        uint64_t start = now_usec();
+                        while (vm_running(*n)) {
+                                (void) sd_event_run(h.event, 10000);
+                                check(now_usec() - start < 5000000);
+                        }
+                }
+                int k = agent_vm_remove(h.agent, *n);
                 if (k < 0)
                         fprintf(stderr, "fuzz-api: cannot remove VM %s: %s\n", *n, agent_error(h.agent));
                 check(k >= 0);

@@ -20,13 +20,16 @@
  *   FAKE_VMM_CRASH_AFTER_MS=N      die of SIGSEGV N ms after start (no core dump)
  *   FAKE_VMM_EXIT_CODE=N           exit(N) FAKE_VMM_EXIT_AFTER_MS ms after start (default 0 ms)
  *   FAKE_VMM_EXIT_AFTER_MS=N       (exit code 0 when FAKE_VMM_EXIT_CODE is not set)
+ *   FAKE_VMM_SLOW_EXIT_MS=N        on a power-off or SIGTERM, take N ms to exit: the main thread ends at
+ *                                  once, another one ends the process later (a hypervisor freeing a
+ *                                  big guest's memory)
  *   FAKE_VMM_GUEST_NETNS=PATH      the guest's NIC as a link: a TAP named FAKE_VMM_GUEST_IFNAME (default
  *                                  eth0; "@tap": the VM's TAP's name, for many VMs in one namespace) with
  *                                  the guest's MAC in the network namespace at PATH, its frames
  *                                  relayed to and from the VM's TAP, so that a real DHCP client (or any
  *                                  program) in that namespace is the guest
  *
- * One thread, one poll() loop; clients are served as they come, a few at a time. */
+ * One thread (two for a slow exit), one poll() loop; clients are served as they come, a few at a time. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +38,7 @@
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -116,9 +120,29 @@ _printf_(1, 2) _noreturn_ static void die_refused(const char *fmt, ...) {
         exit(EXIT_REFUSED);
 }
 
+static int slow_exit_code;
+static unsigned long slow_exit_ms;
+
+static void *exit_later(void *arg) {
+        (void) arg;
+        (void) usleep((useconds_t) (slow_exit_ms * 1000));
+        exit(slow_exit_code);
+}
+
+/* With FAKE_VMM_SLOW_EXIT_MS, the main thread ends (the process is "exiting" from then on, PF_EXITING in
+ * /proc/PID/stat) while another thread keeps the process, its TAP and its pidfd alive for that long, as a
+ * real hypervisor's teardown of a big guest does. */
 _noreturn_ static void clean_exit(int code) {
         if (api_socket_bound)
                 (void) unlink(api_socket_path);
+        const char *slow = getenv("FAKE_VMM_SLOW_EXIT_MS");
+        char *end;
+        if (slow && slow[0] && (slow_exit_ms = strtoul(slow, &end, 10)) > 0 && !*end) {
+                pthread_t t;
+                slow_exit_code = code;
+                if (pthread_create(&t, NULL, exit_later, NULL) == 0)
+                        pthread_exit(NULL);
+        }
         exit(code);
 }
 
