@@ -496,17 +496,8 @@ size_t vm_manager_n_running(const VmManager *m) {
         return u64map_size(m->vms);
 }
 
-/* The hypervisor's own shutdown, as a conversation on its API socket driven by the event loop, so that a
- * hypervisor that does not answer holds up nothing but its own stop: cloud-hypervisor's PUT vm.power-button,
- * QEMU's QMP greeting, qmp_capabilities, system_powerdown. Each step sends reqs[i] (if any) and waits for
- * expects[i] in what comes back. */
-static const char *const ch_reqs[] = { "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\n"
-                                       "Content-Length: 0\r\n\r\n" };
-static const char *const ch_expects[] = { "HTTP/1.1 2" };
-static const char *const qmp_reqs[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
-                                        "{\"execute\":\"system_powerdown\"}\n" };
-static const char *const qmp_expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
-
+/* The hypervisor's own shutdown, as its kind describes it (HypervisorVTable.power_off), driven by the
+ * event loop. */
 static void talk_close(Vm *vm) {
         vm->talk_io = sd_event_source_disable_unref(vm->talk_io);
         vm->talk_fd = safe_close(vm->talk_fd);
@@ -572,10 +563,11 @@ static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 
 static int start_power_off(VmManager *m, Vm *vm) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        bool qemu = vm->kind == HYPERVISOR_QEMU;
+        const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
+        const HypervisorTalk *talk = vt ? vt->power_off : NULL;
         int r;
 
-        if (!vm->api_socket)
+        if (!vm->api_socket || !talk || talk->n == 0)
                 return -ENOENT;
         if (strlen(vm->api_socket) >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
@@ -593,9 +585,9 @@ static int start_power_off(VmManager *m, Vm *vm) {
                 talk_close(vm);
                 return r;
         }
-        vm->talk_reqs = qemu ? qmp_reqs : ch_reqs;
-        vm->talk_expects = qemu ? qmp_expects : ch_expects;
-        vm->talk_n = qemu ? ELEMENTSOF(qmp_reqs) : ELEMENTSOF(ch_reqs);
+        vm->talk_reqs = talk->requests;
+        vm->talk_expects = talk->expects;
+        vm->talk_n = talk->n;
         vm->talk_step = 0;
         vm->talk_have = 0;
         r = talk_send(vm);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util/macro.h"
 #include "vmm/cloud-hypervisor.h"
 
 static int check_option_value(const char *what, const char *value, char *error, size_t error_size) {
@@ -132,10 +133,17 @@ static int cloud_hypervisor_build_argv(const VmSpec *spec, char ***ret_argv) {
         return argv_builder_finish(&b, ret_argv);
 }
 
+/* The HTTP API's PUT vm.power-button; any 2xx is an answer. */
+static const char *const ch_requests[] = { "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\n"
+                                           "Content-Length: 0\r\n\r\n" };
+static const char *const ch_expects[] = { "HTTP/1.1 2" };
+static const HypervisorTalk ch_power_off = { ch_requests, ch_expects, ELEMENTSOF(ch_requests) };
+
 const HypervisorVTable cloud_hypervisor_vtable = {
         .kind = HYPERVISOR_CLOUD_HYPERVISOR,
         .name = "cloud-hypervisor",
         .default_binary = "cloud-hypervisor",
         .validate = cloud_hypervisor_validate,
         .build_argv = cloud_hypervisor_build_argv,
+        .power_off = &ch_power_off,
 };

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* Hypervisor kinds behind a small vtable. A kind turns a VmSpec into the argv of its hypervisor process;
+/* Hypervisor kinds behind a small vtable. A kind turns a VmSpec into the argv of its hypervisor process, and
+ * says how its guest is asked to power off over the API socket (HypervisorVTable.power_off);
  * the spawner execs that argv directly (no shell, ever). One const vtable per kind: cloud-hypervisor
  * (vmm/cloud-hypervisor.c) and qemu (vmm/qemu.c).
  *
@@ -70,6 +71,12 @@ typedef struct VmSpec {
         const char *binary; /* NULL: the kind's default_binary */
 } VmSpec;
 
+typedef struct HypervisorTalk {
+        const char *const *requests;
+        const char *const *expects;
+        size_t n;
+} HypervisorTalk;
+
 typedef struct HypervisorVTable {
         HypervisorKind kind;
         const char *name; /* hypervisor_kind_to_string(kind) */
@@ -81,6 +88,11 @@ typedef struct HypervisorVTable {
         /* Validates (without a message) and builds the NULL-terminated argv, argv[0] being the binary. Free
          * it with strv_free(). */
         int (*build_argv)(const VmSpec *spec, char ***ret_argv);
+        /* How the guest is asked to power off, on the API socket (VmSpec.api_socket): a conversation of
+         * n steps, each sending requests[i] (NULL: nothing, only read) and done when the answer holds
+         * expects[i]. The agent drives it from its event loop; a hypervisor that does not answer holds up
+         * nothing but its own stop. */
+        const HypervisorTalk *power_off;
 } HypervisorVTable;
 
 /* NULL for a kind out of range. */

@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 
+#include "util/macro.h"
 #include "vmm/qemu.h"
 
 static int qemu_validate(const VmSpec *spec, char *error, size_t error_size) {
@@ -100,10 +101,17 @@ static int qemu_build_argv(const VmSpec *spec, char ***ret_argv) {
         return argv_builder_finish(&b, ret_argv);
 }
 
+/* QMP: the greeting, qmp_capabilities, system_powerdown (the ACPI power button). */
+static const char *const qmp_requests[] = { NULL, "{\"execute\":\"qmp_capabilities\"}\n",
+                                            "{\"execute\":\"system_powerdown\"}\n" };
+static const char *const qmp_expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
+static const HypervisorTalk qmp_power_off = { qmp_requests, qmp_expects, ELEMENTSOF(qmp_requests) };
+
 const HypervisorVTable qemu_vtable = {
         .kind = HYPERVISOR_QEMU,
         .name = "qemu",
         .default_binary = "qemu-system-x86_64",
         .validate = qemu_validate,
         .build_argv = qemu_build_argv,
+        .power_off = &qmp_power_off,
 };
