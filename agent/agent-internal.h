@@ -42,6 +42,10 @@ struct Agent {
         HypervisorKind default_kind;
         U64Map *vms; /* AgentVm by id */
         U64Map *vms_by_mac; /* the same by the low 40 bits of the id, which its guest MAC carries */
+        U64Map *vms_by_name; /* the same by a 64-bit hash of the name (name_hash()) */
+        size_t name_clashes; /* names whose hash another VM's name had: those are found by a scan */
+        U64Map *vms_by_port; /* the same by forwarded host port, port_key(); the first definition wins */
+        size_t port_clashes; /* host ports two definitions name (files written by hand): found by a scan */
         AgentStateCallback on_state;
         void *userdata;
         /* One dump of the links while links_held > 0 (a collection's scans, a doctor run), made at the first

@@ -80,11 +80,57 @@ static AgentVm *agent_vm_free(AgentVm *v) {
         return NULL;
 }
 
+/* FNV-1a; never 0, which the map does not take. */
+static uint64_t name_hash(const char *name) {
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+        for (const char *p = name; *p; p++)
+                h = (h ^ (uint8_t) *p) * UINT64_C(0x100000001b3);
+        return h ? h : 1;
+}
+
+static uint64_t port_key(const PortForward *p) {
+        return (uint64_t) p->proto << 16 | p->host_port | UINT64_C(1) << 32;
+}
+
+static void index_ports(Agent *a, AgentVm *v) {
+        for (size_t i = 0; v->def && i < v->def->n_ports; i++)
+                if (u64map_put(a->vms_by_port, port_key(&v->def->ports[i]), v) < 0)
+                        a->port_clashes++; /* taken (or no memory): a scan finds it */
+}
+
+static void unindex_ports(Agent *a, AgentVm *v) {
+        for (size_t i = 0; v->def && i < v->def->n_ports; i++)
+                if (u64map_get(a->vms_by_port, port_key(&v->def->ports[i])) == v)
+                        u64map_remove(a->vms_by_port, port_key(&v->def->ports[i]));
+}
+
+/* The VM whose definition forwards host port p, or NULL. */
+static AgentVm *find_port_owner(const Agent *a, const PortForward *p) {
+        AgentVm *v = u64map_get(a->vms_by_port, port_key(p));
+        if (v || a->port_clashes == 0)
+                return v;
+        void *x;
+        for (size_t it = 0; u64map_iterate(a->vms, &it, NULL, &x);) {
+                const VmDef *o = ((AgentVm *) x)->def;
+                for (size_t k = 0; o && k < o->n_ports; k++)
+                        if (o->ports[k].proto == p->proto && o->ports[k].host_port == p->host_port)
+                                return x;
+        }
+        return NULL;
+}
+
 AgentVm *agent_find_vm(const Agent *a, const char *name) {
-        void *v;
-        for (size_t i = 0; name && u64map_iterate(a->vms, &i, NULL, &v);)
-                if (strcmp(((AgentVm *) v)->name, name) == 0)
-                        return v;
+        if (!name)
+                return NULL;
+        AgentVm *v = u64map_get(a->vms_by_name, name_hash(name));
+        if (v && strcmp(v->name, name) == 0)
+                return v;
+        if (a->name_clashes == 0)
+                return NULL;
+        void *x;
+        for (size_t i = 0; u64map_iterate(a->vms, &i, NULL, &x);)
+                if (strcmp(((AgentVm *) x)->name, name) == 0)
+                        return x;
         return NULL;
 }
 
@@ -110,6 +156,18 @@ static int add_vm(Agent *a, const char *name, uint64_t id, VmDef *def, AgentVm *
                 free(v);
                 return -ENOMEM;
         }
+        r = u64map_put(a->vms_by_name, name_hash(v->name), v);
+        if (r == -EEXIST)
+                a->name_clashes++; /* two names, one hash: found by a scan from now on */
+        else if (r < 0) {
+                if (u64map_get(a->vms_by_mac, id & MAC_BITS) == v)
+                        u64map_remove(a->vms_by_mac, id & MAC_BITS);
+                u64map_remove(a->vms, id);
+                v->def = NULL;
+                free(v);
+                return r;
+        }
+        index_ports(a, v);
         if (ret)
                 *ret = v;
         return 0;
@@ -615,7 +673,9 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         a->event = sd_event_ref(event);
         a->vms = u64map_new();
         a->vms_by_mac = u64map_new();
-        if (!a->vms || !a->vms_by_mac)
+        a->vms_by_name = u64map_new();
+        a->vms_by_port = u64map_new();
+        if (!a->vms || !a->vms_by_mac || !a->vms_by_name || !a->vms_by_port)
                 return -ENOMEM;
         a->default_kind = hypervisor_kind_from_string(cfg->hypervisor);
         if (a->default_kind < 0) {
@@ -732,6 +792,8 @@ Agent *agent_free(Agent *a) {
                 agent_vm_free(v);
         u64map_free(a->vms);
         u64map_free(a->vms_by_mac);
+        u64map_free(a->vms_by_name);
+        u64map_free(a->vms_by_port);
         safe_close(a->vms_fd);
         safe_close(a->state_fd);
         sd_event_unref(a->event);
@@ -937,16 +999,10 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
                             def->backend);
         /* A host port is forwarded to one VM at most, running or not: refused now rather than at a start. */
         for (size_t i = 0; i < def->n_ports; i++) {
-                void *v;
-                for (size_t it = 0; u64map_iterate(a->vms, &it, NULL, &v);) {
-                        const VmDef *o = ((AgentVm *) v)->def;
-                        for (size_t k = 0; o && k < o->n_ports; k++)
-                                if (o->ports[k].proto == def->ports[i].proto &&
-                                    o->ports[k].host_port == def->ports[i].host_port)
-                                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s",
-                                                    def->ports[i].host_port,
-                                                    def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
-                }
+                const AgentVm *o = find_port_owner(a, &def->ports[i]);
+                if (o)
+                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s", def->ports[i].host_port,
+                                    def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
         }
         if (def->n_ports) {
                 r = dispatcher_backend_forwards_ports(a->dispatcher, def->backend);
@@ -1114,6 +1170,9 @@ int agent_vm_remove(Agent *a, const char *name) {
         snprintf(vname, sizeof(vname), "%s", v->name);
         if (u64map_get(a->vms_by_mac, id & MAC_BITS) == v)
                 u64map_remove(a->vms_by_mac, id & MAC_BITS);
+        if (u64map_get(a->vms_by_name, name_hash(v->name)) == v)
+                u64map_remove(a->vms_by_name, name_hash(v->name));
+        unindex_ports(a, v);
         agent_vm_free(u64map_remove(a->vms, id));
         log_vm(LOG_INFO, &((LogVm){ .name = vname, .id = id }), "VM %s removed", vname);
         notify(a, vname, id, _VM_STATE_INVALID, "removed");

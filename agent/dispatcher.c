@@ -216,15 +216,7 @@ static int allocate_ip(Dispatcher *d, uint32_t *ret) {
 }
 
 int dispatcher_vm_ip(const Dispatcher *d, uint64_t vm_id, uint32_t *ret) {
-        const LiveSet *ls = journal_live_set(d->journal);
-        uint32_t ip4;
-        uint64_t owner;
-        for (size_t i = 0; live_set_iterate_ips(ls, &i, &ip4, &owner);)
-                if (owner == vm_id) {
-                        *ret = ip4;
-                        return 0;
-                }
-        return -ENOENT;
+        return live_set_get_vm_ip(journal_live_set(d->journal), vm_id, ret);
 }
 
 static int live_elems(Dispatcher *d, Backend *b, ResourceSet *ret);

@@ -528,42 +528,70 @@ static void mark_failed(GcPlan *p, GcDecision *d, int r, const char *why) {
         p->n_failed++;
 }
 
+static void mark_vm_failed(GcPlan *p, uint64_t vm_id, int r, const char *why) {
+        for (size_t i = 0; i < p->n; i++)
+                if (p->items[i].journaled && p->items[i].vm_id == vm_id && p->items[i].action != GC_SKIP)
+                        mark_failed(p, &p->items[i], r, why);
+}
+
 static int carry_out(Gc *g) {
         GcPlan *p = g->plan;
         Agent *a = g->a;
         _cleanup_free_ uint64_t *ids = calloc(p->n + 1, sizeof(uint64_t));
+        U64Map *seen = u64map_new();
         size_t n_ids = 0;
+        int r = 0;
 
-        if (!ids)
+        if (!ids || !seen) {
+                u64map_free(seen);
                 return -ENOMEM;
-        /* Journaled objects: through the dispatcher, a VM at a time (RELEASE_INTENT, removal with the tag
-         * re-checked, RELEASED). */
-        for (size_t i = 0; i < p->n; i++) {
+        }
+        /* Journaled objects: through the dispatcher, all VMs in one go (RELEASE_INTENT for all, one sync,
+         * each backend's removals in one batch with the tags re-checked, RELEASED, one sync). */
+        for (size_t i = 0; i < p->n && r >= 0; i++) {
                 GcDecision *d = &p->items[i];
-                if (d->action == GC_SKIP || !d->journaled)
+                if (d->action == GC_SKIP || !d->journaled || d->vm_id == 0)
                         continue;
-                bool have = false;
-                for (size_t k = 0; k < n_ids && !have; k++)
-                        have = ids[k] == d->vm_id;
-                if (!have)
+                r = u64map_put(seen, d->vm_id, d);
+                if (r == 0)
                         ids[n_ids++] = d->vm_id;
+                else if (r == -EEXIST)
+                        r = 0;
         }
-        for (size_t k = 0; k < n_ids; k++) {
-                int r = vm_net_down(a->dispatcher, ids[k]);
-                if (r >= 0)
+        u64map_free(seen);
+        if (r < 0)
+                return r;
+        if (n_ids && vm_net_down_many(a->dispatcher, ids, n_ids) < 0)
+                /* Which VM's failed: one at a time, for each its own reason. */
+                for (size_t k = 0; k < n_ids; k++) {
+                        r = vm_net_down(a->dispatcher, ids[k]);
+                        if (r < 0)
+                                mark_vm_failed(p, ids[k], r, dispatcher_error(a->dispatcher));
+                }
+        /* Not journaled: removed by their backend, which re-reads each kernel tag first; in one batch per
+         * backend where it can, one at a time (for each its own reason) if that fails. */
+        for (size_t bi = 0; bi < a->n_backends; bi++) {
+                Backend *b = a->backends[bi];
+                _cleanup_free_ Resource *batch = calloc(p->n + 1, sizeof(Resource));
+                _cleanup_free_ size_t *at = calloc(p->n + 1, sizeof(size_t));
+                size_t n = 0;
+                if (!batch || !at)
+                        return -ENOMEM;
+                for (size_t i = 0; i < p->n; i++) {
+                        GcDecision *d = &p->items[i];
+                        if (d->action == GC_DELETE && !d->journaled && d->backend == b) {
+                                at[n] = i;
+                                batch[n++] = d->res;
+                        }
+                }
+                if (n == 0 || (n > 1 && b->vtable->remove_many && b->vtable->remove_many(b, batch, n) >= 0))
                         continue;
-                for (size_t i = 0; i < p->n; i++)
-                        if (p->items[i].journaled && p->items[i].vm_id == ids[k] && p->items[i].action != GC_SKIP)
-                                mark_failed(p, &p->items[i], r, dispatcher_error(a->dispatcher));
-        }
-        /* Not journaled: removed by their backend, which re-reads the kernel tag first. */
-        for (size_t i = 0; i < p->n; i++) {
-                GcDecision *d = &p->items[i];
-                if (d->action != GC_DELETE || d->journaled)
-                        continue;
-                int r = d->backend->vtable->remove(d->backend, &d->res);
-                if (r < 0)
-                        mark_failed(p, d, r, d->backend->vtable->error_message(d->backend));
+                for (size_t k = 0; k < n; k++) {
+                        GcDecision *d = &p->items[at[k]];
+                        r = b->vtable->remove(b, &d->res);
+                        if (r < 0)
+                                mark_failed(p, d, r, b->vtable->error_message(b));
+                }
         }
         return p->n_failed ? -EIO : 0;
 }

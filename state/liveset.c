@@ -308,12 +308,17 @@ int live_set_apply(LiveSet *s, const JournalRecord *r, const char **ret_why) {
                 k = u64map_put(s->ips, r->ip4, (void *) (uintptr_t) r->vm_id);
                 if (k < 0)
                         return k;
-                ((LiveVm *) u64map_get(s->vms, r->vm_id))->n_ips++;
+                vm = u64map_get(s->vms, r->vm_id);
+                vm->n_ips++;
+                vm->ip4 = r->ip4;
                 return 0;
         case JOURNAL_IP_FREE:
                 vm = u64map_get(s->vms, (uint64_t) (uintptr_t) u64map_remove(s->ips, r->ip4));
-                if (vm)
+                if (vm) {
                         vm->n_ips--;
+                        if (vm->ip4 == r->ip4)
+                                vm->ip4 = 0;
+                }
                 return 0;
         case JOURNAL_CHECKPOINT:
                 if (r->max_oid > s->max_oid)
@@ -330,6 +335,25 @@ const LiveObject *live_set_get_object(const LiveSet *s, uint64_t oid) {
 
 const LiveVm *live_set_get_vm(const LiveSet *s, uint64_t vm_id) {
         return vm_id ? u64map_get(s->vms, vm_id) : NULL;
+}
+
+int live_set_get_vm_ip(const LiveSet *s, uint64_t vm_id, uint32_t *ret) {
+        const LiveVm *vm = u64map_get(s->vms, vm_id);
+        if (!vm || vm->n_ips == 0)
+                return -ENOENT;
+        if (vm->ip4) {
+                *ret = vm->ip4;
+                return 0;
+        }
+        /* it held several and gave back the last one it got: look the others up */
+        uint32_t ip4;
+        uint64_t owner;
+        for (size_t i = 0; live_set_iterate_ips(s, &i, &ip4, &owner);)
+                if (owner == vm_id) {
+                        *ret = ip4;
+                        return 0;
+                }
+        return -ENOENT;
 }
 
 uint64_t live_set_get_ip_owner(const LiveSet *s, uint32_t ip4) {

@@ -51,6 +51,7 @@ typedef struct LiveVm {
         char *reason;
         size_t n_objects; /* live objects and IP allocations that name this VM */
         size_t n_ips;
+        uint32_t ip4; /* the address it got last and still holds, 0 if none (see live_set_get_vm_ip()) */
 } LiveVm;
 
 typedef struct LiveSet LiveSet;
@@ -69,6 +70,8 @@ const LiveObject *live_set_get_object(const LiveSet *s, uint64_t oid);
 const LiveVm *live_set_get_vm(const LiveSet *s, uint64_t vm_id);
 /* The VM an IPv4 address (host byte order) is allocated to, or 0. */
 uint64_t live_set_get_ip_owner(const LiveSet *s, uint32_t ip4);
+/* An address VM vm_id holds (the one it got last), in O(1); -ENOENT when it holds none. */
+int live_set_get_vm_ip(const LiveSet *s, uint64_t vm_id, uint32_t *ret);
 
 size_t live_set_n_objects(const LiveSet *s);
 size_t live_set_n_vms(const LiveSet *s);
