@@ -8,6 +8,7 @@
  * Every object a backend creates carries the tag chvm1:<agent-id>:<vm-id>:<role> (vm-id is 16 hex digits,
  * or "core" for shared objects), as IFLA_IFALIAS on links and as a comment on nftables objects. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +30,7 @@ typedef enum ResourceKind {
         RESOURCE_NFT_VM_PORT, /* element of vm_ports */
         RESOURCE_NFT_VM_ADDR, /* element of vm_addrs */
         _RESOURCE_KIND_MAX,
-        _RESOURCE_KIND_INVALID = -22,
+        _RESOURCE_KIND_INVALID = -EINVAL,
 } ResourceKind;
 
 const char *resource_kind_to_string(ResourceKind k);
@@ -83,7 +84,7 @@ typedef enum TableOwner {
         TABLE_OWNER_YES, /* owned, or the backend refuses to start */
         TABLE_OWNER_NO, /* plain tables anyone may change, and flush */
         _TABLE_OWNER_MAX,
-        _TABLE_OWNER_INVALID = -22,
+        _TABLE_OWNER_INVALID = -EINVAL,
 } TableOwner;
 
 const char *table_owner_to_string(TableOwner t);

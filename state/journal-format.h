@@ -34,6 +34,7 @@
  * with their terminating NUL. Unknown fields are skipped (forward compatible); a field given twice, a
  * string without its NUL or a wrong-sized integer makes the record invalid. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,7 +65,7 @@ typedef enum JournalRecordType {
         JOURNAL_IP_FREE, /* ip4 */
         JOURNAL_CHECKPOINT, /* through_lsn, max_oid (ends a snapshot) */
         _JOURNAL_RECORD_TYPE_MAX,
-        _JOURNAL_RECORD_TYPE_INVALID = -22,
+        _JOURNAL_RECORD_TYPE_INVALID = -EINVAL,
 } JournalRecordType;
 
 const char *journal_record_type_to_string(JournalRecordType t);
@@ -103,7 +104,7 @@ typedef enum JournalVmState {
         JOURNAL_VM_STOPPED,
         JOURNAL_VM_CRASHED,
         _JOURNAL_VM_STATE_MAX,
-        _JOURNAL_VM_STATE_INVALID = -22,
+        _JOURNAL_VM_STATE_INVALID = -EINVAL,
 } JournalVmState;
 
 const char *journal_vm_state_to_string(JournalVmState s);

@@ -19,6 +19,7 @@
  * later valid record proves had been synced) puts the journal in quarantine: it stays usable, and says so,
  * so that the agent deletes nothing it cannot prove from kernel tags. */
 
+#include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,7 +41,7 @@ typedef enum JournalState {
         JOURNAL_STATE_QUARANTINE, /* mid-log corruption: the live set may be incomplete */
         JOURNAL_STATE_FAILED, /* a sync (or an unrecoverable write) failed: no more writes */
         _JOURNAL_STATE_MAX,
-        _JOURNAL_STATE_INVALID = -22,
+        _JOURNAL_STATE_INVALID = -EINVAL,
 } JournalState;
 
 const char *journal_state_to_string(JournalState s);

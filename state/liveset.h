@@ -5,6 +5,7 @@
  * no ABORTED/RELEASED, VMs with their last journaled state, and guest IP allocations. Rebuilt by replaying
  * the snapshot and the journal; kept current by every append; written out whole by compaction. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,7 +17,7 @@ typedef enum LiveObjectState {
         LIVE_OBJECT_CREATED, /* CREATED written: it existed */
         LIVE_OBJECT_RELEASING, /* RELEASE_INTENT written; may or may not still exist */
         _LIVE_OBJECT_STATE_MAX,
-        _LIVE_OBJECT_STATE_INVALID = -22,
+        _LIVE_OBJECT_STATE_INVALID = -EINVAL,
 } LiveObjectState;
 
 const char *live_object_state_to_string(LiveObjectState s);

@@ -6,6 +6,7 @@
  * as a whole IPv4/UDP packet. No I/O here: backends/dhcp/dhcp4-server.c does the sockets. Everything is
  * bounded by the packet it is given; nothing in a packet is trusted. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +30,7 @@ typedef enum Dhcp4Type {
         DHCP4_RELEASE,
         DHCP4_INFORM,
         _DHCP4_TYPE_MAX,
-        _DHCP4_TYPE_INVALID = -22,
+        _DHCP4_TYPE_INVALID = -EINVAL,
 } Dhcp4Type;
 
 const char *dhcp4_type_to_string(Dhcp4Type t);

@@ -7,6 +7,7 @@
  * kernel's extack text (nft_error_message()). Every object carries its ownership tag as a comment
  * (libnftnl userdata), so `nft list table inet chvm` shows `comment "chvm1:..."`. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,7 +42,7 @@ typedef enum NftElemKind {
         NFT_ELEM_VM_PORT, /* bridge <table> vm_ports: ifname */
         NFT_ELEM_VM_ADDR, /* bridge <table> vm_addrs: ifname . mac . ip */
         _NFT_ELEM_KIND_MAX,
-        _NFT_ELEM_KIND_INVALID = -22,
+        _NFT_ELEM_KIND_INVALID = -EINVAL,
 } NftElemKind;
 
 const char *nft_elem_kind_to_string(NftElemKind k);
