@@ -612,6 +612,20 @@ static void do_any(Reader *r, char **names) {
 }
 
 /* A second client that sends the input's bytes, after a valid handshake or not, and hangs up. */
+/* Lets the server read what a raw client sent (it may hang up by itself), then hangs up: the connection
+ * is dropped. */
+static void raw_hang_up(int fd) {
+        for (int i = 0; i < 1000 && api_n_connections(h.api) > h.base_conns; i++)
+                if (sd_event_run(h.event, 0) <= 0)
+                        break;
+        close(fd);
+        uint64_t start = now_usec();
+        while (api_n_connections(h.api) > h.base_conns) {
+                check(sd_event_run(h.event, 100000) >= 0);
+                check(now_usec() - start < 5000000); /* a hung-up client is dropped */
+        }
+}
+
 static void do_raw(Reader *r) {
         static const char handshake[] = "\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n";
         int fds[2];
@@ -630,16 +644,7 @@ static void do_raw(Reader *r) {
         }
         r->p += len;
         r->n -= len;
-        /* let the server read it all (it may hang up by itself), then hang up */
-        for (int i = 0; i < 1000 && api_n_connections(h.api) > h.base_conns; i++)
-                if (sd_event_run(h.event, 0) <= 0)
-                        break;
-        close(fds[1]);
-        uint64_t start = now_usec();
-        while (api_n_connections(h.api) > h.base_conns) {
-                check(sd_event_run(h.event, 100000) >= 0);
-                check(now_usec() - start < 5000000); /* a hung-up client is dropped */
-        }
+        raw_hang_up(fds[1]);
 }
 
 /* --- more clients: another uid, a slow reader, fds, a hypervisor that runs ----------------------------- */
@@ -812,15 +817,7 @@ static void do_fds(Reader *r) {
         c->cmsg_len = CMSG_LEN(n_fds * sizeof(int));
         memcpy(CMSG_DATA(c), sent, n_fds * sizeof(int));
         (void) sendmsg(fds[1], &mh, MSG_NOSIGNAL);
-        for (int i = 0; i < 1000 && api_n_connections(h.api) > h.base_conns; i++)
-                if (sd_event_run(h.event, 0) <= 0)
-                        break;
-        close(fds[1]);
-        uint64_t start = now_usec();
-        while (api_n_connections(h.api) > h.base_conns) {
-                check(sd_event_run(h.event, 100000) >= 0);
-                check(now_usec() - start < 5000000);
-        }
+        raw_hang_up(fds[1]);
         close(null);
         /* our two ends and /dev/null are closed: two fewer than before (the agent's end went with it) */
         check(open_fds() <= before - 2);

@@ -278,18 +278,8 @@ void test_agent_wait_vm_ready(const TestAgent *a, const char *name) {
         char *id = sh("%s/chvmctl --socket %s --json inspect %s | jq -r '.id'", test_build_dir(), a->socket, name);
         id[strcspn(id, "\n")] = '\0';
         cr_assert(strlen(id) == 16 && strspn(id, "0123456789abcdef") == 16, "VM %s has no id: %s", name, id);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/vms/%s/api.sock", a->runtime_dir, id);
+        char path[256];
+        snprintf(path, sizeof(path), "%s/vms/%s/api.sock", a->runtime_dir, id);
         free(id);
-        cr_assert(n > 0 && (size_t) n < sizeof(sa.sun_path), "socket path too long");
-        for (int waited = 0;; waited += 5) {
-                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                cr_assert_geq(fd, 0);
-                int r = connect(fd, (struct sockaddr *) &sa, sizeof(sa));
-                close(fd);
-                if (r == 0)
-                        return;
-                cr_assert_lt(waited, 10000, "the hypervisor of VM %s never accepted on %s", name, sa.sun_path);
-                usleep(5000);
-        }
+        cr_assert(wait_unix_accepting(path, 10.0), "the hypervisor of VM %s never accepted on %s", name, path);
 }

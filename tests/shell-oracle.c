@@ -4,6 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "tests/shell-oracle.h"
 
@@ -41,4 +45,26 @@ unsigned count_substr(const char *haystack, const char *needle) {
         for (const char *p = haystack; (p = strstr(p, needle)); p += strlen(needle))
                 n++;
         return n;
+}
+
+bool wait_unix_accepting(const char *path, double timeout_s) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct timespec t0, t;
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return false;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (;;) {
+                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        return false;
+                int r = connect(fd, (struct sockaddr *) &sa, sizeof(sa));
+                close(fd);
+                if (r == 0)
+                        return true;
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                if ((double) (t.tv_sec - t0.tv_sec) + (double) (t.tv_nsec - t0.tv_nsec) / 1e9 > timeout_s)
+                        return false;
+                usleep(2000);
+        }
 }

@@ -139,23 +139,9 @@ static void start(uint64_t id, const char *name, const char *backend, const Port
 /* fake-vmm makes its API socket last, once its signal handlers and TAP are set up: ready when a
  * connection to it is accepted (the file appears at bind(), a moment before listen()). */
 static void wait_ready(uint64_t id) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         char path[512];
-        int n = snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
-        cr_assert(n > 0 && (size_t) n < sizeof(sa.sun_path), "socket path too long: %s", path);
-        memcpy(sa.sun_path, path, (size_t) n + 1);
-        double t0 = now();
-        for (;;) {
-                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                cr_assert_geq(fd, 0);
-                int r = connect(fd, (struct sockaddr *) &sa, sizeof(sa));
-                close(fd);
-                if (r == 0)
-                        return;
-                cr_assert_lt(now() - t0, 5.0, "fake-vmm of VM %" PRIu64 " never accepted on %s", id,
-                             sa.sun_path);
-                usleep(2000);
-        }
+        snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
+        cr_assert(wait_unix_accepting(path, 5.0), "fake-vmm of VM %" PRIu64 " never accepted on %s", id, path);
 }
 
 /* Runs the event loop until the VM is no longer running; returns the seconds it took (fails after 5 s). */
@@ -419,18 +405,23 @@ static pid_t run_agent_child(unsigned n, pid_t *ret_pids) {
         return child;
 }
 
+/* As subreaper (orphaned hypervisors come back to us, as to PID 1): an agent child starts n VMs and is
+ * SIGKILLed once they are up; their PIDs in ret_pids. */
+static void agent_killed_with(unsigned n, pid_t *ret_pids) {
+        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        pid_t agent = run_agent_child(n, ret_pids);
+        for (unsigned i = 0; i < n; i++)
+                wait_ready(i + 1);
+        cr_assert_eq(kill(agent, SIGKILL), 0);
+        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+}
+
 /* Acceptance 3: the agent dies by SIGKILL with 10 VMs running; 5 hypervisors die while it is down; the
  * restarted agent adopts the 5 live ones (still running, objects intact) and tears down the 5 dead ones. */
 Test(vm_manager, restart_adopts_live_and_cleans_dead) {
         enum { N = 10 };
         pid_t pids[N];
-        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1),
-                     0); /* orphaned hypervisors come back to us, as to PID 1 */
-        pid_t agent = run_agent_child(N, pids);
-        for (unsigned i = 0; i < N; i++)
-                wait_ready(i + 1);
-        cr_assert_eq(kill(agent, SIGKILL), 0);
-        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        agent_killed_with(N, pids);
         for (unsigned i = 0; i < N; i += 2) { /* VMs 1, 3, 5, 7, 9 */
                 cr_assert_eq(kill(pids[i], SIGKILL), 0);
                 cr_assert_eq(waitpid(pids[i], NULL, 0), pids[i]); /* reaped, as PID 1 would */
@@ -515,11 +506,7 @@ static void deny_pidfd_sigkill(void) {
  * is journaled with its status unknown; the failed kill took its network down at once. */
 Test(vm_manager, failed_kill_is_not_a_kill_by_the_agent) {
         pid_t pids[1];
-        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-        pid_t agent = run_agent_child(1, pids);
-        wait_ready(1);
-        cr_assert_eq(kill(agent, SIGKILL), 0);
-        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        agent_killed_with(1, pids);
         open_agent();
         size_t adopted, gone;
         cr_assert_eq(vm_manager_adopt_all(mgr, &adopted, &gone), 0, "%s", vm_manager_error(mgr));
@@ -546,11 +533,7 @@ Test(vm_manager, failed_kill_is_not_a_kill_by_the_agent) {
  * objects are torn down. */
 Test(vm_manager, reused_pid_is_never_signalled) {
         pid_t pids[1];
-        cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-        pid_t agent = run_agent_child(1, pids);
-        wait_ready(1);
-        cr_assert_eq(kill(agent, SIGKILL), 0);
-        cr_assert_eq(waitpid(agent, NULL, 0), agent);
+        agent_killed_with(1, pids);
         cr_assert_eq(kill(pids[0], SIGKILL), 0);
         cr_assert_eq(waitpid(pids[0], NULL, 0), pids[0]);
 
