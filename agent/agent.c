@@ -420,75 +420,40 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
         }
 }
 
-/* [local] dns not given: the host's resolvers, as the guests should use them. A loopback resolver (the stub
- * of systemd-resolved at 127.0.0.53, a local dnsmasq) is no use to a guest: then resolved's upstream list. */
-static unsigned read_resolvers(const char *path, uint32_t *ret, unsigned max) {
-        FILE *f = fopen(path, "re");
-        char line[512];
-        unsigned n = 0;
-        if (!f)
-                return 0;
-        while (n < max && fgets(line, sizeof(line), f)) {
-                char addr[64];
-                struct in_addr in;
-                if (sscanf(line, " nameserver %63s", addr) != 1 || inet_pton(AF_INET, addr, &in) != 1)
-                        continue;
-                uint32_t x = ntohl(in.s_addr);
-                if ((x >> 24) == 127 || x == 0)
-                        continue;
-                ret[n++] = x;
-        }
-        fclose(f);
-        return n;
+/* The part of a backend's config that comes from agent.conf: its section. */
+static BackendConfig backend_config(const AgentConfig *cfg, const char *name, BackendSetting *settings,
+                                    size_t max) {
+        return (BackendConfig){ .settings = settings,
+                                .n_settings = config_backend_settings(cfg, name, settings, max),
+                                .settings_source = cfg->source };
 }
 
-static void host_dns(Agent *a) {
-        if (a->cfg.local_dns_given || !a->cfg.local_dhcp)
-                return;
-        const char *paths[] = { "/etc/resolv.conf", "/run/systemd/resolve/resolv.conf" };
-        for (size_t i = 0; i < ELEMENTSOF(paths) && a->cfg.local_n_dns == 0; i++)
-                a->cfg.local_n_dns = read_resolvers(paths[i], a->cfg.local_dns, CONFIG_DNS_MAX);
-        if (a->cfg.local_n_dns == 0)
-                log_notice("DHCP: the host has no resolver a guest can reach (none in /etc/resolv.conf or "
-                           "/run/systemd/resolve/resolv.conf but loopback ones): guests get no DNS server "
-                           "(set [local] dns)");
+int agent_check_backends(const AgentConfig *cfg, char *err, size_t err_size) {
+        for (unsigned i = 0; i < cfg->n_backends; i++) {
+                BackendSetting settings[CONFIG_MAX_SETTINGS];
+                BackendConfig bc = backend_config(cfg, cfg->backends[i], settings, ELEMENTSOF(settings));
+                int r = backend_check(cfg->backend_dir, cfg->backends[i], &bc, err, err_size);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 static int load_backends(Agent *a, char *err, size_t err_size) {
-        host_dns(a);
         for (unsigned i = 0; i < a->cfg.n_backends; i++) {
                 const char *name = a->cfg.backends[i];
-                BackendConfig bc = { .agent_id = a->agent_id_str,
-                                     .event = a->event,
-                                     .guest_lookup = guest_lookup,
-                                     .lease_event = lease_event,
-                                     .guest_userdata = a,
-                                     .dhcp = a->cfg.local_dhcp,
-                                     .n_dns = a->cfg.local_n_dns,
-                                     .domain = a->cfg.local_domain[0] ? a->cfg.local_domain : NULL,
-                                     .lease_time = a->cfg.local_lease_time,
-                                     .mtu = a->cfg.local_mtu,
-                                     .table = a->cfg.local_table,
-                                     .bridge = a->cfg.local_bridge,
-                                     .subnet = a->cfg.local_subnet,
-                                     .prefixlen = a->cfg.local_prefixlen,
-                                     .gateway = a->cfg.local_gateway,
-                                     .tap_prefix = a->cfg.local_tap_prefix,
-                                     .table_owner = (TableOwner) a->cfg.local_table_owner,
-                                     .links = agent_links,
-                                     .links_userdata = a };
-                memcpy(bc.dns, a->cfg.local_dns, sizeof(bc.dns));
-                if (strcmp(name, "bridge") == 0) {
-                        bc.bridge = a->cfg.bridge_bridge;
-                        bc.tap_prefix = a->cfg.bridge_tap_prefix;
-                }
-                char why[512];
-                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], why,
-                                     sizeof(why));
-                if (r < 0) {
-                        snprintf(err, err_size, "backend %s: %s", name, why);
+                BackendSetting settings[CONFIG_MAX_SETTINGS];
+                BackendConfig bc = backend_config(&a->cfg, name, settings, ELEMENTSOF(settings));
+                bc.agent_id = a->agent_id_str;
+                bc.event = a->event;
+                bc.guest_lookup = guest_lookup;
+                bc.lease_event = lease_event;
+                bc.guest_userdata = a;
+                bc.links = agent_links;
+                bc.links_userdata = a;
+                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], err, err_size);
+                if (r < 0)
                         return r;
-                }
                 a->n_backends++;
         }
         return 0;
@@ -688,17 +653,11 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                 return r;
         }
 
-        /* A module that is not there is a config error: refused before anything is made. */
-        for (unsigned i = 0; i < cfg->n_backends; i++) {
-                char path[PATH_MAX];
-                r = backend_module_path(cfg->backend_dir, cfg->backends[i], path, sizeof(path));
-                if (r >= 0 && access(path, R_OK) < 0)
-                        r = negative_errno();
-                if (r < 0) {
-                        snprintf(err, err_size, "backend %s: %s: %s", cfg->backends[i], path, strerror(-r));
-                        return r;
-                }
-        }
+        /* A module that is not there, or that refuses its section, is a config error: refused before
+         * anything is made. */
+        r = agent_check_backends(cfg, err, err_size);
+        if (r < 0)
+                return r;
         r = open_dirs(a, err, err_size);
         if (r < 0)
                 return r;
@@ -717,11 +676,7 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         DispatcherConfig dc = { .journal = a->journal,
                                 .agent_id = a->agent_id_str,
                                 .backends = a->backends,
-                                .n_backends = a->n_backends,
-                                .subnet = cfg->local_subnet,
-                                .prefixlen = cfg->local_prefixlen,
-                                .gateway = cfg->local_gateway,
-                                .tap_prefix = a->cfg.local_tap_prefix };
+                                .n_backends = a->n_backends };
         r = dispatcher_new(&dc, &a->dispatcher);
         if (r < 0) {
                 snprintf(err, err_size, "cannot set up the dispatcher: %s", strerror(-r));
@@ -753,9 +708,6 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                .hypervisor = a->default_kind,
                                .binary = a->cfg.vmm_binary[0] ? a->cfg.vmm_binary : NULL,
                                .accel = accel,
-                               .gateway = cfg->local_gateway,
-                               .prefixlen = cfg->local_prefixlen,
-                               .no_kernel_ip_arg = !cfg->local_kernel_ip_arg,
                                .on_exit = on_vm_exit,
                                .kind_of = kind_of,
                                .taskstats = a->taskstats,
@@ -916,43 +868,6 @@ static int check_files(Agent *a, const VmDef *def, ResolvedFiles *ret) {
         return r;
 }
 
-static bool port_in(const PortRange *pr, const PortForward *p) {
-        return (pr->proto == 0 || pr->proto == p->proto) && p->host_port >= pr->first && p->host_port <= pr->last;
-}
-
-/* [local] reserved_ports: a forward of a port the host listens on would take that service (the forward
- * matches every local address: ssh, DNS, the agent's own DHCP server), so such ports are refused unless
- * forced. Ports forwarded to our VMs are not "the host's". */
-static int check_reserved_ports(Agent *a, const VmDef *def) {
-        ListeningPorts lp;
-        bool have_lp = false;
-        for (size_t i = 0; i < def->n_ports; i++) {
-                const PortForward *p = &def->ports[i];
-                const char *proto = p->proto == IPPROTO_UDP ? "udp" : "tcp";
-                for (unsigned k = 0; k < a->cfg.local_n_reserved; k++)
-                        if (port_in(&a->cfg.local_reserved[k], p))
-                                return fail(a, -EADDRINUSE,
-                                            "VM %s: host port %u/%s is reserved ([local] reserved_ports); "
-                                            "root may forward it with --force-port",
-                                            def->name, p->host_port, proto);
-                if (!a->cfg.local_reserve_listening)
-                        continue;
-                if (!have_lp) {
-                        int r = listening_ports_read(&lp);
-                        if (r < 0)
-                                return fail(a, r, "VM %s: cannot read the host's listening sockets: %s", def->name,
-                                            strerror(-r));
-                        have_lp = true;
-                }
-                if (listening_ports_has(&lp, p->proto, p->host_port))
-                        return fail(a, -EADDRINUSE,
-                                    "VM %s: host port %u/%s: a socket of the host listens on it, and the forward "
-                                    "would take it over; root may forward it anyway with --force-port",
-                                    def->name, p->host_port, proto);
-        }
-        return 0;
-}
-
 /* A fresh id whose derived names (TAP: low hex digits; MAC: low 40 bits) clash with no known VM's. */
 static int new_vm_id(Agent *a, uint64_t *ret) {
         const LiveSet *ls = journal_live_set(a->journal);
@@ -1010,9 +925,10 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
                         return fail(a, -EINVAL, "VM %s: backend %s forwards no ports: -p is refused", def->name,
                                     def->backend);
                 if (!(flags & AGENT_CREATE_FORCE_PORT)) {
-                        r = check_reserved_ports(a, def);
+                        /* ports the backend keeps for the host */
+                        r = dispatcher_check_ports(a->dispatcher, def->backend, def->name, def->ports, def->n_ports);
                         if (r < 0)
-                                return r;
+                                return fail(a, r, "%s", dispatcher_error(a->dispatcher));
                 }
         }
         r = check_files(a, def, NULL);

@@ -44,8 +44,37 @@ static int check_owner_mode(const struct stat *st, const char *what, const char 
         return 0;
 }
 
-int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Backend **ret, char *err,
-                 size_t err_size) {
+void backend_setting_error(const BackendConfig *cfg, const char *name, size_t bad, const char *why, char *err,
+                           size_t err_size) {
+        const char *source = cfg->settings_source ? cfg->settings_source : "agent.conf";
+        if (bad < cfg->n_settings && cfg->settings[bad].line > 0)
+                snprintf(err, err_size, "%s:%u: [%s] %s", source, cfg->settings[bad].line, name, why);
+        else
+                snprintf(err, err_size, "%s: [%s] %s", source, name, why);
+}
+
+/* The backend's section, through its configure hook. */
+static int configure(Backend *b, const BackendConfig *cfg, char *err, size_t err_size) {
+        const BackendVTable *vt = b->vtable;
+        size_t bad = cfg->n_settings;
+        char why[256];
+
+        if (!vt->configure) {
+                if (cfg->n_settings == 0)
+                        return 0;
+                snprintf(why, sizeof(why), "unknown key \"%s\" (the %s backend has no settings)",
+                         cfg->settings[0].key, vt->name);
+                backend_setting_error(cfg, vt->name, 0, why, err, err_size);
+                return -EINVAL;
+        }
+        int r = vt->configure(b, cfg->settings, cfg->n_settings, &bad);
+        if (r < 0)
+                backend_setting_error(cfg, vt->name, bad, vt->error_message(b), err, err_size);
+        return r;
+}
+
+static int load(const char *dir, const char *name, const BackendConfig *cfg, bool init, Backend **ret,
+                char *err, size_t err_size) {
         _cleanup_close_ int fd = -EBADF;
         char path[4096];
         struct stat st;
@@ -133,9 +162,13 @@ int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Ba
         b->vtable = vt;
         b->module = dl;
         snprintf(b->agent_id, sizeof(b->agent_id), "%s", cfg->agent_id ? cfg->agent_id : "");
-        r = vt->init(b, cfg);
+        r = configure(b, cfg, err, err_size);
+        if (r >= 0 && init) {
+                r = vt->init(b, cfg);
+                if (r < 0)
+                        snprintf(err, err_size, "backend %s: %s", name, vt->error_message(b));
+        }
         if (r < 0) {
-                snprintf(err, err_size, "backend %s: %s", name, vt->error_message(b));
                 vt->done(b);
                 free(b);
                 dlclose(dl);
@@ -143,6 +176,19 @@ int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Ba
         }
         *ret = b;
         return 0;
+}
+
+int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Backend **ret, char *err,
+                 size_t err_size) {
+        return load(dir, name, cfg, true, ret, err, err_size);
+}
+
+int backend_check(const char *dir, const char *name, const BackendConfig *cfg, char *err, size_t err_size) {
+        Backend *b = NULL;
+        int r = load(dir, name, cfg, false, &b, err, err_size);
+        if (r >= 0)
+                backend_unload(b);
+        return r;
 }
 
 Backend *backend_unload(Backend *b) {

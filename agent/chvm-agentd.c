@@ -22,6 +22,7 @@
 #include "agent/config.h"
 #include "util/crashpoint.h"
 #include "util/log.h"
+#include "util/macro.h"
 #include "vmm/hypervisor.h"
 #include "vmm/process.h"
 
@@ -136,32 +137,28 @@ static int check_hypervisor(const AgentConfig *c, const char *config_path) {
 
 /* For crash tests: every CHVM_CRASH_AT point of this program and of the configured backend modules. */
 static int list_crash_points(const AgentConfig *cfg) {
-        size_t n;
-        const char *const *own = crash_point_list(&n);
-        for (size_t i = 0; i < n; i++)
+        size_t n_own;
+        const char *const *own = crash_point_list(&n_own);
+        for (size_t i = 0; i < n_own; i++)
                 printf("%s\n", own[i]);
         for (unsigned i = 0; i < cfg->n_backends; i++) {
+                BackendSetting settings[CONFIG_MAX_SETTINGS];
                 BackendConfig bc = { .agent_id = "00000000-0000-4000-8000-000000000000",
-                                     .table = cfg->local_table,
-                                     .bridge = cfg->local_bridge,
-                                     .subnet = cfg->local_subnet,
-                                     .prefixlen = cfg->local_prefixlen,
-                                     .gateway = cfg->local_gateway,
-                                     .tap_prefix = cfg->local_tap_prefix };
-                if (strcmp(cfg->backends[i], "bridge") == 0) {
-                        bc.bridge = cfg->bridge_bridge;
-                        bc.tap_prefix = cfg->bridge_tap_prefix;
-                }
+                                     .settings = settings,
+                                     .n_settings = config_backend_settings(cfg, cfg->backends[i], settings,
+                                                                           ELEMENTSOF(settings)),
+                                     .settings_source = cfg->source };
                 Backend *b = NULL;
-                char err[512];
+                char err[1024];
                 if (backend_load(cfg->backend_dir, cfg->backends[i], &bc, &b, err, sizeof(err)) < 0) {
-                        log_error("backend %s: %s", cfg->backends[i], err);
+                        log_error("%s", err);
                         return 1;
                 }
+                size_t n;
                 const char *const *pts = b->vtable->crash_points ? b->vtable->crash_points(&n) : NULL;
                 for (size_t k = 0; pts && k < n; k++) {
                         bool dup = false;
-                        for (size_t j = 0; own[j] && !dup; j++)
+                        for (size_t j = 0; j < n_own && !dup; j++)
                                 dup = strcmp(own[j], pts[k]) == 0;
                         if (!dup)
                                 printf("%s\n", pts[k]);
@@ -263,6 +260,11 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         if (check_only) {
+                r = agent_check_backends(&cfg, err, sizeof(err));
+                if (r < 0) {
+                        log_error("%s; refusing to start", err);
+                        return 1;
+                }
                 printf("%s: ok\n", config_path);
                 return 0;
         }

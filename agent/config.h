@@ -13,30 +13,30 @@
  *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
  *            allow_block_devices [no]  image_dirs []   (absolute folders; empty: anywhere)
  *            environment []  pass_environment []   (the hypervisors' environment besides PATH)
- *   [local]  bridge [chvm0]  subnet [192.168.200.0/24]  gateway [first host]  tap_prefix [tap-]  table
- *            [chvm]  table_owner [auto]   (auto | yes | no: see TableOwner in backends/backend.h)
- *            dhcp [yes]  dns [the host's resolvers]  domain []  lease_time [3600]  mtu [the bridge's]
- *            kernel_ip_arg [yes]   (ip= on the command line of a VM booted with --kernel)
- *            reserved_ports [listening]   (listening | none | PORT[-PORT][/tcp|/udp] ..., with or without
- *            "listening": the ports a socket of the host listens on when the VM is created)
- *   [bridge] bridge [br0]  tap_prefix [tap-]
+ *
+ * Any other section belongs to the backend of its name, which must be among [agent] backends: the agent
+ * keeps its lines (config_backend_settings()) and the backend parses them when it is loaded (its configure
+ * hook), with the same FILE:LINE errors. The local and bridge backends' keys: chvm-agent.conf(5).
  */
 
+#include <ini.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #define CONFIG_MAX_BACKENDS 8
-#define CONFIG_DNS_MAX 3
 #define CONFIG_MAX_IMAGE_DIRS 8
-#define CONFIG_MAX_RESERVED 32
 #define CONFIG_MAX_ENV 16
+#define CONFIG_MAX_SETTINGS 64 /* lines of the backends' sections, all together */
 
-/* A host port range no forward may use without --force-port; proto 0: tcp and udp. */
-typedef struct PortRange {
-        uint8_t proto;
-        uint16_t first, last;
-} PortRange;
+/* A line of a backend's section, kept for the backend. */
+typedef struct ConfigSetting {
+        char section[33];
+        char key[33];
+        char value[INI_MAX_LINE];
+        unsigned line;
+} ConfigSetting;
 
 typedef struct AgentConfig {
         char state_dir[PATH_MAX];
@@ -63,27 +63,9 @@ typedef struct AgentConfig {
         char vmm_pass_environment[CONFIG_MAX_ENV][64]; /* NAME or PREFIX* */
         unsigned n_vmm_pass_environment;
 
-        char local_bridge[16];
-        uint32_t local_subnet; /* host byte order */
-        uint8_t local_prefixlen;
-        uint32_t local_gateway;
-        char local_tap_prefix[12];
-        char local_table[33];
-        int local_table_owner; /* TableOwner */
-        bool local_dhcp;
-        bool local_dns_given; /* false: the host's resolvers (agent_host_dns()), read at start */
-        uint32_t local_dns[CONFIG_DNS_MAX]; /* host byte order */
-        unsigned local_n_dns;
-        char local_domain[254]; /* "": none */
-        uint32_t local_lease_time; /* seconds */
-        uint32_t local_mtu; /* 0: the bridge's */
-        bool local_kernel_ip_arg;
-        bool local_reserve_listening; /* a port some socket of the host listens on is reserved */
-        PortRange local_reserved[CONFIG_MAX_RESERVED];
-        unsigned local_n_reserved;
-
-        char bridge_bridge[16];
-        char bridge_tap_prefix[12];
+        ConfigSetting settings[CONFIG_MAX_SETTINGS];
+        unsigned n_settings;
+        char source[PATH_MAX]; /* the file the settings came from, for the backends' messages */
 } AgentConfig;
 
 /* The defaults, with backend_dir as given (the build's pkglibdir). */
@@ -96,3 +78,7 @@ int config_load(AgentConfig *c, const char *path, char *err, size_t err_size);
 
 /* Same from a string (for tests and the fuzzer); `name` stands in for the path in messages. */
 int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size);
+
+struct BackendSetting;
+/* The lines of backend `name`'s section, pointing into *c, in file order: how many (at most max). */
+size_t config_backend_settings(const AgentConfig *c, const char *name, struct BackendSetting *ret, size_t max);

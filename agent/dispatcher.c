@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "agent/dispatcher.h"
 #include "util/crashpoint.h"
@@ -19,9 +20,8 @@ struct Dispatcher {
         char agent_id[64];
         Backend **backends;
         size_t n_backends;
-        uint32_t subnet, gateway;
-        uint8_t prefixlen;
-        char tap_prefix[16];
+        BackendNetParams *params; /* per backend: its TAP prefix and address pool */
+        ResourceSet *core; /* per backend: its shared objects, to tell whose a core object of the journal is */
         char error[768];
 };
 
@@ -56,10 +56,22 @@ int dispatcher_new(const DispatcherConfig *cfg, Dispatcher **ret) {
         d->n_backends = cfg->n_backends;
         d->journal = cfg->journal;
         snprintf(d->agent_id, sizeof(d->agent_id), "%s", cfg->agent_id);
-        d->subnet = cfg->subnet;
-        d->prefixlen = cfg->prefixlen;
-        d->gateway = cfg->gateway;
-        snprintf(d->tap_prefix, sizeof(d->tap_prefix), "%s", cfg->tap_prefix ? cfg->tap_prefix : "tap-");
+        d->params = calloc(cfg->n_backends ? cfg->n_backends : 1, sizeof(BackendNetParams));
+        d->core = calloc(cfg->n_backends ? cfg->n_backends : 1, sizeof(ResourceSet));
+        if (!d->params || !d->core) {
+                dispatcher_free(d);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < d->n_backends; i++) {
+                Backend *b = d->backends[i];
+                if (b->vtable->net_params)
+                        b->vtable->net_params(b, &d->params[i]);
+                int r = b->vtable->plan_core(b, &d->core[i]);
+                if (r < 0) {
+                        dispatcher_free(d);
+                        return r;
+                }
+        }
         *ret = d;
         return 0;
 }
@@ -67,6 +79,10 @@ int dispatcher_new(const DispatcherConfig *cfg, Dispatcher **ret) {
 Dispatcher *dispatcher_free(Dispatcher *d) {
         if (!d)
                 return NULL;
+        for (size_t i = 0; d->core && i < d->n_backends; i++)
+                resource_set_clear(&d->core[i]);
+        free(d->core);
+        free(d->params);
         free(d->backends);
         free(d);
         return NULL;
@@ -88,11 +104,36 @@ void dispatcher_mac(uint64_t vm_id, uint8_t ret[6]) {
                 ret[i] = (uint8_t) (vm_id >> (8 * (5 - i)));
 }
 
-static Backend *find_backend(Dispatcher *d, const char *name) {
+static ssize_t backend_index(const Dispatcher *d, const char *name) {
         for (size_t i = 0; i < d->n_backends; i++)
                 if (name && strcmp(d->backends[i]->vtable->name, name) == 0)
-                        return d->backends[i];
-        return NULL;
+                        return (ssize_t) i;
+        return -ENOENT;
+}
+
+static Backend *find_backend(Dispatcher *d, const char *name) {
+        ssize_t i = backend_index(d, name);
+        return i < 0 ? NULL : d->backends[i];
+}
+
+int dispatcher_backend_params(const Dispatcher *d, const char *name, BackendNetParams *ret) {
+        ssize_t i = backend_index(d, name);
+        if (i < 0)
+                return (int) i;
+        *ret = d->params[i];
+        return 0;
+}
+
+int dispatcher_check_ports(Dispatcher *d, const char *backend, const char *vm_name, const PortForward *ports,
+                           size_t n) {
+        Backend *b = find_backend(d, backend);
+        d->error[0] = '\0';
+        if (!b)
+                return fail(d, -ENOENT, "VM %s: unknown backend \"%s\"", vm_name, backend ? backend : "");
+        if (n == 0 || !b->vtable->check_ports)
+                return 0;
+        int r = b->vtable->check_ports(b, vm_name, ports, n);
+        return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
 }
 
 int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name) {
@@ -100,11 +141,23 @@ int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name) {
         return b ? b->vtable->forwards_ports : -ENOENT;
 }
 
-/* The backend an object of the live set belongs to: its VM's, or for shared objects the one that makes
- * them (only `local` has shared objects). */
+/* The backend an object of the live set belongs to: its VM's, or for shared objects the one whose
+ * plan_core() makes an object of that kind and name. */
 static Backend *backend_of(Dispatcher *d, const LiveObject *o) {
-        if (o->vm_id == 0)
-                return find_backend(d, "local");
+        if (o->vm_id == 0) {
+                Backend *of_kind = NULL; /* a core object of an earlier config (the table renamed since) */
+                for (size_t i = 0; i < d->n_backends; i++)
+                        for (size_t k = 0; k < d->core[i].n; k++) {
+                                const Resource *c = &d->core[i].items[k];
+                                if ((int) c->kind != (int) o->kind)
+                                        continue;
+                                if (o->name && strcmp(c->name, o->name) == 0)
+                                        return d->backends[i];
+                                if (!of_kind)
+                                        of_kind = d->backends[i];
+                        }
+                return of_kind;
+        }
         const LiveVm *vm = live_set_get_vm(journal_live_set(d->journal), o->vm_id);
         return vm ? find_backend(d, vm->backend) : NULL;
 }
@@ -201,13 +254,16 @@ static bool vm_has_objects(Dispatcher *d, uint64_t vm_id) {
         return vm && vm->n_objects > 0;
 }
 
-/* The lowest free host address of the subnet: never the network, the gateway or the broadcast address. */
-static int allocate_ip(Dispatcher *d, uint32_t *ret) {
+/* The lowest free host address of the backend's subnet: never the network, the gateway or the broadcast
+ * address. */
+static int allocate_ip(Dispatcher *d, const BackendNetParams *p, uint32_t *ret) {
         const LiveSet *ls = journal_live_set(d->journal);
-        uint32_t size = UINT32_C(1) << (32 - d->prefixlen);
+        if (p->prefixlen < 1 || p->prefixlen > 30)
+                return -EADDRNOTAVAIL;
+        uint32_t size = UINT32_C(1) << (32 - p->prefixlen);
         for (uint32_t i = 1; i + 1 < size; i++) {
-                uint32_t ip = d->subnet + i;
-                if (ip == d->gateway || live_set_get_ip_owner(ls, ip))
+                uint32_t ip = p->subnet + i;
+                if (ip == p->gateway || live_set_get_ip_owner(ls, ip))
                         continue;
                 *ret = ip;
                 return 0;
@@ -383,10 +439,12 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         if (!req || req->vm_id == 0 || !vm_name_valid(req->vm_name))
                 return fail(d, -EINVAL, "invalid VM name \"%s\" (want ^[a-z][a-z0-9-]{0,31}$)",
                             req && req->vm_name ? req->vm_name : "");
-        b = find_backend(d, req->backend);
-        if (!b)
+        ssize_t bi = backend_index(d, req->backend);
+        if (bi < 0)
                 return fail(d, -ENOENT, "VM %s: unknown backend \"%s\"", req->vm_name,
                             req->backend ? req->backend : "");
+        b = d->backends[bi];
+        const BackendNetParams *params = &d->params[bi];
         r = check_ports(d, req);
         if (r < 0)
                 return r;
@@ -415,7 +473,7 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         dispatcher_mac(req->vm_id, info.mac);
         if (b->vtable->uses_addresses) {
                 if (dispatcher_vm_ip(d, req->vm_id, &info.ip4) < 0) {
-                        r = allocate_ip(d, &info.ip4);
+                        r = allocate_ip(d, params, &info.ip4);
                         if (r < 0)
                                 return fail(d, r, "VM %s: no free address left in the subnet", req->vm_name);
                         JournalRecord ip = { .type = JOURNAL_IP_ALLOC,
@@ -429,7 +487,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                 }
         }
 
-        dispatcher_tap_name(d->tap_prefix, req->vm_id, info.tap);
+        if (params->tap_prefix[0])
+                dispatcher_tap_name(params->tap_prefix, req->vm_id, info.tap);
         VmNetSpec spec = { .vm_id = req->vm_id,
                            .vm_name = req->vm_name,
                            .tap_name = info.tap,
@@ -503,6 +562,11 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                 has_tap = has_tap || plan.items[i].kind == RESOURCE_LINK_TAP;
         if (!has_tap)
                 info.tap[0] = '\0';
+        if (info.ip4) {
+                info.gateway = params->gateway;
+                info.prefixlen = params->prefixlen;
+                info.kernel_ip_arg = params->kernel_ip_arg;
+        }
         if (ret)
                 *ret = info;
         resource_set_clear(&plan);

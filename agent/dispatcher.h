@@ -6,6 +6,7 @@
  * anything, journals CREATED after, and on the way down RELEASE_INTENT, removal (tags re-checked), RELEASED.
  * A request that fails half-way leaves no kernel object and no live record behind. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,12 +19,8 @@ typedef struct Dispatcher Dispatcher;
 typedef struct DispatcherConfig {
         Journal *journal;
         const char *agent_id;
-        Backend *const *backends;
+        Backend *const *backends; /* each names its TAPs and addresses (net_params) */
         size_t n_backends;
-        uint32_t subnet; /* guest addresses for backends that use them (host byte order) */
-        uint8_t prefixlen;
-        uint32_t gateway;
-        const char *tap_prefix;
 } DispatcherConfig;
 
 typedef struct VmNetRequest {
@@ -37,6 +34,9 @@ typedef struct VmNetRequest {
 typedef struct VmNetInfo {
         char tap[16]; /* "" for backends without a TAP */
         uint32_t ip4; /* 0 if the backend gives no address */
+        uint32_t gateway; /* with ip4: the guest's gateway and prefix length */
+        uint8_t prefixlen;
+        bool kernel_ip_arg; /* with ip4: the backend wants ip= on a --kernel guest's command line */
         uint8_t mac[6];
 } VmNetInfo;
 
@@ -60,6 +60,12 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n);
  * RELEASE_INTENT are removed again. */
 int dispatcher_recover(Dispatcher *d);
 
+/* The loaded backend `name`'s TAP prefix and address pool, or -ENOENT. */
+int dispatcher_backend_params(const Dispatcher *d, const char *name, BackendNetParams *ret);
+/* Whether a new VM of backend `name` may forward these host ports (the backend's check_ports): 0, or
+ * -EADDRINUSE (a port the host keeps) and others with dispatcher_error(). */
+int dispatcher_check_ports(Dispatcher *d, const char *backend, const char *vm_name, const PortForward *ports,
+                           size_t n);
 /* Whether the loaded backend `name` forwards host ports: 1 yes, 0 no, -ENOENT not loaded. */
 int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name);
 

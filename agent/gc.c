@@ -334,9 +334,19 @@ static GcDecision *decide(Gc *g, GcAction action, GcReason reason, const Resourc
         return d;
 }
 
-static bool in_subnet(const Agent *a, uint32_t ip) {
-        uint32_t mask = a->cfg.local_prefixlen ? ~UINT32_C(0) << (32 - a->cfg.local_prefixlen) : 0;
-        return (ip & mask) == a->cfg.local_subnet;
+/* The TAP prefix and subnet of the backend that found an object, which the heuristic judges by. */
+static BackendNetParams params_of(const Gc *g, const Found *f) {
+        BackendNetParams p = {};
+        if (f->backend)
+                (void) dispatcher_backend_params(g->a->dispatcher, f->backend->vtable->name, &p);
+        return p;
+}
+
+static bool in_subnet(const BackendNetParams *p, uint32_t ip) {
+        if (p->prefixlen == 0)
+                return false; /* the backend gives no addresses: nothing is in "our subnet" */
+        uint32_t mask = ~UINT32_C(0) << (32 - p->prefixlen);
+        return (ip & mask) == p->subnet;
 }
 
 static int cmp_str(const void *x, const void *y) {
@@ -383,6 +393,7 @@ static int decide_untagged(Gc *g, Found *f) {
 
 static int decide_untagged_(Gc *g, Found *f) {
         const Resource *r = &f->res;
+        BackendNetParams params = params_of(g, f);
         if (!g->o->heuristic)
                 return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0,
                               "no ownership tag and not in the journal") ? 0 : -ENOMEM;
@@ -398,11 +409,11 @@ static int decide_untagged_(Gc *g, Found *f) {
                                        : -ENOMEM;
                 return decide(g, GC_DELETE, GC_REASON_HEURISTIC, r, 0,
                               "heuristic: untagged TAP named %s*, no running VM uses it",
-                              g->a->cfg.local_tap_prefix)
+                              params.tap_prefix)
                                ? 0
                                : -ENOMEM;
         case RESOURCE_NFT_PORTFWD:
-                if (!in_subnet(g->a, r->elem.guest_ip))
+                if (!in_subnet(&params, r->elem.guest_ip))
                         return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0,
                                       "untagged, and it points outside our subnet")
                                        ? 0

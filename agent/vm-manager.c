@@ -296,7 +296,7 @@ static int journal_started(const VmmProcess *p, void *userdata) {
 /* What the hypervisor of req runs with, on the network net. */
 static void fill_spec(const VmManager *m, const VmRequest *req, const VmNetInfo *net, const char *sock,
                       const char *serial, VmSpec *ret) {
-        bool ip_arg = net->ip4 && !m->cfg.no_kernel_ip_arg;
+        bool ip_arg = net->ip4 && net->kernel_ip_arg;
         *ret = (VmSpec){
                 .name = req->name,
                 .kernel = req->kernel,
@@ -307,8 +307,8 @@ static void fill_spec(const VmManager *m, const VmRequest *req, const VmNetInfo 
                 .memory_mib = req->memory_mib,
                 .tap = net->tap[0] ? net->tap : NULL,
                 .ip4 = ip_arg ? net->ip4 : 0,
-                .gateway4 = ip_arg ? m->cfg.gateway : 0,
-                .prefixlen = ip_arg ? m->cfg.prefixlen : 0,
+                .gateway4 = ip_arg ? net->gateway : 0,
+                .prefixlen = ip_arg ? net->prefixlen : 0,
                 .api_socket = sock,
                 .serial_log = serial,
                 .disks = req->disks,
@@ -325,11 +325,15 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
         char sock[4400], serial[4400], err[512];
         /* The names a start would use (its id's folder), a TAP and an address of the longest kind. */
         VmNetInfo net = { .tap = "tap-0123456789", .mac = { 0x02, 0, 0, 0, 0, 1 } };
-        if (m->cfg.gateway && m->cfg.prefixlen) {
-                uint32_t mask = ~UINT32_C(0) << (32 - m->cfg.prefixlen);
-                net.ip4 = (m->cfg.gateway & mask) | (~mask - 1);
-                if (net.ip4 == m->cfg.gateway)
+        BackendNetParams p;
+        if (dispatcher_backend_params(m->cfg.dispatcher, req->backend, &p) >= 0 && p.gateway && p.prefixlen) {
+                uint32_t mask = ~UINT32_C(0) << (32 - p.prefixlen);
+                net.ip4 = (p.gateway & mask) | (~mask - 1);
+                if (net.ip4 == p.gateway)
                         net.ip4--;
+                net.gateway = p.gateway;
+                net.prefixlen = p.prefixlen;
+                net.kernel_ip_arg = p.kernel_ip_arg;
         }
         snprintf(sock, sizeof(sock), "%s/vms/%016" PRIx64 "/api.sock", m->runtime_dir, req->vm_id);
         snprintf(serial, sizeof(serial), "%s/vms/%016" PRIx64 "/serial.log", m->runtime_dir, req->vm_id);

@@ -36,9 +36,6 @@ typedef struct VmManagerConfig {
         HypervisorKind hypervisor;
         const char *binary; /* NULL: the kind's default */
         VmmAccel accel; /* resolved: kvm or tcg */
-        uint32_t gateway; /* for the guest's ip= */
-        uint8_t prefixlen;
-        bool no_kernel_ip_arg; /* no ip= on the guest kernel's command line ([local] kernel_ip_arg = no) */
         /* The hypervisors' environment is VMM_DEFAULT_PATH, these "NAME=VALUE" strings ([vmm] environment)
          * and the variables of the agent's own environment these names match ([vmm] pass_environment; a
          * name ending in '*' matches by prefix), nothing else: not the agent's NOTIFY_SOCKET, WATCHDOG_*,

@@ -16,9 +16,10 @@
 #include "backends/dhcp/dhcp4-server.h"
 #include "util/portfwd.h"
 
-#define CHVM_BACKEND_ABI 6U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
+#define CHVM_BACKEND_ABI 7U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
                             * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);
-                            * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor */
+                            * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor; 7: the backend
+                            * parses its own section (configure), net_params, check_ports */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -76,20 +77,6 @@ int resource_tag(const char *agent_id, uint64_t vm_id, const char *role, char re
 /* Splits a tag; -EINVAL if it is not of our form. ret_vm_id is 0 for "core". */
 int resource_tag_parse(const char *tag, char ret_agent[64], uint64_t *ret_vm_id, char ret_role[32]);
 
-/* [local] table_owner: whether the local backend's nftables tables belong to its netlink socket
- * (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST): then only the agent may change them, `nft flush ruleset` by
- * others passes them by, and they outlive an agent crash, orphaned, until the next agent adopts them. */
-typedef enum TableOwner {
-        TABLE_OWNER_AUTO, /* owned where the kernel has NFT_TABLE_F_PERSIST (6.9), plain tables elsewhere */
-        TABLE_OWNER_YES, /* owned, or the backend refuses to start */
-        TABLE_OWNER_NO, /* plain tables anyone may change, and flush */
-        _TABLE_OWNER_MAX,
-        _TABLE_OWNER_INVALID = -EINVAL,
-} TableOwner;
-
-const char *table_owner_to_string(TableOwner t);
-TableOwner table_owner_from_string(const char *s);
-
 struct LinkInfo; /* backends/nl/rtnl.h */
 
 /* The links of the host as one dump made them: *ret stays valid until the scan that asked returns. */
@@ -103,15 +90,19 @@ typedef int (*BackendGuestLookupFn)(void *userdata, Backend *b, const uint8_t ma
 /* A backend's DHCP server tells what it did (ev->guest is the VM id, 0 when unknown). */
 typedef void (*BackendLeaseFn)(void *userdata, Backend *b, const Dhcp4Event *ev);
 
+/* One line of the backend's section of agent.conf ([<name>]), in file order, each key at most once. */
+typedef struct BackendSetting {
+        const char *key;
+        const char *value;
+        unsigned line; /* in BackendConfig.settings_source; 0: not from a file */
+} BackendSetting;
+
 typedef struct BackendConfig {
         const char *agent_id; /* UUID string */
-        const char *table; /* nft table name (local) */
-        const char *bridge; /* bridge name: created (local) or existing (bridge) */
-        uint32_t subnet; /* local: host byte order */
-        uint8_t prefixlen;
-        uint32_t gateway; /* local: the bridge's address */
-        const char *tap_prefix;
-        TableOwner table_owner; /* local */
+        /* The backend's section, already given to configure() before init() (the loader does both). */
+        const BackendSetting *settings;
+        size_t n_settings;
+        const char *settings_source; /* the file's name, for messages; NULL: "agent.conf" */
         /* The netlink socket calls (backends/nl/nlops.h); NULL: the system's. Only tests set it, to inject
          * faults into every netlink request the backend makes. */
         const struct NlOps *nl_ops;
@@ -125,14 +116,17 @@ typedef struct BackendConfig {
         BackendGuestLookupFn guest_lookup;
         BackendLeaseFn lease_event;
         void *guest_userdata;
-        /* local: [local] dhcp, dns, domain, lease_time, mtu */
-        bool dhcp;
-        uint32_t dns[DHCP4_DNS_MAX]; /* host byte order */
-        size_t n_dns;
-        const char *domain; /* NULL: none */
-        uint32_t lease_time; /* seconds */
-        uint32_t mtu; /* 0: the bridge's own */
 } BackendConfig;
+
+/* How the agent names and addresses a VM of the backend, as its configuration says. */
+typedef struct BackendNetParams {
+        char tap_prefix[12]; /* a VM's TAP is <prefix><low hex digits of its id>; "": the backend makes none */
+        /* Backends with uses_addresses: the subnet the agent gives guests addresses from (never the network,
+         * broadcast or gateway address), host byte order. */
+        uint32_t subnet, gateway;
+        uint8_t prefixlen;
+        bool kernel_ip_arg; /* ip=<guest>::<gateway>:<mask> on the command line of a --kernel guest */
+} BackendNetParams;
 
 typedef struct VmNetSpec {
         uint64_t vm_id;
@@ -168,6 +162,11 @@ typedef struct BackendVTable {
         size_t object_size; /* of the backend's object, which embeds Backend first */
         bool uses_addresses; /* the dispatcher allocates guest IPs for it */
         bool forwards_ports; /* it forwards host ports (VmNetSpec.ports); a VM of a backend without: no -p */
+        /* Takes the backend's section of agent.conf (called once, before init, with the object zeroed):
+         * 0, or -EINVAL with error_message() naming the key and the cause and *ret_bad the index of the
+         * setting at fault (n: a fault between settings). The loader adds FILE:LINE and the section. NULL:
+         * the backend has no settings, and any key is refused. */
+        int (*configure)(Backend *b, const BackendSetting *settings, size_t n, size_t *ret_bad);
         int (*init)(Backend *b, const BackendConfig *cfg);
         void (*done)(Backend *b);
         /* Shared objects every VM of this backend needs (bridge, tables); may be empty. */
@@ -197,6 +196,12 @@ typedef struct BackendVTable {
          * BackendConfig.links when given. NULL: nothing to check. */
         int (*doctor)(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add,
                       void *userdata);
+        /* Its TAP prefix and address pool (configure's result). NULL: no TAPs and no addresses. */
+        void (*net_params)(Backend *b, BackendNetParams *ret);
+        /* Whether a new VM may forward these host ports (ports the host keeps for itself): 0, or
+         * -EADDRINUSE with error_message() naming the VM, the port and the reason; other -errno when it
+         * cannot tell. Not called for a forced create. NULL: every port may be forwarded. */
+        int (*check_ports)(Backend *b, const char *vm_name, const PortForward *ports, size_t n);
 } BackendVTable;
 
 /* The base every backend object embeds first. The loader fills it in before init(). */

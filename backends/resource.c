@@ -33,23 +33,6 @@ ResourceKind resource_kind_from_string(const char *s) {
         return _RESOURCE_KIND_INVALID;
 }
 
-static const char *const table_owner_table[_TABLE_OWNER_MAX] = {
-        [TABLE_OWNER_AUTO] = "auto",
-        [TABLE_OWNER_YES] = "yes",
-        [TABLE_OWNER_NO] = "no",
-};
-
-const char *table_owner_to_string(TableOwner t) {
-        return t >= 0 && t < _TABLE_OWNER_MAX ? table_owner_table[t] : NULL;
-}
-
-TableOwner table_owner_from_string(const char *s) {
-        for (int i = 0; s && i < _TABLE_OWNER_MAX; i++)
-                if (strcmp(table_owner_table[i], s) == 0)
-                        return (TableOwner) i;
-        return _TABLE_OWNER_INVALID;
-}
-
 bool resource_kind_is_link(ResourceKind k) {
         return k == RESOURCE_LINK_TAP || k == RESOURCE_LINK_BRIDGE;
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /* libFuzzer harness for the agent's config parser (agent/config.c: config_load_string() over
- * config_defaults()).
+ * config_defaults()) and the local backend's parser of its section (backends/local/local-config.c), the way
+ * the agent uses them: the file, then [local] from the lines the agent kept.
  *
  * The input is the text of agent.conf (up to its first NUL: the parser takes a C string). Whatever it
  * holds, the parser must neither crash nor leak, and:
@@ -10,8 +11,9 @@
  *     end;
  *   - an accepted config holds what the daemon relies on: NUL-terminated strings, absolute paths, a
  *     socket path that fits sun_path, a subnet without host bits and a gateway that is one of its hosts,
- *     a default backend that is loaded, backends named once each, interface names and TAP prefixes the
- *     kernel takes (and the TAP names made from them), values from the allowed sets;
+ *     a default backend that is loaded, backends named once each, every kept line in a loaded backend's
+ *     section with its line number; and of [local]: interface names and TAP prefixes the kernel takes (and
+ *     the TAP names made from them), values from the allowed sets;
  *   - written back as "key=value" lines, an accepted config parses again to the same config.
  * Any violation aborts.
  *
@@ -27,6 +29,7 @@
 
 #include "agent/config.h"
 #include "agent/dispatcher.h"
+#include "backends/local/local-config.h"
 #include "util/ifname.h"
 #include "util/macro.h"
 
@@ -95,11 +98,6 @@ static void check_accepted(const AgentConfig *c) {
         CHECK_TERMINATED(c->hypervisor);
         CHECK_TERMINATED(c->vmm_binary);
         CHECK_TERMINATED(c->accel);
-        CHECK_TERMINATED(c->local_bridge);
-        CHECK_TERMINATED(c->local_tap_prefix);
-        CHECK_TERMINATED(c->local_table);
-        CHECK_TERMINATED(c->bridge_bridge);
-        CHECK_TERMINATED(c->bridge_tap_prefix);
 
         check(c->state_dir[0] == '/' && c->runtime_dir[0] == '/' && c->backend_dir[0] == '/');
         check(c->socket[0] == '/' && strlen(c->socket) < sizeof(((struct sockaddr_un *) 0)->sun_path));
@@ -115,52 +113,77 @@ static void check_accepted(const AgentConfig *c) {
                 found = found || strcmp(c->backends[i], c->default_backend) == 0;
         }
         check(found);
-        check(simple_name(c->control_group, true) && simple_name(c->local_table, true));
+        check(simple_name(c->control_group, true));
 
         check(strcmp(c->hypervisor, "cloud-hypervisor") == 0 || strcmp(c->hypervisor, "qemu") == 0);
         check(strcmp(c->accel, "auto") == 0 || strcmp(c->accel, "kvm") == 0 || strcmp(c->accel, "tcg") == 0);
         check(c->stop_timeout >= 1 && c->stop_timeout <= 3600);
 
-        check(c->local_prefixlen >= 8 && c->local_prefixlen <= 30);
-        uint32_t mask = ~UINT32_C(0) << (32 - c->local_prefixlen);
-        check((c->local_subnet & ~mask) == 0);
-        check((c->local_gateway & mask) == c->local_subnet); /* inside the subnet */
-        check(c->local_gateway != c->local_subnet && c->local_gateway != (c->local_subnet | ~mask));
+        check(c->n_settings <= CONFIG_MAX_SETTINGS);
+        for (unsigned i = 0; i < c->n_settings; i++) {
+                const ConfigSetting *s = &c->settings[i];
+                CHECK_TERMINATED(s->section);
+                CHECK_TERMINATED(s->key);
+                CHECK_TERMINATED(s->value);
+                check(simple_name(s->section, false) && simple_name(s->key, false) && s->line >= 1);
+                check(i == 0 || s->line > c->settings[i - 1].line); /* in file order, a line each */
+                found = false;
+                for (unsigned k = 0; k < c->n_backends && !found; k++)
+                        found = strcmp(c->backends[k], s->section) == 0;
+                check(found);
+                for (unsigned k = 0; k < i; k++)
+                        check(strcmp(s->section, c->settings[k].section) != 0 || strcmp(s->key, c->settings[k].key) != 0);
+        }
+}
 
-        check(ifname_valid(c->local_bridge) && printable(c->local_bridge));
-        check(ifname_valid(c->bridge_bridge) && printable(c->bridge_bridge));
-        check_prefix(c->local_tap_prefix);
-        check_prefix(c->bridge_tap_prefix);
+static void check_local(const LocalConfig *l) {
+        CHECK_TERMINATED(l->bridge);
+        CHECK_TERMINATED(l->tap_prefix);
+        CHECK_TERMINATED(l->table);
+        CHECK_TERMINATED(l->domain);
+        check(simple_name(l->table, true));
+        check(l->prefixlen >= 8 && l->prefixlen <= 30);
+        uint32_t mask = ~UINT32_C(0) << (32 - l->prefixlen);
+        check((l->subnet & ~mask) == 0);
+        check((l->gateway & mask) == l->subnet); /* inside the subnet */
+        check(l->gateway != l->subnet && l->gateway != (l->subnet | ~mask));
+        check(ifname_valid(l->bridge) && printable(l->bridge));
+        check_prefix(l->tap_prefix);
+        check(table_owner_to_string(l->table_owner) != NULL);
+        check(l->n_dns <= DHCP4_DNS_MAX && l->n_reserved <= LOCAL_MAX_RESERVED);
+        check(l->lease_time >= 60 && l->lease_time <= 31536000 && (l->mtu == 0 || (l->mtu >= 576 && l->mtu <= 65535)));
+        for (unsigned i = 0; i < l->n_reserved; i++)
+                check(l->reserved[i].first >= 1 && l->reserved[i].first <= l->reserved[i].last);
 }
 
 static bool config_equal(const AgentConfig *a, const AgentConfig *b) {
-        if (a->n_backends != b->n_backends)
+        if (a->n_backends != b->n_backends || a->n_settings != b->n_settings)
                 return false;
         for (unsigned i = 0; i < a->n_backends; i++)
                 if (strcmp(a->backends[i], b->backends[i]) != 0)
+                        return false;
+        for (unsigned i = 0; i < a->n_settings; i++)
+                if (strcmp(a->settings[i].section, b->settings[i].section) != 0 ||
+                    strcmp(a->settings[i].key, b->settings[i].key) != 0 ||
+                    strcmp(a->settings[i].value, b->settings[i].value) != 0)
                         return false;
         return strcmp(a->state_dir, b->state_dir) == 0 && strcmp(a->runtime_dir, b->runtime_dir) == 0 &&
                strcmp(a->socket, b->socket) == 0 && strcmp(a->backend_dir, b->backend_dir) == 0 &&
                strcmp(a->default_backend, b->default_backend) == 0 &&
                strcmp(a->control_group, b->control_group) == 0 &&
                strcmp(a->hypervisor, b->hypervisor) == 0 && strcmp(a->vmm_binary, b->vmm_binary) == 0 &&
-               a->stop_timeout == b->stop_timeout && strcmp(a->accel, b->accel) == 0 &&
-               strcmp(a->local_bridge, b->local_bridge) == 0 && a->local_subnet == b->local_subnet &&
-               a->local_prefixlen == b->local_prefixlen && a->local_gateway == b->local_gateway &&
-               strcmp(a->local_tap_prefix, b->local_tap_prefix) == 0 &&
-               strcmp(a->local_table, b->local_table) == 0 &&
-               strcmp(a->bridge_bridge, b->bridge_bridge) == 0 &&
-               strcmp(a->bridge_tap_prefix, b->bridge_tap_prefix) == 0;
+               a->stop_timeout == b->stop_timeout && strcmp(a->accel, b->accel) == 0;
 }
 
-static void put_ip(FILE *f, const char *key, uint32_t a, int prefixlen) {
-        fprintf(f, "%s=%u.%u.%u.%u", key, a >> 24, (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff);
-        if (prefixlen >= 0)
-                fprintf(f, "/%d", prefixlen);
-        fputc('\n', f);
+static bool local_equal(const LocalConfig *a, const LocalConfig *b) {
+        return strcmp(a->bridge, b->bridge) == 0 && a->subnet == b->subnet && a->prefixlen == b->prefixlen &&
+               a->gateway == b->gateway && strcmp(a->tap_prefix, b->tap_prefix) == 0 &&
+               strcmp(a->table, b->table) == 0 && a->table_owner == b->table_owner && a->dhcp == b->dhcp &&
+               a->mtu == b->mtu && a->lease_time == b->lease_time;
 }
 
-/* The whole config as a file: every key, "key=value" (no blanks, so that no value starts a comment). */
+/* The whole config as a file: every key of [agent] and [vmm], the backends' lines as they were kept (the
+ * parser took blanks around them off), "key=value" (no blanks, so that no value starts a comment). */
 static char *format(const AgentConfig *c) {
         char *text = NULL;
         size_t size = 0;
@@ -174,14 +197,28 @@ static char *format(const AgentConfig *c) {
         fprintf(f, "\n[vmm]\nhypervisor=%s\n", c->hypervisor);
         if (c->vmm_binary[0])
                 fprintf(f, "binary=%s\n", c->vmm_binary);
-        fprintf(f, "stop_timeout=%u\naccel=%s\n[local]\nbridge=%s\n", c->stop_timeout, c->accel,
-                c->local_bridge);
-        put_ip(f, "subnet", c->local_subnet, c->local_prefixlen);
-        put_ip(f, "gateway", c->local_gateway, -1);
-        fprintf(f, "tap_prefix=%s\ntable=%s\n[bridge]\nbridge=%s\ntap_prefix=%s\n", c->local_tap_prefix,
-                c->local_table, c->bridge_bridge, c->bridge_tap_prefix);
+        fprintf(f, "stop_timeout=%u\naccel=%s\n", c->stop_timeout, c->accel);
+        for (unsigned i = 0; i < c->n_settings; i++)
+                fprintf(f, "[%s]\n%s=%s\n", c->settings[i].section, c->settings[i].key, c->settings[i].value);
         check(fclose(f) == 0);
         return text;
+}
+
+/* [local] through the local backend's parser, as the agent hands it over; 0 or its refusal. */
+static int parse_local(const AgentConfig *c, LocalConfig *ret) {
+        BackendSetting s[CONFIG_MAX_SETTINGS];
+        size_t n = config_backend_settings(c, "local", s, ELEMENTSOF(s)), bad = SIZE_MAX;
+        char why[256] = "";
+        LocalConfig before;
+        local_config_defaults(ret);
+        before = *ret;
+        int r = local_config_parse(ret, s, n, &bad, why, sizeof(why));
+        if (r < 0) {
+                check(r == -EINVAL && bad <= n && why[0] && memcmp(&before, ret, sizeof(before)) == 0);
+                return r;
+        }
+        check_local(ret);
+        return 0;
 }
 
 static bool names_file(const char *err) {
@@ -216,10 +253,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 return 0;
         }
         check_accepted(&c);
+        LocalConfig l, l_again;
+        int rl = parse_local(&c, &l);
 
         char *back = format(&c);
         config_defaults(&again, FUZZ_BACKEND_DIR);
         r = config_load_string(&again, "fuzz.conf", back, err, sizeof(err));
+        if (r >= 0 && (parse_local(&again, &l_again) != rl || (rl >= 0 && !local_equal(&l, &l_again))))
+                r = -EBADMSG;
         if (r < 0 || !config_equal(&c, &again)) {
                 fprintf(stderr, "accepted config does not parse back (%s):\n%s", r < 0 ? err : "differs",
                         back);

@@ -57,10 +57,13 @@ Test(agentd, bad_config_is_refused_with_file_and_line) {
         /* the generated config has 10 lines before `extra`, the last in [vmm] */
         expect_refusal("colour = blue\n", "agent.conf:11: unknown key \"colour\" in [vmm]");
         expect_refusal("[local]\nsubnet = 10.0.0.1/24\n",
-                       "agent.conf:12: subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
-        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:12: subnet \"10.0.0.0/33\": expected A.B.C.D/N");
+                       "agent.conf:12: [local] subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
+        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:12: [local] subnet \"10.0.0.0/33\": expected A.B.C.D/N");
         expect_refusal("[nosuch]\nkey = 1\n", "agent.conf:12: unknown section [nosuch]");
-        expect_refusal("[agent]\nbackends = local nosuch\n", "backend nosuch: ");
+        expect_refusal("[agent]\nbackends = local nosuch\n", "unknown backend \"nosuch\": no module ");
+        /* a backend's own key, refused by the backend (its configure hook) before anything is made */
+        expect_refusal("[local]\nsubnet = 10.9.0.0/16\ncolour = blue\n", "agent.conf:13: [local] unknown key \"colour\"");
+        expect_refusal("[mosnet]\nbridge = x\n", "agent.conf:12: [mosnet] unknown key \"bridge\"");
 }
 
 Test(agentd, missing_hypervisor_binary_is_refused) {

@@ -62,7 +62,7 @@ static char *jq(const char *args, const char *filter) {
 
 static void expect_jq(const char *args, const char *filter, const char *want) {
         char *o = jq(args, filter);
-        cr_assert_str_eq(o, want, "chvmctl %s | jq '%s'", args, filter);
+        cr_assert_str_eq(o, want, "chvmctl %s | jq '%s'\ngot:  %s\nwant: %s", args, filter, o, want);
         free(o);
 }
 
@@ -666,6 +666,20 @@ Test(chvmctl, doctor_asks_each_backend) {
         free(tap), free(btap);
 }
 
+/* Waits until no TAP's name contains `part`; fails after timeout seconds. How long it took. */
+static double wait_no_tap(const char *part, double timeout) {
+        double t0 = now();
+        for (;;) {
+                char *n = sh("ip -o link show type tun | grep -c '%s' || true", part);
+                bool gone = strcmp(n, "0\n") == 0;
+                free(n);
+                if (gone)
+                        return now() - t0;
+                cr_assert_lt(now() - t0, timeout, "a TAP named *%s* is still there after %.0f s", part, timeout);
+                usleep(2000);
+        }
+}
+
 static sd_bus *connect_bus(void);
 
 static int on_reply_at(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -759,17 +773,8 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
         char *tap = jq("inspect other --json", ".tap");
         tap[strcspn(tap, "\n")] = '\0';
         cr_assert_eq(kill(opid, SIGKILL), 0);
-        t0 = now();
-        for (;;) {
-                char *n = sh("ip -o link show type tun | grep -c '%.*s' || true", (int) strlen(tap) - 2, tap + 1);
-                bool gone = strcmp(n, "0\n") == 0;
-                free(n);
-                if (gone)
-                        break;
-                cr_assert_lt(now() - t0, 2.0, "the killed VM's TAP %s is still there after 2 s", tap);
-                usleep(2000);
-        }
-        double cleanup = now() - t0;
+        tap[strlen(tap) - 1] = '\0'; /* "tap-..." without its quotes */
+        double cleanup = wait_no_tap(tap + 1, 2.0);
         free(tap);
         cr_assert_eq(leader_state(spid), 'Z', "the premise: the slow hypervisor is still exiting");
         cr_log_info("crash cleanup of another VM during a slow exit: %.1f ms", cleanup * 1000);

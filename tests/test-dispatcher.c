@@ -45,20 +45,37 @@ static Backend *backends[3];
 static size_t n_backends;
 static Dispatcher *disp;
 static const NlOps *test_nl_ops; /* the backends' netlink calls, for the fault tests */
-static TableOwner test_table_owner; /* [local] table_owner; auto unless a test says otherwise */
+static const char *test_table_owner; /* [local] table_owner; auto unless a test says otherwise */
 
+/* A backend's config with its section as agent.conf would give it: local's keys for the local backend
+ * (bridge, a subnet of 192.168.200.0 with this prefix length), bridge's for "br-*", none for mosnet. Each
+ * call gets storage of its own (a few live at once) that lasts until the backend is loaded. */
 static BackendConfig config(const char *bridge, uint8_t prefixlen) {
-        return (BackendConfig){
-                .nl_ops = test_nl_ops,
-                .table_owner = test_table_owner,
-                .agent_id = AGENT,
-                .table = "chvm",
-                .bridge = bridge,
-                .subnet = 0xc0a8c800,
-                .prefixlen = prefixlen,
-                .gateway = 0xc0a8c801,
-                .tap_prefix = "tap-",
-        };
+        static struct {
+                BackendSetting s[8];
+                char bridge[16], subnet[32];
+        } slots[4];
+        static unsigned next;
+        typeof(slots[0]) *x = &slots[next++ % ELEMENTSOF(slots)];
+        size_t n = 0;
+        snprintf(x->bridge, sizeof(x->bridge), "%s", bridge ? bridge : "");
+        snprintf(x->subnet, sizeof(x->subnet), "192.168.200.0/%u", prefixlen);
+        if (bridge)
+                x->s[n++] = (BackendSetting){ "bridge", x->bridge, 0 };
+        x->s[n++] = (BackendSetting){ "tap_prefix", "tap-", 0 };
+        if (!bridge || strncmp(bridge, "br-", 3) != 0) {
+                x->s[n++] = (BackendSetting){ "subnet", x->subnet, 0 };
+                x->s[n++] = (BackendSetting){ "gateway", "192.168.200.1", 0 };
+                x->s[n++] = (BackendSetting){ "table", "chvm", 0 };
+                x->s[n++] = (BackendSetting){ "table_owner", test_table_owner ? test_table_owner : "auto", 0 };
+                x->s[n++] = (BackendSetting){ "dhcp", "no", 0 }; /* no addr-unset elements to count */
+        }
+        return (BackendConfig){ .nl_ops = test_nl_ops, .agent_id = AGENT, .settings = x->s, .n_settings = n };
+}
+
+/* For mosnet, which takes no settings. */
+static BackendConfig plain_config(void) {
+        return (BackendConfig){ .nl_ops = test_nl_ops, .agent_id = AGENT };
 }
 
 static void open_agent(const char *local_bridge, uint8_t prefixlen) {
@@ -69,7 +86,7 @@ static void open_agent(const char *local_bridge, uint8_t prefixlen) {
         cr_assert_eq(journal_open(&o, &journal, &rep), 0, "%s", rep.message);
 
         BackendConfig lc = config(local_bridge, prefixlen);
-        BackendConfig bc = config("br-test", prefixlen);
+        BackendConfig bc = config("br-test", prefixlen), mc = plain_config();
         n_backends = 0;
         cr_assert_eq(
                 backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[n_backends++], err, sizeof(err)), 0,
@@ -78,17 +95,13 @@ static void open_agent(const char *local_bridge, uint8_t prefixlen) {
                 backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &backends[n_backends++], err, sizeof(err)), 0,
                 "%s", err);
         cr_assert_eq(
-                backend_load(BUILD_BACKEND_DIR, "mosnet", &lc, &backends[n_backends++], err, sizeof(err)), 0,
+                backend_load(BUILD_BACKEND_DIR, "mosnet", &mc, &backends[n_backends++], err, sizeof(err)), 0,
                 "%s", err);
         DispatcherConfig dc = {
                 .journal = journal,
                 .agent_id = AGENT,
                 .backends = backends,
                 .n_backends = n_backends,
-                .subnet = lc.subnet,
-                .prefixlen = prefixlen,
-                .gateway = lc.gateway,
-                .tap_prefix = "tap-",
         };
         cr_assert_eq(dispatcher_new(&dc, &disp), 0);
 }
@@ -109,7 +122,7 @@ static void setup(void) {
         if (system("nft --version >/dev/null 2>&1 && ip -V >/dev/null 2>&1") != 0)
                 cr_skip_test("nft and ip (the oracles) are needed");
         cr_assert(mkdtemp(statedir));
-        test_table_owner = TABLE_OWNER_AUTO;
+        test_table_owner = "auto";
         test_nl_ops = NULL;
         open_agent("chvm0", 24);
 }
@@ -329,7 +342,7 @@ Test(dispatcher, failed_bringup_leaves_nothing) {
  * Plain tables (table_owner = no, as on kernels without NFT_TABLE_F_PERSIST): owned ones are passed by. */
 Test(dispatcher, rebuild_after_flush) {
         close_agent();
-        test_table_owner = TABLE_OWNER_NO;
+        test_table_owner = "no";
         open_agent("chvm0", 24);
         for (unsigned i = 1; i <= 3; i++) {
                 char name[16];
@@ -496,7 +509,7 @@ Test(dispatcher, table_owner_fallback_without_persist) {
         free(o);
         close_agent();
 
-        test_table_owner = TABLE_OWNER_YES;
+        test_table_owner = "yes";
         BackendConfig lc = config("chvm0", 24);
         Backend *lb = NULL;
         nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0);
@@ -504,7 +517,7 @@ Test(dispatcher, table_owner_fallback_without_persist) {
         cr_assert(strstr(err, "table_owner = yes") && strstr(err, "NFT_TABLE_F_PERSIST needs Linux 6.9"),
                   "%s", err);
 
-        test_table_owner = TABLE_OWNER_NO;
+        test_table_owner = "no";
         nl_fault_arm(&f, NL_FAULT_NONE, 0, 0);
         open_agent("chvm0", 24);
         cr_assert_eq(f.n_requests, 0, "table_owner = no probed the kernel");
@@ -517,16 +530,16 @@ Test(dispatcher, table_owner_refusals) {
         char err[512];
         Backend *lb = NULL;
         close_agent();
-        test_table_owner = TABLE_OWNER_NO;
+        test_table_owner = "no";
         open_agent("chvm0", 24);
         up_ok(1, "vm1", NULL, 0, NULL);
         close_agent();
 
-        test_table_owner = TABLE_OWNER_YES;
+        test_table_owner = "yes";
         BackendConfig lc = config("chvm0", 24);
         cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
         cr_assert(strstr(err, "made without owner") && strstr(err, "nft delete table inet chvm"), "%s", err);
-        test_table_owner = TABLE_OWNER_AUTO;
+        test_table_owner = "auto";
         open_agent("chvm0", 24);
         cr_assert_eq(table_flags(NFPROTO_INET), 0, "plain tables stay plain");
         up_ok(2, "vm2", NULL, 0, NULL);
@@ -1169,7 +1182,7 @@ Test(loader, refusals) {
         char dir[] = "/tmp/chvm-modules-XXXXXX", path[256], err[512];
         cr_assert(mkdtemp(dir));
         cr_assert_eq(chmod(dir, 0755), 0);
-        BackendConfig c = config("chvm0", 24);
+        BackendConfig c = plain_config();
         Backend *b;
 
         snprintf(path, sizeof(path), "%s/mosnet.so", dir);

@@ -4,11 +4,14 @@
 #   - every option in `chvmctl --help` and in `chvmctl COMMAND --help` is in chvmctl(1) (".Fl"), and every
 #     option of `chvm-agentd --help` in chvm-agentd(8);
 #   - every exit code `chvmctl --help` names is an item of chvmctl(1)'s EXIT STATUS;
-#   - every config key agent/config.c accepts is an item (".It Cm KEY") in its section of
-#     chvm-agent.conf(5), and a commented "#KEY = " line in its section of etc/agent.conf.example;
-#   - the example with every key uncommented passes `chvm-agentd --check-config`.
-# Keys are read from the parser itself (the strcmp(section, ...) and strcmp(name, ...) of its handler):
-# that is what the agent accepts.
+#   - every config key agent/config.c ([agent], [vmm]) and each backend's configure hook accepts is an item
+#     (".It Cm KEY") in its section of chvm-agent.conf(5), and a commented "#KEY = " line in its section of
+#     etc/agent.conf.example;
+#   - the example with every key uncommented passes `chvm-agentd --check-config` (which gives each backend
+#     its section).
+# Keys are read from the parsers themselves (the strcmp(section, ...) and strcmp(name, ...) of the agent's
+# handler; the strcmp(key, ...) of a backend's parser, whose section is its folder's name): that is what is
+# accepted.
 #
 # Exit status (automake): 0 pass, 1 fail.
 set -uo pipefail
@@ -78,6 +81,14 @@ keys=$(awk '
                 k = substr($0, RSTART + 14); sub(/".*/, "", k); print section "." k
         }' "$srcdir/agent/config.c" | sort -u)
 [ "$(wc -l <<<"$keys")" -ge 15 ] || fail "found only $(wc -l <<<"$keys") keys in agent/config.c: $keys"
+n_agent=$(wc -l <<<"$keys")
+for parser in "$srcdir"/backends/local/local-config.c "$srcdir"/backends/bridge/bridge.c; do
+        section=$(basename "$(dirname "$parser")")
+        found=$(grep -oE 'strcmp\(key, "[a-z_]+"\) == 0' "$parser" | sed -E 's/.*"([a-z_]+)".*/\1/' | sort -u)
+        [ -n "$found" ] || fail "found no keys in $parser"
+        keys+=$'\n'$(sed "s/^/$section./" <<<"$found")
+done
+[ "$(wc -l <<<"$keys")" -ge $((n_agent + 15)) ] || fail "found only $(($(wc -l <<<"$keys") - n_agent)) backend keys"
 conf_page=$(page chvm-agent.conf.5)
 example=$builddir/etc/agent.conf.example
 for sk in $keys; do
@@ -101,7 +112,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 true_bin=$(command -v true)
 case $true_bin in /*) ;; *) true_bin=/bin/true ;; esac
-sed -e 's/^#\([a-z_]* = \)/\1/' -e "s|^binary = .*|binary = $true_bin|" "$example" >"$tmp/agent.conf"
+# The backends are the build's (the example names the installed folder).
+sed -e 's/^#\([a-z_]* = \)/\1/' -e "s|^binary = .*|binary = $true_bin|" \
+        -e "s|^backend_dir = .*|backend_dir = $(cd "$builddir/backends" && pwd)|" "$example" >"$tmp/agent.conf"
 if out=$("$agentd" --check-config --config "$tmp/agent.conf" 2>&1); then
         echo "example with every key set: $out"
 else

@@ -45,6 +45,8 @@
 #include <unistd.h>
 
 #include "agent/config.h"
+#include "backends/local/local-config.h"
+#include "util/confparse.h"
 #include "agent/dispatcher.h"
 #include "util/nlerr.h"
 #include "tests/journal-test-util.h"
@@ -588,16 +590,31 @@ Test(names, ifname_random_strings_against_the_kernel) {
 
 /* --- TAP names: every prefix the config accepts, with the ids VMs get --------------------------------- */
 
-/* The prefix the config keeps for `value` in [section] tap_prefix, or false when it refuses it. */
+/* The prefix the config keeps for `value` in [local] tap_prefix (through agent.conf and the local backend's
+ * parser), or false when it refuses it. [bridge] takes the same values (both check with conf_tap_prefix()):
+ * `section` "bridge" asks that function alone. */
 static bool config_prefix(const char *section, const char *value, char ret[16]) {
-        char text[128], err[512];
-        AgentConfig c;
+        char text[128], err[512], why[256];
+        static AgentConfig c;
+        LocalConfig lc;
+        BackendSetting s[CONFIG_MAX_SETTINGS];
+        size_t bad;
 
+        if (strcmp(section, "bridge") == 0) {
+                if (!conf_tap_prefix(value))
+                        return false;
+                snprintf(ret, 16, "%s", value);
+                return true;
+        }
         config_defaults(&c, "/nonexistent");
+        local_config_defaults(&lc);
         snprintf(text, sizeof(text), "[%s]\ntap_prefix = %s\n", section, value);
         if (config_load_string(&c, "agent.conf", text, err, sizeof(err)) < 0)
                 return false;
-        const char *p = strcmp(section, "local") == 0 ? c.local_tap_prefix : c.bridge_tap_prefix;
+        size_t n = config_backend_settings(&c, section, s, ELEMENTSOF(s));
+        if (local_config_parse(&lc, s, n, &bad, why, sizeof(why)) < 0)
+                return false;
+        const char *p = lc.tap_prefix;
         cr_assert(strlen(p) >= 1 && strlen(p) <= 11, "the config kept a tap_prefix of %zu bytes", strlen(p));
         for (const unsigned char *ch = (const unsigned char *) p; *ch; ch++)
                 cr_assert(*ch > ' ' && *ch < 0x7f, "the config kept a tap_prefix with byte %#x", *ch);

@@ -48,26 +48,18 @@ static void open_agent(void) {
         memcpy(o.agent_id, agent_bytes, 16);
         cr_assert_eq(journal_open(&o, &journal, &rep), 0, "%s", rep.message);
 
-        BackendConfig bc = { .agent_id = AGENT,
-                             .table = "chvm",
-                             .bridge = "chvm0",
-                             .subnet = 0xc0a8c800,
-                             .prefixlen = 24,
-                             .gateway = 0xc0a8c801,
-                             .tap_prefix = "tap-" };
+        /* local's defaults (chvm0, 192.168.200.0/24 with .1 as the gateway, tap-, table chvm), no DHCP */
+        static const BackendSetting no_dhcp[] = { { "dhcp", "no", 0 } };
+        BackendConfig lc = { .agent_id = AGENT, .settings = no_dhcp, .n_settings = 1 }, bc = { .agent_id = AGENT };
         char err[512];
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &bc, &backends[0], err, sizeof(err)), 0, "%s",
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[0], err, sizeof(err)), 0, "%s",
                      err);
         cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &bc, &backends[1], err, sizeof(err)), 0, "%s",
                      err);
         DispatcherConfig dc = { .journal = journal,
                                 .agent_id = AGENT,
                                 .backends = backends,
-                                .n_backends = 2,
-                                .subnet = bc.subnet,
-                                .prefixlen = 24,
-                                .gateway = bc.gateway,
-                                .tap_prefix = "tap-" };
+                                .n_backends = 2 };
         cr_assert_eq(dispatcher_new(&dc, &disp), 0);
         cr_assert_eq(sd_event_new(&event), 0);
         VmManagerConfig mc = { .event = event,
@@ -77,9 +69,7 @@ static void open_agent(void) {
                                .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
                                .binary = FAKE_VMM_PATH,
                                .pass_environment = (const char *const[]){ "FAKE_VMM_*", NULL },
-                               .accel = VMM_ACCEL_TCG,
-                               .gateway = bc.gateway,
-                               .prefixlen = 24 };
+                               .accel = VMM_ACCEL_TCG };
         cr_assert_eq(vm_manager_new(&mc, &mgr), 0);
 }
 
@@ -283,9 +273,7 @@ Test(vm_manager, failed_start_leaves_nothing) {
                                .runtime_dir = runtime,
                                .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
                                .binary = "/nonexistent/cloud-hypervisor",
-                               .accel = VMM_ACCEL_TCG,
-                               .gateway = 0xc0a8c801,
-                               .prefixlen = 24 };
+                               .accel = VMM_ACCEL_TCG };
         VmManager *bad;
         cr_assert_eq(vm_manager_new(&mc, &bad), 0);
         VmRequest req = { .vm_id = 1,

@@ -13,6 +13,7 @@
 #include "backends/backend.h"
 #include "backends/common.h"
 #include "backends/nl/rtnl.h"
+#include "util/confparse.h"
 #include "util/crashpoint.h"
 
 typedef struct BridgeBackend {
@@ -39,14 +40,32 @@ _printf_(3, 4) static int fail(BridgeBackend *x, int r, const char *fmt, ...) {
         return r;
 }
 
+/* [bridge] bridge [br0]  tap_prefix [tap-] */
+static int bridge_configure(Backend *b, const BackendSetting *settings, size_t n, size_t *ret_bad) {
+        BridgeBackend *x = BRIDGE(b);
+        snprintf(x->bridge, sizeof(x->bridge), "br0");
+        snprintf(x->tap_prefix, sizeof(x->tap_prefix), "tap-");
+        for (size_t i = 0; i < n; i++) {
+                const char *key = settings[i].key, *value = settings[i].value;
+                *ret_bad = i;
+                if (strcmp(key, "bridge") == 0) {
+                        if (!conf_ifname(value) || !conf_put_str(x->bridge, sizeof(x->bridge), value))
+                                return fail(x, -EINVAL, "bridge \"%s\" is not a valid interface name", value);
+                } else if (strcmp(key, "tap_prefix") == 0) {
+                        if (!conf_tap_prefix(value) || !conf_put_str(x->tap_prefix, sizeof(x->tap_prefix), value))
+                                return fail(x, -EINVAL,
+                                            "tap_prefix \"%s\": 1 to 11 characters valid in an interface name",
+                                            value);
+                } else
+                        return fail(x, -EINVAL, "unknown key \"%s\"", key);
+        }
+        return 0;
+}
+
 static int bridge_init(Backend *b, const BackendConfig *cfg) {
         BridgeBackend *x = BRIDGE(b);
         int r;
 
-        if (!cfg->bridge || !ifname_valid(cfg->bridge) || !cfg->tap_prefix)
-                return fail(x, -EINVAL, "bridge backend: no valid bridge name configured");
-        snprintf(x->bridge, sizeof(x->bridge), "%s", cfg->bridge);
-        snprintf(x->tap_prefix, sizeof(x->tap_prefix), "%s", cfg->tap_prefix);
         r = rtnl_open(&x->rtnl);
         if (r < 0)
                 return fail(x, r, "cannot open rtnetlink: %s", strerror(-r));
@@ -144,6 +163,11 @@ static int bridge_doctor(Backend *b, const BackendVm *running, size_t n_running,
         return backend_doctor_links(x->rtnl, x->links, x->links_userdata, x->bridge, running, n_running, add, u);
 }
 
+static void bridge_net_params(Backend *b, BackendNetParams *ret) {
+        *ret = (BackendNetParams){};
+        snprintf(ret->tap_prefix, sizeof(ret->tap_prefix), "%.11s", BRIDGE(b)->tap_prefix);
+}
+
 static const char *bridge_error_message(Backend *b) {
         return BRIDGE(b)->error;
 }
@@ -152,6 +176,7 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .abi = CHVM_BACKEND_ABI,
         .name = "bridge",
         .object_size = sizeof(BridgeBackend),
+        .configure = bridge_configure,
         .init = bridge_init,
         .done = bridge_done,
         .plan_core = bridge_plan_core,
@@ -163,4 +188,5 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .error_message = bridge_error_message,
         .crash_points = crash_point_list,
         .doctor = bridge_doctor,
+        .net_params = bridge_net_params,
 };

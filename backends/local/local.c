@@ -23,13 +23,16 @@
 #include "backends/backend.h"
 #include "backends/common.h"
 #include "backends/dhcp/dhcp4-server.h"
+#include "backends/local/local-config.h"
 #include "backends/nl/nft.h"
 #include "backends/nl/rtnl.h"
+#include "util/confparse.h"
 #include "util/crashpoint.h"
+#include "util/netports.h"
 
 typedef struct LocalBackend {
         Backend base;
-        char table[32], bridge[IFNAMSIZ], tap_prefix[IFNAMSIZ];
+        char table[33], bridge[IFNAMSIZ], tap_prefix[IFNAMSIZ];
         char tag_prefix[80];
         uint32_t subnet, gateway;
         uint8_t prefixlen;
@@ -52,6 +55,8 @@ typedef struct LocalBackend {
         char dhcp_domain[254];
         Dhcp4Server *dhcp_server;
         bool dhcp_failure_reported; /* once until the server runs again, not at every bring-up */
+        LocalConfig cfg; /* [local], from configure() */
+        bool no_dns; /* DHCP without a DNS server to give: none configured and the host has none */
 } LocalBackend;
 
 #define OWNED_TABLE_FLAGS (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
@@ -74,19 +79,44 @@ _printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
 static int setup_table_owner(LocalBackend *l, TableOwner want);
 static void dhcp_ensure(LocalBackend *l);
 
+static int local_configure(Backend *b, const BackendSetting *settings, size_t n, size_t *ret_bad) {
+        LocalBackend *l = LOCAL(b);
+        local_config_defaults(&l->cfg);
+        return local_config_parse(&l->cfg, settings, n, ret_bad, l->error, sizeof(l->error));
+}
+
+/* [local] dns not given: the host's resolvers, as the guests should use them. A loopback resolver (the stub
+ * of systemd-resolved at 127.0.0.53, a local dnsmasq) is no use to a guest: then resolved's upstream list. */
+static unsigned read_resolvers(const char *path, uint32_t *ret, unsigned max) {
+        FILE *f = fopen(path, "re");
+        char line[512];
+        unsigned n = 0;
+        if (!f)
+                return 0;
+        while (n < max && fgets(line, sizeof(line), f)) {
+                char addr[64];
+                uint32_t x;
+                if (sscanf(line, " nameserver %63s", addr) != 1 || conf_ipv4(addr, &x) < 0)
+                        continue;
+                if ((x >> 24) == 127 || x == 0)
+                        continue;
+                ret[n++] = x;
+        }
+        fclose(f);
+        return n;
+}
+
 static int local_init(Backend *b, const BackendConfig *cfg) {
         LocalBackend *l = LOCAL(b);
+        const LocalConfig *c = &l->cfg;
         int r;
 
-        if (!cfg->table || !cfg->bridge || !ifname_valid(cfg->bridge) || cfg->prefixlen == 0 ||
-            cfg->prefixlen > 30 || !cfg->tap_prefix)
-                return fail(l, -EINVAL, "local backend: incomplete or invalid configuration");
-        snprintf(l->table, sizeof(l->table), "%s", cfg->table);
-        snprintf(l->bridge, sizeof(l->bridge), "%s", cfg->bridge);
-        snprintf(l->tap_prefix, sizeof(l->tap_prefix), "%s", cfg->tap_prefix);
+        snprintf(l->table, sizeof(l->table), "%s", c->table);
+        snprintf(l->bridge, sizeof(l->bridge), "%s", c->bridge);
+        snprintf(l->tap_prefix, sizeof(l->tap_prefix), "%s", c->tap_prefix);
         snprintf(l->tag_prefix, sizeof(l->tag_prefix), "chvm1:%s", cfg->agent_id);
-        l->subnet = cfg->subnet;
-        l->prefixlen = cfg->prefixlen;
+        l->subnet = c->subnet;
+        l->prefixlen = c->prefixlen;
         /* 02:<5 bytes of an FNV-1a hash of the agent id>: stable per agent, locally administered. */
         uint64_t h = UINT64_C(0xcbf29ce484222325);
         for (const char *p = cfg->agent_id; p && *p; p++)
@@ -94,7 +124,7 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         l->bridge_mac[0] = 0x02;
         for (int i = 1; i < 6; i++)
                 l->bridge_mac[i] = (uint8_t) (h >> (8 * i));
-        l->gateway = cfg->gateway;
+        l->gateway = c->gateway;
         l->layout = (NftLayout){
                 .table = l->table,
                 .bridge = l->bridge,
@@ -113,28 +143,30 @@ static int local_init(Backend *b, const BackendConfig *cfg) {
         if (r < 0)
                 return fail(l, r, "cannot open nfnetlink: %s", strerror(-r));
         nft_set_ops(l->nft, cfg->nl_ops);
-        if (cfg->table_owner < 0 || cfg->table_owner >= _TABLE_OWNER_MAX)
-                return fail(l, -EINVAL, "local backend: invalid table_owner");
-        l->dhcp = cfg->dhcp;
-        l->mtu = cfg->mtu;
+        l->dhcp = c->dhcp;
+        l->mtu = c->mtu;
         l->event = cfg->event;
         l->guest_lookup = cfg->guest_lookup;
         l->lease_event = cfg->lease_event;
         l->guest_userdata = cfg->guest_userdata;
-        if (cfg->n_dns > DHCP4_DNS_MAX || (cfg->domain && strlen(cfg->domain) >= sizeof(l->dhcp_domain)))
-                return fail(l, -EINVAL, "local backend: too many DNS servers or too long a domain");
-        snprintf(l->dhcp_domain, sizeof(l->dhcp_domain), "%s", cfg->domain ? cfg->domain : "");
+        snprintf(l->dhcp_domain, sizeof(l->dhcp_domain), "%s", c->domain);
         l->dhcp_options = (Dhcp4Options){
                 .server_ip = l->gateway,
                 .prefixlen = l->prefixlen,
                 .router = l->gateway,
-                .n_dns = cfg->n_dns,
+                .n_dns = c->n_dns,
                 .domain = l->dhcp_domain,
-                .lease_time = cfg->lease_time ? cfg->lease_time : 3600,
+                .lease_time = c->lease_time,
         };
-        memcpy(l->dhcp_options.dns, cfg->dns, sizeof(l->dhcp_options.dns));
-        l->table_owner = cfg->table_owner;
-        r = setup_table_owner(l, cfg->table_owner);
+        memcpy(l->dhcp_options.dns, c->dns, sizeof(l->dhcp_options.dns));
+        if (!c->dns_given && c->dhcp) {
+                const char *paths[] = { "/etc/resolv.conf", "/run/systemd/resolve/resolv.conf" };
+                for (size_t i = 0; i < ELEMENTSOF(paths) && l->dhcp_options.n_dns == 0; i++)
+                        l->dhcp_options.n_dns = read_resolvers(paths[i], l->dhcp_options.dns, DHCP4_DNS_MAX);
+                l->no_dns = l->dhcp_options.n_dns == 0;
+        }
+        l->table_owner = c->table_owner;
+        r = setup_table_owner(l, c->table_owner);
         if (r < 0)
                 return r;
         dhcp_ensure(l); /* the bridge of an earlier run, with VMs to adopt */
@@ -870,10 +902,59 @@ static int local_doctor(Backend *b, const BackendVm *running, size_t n_running, 
                 k = doctor_firewall(l, add, u);
         if (k >= 0)
                 k = doctor_table_owner(l, add, u);
+        if (k >= 0 && l->no_dns)
+                k = backend_finding(add, u, BACKEND_WARNING, "dhcp",
+                                    "the host has no resolver a guest can reach (none in /etc/resolv.conf or "
+                                    "/run/systemd/resolve/resolv.conf but loopback ones): guests get no DNS "
+                                    "server by DHCP; set [local] dns");
         if (k >= 0)
                 k = backend_doctor_links(l->rtnl, l->links, l->links_userdata, l->bridge, running, n_running, add,
                                          u);
         return k;
+}
+
+static void local_net_params(Backend *b, BackendNetParams *ret) {
+        const LocalConfig *c = &LOCAL(b)->cfg;
+        *ret = (BackendNetParams){ .subnet = c->subnet,
+                                   .gateway = c->gateway,
+                                   .prefixlen = c->prefixlen,
+                                   .kernel_ip_arg = c->kernel_ip_arg };
+        snprintf(ret->tap_prefix, sizeof(ret->tap_prefix), "%s", c->tap_prefix);
+}
+
+/* [local] reserved_ports: a forward of a port the host listens on would take that service (the forward
+ * matches every local address: ssh, DNS, the agent's own DHCP server), so such ports are refused. Ports
+ * forwarded to our VMs are not "the host's". */
+static int local_check_ports(Backend *b, const char *vm_name, const PortForward *ports, size_t n) {
+        LocalBackend *l = LOCAL(b);
+        const LocalConfig *c = &l->cfg;
+        ListeningPorts lp;
+        bool have_lp = false;
+        for (size_t i = 0; i < n; i++) {
+                const PortForward *p = &ports[i];
+                const char *proto = p->proto == IPPROTO_UDP ? "udp" : "tcp";
+                for (unsigned k = 0; k < c->n_reserved; k++)
+                        if (port_range_has(&c->reserved[k], p->proto, p->host_port))
+                                return fail(l, -EADDRINUSE,
+                                            "VM %s: host port %u/%s is reserved ([local] reserved_ports); "
+                                            "root may forward it with --force-port",
+                                            vm_name, p->host_port, proto);
+                if (!c->reserve_listening)
+                        continue;
+                if (!have_lp) {
+                        int r = listening_ports_read(&lp);
+                        if (r < 0)
+                                return fail(l, r, "VM %s: cannot read the host's listening sockets: %s", vm_name,
+                                            strerror(-r));
+                        have_lp = true;
+                }
+                if (listening_ports_has(&lp, p->proto, p->host_port))
+                        return fail(l, -EADDRINUSE,
+                                    "VM %s: host port %u/%s: a socket of the host listens on it, and the forward "
+                                    "would take it over; root may forward it anyway with --force-port",
+                                    vm_name, p->host_port, proto);
+        }
+        return 0;
 }
 
 static const char *local_error_message(Backend *b) {
@@ -886,6 +967,7 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .object_size = sizeof(LocalBackend),
         .uses_addresses = true,
         .forwards_ports = true,
+        .configure = local_configure,
         .init = local_init,
         .done = local_done,
         .plan_core = local_plan_core,
@@ -898,4 +980,6 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .error_message = local_error_message,
         .crash_points = crash_point_list,
         .doctor = local_doctor,
+        .net_params = local_net_params,
+        .check_ports = local_check_ports,
 };
