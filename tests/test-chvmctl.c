@@ -680,6 +680,64 @@ static double wait_no_tap(const char *part, double timeout) {
         }
 }
 
+/* Issue 12, point 2: a backend the agent has never heard of — the example of chvm-backends(7), built against
+ * the ABI header only — is loaded from the config, parses its own section, names its TAPs, runs VMs, is
+ * asked by doctor, has its VMs torn down at a crash, and its leaked objects collected; the agent has no
+ * line of code about it. Its refusals name FILE:LINE and the section. */
+Test(chvmctl, an_example_backend_needs_no_agent_change, .init = setup_ns, .fini = teardown) {
+        char *out = NULL, *err = NULL, *log = NULL;
+        test_agent_init(&agent, "[agent]\nbackends = local example\n[example]\ntap_prefix = bogus_\n");
+        int status = test_agent_run_to_exit(&agent, NULL, &log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
+        cr_assert(strstr(log, "agent.conf:14: [example] tap_prefix \"bogus_\": 1 to 11 of a-z, 0-9 and -"), "%s",
+                  log);
+        free(log);
+        test_agent_cleanup(&agent);
+
+        test_agent_init(&agent, "[agent]\nbackends = local example\n[example]\ntap_prefix = exa-\n");
+        test_agent_start(&agent, NULL);
+        ok("run web", ctl(&agent, &out, &err, "run web --backend example " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+        char *tap = jq("inspect web --json", ".tap"), *id = jq("inspect web --json", ".id");
+        tap[strcspn(tap, "\n")] = id[strcspn(id, "\n")] = '\0';
+        cr_assert(strncmp(tap, "\"exa-", 5) == 0, "the TAP is not named by the backend's prefix: %s", tap);
+        char *alias = sh("ip -d link show %.*s | sed -n 's/^ *alias //p'", (int) strlen(tap) - 2, tap + 1);
+        char *agent_id = sh("%s/chvmctl --socket %s status --json | jq -r .agent_id | tr -d '\\n'", test_build_dir(),
+                            agent.socket);
+        char want[160];
+        snprintf(want, sizeof(want), "chvm1:%s:%.*s:tap\n", agent_id, (int) strlen(id) - 2, id + 1);
+        cr_assert_str_eq(alias, want, "the TAP's tag");
+        free(alias);
+        expect_jq("inspect web --json", "[.state, .backend, .ip, (.objects | length)]",
+                  "[\"running\",\"example\",null,1]\n");
+        expect_jq("doctor --json", "[.findings[] | select(.topic == \"links\") | .message] | sort",
+                  "[\"every running VM's TAP is there (1)\",\"running VMs' TAPs are ports of bridge chvm0\"]\n");
+        cr_assert_neq(ctl(&agent, &out, &err, "create p --backend example -p 8080:80 " KERNEL, test_build_dir()), 0);
+        cr_assert(strstr(err, "backend example forwards no ports"), "%s", err);
+        free(out), free(err);
+
+        /* a crash: torn down from the exit event, by the backend's remove() */
+        char *pid = jq("inspect web --json", ".vmm_pid");
+        cr_assert_eq(kill((pid_t) atoi(pid), SIGKILL), 0);
+        free(pid);
+        wait_no_tap("exa-", 5.0);
+        expect_jq("inspect web --json", "[.state, (.objects | length)]", "[\"crashed\",0]\n");
+
+        /* leaks: one of ours (our tag, a VM the journal does not know) is collected; a foreign TAP with the
+         * prefix and no tag is left alone */
+        free(sh("ip tuntap add dev exa-leak mode tap && ip link set exa-leak alias chvm1:%s:00000000000000ee:tap && "
+                "ip tuntap add dev exa-foreign mode tap",
+                agent_id));
+        expect_jq("doctor --gc --dry-run --json", "[.decisions[] | select(.name | startswith(\"exa-\")) | [.name, .action]] | sort",
+                  "[[\"exa-leak\",\"delete\"]]\n");
+        ok("gc", ctl(&agent, &out, &err, "doctor --gc"), &out, &err);
+        free(out), free(err);
+        char *left = sh("ip -o link show type tun | grep -o 'exa-[a-z]*' | sort | tr '\\n' ' '");
+        cr_assert_str_eq(left, "exa-foreign ", "GC took the wrong TAPs");
+        free(left);
+        free(tap), free(id), free(agent_id);
+}
+
 static sd_bus *connect_bus(void);
 
 static int on_reply_at(sd_bus_message *m, void *userdata, sd_bus_error *error) {
