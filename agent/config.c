@@ -18,10 +18,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .state_dir = "/var/lib/chvm",
                 .runtime_dir = "/run/chvm",
                 .socket = "",
-                .default_backend = "local",
                 .control_group = "chvm",
-                .backends = { "local", "bridge", "mosnet" },
-                .n_backends = 3,
                 .journal_compact_size = UINT64_C(8) << 20,
                 .connections_per_uid = 64,
                 .idle_timeout = 60,
@@ -30,6 +27,12 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .accel = "auto",
         };
         snprintf(c->backend_dir, sizeof(c->backend_dir), "%s", backend_dir ? backend_dir : "");
+        /* the build's list (configure --with-default-backends), the first the default backend */
+        char list[] = CHVM_DEFAULT_BACKENDS, *save = NULL;
+        for (char *t = strtok_r(list, " \t,", &save); t && c->n_backends < CONFIG_MAX_BACKENDS;
+             t = strtok_r(NULL, " \t,", &save))
+                snprintf(c->backends[c->n_backends++], sizeof(c->backends[0]), "%.32s", t);
+        snprintf(c->default_backend, sizeof(c->default_backend), "%s", c->n_backends ? c->backends[0] : "");
 }
 
 typedef struct Parse {

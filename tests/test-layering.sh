@@ -8,7 +8,9 @@
 #              talks to backends through their vtable, never to their netlink or nftables code
 # tests/, fuzz/ and bench/ may include anything. A line with "layering: allowed" is an exception the
 # reader can see, with its reason (one today: agent.c makes the one link dump all backends read).
-# And the daemon and chvmctl, as built, neither link libnftnl nor carry nftables code (nft_* functions).
+# And the daemon and chvmctl, as built, neither link libnftnl nor carry nftables code (nft_* functions), and
+# the daemon's code names no backend: no string literal that is a backend module's name (backends/*/ and
+# the names their vtables give) in agent/ outside chvmctl's help (agent/ctl-*.c, agent/chvmctl.c).
 # Prints every violation as FILE:LINE: the include.
 #
 # Exit status (automake): 0 pass, 1 fail.
@@ -63,6 +65,20 @@ for prog in "$builddir/chvm-agentd" "$builddir/chvmctl"; do
                 echo "FAIL: $prog carries $nft nftables functions: $(nm "$prog" | grep -E ' [TtW] (nft_|nftnl_)' | head -3 | awk '{print $3}' | tr '\n' ' ')"
                 violations=$((violations + 1))
         fi
+done
+
+backend_names=$(grep -h -A4 'const BackendVTable chvm_backend = {' backends/*/*.c |
+        sed -nE 's/^ *\.name = "([a-z0-9_-]+)",.*/\1/p' | sort -u)
+if [[ $(wc -w <<<"$backend_names") -lt 4 ]]; then
+        echo "FAIL: found only these backend names in backends/*/*.c: $backend_names"
+        violations=$((violations + 1))
+fi
+for name in $backend_names; do
+        while IFS= read -r hit; do
+                echo "FAIL: $hit: the daemon names the backend \"$name\""
+                violations=$((violations + 1))
+        done < <(find agent -name '*.c' ! -name 'ctl-*.c' ! -name chvmctl.c | sort |
+                xargs grep -nH "\"$name\"" | grep -v '^[^:]*:[0-9]*: *\(/\*\|\*\)')
 done
 
 # A check that read nothing proves nothing.
