@@ -459,8 +459,6 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
         return 0;
 }
 
-#define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
-
 /* Drained as notifications come, so that a busy host (one message per exiting task) cannot overflow it. */
 static int on_taskstats(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Agent *a = userdata;
@@ -499,20 +497,15 @@ static void open_taskstats(Agent *a) {
         }
 }
 
+/* Through the dispatcher, the journal's one writer. */
 static int journal_define(Agent *a, const VmDef *def) {
-        JournalRecord rec = { .type = JOURNAL_VM_DEFINE,
-                              .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
-                              .vm_id = def->id,
-                              .vm_name = def->name,
-                              .backend = def->backend };
-        int r = journal_append_sync(a->journal, &rec);
-        return r < 0 ? fail(a, r, "ownership journal: %s", journal_error_message(a->journal)) : 0;
+        int r = dispatcher_define_vm(a->dispatcher, def->id, def->name, def->backend);
+        return r < 0 ? fail(a, r, "%s", dispatcher_error(a->dispatcher)) : 0;
 }
 
 static int journal_undefine(Agent *a, uint64_t id) {
-        JournalRecord rec = { .type = JOURNAL_VM_UNDEFINE, .fields = F(VM_ID), .vm_id = id };
-        int r = journal_append_sync(a->journal, &rec);
-        return r < 0 ? fail(a, r, "ownership journal: %s", journal_error_message(a->journal)) : 0;
+        int r = dispatcher_undefine_vm(a->dispatcher, id);
+        return r < 0 ? fail(a, r, "%s", dispatcher_error(a->dispatcher)) : 0;
 }
 
 typedef struct LoadCtx {
@@ -1005,7 +998,8 @@ int agent_vm_start(Agent *a, const char *name) {
         req.initrd = d->initrd ? files->initrd : NULL;
         req.disks = files->disk_ptrs;
         notify(a, v->name, v->id, VM_STATE_STARTING, "");
-        r = vm_manager_start(a->vmm, &req);
+        VmStarted started;
+        r = vm_manager_start(a->vmm, &req, &started);
         if (r < 0) {
                 /* -ENOENT tells callers there is no such VM: a hypervisor binary or a backend that is not
                  * there makes a VM that cannot start (the API would say NotFound, chvmctl exit 3). */
@@ -1021,12 +1015,10 @@ int agent_vm_start(Agent *a, const char *name) {
                        a->error);
                 return r;
         }
-        AgentVmInfo info;
-        (void) agent_vm_info(a, v->name, &info);
-        lv.interface = info.tap;
+        lv.interface = started.net.tap;
         log_vm(LOG_INFO, &lv, "VM %s started: hypervisor %s pid %d%s%s", v->name,
-               hypervisor_kind_to_string(req.hypervisor), (int) info.vmm_pid, info.tap[0] ? ", TAP " : "",
-               info.tap);
+               hypervisor_kind_to_string(req.hypervisor), (int) started.pid, started.net.tap[0] ? ", TAP " : "",
+               started.net.tap);
         notify(a, v->name, v->id, VM_STATE_RUNNING, "");
         return 0;
 }

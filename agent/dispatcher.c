@@ -181,6 +181,63 @@ static int sync_journal(Dispatcher *d) {
         return k < 0 ? journal_failed(d, k) : 0;
 }
 
+/* --- the VMs' own records: the ledger the agent and the VM manager write through ---------------------- */
+
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend) {
+        JournalRecord rec = { .type = JOURNAL_VM_DEFINE,
+                              .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
+                              .vm_id = vm_id,
+                              .vm_name = name,
+                              .backend = backend };
+        d->error[0] = '\0';
+        int r = append(d, &rec);
+        return r < 0 ? r : sync_journal(d);
+}
+
+int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id) {
+        JournalRecord rec = { .type = JOURNAL_VM_UNDEFINE, .fields = F(VM_ID), .vm_id = vm_id };
+        d->error[0] = '\0';
+        int r = append(d, &rec);
+        return r < 0 ? r : sync_journal(d);
+}
+
+int dispatcher_vm_started(Dispatcher *d, uint64_t vm_id, uint32_t pid, uint64_t start_time,
+                          const uint8_t boot_id[16]) {
+        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
+                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
+                              .vm_id = vm_id,
+                              .pid = pid,
+                              .start_time = start_time };
+        memcpy(rec.boot_id, boot_id, 16);
+        d->error[0] = '\0';
+        int r = append(d, &rec);
+        return r < 0 ? r : sync_journal(d);
+}
+
+int dispatcher_vm_exited(Dispatcher *d, uint64_t vm_id, const VmExit *e, bool sync) {
+        JournalRecord rec = { .type = JOURNAL_VM_EXITED,
+                              .fields = F(VM_ID) | F(VM_STATE) | F(REASON),
+                              .vm_id = vm_id,
+                              .vm_state = e->state,
+                              .reason = e->reason };
+        if (e->exit_status >= 0) {
+                rec.fields |= F(EXIT_STATUS);
+                rec.exit_status = e->exit_status;
+        }
+        if (e->exit_signal >= 0) {
+                rec.fields |= F(EXIT_SIGNAL);
+                rec.exit_signal = e->exit_signal;
+        }
+        d->error[0] = '\0';
+        int r = append(d, &rec);
+        return r < 0 || !sync ? r : sync_journal(d);
+}
+
+int dispatcher_sync(Dispatcher *d) {
+        d->error[0] = '\0';
+        return sync_journal(d);
+}
+
 static int append_intent(Dispatcher *d, Resource *r) {
         uint8_t key[64];
         size_t ks = resource_key_encode(r, key, sizeof(key));
@@ -452,16 +509,9 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                 return fail(d, -EBUSY, "the network of VM %s is already up", req->vm_name);
 
         const LiveVm *vm = live_set_get_vm(ls, req->vm_id);
-        if (!vm || strcmp(vm->name, req->vm_name) != 0 || strcmp(vm->backend, req->backend) != 0) {
-                JournalRecord def = { .type = JOURNAL_VM_DEFINE,
-                                      .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
-                                      .vm_id = req->vm_id,
-                                      .vm_name = req->vm_name,
-                                      .backend = req->backend };
-                r = append(d, &def);
-                if (r < 0)
-                        return r;
-        }
+        if (!vm || strcmp(vm->name, req->vm_name) != 0 || strcmp(vm->backend, req->backend) != 0)
+                return fail(d, -ENOENT, "VM %s (%016" PRIx64 ") is not defined with backend %s in the journal",
+                            req->vm_name, req->vm_id, req->backend);
 
         r = ensure_core(d, b);
         if (r < 0) {

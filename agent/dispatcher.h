@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* The dispatcher: the only code that writes ownership records. It validates a VM's network request, asks
+/* The dispatcher: the only code that writes ownership records (tests/test-layering.sh checks that no other
+ * code calls journal_append()). It validates a VM's network request, asks
  * the VM's backend for a plan, journals an INTENT for every object (synced) before the backend creates
  * anything, journals CREATED after, and on the way down RELEASE_INTENT, removal (tags re-checked), RELEASED.
  * A request that fails half-way leaves no kernel object and no live record behind. */
@@ -46,7 +47,24 @@ Dispatcher *dispatcher_free(Dispatcher *d);
 /* The last failure, naming the VM or object and the cause ("port 8080/tcp already forwarded to VM web"). */
 const char *dispatcher_error(const Dispatcher *d);
 
-/* -EINVAL bad request, -ENOENT unknown backend, -EADDRINUSE a host port is taken, -EBUSY the VM's network
+/* The VMs' own records, synced unless said otherwise: the agent defines and undefines VMs, the VM manager
+ * records each hypervisor it runs (before it runs: the spawn's gate) or adopts, and each exit. 0, or the
+ * journal's -errno with dispatcher_error(). */
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend);
+int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id);
+int dispatcher_vm_started(Dispatcher *d, uint64_t vm_id, uint32_t pid, uint64_t start_time,
+                          const uint8_t boot_id[16]);
+typedef struct VmExit {
+        JournalVmState state; /* stopped or crashed */
+        const char *reason; /* "exited with status 1", ... */
+        int exit_status, exit_signal; /* -1: not known */
+} VmExit;
+/* sync false: the caller syncs once for several with dispatcher_sync() (group commit). */
+int dispatcher_vm_exited(Dispatcher *d, uint64_t vm_id, const VmExit *e, bool sync);
+int dispatcher_sync(Dispatcher *d);
+
+/* -EINVAL bad request, -ENOENT unknown backend or a VM the journal does not define with this name and
+ * backend, -EADDRINUSE a host port is taken, -EBUSY the VM's network
  * is already up, -EADDRNOTAVAIL no free address; or the backend's/kernel's error. */
 int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret);
 /* Idempotent: a VM without objects is fine. */

@@ -66,7 +66,6 @@ struct VmManager {
         char error[1024];
 };
 
-#define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
 
 _printf_(3, 4) static int fail(VmManager *m, int r, const char *fmt, ...) {
         va_list ap;
@@ -164,7 +163,7 @@ VmManager *vm_manager_free(VmManager *m) {
 /* The exit as journaled: "exited with status N" (stopped when N is 0, else crashed), "killed by signal N"
  * (crashed), or, when it cannot be known (si NULL: an adopted hypervisor is not our child), "exit status
  * unknown" (crashed: nobody asked it to stop). */
-static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, JournalRecord *rec, char *reason,
+static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, VmExit *rec, char *reason,
                                   size_t size) {
         if (!si) {
                 /* Not our child and taskstats did not say: what we did ourselves is all we know. */
@@ -182,32 +181,27 @@ static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, JournalReco
         }
         if (si->si_code == CLD_EXITED) {
                 snprintf(reason, size, "exited with status %d", si->si_status);
-                rec->fields |= F(EXIT_STATUS);
                 rec->exit_status = si->si_status;
                 return si->si_status == 0 ? JOURNAL_VM_STOPPED : JOURNAL_VM_CRASHED;
         }
         snprintf(reason, size, "killed by signal %d%s", si->si_status,
                  si->si_code == CLD_DUMPED ? " (core dumped)" : "");
-        rec->fields |= F(EXIT_SIGNAL);
         rec->exit_signal = si->si_status;
         return JOURNAL_VM_CRASHED;
 }
 
-/* sync false: the caller syncs once for several (group commit). */
-static int journal_exit_full(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
-                             const char *reason, bool sync) {
-        rec->type = JOURNAL_VM_EXITED;
-        rec->fields |= F(VM_ID) | F(VM_STATE) | F(REASON);
-        rec->vm_id = vm_id;
-        rec->vm_state = state;
+/* Through the dispatcher, the journal's one writer. sync false: the caller syncs once for several. */
+static int journal_exit_full(VmManager *m, uint64_t vm_id, VmExit *rec, JournalVmState state, const char *reason,
+                             bool sync) {
+        rec->state = state;
         rec->reason = reason;
-        int r = sync ? journal_append_sync(m->cfg.journal, rec) : journal_append(m->cfg.journal, rec);
-        return r < 0 ? fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal)) : 0;
+        int r = dispatcher_vm_exited(m->cfg.dispatcher, vm_id, rec, sync);
+        return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
 }
 
-static int journal_exit(VmManager *m, uint64_t vm_id, JournalRecord *rec, JournalVmState state,
-                        const char *reason) {
-        return journal_exit_full(m, vm_id, rec, state, reason, true);
+static int journal_exit(VmManager *m, uint64_t vm_id, JournalVmState state, const char *reason) {
+        VmExit x = { .exit_status = -1, .exit_signal = -1 };
+        return journal_exit_full(m, vm_id, &x, state, reason, true);
 }
 
 static void notify_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
@@ -230,7 +224,7 @@ static bool adopted_exit(VmManager *m, Vm *vm, siginfo_t *ret) {
  * adopted hypervisor (not our child): taskstats may know. */
 static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
-        JournalRecord rec = {};
+        VmExit rec = { .exit_status = -1, .exit_signal = -1 };
         siginfo_t seen;
         char reason[96];
 
@@ -244,7 +238,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
         JournalVmState state = exit_reason(vm, si, &rec, reason, sizeof(reason));
-        int k = journal_exit(m, vm->id, &rec, state, reason);
+        int k = journal_exit_full(m, vm->id, &rec, state, reason, true);
         notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k);
         vm_free(vm);
 }
@@ -278,17 +272,11 @@ static int vm_dir(VmManager *m, uint64_t id, char *buf, size_t size) {
 static int journal_started(const VmmProcess *p, void *userdata) {
         Vm *vm = userdata;
         VmManager *m = vm->manager;
-        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
-                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
-                              .vm_id = vm->id,
-                              .pid = (uint32_t) p->pid,
-                              .start_time = p->start_time };
-        memcpy(rec.boot_id, p->boot_id, 16);
         int r = CRASH_POINT("vmm-gate-before-started");
         if (r >= 0)
-                r = journal_append_sync(m->cfg.journal, &rec);
+                r = dispatcher_vm_started(m->cfg.dispatcher, vm->id, (uint32_t) p->pid, p->start_time, p->boot_id);
         if (r < 0)
-                return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
         vm->journaled_start = true;
         return CRASH_POINT("vmm-gate-started-journaled");
 }
@@ -344,7 +332,7 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
         return r < 0 ? fail(m, r, "VM %s: %s", req->name, err) : 0;
 }
 
-int vm_manager_start(VmManager *m, const VmRequest *req) {
+int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
         char dir[4300], sock[4400], serial[4400], log[4400], err[512];
         _cleanup_(strv_freep) char **argv = NULL, **envp = NULL;
         VmNetInfo net;
@@ -404,8 +392,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 fail(m, r, "VM %s: %s", req->name, why);
                 if (vm->journaled_start) {
                         /* Journaled as started, then exec failed: it is over before it began. */
-                        JournalRecord x = {};
-                        (void) journal_exit(m, vm->id, &x, JOURNAL_VM_CRASHED, why);
+                        (void) journal_exit(m, vm->id, JOURNAL_VM_CRASHED, why);
                 }
                 free(vm->api_socket);
                 free(vm);
@@ -419,11 +406,12 @@ int vm_manager_start(VmManager *m, const VmRequest *req) {
                 fail(m, r, "VM %s: cannot watch its hypervisor: %s", req->name, strerror(-r));
                 (void) vmm_signal(vm->process.pidfd, SIGKILL);
                 (void) waitid(P_PIDFD, (id_t) vm->process.pidfd, &(siginfo_t){}, WEXITED);
-                JournalRecord x = {};
-                (void) journal_exit(m, vm->id, &x, JOURNAL_VM_CRASHED, "killed: the agent could not watch it");
+                (void) journal_exit(m, vm->id, JOURNAL_VM_CRASHED, "killed: the agent could not watch it");
                 vm_free(vm);
                 goto undo_net;
         }
+        if (ret)
+                *ret = (VmStarted){ .net = net, .pid = vm->process.pid };
         return 0;
 
 undo_net:
@@ -755,16 +743,10 @@ static int adopt_orphan(pid_t pid, const char *cmdline, void *userdata) {
                 return 0;
         if (process_start_time(pid, &start_time) < 0 || vmm_adopt(pid, start_time, c->boot, &pidfd) < 0)
                 return 0; /* gone meanwhile */
-        JournalRecord rec = { .type = JOURNAL_VM_STARTED,
-                              .fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID),
-                              .vm_id = id,
-                              .pid = (uint32_t) pid,
-                              .start_time = start_time };
-        memcpy(rec.boot_id, c->boot, 16);
-        r = journal_append_sync(m->cfg.journal, &rec);
+        r = dispatcher_vm_started(m->cfg.dispatcher, id, (uint32_t) pid, start_time, c->boot);
         if (r < 0) {
                 safe_close(pidfd);
-                return fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
         }
         char name[33];
         snprintf(name, sizeof(name), "%s", lv->name);
@@ -858,13 +840,13 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
          * journal failure, each VM up to the one that failed is reported with the error. */
         size_t journaled = 0;
         while (journaled < n_dead && r >= 0) {
-                JournalRecord rec = {};
+                VmExit rec = { .exit_status = -1, .exit_signal = -1 };
                 r = journal_exit_full(m, dead_ids[journaled], &rec, JOURNAL_VM_CRASHED,
                                       dead_reason(&dead[journaled]), false);
                 journaled++;
         }
-        if (r >= 0 && n_dead > 0 && (r = journal_sync(m->cfg.journal)) < 0)
-                fail(m, r, "ownership journal: %s", journal_error_message(m->cfg.journal));
+        if (r >= 0 && n_dead > 0 && (r = dispatcher_sync(m->cfg.dispatcher)) < 0)
+                fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
         for (size_t i = 0; i < journaled; i++)
                 notify_exit(m, dead_ids[i], dead[i].name, JOURNAL_VM_CRASHED, dead_reason(&dead[i]),
                             r < 0 ? r : down);

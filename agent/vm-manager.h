@@ -74,8 +74,14 @@ int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret);
 VmManager *vm_manager_free(VmManager *m);
 const char *vm_manager_error(const VmManager *m);
 
-/* Network up, hypervisor spawned and watched; on any failure nothing stays behind. */
-int vm_manager_start(VmManager *m, const VmRequest *req);
+/* What a start made: the VM's network (its TAP, address) and its hypervisor's PID. */
+typedef struct VmStarted {
+        VmNetInfo net;
+        pid_t pid;
+} VmStarted;
+
+/* Network up, hypervisor spawned and watched; on any failure nothing stays behind. ret may be NULL. */
+int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret);
 /* What vm_manager_start() would refuse about req's hypervisor arguments (cloud-hypervisor's option syntax,
  * the command line's length, ...), found without starting anything: -EINVAL with vm_manager_error(). */
 int vm_manager_validate(VmManager *m, const VmRequest *req);

@@ -135,8 +135,19 @@ static void teardown(void) {
 
 TestSuite(dispatcher, .init = setup, .fini = teardown, .timeout = 120);
 
+/* Defines the VM in the journal as the agent does at create (vm_net_up wants it defined), unless it is. */
+static void define(uint64_t id, const char *name, const char *backend) {
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), id);
+        if (vm && strcmp(vm->name, name) == 0 && strcmp(vm->backend, backend) == 0)
+                return;
+        if (vm_name_valid(name) && backend)
+                cr_assert_eq(dispatcher_define_vm(disp, id, name, backend), 0, "%s", dispatcher_error(disp));
+}
+
 static int up(uint64_t id, const char *name, const char *backend, const PortForward *ports, size_t n,
               VmNetInfo *info) {
+        if (name && backend)
+                define(id, name, backend);
         VmNetRequest req = {
                 .vm_id = id, .vm_name = name, .backend = backend, .ports = ports, .n_ports = n
         };

@@ -9,6 +9,7 @@
 # tests/, fuzz/ and bench/ may include anything. A line with "layering: allowed" is an exception the
 # reader can see, with its reason (one today: agent.c makes the one link dump all backends read).
 # And the daemon and chvmctl, as built, neither link libnftnl nor carry nftables code (nft_* functions), and
+# only agent/dispatcher.c calls journal_append/journal_sync (one writer of ownership records), and
 # the daemon's code names no backend: no string literal that is a backend module's name (backends/*/ and
 # the names their vtables give) in agent/ outside chvmctl's help (agent/ctl-*.c, agent/chvmctl.c).
 # Prints every violation as FILE:LINE: the include.
@@ -80,6 +81,13 @@ for name in $backend_names; do
         done < <(find agent -name '*.c' ! -name 'ctl-*.c' ! -name chvmctl.c | sort |
                 xargs grep -nH "\"$name\"" | grep -v '^[^:]*:[0-9]*: *\(/\*\|\*\)')
 done
+
+# One writer of ownership records: the dispatcher (issue 12, point 1). Everyone else asks it.
+while IFS= read -r hit; do
+        echo "FAIL: $hit: only agent/dispatcher.c writes the ownership journal"
+        violations=$((violations + 1))
+done < <(grep -rnE '\<journal_(append|append_sync|sync)\(' agent backends vmm util | grep -v '^agent/dispatcher\.c:' |
+        grep -v '^[^:]*:[0-9]*: *\(/\*\|\*\)')
 
 # A check that read nothing proves nothing.
 if ((n_files < 20 || n_includes < 100)); then

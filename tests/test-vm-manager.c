@@ -114,6 +114,15 @@ static double now(void) {
         return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
+/* vm_manager_start() after the VM is defined in the journal, as the agent does at create. */
+static int start_defined(VmManager *m, const VmRequest *req) {
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), req->vm_id);
+        if (!vm || strcmp(vm->name, req->name) != 0 || strcmp(vm->backend, req->backend) != 0)
+                cr_assert_eq(dispatcher_define_vm(disp, req->vm_id, req->name, req->backend), 0, "%s",
+                             dispatcher_error(disp));
+        return vm_manager_start(m, req, NULL);
+}
+
 static void start(uint64_t id, const char *name, const char *backend, const PortForward *p, size_t n) {
         VmRequest req = { .vm_id = id,
                           .name = name,
@@ -123,7 +132,7 @@ static void start(uint64_t id, const char *name, const char *backend, const Port
                           .memory_mib = 64,
                           .ports = p,
                           .n_ports = n };
-        cr_assert_eq(vm_manager_start(mgr, &req), 0, "start %s: %s", name, vm_manager_error(mgr));
+        cr_assert_eq(start_defined(mgr, &req), 0, "start %s: %s", name, vm_manager_error(mgr));
 }
 
 /* fake-vmm makes its API socket last, once its signal handlers and TAP are set up: ready when a
@@ -163,7 +172,7 @@ Test(vm_manager, start_that_cannot_watch_leaves_no_running_vm) {
         cr_assert_eq(sigprocmask(SIG_UNBLOCK, &ss, NULL), 0);
         VmRequest req = { .vm_id = 7, .name = "unwatched", .backend = "local", .kernel = FAKE_VMM_PATH,
                           .cpus = 1, .memory_mib = 64 };
-        cr_assert_lt(vm_manager_start(mgr, &req), 0);
+        cr_assert_lt(start_defined(mgr, &req), 0);
         cr_assert(strstr(vm_manager_error(mgr), "cannot watch its hypervisor"), "%s", vm_manager_error(mgr));
         cr_assert_eq(vm_manager_n_running(mgr), 0);
         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 7);
@@ -282,7 +291,7 @@ Test(vm_manager, failed_start_leaves_nothing) {
                           .kernel = FAKE_VMM_PATH,
                           .cpus = 1,
                           .memory_mib = 64 };
-        cr_assert_eq(vm_manager_start(bad, &req), -ENOENT);
+        cr_assert_eq(start_defined(bad, &req), -ENOENT);
         cr_assert(strstr(vm_manager_error(bad), "VM noexec: cannot execute /nonexistent/cloud-hypervisor"),
                   "%s", vm_manager_error(bad));
         vm_manager_free(bad);
@@ -298,7 +307,7 @@ Test(vm_manager, failed_start_leaves_nothing) {
                            .kernel = "/nonexistent/vmlinuz",
                            .cpus = 1,
                            .memory_mib = 64 };
-        cr_assert_eq(vm_manager_start(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
         run_until_gone(2);
         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 2);
         cr_assert_str_eq(vm->reason, "exited with status 1");
@@ -376,7 +385,7 @@ static pid_t run_agent_child(unsigned n, pid_t *ret_pids) {
                                           .memory_mib = 64,
                                           .ports = &p,
                                           .n_ports = 1 };
-                        if (vm_manager_start(mgr, &req) < 0)
+                        if (start_defined(mgr, &req) < 0)
                                 _exit(1);
                         pid_t pid = vm_manager_pid(mgr, i);
                         if (write(pfd[1], &pid, sizeof(pid)) != sizeof(pid))
