@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "agent/agent.h"
+#include "util/error.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
 #include "backends/backend.h"
@@ -54,7 +55,7 @@ struct Agent {
         bool links_dumped;
         struct LinkInfo *links;
         size_t n_links;
-        char error[1024];
+        Error error;
 };
 
 /* The links as one dump made them, for as long as the outermost hold lasts. */

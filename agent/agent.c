@@ -50,13 +50,25 @@ VmState vm_state_from_string(const char *s) {
 _printf_(3, 4) static int fail(Agent *a, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(a->error, sizeof(a->error), fmt, ap);
+        r = error_setv(&a->error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
         return r;
 }
 
+/* A VM that cannot start as it is defined (its file, its hypervisor binary, its backend missing): the
+ * caller's request cannot be met, whatever the errno says (-ENOENT of a binary is no "no such VM"). */
+static int cannot_start(Agent *a, const Error *cause) {
+        a->error = *cause;
+        a->error.kind = ERROR_INVALID;
+        return a->error.code;
+}
+
 const char *agent_error(const Agent *a) {
-        return a->error;
+        return error_message(&a->error);
+}
+
+const Error *agent_last_error(const Agent *a) {
+        return &a->error;
 }
 const char *agent_id_string(const Agent *a) {
         return a->agent_id_str;
@@ -594,7 +606,7 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_si
         for (size_t i = 0; i < k; i++) {
                 r = journal_undefine(a, forget[i]);
                 if (r < 0) {
-                        snprintf(err, err_size, "%s", a->error);
+                        snprintf(err, err_size, "%s", error_message(&a->error));
                         return r;
                 }
         }
@@ -606,7 +618,7 @@ static int load_definitions(Agent *a, char *err, size_t err_size) {
         int r = vm_def_load_all(a->vms_fd, on_definition, &c);
         if (r < 0)
                 snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
-                         a->error[0] ? a->error : strerror(-r));
+                         error_message(&a->error));
         else
                 r = journal_only_vms(a, &c, err, err_size);
         for (size_t i = 0; i < c.n_bad; i++)
@@ -890,7 +902,7 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         char why[1024];
         int r;
 
-        a->error[0] = '\0';
+        error_clear(&a->error);
         r = vm_def_copy(in, &def);
         if (r < 0)
                 return fail(a, r, "VM %s: %s", in->name, strerror(-r));
@@ -964,7 +976,7 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
 
 static AgentVm *lookup(Agent *a, const char *name) {
         AgentVm *v = agent_find_vm(a, name);
-        a->error[0] = '\0';
+        error_clear(&a->error);
         if (!v)
                 fail(a, -ENOENT, "no VM named \"%s\"", name ? name : "");
         return v;
@@ -988,8 +1000,8 @@ int agent_vm_start(Agent *a, const char *name) {
                 return fail(a, -ENOMEM, "VM %s: %s", v->name, strerror(ENOMEM));
         int r = check_files(a, d, files);
         if (r < 0) {
-                log_vm(LOG_WARNING, &lv, "%s", a->error);
-                return r == -EINVAL ? -ENOEXEC : r;
+                log_vm(LOG_WARNING, &lv, "%s", error_message(&a->error));
+                return r == -EINVAL ? cannot_start(a, &a->error) : r;
         }
         VmRequest req;
         request_of(a, d, v->id, vm_kind(a, v), &req);
@@ -1001,18 +1013,18 @@ int agent_vm_start(Agent *a, const char *name) {
         VmStarted started;
         r = vm_manager_start(a->vmm, &req, &started);
         if (r < 0) {
-                /* -ENOENT tells callers there is no such VM: a hypervisor binary or a backend that is not
-                 * there makes a VM that cannot start (the API would say NotFound, chvmctl exit 3). */
+                const Error *e = vm_manager_last_error(a->vmm);
                 if (r == -ENOENT)
-                        r = -ENOEXEC;
-                fail(a, r, "%s", vm_manager_error(a->vmm));
-                log_vm(LOG_WARNING, &lv, "%s", a->error);
+                        cannot_start(a, e); /* no hypervisor binary or backend: not "no such VM" */
+                else
+                        a->error = *e;
+                log_vm(LOG_WARNING, &lv, "%s", error_message(&a->error));
                 const LiveVm *l = live_set_get_vm(journal_live_set(a->journal), v->id);
                 notify(a, v->name, v->id,
                        l && l->state == JOURNAL_VM_CRASHED ? VM_STATE_CRASHED
                        : l && l->state == JOURNAL_VM_STOPPED ? VM_STATE_STOPPED
                                                               : VM_STATE_DEFINED,
-                       a->error);
+                       error_message(&a->error));
                 return r;
         }
         lv.interface = started.net.tap;

@@ -22,6 +22,7 @@
 #include "agent/config.h"
 #include "state/journal.h"
 #include "state/vmdef.h"
+#include "util/error.h"
 #include "vmm/hypervisor.h"
 
 typedef struct Agent Agent;
@@ -83,6 +84,8 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Agent *, agent_free);
 
 void agent_set_state_callback(Agent *a, AgentStateCallback cb, void *userdata);
 const char *agent_error(const Agent *a);
+/* The same with its code and kind (util/error.h): what the API answers. */
+const Error *agent_last_error(const Agent *a);
 const char *agent_id_string(const Agent *a);
 const AgentConfig *agent_config(const Agent *a);
 Journal *agent_journal(const Agent *a);
@@ -93,8 +96,8 @@ Journal *agent_journal(const Agent *a);
  * is written and journaled before this returns; on failure neither is. */
 #define AGENT_CREATE_FORCE_PORT (1u << 0) /* forward host ports [local] reserved_ports keeps for the host */
 int agent_vm_create(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
-/* -ENOENT: no such VM; -EBUSY: running; -ENOEXEC: it cannot be started (no definition, no hypervisor
- * binary, its backend is not loaded); else the network's or the hypervisor's error. On failure nothing of
+/* -ENOENT: no such VM; -EBUSY: running; an error of kind ERROR_INVALID when it cannot be started (no
+ * definition, no hypervisor binary, its backend is not loaded); else the network's or the hypervisor's. On failure nothing of
  * the VM's network stays behind. */
 int agent_vm_start(Agent *a, const char *name);
 /* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running

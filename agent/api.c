@@ -111,33 +111,23 @@ _printf_(3, 4) static int set_error(sd_bus_error *error, const char *name, const
         return sd_bus_error_set(error, name, utf8_sanitize(buf));
 }
 
-static int reply_errno(sd_bus_error *error, int r, const char *message) {
-        const char *name;
-        switch (r) {
-        case -ENOENT:
-                name = API_ERROR_NOT_FOUND;
-                break;
-        case -EACCES:
-        case -EPERM:
-                name = SD_BUS_ERROR_ACCESS_DENIED;
-                break;
-        case -EINVAL:
-        case -ERANGE:
-        case -ENAMETOOLONG:
-        case -ENOEXEC:
-                name = API_ERROR_INVALID;
-                break;
-        case -EBUSY:
-        case -EADDRINUSE:
-                name = API_ERROR_BUSY;
-                break;
-        case -EEXIST:
-                name = API_ERROR_EXISTS;
-                break;
-        default:
-                name = API_ERROR_FAILED;
-        }
-        return set_error(error, name, "%s", message && message[0] ? message : strerror(-r));
+/* The one place where an error's kind becomes a D-Bus error name (and so chvmctl's exit code). */
+static const char *const error_names[_ERROR_KIND_MAX] = {
+        [ERROR_FAILED] = API_ERROR_FAILED, [ERROR_INVALID] = API_ERROR_INVALID,
+        [ERROR_NOT_FOUND] = API_ERROR_NOT_FOUND, [ERROR_EXISTS] = API_ERROR_EXISTS,
+        [ERROR_BUSY] = API_ERROR_BUSY, [ERROR_DENIED] = SD_BUS_ERROR_ACCESS_DENIED,
+};
+
+/* The failure r of a call, as the agent described it (e: its last error, when that is r's). */
+static int reply_error(sd_bus_error *error, int r, const Error *e) {
+        bool described = e && e->code == r && r < 0;
+        ErrorKind k = described ? e->kind : error_kind_from_errno(r);
+        return set_error(error, error_names[k >= 0 && k < _ERROR_KIND_MAX ? k : ERROR_FAILED], "%s",
+                         described ? error_message(e) : strerror(-r));
+}
+
+static int reply_agent_error(sd_bus_error *error, int r, const Agent *a) {
+        return reply_error(error, r, agent_last_error(a));
 }
 
 static int require_privileged(Conn *c, const char *what, sd_bus_error *error) {
@@ -860,7 +850,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
 
         r = agent_vm_create(c->api->agent, def, (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0, &id);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, "t", id);
 }
 
@@ -879,7 +869,7 @@ static int method_start(sd_bus_message *m, void *userdata, sd_bus_error *error) 
                 return r;
         r = agent_vm_start(c->api->agent, name);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -932,7 +922,7 @@ static int method_stop(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return set_error(error, API_ERROR_INVALID, "stop timeout %u s: at most 3600", timeout);
         r = agent_vm_stop(c->api->agent, name, timeout);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         if (vm_up(c->api->agent, name, &id))
                 return add_pending(c, m, name, id, PENDING_STOP);
         return sd_bus_reply_method_return(m, NULL);
@@ -953,7 +943,7 @@ static int method_kill(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return r;
         r = agent_vm_kill(c->api->agent, name);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         if (vm_up(c->api->agent, name, &id))
                 return add_pending(c, m, name, id, PENDING_KILL);
         return sd_bus_reply_method_return(m, NULL);
@@ -979,13 +969,13 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
                                                  "VM %s is running: stop it first (or remove it with -f)", name);
                 r = agent_vm_kill(c->api->agent, name);
                 if (r < 0)
-                        return reply_errno(error, r, agent_error(c->api->agent));
+                        return reply_agent_error(error, r, c->api->agent);
                 if (vm_up(c->api->agent, name, &id))
                         return add_pending(c, m, name, id, PENDING_REMOVE);
         }
         r = agent_vm_remove(c->api->agent, name);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -1122,8 +1112,8 @@ static int method_gc(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         }
         GcOptions o = { .dry_run = dry_run, .heuristic = heuristic };
         r = agent_gc(c->api->agent, &o, &p);
-        if (r < 0 && r != -EIO)
-                return reply_errno(error, r, agent_error(c->api->agent));
+        if (r < 0)
+                return reply_agent_error(error, r, c->api->agent);
         log_info("garbage collection%s%s by uid %u: %zu delete, %zu forget, %zu skip, %zu failed",
                  dry_run ? " (dry run)" : "", heuristic ? " (heuristic)" : "", (unsigned) c->uid,
                  p.count[GC_DELETE], p.count[GC_FORGET], p.count[GC_SKIP], p.n_failed);
@@ -1157,7 +1147,7 @@ static int method_doctor(sd_bus_message *m, void *userdata, sd_bus_error *error)
         DoctorReport rep;
         int r = agent_doctor(c->api->agent, &rep);
         if (r < 0)
-                return reply_errno(error, r, agent_error(c->api->agent));
+                return reply_agent_error(error, r, c->api->agent);
         r = sd_bus_message_new_method_return(m, &reply);
         if (r >= 0)
                 r = sd_bus_message_open_container(reply, 'a', "(sss)");
@@ -1262,9 +1252,10 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
                 done = p->next;
                 if (p->conn)
                         p->conn->n_pending--;
-                if (p->op == PENDING_REMOVE && agent_vm_remove(api->agent, p->name) < 0) {
+                int r = p->op == PENDING_REMOVE ? agent_vm_remove(api->agent, p->name) : 0;
+                if (r < 0) {
                         sd_bus_error e = SD_BUS_ERROR_NULL;
-                        (void) reply_errno(&e, -EIO, agent_error(api->agent));
+                        (void) reply_agent_error(&e, r, api->agent);
                         (void) sd_bus_reply_method_error(p->call, &e);
                         sd_bus_error_free(&e);
                 } else

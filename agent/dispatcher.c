@@ -22,7 +22,7 @@ struct Dispatcher {
         size_t n_backends;
         BackendNetParams *params; /* per backend: its TAP prefix and address pool */
         ResourceSet *core; /* per backend: its shared objects, to tell whose a core object of the journal is */
-        char error[768];
+        Error error;
 };
 
 #define F(x) JOURNAL_FIELD_BIT(JOURNAL_FIELD_##x)
@@ -30,7 +30,7 @@ struct Dispatcher {
 _printf_(3, 4) static int fail(Dispatcher *d, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(d->error, sizeof(d->error), fmt, ap);
+        r = error_setv(&d->error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
         return r;
 }
@@ -40,7 +40,11 @@ static int journal_failed(Dispatcher *d, int r) {
 }
 
 const char *dispatcher_error(const Dispatcher *d) {
-        return d->error;
+        return error_message(&d->error);
+}
+
+const Error *dispatcher_last_error(const Dispatcher *d) {
+        return &d->error;
 }
 
 int dispatcher_new(const DispatcherConfig *cfg, Dispatcher **ret) {
@@ -127,7 +131,7 @@ int dispatcher_backend_params(const Dispatcher *d, const char *name, BackendNetP
 int dispatcher_check_ports(Dispatcher *d, const char *backend, const char *vm_name, const PortForward *ports,
                            size_t n) {
         Backend *b = find_backend(d, backend);
-        d->error[0] = '\0';
+        error_clear(&d->error);
         if (!b)
                 return fail(d, -ENOENT, "VM %s: unknown backend \"%s\"", vm_name, backend ? backend : "");
         if (n == 0 || !b->vtable->check_ports)
@@ -189,14 +193,14 @@ int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const 
                               .vm_id = vm_id,
                               .vm_name = name,
                               .backend = backend };
-        d->error[0] = '\0';
+        error_clear(&d->error);
         int r = append(d, &rec);
         return r < 0 ? r : sync_journal(d);
 }
 
 int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id) {
         JournalRecord rec = { .type = JOURNAL_VM_UNDEFINE, .fields = F(VM_ID), .vm_id = vm_id };
-        d->error[0] = '\0';
+        error_clear(&d->error);
         int r = append(d, &rec);
         return r < 0 ? r : sync_journal(d);
 }
@@ -209,7 +213,7 @@ int dispatcher_vm_started(Dispatcher *d, uint64_t vm_id, uint32_t pid, uint64_t 
                               .pid = pid,
                               .start_time = start_time };
         memcpy(rec.boot_id, boot_id, 16);
-        d->error[0] = '\0';
+        error_clear(&d->error);
         int r = append(d, &rec);
         return r < 0 ? r : sync_journal(d);
 }
@@ -228,13 +232,13 @@ int dispatcher_vm_exited(Dispatcher *d, uint64_t vm_id, const VmExit *e, bool sy
                 rec.fields |= F(EXIT_SIGNAL);
                 rec.exit_signal = e->exit_signal;
         }
-        d->error[0] = '\0';
+        error_clear(&d->error);
         int r = append(d, &rec);
         return r < 0 || !sync ? r : sync_journal(d);
 }
 
 int dispatcher_sync(Dispatcher *d) {
-        d->error[0] = '\0';
+        error_clear(&d->error);
         return sync_journal(d);
 }
 
@@ -420,8 +424,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                 fail(d, r, "%s", b->vtable->error_message(b));
                 /* Shared objects that exist after all stay, journaled: the next bring-up uses them. */
                 if (settle_failed_apply(d, b, &core, fresh, &found) < 0)
-                        snprintf(d->error + strlen(d->error), sizeof(d->error) - strlen(d->error),
-                                 " (and the kernel could not be read back: recovery will settle it)");
+                        error_append(&d->error, " (and the kernel could not be read back: recovery will settle it)");
                 goto out;
         }
         for (size_t i = 0; i < core.n && r >= 0; i++)
@@ -492,7 +495,7 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         Backend *b;
         int r;
 
-        d->error[0] = '\0';
+        error_clear(&d->error);
         if (!req || req->vm_id == 0 || !vm_name_valid(req->vm_name))
                 return fail(d, -EINVAL, "invalid VM name \"%s\" (want ^[a-z][a-z0-9-]{0,31}$)",
                             req && req->vm_name ? req->vm_name : "");
@@ -514,11 +517,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                             req->vm_name, req->vm_id, req->backend);
 
         r = ensure_core(d, b);
-        if (r < 0) {
-                char cause[sizeof(d->error)];
-                memcpy(cause, d->error, sizeof(cause));
-                return fail(d, r, "VM %s: %.700s", req->vm_name, cause);
-        }
+        if (r < 0)
+                return error_prefix(&d->error, "VM %s", req->vm_name);
 
         dispatcher_mac(req->vm_id, info.mac);
         if (b->vtable->uses_addresses) {
@@ -568,11 +568,9 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         if (r < 0) {
                 size_t found = 0;
                 fail(d, r, "VM %s: %s", req->vm_name, b->vtable->error_message(b));
-                char cause[sizeof(d->error)];
-                memcpy(cause, d->error, sizeof(cause));
+                Error cause = d->error;
                 if (settle_failed_apply(d, b, &plan, NULL, &found) < 0)
-                        snprintf(cause + strlen(cause), sizeof(cause) - strlen(cause),
-                                 " (and the kernel could not be read back: recovery will settle it)");
+                        error_append(&cause, " (and the kernel could not be read back: recovery will settle it)");
                 else if (found > 0) {
                         /* A failed request leaves nothing: take what exists anyway away again. */
                         ResourceSet made = {};
@@ -584,11 +582,10 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                                 k = release(d, b, made.items, made.n, NULL);
                         resource_set_clear(&made);
                         if (k < 0)
-                                snprintf(cause + strlen(cause), sizeof(cause) - strlen(cause),
-                                         " (and %zu object(s) made anyway could not be removed: %.200s)",
-                                         found, d->error);
+                                error_append(&cause, " (and %zu object(s) made anyway could not be removed: %s)",
+                                             found, error_message(&d->error));
                 }
-                memcpy(d->error, cause, sizeof(cause));
+                d->error = cause;
                 goto undo_ip;
         }
         r = CRASH_POINT("dispatcher-up-applied");
@@ -718,7 +715,7 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
         uint64_t owner;
         int r = 0;
 
-        d->error[0] = '\0';
+        error_clear(&d->error);
         if (!per_backend || !wanted) {
                 u64map_free(wanted);
                 return -ENOMEM;
@@ -756,13 +753,10 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
                 if (r < 0) {
                         /* Say whose network it was: "VM web: cannot list ...", or how many VMs. */
                         const LiveVm *vm = live_set_get_vm(ls, per_backend[bi].items[0].vm_id);
-                        char cause[sizeof(d->error)];
-                        memcpy(cause, d->error, sizeof(cause));
                         if (u64map_size(wanted) == 1 && vm)
-                                fail(d, r, "VM %s: taking its network down: %.600s", vm->name, cause);
+                                error_prefix(&d->error, "VM %s: taking its network down", vm->name);
                         else
-                                fail(d, r, "taking the network of %zu VMs down: %.600s", u64map_size(wanted),
-                                     cause);
+                                error_prefix(&d->error, "taking the network of %zu VMs down", u64map_size(wanted));
                         goto out;
                 }
                 stale += s;

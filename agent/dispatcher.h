@@ -13,6 +13,7 @@
 
 #include "backends/backend.h"
 #include "state/journal.h"
+#include "util/error.h"
 #include "util/vmname.h"
 
 typedef struct Dispatcher Dispatcher;
@@ -46,6 +47,7 @@ Dispatcher *dispatcher_free(Dispatcher *d);
 
 /* The last failure, naming the VM or object and the cause ("port 8080/tcp already forwarded to VM web"). */
 const char *dispatcher_error(const Dispatcher *d);
+const Error *dispatcher_last_error(const Dispatcher *d);
 
 /* The VMs' own records, synced unless said otherwise: the agent defines and undefines VMs, the VM manager
  * records each hypervisor it runs (before it runs: the spawn's gate) or adopts, and each exit. 0, or the

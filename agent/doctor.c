@@ -92,7 +92,7 @@ static int check_scan(Agent *a, DoctorReport *r) {
         GcOptions o = { .dry_run = true };
         int k = agent_gc(a, &o, &p);
         if (k < 0)
-                return add(r, DOCTOR_ERROR, "scan", "cannot scan the kernel: %s", a->error);
+                return add(r, DOCTOR_ERROR, "scan", "cannot scan the kernel: %s", error_message(&a->error));
         size_t leaked = p.by_reason[GC_REASON_OWNED] + p.by_reason[GC_REASON_UNTRACKED];
         if (leaked)
                 k = add(r, DOCTOR_WARNING, "scan",

@@ -147,7 +147,7 @@ static int scan_all_(Gc *g) {
                         continue;
                 int r = b->vtable->scan(b, &s);
                 if (r < 0) {
-                        snprintf(a->error, sizeof(a->error), "backend %s: scan failed: %s", b->vtable->name,
+                        error_errno(&a->error, r, "backend %s: scan failed: %s", b->vtable->name,
                                  b->vtable->error_message(b));
                         resource_set_clear(&s);
                         return r;
@@ -605,7 +605,7 @@ static int carry_out(Gc *g) {
                                 mark_failed(p, d, r, b->vtable->error_message(b));
                 }
         }
-        return p->n_failed ? -EIO : 0;
+        return 0; /* what failed is in the plan: n_failed, and each decision's error */
 }
 
 int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
@@ -613,7 +613,7 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
         int r;
 
         *ret = (GcPlan){ .dry_run = o->dry_run, .heuristic = o->heuristic };
-        a->error[0] = '\0';
+        error_clear(&a->error);
         ret->quarantine = journal_state(a->journal) == JOURNAL_STATE_QUARANTINE;
         /* Dead hypervisors first: their teardown is the ordinary one, like a crash. */
         if (!o->dry_run)
@@ -646,7 +646,7 @@ int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret) {
                 goto out;
         if (g.processes_error < 0) {
                 r = g.processes_error;
-                snprintf(a->error, sizeof(a->error), "cannot list processes: %s", strerror(-r));
+                error_errno(&a->error, r, "cannot list processes: %s", strerror(-r));
                 goto out;
         }
         if (!o->dry_run) {
@@ -663,7 +663,7 @@ out:
         u64map_free(g.running_ips);
         u64map_free(g.alive);
         u64map_free(g.running);
-        if (r < 0 && r != -EIO)
+        if (r < 0)
                 gc_plan_clear(ret);
         return r;
 }

@@ -82,9 +82,9 @@ typedef struct GcOptions {
         bool heuristic;
 } GcOptions;
 
-/* Plans (and unless dry_run, first refreshes VM states and then carries out) a collection. Returns 0 when
- * everything planned was done, -EIO when some deletions failed (see the decisions), or another -errno when
- * no plan could be made (agent_error() says why). */
+/* Plans (and unless dry_run, first refreshes VM states and then carries out) a collection. Returns 0 with
+ * the plan, deletions that failed counted in n_failed and each marked with its error; or -errno when no
+ * plan could be made (agent_error() says why), with nothing in *ret. */
 int agent_gc(Agent *a, const GcOptions *o, GcPlan *ret);
 void gc_plan_clear(GcPlan *p);
 

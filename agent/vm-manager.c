@@ -63,20 +63,33 @@ struct VmManager {
         char runtime_dir[4096];
         U64Map *vms; /* running, by id */
         char **environment, **pass_environment; /* copies of the config's */
-        char error[1024];
+        Error error;
 };
-
 
 _printf_(3, 4) static int fail(VmManager *m, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(m->error, sizeof(m->error), fmt, ap);
+        r = error_setv(&m->error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
         return r;
 }
 
+/* The dispatcher's failure r, passed up as it is. */
+static int dispatcher_failed(VmManager *m, int r) {
+        const Error *e = dispatcher_last_error(m->cfg.dispatcher);
+        if (e->code == r)
+                m->error = *e;
+        else
+                error_errno(&m->error, r, "%s", strerror(-r));
+        return r;
+}
+
 const char *vm_manager_error(const VmManager *m) {
-        return m->error;
+        return error_message(&m->error);
+}
+
+const Error *vm_manager_last_error(const VmManager *m) {
+        return &m->error;
 }
 
 static bool env_name_matches(const char *pattern, const char *entry) {
@@ -196,7 +209,7 @@ static int journal_exit_full(VmManager *m, uint64_t vm_id, VmExit *rec, JournalV
         rec->state = state;
         rec->reason = reason;
         int r = dispatcher_vm_exited(m->cfg.dispatcher, vm_id, rec, sync);
-        return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+        return r < 0 ? dispatcher_failed(m, r) : 0;
 }
 
 static int journal_exit(VmManager *m, uint64_t vm_id, JournalVmState state, const char *reason) {
@@ -231,7 +244,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         if (!si && vm->adopted && adopted_exit(m, vm, &seen))
                 si = &seen;
 
-        m->error[0] = '\0';
+        error_clear(&m->error);
         u64map_remove(m->vms, vm->id);
         int r = vm_net_down(m->cfg.dispatcher, vm->id);
         if (r < 0)
@@ -276,7 +289,7 @@ static int journal_started(const VmmProcess *p, void *userdata) {
         if (r >= 0)
                 r = dispatcher_vm_started(m->cfg.dispatcher, vm->id, (uint32_t) p->pid, p->start_time, p->boot_id);
         if (r < 0)
-                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
+                return dispatcher_failed(m, r);
         vm->journaled_start = true;
         return CRASH_POINT("vmm-gate-started-journaled");
 }
@@ -327,7 +340,7 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
         snprintf(serial, sizeof(serial), "%s/vms/%016" PRIx64 "/serial.log", m->runtime_dir, req->vm_id);
         VmSpec spec;
         fill_spec(m, req, &net, sock, serial, &spec);
-        m->error[0] = '\0';
+        error_clear(&m->error);
         int r = vm_spec_validate(&spec, req->hypervisor, err, sizeof(err));
         return r < 0 ? fail(m, r, "VM %s: %s", req->name, err) : 0;
 }
@@ -338,7 +351,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
         VmNetInfo net;
         int r;
 
-        m->error[0] = '\0';
+        error_clear(&m->error);
         if (u64map_get(m->vms, req->vm_id))
                 return fail(m, -EBUSY, "VM %s is already running", req->name);
         r = vm_dir(m, req->vm_id, dir, sizeof(dir));
@@ -357,7 +370,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                               .n_ports = req->n_ports };
         r = vm_net_up(m->cfg.dispatcher, &nreq, &net);
         if (r < 0)
-                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
+                return dispatcher_failed(m, r);
 
         VmSpec spec;
         fill_spec(m, req, &net, sock, serial, &spec);
@@ -422,7 +435,7 @@ undo_net:
 /* Not running (or never started here): make sure nothing of its network is left. */
 static int net_down(VmManager *m, uint64_t vm_id) {
         int r = vm_net_down(m->cfg.dispatcher, vm_id);
-        return r < 0 ? fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher)) : 0;
+        return r < 0 ? dispatcher_failed(m, r) : 0;
 }
 
 int vm_manager_kill(VmManager *m, uint64_t vm_id) {
@@ -746,7 +759,7 @@ static int adopt_orphan(pid_t pid, const char *cmdline, void *userdata) {
         r = dispatcher_vm_started(m->cfg.dispatcher, id, (uint32_t) pid, start_time, c->boot);
         if (r < 0) {
                 safe_close(pidfd);
-                return fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
+                return dispatcher_failed(m, r);
         }
         char name[33];
         snprintf(name, sizeof(name), "%s", lv->name);
@@ -846,7 +859,7 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                 journaled++;
         }
         if (r >= 0 && n_dead > 0 && (r = dispatcher_sync(m->cfg.dispatcher)) < 0)
-                fail(m, r, "%s", dispatcher_error(m->cfg.dispatcher));
+                dispatcher_failed(m, r);
         for (size_t i = 0; i < journaled; i++)
                 notify_exit(m, dead_ids[i], dead[i].name, JOURNAL_VM_CRASHED, dead_reason(&dead[i]),
                             r < 0 ? r : down);

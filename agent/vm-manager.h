@@ -73,6 +73,7 @@ typedef struct VmRequest {
 int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret);
 VmManager *vm_manager_free(VmManager *m);
 const char *vm_manager_error(const VmManager *m);
+const Error *vm_manager_last_error(const VmManager *m);
 
 /* What a start made: the VM's network (its TAP, address) and its hypervisor's PID. */
 typedef struct VmStarted {
