@@ -26,26 +26,16 @@
 #include "util/hashmap.h"
 #include "util/log.h"
 #include "util/netports.h"
+#include "util/string-table.h"
 #include "vmm/argv.h"
 #include "vmm/process.h"
-
-/* How long kill (and rm -f) waits for a SIGKILLed hypervisor to be gone. */
 
 static const char *const vm_state_table[_VM_STATE_MAX] = {
         [VM_STATE_DEFINED] = "defined",   [VM_STATE_STARTING] = "starting", [VM_STATE_RUNNING] = "running",
         [VM_STATE_STOPPING] = "stopping", [VM_STATE_STOPPED] = "stopped",   [VM_STATE_CRASHED] = "crashed",
 };
 
-const char *vm_state_to_string(VmState s) {
-        return s >= 0 && s < _VM_STATE_MAX ? vm_state_table[s] : NULL;
-}
-
-VmState vm_state_from_string(const char *s) {
-        for (int i = 0; s && i < _VM_STATE_MAX; i++)
-                if (strcmp(vm_state_table[i], s) == 0)
-                        return (VmState) i;
-        return _VM_STATE_INVALID;
-}
+DEFINE_STRING_TABLE(vm_state, VmState, vm_state_table, _VM_STATE_MAX)
 
 _printf_(3, 4) static int fail(Agent *a, int r, const char *fmt, ...) {
         va_list ap;

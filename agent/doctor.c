@@ -10,6 +10,7 @@
 
 #include "agent/agent-internal.h"
 #include "agent/gc.h"
+#include "util/string-table.h"
 
 static const char *const doctor_severity_table[_DOCTOR_SEVERITY_MAX] = {
         [DOCTOR_OK] = "ok",
@@ -17,9 +18,7 @@ static const char *const doctor_severity_table[_DOCTOR_SEVERITY_MAX] = {
         [DOCTOR_ERROR] = "error",
 };
 
-const char *doctor_severity_to_string(DoctorSeverity s) {
-        return s < _DOCTOR_SEVERITY_MAX ? doctor_severity_table[s] : NULL;
-}
+DEFINE_STRING_TABLE_TO(doctor_severity, DoctorSeverity, doctor_severity_table, _DOCTOR_SEVERITY_MAX)
 
 void doctor_report_clear(DoctorReport *r) {
         free(r->items);

@@ -15,6 +15,7 @@
 #include "agent/agent-internal.h"
 #include "agent/gc.h"
 #include "util/log.h"
+#include "util/string-table.h"
 #include "vmm/process.h"
 
 static const char *const gc_action_table[_GC_ACTION_MAX] = {
@@ -23,9 +24,7 @@ static const char *const gc_action_table[_GC_ACTION_MAX] = {
         [GC_SKIP] = "skip",
 };
 
-const char *gc_action_to_string(GcAction a) {
-        return a >= 0 && a < _GC_ACTION_MAX ? gc_action_table[a] : NULL;
-}
+DEFINE_STRING_TABLE_TO(gc_action, GcAction, gc_action_table, _GC_ACTION_MAX)
 
 static const char *const gc_reason_table[_GC_REASON_MAX] = {
         [GC_REASON_OWNED] = "owned",
@@ -40,9 +39,7 @@ static const char *const gc_reason_table[_GC_REASON_MAX] = {
         [GC_REASON_CORE] = "core",
 };
 
-const char *gc_reason_to_string(GcReason r) {
-        return r >= 0 && r < _GC_REASON_MAX ? gc_reason_table[r] : NULL;
-}
+DEFINE_STRING_TABLE_TO(gc_reason, GcReason, gc_reason_table, _GC_REASON_MAX)
 
 void gc_plan_clear(GcPlan *p) {
         free(p->items);

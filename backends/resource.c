@@ -8,6 +8,7 @@
 
 #include "backends/backend.h"
 #include "util/macro.h"
+#include "util/string-table.h"
 
 static const char *const kind_table[_RESOURCE_KIND_MAX] = {
         [RESOURCE_LINK_TAP] = "tap",
@@ -18,20 +19,7 @@ static const char *const kind_table[_RESOURCE_KIND_MAX] = {
         [RESOURCE_NFT_VM_ADDR] = "nft-vm-addr",
 };
 
-const char *resource_kind_to_string(ResourceKind k) {
-        if (k <= 0 || k >= _RESOURCE_KIND_MAX)
-                return NULL;
-        return kind_table[k];
-}
-
-ResourceKind resource_kind_from_string(const char *s) {
-        if (!s)
-                return _RESOURCE_KIND_INVALID;
-        for (int i = 1; i < _RESOURCE_KIND_MAX; i++)
-                if (strcmp(kind_table[i], s) == 0)
-                        return (ResourceKind) i;
-        return _RESOURCE_KIND_INVALID;
-}
+DEFINE_STRING_TABLE(resource_kind, ResourceKind, kind_table, _RESOURCE_KIND_MAX)
 
 bool resource_kind_is_link(ResourceKind k) {
         return k == RESOURCE_LINK_TAP || k == RESOURCE_LINK_BRIDGE;

@@ -7,6 +7,7 @@
 #include "state/journal-format.h"
 #include "util/crc32c.h"
 #include "util/macro.h"
+#include "util/string-table.h"
 
 static const char *const record_type_table[_JOURNAL_RECORD_TYPE_MAX] = {
         [JOURNAL_VM_DEFINE] = "VM_DEFINE",   [JOURNAL_VM_UNDEFINE] = "VM_UNDEFINE",
@@ -17,20 +18,7 @@ static const char *const record_type_table[_JOURNAL_RECORD_TYPE_MAX] = {
         [JOURNAL_IP_FREE] = "IP_FREE",       [JOURNAL_CHECKPOINT] = "CHECKPOINT",
 };
 
-const char *journal_record_type_to_string(JournalRecordType t) {
-        if (t <= 0 || t >= _JOURNAL_RECORD_TYPE_MAX)
-                return NULL;
-        return record_type_table[t];
-}
-
-JournalRecordType journal_record_type_from_string(const char *s) {
-        if (!s)
-                return _JOURNAL_RECORD_TYPE_INVALID;
-        for (int i = 1; i < _JOURNAL_RECORD_TYPE_MAX; i++)
-                if (strcmp(record_type_table[i], s) == 0)
-                        return (JournalRecordType) i;
-        return _JOURNAL_RECORD_TYPE_INVALID;
-}
+DEFINE_STRING_TABLE(journal_record_type, JournalRecordType, record_type_table, _JOURNAL_RECORD_TYPE_MAX)
 
 static const char *const vm_state_table[_JOURNAL_VM_STATE_MAX] = {
         [JOURNAL_VM_DEFINED] = "defined",
@@ -39,20 +27,7 @@ static const char *const vm_state_table[_JOURNAL_VM_STATE_MAX] = {
         [JOURNAL_VM_CRASHED] = "crashed",
 };
 
-const char *journal_vm_state_to_string(JournalVmState s) {
-        if (s <= 0 || s >= _JOURNAL_VM_STATE_MAX)
-                return NULL;
-        return vm_state_table[s];
-}
-
-JournalVmState journal_vm_state_from_string(const char *s) {
-        if (!s)
-                return _JOURNAL_VM_STATE_INVALID;
-        for (int i = 1; i < _JOURNAL_VM_STATE_MAX; i++)
-                if (strcmp(vm_state_table[i], s) == 0)
-                        return (JournalVmState) i;
-        return _JOURNAL_VM_STATE_INVALID;
-}
+DEFINE_STRING_TABLE(journal_vm_state, JournalVmState, vm_state_table, _JOURNAL_VM_STATE_MAX)
 
 typedef enum FieldShape {
         SHAPE_U32,

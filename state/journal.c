@@ -13,6 +13,7 @@
 
 #include "state/journal.h"
 #include "util/crashpoint.h"
+#include "util/string-table.h"
 
 #define SNAPSHOT_TMP_FILE JOURNAL_SNAPSHOT_FILE ".tmp"
 #define JOURNAL_TMP_FILE JOURNAL_FILE ".tmp"
@@ -53,20 +54,7 @@ static const char *const journal_state_table[_JOURNAL_STATE_MAX] = {
         [JOURNAL_STATE_FAILED] = "failed",
 };
 
-const char *journal_state_to_string(JournalState s) {
-        if (s < 0 || s >= _JOURNAL_STATE_MAX)
-                return NULL;
-        return journal_state_table[s];
-}
-
-JournalState journal_state_from_string(const char *s) {
-        if (!s)
-                return _JOURNAL_STATE_INVALID;
-        for (int i = 0; i < _JOURNAL_STATE_MAX; i++)
-                if (strcmp(journal_state_table[i], s) == 0)
-                        return (JournalState) i;
-        return _JOURNAL_STATE_INVALID;
-}
+DEFINE_STRING_TABLE(journal_state, JournalState, journal_state_table, _JOURNAL_STATE_MAX)
 
 /* Adds a sentence to a message buffer, separated from what is there by "; ". */
 _printf_(3, 4) static void message_add(char *buf, size_t size, const char *fmt, ...) {

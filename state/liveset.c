@@ -8,6 +8,7 @@
 #include "state/liveset.h"
 #include "util/hashmap.h"
 #include "util/macro.h"
+#include "util/string-table.h"
 
 static_assert(sizeof(void *) >= sizeof(uint64_t), "VM ids are stored as map values");
 
@@ -24,20 +25,7 @@ static const char *const object_state_table[_LIVE_OBJECT_STATE_MAX] = {
         [LIVE_OBJECT_RELEASING] = "releasing",
 };
 
-const char *live_object_state_to_string(LiveObjectState s) {
-        if (s <= 0 || s >= _LIVE_OBJECT_STATE_MAX)
-                return NULL;
-        return object_state_table[s];
-}
-
-LiveObjectState live_object_state_from_string(const char *s) {
-        if (!s)
-                return _LIVE_OBJECT_STATE_INVALID;
-        for (int i = 1; i < _LIVE_OBJECT_STATE_MAX; i++)
-                if (strcmp(object_state_table[i], s) == 0)
-                        return (LiveObjectState) i;
-        return _LIVE_OBJECT_STATE_INVALID;
-}
+DEFINE_STRING_TABLE(live_object_state, LiveObjectState, object_state_table, _LIVE_OBJECT_STATE_MAX)
 
 static LiveObject *live_object_free(LiveObject *o) {
         if (!o)

@@ -89,6 +89,15 @@ while IFS= read -r hit; do
 done < <(grep -rnE '\<journal_(append|append_sync|sync)\(' agent backends vmm util | grep -v '^agent/dispatcher\.c:' |
         grep -v '^[^:]*:[0-9]*: *\(/\*\|\*\)')
 
+# Every string table (util/string-table.h) is in the one test over all of them.
+for t in $(grep -rhoE 'DEFINE_STRING_TABLE(_TO)?\([a-z0-9_]+,' agent backends state vmm util --include='*.c' |
+        sed -E 's/.*\(([a-z0-9_]+),/\1/' | sort -u); do
+        if ! grep -q "TABLE($t," tests/test-string-tables.c; then
+                echo "FAIL: the string table $t is not in tests/test-string-tables.c"
+                violations=$((violations + 1))
+        fi
+done
+
 # A check that read nothing proves nothing.
 if ((n_files < 20 || n_includes < 100)); then
         echo "FAIL: read only $n_files files and $n_includes includes under $srcdir"

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "util/error.h"
+#include "util/string-table.h"
 
 ErrorKind error_kind_from_errno(int code) {
         switch (code) {
@@ -34,9 +35,7 @@ static const char *const kind_table[_ERROR_KIND_MAX] = {
         [ERROR_EXISTS] = "exists",   [ERROR_BUSY] = "busy",       [ERROR_DENIED] = "denied",
 };
 
-const char *error_kind_to_string(ErrorKind k) {
-        return k >= 0 && k < _ERROR_KIND_MAX ? kind_table[k] : NULL;
-}
+DEFINE_STRING_TABLE_TO(error_kind, ErrorKind, kind_table, _ERROR_KIND_MAX)
 
 /* vsnprintf into buf; a text cut short ends in "..." so that nobody takes it for the whole. */
 static void format(char *buf, size_t size, const char *fmt, va_list ap) {

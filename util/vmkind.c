@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "util/string-table.h"
 #include "util/vmkind.h"
 
 static const char *const hypervisor_kind_table[_HYPERVISOR_KIND_MAX] = {
@@ -10,17 +11,5 @@ static const char *const hypervisor_kind_table[_HYPERVISOR_KIND_MAX] = {
         [HYPERVISOR_QEMU] = "qemu",
 };
 
-const char *hypervisor_kind_to_string(HypervisorKind k) {
-        if (k < 0 || k >= _HYPERVISOR_KIND_MAX)
-                return NULL;
-        return hypervisor_kind_table[k];
-}
+DEFINE_STRING_TABLE(hypervisor_kind, HypervisorKind, hypervisor_kind_table, _HYPERVISOR_KIND_MAX)
 
-HypervisorKind hypervisor_kind_from_string(const char *s) {
-        if (!s)
-                return _HYPERVISOR_KIND_INVALID;
-        for (int i = 0; i < _HYPERVISOR_KIND_MAX; i++)
-                if (strcmp(hypervisor_kind_table[i], s) == 0)
-                        return (HypervisorKind) i;
-        return _HYPERVISOR_KIND_INVALID;
-}

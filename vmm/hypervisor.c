@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "util/ifname.h"
+#include "util/string-table.h"
 #include "vmm/cloud-hypervisor.h"
 #include "vmm/hypervisor.h"
 #include "vmm/qemu.h"
@@ -20,20 +21,7 @@ static const char *const vmm_accel_table[_VMM_ACCEL_MAX] = {
         [VMM_ACCEL_TCG] = "tcg",
 };
 
-const char *vmm_accel_to_string(VmmAccel a) {
-        if (a < 0 || a >= _VMM_ACCEL_MAX)
-                return NULL;
-        return vmm_accel_table[a];
-}
-
-VmmAccel vmm_accel_from_string(const char *s) {
-        if (!s)
-                return _VMM_ACCEL_INVALID;
-        for (int i = 0; i < _VMM_ACCEL_MAX; i++)
-                if (strcmp(vmm_accel_table[i], s) == 0)
-                        return (VmmAccel) i;
-        return _VMM_ACCEL_INVALID;
-}
+DEFINE_STRING_TABLE(vmm_accel, VmmAccel, vmm_accel_table, _VMM_ACCEL_MAX)
 
 bool vmm_kvm_device_usable(const char *path) {
         _cleanup_close_ int fd = -EBADF;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "util/macro.h"
+#include "util/string-table.h"
 
 /* BOOTP fixed part (RFC 2131 figure 1), then the magic cookie. */
 #define BOOTP_OP 0
@@ -57,9 +58,7 @@ static const char *const type_table[_DHCP4_TYPE_MAX] = {
         [DHCP4_RELEASE] = "RELEASE",   [DHCP4_INFORM] = "INFORM",
 };
 
-const char *dhcp4_type_to_string(Dhcp4Type t) {
-        return t > 0 && t < _DHCP4_TYPE_MAX ? type_table[t] : NULL;
-}
+DEFINE_STRING_TABLE_TO(dhcp4_type, Dhcp4Type, type_table, _DHCP4_TYPE_MAX)
 
 static uint16_t get16(const uint8_t *p) {
         return (uint16_t) (p[0] << 8 | p[1]);

@@ -9,6 +9,7 @@
 #include "backends/local/local-config.h"
 #include "util/confparse.h"
 #include "util/macro.h"
+#include "util/string-table.h"
 
 void local_config_defaults(LocalConfig *c) {
         *c = (LocalConfig){
@@ -31,16 +32,7 @@ static const char *const table_owner_table[_TABLE_OWNER_MAX] = {
         [TABLE_OWNER_NO] = "no",
 };
 
-const char *table_owner_to_string(TableOwner t) {
-        return t >= 0 && t < _TABLE_OWNER_MAX ? table_owner_table[t] : NULL;
-}
-
-TableOwner table_owner_from_string(const char *s) {
-        for (int i = 0; s && i < _TABLE_OWNER_MAX; i++)
-                if (strcmp(table_owner_table[i], s) == 0)
-                        return (TableOwner) i;
-        return _TABLE_OWNER_INVALID;
-}
+DEFINE_STRING_TABLE(table_owner, TableOwner, table_owner_table, _TABLE_OWNER_MAX)
 
 bool port_range_has(const PortRange *pr, uint8_t proto, uint16_t port) {
         return (pr->proto == 0 || pr->proto == proto) && port >= pr->first && port <= pr->last;

@@ -30,8 +30,9 @@
 #include <time.h>
 
 #include "backends/nl/nft.h"
-#include "util/nlerr.h"
 #include "backends/nl/nlops.h"
+#include "util/nlerr.h"
+#include "util/string-table.h"
 
 #define IFNAMSIZ_PADDED 16 /* an ifname in a register or set key: 16 bytes, NUL-padded */
 
@@ -93,11 +94,7 @@ static const char *const elem_kind_table[_NFT_ELEM_KIND_MAX] = {
         [NFT_ELEM_VM_ADDR] = "vm_addrs",
 };
 
-const char *nft_elem_kind_to_string(NftElemKind k) {
-        if (k < 0 || k >= _NFT_ELEM_KIND_MAX)
-                return NULL;
-        return elem_kind_table[k];
-}
+DEFINE_STRING_TABLE_TO(nft_elem_kind, NftElemKind, elem_kind_table, _NFT_ELEM_KIND_MAX)
 
 int nft_open(Nft **ret) {
         Nft *nft = calloc(1, sizeof(Nft));
