@@ -1381,49 +1381,70 @@ int nft_elems_message_parse(const struct nlmsghdr *nlh, NftElemKind kind, NftEle
         return 0;
 }
 
-int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {
+/* A dump that shows one state of the ruleset: the generation id is read before and after it and must not
+ * have moved; when it did, or replies were lost (-EAGAIN), what was taken is dropped and the dump is taken
+ * again, up to 10 times. take() appends to ctx; drop() frees what it appended and empties ctx. */
+static int dump_consistent(Nft *nft, int (*take)(Nft *nft, const void *arg, void *ctx), const void *arg,
+                           void *ctx, void (*drop)(void *ctx)) {
         for (unsigned attempt = 0; attempt < 10; attempt++) {
-                ElemList list = {};
-                uint32_t gen_before, gen_after;
-                int r;
-
-                r = nft_generation(nft, &gen_before);
+                uint32_t before, after;
+                int r = nft_generation(nft, &before);
                 if (r == -EAGAIN)
                         continue;
                 if (r < 0)
                         return r;
-                for (NftElemKind k = 0; k < _NFT_ELEM_KIND_MAX && r >= 0; k++) {
-                        char buf[512];
-                        uint16_t family = k == NFT_ELEM_PORTFWD ? NFPROTO_INET : NFPROTO_BRIDGE;
-                        struct nftnl_set *s = nftnl_set_alloc();
-                        if (!s) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, family,
-                                                                     NLM_F_DUMP | NLM_F_ACK, ++nft->seq);
-                        nftnl_set_set_str(s, NFTNL_SET_TABLE, l->table);
-                        nftnl_set_set_str(s, NFTNL_SET_NAME, nft_elem_kind_to_string(k));
-                        nftnl_set_elems_nlmsg_build_payload(nlh, s);
-                        nftnl_set_free(s);
-                        list.kind = k;
-                        r = dump(nft, nlh, elems_cb, &list);
-                }
+                r = take(nft, arg, ctx);
                 if (r >= 0)
-                        r = nft_generation(nft, &gen_after);
-                if (r == -EAGAIN || (r >= 0 && gen_after != gen_before)) {
-                        free(list.elems);
+                        r = nft_generation(nft, &after);
+                if (r == -EAGAIN || (r >= 0 && after != before)) {
+                        drop(ctx);
                         continue; /* the ruleset changed under the dump: take it again */
                 }
                 if (r < 0) {
-                        free(list.elems);
+                        drop(ctx);
                         return r;
                 }
-                *ret = list.elems;
-                *ret_n = list.n;
                 return 0;
         }
         return -EAGAIN;
+}
+
+static int take_elems(Nft *nft, const void *arg, void *ctx) {
+        const NftLayout *l = arg;
+        ElemList *list = ctx;
+        int r = 0;
+        for (NftElemKind k = 0; k < _NFT_ELEM_KIND_MAX && r >= 0; k++) {
+                char buf[512];
+                uint16_t family = k == NFT_ELEM_PORTFWD ? NFPROTO_INET : NFPROTO_BRIDGE;
+                struct nftnl_set *s = nftnl_set_alloc();
+                if (!s)
+                        return -ENOMEM;
+                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, family, NLM_F_DUMP | NLM_F_ACK,
+                                                             ++nft->seq);
+                nftnl_set_set_str(s, NFTNL_SET_TABLE, l->table);
+                nftnl_set_set_str(s, NFTNL_SET_NAME, nft_elem_kind_to_string(k));
+                nftnl_set_elems_nlmsg_build_payload(nlh, s);
+                nftnl_set_free(s);
+                list->kind = k;
+                r = dump(nft, nlh, elems_cb, list);
+        }
+        return r;
+}
+
+static void drop_elems(void *ctx) {
+        ElemList *list = ctx;
+        free(list->elems);
+        *list = (ElemList){};
+}
+
+int nft_dump_elems(Nft *nft, const NftLayout *l, NftElem **ret, size_t *ret_n) {
+        ElemList list = {};
+        int r = dump_consistent(nft, take_elems, l, &list, drop_elems);
+        if (r < 0)
+                return r;
+        *ret = list.elems;
+        *ret_n = list.n;
+        return 0;
 }
 
 static bool elem_same_key(const NftElem *a, const NftElem *b) {
@@ -1478,49 +1499,43 @@ static int rules_cb(const struct nlmsghdr *nlh, void *data) {
         return MNL_CB_OK;
 }
 
-int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_n) {
+static int take_rules(Nft *nft, const void *arg, void *ctx) {
         static const uint16_t families[] = { NFPROTO_INET, NFPROTO_BRIDGE };
-
-        for (unsigned attempt = 0; attempt < 10; attempt++) {
-                RuleList list = {};
-                uint32_t gen_before, gen_after;
-                int r = nft_generation(nft, &gen_before);
-                if (r == -EAGAIN)
-                        continue;
-                if (r < 0)
-                        return r;
-                for (size_t i = 0; i < ELEMENTSOF(families) && r >= 0; i++) {
-                        char buf[512];
-                        struct nftnl_rule *q = nftnl_rule_alloc();
-                        if (!q) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, families[i],
-                                                                     NLM_F_DUMP, ++nft->seq);
-                        nftnl_rule_set_str(q, NFTNL_RULE_TABLE, l->table);
-                        nftnl_rule_nlmsg_build_payload(nlh, q);
-                        nftnl_rule_free(q);
-                        list.family = families[i];
-                        r = dump(nft, nlh, rules_cb, &list);
-                        if (r == -ENOENT)
-                                r = 0;
-                }
-                if (r >= 0)
-                        r = nft_generation(nft, &gen_after);
-                if (r == -EAGAIN || (r >= 0 && gen_after != gen_before)) {
-                        free(list.rules);
-                        continue;
-                }
-                if (r < 0) {
-                        free(list.rules);
-                        return r;
-                }
-                *ret = list.rules;
-                *ret_n = list.n;
-                return 0;
+        const NftLayout *l = arg;
+        RuleList *list = ctx;
+        int r = 0;
+        for (size_t i = 0; i < ELEMENTSOF(families) && r >= 0; i++) {
+                char buf[512];
+                struct nftnl_rule *q = nftnl_rule_alloc();
+                if (!q)
+                        return -ENOMEM;
+                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, families[i], NLM_F_DUMP,
+                                                             ++nft->seq);
+                nftnl_rule_set_str(q, NFTNL_RULE_TABLE, l->table);
+                nftnl_rule_nlmsg_build_payload(nlh, q);
+                nftnl_rule_free(q);
+                list->family = families[i];
+                r = dump(nft, nlh, rules_cb, list);
+                if (r == -ENOENT)
+                        r = 0;
         }
-        return -EAGAIN;
+        return r;
+}
+
+static void drop_rules(void *ctx) {
+        RuleList *list = ctx;
+        free(list->rules);
+        *list = (RuleList){};
+}
+
+int nft_dump_rules(Nft *nft, const NftLayout *l, NftRuleInfo **ret, size_t *ret_n) {
+        RuleList list = {};
+        int r = dump_consistent(nft, take_rules, l, &list, drop_rules);
+        if (r < 0)
+                return r;
+        *ret = list.rules;
+        *ret_n = list.n;
+        return 0;
 }
 
 typedef struct ChainList {
@@ -1561,34 +1576,26 @@ static int chains_cb(const struct nlmsghdr *nlh, void *data) {
         return MNL_CB_OK;
 }
 
+static int take_chains(Nft *nft, const void *arg, void *ctx) {
+        char buf[512];
+        (void) arg;
+        struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP, ++nft->seq);
+        int r = dump(nft, nlh, chains_cb, ctx);
+        return r == -ENOENT ? 0 : r;
+}
+
+static void drop_chains(void *ctx) {
+        ChainList *list = ctx;
+        free(list->chains);
+        *list = (ChainList){};
+}
+
 int nft_dump_base_chains(Nft *nft, NftBaseChain **ret, size_t *ret_n) {
-        for (unsigned attempt = 0; attempt < 10; attempt++) {
-                ChainList list = {};
-                uint32_t gen_before, gen_after;
-                char buf[512];
-                int r = nft_generation(nft, &gen_before);
-                if (r == -EAGAIN)
-                        continue;
-                if (r < 0)
-                        return r;
-                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP,
-                                                             ++nft->seq);
-                r = dump(nft, nlh, chains_cb, &list);
-                if (r == -ENOENT)
-                        r = 0;
-                if (r >= 0)
-                        r = nft_generation(nft, &gen_after);
-                if (r == -EAGAIN || (r >= 0 && gen_after != gen_before)) {
-                        free(list.chains);
-                        continue;
-                }
-                if (r < 0) {
-                        free(list.chains);
-                        return r;
-                }
-                *ret = list.chains;
-                *ret_n = list.n;
-                return 0;
-        }
-        return -EAGAIN;
+        ChainList list = {};
+        int r = dump_consistent(nft, take_chains, NULL, &list, drop_chains);
+        if (r < 0)
+                return r;
+        *ret = list.chains;
+        *ret_n = list.n;
+        return 0;
 }
