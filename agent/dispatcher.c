@@ -358,16 +358,14 @@ static const Resource *find_in_scan(const ResourceSet *scan, const Resource *r) 
  * dispatcher_recover() to settle by the same tags. *ret_found: how many were found. */
 static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, const bool *fresh,
                                size_t *ret_found) {
-        ResourceSet scan = {};
+        _cleanup_(resource_set_clear) ResourceSet scan = {};
         size_t found = 0;
         int r;
 
         *ret_found = 0;
         r = b->vtable->scan(b, &scan);
-        if (r < 0) {
-                resource_set_clear(&scan);
+        if (r < 0)
                 return r;
-        }
         for (size_t i = 0; i < plan->n && r >= 0; i++) {
                 Resource *x = &plan->items[i];
                 if (fresh && !fresh[i])
@@ -380,7 +378,6 @@ static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, con
                 }
                 r = append_oid(d, s ? JOURNAL_CREATED : JOURNAL_ABORTED, x->oid, s ? s->ifindex : 0);
         }
-        resource_set_clear(&scan);
         if (r < 0)
                 return r;
         *ret_found = found;
@@ -390,20 +387,16 @@ static int settle_failed_apply(Dispatcher *d, Backend *b, ResourceSet *plan, con
 /* Shared objects: created (or found, by tag) on every bring-up; journaled once. */
 static int ensure_core(Dispatcher *d, Backend *b) {
         const LiveSet *ls = journal_live_set(d->journal);
-        ResourceSet core = {};
+        _cleanup_(resource_set_clear) ResourceSet core = {};
         int r;
 
         r = b->vtable->plan_core(b, &core);
-        if (r < 0 || core.n == 0) {
-                resource_set_clear(&core);
+        if (r < 0 || core.n == 0)
                 return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
-        }
 
         _cleanup_free_ bool *fresh = calloc(core.n, sizeof(bool));
-        if (!fresh) {
-                resource_set_clear(&core);
+        if (!fresh)
                 return -ENOMEM;
-        }
         for (size_t i = 0; i < core.n; i++) {
                 const LiveObject *o;
                 fresh[i] = true;
@@ -412,11 +405,11 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                             strcmp(o->tag, core.items[i].tag) == 0)
                                 fresh[i] = false;
                 if (fresh[i] && (r = append_intent(d, &core.items[i])) < 0)
-                        goto out;
+                        return r;
         }
         r = sync_journal(d);
         if (r < 0)
-                goto out;
+                return r;
 
         r = b->vtable->apply(b, &core);
         if (r < 0) {
@@ -425,7 +418,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                 /* Shared objects that exist after all stay, journaled: the next bring-up uses them. */
                 if (settle_failed_apply(d, b, &core, fresh, &found) < 0)
                         error_append(&d->error, " (and the kernel could not be read back: recovery will settle it)");
-                goto out;
+                return r;
         }
         for (size_t i = 0; i < core.n && r >= 0; i++)
                 if (fresh[i])
@@ -438,7 +431,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
         for (size_t i = 0; i < core.n && r >= 0; i++)
                 if (!fresh[i] && core.items[i].created && core.items[i].kind == RESOURCE_NFT_TABLES &&
                     b->vtable->rebuild) {
-                        ResourceSet elems = {};
+                        _cleanup_(resource_set_clear) ResourceSet elems = {};
                         r = live_elems(d, b, &elems);
                         if (r >= 0) {
                                 r = b->vtable->rebuild(b, elems.items, elems.n);
@@ -446,10 +439,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                                         fail(d, r, "rebuilding the nftables tables: %s",
                                              b->vtable->error_message(b));
                         }
-                        resource_set_clear(&elems);
                 }
-out:
-        resource_set_clear(&core);
         return r;
 }
 
@@ -477,11 +467,10 @@ static int apply_with_rebuild(Dispatcher *d, Backend *b, ResourceSet *plan) {
 
         /* Our table is gone (someone ran `nft flush ruleset`): rebuild it with every running VM's
          * elements from the journal, then try once more. */
-        ResourceSet elems = {};
+        _cleanup_(resource_set_clear) ResourceSet elems = {};
         r = live_elems(d, b, &elems);
         if (r >= 0)
                 r = b->vtable->rebuild(b, elems.items, elems.n);
-        resource_set_clear(&elems);
         if (r < 0)
                 return r;
         return b->vtable->apply(b, plan);
