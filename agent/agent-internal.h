@@ -6,11 +6,11 @@
 #include <stdbool.h>
 
 #include "agent/agent.h"
-#include "util/error.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
 #include "backends/backend.h"
 #include "state/agent-id.h"
+#include "util/error.h"
 #include "util/hashmap.h"
 #include "vmm/taskstats.h"
 
@@ -62,7 +62,6 @@ struct Agent {
 void agent_links_hold(Agent *a);
 void agent_links_release(Agent *a);
 int agent_links(void *agent, const struct LinkInfo **ret, size_t *ret_n);
-
 
 AgentVm *agent_find_vm(const Agent *a, const char *name);
 /* The state of a VM by id without looking at its objects; _VM_STATE_INVALID when unknown. */

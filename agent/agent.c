@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/agent.h"
 #include "agent/agent-internal.h"
+#include "agent/agent.h"
 #include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "agent/vm-manager.h"
@@ -205,21 +205,25 @@ static const char *vm_backend(const Agent *a, const AgentVm *v) {
 
 void agent_maybe_compact(Agent *a) {
         JournalState st = journal_state(a->journal);
-        if (journal_size(a->journal) < a->cfg.journal_compact_size || journal_size(a->journal) <= JOURNAL_HEADER_SIZE)
+        if (journal_size(a->journal) < a->cfg.journal_compact_size ||
+            journal_size(a->journal) <= JOURNAL_HEADER_SIZE)
                 return; /* (a journal of just its header has nothing to compact) */
         if (st == JOURNAL_STATE_QUARANTINE || st == JOURNAL_STATE_FAILED)
-                return; /* compaction in quarantine is the admin's decision; a failed journal writes nothing */
+                return; /* compaction in quarantine is the admin's decision; a failed journal writes nothing
+                         */
         uint64_t before = journal_size(a->journal);
         int r = journal_compact(a->journal, 0);
         if (r < 0)
-                log_warning("ownership journal: compaction failed: %s, ignoring", journal_error_message(a->journal));
+                log_warning("ownership journal: compaction failed: %s, ignoring",
+                            journal_error_message(a->journal));
         else
-                log_info("ownership journal compacted: %llu bytes -> %llu (%zu live objects)", (unsigned long long) before,
-                         (unsigned long long) journal_size(a->journal), live_set_n_objects(journal_live_set(a->journal)));
+                log_info("ownership journal compacted: %llu bytes -> %llu (%zu live objects)",
+                         (unsigned long long) before, (unsigned long long) journal_size(a->journal),
+                         live_set_n_objects(journal_live_set(a->journal)));
 }
 
-static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state, const char *reason,
-                       int error, void *userdata) {
+static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
+                       const char *reason, int error, void *userdata) {
         Agent *a = userdata;
         AgentVm *v = u64map_get(a->vms, vm_id);
         LogVm lv = { .name = name, .id = vm_id, .backend = v ? vm_backend(a, v) : NULL };
@@ -272,7 +276,8 @@ static int open_dirs(Agent *a, char *err, size_t err_size) {
         a->state_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (a->state_fd < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot open the state folder %s: %s", a->cfg.state_dir, strerror(-r));
+                snprintf(err, err_size, "cannot open the state folder %s: %s", a->cfg.state_dir,
+                         strerror(-r));
                 return r;
         }
         if (mkdirat(a->state_fd, "vms", 0700) < 0 && errno != EEXIST) {
@@ -303,9 +308,10 @@ static int open_journal(Agent *a, char *err, size_t err_size) {
                 log_warning("ownership journal: %s", rep.message);
                 break;
         case JOURNAL_STATE_QUARANTINE:
-                log_error("ownership journal in QUARANTINE: %s. The agent runs, but garbage collection deletes "
-                          "only what the kernel's own tags prove is ours.",
-                          rep.message);
+                log_error(
+                        "ownership journal in QUARANTINE: %s. The agent runs, but garbage collection deletes "
+                        "only what the kernel's own tags prove is ours.",
+                        rep.message);
                 break;
         default:
                 if (rep.message[0])
@@ -359,8 +365,8 @@ static int guest_lookup(void *userdata, Backend *b, const uint8_t mac[6], Dhcp4L
                 return -ENOENT;
         dispatcher_mac(v->id, m);
         if (memcmp(m, mac, 6) != 0 || strcmp(vm_backend(a, v), b->vtable->name) != 0 ||
-            agent_vm_state(a, v->id) != VM_STATE_RUNNING || dispatcher_vm_ip(a->dispatcher, v->id, &ip4) < 0 ||
-            ip4 == 0)
+            agent_vm_state(a, v->id) != VM_STATE_RUNNING ||
+            dispatcher_vm_ip(a->dispatcher, v->id, &ip4) < 0 || ip4 == 0)
                 return -ENOENT;
         *ret = (Dhcp4Lookup){ .id = v->id, .address = ip4 };
         snprintf(ret->hostname, sizeof(ret->hostname), "%s", v->name);
@@ -372,12 +378,16 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
         AgentVm *v = ev->guest ? u64map_get(a->vms, ev->guest) : NULL;
         char mac[18] = "", addr[16] = "";
         if (ev->mac)
-                snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", ev->mac[0], ev->mac[1], ev->mac[2],
-                         ev->mac[3], ev->mac[4], ev->mac[5]);
+                snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", ev->mac[0], ev->mac[1],
+                         ev->mac[2], ev->mac[3], ev->mac[4], ev->mac[5]);
         if (ev->address)
                 snprintf(addr, sizeof(addr), "%u.%u.%u.%u", ev->address >> 24, (ev->address >> 16) & 0xff,
                          (ev->address >> 8) & 0xff, ev->address & 0xff);
-        LogVm lv = { .name = v ? v->name : NULL, .id = ev->guest, .backend = b->vtable->name, .mac = mac, .address = addr };
+        LogVm lv = { .name = v ? v->name : NULL,
+                     .id = ev->guest,
+                     .backend = b->vtable->name,
+                     .mac = mac,
+                     .address = addr };
         const char *host = ev->client_hostname && ev->client_hostname[0] ? ev->client_hostname : NULL;
 
         switch (ev->kind) {
@@ -388,15 +398,17 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
                         bool renewal = v->lease_address == ev->address;
                         v->lease_address = ev->address;
                         v->lease_acked_usec = (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-                        snprintf(v->lease_client_hostname, sizeof(v->lease_client_hostname), "%s", host ? host : "");
-                        log_vm(renewal ? LOG_DEBUG : LOG_INFO, &lv, "VM %s: DHCP lease %s for %s%s%s%s", v->name, addr,
-                               mac, host ? " (client host name \"" : "", host ? host : "", host ? "\")" : "");
+                        snprintf(v->lease_client_hostname, sizeof(v->lease_client_hostname), "%s",
+                                 host ? host : "");
+                        log_vm(renewal ? LOG_DEBUG : LOG_INFO, &lv, "VM %s: DHCP lease %s for %s%s%s%s",
+                               v->name, addr, mac, host ? " (client host name \"" : "", host ? host : "",
+                               host ? "\")" : "");
                 }
                 break;
         case DHCP4_EVENT_OFFER:
         case DHCP4_EVENT_INFORM:
-                log_vm(LOG_DEBUG, &lv, "DHCP: %s to %s (%s)", ev->kind == DHCP4_EVENT_OFFER ? "offer" : "inform ack",
-                       mac, addr);
+                log_vm(LOG_DEBUG, &lv, "DHCP: %s to %s (%s)",
+                       ev->kind == DHCP4_EVENT_OFFER ? "offer" : "inform ack", mac, addr);
                 break;
         case DHCP4_EVENT_NAK:
                 log_vm(LOG_NOTICE, &lv, "DHCP: refused %s to %s: %s", addr, mac, ev->why ? ev->why : "");
@@ -407,17 +419,20 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
                 log_vm(LOG_INFO, &lv, "DHCP: %s released %s", mac, addr);
                 break;
         case DHCP4_EVENT_DECLINE:
-                log_vm(LOG_WARNING, &lv, "DHCP: %s declined %s: another host on the link uses it", mac, addr);
+                log_vm(LOG_WARNING, &lv, "DHCP: %s declined %s: another host on the link uses it", mac,
+                       addr);
                 break;
         default:
                 if (!ev->mac) /* the server itself: it could not be set up */
                         log_vm(LOG_WARNING, &lv, "DHCP: %s; guests get no address by DHCP, ignoring",
                                ev->why ? ev->why : "the server failed");
                 else if (ev->suppressed)
-                        log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s (%u more such since the last report)",
+                        log_vm(LOG_NOTICE, &lv,
+                               "DHCP: no answer to %s: %s (%u more such since the last report)",
                                mac[0] ? mac : "?", ev->why ? ev->why : "", ev->suppressed);
                 else
-                        log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s", mac[0] ? mac : "?", ev->why ? ev->why : "");
+                        log_vm(LOG_NOTICE, &lv, "DHCP: no answer to %s: %s", mac[0] ? mac : "?",
+                               ev->why ? ev->why : "");
                 break;
         }
 }
@@ -453,7 +468,8 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
                 bc.guest_userdata = a;
                 bc.links = agent_links;
                 bc.links_userdata = a;
-                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], err, err_size);
+                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], err,
+                                     err_size);
                 if (r < 0)
                         return r;
                 a->n_backends++;
@@ -470,8 +486,9 @@ static int on_taskstats(sd_event_source *s, int fd, uint32_t revents, void *user
         int r = taskstats_listener_process(a->taskstats);
         if (r == -ENOBUFS) {
                 if (!a->taskstats_overflow_warned)
-                        log_warning("taskstats: exit notifications were lost (receive buffer full); an adopted "
-                                    "hypervisor's exit may be recorded as \"exit status unknown\", ignoring");
+                        log_warning(
+                                "taskstats: exit notifications were lost (receive buffer full); an adopted "
+                                "hypervisor's exit may be recorded as \"exit status unknown\", ignoring");
                 a->taskstats_overflow_warned = true;
         } else if (r < 0)
                 log_warning_errno(r, "taskstats: cannot read exit notifications: %m, ignoring");
@@ -483,7 +500,8 @@ static void open_taskstats(Agent *a) {
         char why[512];
         const char *off = getenv("CHVM_NO_TASKSTATS");
         if (off && strcmp(off, "1") == 0) {
-                log_notice("CHVM_NO_TASKSTATS=1: exit statuses of adopted hypervisors will be \"exit status unknown\"");
+                log_notice(
+                        "CHVM_NO_TASKSTATS=1: exit statuses of adopted hypervisors will be \"exit status unknown\"");
                 return;
         }
         int r = taskstats_listener_new(&a->taskstats, why, sizeof(why));
@@ -522,9 +540,10 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
         int r;
 
         if (!def) {
-                log_warning("VM definition %s/vms/%s%s: %s; the VM is listed but cannot be started until the "
-                            "file is fixed",
-                            a->cfg.state_dir, name, VM_DEF_SUFFIX, error);
+                log_warning(
+                        "VM definition %s/vms/%s%s: %s; the VM is listed but cannot be started until the "
+                        "file is fixed",
+                        a->cfg.state_dir, name, VM_DEF_SUFFIX, error);
                 char **n = realloc(c->bad_names, (c->n_bad + 1) * sizeof(char *));
                 if (!n)
                         return -ENOMEM;
@@ -536,8 +555,9 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
                 return 0;
         }
         if (u64map_get(a->vms, def->id)) {
-                log_warning("VM definition %s/vms/%s%s has the id %016" PRIx64 " of VM %s, ignoring", a->cfg.state_dir,
-                            name, VM_DEF_SUFFIX, def->id, ((AgentVm *) u64map_get(a->vms, def->id))->name);
+                log_warning("VM definition %s/vms/%s%s has the id %016" PRIx64 " of VM %s, ignoring",
+                            a->cfg.state_dir, name, VM_DEF_SUFFIX, def->id,
+                            ((AgentVm *) u64map_get(a->vms, def->id))->name);
                 vm_def_free(def);
                 return 0;
         }
@@ -589,9 +609,10 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_si
                 snprintf(v->def_error, sizeof(v->def_error), "%s",
                          bad ? "its definition file does not parse" : "its definition file is missing");
                 if (!bad)
-                        log_warning("VM %s is in the ownership journal but %s/vms/%s%s is missing; it can be "
-                                    "stopped and removed, not started",
-                                    lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
+                        log_warning(
+                                "VM %s is in the ownership journal but %s/vms/%s%s is missing; it can be "
+                                "stopped and removed, not started",
+                                lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
         }
         for (size_t i = 0; i < k; i++) {
                 r = journal_undefine(a, forget[i]);
@@ -804,9 +825,10 @@ static int check_file(Agent *a, const char *vm, const char *what, const char *pa
                 return fail(a, -EINVAL, "VM %s: %s %s: %s", vm, what, path, strerror(errno));
         bool disk = strcmp(what, "disk") == 0;
         if (S_ISBLK(st.st_mode) && disk && !a->cfg.allow_block_devices)
-                return fail(a, -EPERM,
-                            "VM %s: disk %s is a block device (allowed only with [vmm] allow_block_devices = yes)",
-                            vm, path);
+                return fail(
+                        a, -EPERM,
+                        "VM %s: disk %s is a block device (allowed only with [vmm] allow_block_devices = yes)",
+                        vm, path);
         if (!S_ISREG(st.st_mode) && !(disk && S_ISBLK(st.st_mode)))
                 return fail(a, -EINVAL, "VM %s: %s %s is not a regular file", vm, what, path);
         const struct {
@@ -821,8 +843,8 @@ static int check_file(Agent *a, const char *vm, const char *what, const char *pa
                         continue;
                 resolve_dir(own[i].dir, dir);
                 if (path_below(real, dir))
-                        return fail(a, -EPERM, "VM %s: %s %s is inside %s %s: refused", vm, what, path, own[i].what,
-                                    own[i].dir);
+                        return fail(a, -EPERM, "VM %s: %s %s is inside %s %s: refused", vm, what, path,
+                                    own[i].what, own[i].dir);
         }
         bool allowed = a->cfg.n_image_dirs == 0;
         for (unsigned i = 0; !allowed && i < a->cfg.n_image_dirs; i++) {
@@ -834,8 +856,8 @@ static int check_file(Agent *a, const char *vm, const char *what, const char *pa
                 for (unsigned i = 0; i < a->cfg.n_image_dirs; i++)
                         snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? " " : "",
                                  a->cfg.image_dirs[i]);
-                return fail(a, -EPERM, "VM %s: %s %s is outside [vmm] image_dirs (%s): refused", vm, what, path,
-                            list);
+                return fail(a, -EPERM, "VM %s: %s %s is outside [vmm] image_dirs (%s): refused", vm, what,
+                            path, list);
         }
         if (ret)
                 memcpy(ret, real, strlen(real) + 1);
@@ -905,23 +927,25 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         if (agent_find_vm(a, def->name))
                 return fail(a, -EEXIST, "VM %s already exists", def->name);
         if (!backend_loaded(a, def->backend))
-                return fail(a, -EINVAL, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)", def->name,
-                            def->backend);
+                return fail(a, -EINVAL, "VM %s: unknown backend \"%s\" (loaded: see [agent] backends)",
+                            def->name, def->backend);
         /* A host port is forwarded to one VM at most, running or not: refused now rather than at a start. */
         for (size_t i = 0; i < def->n_ports; i++) {
                 const AgentVm *o = find_port_owner(a, &def->ports[i]);
                 if (o)
-                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s", def->ports[i].host_port,
+                        return fail(a, -EADDRINUSE, "port %u/%s already forwarded to VM %s",
+                                    def->ports[i].host_port,
                                     def->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp", o->name);
         }
         if (def->n_ports) {
                 r = dispatcher_backend_forwards_ports(a->dispatcher, def->backend);
                 if (r == 0)
-                        return fail(a, -EINVAL, "VM %s: backend %s forwards no ports: -p is refused", def->name,
-                                    def->backend);
+                        return fail(a, -EINVAL, "VM %s: backend %s forwards no ports: -p is refused",
+                                    def->name, def->backend);
                 if (!(flags & AGENT_CREATE_FORCE_PORT)) {
                         /* ports the backend keeps for the host */
-                        r = dispatcher_check_ports(a->dispatcher, def->backend, def->name, def->ports, def->n_ports);
+                        r = dispatcher_check_ports(a->dispatcher, def->backend, def->name, def->ports,
+                                                   def->n_ports);
                         if (r < 0)
                                 return fail(a, r, "%s", dispatcher_error(a->dispatcher));
                 }
@@ -930,7 +954,8 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         if (r < 0)
                 return r;
         VmRequest req;
-        request_of(a, def, 1, def->hypervisor[0] ? hypervisor_kind_from_string(def->hypervisor) : a->default_kind,
+        request_of(a, def, 1,
+                   def->hypervisor[0] ? hypervisor_kind_from_string(def->hypervisor) : a->default_kind,
                    &req);
         r = vm_manager_validate(a->vmm, &req);
         if (r < 0)
@@ -941,8 +966,8 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
 
         r = vm_def_save(a->vms_fd, def, NULL);
         if (r < 0)
-                return fail(a, r, "VM %s: cannot write %s/vms/%s%s: %s", def->name, a->cfg.state_dir, def->name,
-                            VM_DEF_SUFFIX, strerror(-r));
+                return fail(a, r, "VM %s: cannot write %s/vms/%s%s: %s", def->name, a->cfg.state_dir,
+                            def->name, VM_DEF_SUFFIX, strerror(-r));
         r = CRASH_POINT("agent-create-definition-saved"); /* the next start journals the file it finds */
         if (r >= 0)
                 r = journal_define(a, def);
@@ -956,8 +981,8 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         if (r < 0)
                 return fail(a, r, "VM %s: %s", in->name, strerror(-r));
         TAKE_PTR(def);
-        log_vm(LOG_INFO, &((LogVm){ .name = v->name, .id = id, .backend = v->def->backend }), "VM %s created",
-               v->name);
+        log_vm(LOG_INFO, &((LogVm){ .name = v->name, .id = id, .backend = v->def->backend }),
+               "VM %s created", v->name);
         notify(a, v->name, id, VM_STATE_DEFINED, "");
         if (ret_id)
                 *ret_id = id;
@@ -1011,16 +1036,16 @@ int agent_vm_start(Agent *a, const char *name) {
                 log_vm(LOG_WARNING, &lv, "%s", error_message(&a->error));
                 const LiveVm *l = live_set_get_vm(journal_live_set(a->journal), v->id);
                 notify(a, v->name, v->id,
-                       l && l->state == JOURNAL_VM_CRASHED ? VM_STATE_CRASHED
+                       l && l->state == JOURNAL_VM_CRASHED   ? VM_STATE_CRASHED
                        : l && l->state == JOURNAL_VM_STOPPED ? VM_STATE_STOPPED
-                                                              : VM_STATE_DEFINED,
+                                                             : VM_STATE_DEFINED,
                        error_message(&a->error));
                 return r;
         }
         lv.interface = started.net.tap;
         log_vm(LOG_INFO, &lv, "VM %s started: hypervisor %s pid %d%s%s", v->name,
-               hypervisor_kind_to_string(req.hypervisor), (int) started.pid, started.net.tap[0] ? ", TAP " : "",
-               started.net.tap);
+               hypervisor_kind_to_string(req.hypervisor), (int) started.pid,
+               started.net.tap[0] ? ", TAP " : "", started.net.tap);
         notify(a, v->name, v->id, VM_STATE_RUNNING, "");
         return 0;
 }

@@ -94,11 +94,12 @@ Journal *agent_journal(const Agent *a);
  * the definition is bad, a path does not exist or the backend is not loaded; -EADDRINUSE: another VM has
  * one of its host ports. The definition file
  * is written and journaled before this returns; on failure neither is. */
-#define AGENT_CREATE_FORCE_PORT (1u << 0) /* forward host ports [local] reserved_ports keeps for the host */
+/* Forward host ports the backend keeps for the host ([local] reserved_ports). */
+#define AGENT_CREATE_FORCE_PORT (1u << 0)
 int agent_vm_create(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
 /* -ENOENT: no such VM; -EBUSY: running; an error of kind ERROR_INVALID when it cannot be started (no
- * definition, no hypervisor binary, its backend is not loaded); else the network's or the hypervisor's. On failure nothing of
- * the VM's network stays behind. */
+ * definition, no hypervisor binary, its backend is not loaded); else the network's or the hypervisor's. On
+ * failure nothing of the VM's network stays behind. */
 int agent_vm_start(Agent *a, const char *name);
 /* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running
  * is fine (any network it still owns is taken down). Returns once the stop is under way. */

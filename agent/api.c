@@ -4,8 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <malloc.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,9 +13,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/api.h"
@@ -113,9 +113,9 @@ _printf_(3, 4) static int set_error(sd_bus_error *error, const char *name, const
 
 /* The one place where an error's kind becomes a D-Bus error name (and so chvmctl's exit code). */
 static const char *const error_names[_ERROR_KIND_MAX] = {
-        [ERROR_FAILED] = API_ERROR_FAILED, [ERROR_INVALID] = API_ERROR_INVALID,
+        [ERROR_FAILED] = API_ERROR_FAILED,       [ERROR_INVALID] = API_ERROR_INVALID,
         [ERROR_NOT_FOUND] = API_ERROR_NOT_FOUND, [ERROR_EXISTS] = API_ERROR_EXISTS,
-        [ERROR_BUSY] = API_ERROR_BUSY, [ERROR_DENIED] = SD_BUS_ERROR_ACCESS_DENIED,
+        [ERROR_BUSY] = API_ERROR_BUSY,           [ERROR_DENIED] = SD_BUS_ERROR_ACCESS_DENIED,
 };
 
 /* The failure r of a call, as the agent described it (e: its last error, when that is r's). */
@@ -136,8 +136,8 @@ static int require_privileged(Conn *c, const char *what, sd_bus_error *error) {
         log_notice("access denied: uid %u may not %s (needs root or the control group)", (unsigned) c->uid,
                    what);
         return set_error(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                 "access denied: %s needs root or membership in group %s",
-                                 what, agent_config(c->api->agent)->control_group);
+                         "access denied: %s needs root or membership in group %s", what,
+                         agent_config(c->api->agent)->control_group);
 }
 
 /* --- connections ------------------------------------------------------------------------------------ */
@@ -239,7 +239,8 @@ static int on_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return 1;
         }
         uint64_t queued = 0;
-        if (type == SD_BUS_MESSAGE_METHOD_CALL && sd_bus_get_n_queued_write(c->bus, &queued) >= 0 && queued >= CONN_MAX_QUEUED_AT_CALL) {
+        if (type == SD_BUS_MESSAGE_METHOD_CALL && sd_bus_get_n_queued_write(c->bus, &queued) >= 0 &&
+            queued >= CONN_MAX_QUEUED_AT_CALL) {
                 log_warning("control socket: a client of uid %u sends calls without reading the answers "
                             "(%" PRIu64 " waiting): disconnected",
                             (unsigned) c->uid, queued);
@@ -281,16 +282,19 @@ static void admission(Api *api, uid_t uid, char *ret, size_t size) {
         if (uid == 0)
                 return;
         if (used >= API_MAX_CONNECTIONS - API_ROOT_CONNECTIONS) {
-                snprintf(ret, size, "too many connections: %zu of %d are in use, the last %d are kept for root",
-                         used, API_MAX_CONNECTIONS, API_ROOT_CONNECTIONS);
+                snprintf(ret, size,
+                         "too many connections: %zu of %d are in use, the last %d are kept for root", used,
+                         API_MAX_CONNECTIONS, API_ROOT_CONNECTIONS);
                 return;
         }
         for (Conn *c = api->conns; c; c = c->next)
                 if (c->uid == uid && c->state != CONN_REFUSED)
                         of_uid++;
         if (of_uid >= per_uid)
-                snprintf(ret, size, "too many connections from uid %u (at most %u per uid: [agent] connections_per_uid)",
-                         (unsigned) uid, per_uid);
+                snprintf(
+                        ret, size,
+                        "too many connections from uid %u (at most %u per uid: [agent] connections_per_uid)",
+                        (unsigned) uid, per_uid);
 }
 
 static void log_refusal(Api *api, const char *why) {
@@ -300,7 +304,8 @@ static void log_refusal(Api *api, const char *why) {
                 return;
         }
         if (api->n_refusals_unlogged)
-                log_warning("control socket: client refused: %s (and %" PRIu64 " more refused in the last second)",
+                log_warning("control socket: client refused: %s (and %" PRIu64
+                            " more refused in the last second)",
                             why, api->n_refusals_unlogged);
         else
                 log_warning("control socket: client refused: %s", why);
@@ -365,7 +370,8 @@ static int conn_new(Api *api, int fd) {
         c->fd = cfd;
         c->serial = ++api->n_accepted;
         c->uid = cred.uid;
-        c->privileged = cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
+        c->privileged =
+                cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
         c->last_active = now_usec();
         if (why[0]) {
                 c->state = CONN_REFUSED;
@@ -388,7 +394,8 @@ static int conn_new(Api *api, int fd) {
         if (r >= 0)
                 r = sd_bus_set_anonymous(c->bus, false);
         /* No fd passing: no method takes one, and fds a message carried would stay open in the agent as long
-         * as the call pends. Refused in the handshake; sd-bus then drops a connection that sends fds anyway. */
+         * as the call pends. Refused in the handshake; sd-bus then drops a connection that sends fds anyway.
+         */
         if (r >= 0)
                 r = sd_bus_negotiate_fds(c->bus, false);
         if (r >= 0)
@@ -399,8 +406,9 @@ static int conn_new(Api *api, int fd) {
                 r = sd_bus_add_object_vtable(c->bus, NULL, "/org/freedesktop/DBus", "org.freedesktop.DBus",
                                              hello_vtable, c);
         if (r >= 0)
-                r = sd_bus_match_signal(c->bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
-                                        "org.freedesktop.DBus.Local", "Disconnected", on_disconnected, c);
+                r = sd_bus_match_signal(c->bus, NULL, "org.freedesktop.DBus.Local",
+                                        "/org/freedesktop/DBus/Local", "org.freedesktop.DBus.Local",
+                                        "Disconnected", on_disconnected, c);
         if (r >= 0)
                 r = sd_bus_attach_event(c->bus, api->event, SD_EVENT_PRIORITY_NORMAL);
         if (r >= 0)
@@ -432,15 +440,16 @@ static int on_rested(sd_event_source *s, uint64_t usec, void *userdata) {
 static void accept_rest(Api *api, int error) {
         int r;
         if (api->accept_failures++ == 0)
-                log_warning_errno(error, "control socket: cannot accept a client: %m; not accepting for %llu ms "
+                log_warning_errno(error,
+                                  "control socket: cannot accept a client: %m; not accepting for %llu ms "
                                   "at a time until fds are free again",
                                   (unsigned long long) (ACCEPT_REST_USEC / 1000));
         r = sd_event_source_set_enabled(api->listen_source, SD_EVENT_OFF);
         if (r >= 0 && api->rest_source)
                 r = sd_event_source_set_time_relative(api->rest_source, ACCEPT_REST_USEC);
         else if (r >= 0)
-                r = sd_event_add_time_relative(api->event, &api->rest_source, CLOCK_MONOTONIC, ACCEPT_REST_USEC, 0,
-                                               on_rested, api);
+                r = sd_event_add_time_relative(api->event, &api->rest_source, CLOCK_MONOTONIC,
+                                               ACCEPT_REST_USEC, 0, on_rested, api);
         if (r >= 0)
                 r = sd_event_source_set_enabled(api->rest_source, SD_EVENT_ONESHOT);
         if (r < 0) /* no timer: better a busy listener than a deaf one */
@@ -462,12 +471,14 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         return 0;
                 }
                 if (api->accept_failures > 1)
-                        log_notice("control socket: accepting clients again (%llu accepts failed for want of fds)",
-                                   (unsigned long long) api->accept_failures - 1);
+                        log_notice(
+                                "control socket: accepting clients again (%llu accepts failed for want of fds)",
+                                (unsigned long long) api->accept_failures - 1);
                 api->accept_failures = 0;
                 int r = conn_new(api, cfd);
                 if (r < 0 && r != -EBUSY)
-                        log_warning_errno(r, "control socket: cannot set up a client connection: %m, ignoring");
+                        log_warning_errno(r,
+                                          "control socket: cannot set up a client connection: %m, ignoring");
         }
 }
 
@@ -533,15 +544,17 @@ static int socket_own(Api *api, char *err, size_t err_size) {
                 return r;
         }
         if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
-                snprintf(err, err_size,
-                         "socket folder %s may be changed by others (owner uid %u, mode %04o): the control socket "
-                         "needs a folder only root may write",
-                         dir, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
+                snprintf(
+                        err, err_size,
+                        "socket folder %s may be changed by others (owner uid %u, mode %04o): the control socket "
+                        "needs a folder only root may write",
+                        dir, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
                 return -EPERM;
         }
         if (lstat(path, &st) == 0) {
                 if (!S_ISSOCK(st.st_mode)) {
-                        snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it", path);
+                        snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it",
+                                 path);
                         return -EEXIST;
                 }
                 /* An agent just killed may still "listen" for a moment: a hypervisor child it forked holds a
@@ -603,8 +616,9 @@ static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
                 api->control_gid = g->gr_gid;
                 api->has_control_group = true;
         } else
-                log_notice("control group %s does not exist: only root may change anything, the socket is 0600",
-                           agent_config(agent)->control_group);
+                log_notice(
+                        "control group %s does not exist: only root may change anything, the socket is 0600",
+                        agent_config(agent)->control_group);
         r = sd_id128_randomize(&api->server_id);
         if (r >= 0)
                 r = sd_event_add_time_relative(event, &api->idle_source, CLOCK_MONOTONIC, IDLE_CHECK_USEC, 0,
@@ -713,8 +727,8 @@ static int append_vm(sd_bus_message *reply, const AgentVmInfo *info) {
                 return r;
         for (size_t i = 0; info->def && i < info->def->n_ports; i++) {
                 const PortForward *p = &info->def->ports[i];
-                r = sd_bus_message_append(reply, "(sqq)", p->proto == IPPROTO_UDP ? "udp" : "tcp", p->host_port,
-                                          p->guest_port);
+                r = sd_bus_message_append(reply, "(sqq)", p->proto == IPPROTO_UDP ? "udp" : "tcp",
+                                          p->host_port, p->guest_port);
                 if (r < 0)
                         return r;
         }
@@ -768,13 +782,14 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         r = require_privileged(c, "create a VM", error);
         if (r < 0)
                 return r;
-        r = sd_bus_message_read(m, "sssssssut", &name, &backend, &hypervisor, &kernel, &firmware, &initrd, &cmdline,
-                                &cpus, &memory);
+        r = sd_bus_message_read(m, "sssssssut", &name, &backend, &hypervisor, &kernel, &firmware, &initrd,
+                                &cmdline, &cpus, &memory);
         if (r < 0)
                 return r;
         r = read_strv(m, VM_DEF_MAX_DISKS, &disks);
         if (r == -E2BIG)
-                return set_error(error, API_ERROR_INVALID, "VM %s: more than %d disks", name, VM_DEF_MAX_DISKS);
+                return set_error(error, API_ERROR_INVALID, "VM %s: more than %d disks", name,
+                                 VM_DEF_MAX_DISKS);
         if (r < 0)
                 return r;
         def = vm_def_new();
@@ -782,16 +797,16 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 return -ENOMEM;
         if (strlen(name) >= sizeof(def->name))
                 return set_error(error, API_ERROR_INVALID,
-                                         "invalid VM name \"%.40s...\" (want ^[a-z][a-z0-9-]{0,31}$)", name);
+                                 "invalid VM name \"%.40s...\" (want ^[a-z][a-z0-9-]{0,31}$)", name);
         snprintf(def->name, sizeof(def->name), "%s", name);
         if (strlen(backend) >= sizeof(def->backend))
                 return set_error(error, API_ERROR_INVALID, "VM %s: unknown backend \"%.40s...\"", name,
-                                         backend);
+                                 backend);
         snprintf(def->backend, sizeof(def->backend), "%s", backend);
         if (hypervisor[0] && hypervisor_kind_from_string(hypervisor) < 0)
                 return set_error(error, API_ERROR_INVALID,
-                                         "VM %s: hypervisor \"%.40s\": expected cloud-hypervisor or qemu", name,
-                                         hypervisor);
+                                 "VM %s: hypervisor \"%.40s\": expected cloud-hypervisor or qemu", name,
+                                 hypervisor);
         snprintf(def->hypervisor, sizeof(def->hypervisor), "%s", hypervisor);
         def->kernel = kernel[0] ? strdup(kernel) : NULL;
         def->firmware = firmware[0] ? strdup(firmware) : NULL;
@@ -816,7 +831,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         while ((r = sd_bus_message_read(m, "(sqq)", &proto, &host, &guest)) > 0) {
                 if (def->n_ports == VM_DEF_MAX_PORTS)
                         return set_error(error, API_ERROR_INVALID, "VM %s: more than %d ports", name,
-                                                 VM_DEF_MAX_PORTS);
+                                         VM_DEF_MAX_PORTS);
                 PortForward *p = &def->ports[def->n_ports++];
                 if (strcmp(proto, "tcp") == 0)
                         p->proto = IPPROTO_TCP;
@@ -824,8 +839,7 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         p->proto = IPPROTO_UDP;
                 else
                         return set_error(error, API_ERROR_INVALID,
-                                                 "VM %s: port protocol \"%.16s\": expected tcp or udp", name,
-                                                 proto);
+                                         "VM %s: port protocol \"%.16s\": expected tcp or udp", name, proto);
                 p->host_port = host;
                 p->guest_port = guest;
         }
@@ -844,11 +858,14 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
         /* A reserved port is the host's (its ssh, its DNS): only root gives it to a guest. */
         if ((flags & API_CREATE_FORCE_PORT) && c->uid != 0) {
                 log_notice("access denied: uid %u may not force a reserved port", (unsigned) c->uid);
-                return set_error(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                 "access denied: VM %s: --force-port (a port reserved for the host) needs root", name);
+                return set_error(
+                        error, SD_BUS_ERROR_ACCESS_DENIED,
+                        "access denied: VM %s: --force-port (a port reserved for the host) needs root",
+                        name);
         }
 
-        r = agent_vm_create(c->api->agent, def, (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0, &id);
+        r = agent_vm_create(c->api->agent, def,
+                            (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0, &id);
         if (r < 0)
                 return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, "t", id);
@@ -885,7 +902,8 @@ static bool vm_up(Agent *a, const char *name, uint64_t *ret_id) {
 static int pending_room(Conn *c, sd_bus_error *error) {
         if (c->n_pending < CONN_MAX_PENDING)
                 return 0;
-        return set_error(error, API_ERROR_BUSY, "this connection has %d calls waiting for VMs to go down already",
+        return set_error(error, API_ERROR_BUSY,
+                         "this connection has %d calls waiting for VMs to go down already",
                          CONN_MAX_PENDING);
 }
 
@@ -966,7 +984,7 @@ static int method_remove(sd_bus_message *m, void *userdata, sd_bus_error *error)
         if (vm_up(c->api->agent, name, &id)) {
                 if (!force)
                         return set_error(error, API_ERROR_BUSY,
-                                                 "VM %s is running: stop it first (or remove it with -f)", name);
+                                         "VM %s is running: stop it first (or remove it with -f)", name);
                 r = agent_vm_kill(c->api->agent, name);
                 if (r < 0)
                         return reply_agent_error(error, r, c->api->agent);
@@ -1034,9 +1052,9 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
         r = sd_bus_message_open_container(reply, 'r', "ssssutas");
         if (r >= 0)
                 r = sd_bus_message_append(reply, "ssssut", d && d->kernel ? d->kernel : "",
-                                          d && d->firmware ? d->firmware : "", d && d->initrd ? d->initrd : "",
-                                          d && d->cmdline ? d->cmdline : "", d ? d->cpus : 0,
-                                          d ? d->memory_mib : 0);
+                                          d && d->firmware ? d->firmware : "",
+                                          d && d->initrd ? d->initrd : "", d && d->cmdline ? d->cmdline : "",
+                                          d ? d->cpus : 0, d ? d->memory_mib : 0);
         if (r >= 0)
                 r = sd_bus_message_open_container(reply, 'a', "s");
         for (size_t i = 0; r >= 0 && d && i < d->n_disks; i++)
@@ -1056,7 +1074,8 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
         char lease[16];
         ip4_string(info.lease_address, lease);
         if (r >= 0)
-                r = sd_bus_message_append(reply, "(sts)", lease, info.lease_acked_usec, info.lease_client_hostname);
+                r = sd_bus_message_append(reply, "(sts)", lease, info.lease_acked_usec,
+                                          info.lease_client_hostname);
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
@@ -1120,16 +1139,17 @@ static int method_gc(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         for (size_t i = 0; !dry_run && i < p.n; i++)
                 if (p.items[i].failed)
                         log_warning("garbage collection: cannot delete %s %s: %s",
-                                    resource_kind_to_string(p.items[i].kind), p.items[i].name, p.items[i].error);
+                                    resource_kind_to_string(p.items[i].kind), p.items[i].name,
+                                    p.items[i].error);
         r = sd_bus_message_new_method_return(m, &reply);
         if (r >= 0)
                 r = sd_bus_message_open_container(reply, 'a', "(ssssssbs)");
         for (size_t i = 0; r >= 0 && i < p.n; i++) {
                 const GcDecision *d = &p.items[i];
                 const char *kind = resource_kind_to_string(d->kind);
-                r = sd_bus_message_append(reply, "(ssssssbs)", gc_action_to_string(d->action), kind ? kind : "unknown",
-                                          d->name, d->vm, gc_reason_to_string(d->reason), d->detail, d->failed,
-                                          d->error);
+                r = sd_bus_message_append(reply, "(ssssssbs)", gc_action_to_string(d->action),
+                                          kind ? kind : "unknown", d->name, d->vm,
+                                          gc_reason_to_string(d->reason), d->detail, d->failed, d->error);
         }
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
@@ -1165,9 +1185,9 @@ static int method_doctor(sd_bus_message *m, void *userdata, sd_bus_error *error)
 static const sd_bus_vtable api_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("CreateVM",
-                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s", firmware, "s", initrd,
-                                            "s", cmdline, "u", cpus, "t", memory_mib, "as", disks, "a(sqq)",
-                                            ports, "t", flags),
+                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s",
+                                            firmware, "s", initrd, "s", cmdline, "u", cpus, "t", memory_mib,
+                                            "as", disks, "a(sqq)", ports, "t", flags),
                                 SD_BUS_RESULT("t", id), method_create, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("StartVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_start,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
@@ -1175,22 +1195,23 @@ static const sd_bus_vtable api_vtable[] = {
                                 method_stop, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("KillVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_kill,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("RemoveVM", SD_BUS_ARGS("s", name, "b", force), SD_BUS_NO_RESULT, method_remove,
-                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("RemoveVM", SD_BUS_ARGS("s", name, "b", force), SD_BUS_NO_RESULT,
+                                method_remove, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListVMs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a" VM_RECORD, vms), method_list,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("InspectVM", SD_BUS_ARGS("s", name),
                                 SD_BUS_RESULT(VM_RECORD, vm, VM_SPEC, spec, VM_OBJECTS, objects, "s",
                                               definition_error, "(sts)", lease),
                                 method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("Status", SD_BUS_NO_ARGS, SD_BUS_RESULT(STATUS_RECORD, status), method_status,
-                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Status", SD_BUS_NO_ARGS, SD_BUS_RESULT(STATUS_RECORD, status),
+                                method_status, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("CollectGarbage", SD_BUS_ARGS("b", dry_run, "b", heuristic),
                                 SD_BUS_RESULT("a(ssssssbs)", decisions, "b", quarantine), method_gc,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Doctor", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sss)", findings), method_doctor,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_SIGNAL_WITH_ARGS("VMStateChanged", SD_BUS_ARGS("s", name, "t", id, "s", state, "s", reason), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("VMStateChanged", SD_BUS_ARGS("s", name, "t", id, "s", state, "s", reason),
+                                0),
         SD_BUS_VTABLE_END,
 };
 
@@ -1216,15 +1237,16 @@ static const sd_bus_vtable hello_vtable[] = {
 void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState state, const char *reason) {
         const char *s = state == _VM_STATE_INVALID ? "removed" : vm_state_to_string(state);
         char why[2048];
-        /* the reason may be an error text cut short (see set_error()): a signal sd-bus cannot build is lost */
+        /* the reason may be an error text cut short (see set_error()): a signal sd-bus cannot build is lost
+         */
         snprintf(why, sizeof(why), "%s", reason ? reason : "");
         utf8_sanitize(why);
         for (Conn *c = api->conns; c; c = c->next) {
                 uint64_t queued = 0;
                 if (c->state != CONN_OK)
                         continue;
-                (void) sd_bus_emit_signal(c->bus, API_OBJECT_PATH, API_INTERFACE, "VMStateChanged", "stss", name,
-                                          vm_id, s, why);
+                (void) sd_bus_emit_signal(c->bus, API_OBJECT_PATH, API_INTERFACE, "VMStateChanged", "stss",
+                                          name, vm_id, s, why);
                 if (sd_bus_get_n_queued_write(c->bus, &queued) >= 0 && queued > CONN_MAX_QUEUED) {
                         log_warning("control socket: a client of uid %u does not read (%" PRIu64
                                     " messages waiting): disconnected",

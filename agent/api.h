@@ -24,7 +24,8 @@
 #define API_ERROR_EXISTS "org.chvm.Agent1.Error.Exists"
 #define API_MAX_CONNECTIONS 512
 /* CreateVM flags */
-#define API_CREATE_FORCE_PORT (UINT64_C(1) << 0) /* forward ports [local] reserved_ports keeps (root only) */
+/* Forward ports the backend keeps for the host ([local] reserved_ports); root only. */
+#define API_CREATE_FORCE_PORT (UINT64_C(1) << 0)
 
 typedef struct Api Api;
 

@@ -44,8 +44,8 @@ static int check_owner_mode(const struct stat *st, const char *what, const char 
         return 0;
 }
 
-void backend_setting_error(const BackendConfig *cfg, const char *name, size_t bad, const char *why, char *err,
-                           size_t err_size) {
+void backend_setting_error(const BackendConfig *cfg, const char *name, size_t bad, const char *why,
+                           char *err, size_t err_size) {
         const char *source = cfg->settings_source ? cfg->settings_source : "agent.conf";
         if (bad < cfg->n_settings && cfg->settings[bad].line > 0)
                 snprintf(err, err_size, "%s:%u: [%s] %s", source, cfg->settings[bad].line, name, why);

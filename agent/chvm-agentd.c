@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
-#include "agent/backend-loader.h"
 #include "agent/api.h"
+#include "agent/backend-loader.h"
 #include "agent/config.h"
 #include "util/crashpoint.h"
 #include "util/log.h"
@@ -121,7 +121,8 @@ static int check_hypervisor(const AgentConfig *c, const char *config_path) {
         char found[4096];
 
         if (!vt || !bin) {
-                log_error("%s: [vmm] hypervisor \"%s\" is not a hypervisor kind", config_path, c->hypervisor);
+                log_error("%s: [vmm] hypervisor \"%s\" is not a hypervisor kind", config_path,
+                          c->hypervisor);
                 return -EINVAL;
         }
         int r = vmm_find_binary(bin, found, sizeof(found));
@@ -211,7 +212,8 @@ int main(int argc, char *argv[]) {
                         else if (strcmp(optarg, "journal") == 0)
                                 target = LOG_TARGET_JOURNAL;
                         else {
-                                fprintf(stderr, "chvm-agentd: --log-target: \"%s\" is not auto, stderr or journal\n",
+                                fprintf(stderr,
+                                        "chvm-agentd: --log-target: \"%s\" is not auto, stderr or journal\n",
                                         optarg);
                                 return 2;
                         }

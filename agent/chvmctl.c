@@ -22,16 +22,16 @@ static const CtlCommand commands[] = {
         { "list", ctl_list_main, "list VMs" },
         { "inspect", ctl_inspect_main, "show a VM: state, hypervisor, network, owned kernel objects" },
         { "status", ctl_status_main, "show the agent's status" },
-        { "doctor", ctl_doctor_main, "check the agent's health; --gc collects garbage (--dry-run: plan only)" },
+        { "doctor", ctl_doctor_main,
+          "check the agent's health; --gc collects garbage (--dry-run: plan only)" },
 };
 
 static void help(FILE *f) {
-        fprintf(f,
-                "Usage: chvmctl [--socket PATH] [--json] COMMAND [ARGS...]\n"
-                "\n"
-                "Controls chvm-agentd, the VM network agent.\n"
-                "\n"
-                "Commands:\n");
+        fprintf(f, "Usage: chvmctl [--socket PATH] [--json] COMMAND [ARGS...]\n"
+                   "\n"
+                   "Controls chvm-agentd, the VM network agent.\n"
+                   "\n"
+                   "Commands:\n");
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
         fprintf(f,
@@ -95,8 +95,9 @@ int ctl_connect(Ctl *ctl) {
                 r = sd_bus_start(ctl->bus);
         if (r < 0) {
                 fprintf(stderr, "chvmctl: cannot reach the agent at %s: %s%s\n", ctl->socket, strerror(-r),
-                        r == -EACCES ? " (the socket is for root and the control group)"
-                                     : r == -ECONNREFUSED ? " (is chvm-agentd running?)" : "");
+                        r == -EACCES         ? " (the socket is for root and the control group)"
+                        : r == -ECONNREFUSED ? " (is chvm-agentd running?)"
+                                             : "");
                 ctl->bus = sd_bus_flush_close_unref(ctl->bus);
                 return r == -EACCES ? CTL_EXIT_ACCESS_DENIED : CTL_EXIT_UNREACHABLE;
         }

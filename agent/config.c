@@ -109,15 +109,18 @@ static int parse_env_list(Parse *p, const char *key, const char *value, bool ass
                         ok = (t[i] >= 'A' && t[i] <= 'Z') || (t[i] >= 'a' && t[i] <= 'z') ||
                              (t[i] >= '0' && t[i] <= '9') || t[i] == '_';
                 if (!ok)
-                        return bad(p, assignments ? "%s: \"%s\" is not NAME=VALUE (NAME of letters, digits and _)"
-                                                  : "%s: \"%s\" is not a variable name (or a prefix with *)",
+                        return bad(p,
+                                   assignments
+                                           ? "%s: \"%s\" is not NAME=VALUE (NAME of letters, digits and _)"
+                                           : "%s: \"%s\" is not a variable name (or a prefix with *)",
                                    key, t);
                 if (assignments && strncmp(t, "PATH=", 5) == 0)
                         return bad(p, "%s: PATH is the agent's (%s)", key, "/usr/local/sbin:...:/bin");
                 if (n == CONFIG_MAX_ENV)
                         return bad(p, "%s: at most %d", key, CONFIG_MAX_ENV);
                 char *dst = assignments ? c->vmm_environment[n] : c->vmm_pass_environment[n];
-                size_t size = assignments ? sizeof(c->vmm_environment[n]) : sizeof(c->vmm_pass_environment[n]);
+                size_t size =
+                        assignments ? sizeof(c->vmm_environment[n]) : sizeof(c->vmm_pass_environment[n]);
                 if (!conf_put_str(dst, size, t))
                         return bad(p, "%s: \"%s\" is longer than %zu bytes", key, t, size - 1);
                 n++;
@@ -197,9 +200,12 @@ static int handler(void *user, const char *section, const char *name, const char
                                 shift = 20, end++;
                         else if (*end == 'G')
                                 shift = 30, end++;
-                        if (errno || *end || value[0] < '0' || value[0] > '9' || v == 0 || v > (UINT64_C(1) << 40) >> shift)
-                                return bad(p, "journal_compact_size \"%s\": expected bytes (with K, M or G) from 1 to 1T",
-                                           value);
+                        if (errno || *end || value[0] < '0' || value[0] > '9' || v == 0 ||
+                            v > (UINT64_C(1) << 40) >> shift)
+                                return bad(
+                                        p,
+                                        "journal_compact_size \"%s\": expected bytes (with K, M or G) from 1 to 1T",
+                                        value);
                         c->journal_compact_size = (uint64_t) v << shift;
                         return 1;
                 }
@@ -207,10 +213,12 @@ static int handler(void *user, const char *section, const char *name, const char
                         bool per_uid = name[0] == 'c';
                         unsigned long v;
                         if (!conf_uint(value, per_uid ? 1 : 0, per_uid ? 512 : 86400, &v))
-                                return bad(p, per_uid ? "connections_per_uid \"%s\": expected a number from 1 to 512"
-                                                      : "idle_timeout \"%s\": expected whole seconds from 0 (never) "
-                                                        "to 86400",
-                                           value);
+                                return bad(
+                                        p,
+                                        per_uid ? "connections_per_uid \"%s\": expected a number from 1 to 512"
+                                                : "idle_timeout \"%s\": expected whole seconds from 0 (never) "
+                                                  "to 86400",
+                                        value);
                         if (per_uid)
                                 c->connections_per_uid = (unsigned) v;
                         else
@@ -306,8 +314,8 @@ static int finish(Parse *p, const char *name, int line, char *err, size_t err_si
                         found = strcmp(c->backends[k], c->settings[i].section) == 0;
                 if (!found) {
                         snprintf(err, err_size,
-                                 "%s:%u: unknown section [%s]: not a backend that [agent] backends loads", name,
-                                 c->settings[i].line, c->settings[i].section);
+                                 "%s:%u: unknown section [%s]: not a backend that [agent] backends loads",
+                                 name, c->settings[i].line, c->settings[i].section);
                         return -EINVAL;
                 }
         }

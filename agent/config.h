@@ -21,8 +21,8 @@
 
 #include <ini.h>
 #include <limits.h>
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CONFIG_MAX_BACKENDS 8
@@ -49,14 +49,16 @@ typedef struct AgentConfig {
         unsigned n_backends;
         uint64_t journal_compact_size; /* bytes */
         unsigned connections_per_uid; /* a uid other than 0 holds at most this many connections */
-        unsigned idle_timeout; /* seconds; a connection with no call in flight is closed after it; 0: never */
+        unsigned
+                idle_timeout; /* seconds; a connection with no call in flight is closed after it; 0: never */
 
         char hypervisor[32]; /* "cloud-hypervisor" or "qemu" */
         char vmm_binary[PATH_MAX]; /* "" = the kind's default */
         unsigned stop_timeout; /* seconds */
         char accel[8]; /* "auto", "kvm", "tcg" */
         bool allow_block_devices; /* a disk may be a block device */
-        char image_dirs[CONFIG_MAX_IMAGE_DIRS][256]; /* kernels, initrds, firmware and disks only below these */
+        char image_dirs[CONFIG_MAX_IMAGE_DIRS]
+                       [256]; /* kernels, initrds, firmware and disks only below these */
         unsigned n_image_dirs;
         char vmm_environment[CONFIG_MAX_ENV][256]; /* "NAME=VALUE" */
         unsigned n_vmm_environment;
@@ -81,4 +83,5 @@ int config_load_string(AgentConfig *c, const char *name, const char *text, char 
 
 struct BackendSetting;
 /* The lines of backend `name`'s section, pointing into *c, in file order: how many (at most max). */
-size_t config_backend_settings(const AgentConfig *c, const char *name, struct BackendSetting *ret, size_t max);
+size_t config_backend_settings(const AgentConfig *c, const char *name, struct BackendSetting *ret,
+                               size_t max);

@@ -13,8 +13,8 @@
 
 #define GC_TIMEOUT_USEC (UINT64_C(600) * 1000000)
 
-static const char *const skip_reasons[] = { "running", "unknown ownership", "other agent", "tag mismatch",
-                                            "quarantine", "core" };
+static const char *const skip_reasons[] = { "running",      "unknown ownership", "other agent",
+                                            "tag mismatch", "quarantine",        "core" };
 
 static void help(void) {
         printf("Usage: chvmctl doctor [--gc [--dry-run] [--force-heuristic [--yes]]] [--json]\n"
@@ -150,8 +150,9 @@ static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuris
                         json_object_close(&w);
                 } else {
                         bool skip = strcmp(d.action, "skip") == 0;
-                        printf("%-7s %-11s %-34s %-20s %s%s%s%s\n", d.action, d.kind, d.name, d.vm[0] ? d.vm : "-",
-                               skip ? d.reason : "", skip ? ": " : "", d.detail, d.failed ? " [FAILED]" : "");
+                        printf("%-7s %-11s %-34s %-20s %s%s%s%s\n", d.action, d.kind, d.name,
+                               d.vm[0] ? d.vm : "-", skip ? d.reason : "", skip ? ": " : "", d.detail,
+                               d.failed ? " [FAILED]" : "");
                 }
         }
         if (r >= 0)
@@ -181,8 +182,8 @@ static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuris
                 json_object_close(&w);
                 json_end(&w);
         } else {
-                printf("summary%s: %zu delete, %zu forget, %zu skip (", dry_run ? " (dry run, nothing changed)" : "",
-                       n_delete, n_forget, n_skip);
+                printf("summary%s: %zu delete, %zu forget, %zu skip (",
+                       dry_run ? " (dry run, nothing changed)" : "", n_delete, n_forget, n_skip);
                 for (size_t i = 0; i < 6; i++)
                         printf("%s%zu %s", i ? ", " : "", by_skip[i], skip_reasons[i]);
                 printf("), %zu failed%s\n", n_failed, quarantine ? "; journal in QUARANTINE" : "");
@@ -198,7 +199,8 @@ static int do_gc(Ctl *ctl, bool dry_run, bool heuristic, bool yes) {
 
         if (heuristic && !dry_run && !yes) {
                 if (!isatty(STDIN_FILENO))
-                        return ctl_usage("doctor", "--force-heuristic deletes by name and subnet: give --yes "
+                        return ctl_usage("doctor",
+                                         "--force-heuristic deletes by name and subnet: give --yes "
                                          "when not on a terminal");
                 /* The plan first, then the question. */
                 bool json = ctl->json;
@@ -214,7 +216,8 @@ static int do_gc(Ctl *ctl, bool dry_run, bool heuristic, bool yes) {
                 ctl->json = json;
                 if (r < 0)
                         return ctl_fail(r, "cannot read the agent's answer");
-                printf("Delete these %zu object(s)? Untagged ones are judged by name and subnet only. [y/N] ", n);
+                printf("Delete these %zu object(s)? Untagged ones are judged by name and subnet only. [y/N] ",
+                       n);
                 fflush(stdout);
                 char line[16] = "";
                 if (!fgets(line, sizeof(line), stdin) || (line[0] != 'y' && line[0] != 'Y')) {

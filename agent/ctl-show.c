@@ -103,7 +103,8 @@ static void ports_string(const VmRecord *v, char *buf, size_t size) {
 }
 
 static bool is_up(const char *state) {
-        return strcmp(state, "running") == 0 || strcmp(state, "stopping") == 0 || strcmp(state, "starting") == 0;
+        return strcmp(state, "running") == 0 || strcmp(state, "stopping") == 0 ||
+               strcmp(state, "starting") == 0;
 }
 
 int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
@@ -162,8 +163,8 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                 json_array_open(&w);
         } else if (!quiet)
                 /* -a shows stopped and crashed VMs too, and then why each one is down. */
-                printf("%-20s %-9s %-8s %-8s %-16s %-16s %s%s\n", "NAME", "STATE", "PID", "BACKEND", "IP", "TAP",
-                       all ? "PORTS            " : "PORTS", all ? "REASON" : "");
+                printf("%-20s %-9s %-8s %-8s %-16s %-16s %s%s\n", "NAME", "STATE", "PID", "BACKEND", "IP",
+                       "TAP", all ? "PORTS            " : "PORTS", all ? "REASON" : "");
         r = sd_bus_message_enter_container(reply, 'a', "(stssusssssa(sqq))");
         while (r >= 0 && (r = read_vm(reply, &v)) > 0) {
                 if (!all && !is_up(v.state))
@@ -179,7 +180,8 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                         if (all)
                                 printf("%-20s %-9s %-8s %-8s %-16s %-16s %-16s %s\n", v.name, v.state,
                                        v.vmm_pid ? pid : "-", v.backend, v.ip[0] ? v.ip : "-",
-                                       v.tap[0] ? v.tap : "-", ports, v.exit_reason[0] ? v.exit_reason : "-");
+                                       v.tap[0] ? v.tap : "-", ports,
+                                       v.exit_reason[0] ? v.exit_reason : "-");
                         else
                                 printf("%-20s %-9s %-8s %-8s %-16s %-16s %s\n", v.name, v.state,
                                        v.vmm_pid ? pid : "-", v.backend, v.ip[0] ? v.ip : "-",
@@ -239,7 +241,8 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
         if (r >= 0)
                 r = sd_bus_message_enter_container(reply, 'r', "ssssutas");
         if (r >= 0)
-                r = sd_bus_message_read(reply, "ssssut", &kernel, &firmware, &initrd, &cmdline, &cpus, &memory);
+                r = sd_bus_message_read(reply, "ssssut", &kernel, &firmware, &initrd, &cmdline, &cpus,
+                                        &memory);
         char **disks = NULL;
         if (r >= 0)
                 r = sd_bus_message_read_strv(reply, &disks);
@@ -270,7 +273,8 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
         } else {
                 char ports[256];
                 ports_string(&v, ports, sizeof(ports));
-                printf("name:        %s\nid:          %016" PRIx64 "\nstate:       %s\n", v.name, v.id, v.state);
+                printf("name:        %s\nid:          %016" PRIx64 "\nstate:       %s\n", v.name, v.id,
+                       v.state);
                 if (v.exit_reason[0])
                         printf("exit reason: %s\n", v.exit_reason);
                 if (v.vmm_pid)
@@ -281,7 +285,8 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                 if (kernel[0])
                         printf("kernel:      %s\n", kernel);
                 else
-                        printf("boot:        first disk, through %s\n", firmware[0] ? firmware : "the default firmware");
+                        printf("boot:        first disk, through %s\n",
+                               firmware[0] ? firmware : "the default firmware");
                 if (firmware[0] && kernel[0])
                         printf("firmware:    %s\n", firmware);
                 if (initrd[0])
@@ -355,7 +360,8 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                         printf("  (none)\n");
                 if (lease_usec)
                         printf("lease:       %s, acknowledged %s%s%s%s\n", lease_addr, acked,
-                               lease_host[0] ? ", client host name \"" : "", lease_host, lease_host[0] ? "\"" : "");
+                               lease_host[0] ? ", client host name \"" : "", lease_host,
+                               lease_host[0] ? "\"" : "");
                 if (def_error[0])
                         printf("warning:     %s\n", def_error);
         }

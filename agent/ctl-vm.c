@@ -73,13 +73,25 @@ static void create_help(const char *cmd) {
                "  --json               print {name, id, state} as JSON\n"
                "  -h, --help           show this help\n",
                cmd,
-               strcmp(cmd, "run") == 0 ? "Creates a VM and starts it." : "Creates a VM; `chvmctl start NAME` starts it.",
+               strcmp(cmd, "run") == 0 ? "Creates a VM and starts it."
+                                       : "Creates a VM; `chvmctl start NAME` starts it.",
                VM_DEF_MAX_DISKS, VM_DEF_MAX_PORTS);
 }
 
 static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], CreateArgs *a) {
-        enum { ARG_KERNEL = 0x100, ARG_FIRMWARE, ARG_INITRD, ARG_DISK, ARG_CMDLINE, ARG_CPUS, ARG_MEMORY, ARG_BACKEND,
-               ARG_HYPERVISOR, ARG_FORCE_PORT, ARG_JSON };
+        enum {
+                ARG_KERNEL = 0x100,
+                ARG_FIRMWARE,
+                ARG_INITRD,
+                ARG_DISK,
+                ARG_CMDLINE,
+                ARG_CPUS,
+                ARG_MEMORY,
+                ARG_BACKEND,
+                ARG_HYPERVISOR,
+                ARG_FORCE_PORT,
+                ARG_JSON
+        };
         static const struct option options[] = {
                 { "kernel", required_argument, NULL, ARG_KERNEL },
                 { "firmware", required_argument, NULL, ARG_FIRMWARE },
@@ -100,7 +112,9 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
         char err[256];
         int c;
 
-        *a = (CreateArgs){ .backend = "", .hypervisor = "", .kernel = "", .firmware = "", .initrd = "", .cmdline = "" };
+        *a = (CreateArgs){
+                .backend = "", .hypervisor = "", .kernel = "", .firmware = "", .initrd = "", .cmdline = ""
+        };
         optind = 0;
         opterr = 0;
         while ((c = getopt_long(argc, argv, ":p:h", options, NULL)) >= 0) {
@@ -125,18 +139,21 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                         break;
                 case ARG_CPUS:
                         if (!parse_uint(optarg, 1, 512, &a->cpus))
-                                return ctl_usage(cmd, "--cpus \"%s\": expected a number from 1 to 512", optarg);
+                                return ctl_usage(cmd, "--cpus \"%s\": expected a number from 1 to 512",
+                                                 optarg);
                         break;
                 case ARG_MEMORY:
                         if (!parse_uint(optarg, 32, UINT64_C(1) << 24, &a->memory))
-                                return ctl_usage(cmd, "--memory \"%s\": expected MiB from 32 to 16777216", optarg);
+                                return ctl_usage(cmd, "--memory \"%s\": expected MiB from 32 to 16777216",
+                                                 optarg);
                         break;
                 case ARG_BACKEND:
                         a->backend = optarg;
                         break;
                 case ARG_HYPERVISOR:
                         if (strcmp(optarg, "cloud-hypervisor") != 0 && strcmp(optarg, "qemu") != 0)
-                                return ctl_usage(cmd, "--hypervisor \"%s\": expected cloud-hypervisor or qemu",
+                                return ctl_usage(cmd,
+                                                 "--hypervisor \"%s\": expected cloud-hypervisor or qemu",
                                                  optarg);
                         a->hypervisor = optarg;
                         break;
@@ -148,8 +165,8 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                         for (size_t i = 0; i < a->n_ports; i++)
                                 if (a->ports[i].proto == a->ports[a->n_ports].proto &&
                                     a->ports[i].host_port == a->ports[a->n_ports].host_port)
-                                        return ctl_usage(cmd, "-p %s: host port %u/%s is given twice", optarg,
-                                                         a->ports[i].host_port,
+                                        return ctl_usage(cmd, "-p %s: host port %u/%s is given twice",
+                                                         optarg, a->ports[i].host_port,
                                                          a->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp");
                         a->n_ports++;
                         break;
@@ -172,14 +189,19 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                 return ctl_usage(cmd, "a VM NAME is needed");
         a->name = argv[optind++];
         if (optind < argc)
-                return ctl_usage(cmd, "unexpected argument \"%s\" (options go before or after NAME, "
-                                 "one VM per command)", argv[optind]);
+                return ctl_usage(cmd,
+                                 "unexpected argument \"%s\" (options go before or after NAME, "
+                                 "one VM per command)",
+                                 argv[optind]);
         if (!a->kernel[0] && a->n_disks == 0 && !a->firmware[0])
-                return ctl_usage(cmd, "--kernel PATH or --disk PATH is needed (a VM boots a kernel, or its first "
+                return ctl_usage(cmd,
+                                 "--kernel PATH or --disk PATH is needed (a VM boots a kernel, or its first "
                                  "disk through its firmware)");
         if (!a->kernel[0] && (a->initrd[0] || a->cmdline[0]))
-                return ctl_usage(cmd, "%s needs --kernel (without it the VM boots its first disk through its "
-                                 "firmware)", a->initrd[0] ? "--initrd" : "--cmdline");
+                return ctl_usage(cmd,
+                                 "%s needs --kernel (without it the VM boots its first disk through its "
+                                 "firmware)",
+                                 a->initrd[0] ? "--initrd" : "--cmdline");
         return 0;
 }
 
@@ -254,8 +276,10 @@ static int create_or_run(Ctl *ctl, int argc, char *argv[], bool start) {
                                 k = ctl_call(ctl, m, 0, NULL);
                         sd_bus_message_unref(m);
                         if (k != 0)
-                                fprintf(stderr, "chvmctl: VM %s was created but did not start; `chvmctl rm %s` "
-                                        "removes it\n", a.name, a.name);
+                                fprintf(stderr,
+                                        "chvmctl: VM %s was created but did not start; `chvmctl rm %s` "
+                                        "removes it\n",
+                                        a.name, a.name);
                         return r;
                 }
         }
@@ -390,10 +414,12 @@ static int multi(Ctl *ctl, const MultiCommand *mc, int argc, char *argv[]) {
 }
 
 int ctl_start_main(Ctl *ctl, int argc, char *argv[]) {
-        static const MultiCommand mc = { "start", "starting",
-                                         "Usage: chvmctl start NAME...\n\nStarts VMs: network up, then the "
-                                         "hypervisor.\n\n  --json      print [{name, ok}]\n  -h, --help  show "
-                                         "this help\n" };
+        static const MultiCommand mc = {
+                "start", "starting",
+                "Usage: chvmctl start NAME...\n\nStarts VMs: network up, then the "
+                "hypervisor.\n\n  --json      print [{name, ok}]\n  -h, --help  show "
+                "this help\n"
+        };
         return multi(ctl, &mc, argc, argv);
 }
 
@@ -409,19 +435,23 @@ int ctl_stop_main(Ctl *ctl, int argc, char *argv[]) {
 }
 
 int ctl_kill_main(Ctl *ctl, int argc, char *argv[]) {
-        static const MultiCommand mc = { "kill", "killing",
-                                         "Usage: chvmctl kill NAME...\n\nKills VMs' hypervisors with SIGKILL "
-                                         "and returns once their network is torn down.\nA hypervisor that is "
-                                         "gone already is fine.\n\n  --json      print [{name, ok}]\n  -h, "
-                                         "--help  show this help\n" };
+        static const MultiCommand mc = {
+                "kill", "killing",
+                "Usage: chvmctl kill NAME...\n\nKills VMs' hypervisors with SIGKILL "
+                "and returns once their network is torn down.\nA hypervisor that is "
+                "gone already is fine.\n\n  --json      print [{name, ok}]\n  -h, "
+                "--help  show this help\n"
+        };
         return multi(ctl, &mc, argc, argv);
 }
 
 int ctl_rm_main(Ctl *ctl, int argc, char *argv[]) {
-        static const MultiCommand mc = { "rm", "removing",
-                                         "Usage: chvmctl rm [-f] NAME...\n\nRemoves VMs (definition and journal "
-                                         "entry). A running VM is refused unless -f,\nwhich kills it "
-                                         "first.\n\n  -f, --force  kill a running VM first\n  --json       print "
-                                         "[{name, ok}]\n  -h, --help   show this help\n" };
+        static const MultiCommand mc = {
+                "rm", "removing",
+                "Usage: chvmctl rm [-f] NAME...\n\nRemoves VMs (definition and journal "
+                "entry). A running VM is refused unless -f,\nwhich kills it "
+                "first.\n\n  -f, --force  kill a running VM first\n  --json       print "
+                "[{name, ok}]\n  -h, --help   show this help\n"
+        };
         return multi(ctl, &mc, argc, argv);
 }

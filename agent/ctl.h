@@ -43,7 +43,8 @@ int ctl_call_name(Ctl *ctl, const char *member, const char *name, uint64_t timeo
 
 /* Usage error: prints "chvmctl CMD: message" and the hint, returns CTL_EXIT_USAGE. */
 int ctl_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prints a bus/parse failure of our own ("cannot read the agent's answer: ...") and returns CTL_EXIT_ERROR. */
+/* Prints a bus/parse failure of our own ("cannot read the agent's answer: ...") and returns CTL_EXIT_ERROR.
+ */
 int ctl_fail(int r, const char *what);
 /* "-h"/"--help" anywhere before "--" */
 bool ctl_wants_help(int argc, char *argv[]);

@@ -21,7 +21,8 @@ struct Dispatcher {
         Backend **backends;
         size_t n_backends;
         BackendNetParams *params; /* per backend: its TAP prefix and address pool */
-        ResourceSet *core; /* per backend: its shared objects, to tell whose a core object of the journal is */
+        ResourceSet
+                *core; /* per backend: its shared objects, to tell whose a core object of the journal is */
         Error error;
 };
 
@@ -417,7 +418,8 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                 fail(d, r, "%s", b->vtable->error_message(b));
                 /* Shared objects that exist after all stay, journaled: the next bring-up uses them. */
                 if (settle_failed_apply(d, b, &core, fresh, &found) < 0)
-                        error_append(&d->error, " (and the kernel could not be read back: recovery will settle it)");
+                        error_append(&d->error,
+                                     " (and the kernel could not be read back: recovery will settle it)");
                 return r;
         }
         for (size_t i = 0; i < core.n && r >= 0; i++)
@@ -502,7 +504,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
 
         const LiveVm *vm = live_set_get_vm(ls, req->vm_id);
         if (!vm || strcmp(vm->name, req->vm_name) != 0 || strcmp(vm->backend, req->backend) != 0)
-                return fail(d, -ENOENT, "VM %s (%016" PRIx64 ") is not defined with backend %s in the journal",
+                return fail(d, -ENOENT,
+                            "VM %s (%016" PRIx64 ") is not defined with backend %s in the journal",
                             req->vm_name, req->vm_id, req->backend);
 
         r = ensure_core(d, b);
@@ -559,7 +562,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                 fail(d, r, "VM %s: %s", req->vm_name, b->vtable->error_message(b));
                 Error cause = d->error;
                 if (settle_failed_apply(d, b, &plan, NULL, &found) < 0)
-                        error_append(&cause, " (and the kernel could not be read back: recovery will settle it)");
+                        error_append(&cause,
+                                     " (and the kernel could not be read back: recovery will settle it)");
                 else if (found > 0) {
                         /* A failed request leaves nothing: take what exists anyway away again. */
                         ResourceSet made = {};
@@ -571,7 +575,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                                 k = release(d, b, made.items, made.n, NULL);
                         resource_set_clear(&made);
                         if (k < 0)
-                                error_append(&cause, " (and %zu object(s) made anyway could not be removed: %s)",
+                                error_append(&cause,
+                                             " (and %zu object(s) made anyway could not be removed: %s)",
                                              found, error_message(&d->error));
                 }
                 d->error = cause;
@@ -654,16 +659,17 @@ static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *
         for (size_t i = 0; i < n; i++) {
                 char agent[64], role[32];
                 uint64_t vm;
-                if (resource_tag_parse(objs[i].tag, agent, &vm, role) >= 0 && strcmp(agent, d->agent_id) == 0 &&
-                    vm == objs[i].vm_id)
+                if (resource_tag_parse(objs[i].tag, agent, &vm, role) >= 0 &&
+                    strcmp(agent, d->agent_id) == 0 && vm == objs[i].vm_id)
                         ours[n_ours++] = objs[i];
                 else {
                         stale++;
-                        log_warning("ownership journal: object %s %s is recorded with tag \"%s\", not one of "
-                                    "this agent's (chvm1:%s:...): not removed",
-                                    resource_kind_to_string(objs[i].kind) ? resource_kind_to_string(objs[i].kind)
-                                                                          : "unknown",
-                                    objs[i].name, objs[i].tag, d->agent_id);
+                        log_warning(
+                                "ownership journal: object %s %s is recorded with tag \"%s\", not one of "
+                                "this agent's (chvm1:%s:...): not removed",
+                                resource_kind_to_string(objs[i].kind) ? resource_kind_to_string(objs[i].kind)
+                                                                      : "unknown",
+                                objs[i].name, objs[i].tag, d->agent_id);
                 }
         }
         if (b && b->vtable->remove_many && n_ours > 1) {
@@ -745,7 +751,8 @@ int vm_net_down_many(Dispatcher *d, const uint64_t *vm_ids, size_t n) {
                         if (u64map_size(wanted) == 1 && vm)
                                 error_prefix(&d->error, "VM %s: taking its network down", vm->name);
                         else
-                                error_prefix(&d->error, "taking the network of %zu VMs down", u64map_size(wanted));
+                                error_prefix(&d->error, "taking the network of %zu VMs down",
+                                             u64map_size(wanted));
                         goto out;
                 }
                 stale += s;

@@ -49,15 +49,17 @@ static int check_journal(Agent *a, DoctorReport *r) {
         const JournalReport *rep = journal_report(a->journal);
         switch (journal_state(a->journal)) {
         case JOURNAL_STATE_OK:
-                return add(r, DOCTOR_OK, "journal", "ok: %zu live objects, last LSN %llu", live_set_n_objects(journal_live_set(a->journal)),
+                return add(r, DOCTOR_OK, "journal", "ok: %zu live objects, last LSN %llu",
+                           live_set_n_objects(journal_live_set(a->journal)),
                            (unsigned long long) journal_last_lsn(a->journal));
         case JOURNAL_STATE_TORN_TAIL_REPAIRED:
                 return add(r, DOCTOR_WARNING, "journal", "torn tail repaired at start: %s", rep->message);
         case JOURNAL_STATE_QUARANTINE:
-                return add(r, DOCTOR_ERROR, "journal",
-                           "QUARANTINE (mid-log damage): %s; garbage collection deletes only what kernel tags "
-                           "prove is ours",
-                           rep->message);
+                return add(
+                        r, DOCTOR_ERROR, "journal",
+                        "QUARANTINE (mid-log damage): %s; garbage collection deletes only what kernel tags "
+                        "prove is ours",
+                        rep->message);
         default:
                 return add(r, DOCTOR_ERROR, "journal", "failed: %s", journal_error_message(a->journal));
         }
@@ -75,14 +77,15 @@ static int check_vms(Agent *a, DoctorReport *r) {
                 no_def += !vms[i].def;
         }
         k = add(r, DOCTOR_OK, "vms", "%zu defined, %zu running, %zu stopping, %zu stopped, %zu crashed",
-                    by_state[VM_STATE_DEFINED], by_state[VM_STATE_RUNNING], by_state[VM_STATE_STOPPING],
-                    by_state[VM_STATE_STOPPED], by_state[VM_STATE_CRASHED]);
+                by_state[VM_STATE_DEFINED], by_state[VM_STATE_RUNNING], by_state[VM_STATE_STOPPING],
+                by_state[VM_STATE_STOPPED], by_state[VM_STATE_CRASHED]);
         if (k >= 0 && no_def)
-                k = add(r, DOCTOR_WARNING, "vms", "%zu VM(s) without a readable definition file in %s/vms", no_def,
-                        a->cfg.state_dir);
+                k = add(r, DOCTOR_WARNING, "vms", "%zu VM(s) without a readable definition file in %s/vms",
+                        no_def, a->cfg.state_dir);
         if (k >= 0)
-                k = add(r, DOCTOR_OK, "objects", "%zu kernel objects owned by VMs, %zu in all in the journal",
-                        objects, live_set_n_objects(journal_live_set(a->journal)));
+                k = add(r, DOCTOR_OK, "objects",
+                        "%zu kernel objects owned by VMs, %zu in all in the journal", objects,
+                        live_set_n_objects(journal_live_set(a->journal)));
         return k;
 }
 
@@ -113,7 +116,8 @@ static int check_scan(Agent *a, DoctorReport *r) {
                         "%zu object(s) the journal names carry another tag in the kernel (name reused)",
                         p.by_reason[GC_REASON_TAG_MISMATCH]);
         if (k >= 0)
-                k = add(r, DOCTOR_OK, "scan", "%zu object(s) of running VMs, %zu shared, %zu of other agents",
+                k = add(r, DOCTOR_OK, "scan",
+                        "%zu object(s) of running VMs, %zu shared, %zu of other agents",
                         p.by_reason[GC_REASON_RUNNING], p.by_reason[GC_REASON_CORE],
                         p.by_reason[GC_REASON_OTHER_AGENT]);
         gc_plan_clear(&p);
@@ -121,7 +125,9 @@ static int check_scan(Agent *a, DoctorReport *r) {
 }
 
 static int on_finding(void *userdata, BackendSeverity s, const char *topic, const char *message) {
-        DoctorSeverity sev = s == BACKEND_ERROR ? DOCTOR_ERROR : s == BACKEND_WARNING ? DOCTOR_WARNING : DOCTOR_OK;
+        DoctorSeverity sev = s == BACKEND_ERROR     ? DOCTOR_ERROR
+                             : s == BACKEND_WARNING ? DOCTOR_WARNING
+                                                    : DOCTOR_OK;
         return add(userdata, sev, topic && topic[0] ? topic : "backend", "%s", message ? message : "");
 }
 
@@ -142,7 +148,8 @@ static int check_backends(Agent *a, DoctorReport *r) {
                 size_t n = 0;
                 for (size_t j = 0; j < n_vms; j++)
                         if (vms[j].vmm_pid && strcmp(vms[j].backend, b->vtable->name) == 0)
-                                running[n++] = (BackendVm){ .vm_id = vms[j].id, .name = vms[j].name,
+                                running[n++] = (BackendVm){ .vm_id = vms[j].id,
+                                                            .name = vms[j].name,
                                                             .tap = vms[j].tap };
                 k = b->vtable->doctor(b, running, n, on_finding, r);
         }
@@ -167,7 +174,8 @@ static int agent_doctor_(Agent *a, DoctorReport *ret) {
                 char names[256] = "";
                 for (size_t i = 0; i < a->n_backends; i++) {
                         size_t o = strlen(names);
-                        snprintf(names + o, sizeof(names) - o, "%s%s", i ? " " : "", a->backends[i]->vtable->name);
+                        snprintf(names + o, sizeof(names) - o, "%s%s", i ? " " : "",
+                                 a->backends[i]->vtable->name);
                 }
                 k = add(&r, DOCTOR_OK, "backends", "loaded: %s", names);
         }

@@ -145,7 +145,7 @@ static int scan_all_(Gc *g) {
                 int r = b->vtable->scan(b, &s);
                 if (r < 0) {
                         error_errno(&a->error, r, "backend %s: scan failed: %s", b->vtable->name,
-                                 b->vtable->error_message(b));
+                                    b->vtable->error_message(b));
                         resource_set_clear(&s);
                         return r;
                 }
@@ -289,8 +289,8 @@ static void describe(const Resource *r, char *buf, size_t size) {
         inet_ntop(AF_INET, &in, ip, sizeof(ip));
         switch (r->kind) {
         case RESOURCE_NFT_PORTFWD:
-                snprintf(buf, size, "%s %u -> %s:%u", e->proto == IPPROTO_UDP ? "udp" : "tcp", e->host_port, ip,
-                         e->guest_port);
+                snprintf(buf, size, "%s %u -> %s:%u", e->proto == IPPROTO_UDP ? "udp" : "tcp", e->host_port,
+                         ip, e->guest_port);
                 break;
         case RESOURCE_NFT_VM_PORT:
                 snprintf(buf, size, "%s", e->ifname);
@@ -393,20 +393,24 @@ static int decide_untagged_(Gc *g, Found *f) {
         BackendNetParams params = params_of(g, f);
         if (!g->o->heuristic)
                 return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0,
-                              "no ownership tag and not in the journal") ? 0 : -ENOMEM;
+                              "no ownership tag and not in the journal")
+                               ? 0
+                               : -ENOMEM;
         if (g->plan->quarantine)
                 return decide(g, GC_SKIP, GC_REASON_QUARANTINE, r, 0,
                               "journal in quarantine: nothing without a tag of ours is deleted, not even by the "
-                              "heuristic") ? 0 : -ENOMEM;
+                              "heuristic")
+                               ? 0
+                               : -ENOMEM;
         switch (r->kind) {
         case RESOURCE_LINK_TAP:
                 if (running_uses(g, r->name, 0))
-                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0, "a running VM uses a TAP of this name")
+                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0,
+                                      "a running VM uses a TAP of this name")
                                        ? 0
                                        : -ENOMEM;
                 return decide(g, GC_DELETE, GC_REASON_HEURISTIC, r, 0,
-                              "heuristic: untagged TAP named %s*, no running VM uses it",
-                              params.tap_prefix)
+                              "heuristic: untagged TAP named %s*, no running VM uses it", params.tap_prefix)
                                ? 0
                                : -ENOMEM;
         case RESOURCE_NFT_PORTFWD:
@@ -416,7 +420,8 @@ static int decide_untagged_(Gc *g, Found *f) {
                                        ? 0
                                        : -ENOMEM;
                 if (running_uses(g, NULL, r->elem.guest_ip))
-                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0, "it points to a running VM's address")
+                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0,
+                                      "it points to a running VM's address")
                                        ? 0
                                        : -ENOMEM;
                 return decide(g, GC_DELETE, GC_REASON_HEURISTIC, r, 0,
@@ -427,7 +432,8 @@ static int decide_untagged_(Gc *g, Found *f) {
         case RESOURCE_NFT_VM_PORT:
         case RESOURCE_NFT_VM_ADDR:
                 if (running_uses(g, r->elem.ifname, r->kind == RESOURCE_NFT_VM_ADDR ? r->elem.guest_ip : 0))
-                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0, "a running VM uses this port or address")
+                        return decide(g, GC_SKIP, GC_REASON_RUNNING, r, 0,
+                                      "a running VM uses this port or address")
                                        ? 0
                                        : -ENOMEM;
                 return decide(g, GC_DELETE, GC_REASON_HEURISTIC, r, 0,
@@ -435,7 +441,8 @@ static int decide_untagged_(Gc *g, Found *f) {
                                ? 0
                                : -ENOMEM;
         default:
-                return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0, "no ownership tag") ? 0 : -ENOMEM;
+                return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0, "no ownership tag") ? 0
+                                                                                                 : -ENOMEM;
         }
 }
 
@@ -468,20 +475,26 @@ static int decide_found(Gc *g, Found *f) {
         char agent[64], role[32];
         uint64_t vm_id = 0;
         if (resource_tag_parse(r->tag, agent, &vm_id, role) < 0)
-                return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0, "tag %s is not of our form", r->tag)
+                return decide(g, GC_SKIP, GC_REASON_UNKNOWN_OWNERSHIP, r, 0, "tag %s is not of our form",
+                              r->tag)
                                ? 0
                                : -ENOMEM;
         if (strcmp(agent, g->a->agent_id_str) != 0)
-                return decide(g, GC_SKIP, GC_REASON_OTHER_AGENT, r, 0, "tagged by agent %s", agent) ? 0 : -ENOMEM;
+                return decide(g, GC_SKIP, GC_REASON_OTHER_AGENT, r, 0, "tagged by agent %s", agent)
+                               ? 0
+                               : -ENOMEM;
         if (vm_id == 0)
-                return decide(g, GC_SKIP, GC_REASON_CORE, r, 0, "shared by this agent's VMs (kept)") ? 0 : -ENOMEM;
+                return decide(g, GC_SKIP, GC_REASON_CORE, r, 0, "shared by this agent's VMs (kept)")
+                               ? 0
+                               : -ENOMEM;
         if (vm_alive(g, vm_id))
-                return decide(g, GC_SKIP, GC_REASON_RUNNING, r, vm_id, "VM %s is running", vm_label(g, vm_id, label))
+                return decide(g, GC_SKIP, GC_REASON_RUNNING, r, vm_id, "VM %s is running",
+                              vm_label(g, vm_id, label))
                                ? 0
                                : -ENOMEM;
         if (o) {
-                d = decide(g, GC_DELETE, GC_REASON_OWNED, r, vm_id, "owned by VM %s (%s)", vm_label(g, vm_id, label),
-                           vm_state_word(g, vm_id));
+                d = decide(g, GC_DELETE, GC_REASON_OWNED, r, vm_id, "owned by VM %s (%s)",
+                           vm_label(g, vm_id, label), vm_state_word(g, vm_id));
                 if (d)
                         d->journaled = true;
         } else
@@ -508,18 +521,21 @@ static int decide_journal_only(Gc *g) {
                         (void) resource_key_decode(r.kind, o->key, o->key_size, &r.elem);
                 GcDecision *d;
                 if (o->vm_id == 0)
-                        d = decide(g, GC_SKIP, GC_REASON_CORE, &r, 0, "journaled, not in the kernel now (made again "
+                        d = decide(g, GC_SKIP, GC_REASON_CORE, &r, 0,
+                                   "journaled, not in the kernel now (made again "
                                    "at the next VM start)");
                 else if (vm_alive(g, o->vm_id))
                         d = decide(g, GC_SKIP, GC_REASON_RUNNING, &r, o->vm_id,
                                    "VM %s is running (its object is missing from the kernel)",
                                    vm_label(g, o->vm_id, label));
                 else if (g->plan->quarantine)
-                        d = decide(g, GC_SKIP, GC_REASON_QUARANTINE, &r, o->vm_id,
-                                   "journal in quarantine: only objects the kernel's tags prove are acted on");
+                        d = decide(
+                                g, GC_SKIP, GC_REASON_QUARANTINE, &r, o->vm_id,
+                                "journal in quarantine: only objects the kernel's tags prove are acted on");
                 else {
                         d = decide(g, GC_FORGET, GC_REASON_GONE, &r, o->vm_id,
-                                   "journaled for VM %s, already gone from the kernel", vm_label(g, o->vm_id, label));
+                                   "journaled for VM %s, already gone from the kernel",
+                                   vm_label(g, o->vm_id, label));
                         if (d)
                                 d->journaled = true;
                 }

@@ -100,7 +100,8 @@ const char *doctor_severity_to_string(DoctorSeverity s);
 
 typedef struct DoctorFinding {
         DoctorSeverity severity;
-        char topic[32]; /* "journal", "backends", "vms", "objects", "scan", "ip_forward", "firewall", "links" */
+        char topic[32]; /* "journal", "backends", "vms", "objects", "scan", "ip_forward", "firewall", "links"
+                         */
         char message[512];
 } DoctorFinding;
 

@@ -181,8 +181,8 @@ static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, VmExit *rec
         if (!si) {
                 /* Not our child and taskstats did not say: what we did ourselves is all we know. */
                 if (vm->sent_kill) {
-                        snprintf(reason, size, "killed by signal %d (sent by the agent; exit status not seen)",
-                                 SIGKILL);
+                        snprintf(reason, size,
+                                 "killed by signal %d (sent by the agent; exit status not seen)", SIGKILL);
                         return JOURNAL_VM_CRASHED;
                 }
                 if (vm->stage != STOP_NONE) {
@@ -204,8 +204,8 @@ static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, VmExit *rec
 }
 
 /* Through the dispatcher, the journal's one writer. sync false: the caller syncs once for several. */
-static int journal_exit_full(VmManager *m, uint64_t vm_id, VmExit *rec, JournalVmState state, const char *reason,
-                             bool sync) {
+static int journal_exit_full(VmManager *m, uint64_t vm_id, VmExit *rec, JournalVmState state,
+                             const char *reason, bool sync) {
         rec->state = state;
         rec->reason = reason;
         int r = dispatcher_vm_exited(m->cfg.dispatcher, vm_id, rec, sync);
@@ -228,7 +228,9 @@ static bool adopted_exit(VmManager *m, Vm *vm, siginfo_t *ret) {
         TaskExit te;
         if (!m->cfg.taskstats || taskstats_listener_take(m->cfg.taskstats, vm->process.pid, &te) <= 0)
                 return false;
-        *ret = (siginfo_t){ .si_code = !te.signaled ? CLD_EXITED : te.core_dumped ? CLD_DUMPED : CLD_KILLED,
+        *ret = (siginfo_t){ .si_code = !te.signaled     ? CLD_EXITED
+                                       : te.core_dumped ? CLD_DUMPED
+                                                        : CLD_KILLED,
                             .si_status = te.status };
         return true;
 }
@@ -287,7 +289,8 @@ static int journal_started(const VmmProcess *p, void *userdata) {
         VmManager *m = vm->manager;
         int r = CRASH_POINT("vmm-gate-before-started");
         if (r >= 0)
-                r = dispatcher_vm_started(m->cfg.dispatcher, vm->id, (uint32_t) p->pid, p->start_time, p->boot_id);
+                r = dispatcher_vm_started(m->cfg.dispatcher, vm->id, (uint32_t) p->pid, p->start_time,
+                                          p->boot_id);
         if (r < 0)
                 return dispatcher_failed(m, r);
         vm->journaled_start = true;
@@ -315,7 +318,7 @@ static void fill_spec(const VmManager *m, const VmRequest *req, const VmNetInfo 
                 .disks = req->disks,
                 .n_disks = req->n_disks,
                 .accel = m->cfg.accel,
-                .binary = req->binary                          ? req->binary
+                .binary = req->binary                            ? req->binary
                           : req->hypervisor == m->cfg.hypervisor ? m->cfg.binary
                                                                  : NULL,
         };
@@ -327,7 +330,8 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
         /* The names a start would use (its id's folder), a TAP and an address of the longest kind. */
         VmNetInfo net = { .tap = "tap-0123456789", .mac = { 0x02, 0, 0, 0, 0, 1 } };
         BackendNetParams p;
-        if (dispatcher_backend_params(m->cfg.dispatcher, req->backend, &p) >= 0 && p.gateway && p.prefixlen) {
+        if (dispatcher_backend_params(m->cfg.dispatcher, req->backend, &p) >= 0 && p.gateway &&
+            p.prefixlen) {
                 uint32_t mask = ~UINT32_C(0) << (32 - p.prefixlen);
                 net.ip4 = (p.gateway & mask) | (~mask - 1);
                 if (net.ip4 == p.gateway)
@@ -411,8 +415,8 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                 free(vm);
                 goto undo_net;
         }
-        r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED, on_hypervisor_exit,
-                                     vm);
+        r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED,
+                                     on_hypervisor_exit, vm);
         if (r >= 0)
                 r = u64map_put(m->vms, vm->id, vm);
         if (r < 0) {
@@ -715,7 +719,9 @@ uint64_t vm_manager_vm_id_in(const char *cmdline, const char *needle) {
 int vm_manager_is_hypervisor(VmManager *m, pid_t pid, uint64_t vm_id) {
         HypervisorKind kind = m->cfg.kind_of ? m->cfg.kind_of(vm_id, m->cfg.userdata) : m->cfg.hypervisor;
         const HypervisorVTable *vt = hypervisor_vtable(kind);
-        const char *binary = kind == m->cfg.hypervisor && m->cfg.binary ? m->cfg.binary : vt ? vt->default_binary : NULL;
+        const char *binary = kind == m->cfg.hypervisor && m->cfg.binary ? m->cfg.binary
+                             : vt                                       ? vt->default_binary
+                                                                        : NULL;
         char found[PATH_MAX], dir[4300], sock[4400];
         const char *tap = NULL;
         const LiveObject *o;
@@ -733,8 +739,8 @@ int vm_manager_is_hypervisor(VmManager *m, pid_t pid, uint64_t vm_id) {
 }
 
 /* A hypervisor the journal does not say is running but that runs: started by us for a VM the journal
- * knows (its arguments name our runtime folder's vms/<id>/, and vm_manager_is_hypervisor() proves it), e.g. after
- * the journal was restored from a backup. Adopted, and journaled as started. */
+ * knows (its arguments name our runtime folder's vms/<id>/, and vm_manager_is_hypervisor() proves it), e.g.
+ * after the journal was restored from a backup. Adopted, and journaled as started. */
 typedef struct OrphanCtx {
         VmManager *m;
         const char *needle; /* "<runtime_dir>/vms/" */
@@ -818,8 +824,8 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                         (void) taskstats_listener_watch(m->cfg.taskstats, (pid_t) lv->pid);
                 int k = vmm_adopt((pid_t) lv->pid, lv->start_time, lv->boot_id, &pidfd);
                 if (k >= 0) {
-                        k = watch_adopted(m, lv->vm_id, lv->name, (pid_t) lv->pid, lv->start_time, lv->boot_id,
-                                          pidfd);
+                        k = watch_adopted(m, lv->vm_id, lv->name, (pid_t) lv->pid, lv->start_time,
+                                          lv->boot_id, pidfd);
                         if (k < 0)
                                 return k;
                         adopted++;

@@ -96,8 +96,8 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec);
 
 /* After an agent restart: for every VM the journal says is running, a pidfd for its hypervisor if PID,
  * start time and boot id still match — then it is adopted and watched (its exit status comes from taskstats
- * when the config has a listener, else it is "exit status unknown"). Otherwise (dead, or the PID reused by another program, which is never signalled)
- * its network is torn down and it is journaled as crashed. */
+ * when the config has a listener, else it is "exit status unknown"). Otherwise (dead, or the PID reused by
+ * another program, which is never signalled) its network is torn down and it is journaled as crashed. */
 int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
 
 /* Handles now every exit that has happened but that the loop has not dispatched yet, so that nothing

@@ -16,10 +16,11 @@
 #include "backends/dhcp/dhcp4-server.h"
 #include "util/portfwd.h"
 
-#define CHVM_BACKEND_ABI 7U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services
-                            * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);
-                            * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor; 7: the backend
-                            * parses its own section (configure), net_params, check_ports */
+#define CHVM_BACKEND_ABI                                                                   \
+        7U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services \
+            * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);             \
+            * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor; 7: the backend     \
+            * parses its own section (configure), net_params, check_ports */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -107,8 +108,8 @@ typedef struct BackendConfig {
          * faults into every netlink request the backend makes. */
         const struct NlOps *nl_ops;
         /* The agent's dump of the links for the collection (or doctor run) in progress, so that every
-         * backend's scan reads the same one: with local and bridge loaded, a collection dumps the links once,
-         * not twice. NULL, or a call that fails: the backend dumps them itself. */
+         * backend's scan reads the same one: with local and bridge loaded, a collection dumps the links
+         * once, not twice. NULL, or a call that fails: the backend dumps them itself. */
         BackendLinksFn links;
         void *links_userdata;
         /* The agent's event loop, for a backend's services (local: its DHCP server); NULL: none run. */
@@ -120,7 +121,8 @@ typedef struct BackendConfig {
 
 /* How the agent names and addresses a VM of the backend, as its configuration says. */
 typedef struct BackendNetParams {
-        char tap_prefix[12]; /* a VM's TAP is <prefix><low hex digits of its id>; "": the backend makes none */
+        char tap_prefix[12]; /* a VM's TAP is <prefix><low hex digits of its id>; "": the backend makes none
+                              */
         /* Backends with uses_addresses: the subnet the agent gives guests addresses from (never the network,
          * broadcast or gateway address), host byte order. */
         uint32_t subnet, gateway;
@@ -154,7 +156,8 @@ typedef struct BackendVm {
 } BackendVm;
 
 /* Takes one finding; a negative return (out of memory) ends the doctor hook, which returns it. */
-typedef int (*BackendFindingFn)(void *userdata, BackendSeverity severity, const char *topic, const char *message);
+typedef int (*BackendFindingFn)(void *userdata, BackendSeverity severity, const char *topic,
+                                const char *message);
 
 typedef struct BackendVTable {
         uint32_t abi;

@@ -8,7 +8,8 @@
 
 #include "backends/common.h"
 
-int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err, size_t err_size) {
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err,
+                   size_t err_size) {
         uint32_t ifindex;
         int k;
 
@@ -25,10 +26,11 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mt
         k = rtnl_link_change(rtnl, ifindex, &c);
         if (k == -EXFULL)
                 /* The kernel numbers a bridge's ports in 10 bits (BR_MAX_PORTS), port 0 unused. */
-                snprintf(err, err_size,
-                         "cannot attach TAP %s to its bridge: the bridge is full (a Linux bridge takes at most "
-                         "1023 ports, one per VM)",
-                         r->name);
+                snprintf(
+                        err, err_size,
+                        "cannot attach TAP %s to its bridge: the bridge is full (a Linux bridge takes at most "
+                        "1023 ports, one per VM)",
+                        r->name);
         else if (k < 0)
                 snprintf(err, err_size, "cannot attach TAP %s to its bridge: %s%s%s", r->name, strerror(-k),
                          rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
@@ -131,8 +133,8 @@ int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_st
         return rtnl_links_delete_owned_bulk(rtnl, o, m, &deleted, ret_stale);
 }
 
-int backend_finding(BackendFindingFn add, void *userdata, BackendSeverity s, const char *topic, const char *fmt,
-                    ...) {
+int backend_finding(BackendFindingFn add, void *userdata, BackendSeverity s, const char *topic,
+                    const char *fmt, ...) {
         char message[1024];
         va_list ap;
         va_start(ap, fmt);
@@ -146,7 +148,8 @@ static int cmp_link_name(const void *x, const void *y) {
 }
 
 int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *bridge,
-                         const BackendVm *running, size_t n_running, BackendFindingFn add, void *add_userdata) {
+                         const BackendVm *running, size_t n_running, BackendFindingFn add,
+                         void *add_userdata) {
         _cleanup_free_ LinkInfo *own = NULL;
         const LinkInfo *dump = NULL;
         size_t n = 0, missing = 0, detached = 0;
@@ -155,8 +158,8 @@ int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, cons
         if (!shared || shared(userdata, &dump, &n) < 0) {
                 k = rtnl_link_dump(rtnl, &own, &n);
                 if (k < 0)
-                        return backend_finding(add, add_userdata, BACKEND_WARNING, "links", "cannot list links: %s",
-                                               strerror(-k));
+                        return backend_finding(add, add_userdata, BACKEND_WARNING, "links",
+                                               "cannot list links: %s", strerror(-k));
                 dump = own;
         }
         /* sorted by name here: a copy, the shared dump stays as it is */
@@ -183,14 +186,14 @@ int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, cons
                 } else if (!br || l->master != br->ifindex) {
                         detached++;
                         k = backend_finding(add, add_userdata, BACKEND_ERROR, "links",
-                                            "VM %s: its TAP %s is not a port of bridge %s%s", vm->name, vm->tap,
-                                            bridge, br ? "" : " (the bridge is gone)");
+                                            "VM %s: its TAP %s is not a port of bridge %s%s", vm->name,
+                                            vm->tap, bridge, br ? "" : " (the bridge is gone)");
                 }
                 if (k < 0)
                         return k;
         }
         if (missing || detached)
                 return 0;
-        return backend_finding(add, add_userdata, BACKEND_OK, "links", "running VMs' TAPs are ports of bridge %s",
-                               bridge);
+        return backend_finding(add, add_userdata, BACKEND_OK, "links",
+                               "running VMs' TAPs are ports of bridge %s", bridge);
 }

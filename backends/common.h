@@ -9,7 +9,8 @@
 /* Creates the tagged TAP r->name, enslaves it to `bridge` and sets it up; fills r->ifindex. On failure
  * the TAP is removed again and err says why. */
 /* mtu: 0 keeps the TAP's default. */
-int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err, size_t err_size);
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err,
+                   size_t err_size);
 
 /* Appends the links the agent could own: TAPs and bridges whose alias is a chvm1 tag (any agent), and
  * untagged TAPs whose name starts with tap_prefix (tag ""). */
@@ -25,10 +26,12 @@ int backend_remove_link(Rtnl *rtnl, const Resource *r);
 int backend_remove_links(Rtnl *rtnl, const Resource *r, size_t n, size_t *ret_stale);
 
 /* A finding for a doctor hook, formatted. */
-__attribute__((format(printf, 5, 6))) int backend_finding(BackendFindingFn add, void *userdata, BackendSeverity s,
-                                                          const char *topic, const char *fmt, ...);
+__attribute__((format(printf, 5, 6))) int backend_finding(BackendFindingFn add, void *userdata,
+                                                          BackendSeverity s, const char *topic,
+                                                          const char *fmt, ...);
 
 /* The doctor check of the backends that make TAPs on a bridge: every running VM's TAP exists and is a port
  * of `bridge` (findings under "links"). Reads the shared dump like backend_scan_links(). */
 int backend_doctor_links(Rtnl *rtnl, BackendLinksFn shared, void *userdata, const char *bridge,
-                         const BackendVm *running, size_t n_running, BackendFindingFn add, void *add_userdata);
+                         const BackendVm *running, size_t n_running, BackendFindingFn add,
+                         void *add_userdata);

@@ -719,8 +719,8 @@ int bus_create(sd_bus *bus, const char *kernel, const char *name, const char *ba
         uint64_t id = 0;
         int r = sd_bus_message_new_method_call(bus, &m, NULL, AGENT_OBJECT, AGENT_INTERFACE, "CreateVM");
         if (r >= 0)
-                r = sd_bus_message_append(m, "sssssssutas", name, backend, "", kernel, "", "", "", (uint32_t) 1,
-                                          (uint64_t) 0, (unsigned) 0);
+                r = sd_bus_message_append(m, "sssssssutas", name, backend, "", kernel, "", "", "",
+                                          (uint32_t) 1, (uint64_t) 0, (unsigned) 0);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "(sqq)");
         for (size_t i = 0; r >= 0 && i < n_ports; i++)

@@ -11,8 +11,8 @@
  *      latency p50/p99, at N VMs (sent to the server's MAC: see to_server_mac);
  *   2. one lease for each of the N VMs, one after another: the agent's CPU time per lease (user + system,
  *      /proc/PID/stat), which includes finding the VM by its MAC among N;
- *   3. "TAP up to ACK": K more VMs started while N run; for each, from StartVM's reply (its TAP is up and its
- *      hypervisor spawned) to the ACK of its first lease, the client starting as soon as the guest link is
+ *   3. "TAP up to ACK": K more VMs started while N run; for each, from StartVM's reply (its TAP is up and
+ * its hypervisor spawned) to the ACK of its first lease, the client starting as soon as the guest link is
  *      there. The same for the first K VMs, at 0 running, for comparison.
  *
  * The relay through fake-vmm (a userspace copy each way) is part of every round trip, as a hypervisor's is.
@@ -59,12 +59,13 @@ static uint8_t server_mac[6];
 static bool server_mac_known, to_server_mac;
 
 static void usage(FILE *f) {
-        fprintf(f, "Usage: bench/dhcp [--vms N] [--leases N] [--late K] [--quick] [--keep]\n"
-                   "  --vms N     VMs running while measuring (default 1000, at most %d: one bridge)\n"
-                   "  --leases N  leases one after another on one VM (default 2000)\n"
-                   "  --late K    VMs started at 0 and at N running, TAP up to ACK timed (default 20)\n"
-                   "  --quick     50 VMs, 200 leases, 5 late\n"
-                   "  --keep      keep the scratch folder and the agent's log\n",
+        fprintf(f,
+                "Usage: bench/dhcp [--vms N] [--leases N] [--late K] [--quick] [--keep]\n"
+                "  --vms N     VMs running while measuring (default 1000, at most %d: one bridge)\n"
+                "  --leases N  leases one after another on one VM (default 2000)\n"
+                "  --late K    VMs started at 0 and at N running, TAP up to ACK timed (default 20)\n"
+                "  --quick     50 VMs, 200 leases, 5 late\n"
+                "  --keep      keep the scratch folder and the agent's log\n",
                 N_MAX);
 }
 
@@ -73,7 +74,8 @@ static uint32_t get32(const uint8_t *p) {
 }
 
 static void put32(uint8_t *p, uint32_t v) {
-        p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8), p[3] = (uint8_t) v;
+        p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8),
+        p[3] = (uint8_t) v;
 }
 
 static uint16_t csum(const uint8_t *p, size_t n, uint32_t sum) {
@@ -117,7 +119,8 @@ static size_t client_msg(uint8_t *pkt, uint8_t type, const uint8_t mac[6], uint3
 }
 
 /* The server's reply of `type` to xid on link ifindex, with its yiaddr; -ETIMEDOUT after timeout_ms. */
-static int await_reply(int fd, int ifindex, uint32_t xid, uint8_t type, int timeout_ms, uint32_t *ret_yiaddr) {
+static int await_reply(int fd, int ifindex, uint32_t xid, uint8_t type, int timeout_ms,
+                       uint32_t *ret_yiaddr) {
         uint8_t buf[2048];
         double end = now() + timeout_ms / 1000.0;
         for (;;) {
@@ -179,7 +182,10 @@ static int client_open(void) {
 static int lease(int ifindex, const uint8_t mac[6], uint32_t xid, int timeout_ms, uint32_t *ret) {
         int fd = client_fd;
         uint8_t pkt[400];
-        struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_IP), .sll_ifindex = ifindex, .sll_halen = 6 };
+        struct sockaddr_ll to = { .sll_family = AF_PACKET,
+                                  .sll_protocol = htons(ETH_P_IP),
+                                  .sll_ifindex = ifindex,
+                                  .sll_halen = 6 };
         if (to_server_mac && server_mac_known)
                 memcpy(to.sll_addr, server_mac, 6);
         else
@@ -324,8 +330,9 @@ int main(int argc, char **argv) {
                 } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
                         usage(stdout);
                         return 0;
-                } else if (i + 1 < argc && (strcmp(argv[i], "--vms") == 0 || strcmp(argv[i], "--leases") == 0 ||
-                                            strcmp(argv[i], "--late") == 0)) {
+                } else if (i + 1 < argc &&
+                           (strcmp(argv[i], "--vms") == 0 || strcmp(argv[i], "--leases") == 0 ||
+                            strcmp(argv[i], "--late") == 0)) {
                         size_t *v = argv[i][2] == 'v' ? &o.vms : argv[i][3] == 'e' ? &o.leases : &o.late;
                         char *end;
                         unsigned long x = strtoul(argv[++i], &end, 10);
@@ -340,7 +347,8 @@ int main(int argc, char **argv) {
                 }
         }
         if (o.vms + o.late > N_MAX + 23 || o.vms < o.late) {
-                fprintf(stderr, "bench/dhcp: --vms + --late must fit one bridge (1023 ports), --late <= --vms\n");
+                fprintf(stderr,
+                        "bench/dhcp: --vms + --late must fit one bridge (1023 ports), --late <= --vms\n");
                 return 2;
         }
         if (geteuid() != 0) {
@@ -375,7 +383,8 @@ int main(int argc, char **argv) {
                 r = -ENOMEM;
                 goto finish;
         }
-        r = bench_agent_setup(&ag, "dhcp", "local", "[local]\nsubnet = 10.200.0.0/16\ndns = 10.0.0.53\nlease_time = 600\n");
+        r = bench_agent_setup(&ag, "dhcp", "local",
+                              "[local]\nsubnet = 10.200.0.0/16\ndns = 10.0.0.53\nlease_time = 600\n");
         if (r >= 0)
                 r = agent_start(&ag, NULL);
         if (r >= 0)
@@ -447,7 +456,9 @@ int main(int argc, char **argv) {
                 for (size_t i = 0; i < o.vms && !interrupted; i++) {
                         int ifindex = (int) if_nametoindex(vms[i].tap);
                         uint32_t got = 0;
-                        r = ifindex == 0 ? -ENODEV : lease(ifindex, vms[i].mac, 0x77000000U + (uint32_t) i, 2000, &got);
+                        r = ifindex == 0
+                                    ? -ENODEV
+                                    : lease(ifindex, vms[i].mac, 0x77000000U + (uint32_t) i, 2000, &got);
                         if (r >= 0 && got != ip_of(vms[i].ip))
                                 r = -EPROTO;
                         if (r < 0) {

@@ -670,8 +670,9 @@ static bool nobody_pair(int ret[2]) {
                         _exit(1);
                 char cbuf[CMSG_SPACE(2 * sizeof(int))] = {}, byte = 'x';
                 struct iovec iov = { &byte, 1 };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                                     .msg_controllen = sizeof(cbuf) };
+                struct msghdr mh = {
+                        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)
+                };
                 struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
                 c->cmsg_level = SOL_SOCKET;
                 c->cmsg_type = SCM_RIGHTS;
@@ -683,7 +684,9 @@ static bool nobody_pair(int ret[2]) {
         check(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
         char cbuf[CMSG_SPACE(2 * sizeof(int))], byte;
         struct iovec iov = { &byte, 1 };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+        struct msghdr mh = {
+                .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)
+        };
         check(recvmsg(ch[0], &mh, MSG_CMSG_CLOEXEC) == 1);
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         check(c && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(2 * sizeof(int)));
@@ -716,7 +719,8 @@ static void hang_up(sd_bus *bus) {
 /* A client of uid 65534, not in the control group: every call that changes something is denied and
  * changes nothing; what only reads is answered. */
 static void do_nobody(Reader *r, char **names) {
-        static const char *const mutating[] = { "StartVM", "StopVM", "KillVM", "RemoveVM", "CollectGarbage" };
+        static const char *const mutating[] = { "StartVM", "StopVM", "KillVM", "RemoveVM",
+                                                "CollectGarbage" };
         int fds[2];
         char buf[6000];
         if (!nobody_pair(fds))
@@ -809,7 +813,9 @@ static void do_fds(Reader *r) {
                 sent[i] = null;
         char cbuf[CMSG_SPACE(8 * sizeof(int))] = {};
         struct iovec iov = { payload, len };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+        struct msghdr mh = { .msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = cbuf,
                              .msg_controllen = CMSG_SPACE(n_fds * sizeof(int)) };
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         c->cmsg_level = SOL_SOCKET;
@@ -889,8 +895,8 @@ static void do_hypervisor(Reader *r) {
                                 (void) sd_event_run(h.event, 10000);
                         continue;
                 }
-                static const char *const members[] = { "StopVM", "KillVM", "RemoveVM", "RemoveVM", "InspectVM",
-                                                       "ListVMs" };
+                static const char *const members[] = { "StopVM",   "KillVM",    "RemoveVM",
+                                                       "RemoveVM", "InspectVM", "ListVMs" };
                 m = new_call(members[op]);
                 if (op == 0)
                         check(sd_bus_message_append(m, "su", name, (uint32_t) 1) >= 0);

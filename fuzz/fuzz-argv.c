@@ -8,8 +8,8 @@
  * For both kinds:
  *   - vm_spec_validate() and the kind's build_argv() agree: what one refuses, the other refuses;
  *   - an argv that was built has no NULL inside, starts with the binary, and
- *   - (qemu) every -drive value reads back, undoubling ",,", as "file=" + the disk + ",if=virtio,format=raw",
- *     and -name as "guest=" + the name: QEMU's option parser sees exactly our values;
+ *   - (qemu) every -drive value reads back, undoubling ",,", as "file=" + the disk +
+ * ",if=virtio,format=raw", and -name as "guest=" + the name: QEMU's option parser sees exactly our values;
  *   - (cloud-hypervisor) no value it passes through its option parser holds ',', '"', '[' or ']'.
  * Any violation aborts. */
 
@@ -21,12 +21,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define check(x)                                                                              \
-        do {                                                                                  \
-                if (!(x)) {                                                                   \
-                        fprintf(stderr, "fuzz-argv: %s:%d: %s\n", __FILE__, __LINE__, #x);    \
-                        abort();                                                              \
-                }                                                                             \
+#define check(x)                                                                           \
+        do {                                                                               \
+                if (!(x)) {                                                                \
+                        fprintf(stderr, "fuzz-argv: %s:%d: %s\n", __FILE__, __LINE__, #x); \
+                        abort();                                                           \
+                }                                                                          \
         } while (0)
 
 #define N_STRINGS 13
@@ -132,7 +132,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 .gateway4 = nums[5] & 2 ? 0xc0a8c801u : 0,
                 .prefixlen = nums[7] % 40,
                 .mac = { nums[8] & 0xfe, nums[9], nums[10], 0, 0, nums[11] },
-                .accel = nums[5] & 4 ? VMM_ACCEL_KVM : nums[5] & 8 ? VMM_ACCEL_AUTO : VMM_ACCEL_TCG,
+                .accel = nums[5] & 4   ? VMM_ACCEL_KVM
+                         : nums[5] & 8 ? VMM_ACCEL_AUTO
+                                       : VMM_ACCEL_TCG,
         };
         for (HypervisorKind k = 0; k < _HYPERVISOR_KIND_MAX; k++) {
                 const HypervisorVTable *vt = hypervisor_vtable(k);

@@ -132,7 +132,8 @@ static void check_accepted(const AgentConfig *c) {
                         found = strcmp(c->backends[k], s->section) == 0;
                 check(found);
                 for (unsigned k = 0; k < i; k++)
-                        check(strcmp(s->section, c->settings[k].section) != 0 || strcmp(s->key, c->settings[k].key) != 0);
+                        check(strcmp(s->section, c->settings[k].section) != 0 ||
+                              strcmp(s->key, c->settings[k].key) != 0);
         }
 }
 
@@ -151,7 +152,8 @@ static void check_local(const LocalConfig *l) {
         check_prefix(l->tap_prefix);
         check(table_owner_to_string(l->table_owner) != NULL);
         check(l->n_dns <= DHCP4_DNS_MAX && l->n_reserved <= LOCAL_MAX_RESERVED);
-        check(l->lease_time >= 60 && l->lease_time <= 31536000 && (l->mtu == 0 || (l->mtu >= 576 && l->mtu <= 65535)));
+        check(l->lease_time >= 60 && l->lease_time <= 31536000 &&
+              (l->mtu == 0 || (l->mtu >= 576 && l->mtu <= 65535)));
         for (unsigned i = 0; i < l->n_reserved; i++)
                 check(l->reserved[i].first >= 1 && l->reserved[i].first <= l->reserved[i].last);
 }
@@ -199,7 +201,8 @@ static char *format(const AgentConfig *c) {
                 fprintf(f, "binary=%s\n", c->vmm_binary);
         fprintf(f, "stop_timeout=%u\naccel=%s\n", c->stop_timeout, c->accel);
         for (unsigned i = 0; i < c->n_settings; i++)
-                fprintf(f, "[%s]\n%s=%s\n", c->settings[i].section, c->settings[i].key, c->settings[i].value);
+                fprintf(f, "[%s]\n%s=%s\n", c->settings[i].section, c->settings[i].key,
+                        c->settings[i].value);
         check(fclose(f) == 0);
         return text;
 }

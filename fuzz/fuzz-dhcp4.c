@@ -57,9 +57,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!s) {
                 Dhcp4ServerConfig c = {
                         .ifindex = 1,
-                        .options = { .server_ip = GW, .prefixlen = 24, .router = GW, .dns = { 0x0a000035 },
-                                     .n_dns = 1, .domain = "fuzz.test", .mtu = 1500, .lease_time = 3600,
-                                     .n_routes = 1, .routes = { { .dest = 0x0a000000, .prefixlen = 8, .gateway = GW } } },
+                        .options = { .server_ip = GW,
+                                     .prefixlen = 24,
+                                     .router = GW,
+                                     .dns = { 0x0a000035 },
+                                     .n_dns = 1,
+                                     .domain = "fuzz.test",
+                                     .mtu = 1500,
+                                     .lease_time = 3600,
+                                     .n_routes = 1,
+                                     .routes = { { .dest = 0x0a000000, .prefixlen = 8, .gateway = GW } } },
                         .lookup = lookup,
                 };
                 if (dhcp4_server_new(NULL, &c, &s) < 0)
@@ -88,7 +95,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* the reply, read as a client would */
         size_t ihl = (size_t) (reply[0] & 0xf) * 4;
         size_t total = (size_t) (reply[2] << 8 | reply[3]);
-        if (reply[0] >> 4 != 4 || ihl != 20 || total != (size_t) n || reply[9] != 17 || fold(add(0, reply, 20)) != 0)
+        if (reply[0] >> 4 != 4 || ihl != 20 || total != (size_t) n || reply[9] != 17 ||
+            fold(add(0, reply, 20)) != 0)
                 abort();
         const uint8_t *udp = reply + 20;
         size_t ulen = (size_t) (udp[4] << 8 | udp[5]);

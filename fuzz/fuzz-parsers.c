@@ -30,12 +30,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define check(x)                                                                        \
-        do {                                                                            \
-                if (!(x)) {                                                             \
+#define check(x)                                                                              \
+        do {                                                                                  \
+                if (!(x)) {                                                                   \
                         fprintf(stderr, "fuzz-parsers: %s:%d: %s\n", __FILE__, __LINE__, #x); \
-                        abort();                                                        \
-                }                                                                       \
+                        abort();                                                              \
+                }                                                                             \
         } while (0)
 
 static char *as_string(const uint8_t *data, size_t size) {
@@ -66,7 +66,8 @@ static void fuzz_cmdline(const uint8_t *data, size_t size) {
                 snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) id);
                 bool found = false;
                 for (const char *p = s; !found && (p = strstr(p, needle)); p++)
-                        found = strncasecmp(p + strlen(needle), hex, 16) == 0 && p[strlen(needle) + 16] == '/';
+                        found = strncasecmp(p + strlen(needle), hex, 16) == 0 &&
+                                p[strlen(needle) + 16] == '/';
                 check(found);
         }
         free(s);
@@ -80,12 +81,14 @@ static void fuzz_netports(const uint8_t *data, size_t size, bool tcp) {
                         if (listening_ports_has(&lp, tcp ? IPPROTO_TCP : IPPROTO_UDP, (uint16_t) port)) {
                                 char want[8];
                                 snprintf(want, sizeof(want), ":%04X ", port);
-                                /* the parser accepts lowercase and fewer digits; the kernel's form is this */
+                                /* the parser accepts lowercase and fewer digits; the kernel's form is this
+                                 */
                                 bool seen = false;
                                 for (const char *p = s; !seen && (p = strchr(p, ':')); p++) {
                                         unsigned v;
                                         int n = 0;
-                                        seen = sscanf(p + 1, "%4x%n", &v, &n) == 1 && v == port && p[1 + n] == ' ';
+                                        seen = sscanf(p + 1, "%4x%n", &v, &n) == 1 && v == port &&
+                                               p[1 + n] == ' ';
                                 }
                                 check(seen);
                         }

@@ -93,12 +93,13 @@ static int create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t re
         memcpy(ret, id, 16);
         return 0;
 fail:
-        snprintf(err, err_size, "%s/%s: cannot write a new agent id: %s", dir_name, AGENT_ID_FILE, strerror(-r));
+        snprintf(err, err_size, "%s/%s: cannot write a new agent id: %s", dir_name, AGENT_ID_FILE,
+                 strerror(-r));
         return r;
 }
 
-int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16],
-                            char *err, size_t err_size) {
+int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], char *err,
+                            size_t err_size) {
         char buf[128];
         ssize_t n;
 

@@ -21,5 +21,5 @@ int agent_id_from_string(const char *s, uint8_t ret[16]);
  * fdatasync, rename, directory fsync). A file that is there but does not hold exactly one UUID line is
  * refused (-EBADMSG): a new id would disown everything the agent made, so the admin decides. err names the
  * file and the cause. */
-int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16],
-                            char *err, size_t err_size);
+int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], char *err,
+                            size_t err_size);

@@ -145,9 +145,10 @@ static int lock_busy(Journal *j, JournalReport *rep, pid_t holder, bool ourselve
                 snprintf(by, sizeof(by), "this process (pid %d)", (int) holder);
         else if (holder > 0)
                 snprintf(by, sizeof(by), "another process (pid %d)", (int) holder);
-        message_add(rep->message, sizeof(rep->message),
-                    "journal %s/%s is already open for writing by %s (lock %s held); only one writer is allowed",
-                    j->directory, JOURNAL_FILE, by, JOURNAL_LOCK_FILE);
+        message_add(
+                rep->message, sizeof(rep->message),
+                "journal %s/%s is already open for writing by %s (lock %s held); only one writer is allowed",
+                j->directory, JOURNAL_FILE, by, JOURNAL_LOCK_FILE);
         return -EBUSY;
 }
 
@@ -176,7 +177,8 @@ static int take_lock(Journal *j, JournalReport *rep) {
                 r = negative_errno();
                 if (r == -EAGAIN || r == -EACCES) {
                         struct flock who = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
-                        pid_t holder = fcntl(fd, F_GETLK, &who) >= 0 && who.l_type != F_UNLCK ? who.l_pid : 0;
+                        pid_t holder =
+                                fcntl(fd, F_GETLK, &who) >= 0 && who.l_type != F_UNLCK ? who.l_pid : 0;
                         return lock_busy(j, rep, holder, false);
                 }
                 message_add(rep->message, sizeof(rep->message), "cannot lock %s/%s: %s", j->directory,

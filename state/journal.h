@@ -3,10 +3,10 @@
 
 /* The ownership journal: an append-only log of every kernel object the agent means to create, has
  * created, and has released, plus VM states and IP allocations. One writer at a time (a POSIX
- * fcntl lock on ownership.lock, not inherited by forked children); records are appended with one pwrite each and made durable with journal_sync()
- * (fdatasync), which must return before the kernel change a record announces is made. A failed write
- * that could be rolled back is returned and the journal stays usable; a failed sync is fatal and never
- * retried: the journal refuses every later write.
+ * fcntl lock on ownership.lock, not inherited by forked children); records are appended with one pwrite each
+ * and made durable with journal_sync() (fdatasync), which must return before the kernel change a record
+ * announces is made. A failed write that could be rolled back is returned and the journal stays usable; a
+ * failed sync is fatal and never retried: the journal refuses every later write.
  *
  * Files in the journal's directory:
  *     ownership.journal           the log (header + records)

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "state/vmdef.h"
-#include "util/vmname.h"
 #include "util/vmkind.h"
+#include "util/vmname.h"
 
 #define VM_DEF_TMP_SUFFIX VM_DEF_SUFFIX ".tmp"
 #define VM_DEF_FILE_NAME_MAX (VM_NAME_MAX + sizeof(VM_DEF_TMP_SUFFIX))
@@ -436,8 +436,7 @@ int vm_def_copy(const VmDef *d, VmDef **ret) {
         memcpy(c->ports, d->ports, sizeof(c->ports));
         c->n_ports = d->n_ports;
         if (strdup_or_null(d->kernel, &c->kernel) < 0 || strdup_or_null(d->firmware, &c->firmware) < 0 ||
-            strdup_or_null(d->initrd, &c->initrd) < 0 ||
-            strdup_or_null(d->cmdline, &c->cmdline) < 0)
+            strdup_or_null(d->initrd, &c->initrd) < 0 || strdup_or_null(d->cmdline, &c->cmdline) < 0)
                 return -ENOMEM;
         for (size_t i = 0; i < d->n_disks; i++) {
                 if (strdup_or_null(d->disks[i], &c->disks[i]) < 0)
@@ -464,9 +463,8 @@ bool vm_def_equal(const VmDef *a, const VmDef *b) {
             strncmp(a->backend, b->backend, sizeof(a->backend)) != 0 ||
             strncmp(a->hypervisor, b->hypervisor, sizeof(a->hypervisor)) != 0 ||
             !str_equal(a->kernel, b->kernel) || !str_equal(a->firmware, b->firmware) ||
-            !str_equal(a->initrd, b->initrd) ||
-            !str_equal(a->cmdline, b->cmdline) || a->cpus != b->cpus || a->memory_mib != b->memory_mib ||
-            a->n_disks != b->n_disks || a->n_ports != b->n_ports)
+            !str_equal(a->initrd, b->initrd) || !str_equal(a->cmdline, b->cmdline) || a->cpus != b->cpus ||
+            a->memory_mib != b->memory_mib || a->n_disks != b->n_disks || a->n_ports != b->n_ports)
                 return false;
         for (size_t i = 0; i < a->n_disks && i < VM_DEF_MAX_DISKS; i++)
                 if (!str_equal(a->disks[i], b->disks[i]))
@@ -570,7 +568,8 @@ int vm_def_validate(const VmDef *d, char *err, size_t err_size) {
                             "firmware)",
                             vm, d->initrd ? "an initrd" : "a kernel command line");
         if (!d->kernel && !d->firmware && d->n_disks == 0)
-                return fail(err, err_size, -EINVAL, "VM %s: nothing to boot: no kernel, no firmware and no disk", vm);
+                return fail(err, err_size, -EINVAL,
+                            "VM %s: nothing to boot: no kernel, no firmware and no disk", vm);
         if (d->cmdline) {
                 if (d->cmdline[0] == '\0')
                         return fail(err, err_size, -EINVAL, "VM %s: cmdline is empty (NULL means none)", vm);
@@ -951,10 +950,11 @@ static int parse_full(const char *file, const char *expect_name, const char *tex
                                     section_line, keys[k].name);
         /* What no single line says: without a kernel, what boots (named at the kernel's line) */
         if (!d->kernel && (d->initrd || d->cmdline))
-                return fail(err, err_size, -EINVAL,
-                            "%s:%u: kernel: empty, but %s needs a kernel (without one the VM boots its first disk "
-                            "through its firmware)",
-                            file, p.key_line[KEY_KERNEL], d->initrd ? "an initrd" : "a kernel command line");
+                return fail(
+                        err, err_size, -EINVAL,
+                        "%s:%u: kernel: empty, but %s needs a kernel (without one the VM boots its first disk "
+                        "through its firmware)",
+                        file, p.key_line[KEY_KERNEL], d->initrd ? "an initrd" : "a kernel command line");
         if (!d->kernel && !d->firmware && d->n_disks == 0)
                 return fail(err, err_size, -EINVAL,
                             "%s:%u: kernel: empty, and there is no firmware and no disk to boot", file,

@@ -36,9 +36,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "util/portfwd.h"
 #include "util/fsops.h"
 #include "util/macro.h"
+#include "util/portfwd.h"
 
 #define VM_DEF_MAX_DISKS 16
 #define VM_DEF_MAX_PORTS 64

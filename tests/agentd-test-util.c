@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <criterion/criterion.h>
-#include <sched.h>
-#include <sys/prctl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -45,11 +45,12 @@ void test_agent_init(TestAgent *a, const char *extra) {
         snprintf(a->socket, sizeof(a->socket), "%s/run/agent.sock", a->dir);
         snprintf(a->log, sizeof(a->log), "%s/agent.log", a->dir);
         snprintf(a->notify_path, sizeof(a->notify_path), "%s/notify.sock", a->dir);
-        snprintf(conf, sizeof(conf),
-                 "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\n"
-                 "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\naccel = tcg\n"
-                 "pass_environment = FAKE_VMM_*\n%s",
-                 a->state_dir, a->runtime_dir, BUILD_DIR, BUILD_DIR, extra ? extra : "");
+        snprintf(
+                conf, sizeof(conf),
+                "[agent]\nstate_dir = %s\nruntime_dir = %s\nbackend_dir = %s/backends\n"
+                "[vmm]\nhypervisor = cloud-hypervisor\nbinary = %s/tests/fake-vmm\nstop_timeout = 2\naccel = tcg\n"
+                "pass_environment = FAKE_VMM_*\n%s",
+                a->state_dir, a->runtime_dir, BUILD_DIR, BUILD_DIR, extra ? extra : "");
         write_file(a->config, conf);
 }
 
@@ -62,8 +63,8 @@ static void open_notify(TestAgent *a) {
         cr_assert_geq(a->notify_fd, 0);
         cr_assert_lt(strlen(a->notify_path), sizeof(sa.sun_path));
         memcpy(sa.sun_path, a->notify_path, strlen(a->notify_path) + 1);
-        cr_assert_eq(bind(a->notify_fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "bind %s: %s", a->notify_path,
-                     strerror(errno));
+        cr_assert_eq(bind(a->notify_fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "bind %s: %s",
+                     a->notify_path, strerror(errno));
         a->notified[0] = '\0';
 }
 
@@ -99,7 +100,8 @@ static pid_t spawn(TestAgent *a, char *const *env) {
                                "--log-target", target ? target : "stderr", (char *) NULL);
                         _exit(127);
                 }
-                execl(bin, bin, "--config", a->config, "--log-target", target ? target : "stderr", (char *) NULL);
+                execl(bin, bin, "--config", a->config, "--log-target", target ? target : "stderr",
+                      (char *) NULL);
                 _exit(127);
         }
         return pid;
@@ -112,7 +114,8 @@ bool test_agent_wait_notify(TestAgent *a, const char *want, int timeout_ms) {
                 if (strstr(a->notified, want))
                         return true;
                 clock_gettime(CLOCK_MONOTONIC, &t);
-                long left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+                long left =
+                        timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
                 if (left <= 0)
                         return false;
                 struct pollfd p = { .fd = a->notify_fd, .events = POLLIN };
@@ -140,8 +143,10 @@ void test_agent_start(TestAgent *a, char *const *env) {
         open_notify(a);
         a->pid = spawn(a, env);
         if (!test_agent_wait_notify(a, "READY=1", 10000)) {
-                char *log = sh("cp %s /tmp/chvm-unready-agent.log; grep -n 'refusing\\|error\\|Sanitizer' %s | tail -n 10;"
-                               " tail -n 20 %s 2>/dev/null", a->log, a->log, a->log);
+                char *log = sh(
+                        "cp %s /tmp/chvm-unready-agent.log; grep -n 'refusing\\|error\\|Sanitizer' %s | tail -n 10;"
+                        " tail -n 20 %s 2>/dev/null",
+                        a->log, a->log, a->log);
                 cr_assert_fail("chvm-agentd did not become ready (%s, status %d); the end of its log:\n%s",
                                a->pid > 0 ? "still running" : "exited", a->exit_status, log);
         }
@@ -206,8 +211,9 @@ void test_agent_cleanup(TestAgent *a) {
                 close(a->notify_fd);
         a->notify_fd = -1;
         test_agent_kill_hypervisors(a);
-        char *log = sh("grep -E -A20 'ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:' %s 2>/dev/null | head -n 60",
-                       a->log);
+        char *log = sh(
+                "grep -E -A20 'ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:' %s 2>/dev/null | head -n 60",
+                a->log);
         free(sh("rm -rf %s", a->dir));
         a->dir[0] = '\0';
         cr_assert_str_empty(log, "the agent's log has a sanitizer report:\n%s", log);
@@ -262,7 +268,8 @@ int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt, ...
         va_end(ap);
         snprintf(out, sizeof(out), "%s/ctl-%u.out", a->dir, seq);
         snprintf(err, sizeof(err), "%s/ctl-%u.err", a->dir, seq++);
-        snprintf(cmd, sizeof(cmd), "%s/chvmctl --socket %s %s >%s 2>%s", BUILD_DIR, a->socket, args, out, err);
+        snprintf(cmd, sizeof(cmd), "%s/chvmctl --socket %s %s >%s 2>%s", BUILD_DIR, a->socket, args, out,
+                 err);
         int status = system(cmd);
         if (ret_out)
                 *ret_out = slurp(out);
@@ -275,11 +282,13 @@ int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt, ...
 }
 
 void test_agent_wait_vm_ready(const TestAgent *a, const char *name) {
-        char *id = sh("%s/chvmctl --socket %s --json inspect %s | jq -r '.id'", test_build_dir(), a->socket, name);
+        char *id = sh("%s/chvmctl --socket %s --json inspect %s | jq -r '.id'", test_build_dir(), a->socket,
+                      name);
         id[strcspn(id, "\n")] = '\0';
         cr_assert(strlen(id) == 16 && strspn(id, "0123456789abcdef") == 16, "VM %s has no id: %s", name, id);
         char path[256];
         snprintf(path, sizeof(path), "%s/vms/%s/api.sock", a->runtime_dir, id);
         free(id);
-        cr_assert(wait_unix_accepting(path, 10.0), "the hypervisor of VM %s never accepted on %s", name, path);
+        cr_assert(wait_unix_accepting(path, 10.0), "the hypervisor of VM %s never accepted on %s", name,
+                  path);
 }

@@ -44,8 +44,8 @@ char *test_agent_log(const TestAgent *a);
 
 /* Runs `chvmctl --socket SOCK ARGS` (ARGS through the shell, so quote as for sh). Returns the exit code;
  * stdout and stderr (malloc'ed) in *ret_out / *ret_err when given. */
-__attribute__((format(printf, 4, 5))) int ctl(const TestAgent *a, char **ret_out, char **ret_err, const char *fmt,
-                                              ...);
+__attribute__((format(printf, 4, 5))) int ctl(const TestAgent *a, char **ret_out, char **ret_err,
+                                              const char *fmt, ...);
 
 /* Waits (up to 10 s) until VM `name`'s hypervisor accepts on its API socket: fake-vmm listens last, once
  * its signal handlers and TAP are set up, so a stop sent after this reaches its power button (before, the

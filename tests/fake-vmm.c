@@ -413,7 +413,8 @@ static void relay(int from, int to, bool from_vnet) {
         uint8_t buf[65536 + 10];
         const size_t hdr = 10;
         for (int i = 0; i < 64; i++) {
-                ssize_t n = read(from, from_vnet ? buf : buf + hdr, from_vnet ? sizeof(buf) : sizeof(buf) - hdr);
+                ssize_t n =
+                        read(from, from_vnet ? buf : buf + hdr, from_vnet ? sizeof(buf) : sizeof(buf) - hdr);
                 if (n <= 0)
                         return;
                 if (from_vnet) {
@@ -745,11 +746,11 @@ int main(int argc, char *argv[]) {
         if (o.tap[0]) {
                 tap_fd = tap_attach(o.tap);
                 snprintf(mac, sizeof(mac), "%s", o.mac[0] ? o.mac : "random");
-                if (getenv("FAKE_VMM_GUEST_NETNS"))
-                {
+                if (getenv("FAKE_VMM_GUEST_NETNS")) {
                         const char *ifname = getenv("FAKE_VMM_GUEST_IFNAME") ?: "eth0";
                         guest_fd = guest_link(getenv("FAKE_VMM_GUEST_NETNS"),
-                                              strcmp(ifname, "@tap") == 0 ? o.tap : ifname, o.mac[0] ? o.mac : NULL);
+                                              strcmp(ifname, "@tap") == 0 ? o.tap : ifname,
+                                              o.mac[0] ? o.mac : NULL);
                 }
         }
 

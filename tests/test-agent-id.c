@@ -76,7 +76,8 @@ Test(agent_id, created_once_then_read_back) {
 }
 
 Test(agent_id, damaged_file_is_refused_not_replaced) {
-        static const char *const bad[] = { "", "\n", "not a uuid\n", "c41e5500-1234-4000-8000-deadbeef0001x\n",
+        static const char *const bad[] = { "", "\n", "not a uuid\n",
+                                           "c41e5500-1234-4000-8000-deadbeef0001x\n",
                                            "c41e5500-1234-4000-8000-deadbeef0001\nsecond line\n" };
         uint8_t id[16];
         char err[512];
@@ -106,7 +107,8 @@ Test(agent_id, failed_sync_leaves_no_file) {
         uint8_t id[16];
         char err[512];
         cr_assert_eq(agent_id_load_or_create(dfd, dir, &ops, id, err, sizeof(err)), -EIO);
-        cr_assert(strstr(err, "cannot write a new agent id") && strstr(err, "Input/output error"), "%s", err);
+        cr_assert(strstr(err, "cannot write a new agent id") && strstr(err, "Input/output error"), "%s",
+                  err);
         char *ls = sh("ls -A %s", dir);
         cr_assert_str_eq(ls, "", "neither agent-id nor its tmp file is left: %s", ls);
         free(ls);

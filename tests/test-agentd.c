@@ -38,8 +38,8 @@ static void expect_refusal(const char *extra, const char *want) {
         char *log;
         test_agent_init(&agent, extra);
         int status = test_agent_run_to_exit(&agent, NULL, &log);
-        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "agent exit status %d for:\n%s\nlog:\n%s", status,
-                  extra, log);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "agent exit status %d for:\n%s\nlog:\n%s",
+                  status, extra, log);
         cr_assert(strstr(log, want), "expected \"%s\" in:\n%s", want, log);
         cr_assert(strstr(log, "refusing to start"), "%s", log);
         /* Nothing was made: no state folder, no socket, nothing in the kernel. */
@@ -56,13 +56,16 @@ static void expect_refusal(const char *extra, const char *want) {
 Test(agentd, bad_config_is_refused_with_file_and_line) {
         /* the generated config has 10 lines before `extra`, the last in [vmm] */
         expect_refusal("colour = blue\n", "agent.conf:11: unknown key \"colour\" in [vmm]");
-        expect_refusal("[local]\nsubnet = 10.0.0.1/24\n",
-                       "agent.conf:12: [local] subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
-        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n", "agent.conf:12: [local] subnet \"10.0.0.0/33\": expected A.B.C.D/N");
+        expect_refusal(
+                "[local]\nsubnet = 10.0.0.1/24\n",
+                "agent.conf:12: [local] subnet \"10.0.0.1/24\" has host bits set (did you mean 10.0.0.0/24?)");
+        expect_refusal("[local]\nsubnet = 10.0.0.0/33\n",
+                       "agent.conf:12: [local] subnet \"10.0.0.0/33\": expected A.B.C.D/N");
         expect_refusal("[nosuch]\nkey = 1\n", "agent.conf:12: unknown section [nosuch]");
         expect_refusal("[agent]\nbackends = local nosuch\n", "unknown backend \"nosuch\": no module ");
         /* a backend's own key, refused by the backend (its configure hook) before anything is made */
-        expect_refusal("[local]\nsubnet = 10.9.0.0/16\ncolour = blue\n", "agent.conf:13: [local] unknown key \"colour\"");
+        expect_refusal("[local]\nsubnet = 10.9.0.0/16\ncolour = blue\n",
+                       "agent.conf:13: [local] unknown key \"colour\"");
         expect_refusal("[mosnet]\nbridge = x\n", "agent.conf:12: [mosnet] unknown key \"bridge\"");
 }
 
@@ -76,7 +79,9 @@ Test(agentd, missing_hypervisor_binary_is_refused) {
         free(sh("%s", conf));
         int status = test_agent_run_to_exit(&agent, NULL, &log);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
-        cr_assert(strstr(log, "agent.conf:7: binary ") && strstr(log, "no-such-vmm: No such file or directory"), "%s", log);
+        cr_assert(strstr(log, "agent.conf:7: binary ") &&
+                          strstr(log, "no-such-vmm: No such file or directory"),
+                  "%s", log);
         free(log);
 
         /* No binary key and the kind's default (cloud-hypervisor) not in PATH. */
@@ -84,13 +89,16 @@ Test(agentd, missing_hypervisor_binary_is_refused) {
         char *env[] = { (char *) "PATH=/nonexistent", NULL };
         status = test_agent_run_to_exit(&agent, env, &log);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
-        cr_assert(strstr(log, "[vmm] hypervisor cloud-hypervisor: its binary \"cloud-hypervisor\" is not in PATH"),
-                  "%s", log);
+        cr_assert(
+                strstr(log,
+                       "[vmm] hypervisor cloud-hypervisor: its binary \"cloud-hypervisor\" is not in PATH"),
+                "%s", log);
         free(log);
 
         /* --check-config says the same, and ok for a good file. */
         free(sh("echo 'binary = %s/tests/fake-vmm' >> %s", test_build_dir(), agent.config));
-        char *out = sh("%s/chvm-agentd --check-config --config %s 2>&1; echo rc=$?", test_build_dir(), agent.config);
+        char *out = sh("%s/chvm-agentd --check-config --config %s 2>&1; echo rc=$?", test_build_dir(),
+                       agent.config);
         cr_assert(strstr(out, ": ok\nrc=0"), "%s", out);
         free(out);
 }
@@ -98,10 +106,12 @@ Test(agentd, missing_hypervisor_binary_is_refused) {
 /* sd_notify: READY=1 once the socket is up, a STATUS line, the watchdog petted, STOPPING=1 on SIGTERM. */
 Test(agentd, notify_ready_status_watchdog_stopping) {
         test_agent_init(&agent, NULL);
-        /* The watchdog is for this process only when WATCHDOG_PID names it: without WATCHDOG_PID it is ours. */
+        /* The watchdog is for this process only when WATCHDOG_PID names it: without WATCHDOG_PID it is ours.
+         */
         char *env[] = { (char *) "WATCHDOG_USEC=300000", NULL };
         test_agent_start(&agent, env);
-        cr_assert(test_agent_wait_notify(&agent, "STATUS=0 VM(s) defined, 0 running", 2000), "%s", agent.notified);
+        cr_assert(test_agent_wait_notify(&agent, "STATUS=0 VM(s) defined, 0 running", 2000), "%s",
+                  agent.notified);
         /* at least two pets within a second at 300 ms */
         cr_assert(test_agent_wait_notify(&agent, "WATCHDOG=1\nWATCHDOG=1", 1500), "%s", agent.notified);
         struct stat st;
@@ -118,15 +128,16 @@ Test(agentd, notify_ready_status_watchdog_stopping) {
 
 static void create_and_start(const char *name, int port) {
         char *err;
-        int r = ctl(&agent, NULL, &err, "run %s --kernel %s/tests/fake-vmm -p %d:80", name, test_build_dir(), port);
+        int r = ctl(&agent, NULL, &err, "run %s --kernel %s/tests/fake-vmm -p %d:80", name, test_build_dir(),
+                    port);
         cr_assert_eq(r, 0, "run %s: %s", name, err);
         free(err);
 }
 
 static pid_t vm_pid(const char *name) {
         char *out;
-        cr_assert_eq(ctl(&agent, &out, NULL, "inspect %s --json | sed -n 's/.*\"vmm_pid\":\\([0-9]*\\).*/\\1/p'",
-                         name),
+        cr_assert_eq(ctl(&agent, &out, NULL,
+                         "inspect %s --json | sed -n 's/.*\"vmm_pid\":\\([0-9]*\\).*/\\1/p'", name),
                      0);
         pid_t pid = (pid_t) atoi(out);
         free(out);
@@ -135,13 +146,15 @@ static pid_t vm_pid(const char *name) {
 
 static char *vm_state(const char *name) {
         char *out;
-        (void) ctl(&agent, &out, NULL, "inspect %s --json | sed -n 's/.*\"state\":\"\\([a-z]*\\)\".*/\\1/p'", name);
+        (void) ctl(&agent, &out, NULL, "inspect %s --json | sed -n 's/.*\"state\":\"\\([a-z]*\\)\".*/\\1/p'",
+                   name);
         out[strcspn(out, "\n")] = '\0';
         return out;
 }
 
 static char *kernel_state(void) {
-        return sh("ip -o link show type tun | sed 's/^[0-9]*: //' | sort; nft list ruleset | grep -o 'comment \"chvm1:[^\"]*\"' | sort");
+        return sh(
+                "ip -o link show type tun | sed 's/^[0-9]*: //' | sort; nft list ruleset | grep -o 'comment \"chvm1:[^\"]*\"' | sort");
 }
 
 /* SIGTERM leaves the VMs running (hypervisors alive, TAPs and rules in place); the next start adopts them:
@@ -226,8 +239,8 @@ Test(agentd, impostors_are_not_adopted) {
         cr_assert(nobody > 0 && root > 0);
         /* both in place, with the VM's folder in their command lines, before the agent looks */
         for (int i = 0;; i++) {
-                char *c = sh("tr '\\0' ' ' </proc/%d/cmdline; echo; tr '\\0' ' ' </proc/%d/cmdline", (int) nobody,
-                             (int) root);
+                char *c = sh("tr '\\0' ' ' </proc/%d/cmdline; echo; tr '\\0' ' ' </proc/%d/cmdline",
+                             (int) nobody, (int) root);
                 bool ready = strstr(c, "sh -c sleep 900; : x ") && strstr(c, "tail -f ") &&
                              strstr(strstr(c, "tail -f "), id);
                 free(c);
@@ -264,12 +277,13 @@ Test(agentd, a_real_orphan_is_adopted) {
         test_agent_init(&agent, NULL);
         test_agent_start(&agent, NULL);
         char *err = NULL;
-        cr_assert_eq(ctl(&agent, NULL, &err, "create web --kernel %s/tests/fake-vmm", test_build_dir()), 0, "%s",
-                     err);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create web --kernel %s/tests/fake-vmm", test_build_dir()), 0,
+                     "%s", err);
         free(err);
         int status = test_agent_signal_wait(&agent, SIGTERM);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        char *o = sh("rm -rf %s.copy && cp -a %s %s.copy && echo ok", agent.state_dir, agent.state_dir, agent.state_dir);
+        char *o = sh("rm -rf %s.copy && cp -a %s %s.copy && echo ok", agent.state_dir, agent.state_dir,
+                     agent.state_dir);
         cr_assert_str_eq(o, "ok\n");
         free(o);
         test_agent_start(&agent, NULL);
@@ -352,7 +366,8 @@ Test(agentd, sigkill_agent_then_five_hypervisors) {
 Test(agentd, journald_fields) {
         if (unshare(CLONE_NEWNS) < 0)
                 cr_skip_test("unshare(CLONE_NEWNS): %s", strerror(errno));
-        char *o = sh("mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && echo ok");
+        char *o = sh(
+                "mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && echo ok");
         if (strcmp(o, "ok\n") != 0) {
                 free(o);
                 cr_skip_test("cannot make a private /run for a fake journald");
@@ -363,7 +378,8 @@ Test(agentd, journald_fields) {
         cr_assert_eq(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "%s", strerror(errno));
 
         test_agent_init(&agent, NULL);
-        /* the helper starts agents with --log-target stderr; this one is told where journald is by the stream */
+        /* the helper starts agents with --log-target stderr; this one is told where journald is by the
+         * stream */
         char *env[] = { (char *) "CHVM_TEST_LOG_TARGET=journal", NULL };
         test_agent_start(&agent, env);
         create_and_start("web", 8080);
@@ -414,7 +430,8 @@ Test(agentd, capabilities_it_needs) {
         free(which);
         char *out, *err;
         test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
-        char *env[] = { (char *) "CHVM_TEST_CAPS=+net_admin,+net_raw,+chown", (char *) "CHVM_NO_TASKSTATS=1", NULL };
+        char *env[] = { (char *) "CHVM_TEST_CAPS=+net_admin,+net_raw,+chown", (char *) "CHVM_NO_TASKSTATS=1",
+                        NULL };
         test_agent_start(&agent, env);
         char *caps = sh("grep CapEff /proc/%d/status", (int) agent.pid);
         cr_assert_str_eq(caps, "CapEff:\t0000000000003001\n",
@@ -422,11 +439,12 @@ Test(agentd, capabilities_it_needs) {
         free(caps);
         create_and_start("web", 8080);
         char *dhcp_log = test_agent_log(&agent);
-        cr_assert_null(strstr(dhcp_log, "cannot serve DHCP"), "the DHCP server needs more than the unit gives:\n%s",
-                       dhcp_log);
+        cr_assert_null(strstr(dhcp_log, "cannot serve DHCP"),
+                       "the DHCP server needs more than the unit gives:\n%s", dhcp_log);
         free(dhcp_log);
         char *packet = sh("grep -c ' 0800 ' /proc/%d/net/packet 2>/dev/null; true", (int) agent.pid);
-        cr_assert_neq(atoi(packet), 0, "no ETH_P_IP packet socket (the DHCP server) in the agent's namespace");
+        cr_assert_neq(atoi(packet), 0,
+                      "no ETH_P_IP packet socket (the DHCP server) in the agent's namespace");
         free(packet);
         cr_assert_eq(ctl(&agent, &out, &err, "doctor --gc"), 0, "%s%s", out, err);
         free(out), free(err);
@@ -438,23 +456,26 @@ Test(agentd, capabilities_it_needs) {
 
         /* Without CAP_NET_RAW the VMs still get their network, but no DHCP server: said once, as a warning.
          * (A new agent id: the first agent's bridge and tables go first, in this test's namespace.) */
-        char *gone = sh("ip link del chvm0; nft delete table inet chvm; nft delete table bridge chvm; echo ok");
+        char *gone =
+                sh("ip link del chvm0; nft delete table inet chvm; nft delete table bridge chvm; echo ok");
         cr_assert_str_eq(gone, "ok\n");
         free(gone);
         test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
-        char *no_raw[] = { (char *) "CHVM_TEST_CAPS=+net_admin,+chown", (char *) "CHVM_NO_TASKSTATS=1", NULL };
+        char *no_raw[] = { (char *) "CHVM_TEST_CAPS=+net_admin,+chown", (char *) "CHVM_NO_TASKSTATS=1",
+                           NULL };
         test_agent_start(&agent, no_raw);
         create_and_start("web", 8080);
         create_and_start("db", 8081);
         char *raw_log = test_agent_log(&agent);
         const char *w = strstr(raw_log, "DHCP: cannot serve DHCP on chvm0: Operation not permitted");
         cr_assert(w, "%s", raw_log);
-        cr_assert_null(strstr(w + strlen("DHCP: cannot serve DHCP"), "cannot serve DHCP"), "said more than once:\n%s",
-                       raw_log);
+        cr_assert_null(strstr(w + strlen("DHCP: cannot serve DHCP"), "cannot serve DHCP"),
+                       "said more than once:\n%s", raw_log);
         free(raw_log);
         test_agent_cleanup(&agent);
 
-        /* Without CAP_NET_ADMIN nothing of the network can be made: refused at start, the kernel's EPERM named. */
+        /* Without CAP_NET_ADMIN nothing of the network can be made: refused at start, the kernel's EPERM
+         * named. */
         test_agent_init(&agent, "[agent]\ncontrol_group = users\n");
         char *no_admin[] = { (char *) "CHVM_TEST_CAPS=+chown", (char *) "CHVM_NO_TASKSTATS=1", NULL };
         char *log0;
@@ -534,8 +555,10 @@ Test(agentd, hypervisors_get_a_minimal_environment) {
         create_and_start("envy", 8080);
         pid_t pid = vm_pid("envy");
         cr_assert_gt(pid, 0);
-        char *agent_env = sh("tr '\\0' '\\n' </proc/%d/environ | cut -d= -f1 | sort | tr '\\n' ' '", (int) agent.pid);
-        cr_assert(strstr(agent_env, "NOTIFY_SOCKET") && strstr(agent_env, "CHVM_TEST_SECRET"), "%s", agent_env);
+        char *agent_env =
+                sh("tr '\\0' '\\n' </proc/%d/environ | cut -d= -f1 | sort | tr '\\n' ' '", (int) agent.pid);
+        cr_assert(strstr(agent_env, "NOTIFY_SOCKET") && strstr(agent_env, "CHVM_TEST_SECRET"), "%s",
+                  agent_env);
         free(agent_env);
         char *o = sh("tr '\\0' '\\n' </proc/%d/environ | sort | tr '\\n' ' '", (int) pid);
         cr_assert_str_eq(o,
@@ -556,7 +579,8 @@ Test(agentd, a_socket_folder_others_may_write_is_refused) {
         test_agent_init(&agent, extra);
         int status = test_agent_run_to_exit(&agent, NULL, &log);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d: %s", status, log);
-        cr_assert(strstr(log, "may be changed by others (owner uid 0, mode 1777)") && strstr(log, dir), "%s", log);
+        cr_assert(strstr(log, "may be changed by others (owner uid 0, mode 1777)") && strstr(log, dir), "%s",
+                  log);
         cr_assert_eq(access(sock, F_OK), -1, "a socket was made in %s", dir);
         free(log);
         rmdir(dir);

@@ -58,12 +58,17 @@ typedef struct Snapshot {
 
 static Snapshot snapshot(const char *id) {
         Snapshot n = {
-                .taps = sh("ip -d -j link | jq -r '.[].ifalias // empty' | grep '^chvm1:%s:' | cut -d: -f3 | grep -v core |"
-                           " sort", id),
-                .fwds = sh("nft -j list map inet chvm portfwd4 | jq -r '.. | .comment? // empty' | grep '^chvm1:%s:' |"
-                           " cut -d: -f3 | grep -v core | sort", id),
-                .running = sh("%s/chvmctl --socket %s --json list | jq -r '.[] | select(.state == \"running\") | .id' | sort",
-                              test_build_dir(), agent.socket),
+                .taps = sh(
+                        "ip -d -j link | jq -r '.[].ifalias // empty' | grep '^chvm1:%s:' | cut -d: -f3 | grep -v core |"
+                        " sort",
+                        id),
+                .fwds = sh(
+                        "nft -j list map inet chvm portfwd4 | jq -r '.. | .comment? // empty' | grep '^chvm1:%s:' |"
+                        " cut -d: -f3 | grep -v core | sort",
+                        id),
+                .running = sh(
+                        "%s/chvmctl --socket %s --json list | jq -r '.[] | select(.state == \"running\") | .id' | sort",
+                        test_build_dir(), agent.socket),
         };
         return n;
 }
@@ -90,12 +95,15 @@ static void compare_with_journal(unsigned round) {
                 same = strcmp(n.taps, n.running) == 0 && strcmp(n.fwds, n.running) == 0;
         }
         char *states = sh("%s/chvmctl --socket %s list -a", test_build_dir(), agent.socket);
-        cr_assert(same, "round %u: the kernel's objects of ours are not exactly the running VMs':\nTAPs:\n%s\n"
-                  "forwards:\n%s\nrunning:\n%s\n%s", round, n.taps, n.fwds, n.running, states);
+        cr_assert(same,
+                  "round %u: the kernel's objects of ours are not exactly the running VMs':\nTAPs:\n%s\n"
+                  "forwards:\n%s\nrunning:\n%s\n%s",
+                  round, n.taps, n.fwds, n.running, states);
         free(states);
         snapshot_free(&n);
-        char *again = sh("%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -c '[.summary.delete, .summary.forget]'",
-                         test_build_dir(), agent.socket);
+        char *again = sh(
+                "%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -c '[.summary.delete, .summary.forget]'",
+                test_build_dir(), agent.socket);
         cr_assert_str_eq(again, "[0,0]\n", "round %u: a second collection has work", round);
         free(again);
         free(id);
@@ -109,7 +117,8 @@ Test(chaos, random_kills_under_load) {
                 "ip link set dev tap-other alias chvm1:0ther000-0000-4000-8000-000000000000:00000000000000aa:tap;"
                 "nft add table ip foreign; nft add chain ip foreign pre '{ type nat hook prerouting priority dstnat; }';"
                 "nft add rule ip foreign pre tcp dport 9999 dnat to 192.168.200.99:80"));
-        char *decoys = sh("ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
+        char *decoys = sh(
+                "ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
 
         /* a /22: 50 clients with a few VMs each fit */
         test_agent_init(&agent, "[local]\nsubnet = 10.66.0.0/22\n[agent]\njournal_compact_size = 64K\n");
@@ -119,12 +128,13 @@ Test(chaos, random_kills_under_load) {
                 cr_assert_geq(clients[c], 0);
                 if (clients[c] == 0) {
                         char cmd[2048];
-                        snprintf(cmd, sizeof(cmd),
-                                 "C='%s/chvmctl --socket %s'; n=0; while :; do n=$((n+1)); v=c%d-$n;"
-                                 " $C create $v --kernel %s/tests/fake-vmm -p $((20000 + %d * 100 + n %% 100)):80 >/dev/null 2>&1;"
-                                 " $C start $v >/dev/null 2>&1; $C stop --timeout 1 $v >/dev/null 2>&1;"
-                                 " [ $((n %% 3)) = 0 ] || $C rm -f $v >/dev/null 2>&1; done",
-                                 test_build_dir(), agent.socket, c, test_build_dir(), c);
+                        snprintf(
+                                cmd, sizeof(cmd),
+                                "C='%s/chvmctl --socket %s'; n=0; while :; do n=$((n+1)); v=c%d-$n;"
+                                " $C create $v --kernel %s/tests/fake-vmm -p $((20000 + %d * 100 + n %% 100)):80 >/dev/null 2>&1;"
+                                " $C start $v >/dev/null 2>&1; $C stop --timeout 1 $v >/dev/null 2>&1;"
+                                " [ $((n %% 3)) = 0 ] || $C rm -f $v >/dev/null 2>&1; done",
+                                test_build_dir(), agent.socket, c, test_build_dir(), c);
                         execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
                         _exit(127);
                 }
@@ -151,10 +161,12 @@ Test(chaos, random_kills_under_load) {
                 waitpid(clients[c], NULL, 0);
                 clients[c] = 0;
         }
-        char *now = sh("ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
+        char *now = sh(
+                "ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
         cr_assert_str_eq(now, decoys, "a decoy changed");
         char *n = sh("%s/chvmctl --socket %s list -a -q | wc -l", test_build_dir(), agent.socket);
-        cr_log_info("chaos: %u kills, %lu with VMs defined, %s VMs defined at the end", rounds, kills_at_work, n);
+        cr_log_info("chaos: %u kills, %lu with VMs defined, %s VMs defined at the end", rounds,
+                    kills_at_work, n);
         cr_assert_gt(atoi(n), 0, "the clients made nothing: the load did not happen");
         free(n);
         free(now);

@@ -5,12 +5,12 @@
  * clients at once, garbage on the socket, bad input that must create nothing, introspection with busctl,
  * socket activation with systemd-socket-activate. */
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -52,12 +52,14 @@ TestSuite(chvmctl, .init = setup, .fini = teardown, .timeout = 180);
 
 /* out and err are read here, after the call: as plain arguments they could be read before it. */
 static void ok(const char *what, int r, char **out, char **err) {
-        cr_assert_eq(r, 0, "%s: exit %d\nstdout: %s\nstderr: %s", what, r, *out ? *out : "", *err ? *err : "");
+        cr_assert_eq(r, 0, "%s: exit %d\nstdout: %s\nstderr: %s", what, r, *out ? *out : "",
+                     *err ? *err : "");
 }
 
 /* Runs jq FILTER on chvmctl's --json output and returns jq's output (jq -e: fails on false/null). */
 static char *jq(const char *args, const char *filter) {
-        return sh("%s/chvmctl --socket %s %s | jq -ce '%s' 2>&1", test_build_dir(), agent.socket, args, filter);
+        return sh("%s/chvmctl --socket %s %s | jq -ce '%s' 2>&1", test_build_dir(), agent.socket, args,
+                  filter);
 }
 
 static void expect_jq(const char *args, const char *filter, const char *want) {
@@ -67,9 +69,10 @@ static void expect_jq(const char *args, const char *filter, const char *want) {
 }
 
 static char *nothing_made(void) {
-        return sh("ip -o link show type tun | wc -l; nft list map inet chvm portfwd4 2>/dev/null | grep -c 'tcp \\.' ;"
-                  "ls %s/vms | wc -l; md5sum < %s/ownership.journal",
-                  agent.state_dir, agent.state_dir);
+        return sh(
+                "ip -o link show type tun | wc -l; nft list map inet chvm portfwd4 2>/dev/null | grep -c 'tcp \\.' ;"
+                "ls %s/vms | wc -l; md5sum < %s/ownership.journal",
+                agent.state_dir, agent.state_dir);
 }
 
 /* Acceptance 1: every command, text and --json. */
@@ -82,7 +85,8 @@ Test(chvmctl, every_command_text_and_json) {
         ok("create", r, &out, &err);
         cr_assert_str_eq(out, "web\n");
         free(out), free(err);
-        expect_jq("list -a --json", ".[0] | [.name, .state, .vmm_pid, .backend, .hypervisor, (.ports | length)]",
+        expect_jq("list -a --json",
+                  ".[0] | [.name, .state, .vmm_pid, .backend, .hypervisor, (.ports | length)]",
                   "[\"web\",\"defined\",null,\"local\",\"cloud-hypervisor\",2]\n");
         r = ctl(&agent, &out, &err, "list");
         ok("list", r, &out, &err);
@@ -105,32 +109,37 @@ Test(chvmctl, every_command_text_and_json) {
 
         r = ctl(&agent, &out, &err, "inspect web");
         ok("inspect", r, &out, &err);
-        cr_assert(strstr(out, "state:       running") && strstr(out, "vmm_pid:") && strstr(out, "tap:         tap-") &&
-                          strstr(out, "ip:          192.168.200.2") && strstr(out, "cpus:        2") &&
-                          strstr(out, "memory:      128 MiB") && strstr(out, "objects:\n") &&
-                          strstr(out, "nft-portfwd") && strstr(out, "chvm1:"),
+        cr_assert(strstr(out, "state:       running") && strstr(out, "vmm_pid:") &&
+                          strstr(out, "tap:         tap-") && strstr(out, "ip:          192.168.200.2") &&
+                          strstr(out, "cpus:        2") && strstr(out, "memory:      128 MiB") &&
+                          strstr(out, "objects:\n") && strstr(out, "nft-portfwd") && strstr(out, "chvm1:"),
                   "%s", out);
         free(out), free(err);
-        expect_jq("inspect web --json",
-                  "[.name, .state, (.vmm_pid > 0), (.tap | startswith(\"tap-\")), .ip, (.mac | test(\"^02:\")), "
-                  ".ports[0].proto, .ports[0].host_port, .ports[0].guest_port, .ports[1].proto, .cpus, .memory_mib, "
-                  "(.objects | length), ([.objects[].kind] | sort | unique), (.objects | all(.tag | startswith(\"chvm1:\")))]",
-                  "[\"web\",\"running\",true,true,\"192.168.200.2\",true,\"tcp\",8080,80,\"udp\",2,128,6,"
-                  "[\"nft-portfwd\",\"nft-vm-addr\",\"nft-vm-port\",\"tap\"],true]\n");
-        expect_jq("inspect web --json", "keys",
-                  "[\"backend\",\"cmdline\",\"cpus\",\"definition_error\",\"disks\",\"exit_reason\",\"firmware\","
-                  "\"hypervisor\",\"id\",\"initrd\",\"ip\",\"kernel\",\"lease\",\"mac\",\"memory_mib\",\"name\",\"objects\","
-                  "\"ports\",\"state\",\"tap\",\"vmm_pid\"]\n");
-        expect_jq("list --json", ".[0] | keys",
-                  "[\"backend\",\"exit_reason\",\"hypervisor\",\"id\",\"ip\",\"mac\",\"name\",\"ports\",\"state\",\"tap\","
-                  "\"vmm_pid\"]\n");
+        expect_jq(
+                "inspect web --json",
+                "[.name, .state, (.vmm_pid > 0), (.tap | startswith(\"tap-\")), .ip, (.mac | test(\"^02:\")), "
+                ".ports[0].proto, .ports[0].host_port, .ports[0].guest_port, .ports[1].proto, .cpus, .memory_mib, "
+                "(.objects | length), ([.objects[].kind] | sort | unique), (.objects | all(.tag | startswith(\"chvm1:\")))]",
+                "[\"web\",\"running\",true,true,\"192.168.200.2\",true,\"tcp\",8080,80,\"udp\",2,128,6,"
+                "[\"nft-portfwd\",\"nft-vm-addr\",\"nft-vm-port\",\"tap\"],true]\n");
+        expect_jq(
+                "inspect web --json", "keys",
+                "[\"backend\",\"cmdline\",\"cpus\",\"definition_error\",\"disks\",\"exit_reason\",\"firmware\","
+                "\"hypervisor\",\"id\",\"initrd\",\"ip\",\"kernel\",\"lease\",\"mac\",\"memory_mib\",\"name\",\"objects\","
+                "\"ports\",\"state\",\"tap\",\"vmm_pid\"]\n");
+        expect_jq(
+                "list --json", ".[0] | keys",
+                "[\"backend\",\"exit_reason\",\"hypervisor\",\"id\",\"ip\",\"mac\",\"name\",\"ports\",\"state\",\"tap\","
+                "\"vmm_pid\"]\n");
 
         r = ctl(&agent, &out, &err, "status");
         ok("status", r, &out, &err);
-        cr_assert(strstr(out, "journal:  ok") && strstr(out, "1 defined, 1 running") && strstr(out, "backends: local"),
+        cr_assert(strstr(out, "journal:  ok") && strstr(out, "1 defined, 1 running") &&
+                          strstr(out, "backends: local"),
                   "%s", out);
         free(out), free(err);
-        expect_jq("status --json", "[.journal.state, .vms, .running, (.agent_id | length)]", "[\"ok\",1,1,36]\n");
+        expect_jq("status --json", "[.journal.state, .vms, .running, (.agent_id | length)]",
+                  "[\"ok\",1,1,36]\n");
 
         r = ctl(&agent, &out, &err, "doctor");
         cr_assert(r == 0 || r == 1, "doctor: %d", r);
@@ -139,8 +148,8 @@ Test(chvmctl, every_command_text_and_json) {
                   out);
         free(out), free(err);
         expect_jq("doctor --json", "[(.findings | length > 3), (.healthy | type)]", "[true,\"boolean\"]\n");
-        expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.skip_by_reason.running, .dry_run]",
-                  "[0,6,true]\n");
+        expect_jq("doctor --gc --dry-run --json",
+                  "[.summary.delete, .summary.skip_by_reason.running, .dry_run]", "[0,6,true]\n");
 
         r = ctl(&agent, &out, &err, "stop web --timeout 5");
         ok("stop", r, &out, &err);
@@ -167,7 +176,9 @@ Test(chvmctl, every_command_text_and_json) {
         free(out), free(err);
         r = ctl(&agent, &out, &err, "--json rm -f db db2 web");
         ok("rm -f", r, &out, &err);
-        cr_assert_str_eq(out, "[{\"name\":\"db\",\"ok\":true},{\"name\":\"db2\",\"ok\":true},{\"name\":\"web\",\"ok\":true}]\n");
+        cr_assert_str_eq(
+                out,
+                "[{\"name\":\"db\",\"ok\":true},{\"name\":\"db2\",\"ok\":true},{\"name\":\"web\",\"ok\":true}]\n");
         free(out), free(err);
         expect_jq("list -a --json", "length", "0\n");
         char *k = nothing_made();
@@ -185,7 +196,8 @@ Test(chvmctl, every_command_text_and_json) {
 }
 
 Test(chvmctl, help_usage_and_unreachable) {
-        const char *cmds[] = { "run", "create", "start", "stop", "kill", "rm", "list", "inspect", "status", "doctor" };
+        const char *cmds[] = { "run", "create", "start",   "stop",   "kill",
+                               "rm",  "list",   "inspect", "status", "doctor" };
         char *out, *err;
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
                 int r = ctl(&agent, &out, &err, "%s --help", cmds[i]);
@@ -254,8 +266,8 @@ Test(chvmctl, access_control_by_peer_credentials) {
         cr_assert_eq(st.st_mode & 0777, 0660, "socket mode %o", st.st_mode & 0777);
         cr_assert_eq(st.st_gid, users->gr_gid, "socket group %u", st.st_gid);
         /* chvmctl where nobody can run it (the build tree may be in a folder only root may enter). */
-        free(sh("chmod o+rx %s && cp %s/chvmctl %s/chvmctl && chmod 755 %s/chvmctl", agent.dir, test_build_dir(),
-                agent.dir, agent.dir));
+        free(sh("chmod o+rx %s && cp %s/chvmctl %s/chvmctl && chmod 755 %s/chvmctl", agent.dir,
+                test_build_dir(), agent.dir, agent.dir));
 
         char *err;
         cr_assert_eq(ctl(&agent, NULL, NULL, "create web " KERNEL, test_build_dir()), 0);
@@ -276,8 +288,15 @@ Test(chvmctl, access_control_by_peer_credentials) {
         free(err);
         char run[512];
         snprintf(run, sizeof(run), "run other --kernel %s/tests/fake-vmm", test_build_dir());
-        const char *mutating[] = { run, "create other --kernel /bin/true", "start web", "stop web", "kill web",
-                                   "rm web", "rm -f web", "doctor --gc", "doctor --gc --force-heuristic --yes" };
+        const char *mutating[] = { run,
+                                   "create other --kernel /bin/true",
+                                   "start web",
+                                   "stop web",
+                                   "kill web",
+                                   "rm web",
+                                   "rm -f web",
+                                   "doctor --gc",
+                                   "doctor --gc --force-heuristic --yes" };
         for (size_t i = 0; i < sizeof(mutating) / sizeof(mutating[0]); i++) {
                 r = as_nobody(0, &err, mutating[i]);
                 cr_assert_eq(r, 4, "%s as nobody: exit %d (%s)", mutating[i], r, err);
@@ -310,11 +329,12 @@ Test(chvmctl, twenty_concurrent_clients) {
                 cr_assert_geq(pids[c], 0);
                 if (pids[c] == 0) {
                         char cmd[2048];
-                        snprintf(cmd, sizeof(cmd),
-                                 "set -e; C='%s/chvmctl --socket %s'; for i in $(seq 1 %d); do n=c%d-vm$i;"
-                                 " $C create $n --kernel %s/tests/fake-vmm -p $((10000 + %d * 100 + i)):80 >/dev/null;"
-                                 " $C start $n; $C stop --timeout 5 $n; $C rm $n; done",
-                                 test_build_dir(), agent.socket, EACH, c, test_build_dir(), c);
+                        snprintf(
+                                cmd, sizeof(cmd),
+                                "set -e; C='%s/chvmctl --socket %s'; for i in $(seq 1 %d); do n=c%d-vm$i;"
+                                " $C create $n --kernel %s/tests/fake-vmm -p $((10000 + %d * 100 + i)):80 >/dev/null;"
+                                " $C start $n; $C stop --timeout 5 $n; $C rm $n; done",
+                                test_build_dir(), agent.socket, EACH, c, test_build_dir(), c);
                         execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
                         _exit(127);
                 }
@@ -332,8 +352,8 @@ Test(chvmctl, twenty_concurrent_clients) {
         cr_assert(strncmp(k, "0\n0\n0\n", 6) == 0, "left behind (TAPs, forwards, definitions):\n%s", k);
         free(k);
         expect_jq("list -a --json", "length", "0\n");
-        expect_jq("doctor --gc --dry-run --json", "[.summary.delete, .summary.forget, .summary.skip_by_reason.running]",
-                  "[0,0,0]\n");
+        expect_jq("doctor --gc --dry-run --json",
+                  "[.summary.delete, .summary.forget, .summary.skip_by_reason.running]", "[0,0,0]\n");
         char *o = sh("%s/chvmctl --socket %s status", test_build_dir(), agent.socket);
         cr_assert(strstr(o, "journal:  ok"), "%s", o);
         free(o);
@@ -357,7 +377,8 @@ static double now(void) {
 /* The agent still answers, promptly, and is alive. */
 static void still_serving(const char *after) {
         double t0 = now();
-        char *o = sh("timeout 10 %s/chvmctl --socket %s status >/dev/null 2>&1; echo $?", test_build_dir(), agent.socket);
+        char *o = sh("timeout 10 %s/chvmctl --socket %s status >/dev/null 2>&1; echo $?", test_build_dir(),
+                     agent.socket);
         cr_assert_str_eq(o, "0\n", "after %s the agent does not answer", after);
         cr_assert_lt(now() - t0, 5.0, "after %s the agent took %.1f s to answer", after, now() - t0);
         cr_assert_eq(kill(agent.pid, 0), 0, "the agent died after %s", after);
@@ -420,8 +441,8 @@ Test(chvmctl, garbage_on_the_socket) {
         idle = connect_agent();
         cr_assert_eq(ctl(&agent, NULL, NULL, "run web " KERNEL, test_build_dir()), 0);
         test_agent_wait_vm_ready(&agent, "web");
-        char *o = sh("timeout -s KILL 0.3 %s/chvmctl --socket %s stop web --timeout 1; echo $?", test_build_dir(),
-                     agent.socket);
+        char *o = sh("timeout -s KILL 0.3 %s/chvmctl --socket %s stop web --timeout 1; echo $?",
+                     test_build_dir(), agent.socket);
         cr_assert_str_eq(o, "137\n", "the call should still have been waiting: %s", o);
         free(o);
         still_serving("a client gone in the middle of a call");
@@ -447,7 +468,8 @@ static void bad(const char *args, int want_rc, const char *want_err) {
         cr_assert_eq(r, want_rc, "chvmctl %s: exit %d, want %d\n%s", args, r, want_rc, err);
         cr_assert(strstr(err, want_err), "chvmctl %s: want \"%s\" in:\n%s", args, want_err, err);
         char *after = nothing_made();
-        cr_assert_str_eq(after, before, "chvmctl %s changed the kernel, the definitions or the journal", args);
+        cr_assert_str_eq(after, before, "chvmctl %s changed the kernel, the definitions or the journal",
+                         args);
         free(before), free(after), free(out), free(err);
 }
 
@@ -459,10 +481,10 @@ Test(chvmctl, bad_input_creates_nothing) {
         snprintf(cmd, sizeof(cmd), "run taken %s -p 8080:80", k);
         cr_assert_eq(ctl(&agent, NULL, NULL, "%s", cmd), 0);
 
-#define BAD(rc, msg, fmt, ...)                                            \
-        do {                                                              \
-                snprintf(cmd, sizeof(cmd), fmt, __VA_ARGS__);              \
-                bad(cmd, rc, msg);                                         \
+#define BAD(rc, msg, fmt, ...)                                \
+        do {                                                  \
+                snprintf(cmd, sizeof(cmd), fmt, __VA_ARGS__); \
+                bad(cmd, rc, msg);                            \
         } while (0)
         BAD(1, "VM name \"Bad_Name\" is not valid", "run Bad_Name %s", k);
         BAD(1, "VM name \"9lives\" is not valid", "create 9lives %s", k);
@@ -503,7 +525,9 @@ Test(chvmctl, list_right_after_kill) {
         for (int i = 0; i < 20; i++) {
                 char name[16];
                 snprintf(name, sizeof(name), "k%d", i);
-                cr_assert_eq(ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()), 0);
+                cr_assert_eq(
+                        ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()),
+                        0);
                 char args[64];
                 snprintf(args, sizeof(args), "inspect %s --json", name);
                 char *pid = jq(args, ".vmm_pid");
@@ -530,7 +554,8 @@ Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = tea
         char *env[] = { path, NULL }, *out = NULL, *err = NULL;
         test_agent_init(&agent, NULL);
         test_agent_start(&agent, env);
-        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()), &out, &err);
+        ok("create", ctl(&agent, &out, &err, "create nobin --hypervisor qemu " KERNEL, test_build_dir()),
+           &out, &err);
         free(out), free(err);
         int r = ctl(&agent, &out, &err, "start nobin");
         cr_assert_eq(r, 1, "chvmctl start nobin: exit %d, want 1\n%s", r, err);
@@ -555,17 +580,20 @@ Test(chvmctl, start_on_a_full_bridge, .init = setup_ns, .fini = teardown) {
         char *ports = sh("ip -o link show master chvm0 | wc -l");
         cr_assert_eq(atoi(ports), 1023, "the bridge should be full: %s ports", ports);
         free(ports);
-        const char *world = "ip -j link | jq -c '[.[] | .ifname] | sort'; nft -j list ruleset | jq -c '[.nftables[] | select(.element)]'";
+        const char *world =
+                "ip -j link | jq -c '[.[] | .ifname] | sort'; nft -j list ruleset | jq -c '[.nftables[] | select(.element)]'";
         char *before = sh("%s", world);
         ok("create", ctl(&agent, &out, &err, "create full " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
         int r = ctl(&agent, &out, &err, "start full");
         cr_assert_eq(r, 1, "chvmctl start full: exit %d, want 1\n%s", r, err);
-        cr_assert(strstr(err, "the bridge is full") && strstr(err, "1023 ports"), "chvmctl start full: %s", err);
+        cr_assert(strstr(err, "the bridge is full") && strstr(err, "1023 ports"), "chvmctl start full: %s",
+                  err);
         free(out), free(err);
         char *after = sh("%s", world);
         cr_assert_str_eq(after, before, "a failed start left something behind");
-        char *state = sh("%s/chvmctl --socket %s --json inspect full | jq -r .state", test_build_dir(), agent.socket);
+        char *state = sh("%s/chvmctl --socket %s --json inspect full | jq -r .state", test_build_dir(),
+                         agent.socket);
         cr_assert(strcmp(state, "running\n") != 0, "the VM is %s", state);
         free(state), free(before), free(after);
 }
@@ -578,9 +606,11 @@ Test(chvmctl, busctl_introspects) {
                 cr_skip_test("busctl not installed");
         }
         free(which);
-        char *o = sh("busctl --address=unix:path=%s introspect org.chvm.Agent1 /org/chvm/agent 2>&1", agent.socket);
-        const char *want[] = { "org.chvm.Agent1", ".CreateVM", ".StartVM", ".StopVM", ".KillVM", ".RemoveVM", ".ListVMs",
-                               ".InspectVM", ".CollectGarbage", ".Status", ".Doctor", ".VMStateChanged",
+        char *o = sh("busctl --address=unix:path=%s introspect org.chvm.Agent1 /org/chvm/agent 2>&1",
+                     agent.socket);
+        const char *want[] = { "org.chvm.Agent1",  ".CreateVM", ".StartVM", ".StopVM",
+                               ".KillVM",          ".RemoveVM", ".ListVMs", ".InspectVM",
+                               ".CollectGarbage",  ".Status",   ".Doctor",  ".VMStateChanged",
                                "sssssssutasa(sqq)" };
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
                 cr_assert(strstr(o, want[i]), "busctl introspect lacks %s:\n%s", want[i], o);
@@ -612,11 +642,13 @@ Test(chvmctl, state_changed_signal) {
         cr_assert_eq(sd_bus_new(&bus), 0);
         cr_assert_geq(sd_bus_set_address(bus, address), 0);
         cr_assert_geq(sd_bus_start(bus), 0);
-        cr_assert_geq(sd_bus_match_signal(bus, NULL, NULL, "/org/chvm/agent", "org.chvm.Agent1", "VMStateChanged",
-                                          on_signal, acc),
+        cr_assert_geq(sd_bus_match_signal(bus, NULL, NULL, "/org/chvm/agent", "org.chvm.Agent1",
+                                          "VMStateChanged", on_signal, acc),
                       0);
         /* One call so that the connection is up before the changes. */
-        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, ""), 0);
+        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL,
+                                         NULL, ""),
+                      0);
         cr_assert_eq(ctl(&agent, NULL, NULL, "run sig --kernel %s/tests/fake-vmm", test_build_dir()), 0);
         cr_assert_eq(ctl(&agent, NULL, NULL, "kill sig"), 0);
         cr_assert_eq(ctl(&agent, NULL, NULL, "rm sig"), 0);
@@ -626,7 +658,9 @@ Test(chvmctl, state_changed_signal) {
                 if (r == 0)
                         (void) sd_bus_wait(bus, 100000);
         }
-        cr_assert_str_eq(acc, "sig defined \nsig starting \nsig running \nsig crashed killed by signal 9\nsig removed removed\n");
+        cr_assert_str_eq(
+                acc,
+                "sig defined \nsig starting \nsig running \nsig crashed killed by signal 9\nsig removed removed\n");
         sd_bus_flush_close_unref(bus);
 }
 
@@ -640,12 +674,13 @@ Test(chvmctl, doctor_asks_each_backend) {
         free(out), free(err);
         ok("run b", ctl(&agent, &out, &err, "run b --backend bridge " KERNEL, test_build_dir()), &out, &err);
         free(out), free(err);
-        expect_jq("doctor --json",
-                  "[.healthy, ([.findings[] | select(.topic == \"links\") | .message] | sort), "
-                  "([.findings[].topic] | map(select(. == \"ip_forward\" or . == \"firewall\" or . == \"tables\")) "
-                  "| sort)]",
-                  "[true,[\"running VMs' TAPs are ports of bridge br0\",\"running VMs' TAPs are ports of bridge "
-                  "chvm0\"],[\"firewall\",\"ip_forward\",\"tables\"]]\n");
+        expect_jq(
+                "doctor --json",
+                "[.healthy, ([.findings[] | select(.topic == \"links\") | .message] | sort), "
+                "([.findings[].topic] | map(select(. == \"ip_forward\" or . == \"firewall\" or . == \"tables\")) "
+                "| sort)]",
+                "[true,[\"running VMs' TAPs are ports of bridge br0\",\"running VMs' TAPs are ports of bridge "
+                "chvm0\"],[\"firewall\",\"ip_forward\",\"tables\"]]\n");
 
         /* jq -c prints the names quoted: "tap-..." */
         char *tap = jq("inspect web --json", ".tap"), *btap = jq("inspect b --json", ".tap");
@@ -655,8 +690,8 @@ Test(chvmctl, doctor_asks_each_backend) {
         int r = ctl(&agent, &out, &err, "doctor");
         cr_assert_eq(r, 1, "doctor called a TAP off its bridge healthy:\n%s%s", out, err);
         char want[160];
-        snprintf(want, sizeof(want), "VM web: its TAP %.*s is not a port of bridge chvm0\n", (int) strlen(tap) - 2,
-                 tap + 1);
+        snprintf(want, sizeof(want), "VM web: its TAP %.*s is not a port of bridge chvm0\n",
+                 (int) strlen(tap) - 2, tap + 1);
         cr_assert(strstr(out, want), "%s\nexpected: %s", out, want);
         snprintf(want, sizeof(want), "VM b: its TAP %.*s is not a port of bridge br0 (the bridge is gone)\n",
                  (int) strlen(btap) - 2, btap + 1);
@@ -675,7 +710,8 @@ static double wait_no_tap(const char *part, double timeout) {
                 free(n);
                 if (gone)
                         return now() - t0;
-                cr_assert_lt(now() - t0, timeout, "a TAP named *%s* is still there after %.0f s", part, timeout);
+                cr_assert_lt(now() - t0, timeout, "a TAP named *%s* is still there after %.0f s", part,
+                             timeout);
                 usleep(2000);
         }
 }
@@ -689,30 +725,34 @@ Test(chvmctl, an_example_backend_needs_no_agent_change, .init = setup_ns, .fini 
         test_agent_init(&agent, "[agent]\nbackends = local example\n[example]\ntap_prefix = bogus_\n");
         int status = test_agent_run_to_exit(&agent, NULL, &log);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", log);
-        cr_assert(strstr(log, "agent.conf:14: [example] tap_prefix \"bogus_\": 1 to 11 of a-z, 0-9 and -"), "%s",
-                  log);
+        cr_assert(strstr(log, "agent.conf:14: [example] tap_prefix \"bogus_\": 1 to 11 of a-z, 0-9 and -"),
+                  "%s", log);
         free(log);
         test_agent_cleanup(&agent);
 
         test_agent_init(&agent, "[agent]\nbackends = local example\n[example]\ntap_prefix = exa-\n");
         test_agent_start(&agent, NULL);
-        ok("run web", ctl(&agent, &out, &err, "run web --backend example " KERNEL, test_build_dir()), &out, &err);
+        ok("run web", ctl(&agent, &out, &err, "run web --backend example " KERNEL, test_build_dir()), &out,
+           &err);
         free(out), free(err);
         char *tap = jq("inspect web --json", ".tap"), *id = jq("inspect web --json", ".id");
         tap[strcspn(tap, "\n")] = id[strcspn(id, "\n")] = '\0';
         cr_assert(strncmp(tap, "\"exa-", 5) == 0, "the TAP is not named by the backend's prefix: %s", tap);
         char *alias = sh("ip -d link show %.*s | sed -n 's/^ *alias //p'", (int) strlen(tap) - 2, tap + 1);
-        char *agent_id = sh("%s/chvmctl --socket %s status --json | jq -r .agent_id | tr -d '\\n'", test_build_dir(),
-                            agent.socket);
+        char *agent_id = sh("%s/chvmctl --socket %s status --json | jq -r .agent_id | tr -d '\\n'",
+                            test_build_dir(), agent.socket);
         char want[160];
         snprintf(want, sizeof(want), "chvm1:%s:%.*s:tap\n", agent_id, (int) strlen(id) - 2, id + 1);
         cr_assert_str_eq(alias, want, "the TAP's tag");
         free(alias);
         expect_jq("inspect web --json", "[.state, .backend, .ip, (.objects | length)]",
                   "[\"running\",\"example\",null,1]\n");
-        expect_jq("doctor --json", "[.findings[] | select(.topic == \"links\") | .message] | sort",
-                  "[\"every running VM's TAP is there (1)\",\"running VMs' TAPs are ports of bridge chvm0\"]\n");
-        cr_assert_neq(ctl(&agent, &out, &err, "create p --backend example -p 8080:80 " KERNEL, test_build_dir()), 0);
+        expect_jq(
+                "doctor --json", "[.findings[] | select(.topic == \"links\") | .message] | sort",
+                "[\"every running VM's TAP is there (1)\",\"running VMs' TAPs are ports of bridge chvm0\"]\n");
+        cr_assert_neq(
+                ctl(&agent, &out, &err, "create p --backend example -p 8080:80 " KERNEL, test_build_dir()),
+                0);
         cr_assert(strstr(err, "backend example forwards no ports"), "%s", err);
         free(out), free(err);
 
@@ -728,7 +768,8 @@ Test(chvmctl, an_example_backend_needs_no_agent_change, .init = setup_ns, .fini 
         free(sh("ip tuntap add dev exa-leak mode tap && ip link set exa-leak alias chvm1:%s:00000000000000ee:tap && "
                 "ip tuntap add dev exa-foreign mode tap",
                 agent_id));
-        expect_jq("doctor --gc --dry-run --json", "[.decisions[] | select(.name | startswith(\"exa-\")) | [.name, .action]] | sort",
+        expect_jq("doctor --gc --dry-run --json",
+                  "[.decisions[] | select(.name | startswith(\"exa-\")) | [.name, .action]] | sort",
                   "[[\"exa-leak\",\"delete\"]]\n");
         ok("gc", ctl(&agent, &out, &err, "doctor --gc"), &out, &err);
         free(out), free(err);
@@ -781,8 +822,9 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
 
         sd_bus *stopper = connect_bus();
         double stop_answered = 0;
-        cr_assert_geq(sd_bus_call_method_async(stopper, NULL, "org.chvm.Agent1", "/org/chvm/agent", "org.chvm.Agent1",
-                                               "StopVM", on_reply_at, &stop_answered, "su", "slow", 30),
+        cr_assert_geq(sd_bus_call_method_async(stopper, NULL, "org.chvm.Agent1", "/org/chvm/agent",
+                                               "org.chvm.Agent1", "StopVM", on_reply_at, &stop_answered,
+                                               "su", "slow", 30),
                       0);
         double t0 = now();
         while (leader_state(spid) != 'Z') { /* the power button heard, the main thread gone */
@@ -799,7 +841,8 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
                 answered[i] = 0;
                 sent[i] = now();
                 cr_assert_geq(sd_bus_call_method_async(bus[i], NULL, "org.chvm.Agent1", "/org/chvm/agent",
-                                                       "org.chvm.Agent1", "ListVMs", on_reply_at, &answered[i], ""),
+                                                       "org.chvm.Agent1", "ListVMs", on_reply_at,
+                                                       &answered[i], ""),
                               0);
                 cr_assert_geq(sd_bus_flush(bus[i]), 0);
         }
@@ -825,7 +868,8 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
         cr_log_info("50 concurrent ListVMs during a slow exit: slowest answer %.1f ms", worst * 1000);
         cr_assert_lt(worst, 2.0, "a ListVMs took %.0f ms while a hypervisor was exiting", worst * 1000);
         cr_assert_eq(leader_state(spid), 'Z', "the premise: the slow hypervisor is still exiting");
-        expect_jq("list --json", "[.[] | [.name, .state]]", "[[\"other\",\"running\"],[\"slow\",\"stopping\"]]\n");
+        expect_jq("list --json", "[.[] | [.name, .state]]",
+                  "[[\"other\",\"running\"],[\"slow\",\"stopping\"]]\n");
 
         /* another VM's crash: cleaned up from the loop, not after the slow one */
         char *tap = jq("inspect other --json", ".tap");
@@ -846,7 +890,8 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
                 cr_assert_lt(now() - t0, 15.0, "StopVM never answered");
         }
         cr_assert_gt(stop_answered, 0, "StopVM failed");
-        expect_jq("inspect slow --json", "[.state, .exit_reason]", "[\"stopped\",\"exited with status 0\"]\n");
+        expect_jq("inspect slow --json", "[.state, .exit_reason]",
+                  "[\"stopped\",\"exited with status 0\"]\n");
         sd_bus_flush_close_unref(stopper);
 }
 
@@ -864,20 +909,27 @@ Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {
 
         /* "no VM named \"%.40s\"": 39 letters and an a-umlaut, cut after its first byte */
         snprintf(name, sizeof(name), "%s\xc3\xa4", "abcdefghijklmnopqrstuvwxyzabcdefghijklm");
-        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM", &e, NULL, "s", name);
+        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM", &e, NULL,
+                                   "s", name);
         cr_assert_lt(r, 0);
-        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.NotFound"), "InspectVM: %s: %s", e.name, e.message);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.NotFound"), "InspectVM: %s: %s", e.name,
+                  e.message);
         sd_bus_error_free(&e);
 
         /* "port protocol \"%.16s\"": a letter and eight a-umlauts, cut in the eighth */
-        snprintf(proto, sizeof(proto), "x%s", "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
-        cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "CreateVM"), 0);
-        cr_assert_geq(sd_bus_message_append(m, "sssssssutas", "cut", "", "", "/bin/sh", "", "", "", 0, UINT64_C(0), 0), 0);
+        snprintf(proto, sizeof(proto), "x%s",
+                 "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4");
+        cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1",
+                                                     "CreateVM"),
+                      0);
+        cr_assert_geq(sd_bus_message_append(m, "sssssssutas", "cut", "", "", "/bin/sh", "", "", "", 0,
+                                            UINT64_C(0), 0),
+                      0);
         cr_assert_geq(sd_bus_message_append(m, "a(sqq)t", 1, proto, 8080, 80, UINT64_C(0)), 0);
         r = sd_bus_call(bus, m, 5 * 1000000, &e, &reply);
         cr_assert_lt(r, 0);
-        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.InvalidArgument"), "CreateVM: %s: %s", e.name,
-                  e.message);
+        cr_assert(sd_bus_error_has_name(&e, "org.chvm.Agent1.Error.InvalidArgument"), "CreateVM: %s: %s",
+                  e.name, e.message);
         cr_assert(strstr(e.message, "port protocol"), "%s", e.message);
         sd_bus_error_free(&e);
         sd_bus_message_unref(m);
@@ -913,8 +965,8 @@ Test(chvmctl, no_fds_are_passed_to_the_agent, .init = setup_ns, .fini = teardown
         cr_assert_eq(sd_bus_can_send(bus, SD_BUS_TYPE_UNIX_FD), 0, "the agent agreed to fd passing");
         for (int k = 0; k < 4; k++) {
                 sd_bus_message *m = NULL;
-                cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1",
-                                                             "StopVM"),
+                cr_assert_geq(sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent",
+                                                             "org.chvm.Agent1", "StopVM"),
                               0);
                 int r = sd_bus_message_append(m, "su", "web", 5);
                 for (int i = 0; r >= 0 && i < 250; i++)
@@ -958,7 +1010,8 @@ Test(chvmctl, out_of_fds_the_listener_rests, .init = setup_ns, .fini = teardown)
                 memcpy(sa.sun_path, agent.socket, strlen(agent.socket));
                 fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
                 cr_assert_geq(fds[i], 0);
-                (void) connect(fds[i], (struct sockaddr *) &sa, sizeof(sa)); /* EAGAIN once the backlog is full */
+                (void) connect(fds[i], (struct sockaddr *) &sa,
+                               sizeof(sa)); /* EAGAIN once the backlog is full */
         }
         usleep(200000);
         char *log0 = test_agent_log(&agent);
@@ -966,9 +1019,11 @@ Test(chvmctl, out_of_fds_the_listener_rests, .init = setup_ns, .fini = teardown)
         usleep(1500000);
         uint64_t c1 = cpu_ns(agent.pid);
         char *log1 = test_agent_log(&agent);
-        cr_assert_lt(c1 - c0, UINT64_C(300) * 1000000, "the agent used %llu ms of CPU in 1.5 s with 100 clients",
+        cr_assert_lt(c1 - c0, UINT64_C(300) * 1000000,
+                     "the agent used %llu ms of CPU in 1.5 s with 100 clients",
                      (unsigned long long) ((c1 - c0) / 1000000));
-        cr_assert_lt(strlen(log1) - strlen(log0), 2048, "the log grew by %zu bytes", strlen(log1) - strlen(log0));
+        cr_assert_lt(strlen(log1) - strlen(log0), 2048, "the log grew by %zu bytes",
+                     strlen(log1) - strlen(log0));
         cr_assert(strstr(log1, "cannot accept a client: Too many open files"), "%s", log1);
         free(log0);
         free(log1);
@@ -1039,7 +1094,9 @@ static sd_bus *connect_bus(void) {
         cr_assert_geq(sd_bus_set_address(bus, address), 0);
         cr_assert_geq(sd_bus_start(bus), 0);
         /* one call: the handshake is done and the agent has set the connection up */
-        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, ""), 0);
+        cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL,
+                                         NULL, ""),
+                      0);
         return bus;
 }
 
@@ -1065,7 +1122,8 @@ Test(chvmctl, a_client_that_never_reads_is_dropped, .init = setup_ns, .fini = te
         int sent = 0, r = 0;
         for (; sent < 3000 && r >= 0; sent++) {
                 sd_bus_message *m = NULL;
-                r = sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1", "InspectVM");
+                r = sd_bus_message_new_method_call(bus, &m, NULL, "/org/chvm/agent", "org.chvm.Agent1",
+                                                   "InspectVM");
                 if (r >= 0)
                         r = sd_bus_message_append(m, "s", "web");
                 uint64_t cookie; /* with none, sd-bus would send the call as "no reply expected" */
@@ -1086,8 +1144,8 @@ Test(chvmctl, a_client_that_never_reads_is_dropped, .init = setup_ns, .fini = te
                         break;
                 usleep(50000);
         }
-        cr_assert(strstr(log, "sends calls without reading the answers"), "the agent did not drop the client: %s",
-                  log);
+        cr_assert(strstr(log, "sends calls without reading the answers"),
+                  "the agent did not drop the client: %s", log);
         free(log);
         for (int i = 0; i < 50 && clients_now() > 1; i++)
                 usleep(100000);
@@ -1095,8 +1153,10 @@ Test(chvmctl, a_client_that_never_reads_is_dropped, .init = setup_ns, .fini = te
         sd_bus_close_unref(bus);
         usleep(200000);
         long after = rss_kib(agent.pid);
-        cr_assert_lt(during - before, 16 * 1024, "agent RSS %ld -> %ld KiB while a client floods it", before, during);
-        cr_assert_lt(after - before, 4 * 1024, "agent RSS %ld -> %ld KiB after the client left", before, after);
+        cr_assert_lt(during - before, 16 * 1024, "agent RSS %ld -> %ld KiB while a client floods it", before,
+                     during);
+        cr_assert_lt(after - before, 4 * 1024, "agent RSS %ld -> %ld KiB after the client left", before,
+                     after);
         ok("status", ctl(&agent, &out, &err, "status"), &out, &err);
         free(out), free(err);
 }
@@ -1125,8 +1185,8 @@ static pid_t hold_connections(uid_t uid, int n, char **ret) {
                         if (r >= 0)
                                 r = sd_bus_start(bus);
                         if (r >= 0)
-                                r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", &e, NULL,
-                                                       "");
+                                r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1",
+                                                       "Status", &e, NULL, "");
                         if (r >= 0)
                                 fprintf(f, "OK\n");
                         else
@@ -1207,10 +1267,12 @@ Test(chvmctl, idle_connections_are_closed, .init = setup_ns, .fini = teardown) {
         test_agent_wait_vm_ready(&agent, "web");
         sd_bus *bus = connect_bus();
         double t0 = now();
-        ok("stop, longer than the idle timeout", ctl(&agent, &out, &err, "stop web --timeout 3"), &out, &err);
+        ok("stop, longer than the idle timeout", ctl(&agent, &out, &err, "stop web --timeout 3"), &out,
+           &err);
         free(out), free(err);
         cr_assert_geq(now() - t0, 2.5, "the stop did not wait");
-        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL, "");
+        int r = sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1", "Status", NULL, NULL,
+                                   "");
         cr_assert_lt(r, 0, "an idle connection is still served after 3 s");
         sd_bus_close_unref(bus);
         char *log = test_agent_log(&agent);
@@ -1254,24 +1316,26 @@ Test(chvmctl, a_control_group_member_cannot_take_the_host) {
         char *before = nothing_made();
         gid_t g = users->gr_gid;
         char args[1024];
-#define AS_MEMBER(want_exit, want, ...)                                 \
-        do {                                                            \
-                snprintf(args, sizeof(args), __VA_ARGS__);              \
-                refused_as(g, args, want_exit, want);                   \
+#define AS_MEMBER(want_exit, want, ...)                    \
+        do {                                               \
+                snprintf(args, sizeof(args), __VA_ARGS__); \
+                refused_as(g, args, want_exit, want);      \
         } while (0)
-        AS_MEMBER(4, "kernel " , "create a --kernel %s/ownership.journal", agent.state_dir);
-        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/ownership.journal", agent.state_dir);
-        AS_MEMBER(4, "disk ", "create a --kernel %s/k --disk %s/ownership.journal", agent.dir, agent.state_dir);
-        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/k --disk %s/link", agent.dir,
-                  agent.dir);
-        AS_MEMBER(4, "is inside the agent's runtime folder", "create a --kernel %s/k --initrd %s/run-file", agent.dir,
-                  agent.runtime_dir);
+        AS_MEMBER(4, "kernel ", "create a --kernel %s/ownership.journal", agent.state_dir);
+        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/ownership.journal",
+                  agent.state_dir);
+        AS_MEMBER(4, "disk ", "create a --kernel %s/k --disk %s/ownership.journal", agent.dir,
+                  agent.state_dir);
+        AS_MEMBER(4, "is inside the agent's state folder", "create a --kernel %s/k --disk %s/link",
+                  agent.dir, agent.dir);
+        AS_MEMBER(4, "is inside the agent's runtime folder", "create a --kernel %s/k --initrd %s/run-file",
+                  agent.dir, agent.runtime_dir);
         AS_MEMBER(4, "is a block device (allowed only with [vmm] allow_block_devices = yes)",
                   "create a --kernel %s/k --disk %s/blk", agent.dir, agent.dir);
 
         int tcp = listen_on(SOCK_STREAM, 2222), udp = listen_on(SOCK_DGRAM, 5353);
-        AS_MEMBER(1, "host port 2222/tcp: a socket of the host listens on it", "create a --kernel %s/k -p 2222:22",
-                  agent.dir);
+        AS_MEMBER(1, "host port 2222/tcp: a socket of the host listens on it",
+                  "create a --kernel %s/k -p 2222:22", agent.dir);
         AS_MEMBER(1, "host port 5353/udp: a socket of the host listens on it",
                   "create a --kernel %s/k -p 8080:80 -p 5353:53/udp", agent.dir);
         AS_MEMBER(4, "--force-port (a port reserved for the host) needs root",
@@ -1285,8 +1349,9 @@ Test(chvmctl, a_control_group_member_cannot_take_the_host) {
         char *out = NULL, *err = NULL;
 
         /* root may give a guest a port the host listens on */
-        ok("root --force-port", ctl(&agent, &out, &err, "create forced --kernel %s/k -p 2222:22 --force-port", agent.dir),
-           &out, &err);
+        ok("root --force-port",
+           ctl(&agent, &out, &err, "create forced --kernel %s/k -p 2222:22 --force-port", agent.dir), &out,
+           &err);
         free(out), free(err);
         cr_assert_eq(ctl(&agent, NULL, &err, "create forced2 --kernel %s/k -p 5353:53/udp", agent.dir), 1);
         cr_assert(strstr(err, "root may forward it anyway with --force-port"), "%s", err);
@@ -1302,30 +1367,34 @@ Test(chvmctl, a_control_group_member_cannot_take_the_host) {
 Test(chvmctl, image_dirs_block_devices_reserved_ports, .init = setup_ns, .fini = teardown) {
         char images[] = "/tmp/chvm-images-XXXXXX", extra[512], *out = NULL, *err = NULL;
         cr_assert_not_null(mkdtemp(images));
-        snprintf(extra, sizeof(extra),
-                 "[vmm]\nimage_dirs = %s/\nallow_block_devices = yes\n[local]\nreserved_ports = 7000-7010/tcp\n", images);
+        snprintf(
+                extra, sizeof(extra),
+                "[vmm]\nimage_dirs = %s/\nallow_block_devices = yes\n[local]\nreserved_ports = 7000-7010/tcp\n",
+                images);
         test_agent_init(&agent, extra);
         test_agent_start(&agent, NULL);
         free(sh("cp %s/tests/fake-vmm %s/k && ln -s /etc/passwd %s/passwd && mknod %s/blk b 7 0 && "
                 "cp %s/k %s/k2 && cp %s/k %s/k3 && touch '%s/a,b'",
                 test_build_dir(), images, images, images, images, agent.dir, images, images, images));
 
-        ok("inside image_dirs", ctl(&agent, &out, &err, "create in --kernel %s/k --disk %s/blk", images, images), &out,
-           &err);
+        ok("inside image_dirs",
+           ctl(&agent, &out, &err, "create in --kernel %s/k --disk %s/blk", images, images), &out, &err);
         free(out), free(err);
         cr_assert_eq(ctl(&agent, NULL, &err, "create out --kernel %s/k2", agent.dir), 4);
         cr_assert(strstr(err, "is outside [vmm] image_dirs"), "%s", err);
         free(err);
-        cr_assert_eq(ctl(&agent, NULL, &err, "create link --kernel %s/k --initrd %s/passwd", images, images), 4);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create link --kernel %s/k --initrd %s/passwd", images, images),
+                     4);
         cr_assert(strstr(err, "initrd ") && strstr(err, "/passwd is outside [vmm] image_dirs"), "%s", err);
         free(err);
         cr_assert_eq(ctl(&agent, NULL, &err, "create r --kernel %s/k -p 7005:80", images), 1);
         cr_assert(strstr(err, "host port 7005/tcp is reserved ([local] reserved_ports)"), "%s", err);
         free(err);
-        ok("udp 7005 is not reserved", ctl(&agent, &out, &err, "create r --kernel %s/k -p 7005:80/udp", images), &out,
-           &err);
+        ok("udp 7005 is not reserved",
+           ctl(&agent, &out, &err, "create r --kernel %s/k -p 7005:80/udp", images), &out, &err);
         free(out), free(err);
-        cr_assert_eq(ctl(&agent, NULL, &err, "create m --backend mosnet --kernel %s/k -p 8080:80", images), 1);
+        cr_assert_eq(ctl(&agent, NULL, &err, "create m --backend mosnet --kernel %s/k -p 8080:80", images),
+                     1);
         cr_assert(strstr(err, "backend mosnet forwards no ports: -p is refused"), "%s", err);
         free(err);
         cr_assert_eq(ctl(&agent, NULL, &err, "create ch --kernel %s/k --disk '%s/a,b'", images, images), 1);
@@ -1333,7 +1402,8 @@ Test(chvmctl, image_dirs_block_devices_reserved_ports, .init = setup_ns, .fini =
         free(err);
 
         /* replaced by a link into the state folder after the create: refused at the start */
-        ok("create", ctl(&agent, &out, &err, "create swap --kernel %s/k --disk %s/k3", images, images), &out, &err);
+        ok("create", ctl(&agent, &out, &err, "create swap --kernel %s/k --disk %s/k3", images, images), &out,
+           &err);
         free(out), free(err);
         free(sh("rm -f %s/k3 && ln -s %s/ownership.journal %s/k3", images, agent.state_dir, images));
         cr_assert_neq(ctl(&agent, NULL, &err, "start swap"), 0);

@@ -3,9 +3,9 @@
 /* agent.conf: defaults, every key, and bad input refused with FILE:LINE and the cause. */
 
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +105,9 @@ Test(config, hardening_keys) {
                   l.reserved[1].last == 5010);
         cr_assert(l.reserved[2].proto == IPPROTO_TCP && l.reserved[2].first == 8080);
         setup();
-        cr_assert_eq(load("[vmm]\nenvironment = LANG=C.UTF-8 RUST_LOG=\npass_environment = HTTP_PROXY CH_*\n"), 0, "%s",
-                     err);
+        cr_assert_eq(
+                load("[vmm]\nenvironment = LANG=C.UTF-8 RUST_LOG=\npass_environment = HTTP_PROXY CH_*\n"), 0,
+                "%s", err);
         cr_assert_eq(c.n_vmm_environment, 2);
         cr_assert_str_eq(c.vmm_environment[1], "RUST_LOG=");
         cr_assert_eq(c.n_vmm_pass_environment, 2);
@@ -122,9 +123,10 @@ Test(config, hardening_keys) {
 }
 
 Test(config, dhcp_keys) {
-        cr_assert_eq(load("[local]\ndhcp = no\ndns = 10.0.0.53, 10.0.0.54 192.0.2.1\ndomain = guests.example\n"
-                          "lease_time = 600\nmtu = 9000\nkernel_ip_arg = no\n"),
-                     0, "%s", err);
+        cr_assert_eq(
+                load("[local]\ndhcp = no\ndns = 10.0.0.53, 10.0.0.54 192.0.2.1\ndomain = guests.example\n"
+                     "lease_time = 600\nmtu = 9000\nkernel_ip_arg = no\n"),
+                0, "%s", err);
         cr_assert(!l.dhcp);
         cr_assert(l.dns_given);
         cr_assert_eq(l.n_dns, 3);
@@ -206,7 +208,8 @@ Test(config, every_key) {
         cr_assert_eq(config_backend_settings(&c, "bridge", bs, 4), 2);
         cr_assert(strcmp(bs[0].key, "bridge") == 0 && strcmp(bs[0].value, "br-lan") == 0 && bs[0].line == 23,
                   "%s = %s at %u", bs[0].key, bs[0].value, bs[0].line);
-        cr_assert(strcmp(bs[1].key, "tap_prefix") == 0 && strcmp(bs[1].value, "vb-") == 0 && bs[1].line == 24);
+        cr_assert(strcmp(bs[1].key, "tap_prefix") == 0 && strcmp(bs[1].value, "vb-") == 0 &&
+                  bs[1].line == 24);
 }
 
 /* Each bad file is refused, the message names the line and the cause, and nothing of it is taken. */
@@ -234,10 +237,12 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[local]\ntable_owner = maybe\n",
                   "agent.conf:2: [local] table_owner \"maybe\": expected auto, yes or no" },
                 /* the kernel reads a '%' as a template ("br%d" -> br0): never the name we asked for */
-                { "[local]\nbridge = br%d\n", "agent.conf:2: [local] bridge \"br%d\" is not a valid interface name" },
+                { "[local]\nbridge = br%d\n",
+                  "agent.conf:2: [local] bridge \"br%d\" is not a valid interface name" },
                 { "[local]\ntap_prefix = vm%\n", "agent.conf:2: [local] tap_prefix \"vm%\"" },
                 /* 0.0.0.0 is no host of the subnet, not a way to ask for the default */
-                { "[local]\ngateway = 0.0.0.0\n", "agent.conf: [local] gateway is not a host address of subnet" },
+                { "[local]\ngateway = 0.0.0.0\n",
+                  "agent.conf: [local] gateway is not a host address of subnet" },
                 { "[vmm]\nhypervisor = xen\n",
                   "agent.conf:2: hypervisor \"xen\": expected cloud-hypervisor or qemu" },
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
@@ -268,17 +273,23 @@ Test(config, bad_input_names_file_line_and_cause) {
                   "agent.conf:2: line is longer than 198 bytes" },
                 { "[agent]\njust some words\n", "agent.conf:2:" },
                 { "[local]\ndhcp = maybe\n", "agent.conf:2: [local] dhcp \"maybe\": expected yes or no" },
-                { "[local]\nkernel_ip_arg = 2\n", "agent.conf:2: [local] kernel_ip_arg \"2\": expected yes or no" },
-                { "[local]\ndns = fe80::1\n", "agent.conf:2: [local] dns: \"fe80::1\" is not a unicast IPv4 address" },
+                { "[local]\nkernel_ip_arg = 2\n",
+                  "agent.conf:2: [local] kernel_ip_arg \"2\": expected yes or no" },
+                { "[local]\ndns = fe80::1\n",
+                  "agent.conf:2: [local] dns: \"fe80::1\" is not a unicast IPv4 address" },
                 { "[local]\ndns = 0.0.0.0\n", "dns: \"0.0.0.0\" is not a unicast IPv4 address" },
-                { "[local]\ndns = 1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4\n", "agent.conf:2: [local] dns: at most 3 servers" },
+                { "[local]\ndns = 1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4\n",
+                  "agent.conf:2: [local] dns: at most 3 servers" },
                 { "[local]\ndns = ,\n", "agent.conf:2: [local] dns: expected addresses, or none" },
-                { "[local]\ndomain = a..b\n", "agent.conf:2: [local] domain \"a..b\" is not a DNS domain name" },
+                { "[local]\ndomain = a..b\n",
+                  "agent.conf:2: [local] domain \"a..b\" is not a DNS domain name" },
                 { "[local]\ndomain = -x.test\n", "domain \"-x.test\" is not a DNS domain name" },
                 { "[local]\ndomain = x y\n", "domain \"x y\" is not a DNS domain name" },
-                { "[local]\nlease_time = 59\n", "agent.conf:2: [local] lease_time \"59\": expected whole seconds from 60" },
+                { "[local]\nlease_time = 59\n",
+                  "agent.conf:2: [local] lease_time \"59\": expected whole seconds from 60" },
                 { "[local]\nlease_time = 1h\n", "lease_time \"1h\": expected whole seconds" },
-                { "[local]\nmtu = 575\n", "agent.conf:2: [local] mtu \"575\": expected bytes from 576 to 65535" },
+                { "[local]\nmtu = 575\n",
+                  "agent.conf:2: [local] mtu \"575\": expected bytes from 576 to 65535" },
                 { "[local]\nmtu = 65536\n", "mtu \"65536\"" },
                 { "[agent]\nconnections_per_uid = 0\n",
                   "agent.conf:2: connections_per_uid \"0\": expected a number from 1 to 512" },
@@ -286,12 +297,18 @@ Test(config, bad_input_names_file_line_and_cause) {
                   "agent.conf:2: idle_timeout \"-1\": expected whole seconds from 0 (never) to 86400" },
                 { "[vmm]\nallow_block_devices = sometimes\n",
                   "agent.conf:2: allow_block_devices \"sometimes\": expected yes or no" },
-                { "[vmm]\nimage_dirs = images\n", "agent.conf:2: image_dirs: \"images\" is not an absolute path" },
-                { "[vmm]\nimage_dirs = /a /b /c /d /e /f /g /h /i\n", "agent.conf:2: image_dirs: at most 8 folders" },
-                { "[local]\nreserved_ports = 0\n", "agent.conf:2: [local] reserved_ports: \"0\": expected a port or a range" },
-                { "[local]\nreserved_ports = 10-5\n", "reserved_ports: \"10-5\": expected a port or a range" },
-                { "[local]\nreserved_ports = 22/sctp\n", "reserved_ports: \"sctp\": expected tcp or udp after /" },
-                { "[local]\nreserved_ports = none 22\n", "agent.conf:2: [local] reserved_ports: none stands alone" },
+                { "[vmm]\nimage_dirs = images\n",
+                  "agent.conf:2: image_dirs: \"images\" is not an absolute path" },
+                { "[vmm]\nimage_dirs = /a /b /c /d /e /f /g /h /i\n",
+                  "agent.conf:2: image_dirs: at most 8 folders" },
+                { "[local]\nreserved_ports = 0\n",
+                  "agent.conf:2: [local] reserved_ports: \"0\": expected a port or a range" },
+                { "[local]\nreserved_ports = 10-5\n",
+                  "reserved_ports: \"10-5\": expected a port or a range" },
+                { "[local]\nreserved_ports = 22/sctp\n",
+                  "reserved_ports: \"sctp\": expected tcp or udp after /" },
+                { "[local]\nreserved_ports = none 22\n",
+                  "agent.conf:2: [local] reserved_ports: none stands alone" },
                 { "[local]\nreserved_ports = ,\n", "reserved_ports: expected listening, none or ports" },
                 { "[vmm]\nenvironment = LANG\n", "agent.conf:2: environment: \"LANG\" is not NAME=VALUE" },
                 { "[vmm]\nenvironment = 1X=2\n", "environment: \"1X=2\" is not NAME=VALUE" },
@@ -299,7 +316,8 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[vmm]\npass_environment = A-B\n", "pass_environment: \"A-B\" is not a variable name" },
                 { "[vmm]\npass_environment = *\n", "pass_environment: \"*\" is not a variable name" },
                 /* a backend's section: its own keys only, and only for a backend that is loaded */
-                { "[agent]\nstate_dir = /a\n[local]\ncolour = blue\n", "agent.conf:4: [local] unknown key \"colour\"" },
+                { "[agent]\nstate_dir = /a\n[local]\ncolour = blue\n",
+                  "agent.conf:4: [local] unknown key \"colour\"" },
                 { "[agent]\nbackends = local mosnet\n[bridge]\nbridge = br0\n",
                   "agent.conf:4: unknown section [bridge]: not a backend that [agent] backends loads" },
                 { "[local]\nColour = x\n", "agent.conf:2: unknown key \"Colour\" in [local]" },
@@ -326,9 +344,12 @@ Test(config, bridge_and_mosnet_sections_through_their_modules) {
                 const char *name, *text, *expect; /* NULL: accepted */
         } cases[] = {
                 { "bridge", "[bridge]\nbridge = br-lan\ntap_prefix = vb-\n", NULL },
-                { "bridge", "[bridge]\nbridge = all\n", "agent.conf:2: [bridge] bridge \"all\" is not a valid interface name" },
-                { "bridge", "[bridge]\n\ntap_prefix = twelve-chars\n", "agent.conf:3: [bridge] tap_prefix \"twelve-chars\"" },
-                { "bridge", "[bridge]\nsubnet = 10.0.0.0/24\n", "agent.conf:2: [bridge] unknown key \"subnet\"" },
+                { "bridge", "[bridge]\nbridge = all\n",
+                  "agent.conf:2: [bridge] bridge \"all\" is not a valid interface name" },
+                { "bridge", "[bridge]\n\ntap_prefix = twelve-chars\n",
+                  "agent.conf:3: [bridge] tap_prefix \"twelve-chars\"" },
+                { "bridge", "[bridge]\nsubnet = 10.0.0.0/24\n",
+                  "agent.conf:2: [bridge] unknown key \"subnet\"" },
                 { "mosnet", "[mosnet]\nbridge = x\n",
                   "agent.conf:2: [mosnet] unknown key \"bridge\" (the mosnet backend has no settings)" },
                 { "local", "[local]\nsubnet = 10.0.0.0/16\ngateway = 10.1.0.1\n",
@@ -336,10 +357,12 @@ Test(config, bridge_and_mosnet_sections_through_their_modules) {
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 setup();
-                cr_assert_eq(config_load_string(&c, "agent.conf", cases[i].text, err, sizeof(err)), 0, "%s", err);
+                cr_assert_eq(config_load_string(&c, "agent.conf", cases[i].text, err, sizeof(err)), 0, "%s",
+                             err);
                 BackendSetting s[CONFIG_MAX_SETTINGS];
                 BackendConfig bc = { .settings = s,
-                                     .n_settings = config_backend_settings(&c, cases[i].name, s, CONFIG_MAX_SETTINGS),
+                                     .n_settings = config_backend_settings(&c, cases[i].name, s,
+                                                                           CONFIG_MAX_SETTINGS),
                                      .settings_source = c.source };
                 err[0] = '\0';
                 int r = backend_check(BUILD_BACKEND_DIR, cases[i].name, &bc, err, sizeof(err));

@@ -2,10 +2,10 @@
 
 /* Issue 7, item 1: the whole agent killed at every named crash point (CHVM_CRASH_AT) of its create, release
  * and compaction paths — TAP, bridge, nft, journal and definition writes — listed by the agent itself
- * (--list-crash-points), not by hand. After each crash: restart, `doctor --gc`, and then no object of ours in
- * the kernel that the journal does not account for, no decoy touched, no acknowledged VM lost, and a second
- * collection with nothing to do. The journal is compacted after every change, so compaction's points are on
- * the path too. */
+ * (--list-crash-points), not by hand. After each crash: restart, `doctor --gc`, and then no object of ours
+ * in the kernel that the journal does not account for, no decoy touched, no acknowledged VM lost, and a
+ * second collection with nothing to do. The journal is compacted after every change, so compaction's points
+ * are on the path too. */
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -44,7 +44,8 @@ static void forget_agent(void) {
 }
 
 static char *decoys(void) {
-        return sh("ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
+        return sh(
+                "ip -j link show dev tap-deadbeef; ip -j link show dev tap-other; nft -j list table ip foreign");
 }
 
 typedef struct Expect {
@@ -59,15 +60,21 @@ static int workload(Expect *e) {
                 const char *fmt;
                 int effect; /* +1 a exists, -1 a gone, +2 b exists, -2 b gone */
         } steps[] = {
-                { "create a KERNEL -p 7001:80", 1 }, { "start a", 0 }, { "run b KERNEL -p 7002:80", 2 },
-                { "stop --timeout 2 a", 0 },     { "kill b", 0 },      { "rm a", -1 },
-                { "start b", 0 },                { "rm -f b", -2 },
+                { "create a KERNEL -p 7001:80", 1 },
+                { "start a", 0 },
+                { "run b KERNEL -p 7002:80", 2 },
+                { "stop --timeout 2 a", 0 },
+                { "kill b", 0 },
+                { "rm a", -1 },
+                { "start b", 0 },
+                { "rm -f b", -2 },
         };
         for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
                 char cmd[512];
                 const char *kw = strstr(steps[i].fmt, "KERNEL");
                 if (kw)
-                        snprintf(cmd, sizeof(cmd), "%.*s%s%s", (int) (kw - steps[i].fmt), steps[i].fmt, k, kw + 6);
+                        snprintf(cmd, sizeof(cmd), "%.*s%s%s", (int) (kw - steps[i].fmt), steps[i].fmt, k,
+                                 kw + 6);
                 else
                         snprintf(cmd, sizeof(cmd), "%s", steps[i].fmt);
                 int r = ctl(&agent, NULL, NULL, "%s", cmd);
@@ -101,10 +108,12 @@ static int workload(Expect *e) {
 static char *leaks(void) {
         char *id = sh("cat %s/agent-id", agent.state_dir);
         id[strcspn(id, "\n")] = '\0';
-        char *running = sh("%s/chvmctl --socket %s --json list | jq -r '.[].id' | sort", test_build_dir(), agent.socket);
-        char *tags = sh("{ ip -d -j link | jq -r '.[].ifalias // empty'; nft -j list ruleset | jq -r '.. | .comment? // empty'; }"
-                        " | grep '^chvm1:%s:' | cut -d: -f3 | grep -v '^core$' | sort -u",
-                        id);
+        char *running = sh("%s/chvmctl --socket %s --json list | jq -r '.[].id' | sort", test_build_dir(),
+                           agent.socket);
+        char *tags = sh(
+                "{ ip -d -j link | jq -r '.[].ifalias // empty'; nft -j list ruleset | jq -r '.. | .comment? // empty'; }"
+                " | grep '^chvm1:%s:' | cut -d: -f3 | grep -v '^core$' | sort -u",
+                id);
         char *out = calloc(1, 4096);
         cr_assert(out);
         for (char *save = NULL, *t = strtok_r(tags, "\n", &save); t; t = strtok_r(NULL, "\n", &save))
@@ -142,11 +151,12 @@ Test(crashpoints, every_point_leaves_nothing_behind) {
                 bool died = !test_agent_try_start(&agent, env);
                 int stopped_at = died ? -2 : workload(&e);
                 int status = test_agent_wait_exit(&agent, 2000);
-                cr_log_info("%s: %s, workload stopped at step %d, exit status %d", p, died ? "died at start" : "started",
-                            stopped_at, status);
+                cr_log_info("%s: %s, workload stopped at step %d, exit status %d", p,
+                            died ? "died at start" : "started", stopped_at, status);
                 bool hit = WIFEXITED(status) && WEXITSTATUS(status) == CRASH_POINT_EXIT_CODE;
                 if (!hit) {
-                        snprintf(unvisited + strlen(unvisited), sizeof(unvisited) - strlen(unvisited), "%s ", p);
+                        snprintf(unvisited + strlen(unvisited), sizeof(unvisited) - strlen(unvisited), "%s ",
+                                 p);
                         forget_agent();
                         continue;
                 }
@@ -165,8 +175,9 @@ Test(crashpoints, every_point_leaves_nothing_behind) {
                 cr_assert(!e.a || strstr(names, "a\n"), "%s: acknowledged VM a lost", p);
                 cr_assert(!e.b || strstr(names, "b\n"), "%s: acknowledged VM b lost", p);
                 free(names);
-                char *again = sh("%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -c '[.summary.delete, .summary.forget]'",
-                                 test_build_dir(), agent.socket);
+                char *again = sh(
+                        "%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -c '[.summary.delete, .summary.forget]'",
+                        test_build_dir(), agent.socket);
                 cr_assert_str_eq(again, "[0,0]\n", "%s: a second collection still has work", p);
                 free(again);
                 char *now = decoys();

@@ -23,7 +23,8 @@ typedef struct Pkt {
 } Pkt;
 
 static void put32(uint8_t *p, uint32_t v) {
-        p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8), p[3] = (uint8_t) v;
+        p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8),
+        p[3] = (uint8_t) v;
 }
 
 static uint32_t get32(const uint8_t *p) {
@@ -79,7 +80,8 @@ static size_t msg_end(Pkt *p, uint32_t src, uint32_t dst) {
         uint16_t c = csum(ip, 20, 0);
         ip[10] = (uint8_t) (c >> 8), ip[11] = (uint8_t) c;
         size_t ulen = p->n - 20;
-        udp[0] = 0, udp[1] = 68, udp[2] = 0, udp[3] = 67, udp[4] = (uint8_t) (ulen >> 8), udp[5] = (uint8_t) ulen;
+        udp[0] = 0, udp[1] = 68, udp[2] = 0, udp[3] = 67, udp[4] = (uint8_t) (ulen >> 8),
+        udp[5] = (uint8_t) ulen;
         uint32_t pseudo = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 17 + (uint32_t) ulen;
         c = csum(udp, ulen, pseudo);
         udp[6] = (uint8_t) (c >> 8), udp[7] = (uint8_t) c;
@@ -129,8 +131,14 @@ static void on_event(void *userdata, const Dhcp4Event *ev) {
 static Dhcp4Server *server(void) {
         Dhcp4ServerConfig c = {
                 .ifindex = 1,
-                .options = { .server_ip = GW, .prefixlen = 24, .router = GW, .dns = { 0x0a000035, 0x0a000036 },
-                             .n_dns = 2, .domain = "guests.test", .mtu = 1400, .lease_time = 3600 },
+                .options = { .server_ip = GW,
+                             .prefixlen = 24,
+                             .router = GW,
+                             .dns = { 0x0a000035, 0x0a000036 },
+                             .n_dns = 2,
+                             .domain = "guests.test",
+                             .mtu = 1400,
+                             .lease_time = 3600 },
                 .lookup = lookup,
                 .event = on_event,
         };
@@ -177,7 +185,8 @@ Test(dhcp4, discover_gets_an_offer_with_every_option) {
         cr_assert((v = reply_opt(reply, (size_t) r, 6, &l)) && l == 8 && get32(v) == 0x0a000035 &&
                   get32(v + 4) == 0x0a000036);
         cr_assert((v = reply_opt(reply, (size_t) r, 12, &l)) && l == 3 && memcmp(v, "web", 3) == 0);
-        cr_assert((v = reply_opt(reply, (size_t) r, 15, &l)) && l == 11 && memcmp(v, "guests.test", 11) == 0);
+        cr_assert((v = reply_opt(reply, (size_t) r, 15, &l)) && l == 11 &&
+                  memcmp(v, "guests.test", 11) == 0);
         cr_assert((v = reply_opt(reply, (size_t) r, 26, &l)) && l == 2 && v[0] == 0x05 && v[1] == 0x78);
         cr_assert((v = reply_opt(reply, (size_t) r, 51, &l)) && l == 4 && get32(v) == 3600);
         cr_assert((v = reply_opt(reply, (size_t) r, 58, &l)) && l == 4 && get32(v) == 1800);

@@ -67,10 +67,13 @@ static BackendConfig config(const char *bridge, uint8_t prefixlen) {
                 x->s[n++] = (BackendSetting){ "subnet", x->subnet, 0 };
                 x->s[n++] = (BackendSetting){ "gateway", "192.168.200.1", 0 };
                 x->s[n++] = (BackendSetting){ "table", "chvm", 0 };
-                x->s[n++] = (BackendSetting){ "table_owner", test_table_owner ? test_table_owner : "auto", 0 };
+                x->s[n++] =
+                        (BackendSetting){ "table_owner", test_table_owner ? test_table_owner : "auto", 0 };
                 x->s[n++] = (BackendSetting){ "dhcp", "no", 0 }; /* no addr-unset elements to count */
         }
-        return (BackendConfig){ .nl_ops = test_nl_ops, .agent_id = AGENT, .settings = x->s, .n_settings = n };
+        return (BackendConfig){
+                .nl_ops = test_nl_ops, .agent_id = AGENT, .settings = x->s, .n_settings = n
+        };
 }
 
 /* For mosnet, which takes no settings. */
@@ -279,7 +282,9 @@ Test(dispatcher, forged_records_delete_nothing) {
                 { "foreign1", "chvm1:" OTHER_AGENT ":0000000000000077:tap" },
         };
         JournalRecord def = { .type = JOURNAL_VM_DEFINE,
-                              .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_NAME) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_BACKEND),
+                              .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                        JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_NAME) |
+                                        JOURNAL_FIELD_BIT(JOURNAL_FIELD_BACKEND),
                               .vm_id = 0x77,
                               .vm_name = "forged",
                               .backend = "local" };
@@ -287,15 +292,19 @@ Test(dispatcher, forged_records_delete_nothing) {
         for (size_t i = 0; i < 2; i++) {
                 char *ix = sh("ip -o link show %s | cut -d: -f1", forged[i].name);
                 JournalRecord in = { .type = JOURNAL_INTENT,
-                                     .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_KIND) |
-                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_NAME) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_TAG),
+                                     .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) |
+                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID) |
+                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_KIND) |
+                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_NAME) |
+                                               JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_TAG),
                                      .oid = journal_new_oid(journal),
                                      .vm_id = 0x77,
                                      .obj_kind = RESOURCE_LINK_TAP,
                                      .obj_name = forged[i].name,
                                      .obj_tag = forged[i].tag };
                 JournalRecord made = { .type = JOURNAL_CREATED,
-                                       .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) | JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_IFINDEX),
+                                       .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_OID) |
+                                                 JOURNAL_FIELD_BIT(JOURNAL_FIELD_OBJ_IFINDEX),
                                        .oid = in.oid,
                                        .obj_ifindex = (uint32_t) strtoul(ix, NULL, 10) };
                 free(ix);
@@ -303,10 +312,12 @@ Test(dispatcher, forged_records_delete_nothing) {
                 cr_assert_eq(journal_append_sync(journal, &made), 0);
         }
         int r = vm_net_down(disp, 0x77);
-        cr_assert(r == 0 || strstr(dispatcher_error(disp), "2 object(s) had been replaced by someone else's and were "
-                                                              "left alone"),
+        cr_assert(r == 0 || strstr(dispatcher_error(disp),
+                                   "2 object(s) had been replaced by someone else's and were "
+                                   "left alone"),
                   "%d %s", r, dispatcher_error(disp));
-        char *o = sh("ip -o link show foreign0 >/dev/null && ip -o link show foreign1 >/dev/null && echo both");
+        char *o = sh(
+                "ip -o link show foreign0 >/dev/null && ip -o link show foreign1 >/dev/null && echo both");
         cr_assert_str_eq(o, "both\n", "a forged record deleted a link");
         free(o);
         const LiveVm *lv = live_set_get_vm(journal_live_set(journal), 0x77);
@@ -490,7 +501,8 @@ Test(dispatcher, restart_waits_for_a_killed_agents_children) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         cr_assert_eq(table_flags(NFPROTO_INET), NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, "adopted");
         char *o = sh("nft add element inet chvm portfwd4 '{ tcp . 9999 : 192.168.200.99 . 80 }' 2>&1");
-        cr_assert(strstr(o, "Operation not permitted"), "adopted by the new agent, so others may not: %s", o);
+        cr_assert(strstr(o, "Operation not permitted"), "adopted by the new agent, so others may not: %s",
+                  o);
         free(o);
         cr_log_info("the new agent waited %ld ms for the dead agent's child",
                     (long) ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
@@ -817,7 +829,9 @@ static bool scan_has(Backend *b, const char *name) {
 /* Both link backends scan what the agent's dump gives them (a TAP that is only in that list is found, a
  * real one not in it is not), and make a dump of their own when the agent's fails. */
 Test(dispatcher, scans_read_the_shared_link_dump) {
-        static LinkInfo only = { .ifindex = 4242, .name = "tap-shared0", .kind = "tun",
+        static LinkInfo only = { .ifindex = 4242,
+                                 .name = "tap-shared0",
+                                 .kind = "tun",
                                  .alias = "chvm1:" AGENT ":00000000000000aa:tap" };
         BackendConfig lc = config("chvm0", 24), bc = config("br-test", 24);
         lc.links = bc.links = given_links;
@@ -832,7 +846,8 @@ Test(dispatcher, scans_read_the_shared_link_dump) {
                 links_asked = 0;
                 Backend *both[] = { lb, bb };
                 for (size_t i = 0; i < ELEMENTSOF(both); i++) {
-                        bool shared = scan_has(both[i], "tap-shared0"), real = scan_has(both[i], "tap-real0");
+                        bool shared = scan_has(both[i], "tap-shared0"),
+                             real = scan_has(both[i], "tap-real0");
                         cr_assert(fail ? !shared && real : shared && !real,
                                   "backend %s, the agent's dump %s: tap-shared0 %sfound, tap-real0 %sfound",
                                   both[i]->vtable->name, fail ? "failing" : "given", shared ? "" : "not ",
@@ -912,8 +927,8 @@ Test(dispatcher_faults, later_bring_ups_send_no_layout, .init = setup, .fini = t
         cr_assert_eq(up(2, "beta", "local", p, 1, NULL), 0, "%s", dispatcher_error(disp));
         unsigned batches = 0;
         for (unsigned k = 0; k < nlf.n_requests && k < NL_FAULT_LOG_MAX; k++) {
-                cr_assert_null(strstr(nlf.log[k], "NEWTABLE"), "request %u of the second bring-up: %s", k + 1,
-                               nlf.log[k]);
+                cr_assert_null(strstr(nlf.log[k], "NEWTABLE"), "request %u of the second bring-up: %s",
+                               k + 1, nlf.log[k]);
                 batches += strncmp(nlf.log[k], "nft batch", 9) == 0;
         }
         cr_assert_eq(batches, 1, "%u nft batches in the second bring-up, want 1 (its elements)", batches);

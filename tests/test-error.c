@@ -21,7 +21,8 @@ Test(error, kinds_from_errno) {
                 { -EIO, ERROR_FAILED },       { -ENOMEM, ERROR_FAILED },   { -ENOBUFS, ERROR_FAILED },
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++)
-                cr_assert_eq(error_kind_from_errno(cases[i].code), cases[i].kind, "%s", strerror(-cases[i].code));
+                cr_assert_eq(error_kind_from_errno(cases[i].code), cases[i].kind, "%s",
+                             strerror(-cases[i].code));
         for (int k = 0; k < _ERROR_KIND_MAX; k++)
                 cr_assert_not_null(error_kind_to_string((ErrorKind) k));
         cr_assert_null(error_kind_to_string(_ERROR_KIND_MAX));

@@ -42,7 +42,9 @@ static void run_vm(TestAgent *a, const char *name, const char *ports) {
 
 static pid_t vm_pid(TestAgent *a, const char *name) {
         char *out;
-        cr_assert_eq(ctl(a, &out, NULL, "inspect %s --json | sed -n 's/.*\"vmm_pid\":\\([0-9]*\\).*/\\1/p'", name), 0);
+        cr_assert_eq(ctl(a, &out, NULL, "inspect %s --json | sed -n 's/.*\"vmm_pid\":\\([0-9]*\\).*/\\1/p'",
+                         name),
+                     0);
         pid_t pid = (pid_t) atoi(out);
         free(out);
         cr_assert_gt(pid, 0, "VM %s has no vmm_pid", name);
@@ -51,7 +53,9 @@ static pid_t vm_pid(TestAgent *a, const char *name) {
 
 static char *vm_tap(TestAgent *a, const char *name) {
         char *out;
-        cr_assert_eq(ctl(a, &out, NULL, "inspect %s --json | sed -n 's/.*\"tap\":\"\\([^\"]*\\)\".*/\\1/p'", name), 0);
+        cr_assert_eq(ctl(a, &out, NULL, "inspect %s --json | sed -n 's/.*\"tap\":\"\\([^\"]*\\)\".*/\\1/p'",
+                         name),
+                     0);
         out[strcspn(out, "\n")] = '\0';
         return out;
 }
@@ -63,7 +67,8 @@ static char *world(const TestAgent *a) {
         /* (ip -d would add the bridge ports' running timers.) Carrier and operational state are the
          * kernel's, not the agent's to change: a TAP whose hypervisor was killed loses its carrier when the
          * kernel's link watch gets round to it, up to a second later or more on a loaded machine. */
-        return sh("ip -j link | " WITHOUT_CARRIER "; nft -j list ruleset; md5sum < %s/ownership.journal", a->state_dir);
+        return sh("ip -j link | " WITHOUT_CARRIER "; nft -j list ruleset; md5sum < %s/ownership.journal",
+                  a->state_dir);
 }
 
 /* The world once it has settled: what the agent did just before (its start-up) is done. */
@@ -90,7 +95,8 @@ static char *world_diff(const char *before, const char *after) {
         cr_assert_eq(write(fa, after, strlen(after)), (ssize_t) strlen(after));
         close(fb), close(fa);
         char *d = sh("for f in %s %s; do sed 's/}, *{/},\\n{/g; s/\\], *\\[/],\\n[/g' $f > $f.l; done;"
-                     " diff -u %s.l %s.l | head -n 60; rm -f %s %s %s.l %s.l", b, a, b, a, b, a, b, a);
+                     " diff -u %s.l %s.l | head -n 60; rm -f %s %s %s.l %s.l",
+                     b, a, b, a, b, a, b, a);
         return d;
 }
 
@@ -133,8 +139,8 @@ static char *line_of(const char *out, const char *name) {
 
 static void expect_line(const char *out, const char *name, const char *action, const char *reason) {
         char *l = line_of(out, name);
-        cr_assert(strncmp(l, action, strlen(action)) == 0 && strstr(l, reason), "%s: want %s ... %s, got:\n%s", name,
-                  action, reason, l);
+        cr_assert(strncmp(l, action, strlen(action)) == 0 && strstr(l, reason),
+                  "%s: want %s ... %s, got:\n%s", name, action, reason, l);
         free(l);
 }
 
@@ -147,7 +153,8 @@ Test(gc, scenario_a_crash_is_cleaned_up) {
         cr_assert_eq(forwards(8080), 1);
         cr_assert_eq(kill(vm_pid(&agent, "web"), SIGKILL), 0);
         char *out;
-        /* stopping while the kernel ends it (the agent answers without waiting for the exit), then crashed */
+        /* stopping while the kernel ends it (the agent answers without waiting for the exit), then crashed
+         */
         for (int i = 0; i < 200; i++) {
                 cr_assert_eq(ctl(&agent, &out, NULL, "list -a"), 0);
                 bool dying = strstr(out, "stopping") != NULL;
@@ -246,7 +253,8 @@ Test(gc, leaked_owned_objects_are_deleted) {
 
         /* A start with only mosnet loaded: db is found dead, its teardown fails, it is journaled crashed. */
         free(sh("cp %s %s.full", agent.config, agent.config));
-        free(sh("sed -i 's|^\\[agent\\]|[agent]\\nbackends = mosnet\\ndefault_backend = mosnet|' %s", agent.config));
+        free(sh("sed -i 's|^\\[agent\\]|[agent]\\nbackends = mosnet\\ndefault_backend = mosnet|' %s",
+                agent.config));
         test_agent_start(&agent, NULL);
         char *log = test_agent_log(&agent);
         cr_assert(strstr(log, "VM db: teardown of the network failed"), "%s", log);
@@ -312,9 +320,11 @@ Test(gc, other_agents_objects_are_never_touched) {
         (void) test_agent_signal_wait(&other, SIGKILL);
         cr_assert_eq(kill(leak, SIGKILL), 0); /* the other agent's leak: tagged by it, its VM dead */
 
-        char *before = sh("(ip -j link show dev %s; ip -j link show dev %s; ip -j link show dev chvmb0) | " WITHOUT_CARRIER ";"
-                          "nft -j list table inet chvmb; nft -j list table bridge chvmb",
-                          theirs_tap, leak_tap);
+        char *before = sh(
+                "(ip -j link show dev %s; ip -j link show dev %s; ip -j link show dev chvmb0) | " WITHOUT_CARRIER
+                ";"
+                "nft -j list table inet chvmb; nft -j list table bridge chvmb",
+                theirs_tap, leak_tap);
         const char *modes[] = { "--dry-run", "", "--force-heuristic --yes", "--dry-run --force-heuristic" };
         for (size_t i = 0; i < 4; i++) {
                 char *out = gc(&agent, 0, modes[i]);
@@ -322,9 +332,11 @@ Test(gc, other_agents_objects_are_never_touched) {
                 expect_line(out, theirs_tap, "skip", "other agent");
                 free(out);
         }
-        char *after = sh("(ip -j link show dev %s; ip -j link show dev %s; ip -j link show dev chvmb0) | " WITHOUT_CARRIER ";"
-                         "nft -j list table inet chvmb; nft -j list table bridge chvmb",
-                         theirs_tap, leak_tap);
+        char *after = sh(
+                "(ip -j link show dev %s; ip -j link show dev %s; ip -j link show dev chvmb0) | " WITHOUT_CARRIER
+                ";"
+                "nft -j list table inet chvmb; nft -j list table bridge chvmb",
+                theirs_tap, leak_tap);
         cr_assert_str_eq(after, before, "the other agent's objects changed");
         cr_assert(has_link(vm_tap(&agent, "mine")));
         free(before);
@@ -357,10 +369,12 @@ Test(gc, dry_run_changes_nothing) {
         free(out);
         char *json;
         cr_assert_eq(ctl(&agent, &json, NULL, "--json doctor --gc --dry-run"), 0);
-        cr_assert(strstr(json, "\"decisions\":[") && strstr(json, "\"summary\":{") && strstr(json, "\"dry_run\":true"),
+        cr_assert(strstr(json, "\"decisions\":[") && strstr(json, "\"summary\":{") &&
+                          strstr(json, "\"dry_run\":true"),
                   "%s", json);
-        char *jq = sh("%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -e '.decisions | length > 0' 2>&1",
-                      test_build_dir(), agent.socket);
+        char *jq = sh(
+                "%s/chvmctl --socket %s --json doctor --gc --dry-run | jq -e '.decisions | length > 0' 2>&1",
+                test_build_dir(), agent.socket);
         cr_assert_str_eq(jq, "true\n", "not one valid JSON document: %s\n%s", jq, json);
         free(jq);
         free(json);
@@ -377,16 +391,18 @@ Test(gc, dry_run_changes_nothing) {
 Test(gc, running_vms_are_never_touched) {
         run_vm(&agent, "a", "-p 8001:80");
         run_vm(&agent, "b", "-p 8002:80 -p 8003:53/udp");
-        char *before = sh("ip -j link show type tun; nft -j list map inet chvm portfwd4; nft -j list set bridge chvm vm_ports;"
-                          "nft -j list set bridge chvm vm_addrs");
+        char *before = sh(
+                "ip -j link show type tun; nft -j list map inet chvm portfwd4; nft -j list set bridge chvm vm_ports;"
+                "nft -j list set bridge chvm vm_addrs");
         const char *modes[] = { "", "--force-heuristic --yes" };
         for (size_t i = 0; i < 2; i++) {
                 char *out = gc(&agent, 0, modes[i]);
                 cr_assert(strstr(out, "summary: 0 delete"), "%s", out);
                 free(out);
         }
-        char *after = sh("ip -j link show type tun; nft -j list map inet chvm portfwd4; nft -j list set bridge chvm vm_ports;"
-                         "nft -j list set bridge chvm vm_addrs");
+        char *after = sh(
+                "ip -j link show type tun; nft -j list map inet chvm portfwd4; nft -j list set bridge chvm vm_ports;"
+                "nft -j list set bridge chvm vm_addrs");
         cr_assert_str_eq(after, before);
         free(before);
         free(after);
@@ -404,11 +420,13 @@ Test(gc, quarantine_deletes_only_tag_proven) {
         cr_assert_eq(kill(b, SIGKILL), 0);
 
         /* Damage the first record (a's VM_DEFINE): every later record proves it had been synced. */
-        free(sh("printf '\\377' | dd of=%s/ownership.journal bs=1 seek=120 conv=notrunc status=none", agent.state_dir));
+        free(sh("printf '\\377' | dd of=%s/ownership.journal bs=1 seek=120 conv=notrunc status=none",
+                agent.state_dir));
         char *id = sh("cat %s/agent-id", agent.state_dir);
         id[strcspn(id, "\n")] = '\0';
         free(sh("ip tuntap add dev tap-deadbeef mode tap; ip tuntap add dev tap-0badc0ffe mode tap;"
-                "ip link set dev tap-0badc0ffe alias chvm1:%s:0000000badc0ffee:tap", id));
+                "ip link set dev tap-0badc0ffe alias chvm1:%s:0000000badc0ffee:tap",
+                id));
         free(id);
         test_agent_start(&agent, NULL);
         char *log = test_agent_log(&agent);

@@ -1113,10 +1113,12 @@ static int power_check_prefix(const Replay *rp, const Written *w, LiveSet *model
         static const uint8_t salt[JOURNAL_SALT_SIZE] = { 1, 2, 3 };
         for (size_t i = 0; i < rp->n; i++) {
                 cr_assert_eq(rp->lsns[i], i + 1);
-                cr_assert(encoded_equal(rp->recs[i], w->recs[i]), "replayed record %zu is not the one written", i);
+                cr_assert(encoded_equal(rp->recs[i], w->recs[i]),
+                          "replayed record %zu is not the one written", i);
                 JournalRecord r;
                 const char *why;
-                cr_assert_gt(journal_record_decode(w->recs[i].buf, w->recs[i].size, salt, &r, &why), 0, "%s", why);
+                cr_assert_gt(journal_record_decode(w->recs[i].buf, w->recs[i].size, salt, &r, &why), 0, "%s",
+                             why);
                 cr_assert_eq(live_set_apply(model, &r, &why), 0, "%s", why);
         }
         return 0;
@@ -1164,12 +1166,14 @@ Test(journal, power_loss_1000_runs, .timeout = 600) {
                 j = open_ok(NULL, &rp, &rep);
                 cr_assert(rep.state == JOURNAL_STATE_OK || rep.state == JOURNAL_STATE_TORN_TAIL_REPAIRED,
                           "run %zu: %s: %s", run, journal_state_to_string(rep.state), rep.message);
-                cr_assert_geq(rp.n, acked, "run %zu: %zu acknowledged records, %zu survived", run, acked, rp.n);
+                cr_assert_geq(rp.n, acked, "run %zu: %zu acknowledged records, %zu survived", run, acked,
+                              rp.n);
                 cr_assert_leq(rp.n, w.n);
                 LiveSet *model = live_set_new();
                 cr_assert(model);
                 power_check_prefix(&rp, &w, model);
-                cr_assert(live_set_equal(journal_live_set(j), model), "run %zu: live set is not the prefix's", run);
+                cr_assert(live_set_equal(journal_live_set(j), model),
+                          "run %zu: live set is not the prefix's", run);
                 live_set_free(model);
                 torn += rep.state == JOURNAL_STATE_TORN_TAIL_REPAIRED;
                 lost_unacked += w.n - rp.n;
@@ -1201,7 +1205,8 @@ Test(journal, power_loss_1000_runs, .timeout = 600) {
                 free(dir);
                 dir = test_mkdtemp();
         }
-        cr_log_info("power loss: %zu runs, %zu with a torn tail, %zu unacknowledged records lost, %zu replayed",
-                    runs, torn, lost_unacked, replayed_total);
+        cr_log_info(
+                "power loss: %zu runs, %zu with a torn tail, %zu unacknowledged records lost, %zu replayed",
+                runs, torn, lost_unacked, replayed_total);
         cr_assert_gt(torn, runs / 10, "the runs should cut into unsynced data often");
 }

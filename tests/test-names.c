@@ -45,13 +45,13 @@
 #include <unistd.h>
 
 #include "agent/config.h"
-#include "backends/local/local-config.h"
-#include "util/confparse.h"
 #include "agent/dispatcher.h"
-#include "util/nlerr.h"
+#include "backends/local/local-config.h"
 #include "tests/journal-test-util.h"
+#include "util/confparse.h"
 #include "util/ifname.h"
 #include "util/macro.h"
+#include "util/nlerr.h"
 #include "util/vmname.h"
 
 #define NAME_SIZE 48 /* longest string tried + NUL */

@@ -77,8 +77,8 @@ Test(utf8, same_rule_as_sd_bus) {
                 cr_assert_geq(sd_bus_message_new_method_call(bus, &m, "a.b", "/a", "a.b", "C"), 0);
                 bool theirs = sd_bus_message_append_basic(m, 's', s) >= 0;
                 sd_bus_message_unref(m);
-                cr_assert_eq(ours, theirs, "%02x %02x %02x %02x (%zu bytes): ours %d, sd-bus %d", s[0], s[1], s[2],
-                             s[3], len, ours, theirs);
+                cr_assert_eq(ours, theirs, "%02x %02x %02x %02x (%zu bytes): ours %d, sd-bus %d", s[0], s[1],
+                             s[2], s[3], len, ours, theirs);
         }
         sd_bus_close_unref(bus);
         close(fds[1]);

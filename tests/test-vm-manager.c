@@ -6,18 +6,18 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,16 +50,16 @@ static void open_agent(void) {
 
         /* local's defaults (chvm0, 192.168.200.0/24 with .1 as the gateway, tap-, table chvm), no DHCP */
         static const BackendSetting no_dhcp[] = { { "dhcp", "no", 0 } };
-        BackendConfig lc = { .agent_id = AGENT, .settings = no_dhcp, .n_settings = 1 }, bc = { .agent_id = AGENT };
+        BackendConfig lc = { .agent_id = AGENT, .settings = no_dhcp, .n_settings = 1 },
+                      bc = { .agent_id = AGENT };
         char err[512];
         cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[0], err, sizeof(err)), 0, "%s",
                      err);
         cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &bc, &backends[1], err, sizeof(err)), 0, "%s",
                      err);
-        DispatcherConfig dc = { .journal = journal,
-                                .agent_id = AGENT,
-                                .backends = backends,
-                                .n_backends = 2 };
+        DispatcherConfig dc = {
+                .journal = journal, .agent_id = AGENT, .backends = backends, .n_backends = 2
+        };
         cr_assert_eq(dispatcher_new(&dc, &disp), 0);
         cr_assert_eq(sd_event_new(&event), 0);
         VmManagerConfig mc = { .event = event,
@@ -140,7 +140,8 @@ static void start(uint64_t id, const char *name, const char *backend, const Port
 static void wait_ready(uint64_t id) {
         char path[512];
         snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/api.sock", runtime, id);
-        cr_assert(wait_unix_accepting(path, 5.0), "fake-vmm of VM %" PRIu64 " never accepted on %s", id, path);
+        cr_assert(wait_unix_accepting(path, 5.0), "fake-vmm of VM %" PRIu64 " never accepted on %s", id,
+                  path);
 }
 
 /* Runs the event loop until the VM is no longer running; returns the seconds it took (fails after 5 s). */
@@ -170,8 +171,12 @@ Test(vm_manager, start_that_cannot_watch_leaves_no_running_vm) {
         sigemptyset(&ss);
         sigaddset(&ss, SIGCHLD);
         cr_assert_eq(sigprocmask(SIG_UNBLOCK, &ss, NULL), 0);
-        VmRequest req = { .vm_id = 7, .name = "unwatched", .backend = "local", .kernel = FAKE_VMM_PATH,
-                          .cpus = 1, .memory_mib = 64 };
+        VmRequest req = { .vm_id = 7,
+                          .name = "unwatched",
+                          .backend = "local",
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64 };
         cr_assert_lt(start_defined(mgr, &req), 0);
         cr_assert(strstr(vm_manager_error(mgr), "cannot watch its hypervisor"), "%s", vm_manager_error(mgr));
         cr_assert_eq(vm_manager_n_running(mgr), 0);
@@ -182,7 +187,8 @@ Test(vm_manager, start_that_cannot_watch_leaves_no_running_vm) {
         char *taps = sh("ip -o link show type tun | wc -l");
         cr_assert_str_eq(taps, "0\n");
         free(taps);
-        JournalRecord undefine = { .type = JOURNAL_VM_UNDEFINE, .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID),
+        JournalRecord undefine = { .type = JOURNAL_VM_UNDEFINE,
+                                   .fields = JOURNAL_FIELD_BIT(JOURNAL_FIELD_VM_ID),
                                    .vm_id = 7 };
         cr_assert_eq(journal_append_sync(journal, &undefine), 0, "%s", journal_error_message(journal));
 }
@@ -465,7 +471,8 @@ Test(vm_manager, restart_adopts_live_and_cleans_dead) {
         cr_assert_eq(vm2->state, JOURNAL_VM_CRASHED);
         cr_assert_eq(vm2->n_objects, 0);
 
-        /* One stopped on request and gone by the power button is stopped, not crashed, status unknown or not. */
+        /* One stopped on request and gone by the power button is stopped, not crashed, status unknown or
+         * not. */
         cr_assert_eq(vm_manager_stop(mgr, 4, 5), 0, "%s", vm_manager_error(mgr));
         cr_assert_lt(run_until_gone(4), 5.0);
         (void) waitpid(pids[3], NULL, 0);

@@ -322,7 +322,8 @@ Test(vmdef, round_trip_disk_boot) {
         /* every prefix of it is refused */
         for (size_t n = 0; n < strlen(text); n++) {
                 VmDef *p = NULL;
-                cr_assert_lt(vm_def_parse("web.vm", text, n, &p, NULL, 0), 0, "prefix of %zu bytes accepted", n);
+                cr_assert_lt(vm_def_parse("web.vm", text, n, &p, NULL, 0), 0, "prefix of %zu bytes accepted",
+                             n);
         }
 }
 
@@ -396,13 +397,15 @@ Test(vmdef, errors_of_values) {
                      "of a-z, 0-9, '_' and '-')");
         assert_error("[vm]\nbackend =\n",
                      "web.vm:2: backend: \"\" is not a backend name (1..32 of a-z, 0-9, '_' and '-')");
-        assert_error("[vm]\nfirmware = ovmf.fd\n", "web.vm:2: firmware: \"ovmf.fd\" is not an absolute path");
+        assert_error("[vm]\nfirmware = ovmf.fd\n",
+                     "web.vm:2: firmware: \"ovmf.fd\" is not an absolute path");
         /* found by fuzz/fuzz-vmdef: an empty kernel with nothing else to boot was read, then not valid */
         assert_error("[vm]\nname = web\nid = 00000000000004d2\nbackend = local\nkernel =\n",
                      "web.vm:5: kernel: empty, and there is no firmware and no disk to boot");
-        assert_error("[vm]\nname = web\nid = 00000000000004d2\nbackend = local\ninitrd = /i\nkernel =\n",
-                     "web.vm:6: kernel: empty, but an initrd needs a kernel (without one the VM boots its first "
-                     "disk through its firmware)");
+        assert_error(
+                "[vm]\nname = web\nid = 00000000000004d2\nbackend = local\ninitrd = /i\nkernel =\n",
+                "web.vm:6: kernel: empty, but an initrd needs a kernel (without one the VM boots its first "
+                "disk through its firmware)");
         assert_error("[vm]\nkernel = vmlinuz\n", "web.vm:2: kernel: \"vmlinuz\" is not an absolute path");
 }
 
@@ -695,7 +698,8 @@ Test(vmdef, validate_messages) {
         INVALID((set_str(&d->kernel, NULL), set_str(&d->initrd, NULL)),
                 "VM web: a kernel command line needs a kernel (without one the VM boots its first disk through "
                 "its firmware)");
-        INVALID((set_str(&d->kernel, NULL), set_str(&d->initrd, NULL), set_str(&d->cmdline, NULL), d->n_disks = 0),
+        INVALID((set_str(&d->kernel, NULL), set_str(&d->initrd, NULL), set_str(&d->cmdline, NULL),
+                 d->n_disks = 0),
                 "VM web: nothing to boot: no kernel, no firmware and no disk");
         INVALID(set_str(&d->firmware, "fw.fd"), "VM web: firmware \"fw.fd\" is not an absolute path");
         INVALID(set_str(&d->kernel, "/boot/vmlinuz "),

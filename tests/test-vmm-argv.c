@@ -119,14 +119,16 @@ Test(hypervisor, vtables) {
                 cr_assert_str_eq(vt->name, hypervisor_kind_to_string(k));
                 cr_assert_not_null(vt->build_argv);
                 /* every kind can be asked to power off: each step waits for something */
-                cr_assert(vt->power_off && vt->power_off->n > 0, "%s has no power-off conversation", vt->name);
+                cr_assert(vt->power_off && vt->power_off->n > 0, "%s has no power-off conversation",
+                          vt->name);
                 for (size_t i = 0; i < vt->power_off->n; i++)
                         cr_assert(vt->power_off->expects[i] && vt->power_off->expects[i][0]);
         }
         /* QMP greets first (nothing to send), then qmp_capabilities, then the power button */
         cr_assert_null(qemu_vtable.power_off->requests[0]);
         cr_assert(strstr(qemu_vtable.power_off->requests[qemu_vtable.power_off->n - 1], "system_powerdown"));
-        cr_assert(strncmp(cloud_hypervisor_vtable.power_off->requests[0], "PUT /api/v1/vm.power-button ", 28) == 0);
+        cr_assert(strncmp(cloud_hypervisor_vtable.power_off->requests[0], "PUT /api/v1/vm.power-button ",
+                          28) == 0);
         cr_assert_eq(hypervisor_vtable(HYPERVISOR_CLOUD_HYPERVISOR), &cloud_hypervisor_vtable);
         cr_assert_eq(hypervisor_vtable(HYPERVISOR_QEMU), &qemu_vtable);
         cr_assert_str_eq(cloud_hypervisor_vtable.default_binary, "cloud-hypervisor");
@@ -819,5 +821,6 @@ Test(validate, boot_without_a_kernel) {
         s = full_spec();
         no_kernel_no_firmware(&s);
         s.firmware = "fw.fd";
-        check_refused(HYPERVISOR_QEMU, &s, "relative firmware", "firmware \"fw.fd\" is not an absolute path");
+        check_refused(HYPERVISOR_QEMU, &s, "relative firmware",
+                      "firmware \"fw.fd\" is not an absolute path");
 }

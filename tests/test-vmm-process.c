@@ -43,8 +43,8 @@ static siginfo_t wait_pidfd(int pidfd) {
 }
 
 Test(vmm_process, spawn_logs_and_exit_status) {
-        char *argv[] = { S("sh"), S("-c"), S("echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3"),
-                         NULL };
+        char *argv[] = { S("sh"), S("-c"),
+                         S("echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3"), NULL };
         VmmProcess p;
         char err[256];
         cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
@@ -60,9 +60,10 @@ Test(vmm_process, spawn_logs_and_exit_status) {
 }
 
 Test(vmm_process, own_process_group_and_no_inherited_fds) {
-        char *argv[] = { S("sh"), S("-c"),
-                         S("cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '"),
-                         NULL };
+        char *argv[] = {
+                S("sh"), S("-c"),
+                S("cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '"), NULL
+        };
         VmmProcess p;
         char err[256];
         int leak = open("/dev/null", O_RDONLY); /* not close-on-exec: must still not reach the child */
@@ -179,7 +180,8 @@ Test(vmm_process, spawn_gate) {
         VmmProcess p;
         pid_t seen = 0;
 
-        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s",
+                     err);
         cr_assert_eq(seen, p.pid, "the gate saw the child's identity");
         for (int i = 0; i < 200 && access(marker, F_OK) < 0; i++)
                 usleep(10000);

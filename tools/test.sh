@@ -101,6 +101,7 @@ run install-deps tools/install-deps.sh || finish
 run autoreconf autoreconf -fi || finish
 run configure configure_in "$check_dir" --enable-sanitizers --enable-werror || finish
 run build make -C "$check_dir" -j"$jobs" || finish
+run format-check make -C "$check_dir" format-check
 if ! run check make -C "$check_dir" -j"$jobs" check; then
         show_test_logs
         finish

@@ -51,14 +51,15 @@ int conf_subnet(const char *s, unsigned min_len, unsigned max_len, uint32_t *ret
         memcpy(buf, s, (size_t) (slash - s));
         buf[slash - s] = '\0';
         if (conf_ipv4(buf, &a) < 0 || !conf_uint(slash + 1, min_len, max_len, &n)) {
-                snprintf(why, why_size, "\"%s\": expected A.B.C.D/N with N from %u to %u", s, min_len, max_len);
+                snprintf(why, why_size, "\"%s\": expected A.B.C.D/N with N from %u to %u", s, min_len,
+                         max_len);
                 return -EINVAL;
         }
         uint32_t mask = n == 0 ? 0 : ~UINT32_C(0) << (32 - n);
         if (a & ~mask) {
                 a &= mask;
-                snprintf(why, why_size, "\"%s\" has host bits set (did you mean %u.%u.%u.%u/%lu?)", s, a >> 24,
-                         (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff, n);
+                snprintf(why, why_size, "\"%s\" has host bits set (did you mean %u.%u.%u.%u/%lu?)", s,
+                         a >> 24, (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff, n);
                 return -EINVAL;
         }
         *ret_net = a;

@@ -61,9 +61,9 @@ uint32_t crc32c_update_sw(uint32_t crc, const void *data, size_t size) {
 
                 /* Byte i of the block still has 7 - i bytes to go through after it. */
                 c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
-                    crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
-                    crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
-                    crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+                    crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^
+                    crc_table[2][(hi >> 8) & 0xff] ^ crc_table[1][(hi >> 16) & 0xff] ^
+                    crc_table[0][hi >> 24];
         }
 
         for (; size > 0; size--)

@@ -31,14 +31,14 @@ ErrorKind error_kind_from_errno(int code) {
 }
 
 static const char *const kind_table[_ERROR_KIND_MAX] = {
-        [ERROR_FAILED] = "failed",   [ERROR_INVALID] = "invalid", [ERROR_NOT_FOUND] = "not-found",
-        [ERROR_EXISTS] = "exists",   [ERROR_BUSY] = "busy",       [ERROR_DENIED] = "denied",
+        [ERROR_FAILED] = "failed", [ERROR_INVALID] = "invalid", [ERROR_NOT_FOUND] = "not-found",
+        [ERROR_EXISTS] = "exists", [ERROR_BUSY] = "busy",       [ERROR_DENIED] = "denied",
 };
 
 DEFINE_STRING_TABLE_TO(error_kind, ErrorKind, kind_table, _ERROR_KIND_MAX)
 
 /* vsnprintf into buf; a text cut short ends in "..." so that nobody takes it for the whole. */
-static void format(char *buf, size_t size, const char *fmt, va_list ap) {
+_printf_(3, 0) static void format(char *buf, size_t size, const char *fmt, va_list ap) {
         int n = vsnprintf(buf, size, fmt, ap);
         if (n >= 0 && (size_t) n >= size && size > 4)
                 memcpy(buf + size - 4, "...", 4);

@@ -14,7 +14,8 @@
 
 typedef enum ErrorKind {
         ERROR_FAILED, /* the host failed: the journal, a netlink call, memory */
-        ERROR_INVALID, /* the request is wrong, or asks for what cannot be (a VM that cannot start as defined) */
+        ERROR_INVALID, /* the request is wrong, or asks for what cannot be (a VM that cannot start as
+                          defined) */
         ERROR_NOT_FOUND, /* no such VM */
         ERROR_EXISTS, /* it exists already */
         ERROR_BUSY, /* in use: running, a port forwarded elsewhere, a port the host keeps */

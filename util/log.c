@@ -2,8 +2,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,15 +62,15 @@ static void to_journal(int level, const LogVm *vm, const char *msg) {
         struct iovec iov[10];
         size_t n = 0;
 
-#define FIELD(...)                                                                         \
-        do {                                                                               \
-                int _k = snprintf(fields[n], sizeof(fields[n]), __VA_ARGS__);              \
-                iov[n] = (struct iovec){ .iov_base = fields[n],                            \
-                                         .iov_len = _k < 0 ? 0                             \
-                                                    : (size_t) _k >= sizeof(fields[n])     \
-                                                            ? sizeof(fields[n]) - 1        \
-                                                            : (size_t) _k };               \
-                n++;                                                                       \
+#define FIELD(...)                                                                     \
+        do {                                                                           \
+                int _k = snprintf(fields[n], sizeof(fields[n]), __VA_ARGS__);          \
+                iov[n] = (struct iovec){ .iov_base = fields[n],                        \
+                                         .iov_len = _k < 0 ? 0                         \
+                                                    : (size_t) _k >= sizeof(fields[n]) \
+                                                            ? sizeof(fields[n]) - 1    \
+                                                            : (size_t) _k };           \
+                n++;                                                                   \
         } while (0)
 
         FIELD("PRIORITY=%d", level);

@@ -13,16 +13,16 @@
 #include <errno.h>
 #include <string.h>
 
-#define DEFINE_STRING_TABLE_TO(name, type, table, max)                                                            \
-        const char *name##_to_string(type x) {                                                                    \
-                return (int) x >= 0 && (int) x < (int) (max) ? (table)[x] : NULL;                                 \
+#define DEFINE_STRING_TABLE_TO(name, type, table, max)                            \
+        const char *name##_to_string(type x) {                                    \
+                return (int) x >= 0 && (int) x < (int) (max) ? (table)[x] : NULL; \
         }
 
-#define DEFINE_STRING_TABLE(name, type, table, max)                                                               \
-        DEFINE_STRING_TABLE_TO(name, type, table, max)                                                            \
-        type name##_from_string(const char *s) {                                                                  \
-                for (int i = 0; s && i < (int) (max); i++)                                                        \
-                        if ((table)[i] && strcmp((table)[i], s) == 0)                                             \
-                                return (type) i;                                                                  \
-                return (type) -EINVAL;                                                                            \
+#define DEFINE_STRING_TABLE(name, type, table, max)                   \
+        DEFINE_STRING_TABLE_TO(name, type, table, max)                \
+        type name##_from_string(const char *s) {                      \
+                for (int i = 0; s && i < (int) (max); i++)            \
+                        if ((table)[i] && strcmp((table)[i], s) == 0) \
+                                return (type) i;                      \
+                return (type) -EINVAL;                                \
         }

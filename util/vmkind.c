@@ -12,4 +12,3 @@ static const char *const hypervisor_kind_table[_HYPERVISOR_KIND_MAX] = {
 };
 
 DEFINE_STRING_TABLE(hypervisor_kind, HypervisorKind, hypervisor_kind_table, _HYPERVISOR_KIND_MAX)
-

@@ -10,9 +10,9 @@
  * --disk takes several values after one flag (the form cloud-hypervisor's own tests use); the next flag ends
  * the list. --api-socket, --disk, --net and --serial values go through cloud-hypervisor's option parser,
  * which splits on ',', treats '"' as quoting and '[' ']' as nesting, and trims blanks, with no escape: such
- * values are refused rather than mangled. --kernel, --initramfs, --cmdline and --firmware are taken verbatim.
- * The guest MAC is set with mac=; no ip=/mask= is passed, and cloud-hypervisor leaves the addresses of a TAP
- * that already exists alone. A guest poweroff ends the process (no --no-shutdown). */
+ * values are refused rather than mangled. --kernel, --initramfs, --cmdline and --firmware are taken
+ * verbatim. The guest MAC is set with mac=; no ip=/mask= is passed, and cloud-hypervisor leaves the
+ * addresses of a TAP that already exists alone. A guest poweroff ends the process (no --no-shutdown). */
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -53,9 +53,10 @@ static int cloud_hypervisor_validate(const VmSpec *spec, char *error, size_t err
 
         if (!spec->kernel && !spec->firmware) {
                 if (error && error_size > 0)
-                        (void) snprintf(error, error_size,
-                                        "cloud-hypervisor boots a disk only through a firmware: give a kernel or "
-                                        "a firmware (rust-hypervisor-firmware, CLOUDHV.fd)");
+                        (void) snprintf(
+                                error, error_size,
+                                "cloud-hypervisor boots a disk only through a firmware: give a kernel or "
+                                "a firmware (rust-hypervisor-firmware, CLOUDHV.fd)");
                 return -EINVAL;
         }
 

@@ -209,11 +209,13 @@ int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_
         if (r < 0)
                 return r;
         if (!spec->kernel && spec->initrd)
-                return invalid(error, error_size, "an initrd needs a kernel (without one the VM boots its first "
-                                                  "disk through its firmware)");
+                return invalid(error, error_size,
+                               "an initrd needs a kernel (without one the VM boots its first "
+                               "disk through its firmware)");
         if (!spec->kernel && spec->cmdline)
-                return invalid(error, error_size, "a kernel command line needs a kernel (without one the VM "
-                                                  "boots its first disk through its firmware)");
+                return invalid(error, error_size,
+                               "a kernel command line needs a kernel (without one the VM "
+                               "boots its first disk through its firmware)");
         if (spec->n_disks > 0 && !spec->disks)
                 return invalid(error, error_size, "%zu disks announced but none given", spec->n_disks);
         for (size_t i = 0; i < spec->n_disks; i++) {

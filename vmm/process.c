@@ -120,7 +120,8 @@ static void close_all_but(int a, int b) {
         (void) close_range(from, ~0U, 0);
 }
 
-_noreturn_ static void child(char *const argv[], char *const envp[], int log_fd, int report_fd, int gate_fd) {
+_noreturn_ static void child(char *const argv[], char *const envp[], int log_fd, int report_fd,
+                             int gate_fd) {
         sigset_t none;
         int r;
 
@@ -164,8 +165,8 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
         return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, ret, err, err_size);
 }
 
-int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate, void *userdata,
-                    VmmProcess *ret, char *err, size_t err_size) {
+int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
+                    void *userdata, VmmProcess *ret, char *err, size_t err_size) {
         _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF, gate_rd = -EBADF, gate_wr = -EBADF;
         int pipefd[2], r;
         VmmProcess p = { .pidfd = -EBADF };
@@ -218,8 +219,8 @@ int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path
         /* The start time is the fork's: it is the same before and after exec. */
         r = process_start_time(p.pid, &p.start_time);
         if (r < 0) {
-                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0], (int) p.pid,
-                         strerror(-r));
+                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0],
+                         (int) p.pid, strerror(-r));
                 goto kill_child;
         }
         if (gate) {
@@ -230,7 +231,8 @@ int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path
                 }
                 if (write(gate_wr, "g", 1) != 1) {
                         r = negative_errno();
-                        snprintf(err, err_size, "cannot release %s (pid %d): %s", argv[0], (int) p.pid, strerror(-r));
+                        snprintf(err, err_size, "cannot release %s (pid %d): %s", argv[0], (int) p.pid,
+                                 strerror(-r));
                         goto kill_child;
                 }
                 gate_wr = safe_close(gate_wr);
@@ -438,7 +440,8 @@ static bool holds(pid_t pid, const char *tap, unsigned long socket_inode) {
         return found;
 }
 
-int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap, const char *api_socket) {
+int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap,
+                             const char *api_socket) {
         char path[64], exe[PATH_MAX], want[PATH_MAX];
         uid_t owner;
         int r;

@@ -30,8 +30,8 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *e
 typedef int (*VmmGate)(const VmmProcess *p, void *userdata);
 /* envp: the hypervisor's whole environment (NULL: this process's, for tests); argv[0] is looked up in this
  * process's PATH. */
-int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate, void *userdata,
-                    VmmProcess *ret, char *err, size_t err_size);
+int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
+                    void *userdata, VmmProcess *ret, char *err, size_t err_size);
 
 int process_start_time(pid_t pid, uint64_t *ret);
 /* Whether the process is on its way out: a SIGKILL pending, or its exit begun (PF_EXITING), so that it is
@@ -56,7 +56,8 @@ int vmm_find_binary(const char *name, char *ret, size_t size);
  * (/proc/PID/fdinfo says "iff: NAME") or, when tap is NULL or it holds none, the listening unix socket
  * bound at `api_socket`. 1 when all of it holds, 0 when not, -errno when /proc cannot be read. A process
  * that merely names the VM's folder in its arguments proves nothing. */
-int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap, const char *api_socket);
+int process_is_hypervisor_of(pid_t pid, uid_t uid, const char *binary, const char *tap,
+                             const char *api_socket);
 
 /* Calls cb for every process but this one, with its command line (the arguments joined by spaces, cut at
  * 16 KiB); processes that go away meanwhile are skipped. A negative return from cb stops the walk with it.

@@ -20,9 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util/nlerr.h"
 #include "util/hashmap.h"
 #include "util/macro.h"
+#include "util/nlerr.h"
 #include "vmm/taskstats-internal.h"
 #include "vmm/taskstats.h"
 

@@ -50,12 +50,15 @@ static int bridge_configure(Backend *b, const BackendSetting *settings, size_t n
                 *ret_bad = i;
                 if (strcmp(key, "bridge") == 0) {
                         if (!conf_ifname(value) || !conf_put_str(x->bridge, sizeof(x->bridge), value))
-                                return fail(x, -EINVAL, "bridge \"%s\" is not a valid interface name", value);
-                } else if (strcmp(key, "tap_prefix") == 0) {
-                        if (!conf_tap_prefix(value) || !conf_put_str(x->tap_prefix, sizeof(x->tap_prefix), value))
-                                return fail(x, -EINVAL,
-                                            "tap_prefix \"%s\": 1 to 11 characters valid in an interface name",
+                                return fail(x, -EINVAL, "bridge \"%s\" is not a valid interface name",
                                             value);
+                } else if (strcmp(key, "tap_prefix") == 0) {
+                        if (!conf_tap_prefix(value) ||
+                            !conf_put_str(x->tap_prefix, sizeof(x->tap_prefix), value))
+                                return fail(
+                                        x, -EINVAL,
+                                        "tap_prefix \"%s\": 1 to 11 characters valid in an interface name",
+                                        value);
                 } else
                         return fail(x, -EINVAL, "unknown key \"%s\"", key);
         }
@@ -158,9 +161,11 @@ static int bridge_scan(Backend *b, ResourceSet *ret) {
 }
 
 /* The admin's bridge is there, and every running VM's TAP is a port of it. */
-static int bridge_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add, void *u) {
+static int bridge_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add,
+                         void *u) {
         BridgeBackend *x = BRIDGE(b);
-        return backend_doctor_links(x->rtnl, x->links, x->links_userdata, x->bridge, running, n_running, add, u);
+        return backend_doctor_links(x->rtnl, x->links, x->links_userdata, x->bridge, running, n_running, add,
+                                    u);
 }
 
 static void bridge_net_params(Backend *b, BackendNetParams *ret) {

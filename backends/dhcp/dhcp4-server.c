@@ -84,7 +84,8 @@ int dhcp4_server_handle(Dhcp4Server *s, const uint8_t src_mac[6], const uint8_t 
         uint64_t id = known ? found.id : 0;
 
         if (known && (m.type == DHCP4_RELEASE || m.type == DHCP4_DECLINE)) {
-                emit(s, &(Dhcp4Event){ .kind = m.type == DHCP4_RELEASE ? DHCP4_EVENT_RELEASE : DHCP4_EVENT_DECLINE,
+                emit(s, &(Dhcp4Event){ .kind = m.type == DHCP4_RELEASE ? DHCP4_EVENT_RELEASE
+                                                                       : DHCP4_EVENT_DECLINE,
                                        .mac = src_mac,
                                        .address = m.type == DHCP4_RELEASE ? m.ciaddr : m.requested_ip,
                                        .client_hostname = m.hostname,
@@ -138,7 +139,8 @@ static int on_packet(sd_event_source *es, int fd, uint32_t revents, void *userda
         for (unsigned i = 0; i < PACKETS_PER_WAKEUP; i++) {
                 struct sockaddr_ll from = {};
                 socklen_t fl = sizeof(from);
-                ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *) &from, &fl);
+                ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC,
+                                     (struct sockaddr *) &from, &fl);
                 if (n < 0) {
                         if (errno == EAGAIN || errno == EINTR)
                                 return 0;
@@ -149,8 +151,8 @@ static int on_packet(sd_event_source *es, int fd, uint32_t revents, void *userda
                 if (from.sll_pkttype == PACKET_OUTGOING || from.sll_halen != 6)
                         continue;
                 uint8_t dst[6];
-                int len = dhcp4_server_handle(s, from.sll_addr, buf, (size_t) n > sizeof(buf) ? 0 : (size_t) n,
-                                              reply, dst);
+                int len = dhcp4_server_handle(s, from.sll_addr, buf,
+                                              (size_t) n > sizeof(buf) ? 0 : (size_t) n, reply, dst);
                 if (len <= 0)
                         continue;
                 struct sockaddr_ll to = {
@@ -172,8 +174,8 @@ static int on_udp(sd_event_source *es, int fd, uint32_t revents, void *userdata)
         (void) es;
         (void) revents;
         (void) userdata;
-        for (unsigned i = 0; i < PACKETS_PER_WAKEUP && recv(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC) >= 0;
-             i++)
+        for (unsigned i = 0;
+             i < PACKETS_PER_WAKEUP && recv(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC) >= 0; i++)
                 ;
         return 0;
 }
@@ -209,7 +211,9 @@ static int open_packet_socket(uint32_t ifindex) {
                 return r;
         (void) setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
         (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
-        struct sockaddr_ll sa = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_IP), .sll_ifindex = (int) ifindex };
+        struct sockaddr_ll sa = { .sll_family = AF_PACKET,
+                                  .sll_protocol = htons(ETH_P_IP),
+                                  .sll_ifindex = (int) ifindex };
         if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
                 return -errno;
         return TAKE_FD(fd);

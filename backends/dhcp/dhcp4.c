@@ -53,8 +53,8 @@ enum {
 };
 
 static const char *const type_table[_DHCP4_TYPE_MAX] = {
-        [DHCP4_DISCOVER] = "DISCOVER", [DHCP4_OFFER] = "OFFER",     [DHCP4_REQUEST] = "REQUEST",
-        [DHCP4_DECLINE] = "DECLINE",   [DHCP4_ACK] = "ACK",         [DHCP4_NAK] = "NAK",
+        [DHCP4_DISCOVER] = "DISCOVER", [DHCP4_OFFER] = "OFFER",   [DHCP4_REQUEST] = "REQUEST",
+        [DHCP4_DECLINE] = "DECLINE",   [DHCP4_ACK] = "ACK",       [DHCP4_NAK] = "NAK",
         [DHCP4_RELEASE] = "RELEASE",   [DHCP4_INFORM] = "INFORM",
 };
 
@@ -102,7 +102,8 @@ static int parse_options(const uint8_t *p, size_t len, bool main_area, Dhcp4Mess
                 case OPT_MESSAGE_TYPE:
                         if (l != 1)
                                 return -EBADMSG;
-                        m->type = v[0] > 0 && v[0] < _DHCP4_TYPE_MAX ? (Dhcp4Type) v[0] : _DHCP4_TYPE_INVALID;
+                        m->type =
+                                v[0] > 0 && v[0] < _DHCP4_TYPE_MAX ? (Dhcp4Type) v[0] : _DHCP4_TYPE_INVALID;
                         break;
                 case OPT_REQUESTED_IP:
                         if (l != 4)
@@ -313,8 +314,8 @@ static uint32_t mask_of(uint8_t prefixlen) {
         return prefixlen == 0 ? 0 : 0xffffffffU << (32 - prefixlen);
 }
 
-int dhcp4_build_reply(const Dhcp4Message *m, const Dhcp4Answer *a, const Dhcp4Guest *g, const Dhcp4Options *o,
-                      uint8_t *buf, size_t size) {
+int dhcp4_build_reply(const Dhcp4Message *m, const Dhcp4Answer *a, const Dhcp4Guest *g,
+                      const Dhcp4Options *o, uint8_t *buf, size_t size) {
         if (size < DHCP4_PACKET_MAX || a->type == 0)
                 return -ENOBUFS;
         memset(buf, 0, DHCP4_PACKET_MAX);

@@ -44,7 +44,8 @@ typedef struct Dhcp4Message {
         Dhcp4Type type;
         uint32_t requested_ip; /* option 50; 0: none */
         uint32_t server_id; /* option 54; 0: none */
-        char hostname[DHCP4_HOSTNAME_MAX + 1]; /* option 12, printable ASCII only; "" when none or unprintable */
+        char hostname[DHCP4_HOSTNAME_MAX +
+                      1]; /* option 12, printable ASCII only; "" when none or unprintable */
         bool has_client_id; /* option 61: read, and deliberately not used for matching (chaddr is) */
         /* The IPv4 header's addresses. */
         uint32_t src, dst;
@@ -98,5 +99,5 @@ void dhcp4_answer(const Dhcp4Message *m, const Dhcp4Guest *g, const Dhcp4Options
 
 /* Builds the reply to m as a whole IPv4 + UDP packet (checksums filled in) into buf, which must hold
  * DHCP4_PACKET_MAX bytes. Returns its length, or -ENOBUFS when the options do not fit. */
-int dhcp4_build_reply(const Dhcp4Message *m, const Dhcp4Answer *a, const Dhcp4Guest *g, const Dhcp4Options *o,
-                      uint8_t *buf, size_t size);
+int dhcp4_build_reply(const Dhcp4Message *m, const Dhcp4Answer *a, const Dhcp4Guest *g,
+                      const Dhcp4Options *o, uint8_t *buf, size_t size);

@@ -62,7 +62,8 @@ static int example_configure(Backend *b, const BackendSetting *s, size_t n, size
                 if (strcmp(s[i].key, "tap_prefix") != 0)
                         return fail(x, -EINVAL, "unknown key \"%s\"", s[i].key);
                 size_t len = strlen(s[i].value);
-                if (len == 0 || len > 11 || strspn(s[i].value, "abcdefghijklmnopqrstuvwxyz0123456789-") != len)
+                if (len == 0 || len > 11 ||
+                    strspn(s[i].value, "abcdefghijklmnopqrstuvwxyz0123456789-") != len)
                         return fail(x, -EINVAL, "tap_prefix \"%s\": 1 to 11 of a-z, 0-9 and -", s[i].value);
                 memcpy(x->tap_prefix, s[i].value, len + 1);
         }
@@ -130,9 +131,8 @@ static int attr_cb(const struct nlattr *a, void *data) {
                 snprintf(l->alias, sizeof(l->alias), "%s", mnl_attr_get_str(a));
         else if (mnl_attr_get_type(a) == IFLA_LINKINFO) {
                 const struct nlattr *i;
-                mnl_attr_for_each_nested(i, a)
-                        if (mnl_attr_get_type(i) == IFLA_INFO_KIND && strcmp(mnl_attr_get_str(i), "tun") == 0)
-                                l->tun = true;
+                mnl_attr_for_each_nested(i, a) if (mnl_attr_get_type(i) == IFLA_INFO_KIND &&
+                                                   strcmp(mnl_attr_get_str(i), "tun") == 0) l->tun = true;
         }
         return MNL_CB_OK;
 }
@@ -175,7 +175,8 @@ static int example_plan(Backend *b, const VmNetSpec *spec, ResourceSet *ret) {
         ExampleBackend *x = EXAMPLE(b);
         Resource tap = { .kind = RESOURCE_LINK_TAP, .vm_id = spec->vm_id };
         if (spec->n_ports > 0)
-                return fail(x, -EOPNOTSUPP, "VM %s: the example backend has no port forwards", spec->vm_name);
+                return fail(x, -EOPNOTSUPP, "VM %s: the example backend has no port forwards",
+                            spec->vm_name);
         snprintf(tap.name, sizeof(tap.name), "%s", spec->tap_name);
         int r = resource_tag(b->agent_id, spec->vm_id, "tap", tap.tag);
         if (r >= 0)
@@ -299,7 +300,8 @@ static int example_doctor(Backend *b, const BackendVm *running, size_t n_running
         for (size_t i = 0; i < n_running; i++) {
                 LinkSeen l;
                 if (running[i].tap[0] && get_link(x, running[i].tap, &l) < 0) {
-                        snprintf(msg, sizeof(msg), "VM %s: its TAP %s is gone", running[i].name, running[i].tap);
+                        snprintf(msg, sizeof(msg), "VM %s: its TAP %s is gone", running[i].name,
+                                 running[i].tap);
                         int r = add(userdata, BACKEND_ERROR, "links", msg);
                         if (r < 0)
                                 return r;

@@ -94,8 +94,9 @@ static int reserved_word(Parse *p, char *t, unsigned *n) {
         if (dash)
                 *dash = '\0';
         if (!conf_uint(t, 1, 65535, &lo) || !conf_uint(dash ? dash + 1 : t, 1, 65535, &hi) || hi < lo)
-                return bad(p, "reserved_ports: \"%s%s%s\": expected a port or a range PORT-PORT of 1 to 65535", t,
-                           dash ? "-" : "", dash ? dash + 1 : "");
+                return bad(p,
+                           "reserved_ports: \"%s%s%s\": expected a port or a range PORT-PORT of 1 to 65535",
+                           t, dash ? "-" : "", dash ? dash + 1 : "");
         if (*n == LOCAL_MAX_RESERVED)
                 return bad(p, "reserved_ports: at most %d ports or ranges", LOCAL_MAX_RESERVED);
         pr.first = (uint16_t) lo;

@@ -86,7 +86,8 @@ static int local_configure(Backend *b, const BackendSetting *settings, size_t n,
 }
 
 /* [local] dns not given: the host's resolvers, as the guests should use them. A loopback resolver (the stub
- * of systemd-resolved at 127.0.0.53, a local dnsmasq) is no use to a guest: then resolved's upstream list. */
+ * of systemd-resolved at 127.0.0.53, a local dnsmasq) is no use to a guest: then resolved's upstream list.
+ */
 static unsigned read_resolvers(const char *path, uint32_t *ret, unsigned max) {
         FILE *f = fopen(path, "re");
         char line[512];
@@ -214,7 +215,8 @@ static void dhcp_ensure(LocalBackend *l) {
         if (r < 0 && !l->dhcp_failure_reported) {
                 char why[160];
                 snprintf(why, sizeof(why), "cannot serve DHCP on %s: %s", l->bridge, strerror(-r));
-                dhcp_event(l, &(Dhcp4Event){ .kind = DHCP4_EVENT_IGNORED, .why = why, .client_hostname = "" });
+                dhcp_event(l,
+                           &(Dhcp4Event){ .kind = DHCP4_EVENT_IGNORED, .why = why, .client_hostname = "" });
         }
         l->dhcp_failure_reported = r < 0;
 }
@@ -246,8 +248,8 @@ static int setup_table_owner(LocalBackend *l, TableOwner want) {
         l->layout.table_flags = OWNED_TABLE_FLAGS;
 
         /* Tables owned by another socket: an agent that runs on them, or one just killed whose socket a
-         * hypervisor child it forked still holds for a moment (until the child has closed the agent's fds, or
-         * ended at its gate). The latter lets go soon; the former is refused after the wait. */
+         * hypervisor child it forked still holds for a moment (until the child has closed the agent's fds,
+         * or ended at its gate). The latter lets go soon; the former is refused after the wait. */
         snprintf(tag_inet, sizeof(tag_inet), "%s:core:table", l->tag_prefix);
         snprintf(tag_bridge, sizeof(tag_bridge), "%s:core:table-bridge", l->tag_prefix);
         for (unsigned waited = 0;; waited += 20) {
@@ -347,10 +349,12 @@ static int local_plan(Backend *b, const VmNetSpec *spec, ResourceSet *ret) {
                 return r;
         if (l->dhcp) {
                 /* The guest's DHCP client sends from 0.0.0.0 (and probes with ARP from 0.0.0.0, RFC 5227)
-                 * before it has its address: with its own MAC on its own TAP only, like every other frame. */
+                 * before it has its address: with its own MAC on its own TAP only, like every other frame.
+                 */
                 Resource unset = addr;
                 unset.elem.guest_ip = 0;
-                if ((r = tag(l, spec->vm_id, "addr-unset", &unset)) < 0 || (r = resource_set_add(ret, &unset)) < 0)
+                if ((r = tag(l, spec->vm_id, "addr-unset", &unset)) < 0 ||
+                    (r = resource_set_add(ret, &unset)) < 0)
                         return r;
         }
 
@@ -470,7 +474,8 @@ static int commit_nft(LocalBackend *l, ResourceSet *plan, bool with_layout) {
         char t[NFT_TAG_MAX + 1];
         Resource *tables = tables_of(plan);
 
-        if (with_layout && tables && nft_table_tag(l->nft, &l->layout, t) >= 0 && strcmp(t, tables->tag) == 0) {
+        if (with_layout && tables && nft_table_tag(l->nft, &l->layout, t) >= 0 &&
+            strcmp(t, tables->tag) == 0) {
                 int r = commit_nft_batch(l, plan, false);
                 if (r != -ENOENT)
                         return r;
@@ -789,10 +794,12 @@ static int doctor_ip_forward(BackendFindingFn add, void *u) {
         if (buf[0] == '1')
                 return backend_finding(add, u, BACKEND_OK, "ip_forward", "net.ipv4.ip_forward is 1");
         if (buf[0] == '0')
-                return backend_finding(add, u, BACKEND_WARNING, "ip_forward",
-                                       "net.ipv4.ip_forward is 0: guests on the local backend get no routed traffic "
-                                       "(the agent turns it on when it sets up the bridge; someone turned it off)");
-        return backend_finding(add, u, BACKEND_WARNING, "ip_forward", "cannot read /proc/sys/net/ipv4/ip_forward");
+                return backend_finding(
+                        add, u, BACKEND_WARNING, "ip_forward",
+                        "net.ipv4.ip_forward is 0: guests on the local backend get no routed traffic "
+                        "(the agent turns it on when it sets up the bridge; someone turned it off)");
+        return backend_finding(add, u, BACKEND_WARNING, "ip_forward",
+                               "cannot read /proc/sys/net/ipv4/ip_forward");
 }
 
 static const char *family_name(int f) {
@@ -820,8 +827,8 @@ static const char *family_name(int f) {
  * which therefore never see DHCP). A drop policy in anyone's chain there applies to it too. */
 static bool on_guest_path(const NftBaseChain *c) {
         if (c->family == NFPROTO_BRIDGE)
-                return c->hook == NF_BR_PRE_ROUTING || c->hook == NF_BR_FORWARD || c->hook == NF_BR_LOCAL_IN ||
-                       c->hook == NF_BR_LOCAL_OUT;
+                return c->hook == NF_BR_PRE_ROUTING || c->hook == NF_BR_FORWARD ||
+                       c->hook == NF_BR_LOCAL_IN || c->hook == NF_BR_LOCAL_OUT;
         if (c->family == NFPROTO_INET || c->family == NFPROTO_IPV4)
                 return c->hook == NF_INET_FORWARD || c->hook == NF_INET_PRE_ROUTING;
         return false;
@@ -832,8 +839,8 @@ static int doctor_firewall(LocalBackend *l, BackendFindingFn add, void *u) {
         size_t n = 0, drops = 0;
         int k = nft_dump_base_chains(l->nft, &chains, &n);
         if (k < 0)
-                return backend_finding(add, u, BACKEND_WARNING, "firewall", "cannot list nftables chains: %s",
-                                       strerror(-k));
+                return backend_finding(add, u, BACKEND_WARNING, "firewall",
+                                       "cannot list nftables chains: %s", strerror(-k));
         for (size_t i = 0; i < n; i++) {
                 const NftBaseChain *c = &chains[i];
                 if (strcmp(c->table, l->table) == 0 || c->policy != NF_DROP || !on_guest_path(c))
@@ -850,11 +857,12 @@ static int doctor_firewall(LocalBackend *l, BackendFindingFn add, void *u) {
                                         : "",
                                 c->hook == NF_BR_LOCAL_OUT ? "oifname" : "iifname", l->tap_prefix);
                 else
-                        k = backend_finding(add, u, BACKEND_WARNING, "firewall",
-                                            "table %s %s chain %s has policy drop: it applies to guest traffic too; "
-                                            "allow it there, e.g. iifname \"%s\" accept and oifname \"%s\" ct state "
-                                            "established,related accept",
-                                            family_name(c->family), c->table, c->chain, l->bridge, l->bridge);
+                        k = backend_finding(
+                                add, u, BACKEND_WARNING, "firewall",
+                                "table %s %s chain %s has policy drop: it applies to guest traffic too; "
+                                "allow it there, e.g. iifname \"%s\" accept and oifname \"%s\" ct state "
+                                "established,related accept",
+                                family_name(c->family), c->table, c->chain, l->bridge, l->bridge);
                 if (k < 0)
                         return k;
         }
@@ -873,18 +881,21 @@ static int doctor_table_owner(LocalBackend *l, BackendFindingFn add, void *u) {
                 return backend_finding(add, u, BACKEND_OK, "tables",
                                        "tables %s not made yet (the first bring-up makes them)", l->table);
         if (k < 0)
-                return backend_finding(add, u, BACKEND_WARNING, "tables", "cannot read table inet %s: %s", l->table,
-                                       strerror(-k));
-        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) == (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
-                return backend_finding(add, u, BACKEND_OK, "tables",
-                                       "tables inet/bridge %s belong to the agent (flags owner, persist): only it may "
-                                       "change them, nft flush ruleset by others passes them by",
-                                       l->table);
+                return backend_finding(add, u, BACKEND_WARNING, "tables", "cannot read table inet %s: %s",
+                                       l->table, strerror(-k));
+        if ((info.flags & (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)) ==
+            (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST))
+                return backend_finding(
+                        add, u, BACKEND_OK, "tables",
+                        "tables inet/bridge %s belong to the agent (flags owner, persist): only it may "
+                        "change them, nft flush ruleset by others passes them by",
+                        l->table);
         if (info.flags & NFT_TABLE_F_PERSIST)
-                return backend_finding(add, u, BACKEND_WARNING, "tables",
-                                       "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or "
-                                       "flush them until an agent adopts them at its start",
-                                       l->table);
+                return backend_finding(
+                        add, u, BACKEND_WARNING, "tables",
+                        "tables inet/bridge %s are orphaned (no agent holds them): anyone may change or "
+                        "flush them until an agent adopts them at its start",
+                        l->table);
         return backend_finding(
                 add, u, l->table_owner == TABLE_OWNER_NO ? BACKEND_OK : BACKEND_WARNING, "tables",
                 "tables inet/bridge %s are plain (%s): anyone may change them, and nft flush ruleset removes them "
@@ -895,7 +906,8 @@ static int doctor_table_owner(LocalBackend *l, BackendFindingFn add, void *u) {
                         : "made with table_owner = no, or on a kernel without NFT_TABLE_F_PERSIST (6.9)");
 }
 
-static int local_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add, void *u) {
+static int local_doctor(Backend *b, const BackendVm *running, size_t n_running, BackendFindingFn add,
+                        void *u) {
         LocalBackend *l = LOCAL(b);
         int k = doctor_ip_forward(add, u);
         if (k >= 0)
@@ -903,13 +915,14 @@ static int local_doctor(Backend *b, const BackendVm *running, size_t n_running, 
         if (k >= 0)
                 k = doctor_table_owner(l, add, u);
         if (k >= 0 && l->no_dns)
-                k = backend_finding(add, u, BACKEND_WARNING, "dhcp",
-                                    "the host has no resolver a guest can reach (none in /etc/resolv.conf or "
-                                    "/run/systemd/resolve/resolv.conf but loopback ones): guests get no DNS "
-                                    "server by DHCP; set [local] dns");
+                k = backend_finding(
+                        add, u, BACKEND_WARNING, "dhcp",
+                        "the host has no resolver a guest can reach (none in /etc/resolv.conf or "
+                        "/run/systemd/resolve/resolv.conf but loopback ones): guests get no DNS "
+                        "server by DHCP; set [local] dns");
         if (k >= 0)
-                k = backend_doctor_links(l->rtnl, l->links, l->links_userdata, l->bridge, running, n_running, add,
-                                         u);
+                k = backend_doctor_links(l->rtnl, l->links, l->links_userdata, l->bridge, running, n_running,
+                                         add, u);
         return k;
 }
 
@@ -944,15 +957,16 @@ static int local_check_ports(Backend *b, const char *vm_name, const PortForward 
                 if (!have_lp) {
                         int r = listening_ports_read(&lp);
                         if (r < 0)
-                                return fail(l, r, "VM %s: cannot read the host's listening sockets: %s", vm_name,
-                                            strerror(-r));
+                                return fail(l, r, "VM %s: cannot read the host's listening sockets: %s",
+                                            vm_name, strerror(-r));
                         have_lp = true;
                 }
                 if (listening_ports_has(&lp, p->proto, p->host_port))
-                        return fail(l, -EADDRINUSE,
-                                    "VM %s: host port %u/%s: a socket of the host listens on it, and the forward "
-                                    "would take it over; root may forward it anyway with --force-port",
-                                    vm_name, p->host_port, proto);
+                        return fail(
+                                l, -EADDRINUSE,
+                                "VM %s: host port %u/%s: a socket of the host listens on it, and the forward "
+                                "would take it over; root may forward it anyway with --force-port",
+                                vm_name, p->host_port, proto);
         }
         return 0;
 }

@@ -1419,8 +1419,8 @@ static int take_elems(Nft *nft, const void *arg, void *ctx) {
                 struct nftnl_set *s = nftnl_set_alloc();
                 if (!s)
                         return -ENOMEM;
-                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, family, NLM_F_DUMP | NLM_F_ACK,
-                                                             ++nft->seq);
+                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, family,
+                                                             NLM_F_DUMP | NLM_F_ACK, ++nft->seq);
                 nftnl_set_set_str(s, NFTNL_SET_TABLE, l->table);
                 nftnl_set_set_str(s, NFTNL_SET_NAME, nft_elem_kind_to_string(k));
                 nftnl_set_elems_nlmsg_build_payload(nlh, s);
@@ -1509,8 +1509,8 @@ static int take_rules(Nft *nft, const void *arg, void *ctx) {
                 struct nftnl_rule *q = nftnl_rule_alloc();
                 if (!q)
                         return -ENOMEM;
-                struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, families[i], NLM_F_DUMP,
-                                                             ++nft->seq);
+                struct nlmsghdr *nlh =
+                        nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, families[i], NLM_F_DUMP, ++nft->seq);
                 nftnl_rule_set_str(q, NFTNL_RULE_TABLE, l->table);
                 nftnl_rule_nlmsg_build_payload(nlh, q);
                 nftnl_rule_free(q);
@@ -1566,9 +1566,12 @@ static int chains_cb(const struct nlmsghdr *nlh, void *data) {
         *x = (NftBaseChain){
                 .family = (int) nftnl_chain_get_u32(c, NFTNL_CHAIN_FAMILY),
                 .hook = nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM),
-                .priority = nftnl_chain_is_set(c, NFTNL_CHAIN_PRIO) ? nftnl_chain_get_s32(c, NFTNL_CHAIN_PRIO) : 0,
-                .policy = nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY) ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
-                                                                     : NF_ACCEPT,
+                .priority = nftnl_chain_is_set(c, NFTNL_CHAIN_PRIO)
+                                    ? nftnl_chain_get_s32(c, NFTNL_CHAIN_PRIO)
+                                    : 0,
+                .policy = nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY)
+                                  ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
+                                  : NF_ACCEPT,
         };
         snprintf(x->table, sizeof(x->table), "%s", nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE));
         snprintf(x->chain, sizeof(x->chain), "%s", nftnl_chain_get_str(c, NFTNL_CHAIN_NAME));
@@ -1579,7 +1582,8 @@ static int chains_cb(const struct nlmsghdr *nlh, void *data) {
 static int take_chains(Nft *nft, const void *arg, void *ctx) {
         char buf[512];
         (void) arg;
-        struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP, ++nft->seq);
+        struct nlmsghdr *nlh =
+                nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP, ++nft->seq);
         int r = dump(nft, nlh, chains_cb, ctx);
         return r == -ENOENT ? 0 : r;
 }

@@ -16,10 +16,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "util/nlerr.h"
 #include "backends/nl/nlops.h"
 #include "backends/nl/rtnl.h"
 #include "util/crashpoint.h"
+#include "util/nlerr.h"
 
 struct Rtnl {
         struct mnl_socket *nl;
