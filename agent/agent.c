@@ -1073,6 +1073,31 @@ int agent_vm_kill(Agent *a, const char *name) {
         return r < 0 ? fail(a, r, "%s", vm_manager_error(a->vmm)) : 0;
 }
 
+int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id) {
+        uint64_t id;
+        int r = agent_vm_create(a, def, flags, &id);
+        if (r < 0)
+                return r;
+        r = agent_vm_start(a, def->name);
+        if (r < 0) {
+                Error cause = a->error;
+                int k = agent_vm_remove(a, def->name);
+                if (k < 0) {
+                        char why[512];
+                        snprintf(why, sizeof(why), "%s", error_message(&a->error));
+                        a->error = cause;
+                        error_append(&a->error,
+                                     " (and it could not be removed again: %s; `chvmctl rm %s` does it)",
+                                     why, def->name);
+                } else
+                        a->error = cause;
+                return r;
+        }
+        if (ret_id)
+                *ret_id = id;
+        return 0;
+}
+
 int agent_vm_remove(Agent *a, const char *name) {
         AgentVm *v = lookup(a, name);
         int r;

@@ -101,6 +101,9 @@ int agent_vm_create(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id
  * definition, no hypervisor binary, its backend is not loaded); else the network's or the hypervisor's. On
  * failure nothing of the VM's network stays behind. */
 int agent_vm_start(Agent *a, const char *name);
+/* agent_vm_create() and agent_vm_start() as one: on a failed start the VM is removed again (definition file
+ * and journal entry) and the start's error returned. */
+int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
 /* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running
  * is fine (any network it still owns is taken down). Returns once the stop is under way. */
 int agent_vm_stop(Agent *a, const char *name, unsigned timeout_sec);

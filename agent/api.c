@@ -770,11 +770,13 @@ static int read_strv(sd_bus_message *m, size_t max, char ***ret) {
         return argv_builder_finish(&b, ret);
 }
 
-static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        Conn *c = userdata;
+/* The arguments of CreateVM and RunVM, as a definition for the agent: 0 with *ret_def and *ret_flags, or
+ * a refusal (error set, or a negative sd-bus result). */
+static int read_create(Conn *c, sd_bus_message *m, sd_bus_error *error, VmDef **ret_def,
+                       unsigned *ret_flags) {
         const char *name, *backend, *hypervisor, *kernel, *firmware, *initrd, *cmdline;
         uint32_t cpus;
-        uint64_t memory, id;
+        uint64_t memory;
         _cleanup_(strv_freep) char **disks = NULL;
         _cleanup_(vm_def_freep) VmDef *def = NULL;
         int r;
@@ -864,8 +866,38 @@ static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         name);
         }
 
-        r = agent_vm_create(c->api->agent, def,
-                            (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0, &id);
+        *ret_flags = (flags & API_CREATE_FORCE_PORT) ? AGENT_CREATE_FORCE_PORT : 0;
+        *ret_def = TAKE_PTR(def);
+        return 0;
+}
+
+static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(vm_def_freep) VmDef *def = NULL;
+        unsigned flags;
+        uint64_t id;
+        int r = read_create(c, m, error, &def, &flags);
+        if (r < 0)
+                return r;
+        r = agent_vm_create(c->api->agent, def, flags, &id);
+        if (r < 0)
+                return reply_agent_error(error, r, c->api->agent);
+        return sd_bus_reply_method_return(m, "t", id);
+}
+
+/* CreateVM and StartVM in one call, all or nothing: a VM that does not start is removed again. */
+static int method_run(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        _cleanup_(vm_def_freep) VmDef *def = NULL;
+        unsigned flags;
+        uint64_t id;
+        int r = read_create(c, m, error, &def, &flags);
+        if (r < 0)
+                return r;
+        r = require_privileged(c, "start a VM", error);
+        if (r < 0)
+                return r;
+        r = agent_vm_run(c->api->agent, def, flags, &id);
         if (r < 0)
                 return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, "t", id);
@@ -1189,6 +1221,11 @@ static const sd_bus_vtable api_vtable[] = {
                                             firmware, "s", initrd, "s", cmdline, "u", cpus, "t", memory_mib,
                                             "as", disks, "a(sqq)", ports, "t", flags),
                                 SD_BUS_RESULT("t", id), method_create, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("RunVM",
+                                SD_BUS_ARGS("s", name, "s", backend, "s", hypervisor, "s", kernel, "s",
+                                            firmware, "s", initrd, "s", cmdline, "u", cpus, "t", memory_mib,
+                                            "as", disks, "a(sqq)", ports, "t", flags),
+                                SD_BUS_RESULT("t", id), method_run, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("StartVM", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_start,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("StopVM", SD_BUS_ARGS("s", name, "u", timeout_sec), SD_BUS_NO_RESULT,

@@ -205,9 +205,10 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
         return 0;
 }
 
-static int call_create(Ctl *ctl, const CreateArgs *a, uint64_t *ret_id) {
+/* CreateVM, or RunVM (create and start in one call, nothing left when the start fails). */
+static int call_create(Ctl *ctl, const CreateArgs *a, bool start, uint64_t *ret_id) {
         sd_bus_message *m = NULL, *reply = NULL;
-        int r = ctl_new_call(ctl, "CreateVM", &m);
+        int r = ctl_new_call(ctl, start ? "RunVM" : "CreateVM", &m);
         if (r != 0)
                 return r;
         r = sd_bus_message_append(m, "sssssssut", a->name, a->backend, a->hypervisor, a->kernel, a->firmware,
@@ -263,26 +264,9 @@ static int create_or_run(Ctl *ctl, int argc, char *argv[], bool start) {
         int r = parse_create(cmd, ctl, argc, argv, &a);
         if (r != 0)
                 return r < 0 ? 0 : r;
-        r = call_create(ctl, &a, &id);
+        r = call_create(ctl, &a, start, &id);
         if (r != 0)
                 return r;
-        if (start) {
-                r = ctl_call_name(ctl, "StartVM", a.name, 0);
-                if (r != 0) {
-                        /* Nothing half-done: the VM that could not start is not left defined. */
-                        sd_bus_message *m = NULL;
-                        int k = ctl_new_call(ctl, "RemoveVM", &m);
-                        if (k == 0 && sd_bus_message_append(m, "sb", a.name, 0) >= 0)
-                                k = ctl_call(ctl, m, 0, NULL);
-                        sd_bus_message_unref(m);
-                        if (k != 0)
-                                fprintf(stderr,
-                                        "chvmctl: VM %s was created but did not start; `chvmctl rm %s` "
-                                        "removes it\n",
-                                        a.name, a.name);
-                        return r;
-                }
-        }
         print_created(ctl, a.name, id, start ? "running" : "defined");
         return 0;
 }

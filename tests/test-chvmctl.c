@@ -563,6 +563,21 @@ Test(chvmctl, start_without_the_hypervisor_binary, .init = setup_ns, .fini = tea
         free(out), free(err);
         ok("inspect", ctl(&agent, &out, &err, "inspect nobin"), &out, &err);
         free(out), free(err);
+
+        /* run is one call (RunVM), all or nothing: the VM that cannot start is not left defined */
+        r = ctl(&agent, &out, &err, "run nobin2 --hypervisor qemu " KERNEL, test_build_dir());
+        cr_assert_eq(r, 1, "chvmctl run nobin2: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "cannot execute"), "chvmctl run nobin2: %s", err);
+        cr_assert(!strstr(err, "was created but"), "%s", err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "inspect nobin2");
+        cr_assert_eq(r, 3, "a failed run left VM nobin2 defined: exit %d\n%s", r, out);
+        free(out), free(err);
+        expect_jq("list --all --json", "[.[].name]", "[\"nobin\"]\n");
+        char *files = sh("ls %s/vms", agent.state_dir);
+        cr_assert_str_eq(files, "nobin.vm\n", "definition files after a failed run");
+        free(files);
+        expect_jq("status --json", ".vms", "1\n");
 }
 
 /* A Linux bridge takes at most 1023 ports (BR_MAX_PORTS): with chvm0 filled up by someone's veths a start
@@ -608,10 +623,10 @@ Test(chvmctl, busctl_introspects) {
         free(which);
         char *o = sh("busctl --address=unix:path=%s introspect org.chvm.Agent1 /org/chvm/agent 2>&1",
                      agent.socket);
-        const char *want[] = { "org.chvm.Agent1",  ".CreateVM", ".StartVM", ".StopVM",
-                               ".KillVM",          ".RemoveVM", ".ListVMs", ".InspectVM",
-                               ".CollectGarbage",  ".Status",   ".Doctor",  ".VMStateChanged",
-                               "sssssssutasa(sqq)" };
+        const char *want[] = { "org.chvm.Agent1", ".CreateVM",        ".RunVM",    ".StartVM",
+                               ".StopVM",         ".KillVM",          ".RemoveVM", ".ListVMs",
+                               ".InspectVM",      ".CollectGarbage",  ".Status",   ".Doctor",
+                               ".VMStateChanged", "sssssssutasa(sqq)" };
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
                 cr_assert(strstr(o, want[i]), "busctl introspect lacks %s:\n%s", want[i], o);
         free(o);
@@ -619,6 +634,13 @@ Test(chvmctl, busctl_introspects) {
                agent.socket);
         cr_assert_str_eq(o, "a(stssusssssa(sqq)) 0\n");
         free(o);
+        /* RunVM by hand: created and running after one call */
+        o = sh("busctl --address=unix:path=%s call org.chvm.Agent1 /org/chvm/agent org.chvm.Agent1 RunVM "
+               "sssssssutasa\\(sqq\\)t bus local '' %s/tests/fake-vmm '' '' '' 1 64 0 1 tcp 8080 80 0 2>&1",
+               agent.socket, test_build_dir());
+        cr_assert_eq(strncmp(o, "t ", 2), 0, "RunVM: %s", o);
+        free(o);
+        expect_jq("inspect bus --json", "[.state, .ports[0].host_port]", "[\"running\",8080]\n");
 }
 
 /* The VMStateChanged signal reaches a subscribed client. */
