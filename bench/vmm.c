@@ -5,12 +5,15 @@
  * elements and one tcp port forward), driven over its control socket with sd-bus as chvmctl drives it.
  *
  *   bring-up        CreateVM + StartVM for N VMs; every --ctl-every'th VM with `chvmctl run` instead (one
- *                   process per VM), interleaved so both see the same numbers of VMs, timed apart
+ *                   process per VM, one RunVM call), interleaved so both see the same numbers of VMs, timed
+ *                   apart; right before each such run, `chvmctl --version` (exec and dynamic libraries, no
+ *                   connection) and `chvmctl status` (that, the connection, Hello and one cheap call), so
+ *                   that a run's time splits into the client's start, its connection and the RunVM itself
  *   memory          VmRSS, VmHWM and open fds of the agent at 0 and at N VMs, and after the restarts
  *   crash-to-clean  for K VMs, one at a time: the hypervisor's PID from InspectVM, SIGKILL, and the time
  *                   until the kernel has announced the deletion of the VM's last object: RTM_DELLINK of its
- *                   TAP (rtnetlink link group) and NFT_MSG_DELSETELEM of its three elements, matched by
- *                   their comment tags (nftables notification group). Event-based, from the kernel's own
+ *                   TAP (rtnetlink link group) and NFT_MSG_DELSETELEM of its elements (3, or 4 with DHCP),
+ * matched by their comment tags (nftables notification group). Event-based, from the kernel's own
  *                   notifications, not from anything the agent says; a lookup of the TAP confirms it gone.
  *                   The agent's own VMStateChanged "crashed" signal is timed alongside.
  *                   Peer: a script that polls `ip -o link` every second and, for a TAP without carrier,
@@ -25,7 +28,7 @@
  *                   namespace, where it waits TASKSTATS_PROBE_TIMEOUT_MS and gives up
  *
  * The ip/nft command-line tools check the kernel state after each phase (every running VM has its TAP and
- * its three elements, every killed VM has none of them): a figure from a run that leaked is not printed.
+ * its elements, every killed VM has none of them): a figure from a run that leaked is not printed.
  *
  * Everything runs in a network namespace the program makes for itself (unshare(CLONE_NEWNET)); the agent,
  * the hypervisors and the peer inherit it, and every object dies with it. The program is the subreaper of
@@ -318,7 +321,7 @@ typedef struct Bench {
         char probe_why[512];
         Reconcile first; /* the first start, empty state */
         double up_total, up_cpu;
-        double *up_bus, *up_create, *up_start, *up_ctl;
+        double *up_bus, *up_create, *up_start, *up_ctl, *up_exec, *up_status;
         size_t n_up_bus, n_up_ctl;
         double list_min, list_max, inspect_mean;
         ProcInfo at0, atn;
@@ -403,6 +406,21 @@ static int vm_create_start(Bench *b, size_t i, double *ret_create, double *ret_s
                                 ret_create, ret_start);
 }
 
+/* `chvmctl --version` (no connection), or `chvmctl status` (connection, Hello, one Status call). */
+static int ctl_plain(Bench *b, bool status) {
+        char bin[256];
+        snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
+        char *argv[] = { bin, (char *) "--socket", b->ag.socket, (char *) "status", NULL };
+        char *version[] = { bin, (char *) "--version", NULL };
+        _cleanup_free_ char *out = NULL;
+        int r = run(status ? argv : version, &out);
+        if (r != 0) {
+                say("chvmctl %s: exit %d: %s", status ? "status" : "--version", r, out ? out : "");
+                return r < 0 ? r : -EIO;
+        }
+        return 0;
+}
+
 static int ctl_run(Bench *b, size_t i) {
         char bin[256], port[32];
         snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
@@ -451,7 +469,7 @@ static int bus_inspect(Bench *b, Vm *vm) {
         if (r >= 0)
                 r = sd_bus_message_exit_container(reply);
         if (r >= 0)
-                r = sd_bus_message_skip(reply, "(sssutas)");
+                r = sd_bus_message_skip(reply, "(ssssutas)");
         if (r >= 0)
                 r = sd_bus_message_enter_container(reply, 'a', "(ssts)");
         if (r >= 0) {
@@ -466,8 +484,9 @@ static int bus_inspect(Bench *b, Vm *vm) {
         sd_bus_message_unref(reply);
         if (r < 0)
                 return call_failed("InspectVM (reply)", vm->name, r, NULL);
-        if (pid == 0 || !tap[0] || vm->n_elems != 3) {
-                say("VM %s is %s with pid %u, TAP \"%s\", %zu elements: expected running with a TAP and 3",
+        /* vm_ports, vm_addrs, the forward; and with [local] dhcp (the default) the addr-unset element */
+        if (pid == 0 || !tap[0] || vm->n_elems < 3) {
+                say("VM %s is %s with pid %u, TAP \"%s\", %zu elements: expected running with a TAP and 3-4",
                     vm->name, state, pid, tap, vm->n_elems);
                 return -EIO;
         }
@@ -575,7 +594,9 @@ static int phase_bring_up(Bench *b) {
         b->up_create = calloc(b->o.vms, sizeof(double));
         b->up_start = calloc(b->o.vms, sizeof(double));
         b->up_ctl = calloc(b->o.vms, sizeof(double));
-        if (!b->up_bus || !b->up_create || !b->up_start || !b->up_ctl)
+        b->up_exec = calloc(b->o.vms, sizeof(double));
+        b->up_status = calloc(b->o.vms, sizeof(double));
+        if (!b->up_bus || !b->up_create || !b->up_start || !b->up_ctl || !b->up_exec || !b->up_status)
                 return -ENOMEM;
         for (size_t i = 0; i < b->o.vms; i++) {
                 Vm *vm = &b->vms[i];
@@ -586,6 +607,16 @@ static int phase_bring_up(Bench *b) {
                 vm->via_ctl = b->o.ctl_every && i % b->o.ctl_every == b->o.ctl_every - 1;
                 double t = now();
                 if (vm->via_ctl) {
+                        r = ctl_plain(b, false);
+                        if (r < 0)
+                                return r;
+                        b->up_exec[b->n_up_ctl] = now() - t;
+                        t = now();
+                        r = ctl_plain(b, true);
+                        if (r < 0)
+                                return r;
+                        b->up_status[b->n_up_ctl] = now() - t;
+                        t = now();
                         r = ctl_run(b, i);
                         if (r < 0)
                                 return r;
@@ -1046,6 +1077,9 @@ static void report(const Bench *b) {
                 snprintf(what, sizeof(what), "`chvmctl run` (every %zuth VM, one process each)",
                          b->o.ctl_every);
                 print_stats_ms(what, b->up_ctl, b->n_up_ctl);
+                print_stats_ms("  of it: `chvmctl --version` (exec, libraries)", b->up_exec, b->n_up_ctl);
+                print_stats_ms("  of it: `chvmctl status` (+ connect, Hello, 1 call)", b->up_status,
+                               b->n_up_ctl);
         }
         printf("  %-52s %8.2f ms\n", "InspectVM at N VMs (mean over all)", b->inspect_mean * 1e3);
         printf("  %-52s %8.2f .. %.2f ms (3 calls)\n", "ListVMs at N VMs", b->list_min * 1e3,
