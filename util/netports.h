@@ -12,9 +12,14 @@ typedef struct ListeningPorts {
         uint8_t tcp[65536 / 8], udp[65536 / 8];
 } ListeningPorts;
 
-/* Reads /proc/self/net/{tcp,tcp6,udp,udp6} (the calling thread's namespace); a file that does not exist
- * (no IPv6) counts as empty. -errno when one cannot be read. */
+/* The calling thread's namespace, through sock_diag (NETLINK_SOCK_DIAG dumps of the LISTEN and unconnected
+ * states); where the kernel has no inet_diag, from the files as listening_ports_read_proc(). -errno when
+ * neither can be read. */
 int listening_ports_read(ListeningPorts *ret);
+/* The sock_diag part alone (for tests): -errno when the kernel cannot answer. */
+int listening_ports_read_diag(ListeningPorts *ret);
+/* Reads /proc/self/net/{tcp,tcp6,udp,udp6}; a file that does not exist (no IPv6) counts as empty. */
+int listening_ports_read_proc(ListeningPorts *ret);
 /* Parses one such file's text into *lp (tcp: LISTEN sockets, else bound unconnected ones). -EINVAL on a
  * line that is not of the kernel's form. */
 int listening_ports_parse(ListeningPorts *lp, bool tcp, const char *text, size_t size);
