@@ -12,6 +12,11 @@
 #include "agent/backend-loader.h"
 #include "util/macro.h"
 
+static void dlclosep(void **dl) {
+        if (*dl)
+                (void) dlclose(*dl);
+}
+
 static bool backend_name_valid(const char *name) {
         size_t n = name ? strlen(name) : 0;
         if (n == 0 || n > 32 || name[0] < 'a' || name[0] > 'z')
@@ -128,7 +133,7 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         /* The checks above make the file and its folder changeable by root only, so the path cannot be
          * swapped by anyone else between the check and the load. (Loading through /proc/self/fd/N would
          * be tighter, but glibc then takes a later module at a reused fd number for the earlier one.) */
-        void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        _cleanup_(dlclosep) void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (!dl) {
                 snprintf(err, err_size, "cannot load backend module %s: %s", path, dlerror());
                 return -ENOEXEC;
@@ -136,13 +141,11 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         const BackendVTable *vt = dlsym(dl, CHVM_BACKEND_SYMBOL);
         if (!vt) {
                 snprintf(err, err_size, "backend module %s does not export %s", path, CHVM_BACKEND_SYMBOL);
-                dlclose(dl);
                 return -EPROTO;
         }
         if (vt->abi != CHVM_BACKEND_ABI) {
                 snprintf(err, err_size, "backend module %s has ABI %u, this agent needs ABI %u", path,
                          vt->abi, CHVM_BACKEND_ABI);
-                dlclose(dl);
                 return -EPROTO;
         }
         if (!vt->name || strcmp(vt->name, name) != 0 || vt->object_size < sizeof(Backend) || !vt->init ||
@@ -150,17 +153,14 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
             !vt->error_message) {
                 snprintf(err, err_size, "backend module %s is not the \"%s\" backend or is incomplete", path,
                          name);
-                dlclose(dl);
                 return -EINVAL;
         }
 
-        Backend *b = calloc(1, vt->object_size);
-        if (!b) {
-                dlclose(dl);
+        _cleanup_(backend_unloadp) Backend *b = calloc(1, vt->object_size);
+        if (!b)
                 return -ENOMEM;
-        }
         b->vtable = vt;
-        b->module = dl;
+        b->module = TAKE_PTR(dl); /* from here the backend's: backend_unload() closes it */
         snprintf(b->agent_id, sizeof(b->agent_id), "%s", cfg->agent_id ? cfg->agent_id : "");
         r = configure(b, cfg, err, err_size);
         if (r >= 0 && init) {
@@ -168,13 +168,9 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
                 if (r < 0)
                         snprintf(err, err_size, "backend %s: %s", name, vt->error_message(b));
         }
-        if (r < 0) {
-                vt->done(b);
-                free(b);
-                dlclose(dl);
+        if (r < 0)
                 return r;
-        }
-        *ret = b;
+        *ret = TAKE_PTR(b);
         return 0;
 }
 
@@ -184,11 +180,8 @@ int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Ba
 }
 
 int backend_check(const char *dir, const char *name, const BackendConfig *cfg, char *err, size_t err_size) {
-        Backend *b = NULL;
-        int r = load(dir, name, cfg, false, &b, err, err_size);
-        if (r >= 0)
-                backend_unload(b);
-        return r;
+        _cleanup_(backend_unloadp) Backend *b = NULL;
+        return load(dir, name, cfg, false, &b, err, err_size);
 }
 
 Backend *backend_unload(Backend *b) {

@@ -15,6 +15,10 @@ int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Ba
 /* The same checks and the section, without init() (nothing of the host is touched): --check-config. */
 int backend_check(const char *dir, const char *name, const BackendConfig *cfg, char *err, size_t err_size);
 Backend *backend_unload(Backend *b);
+static inline void backend_unloadp(Backend **b) {
+        if (*b)
+                *b = backend_unload(*b);
+}
 
 /* How a refused setting is reported: "FILE:LINE: [name] why", or "FILE: [name] why" when bad is not the
  * index of a setting from a file. */

@@ -149,7 +149,7 @@ static int list_crash_points(const AgentConfig *cfg) {
                                      .n_settings = config_backend_settings(cfg, cfg->backends[i], settings,
                                                                            ELEMENTSOF(settings)),
                                      .settings_source = cfg->source };
-                Backend *b = NULL;
+                _cleanup_(backend_unloadp) Backend *b = NULL;
                 char err[1024];
                 if (backend_load(cfg->backend_dir, cfg->backends[i], &bc, &b, err, sizeof(err)) < 0) {
                         log_error("%s", err);
@@ -164,7 +164,6 @@ static int list_crash_points(const AgentConfig *cfg) {
                         if (!dup)
                                 printf("%s\n", pts[k]);
                 }
-                backend_unload(b);
         }
         return 0;
 }
