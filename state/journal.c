@@ -13,6 +13,7 @@
 
 #include "state/journal.h"
 #include "util/crashpoint.h"
+#include "util/error.h"
 #include "util/string-table.h"
 
 #define SNAPSHOT_TMP_FILE JOURNAL_SNAPSHOT_FILE ".tmp"
@@ -44,7 +45,7 @@ struct Journal {
         JournalState state;
         int failure; /* < 0 once a sync failed: returned by everything after */
         JournalReport report;
-        char error[1024];
+        Error error;
 };
 
 static const char *const journal_state_table[_JOURNAL_STATE_MAX] = {
@@ -72,15 +73,14 @@ _printf_(3, 4) static void message_add(char *buf, size_t size, const char *fmt, 
         va_end(ap);
 }
 
+/* The failure r of what fmt says: "<what>: <strerror>", the whole of both (util/error.h). */
 _printf_(3, 4) static int journal_fail(Journal *j, int r, const char *fmt, ...) {
-        char what[sizeof(j->error)];
         va_list ap;
 
         va_start(ap, fmt);
-        (void) vsnprintf(what, sizeof(what), fmt, ap);
+        r = error_setv(&j->error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
-        (void) snprintf(j->error, sizeof(j->error), "%.900s: %s", what, strerror(-r));
-        return r;
+        return error_append(&j->error, ": %s", strerror(-r));
 }
 
 /* A sync failed: from now on this Journal only returns that error. */
@@ -541,7 +541,7 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
                         rep->created = true;
                 r = start_new_journal(j, through + 1);
                 if (r < 0)
-                        message_add(rep->message, sizeof(rep->message), "%s", j->error);
+                        message_add(rep->message, sizeof(rep->message), "%s", error_message(&j->error));
                 return r;
         }
         if (r < 0) {
@@ -595,7 +595,7 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
         } else if (scan.result == JOURNAL_SCAN_TORN_TAIL) {
                 r = repair_torn_tail(j, buf, size, &scan, rep);
                 if (r < 0) {
-                        message_add(rep->message, sizeof(rep->message), "%s", j->error);
+                        message_add(rep->message, sizeof(rep->message), "%s", error_message(&j->error));
                         return r;
                 }
                 j->end = scan.valid_end;
@@ -685,7 +685,7 @@ int journal_open(const JournalOptions *opts, Journal **ret, JournalReport *ret_r
                 r = j->ops->fdatasync(j->ops->userdata, j->fd);
                 if (r < 0) {
                         journal_fatal(j, r, "fdatasync at open");
-                        message_add(rep->message, sizeof(rep->message), "%s", j->error);
+                        message_add(rep->message, sizeof(rep->message), "%s", error_message(&j->error));
                         return r;
                 }
         }
@@ -919,7 +919,7 @@ const JournalReport *journal_report(const Journal *j) {
 }
 
 const char *journal_error_message(const Journal *j) {
-        return j->error;
+        return error_message(&j->error);
 }
 
 uint64_t journal_last_lsn(const Journal *j) {
