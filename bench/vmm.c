@@ -327,8 +327,8 @@ typedef struct Bench {
         ProcInfo at0, atn;
         double *kill_clean, *kill_tap, *kill_elems, *kill_signal, kill_cpu;
         size_t n_kill, n_kill_signal;
-        double *peer_clean;
-        size_t n_peer_clean;
+        double *peer_clean, *peer_up;
+        size_t n_peer_clean, n_peer_up;
         Reconcile *term;
         size_t n_term;
         Reconcile killed;
@@ -764,13 +764,6 @@ static int peer_setup(Bench *b) {
         for (size_t j = 0; j < n; j++) {
                 char del[1024];
                 peer_names(j, tap, mac, ip);
-                len += (size_t) snprintf(
-                        nft + len, size - len,
-                        "add element inet chvmpeer ports { \"%s\" comment \"peer:%zu:port\" }\n"
-                        "add element inet chvmpeer addrs { \"%s\" . %s . %s comment \"peer:%zu:addr\" }\n"
-                        "add element inet chvmpeer portfwd { tcp . %zu comment \"peer:%zu:fwd\" : %s . 80"
-                        " }\n",
-                        tap, j, tap, mac, ip, j, PEER_PORT_BASE + j, j, ip);
                 snprintf(del, sizeof(del),
                          "delete element inet chvmpeer ports { \"%s\" }\n"
                          "delete element inet chvmpeer addrs { \"%s\" . %s . %s }\n"
@@ -787,15 +780,35 @@ static int peer_setup(Bench *b) {
         if ((r = run(nft_argv, NULL)) != 0)
                 return r < 0 ? r : -EIO;
 
+        /* Each VM as a script brings it up: one command per object (its TAP, then each element with its
+         * own `nft add element`), then its hypervisor; timed per VM, against `chvmctl run`. */
         snprintf(fake, sizeof(fake), "%s/tests/fake-vmm", BUILD_DIR);
+        b->peer_up = calloc(n + 1, sizeof(double));
+        if (!b->peer_up)
+                return -ENOMEM;
         for (size_t j = 0; j < n; j++) {
-                char sock[256], serial[256], log[256], net[128];
+                char sock[256], serial[256], log[256], net[128], port_e[128], addr_e[160], fwd_e[160];
+                double t0 = now();
                 peer_names(j, tap, mac, ip);
                 char *ip_argv[] = { (char *) "ip", (char *) "tuntap", (char *) "add", (char *) "dev",
                                     tap,           (char *) "mode",   (char *) "tap", (char *) "vnet_hdr",
                                     NULL };
                 if ((r = run(ip_argv, NULL)) != 0)
                         return r < 0 ? r : -EIO;
+                snprintf(port_e, sizeof(port_e), "{ \"%s\" comment \"peer:%zu:port\" }", tap, j);
+                snprintf(addr_e, sizeof(addr_e), "{ \"%s\" . %s . %s comment \"peer:%zu:addr\" }", tap, mac,
+                         ip, j);
+                snprintf(fwd_e, sizeof(fwd_e), "{ tcp . %zu comment \"peer:%zu:fwd\" : %s . 80 }",
+                         PEER_PORT_BASE + j, j, ip);
+                const char *sets[] = { "ports", "addrs", "portfwd" }, *elems[] = { port_e, addr_e, fwd_e };
+                for (size_t k = 0; k < ELEMENTSOF(sets); k++) {
+                        char *nft_add[] = { (char *) "nft",      (char *) "add",
+                                            (char *) "element",  (char *) "inet",
+                                            (char *) "chvmpeer", (char *) sets[k],
+                                            (char *) elems[k],   NULL };
+                        if ((r = run(nft_add, NULL)) != 0)
+                                return r < 0 ? r : -EIO;
+                }
                 snprintf(sock, sizeof(sock), "path=%s/%s.sock", b->peer_dir, tap);
                 snprintf(serial, sizeof(serial), "file=%s/%s.serial", b->peer_dir, tap);
                 snprintf(log, sizeof(log), "%s/%s.log", b->peer_dir, tap);
@@ -826,6 +839,7 @@ static int peer_setup(Bench *b) {
                 if (r < 0)
                         return r;
                 b->n_peers = j + 1;
+                b->peer_up[b->n_peer_up++] = now() - t0;
         }
         /* Every TAP has its carrier (a hypervisor attached) before the script looks. */
         for (size_t j = 0; j < n; j++) {
@@ -1081,6 +1095,15 @@ static void report(const Bench *b) {
                 print_stats_ms("  of it: `chvmctl status` (+ connect, Hello, 1 call)", b->up_status,
                                b->n_up_ctl);
         }
+        if (b->n_peer_up) {
+                print_stats_ms("peer: a script's way, one command per object", b->peer_up, b->n_peer_up);
+                if (b->n_up_ctl) {
+                        Stats ours = stats_of(b->up_ctl, b->n_up_ctl),
+                              peer = stats_of(b->peer_up, b->n_peer_up);
+                        printf("  %-52s %8.2fx (p50 of the peer / p50 of `chvmctl run`)\n",
+                               "  `chvmctl run` against it", peer.p50 / ours.p50);
+                }
+        }
         printf("  %-52s %8.2f ms\n", "InspectVM at N VMs (mean over all)", b->inspect_mean * 1e3);
         printf("  %-52s %8.2f .. %.2f ms (3 calls)\n", "ListVMs at N VMs", b->list_min * 1e3,
                b->list_max * 1e3);
@@ -1101,7 +1124,7 @@ static void report(const Bench *b) {
                b->n_kill, n, n - b->n_kill + 1);
         printf("  %-52s %8s %8s %8s %8s   (ms from the kill)\n", "", "p50", "p99", "max", "min");
         print_stats_ms("last object gone (kernel notifications)", b->kill_clean, b->n_kill);
-        print_stats_ms("  its 3 nft elements gone", b->kill_elems, b->n_kill);
+        print_stats_ms("  its nft elements gone", b->kill_elems, b->n_kill);
         print_stats_ms("  its TAP gone", b->kill_tap, b->n_kill);
         print_stats_ms("agent's VMStateChanged \"crashed\" received", b->kill_signal, b->n_kill_signal);
         printf("  %-52s %8.2f ms\n", "agent CPU per kill (incl. one InspectVM)", b->kill_cpu * 1e3);
