@@ -871,36 +871,28 @@ static int read_create(Conn *c, sd_bus_message *m, sd_bus_error *error, VmDef **
         return 0;
 }
 
-static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        Conn *c = userdata;
+/* CreateVM, or RunVM: CreateVM and StartVM in one call, all or nothing (a VM that does not start is removed
+ * again). Both need the same privilege. */
+static int create_or_run(sd_bus_message *m, Conn *c, sd_bus_error *error, bool run) {
         _cleanup_(vm_def_freep) VmDef *def = NULL;
-        unsigned flags;
+        unsigned flags = 0;
         uint64_t id;
         int r = read_create(c, m, error, &def, &flags);
         if (r < 0)
                 return r;
-        r = agent_vm_create(c->api->agent, def, flags, &id);
+        r = run ? agent_vm_run(c->api->agent, def, flags, &id)
+                : agent_vm_create(c->api->agent, def, flags, &id);
         if (r < 0)
                 return reply_agent_error(error, r, c->api->agent);
         return sd_bus_reply_method_return(m, "t", id);
 }
 
-/* CreateVM and StartVM in one call, all or nothing: a VM that does not start is removed again. */
+static int method_create(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return create_or_run(m, userdata, error, false);
+}
+
 static int method_run(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        Conn *c = userdata;
-        _cleanup_(vm_def_freep) VmDef *def = NULL;
-        unsigned flags;
-        uint64_t id;
-        int r = read_create(c, m, error, &def, &flags);
-        if (r < 0)
-                return r;
-        r = require_privileged(c, "start a VM", error);
-        if (r < 0)
-                return r;
-        r = agent_vm_run(c->api->agent, def, flags, &id);
-        if (r < 0)
-                return reply_agent_error(error, r, c->api->agent);
-        return sd_bus_reply_method_return(m, "t", id);
+        return create_or_run(m, userdata, error, true);
 }
 
 static int read_name(sd_bus_message *m, const char **ret) {
