@@ -14,8 +14,16 @@
 #include "util/hashmap.h"
 #include "vmm/taskstats.h"
 
+/* A start whose answer waits for the hypervisor's API (agent_vm_start() returned 1). */
+typedef enum StartMode {
+        START_NONE,
+        START_PLAIN, /* StartVM */
+        START_RUN, /* RunVM: a failure removes the VM again */
+} StartMode;
+
 typedef struct AgentVm {
         char name[33];
+        StartMode starting;
         uint64_t id;
         VmDef *def; /* NULL: the definition file is missing or does not parse */
         char def_error[512];
@@ -48,6 +56,8 @@ struct Agent {
         U64Map *vms_by_port; /* the same by forwarded host port, port_key(); the first definition wins */
         size_t port_clashes; /* host ports two definitions name (files written by hand): found by a scan */
         AgentStateCallback on_state;
+        AgentStartCallback on_start;
+        void *start_userdata;
         void *userdata;
         /* One dump of the links while links_held > 0 (a collection's scans, a doctor run), made at the first
          * ask and shared by every backend (BackendConfig.links). */

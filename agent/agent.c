@@ -73,6 +73,10 @@ void agent_set_state_callback(Agent *a, AgentStateCallback cb, void *userdata) {
         a->on_state = cb;
         a->userdata = userdata;
 }
+void agent_set_start_callback(Agent *a, AgentStartCallback cb, void *userdata) {
+        a->on_start = cb;
+        a->start_userdata = userdata;
+}
 
 static AgentVm *agent_vm_free(AgentVm *v) {
         if (v) {
@@ -222,8 +226,44 @@ void agent_maybe_compact(Agent *a) {
                          live_set_n_objects(journal_live_set(a->journal)));
 }
 
+/* A start answered later (agent_vm_start() returned 1) is over: e NULL when the VM is up. */
+static void start_done(Agent *a, AgentVm *v, const Error *e) {
+        uint64_t id = v->id;
+        StartMode mode = v->starting;
+        v->starting = START_NONE;
+        if (mode == START_NONE)
+                return;
+        Error cause;
+        if (e && mode == START_RUN) {
+                /* RunVM is all or nothing: the VM goes again, whoever is still waiting for the answer. */
+                cause = *e;
+                char name[sizeof(v->name)];
+                snprintf(name, sizeof(name), "%s", v->name);
+                if (agent_vm_remove(a, name) < 0) {
+                        error_append(&cause,
+                                     " (and it could not be removed again: %s; `chvmctl rm %s` does it)",
+                                     error_message(&a->error), name);
+                }
+                e = &cause;
+                v = NULL; /* gone */
+        }
+        if (a->on_start)
+                a->on_start(a, id, e, a->start_userdata);
+}
+
+static void on_vm_ready(VmManager *m, uint64_t vm_id, const char *name, void *userdata) {
+        Agent *a = userdata;
+        AgentVm *v = u64map_get(a->vms, vm_id);
+        (void) m;
+        log_vm(LOG_INFO, &((LogVm){ .name = name, .id = vm_id, .backend = v ? vm_backend(a, v) : NULL }),
+               "VM %s running: its hypervisor's API answers", name);
+        notify(a, name, vm_id, VM_STATE_RUNNING, "");
+        if (v)
+                start_done(a, v, NULL);
+}
+
 static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
-                       const char *reason, int error, void *userdata) {
+                       const char *reason, int error, bool before_ready, void *userdata) {
         Agent *a = userdata;
         AgentVm *v = u64map_get(a->vms, vm_id);
         LogVm lv = { .name = name, .id = vm_id, .backend = v ? vm_backend(a, v) : NULL };
@@ -238,6 +278,14 @@ static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVm
                "VM %s %s: hypervisor %s; its network is torn down", name,
                state == JOURNAL_VM_STOPPED ? "stopped" : "crashed", reason);
         notify(a, name, vm_id, state == JOURNAL_VM_STOPPED ? VM_STATE_STOPPED : VM_STATE_CRASHED, reason);
+        if (v && before_ready && v->starting != START_NONE) {
+                Error e;
+                char words[320];
+                error_set(&e, -EIO, ERROR_FAILED, "VM %s did not start: its hypervisor %s", name, reason);
+                if (vm_manager_last_words(m, vm_id, words, sizeof(words)) > 0)
+                        error_append(&e, "; it said: \"%s\"", words);
+                start_done(a, v, &e);
+        }
 }
 
 /* mkdir -p with the last component's mode. */
@@ -725,6 +773,8 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                .binary = a->cfg.vmm_binary[0] ? a->cfg.vmm_binary : NULL,
                                .accel = accel,
                                .on_exit = on_vm_exit,
+                               .on_ready = on_vm_ready,
+                               .start_timeout_sec = a->cfg.start_timeout,
                                .kind_of = kind_of,
                                .taskstats = a->taskstats,
                                .userdata = a };
@@ -1046,6 +1096,10 @@ int agent_vm_start(Agent *a, const char *name) {
         log_vm(LOG_INFO, &lv, "VM %s started: hypervisor %s pid %d%s%s", v->name,
                hypervisor_kind_to_string(req.hypervisor), (int) started.pid,
                started.net.tap[0] ? ", TAP " : "", started.net.tap);
+        if (!started.ready) {
+                v->starting = START_PLAIN; /* answered when its API answers (on_vm_ready) or it exits */
+                return 1;
+        }
         notify(a, v->name, v->id, VM_STATE_RUNNING, "");
         return 0;
 }
@@ -1079,6 +1133,12 @@ int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id) {
         if (r < 0)
                 return r;
         r = agent_vm_start(a, def->name);
+        if (r > 0) {
+                /* The rest comes when its API answers: a failure then removes it (start_done()). */
+                AgentVm *v = agent_find_vm(a, def->name);
+                if (v)
+                        v->starting = START_RUN;
+        }
         if (r < 0) {
                 Error cause = a->error;
                 int k = agent_vm_remove(a, def->name);
@@ -1095,7 +1155,7 @@ int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id) {
         }
         if (ret_id)
                 *ret_id = id;
-        return 0;
+        return r;
 }
 
 int agent_vm_remove(Agent *a, const char *name) {
@@ -1141,7 +1201,9 @@ int agent_vm_remove(Agent *a, const char *name) {
 
 static VmState state_of(const Agent *a, const AgentVm *v, const LiveVm *lv) {
         if (vm_manager_pid(a->vmm, v->id))
-                return vm_manager_stopping(a->vmm, v->id) ? VM_STATE_STOPPING : VM_STATE_RUNNING;
+                return vm_manager_stopping(a->vmm, v->id) ? VM_STATE_STOPPING
+                       : vm_manager_ready(a->vmm, v->id)  ? VM_STATE_RUNNING
+                                                          : VM_STATE_STARTING;
         if (!lv)
                 return VM_STATE_DEFINED;
         switch (lv->state) {

@@ -46,6 +46,11 @@ VmState vm_state_from_string(const char *s);
 typedef void (*AgentStateCallback)(Agent *a, const char *name, uint64_t vm_id, VmState state,
                                    const char *reason, void *userdata);
 
+/* A start that agent_vm_start() or agent_vm_run() left to be answered later (it returned 1) is over: e is
+ * NULL when the VM is up (its hypervisor's API answered), else why it did not start (a RunVM's VM is removed
+ * again before this is called). */
+typedef void (*AgentStartCallback)(Agent *a, uint64_t vm_id, const Error *e, void *userdata);
+
 /* What `chvmctl inspect` shows. Pointers are valid until the next call into the agent. */
 typedef struct AgentVmInfo {
         const char *name;
@@ -83,6 +88,7 @@ Agent *agent_free(Agent *a);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Agent *, agent_free);
 
 void agent_set_state_callback(Agent *a, AgentStateCallback cb, void *userdata);
+void agent_set_start_callback(Agent *a, AgentStartCallback cb, void *userdata);
 const char *agent_error(const Agent *a);
 /* The same with its code and kind (util/error.h): what the API answers. */
 const Error *agent_last_error(const Agent *a);
@@ -99,10 +105,13 @@ Journal *agent_journal(const Agent *a);
 int agent_vm_create(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
 /* -ENOENT: no such VM; -EBUSY: running; an error of kind ERROR_INVALID when it cannot be started (no
  * definition, no hypervisor binary, its backend is not loaded); else the network's or the hypervisor's. On
- * failure nothing of the VM's network stays behind. */
+ * failure nothing of the VM's network stays behind. 0: up; 1: spawned, and the start callback says later
+ * whether it came up (its API answered) or not (it exited first, or did not answer in [vmm] start_timeout:
+ * then its network is torn down as at any exit). */
 int agent_vm_start(Agent *a, const char *name);
 /* agent_vm_create() and agent_vm_start() as one: on a failed start the VM is removed again (definition file
- * and journal entry) and the start's error returned. */
+ * and journal entry) and the start's error returned; 1 as for agent_vm_start() (*ret_id set), and a start
+ * that fails later removes the VM as well. */
 int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id);
 /* Graceful stop (see vm_manager_stop); timeout_sec 0: the configured stop_timeout. A VM that is not running
  * is fine (any network it still owns is taken down). Returns once the stop is under way. */

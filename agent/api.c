@@ -36,9 +36,11 @@ typedef enum PendingOp {
         PENDING_STOP,
         PENDING_KILL,
         PENDING_REMOVE,
+        PENDING_START, /* answered when the hypervisor's API answers (api_start_done()) */
+        PENDING_RUN,
 } PendingOp;
 
-/* A Stop/Kill/Remove call that is answered once its VM is down. */
+/* A Stop/Kill/Remove call that is answered once its VM is down, a Start/Run call once it is up. */
 typedef struct Pending {
         sd_bus_message *call;
         Conn *conn; /* whose call; NULL once that connection is gone */
@@ -601,6 +603,11 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         return 0;
 }
 
+static void on_start_done(Agent *a, uint64_t vm_id, const Error *e, void *userdata) {
+        (void) a;
+        api_start_done(userdata, vm_id, e);
+}
+
 /* Everything an Api is except its socket. */
 static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
         Api *api = calloc(1, sizeof(Api));
@@ -629,6 +636,7 @@ static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
                 api_free(api);
                 return r;
         }
+        agent_set_start_callback(agent, on_start_done, api);
         *ret = api;
         return 0;
 }
@@ -670,6 +678,7 @@ int api_add_connection(Api *api, int fd) {
 Api *api_free(Api *api) {
         if (!api)
                 return NULL;
+        agent_set_start_callback(api->agent, NULL, NULL);
         while (api->pending) {
                 Pending *p = api->pending;
                 api->pending = p->next;
@@ -871,6 +880,9 @@ static int read_create(Conn *c, sd_bus_message *m, sd_bus_error *error, VmDef **
         return 0;
 }
 
+static int pending_room(Conn *c, sd_bus_error *error);
+static int add_pending(Conn *c, sd_bus_message *m, const char *name, uint64_t id, PendingOp op);
+
 /* CreateVM, or RunVM: CreateVM and StartVM in one call, all or nothing (a VM that does not start is removed
  * again). Both need the same privilege. */
 static int create_or_run(sd_bus_message *m, Conn *c, sd_bus_error *error, bool run) {
@@ -880,10 +892,14 @@ static int create_or_run(sd_bus_message *m, Conn *c, sd_bus_error *error, bool r
         int r = read_create(c, m, error, &def, &flags);
         if (r < 0)
                 return r;
+        if (run && (r = pending_room(c, error)) < 0)
+                return r;
         r = run ? agent_vm_run(c->api->agent, def, flags, &id)
                 : agent_vm_create(c->api->agent, def, flags, &id);
         if (r < 0)
                 return reply_agent_error(error, r, c->api->agent);
+        if (r > 0)
+                return add_pending(c, m, def->name, id, PENDING_RUN);
         return sd_bus_reply_method_return(m, "t", id);
 }
 
@@ -905,12 +921,18 @@ static int method_start(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         int r = require_privileged(c, "start a VM", error);
         if (r < 0)
                 return r;
+        r = pending_room(c, error);
+        if (r < 0)
+                return r;
         r = read_name(m, &name);
         if (r < 0)
                 return r;
         r = agent_vm_start(c->api->agent, name);
         if (r < 0)
                 return reply_agent_error(error, r, c->api->agent);
+        AgentVmInfo info;
+        if (r > 0 && agent_vm_info(c->api->agent, name, &info) >= 0)
+                return add_pending(c, m, name, info.id, PENDING_START);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -922,12 +944,13 @@ static bool vm_up(Agent *a, const char *name, uint64_t *ret_id) {
         return info.vmm_pid != 0;
 }
 
-/* Checked before a Stop/Kill/Remove does anything: one that could not wait would act unanswered. */
+/* Checked before a Start/Run/Stop/Kill/Remove does anything: one that could not wait would act unanswered.
+ */
 static int pending_room(Conn *c, sd_bus_error *error) {
         if (c->n_pending < CONN_MAX_PENDING)
                 return 0;
         return set_error(error, API_ERROR_BUSY,
-                         "this connection has %d calls waiting for VMs to go down already",
+                         "this connection has %d calls waiting for VMs to come up or go down already",
                          CONN_MAX_PENDING);
 }
 
@@ -1291,7 +1314,7 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
         Pending *done = NULL, **pp = &api->pending;
         while (*pp) {
                 Pending *p = *pp;
-                if (p->vm_id == vm_id) {
+                if (p->vm_id == vm_id && p->op != PENDING_START && p->op != PENDING_RUN) {
                         *pp = p->next;
                         p->next = done;
                         done = p;
@@ -1310,6 +1333,36 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
                         (void) sd_bus_reply_method_error(p->call, &e);
                         sd_bus_error_free(&e);
                 } else
+                        (void) sd_bus_reply_method_return(p->call, NULL);
+                sd_bus_message_unref(p->call);
+                free(p);
+        }
+}
+
+void api_start_done(Api *api, uint64_t vm_id, const Error *e) {
+        Pending *done = NULL, **pp = &api->pending;
+        while (*pp) {
+                Pending *p = *pp;
+                if (p->vm_id == vm_id && (p->op == PENDING_START || p->op == PENDING_RUN)) {
+                        *pp = p->next;
+                        p->next = done;
+                        done = p;
+                } else
+                        pp = &p->next;
+        }
+        while (done) {
+                Pending *p = done;
+                done = p->next;
+                if (p->conn)
+                        p->conn->n_pending--;
+                if (e) {
+                        sd_bus_error be = SD_BUS_ERROR_NULL;
+                        (void) reply_error(&be, e->code, e);
+                        (void) sd_bus_reply_method_error(p->call, &be);
+                        sd_bus_error_free(&be);
+                } else if (p->op == PENDING_RUN)
+                        (void) sd_bus_reply_method_return(p->call, "t", vm_id);
+                else
                         (void) sd_bus_reply_method_return(p->call, NULL);
                 sd_bus_message_unref(p->call);
                 free(p);

@@ -43,3 +43,6 @@ size_t api_n_connections(const Api *api);
 /* Sends VMStateChanged(name, id, state, reason) to every client and completes the Stop/Kill/Remove calls
  * waiting for this VM to leave the running state. state _VM_STATE_INVALID means "removed". */
 void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState state, const char *reason);
+/* Answers the StartVM/RunVM calls waiting for VM vm_id to come up: e NULL when it is up, else its error. The
+ * Api is the agent's start callback (agent_set_start_callback()) from api_new() to api_free(). */
+void api_start_done(Api *api, uint64_t vm_id, const Error *e);

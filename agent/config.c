@@ -24,6 +24,7 @@ void config_defaults(AgentConfig *c, const char *backend_dir) {
                 .idle_timeout = 60,
                 .hypervisor = "cloud-hypervisor",
                 .stop_timeout = 10,
+                .start_timeout = 30,
                 .accel = "auto",
         };
         snprintf(c->backend_dir, sizeof(c->backend_dir), "%s", backend_dir ? backend_dir : "");
@@ -269,6 +270,17 @@ static int handler(void *user, const char *section, const char *name, const char
                                 return bad(p, "stop_timeout \"%s\": expected whole seconds from 1 to 3600",
                                            value);
                         c->stop_timeout = (unsigned) v;
+                        return 1;
+                }
+                if (strcmp(name, "start_timeout") == 0) {
+                        char *end;
+                        errno = 0;
+                        unsigned long v = strtoul(value, &end, 10);
+                        /* below chvmctl's 120 s wait for an answer, so that the agent's error is seen */
+                        if (errno || *end || value[0] == '-' || value[0] == '\0' || v < 1 || v > 100)
+                                return bad(p, "start_timeout \"%s\": expected whole seconds from 1 to 100",
+                                           value);
+                        c->start_timeout = (unsigned) v;
                         return 1;
                 }
                 if (strcmp(name, "allow_block_devices") == 0)

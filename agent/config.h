@@ -10,7 +10,8 @@
  *            backends [local bridge mosnet]   (the modules loaded at start)
  *            journal_compact_size [8M]   (compact the ownership journal when it grows past this; K, M, G)
  *            connections_per_uid [64]  idle_timeout [60]   (seconds; 0: never)
- *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  accel [auto]
+ *   [vmm]    hypervisor [cloud-hypervisor]  binary [per kind]  stop_timeout [10]  start_timeout [30]
+ *            accel [auto]
  *            allow_block_devices [no]  image_dirs []   (absolute folders; empty: anywhere)
  *            environment []  pass_environment []   (the hypervisors' environment besides PATH)
  *
@@ -55,6 +56,8 @@ typedef struct AgentConfig {
         char hypervisor[32]; /* "cloud-hypervisor" or "qemu" */
         char vmm_binary[PATH_MAX]; /* "" = the kind's default */
         unsigned stop_timeout; /* seconds */
+        unsigned
+                start_timeout; /* seconds: a hypervisor whose API has not answered by then failed to start */
         char accel[8]; /* "auto", "kvm", "tcg" */
         bool allow_block_devices; /* a disk may be a block device */
         char image_dirs[CONFIG_MAX_IMAGE_DIRS]

@@ -22,7 +22,9 @@
 #include "backends/backend.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
+#include "util/log.h"
 #include "util/macro.h"
+#include "util/utf8.h"
 #include "vmm/argv.h"
 #include "vmm/process.h"
 
@@ -32,6 +34,11 @@ typedef enum StopStage {
         STOP_TERM, /* sent SIGTERM */
         STOP_KILL, /* sent SIGKILL */
 } StopStage;
+
+typedef enum TalkPurpose {
+        TALK_READY, /* HypervisorVTable.ready */
+        TALK_POWER_OFF, /* HypervisorVTable.power_off */
+} TalkPurpose;
 
 typedef struct Vm {
         VmManager *manager;
@@ -48,7 +55,13 @@ typedef struct Vm {
         bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
         bool dying; /* seen on its way out (vm_manager_reap()); its exit event is yet to come */
         bool journaled_start; /* VM_STARTED is in the journal */
-        /* the power-button conversation (talk_fd -EBADF when none) */
+        bool ready; /* its API answered the kind's readiness conversation (adopted: true) */
+        TalkPurpose talk_for;
+        sd_event_source *ready_timer; /* the next try to reach the API, while not ready */
+        uint64_t ready_deadline; /* CLOCK_MONOTONIC usec: not ready by then, it is killed */
+        uint64_t ready_delay; /* usec until the next try; doubles up to READY_DELAY_MAX */
+        bool ready_timed_out; /* killed for not answering in time */
+        /* the readiness or power-button conversation (talk_fd -EBADF when none) */
         int talk_fd;
         sd_event_source *talk_io;
         const char *const *talk_reqs, *const *talk_expects;
@@ -57,6 +70,9 @@ typedef struct Vm {
 } Vm;
 
 #define TALK_BUF_SIZE 4096
+#define READY_DELAY_FIRST 500U /* usec */
+#define READY_DELAY_MAX 50000U
+#define START_TIMEOUT_DEFAULT 30U /* seconds */
 
 struct VmManager {
         VmManagerConfig cfg;
@@ -65,6 +81,8 @@ struct VmManager {
         char **environment, **pass_environment; /* copies of the config's */
         Error error;
 };
+
+static void ready_begin(Vm *vm);
 
 _printf_(3, 4) static int fail(VmManager *m, int r, const char *fmt, ...) {
         va_list ap;
@@ -130,6 +148,8 @@ int vm_manager_new(const VmManagerConfig *cfg, VmManager **ret) {
         if (!m)
                 return -ENOMEM;
         m->cfg = *cfg;
+        if (m->cfg.start_timeout_sec == 0)
+                m->cfg.start_timeout_sec = START_TIMEOUT_DEFAULT;
         snprintf(m->runtime_dir, sizeof(m->runtime_dir), "%s", cfg->runtime_dir);
         m->cfg.runtime_dir = m->runtime_dir;
         m->vms = u64map_new();
@@ -151,6 +171,7 @@ static Vm *vm_free(Vm *vm) {
                 taskstats_listener_unwatch(vm->manager->cfg.taskstats, vm->process.pid);
         sd_event_source_disable_unref(vm->source);
         sd_event_source_disable_unref(vm->timer);
+        sd_event_source_disable_unref(vm->ready_timer);
         sd_event_source_disable_unref(vm->talk_io);
         safe_close(vm->talk_fd);
         free(vm->talk_buf);
@@ -192,6 +213,13 @@ static JournalVmState exit_reason(const Vm *vm, const siginfo_t *si, VmExit *rec
                 snprintf(reason, size, "exit status unknown");
                 return JOURNAL_VM_CRASHED;
         }
+        if (vm->ready_timed_out) {
+                snprintf(reason, size,
+                         "killed by signal %d (sent by the agent: its API did not answer within %u s)",
+                         SIGKILL, vm->manager->cfg.start_timeout_sec);
+                rec->exit_signal = SIGKILL;
+                return JOURNAL_VM_CRASHED;
+        }
         if (si->si_code == CLD_EXITED) {
                 snprintf(reason, size, "exited with status %d", si->si_status);
                 rec->exit_status = si->si_status;
@@ -218,9 +246,9 @@ static int journal_exit(VmManager *m, uint64_t vm_id, JournalVmState state, cons
 }
 
 static void notify_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
-                        const char *reason, int error) {
+                        const char *reason, int error, bool before_ready) {
         if (m->cfg.on_exit)
-                m->cfg.on_exit(m, vm_id, name, state, reason, error, m->cfg.userdata);
+                m->cfg.on_exit(m, vm_id, name, state, reason, error, before_ready, m->cfg.userdata);
 }
 
 /* An adopted hypervisor's exit as taskstats saw it, in waitid()'s terms; false when it was not seen. */
@@ -241,7 +269,7 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         VmManager *m = vm->manager;
         VmExit rec = { .exit_status = -1, .exit_signal = -1 };
         siginfo_t seen;
-        char reason[96];
+        char reason[160];
 
         if (!si && vm->adopted && adopted_exit(m, vm, &seen))
                 si = &seen;
@@ -253,8 +281,13 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
                 fail(m, r, "VM %s: network teardown after exit failed: %s", vm->name,
                      dispatcher_error(m->cfg.dispatcher));
         JournalVmState state = exit_reason(vm, si, &rec, reason, sizeof(reason));
+        if (!vm->ready && !vm->ready_timed_out) {
+                /* A start that failed: the reason says so. */
+                size_t n = strlen(reason);
+                snprintf(reason + n, sizeof(reason) - n, " before its API answered");
+        }
         int k = journal_exit_full(m, vm->id, &rec, state, reason, true);
-        notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k);
+        notify_exit(m, vm->id, vm->name, state, reason, r < 0 ? r : k, !vm->ready);
         vm_free(vm);
 }
 
@@ -427,8 +460,9 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                 vm_free(vm);
                 goto undo_net;
         }
+        ready_begin(vm);
         if (ret)
-                *ret = (VmStarted){ .net = net, .pid = vm->process.pid };
+                *ret = (VmStarted){ .net = net, .pid = vm->process.pid, .ready = vm->ready };
         return 0;
 
 undo_net:
@@ -505,8 +539,8 @@ size_t vm_manager_n_running(const VmManager *m) {
         return u64map_size(m->vms);
 }
 
-/* The hypervisor's own shutdown, as its kind describes it (HypervisorVTable.power_off), driven by the
- * event loop. */
+/* The conversations on the API socket, as the VM's kind describes them (HypervisorVTable.ready and
+ * .power_off), driven by the event loop: a hypervisor that does not answer holds up nothing but itself. */
 static void talk_close(Vm *vm) {
         vm->talk_io = sd_event_source_disable_unref(vm->talk_io);
         vm->talk_fd = safe_close(vm->talk_fd);
@@ -522,15 +556,30 @@ static int talk_send(Vm *vm) {
         return n == (ssize_t) strlen(req) ? 0 : n < 0 ? negative_errno() : -EIO;
 }
 
-/* The hypervisor did not take the power button: SIGTERM at once, and the timer starts over. */
+static void ready_retry(Vm *vm);
+static void became_ready(Vm *vm);
+
+/* The conversation broke off (closed, refused, an answer too long). */
 static void talk_failed(Vm *vm) {
         talk_close(vm);
+        if (vm->talk_for == TALK_READY) {
+                ready_retry(vm); /* still starting: its API may close a first client */
+                return;
+        }
+        /* The hypervisor did not take the power button: SIGTERM at once, and the timer starts over. */
         if (vm->stage != STOP_GRACEFUL)
                 return;
         vm->stage = STOP_TERM;
         (void) vmm_signal(vm->process.pidfd, SIGTERM);
         if (vm->timer)
                 (void) sd_event_source_set_time_relative(vm->timer, vm->stop_timeout_usec);
+}
+
+static void talk_done(Vm *vm) {
+        talk_close(vm);
+        if (vm->talk_for == TALK_READY)
+                became_ready(vm);
+        /* power off: asked; now the guest powers off, or the timer escalates */
 }
 
 static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -560,7 +609,7 @@ static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata)
                 memmove(vm->talk_buf, vm->talk_buf + off, vm->talk_have - off + 1);
                 vm->talk_have -= off;
                 if (++vm->talk_step == vm->talk_n) {
-                        talk_close(vm); /* asked: now the guest powers off, or the timer escalates */
+                        talk_done(vm);
                         return 0;
                 }
                 if (talk_send(vm) < 0) {
@@ -570,10 +619,10 @@ static int on_talk(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         }
 }
 
-static int start_power_off(VmManager *m, Vm *vm) {
+/* Connects to the API socket and sends the first request of talk. -errno when the socket cannot be
+ * reached (ENOENT, ECONNREFUSED: not there or not listening yet). */
+static int talk_start(Vm *vm, const HypervisorTalk *talk, TalkPurpose purpose) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
-        const HypervisorTalk *talk = vt ? vt->power_off : NULL;
         int r;
 
         if (!vm->api_socket || !talk || talk->n == 0)
@@ -594,6 +643,7 @@ static int start_power_off(VmManager *m, Vm *vm) {
                 talk_close(vm);
                 return r;
         }
+        vm->talk_for = purpose;
         vm->talk_reqs = talk->requests;
         vm->talk_expects = talk->expects;
         vm->talk_n = talk->n;
@@ -601,10 +651,126 @@ static int start_power_off(VmManager *m, Vm *vm) {
         vm->talk_have = 0;
         r = talk_send(vm);
         if (r >= 0)
-                r = sd_event_add_io(m->cfg.event, &vm->talk_io, vm->talk_fd, EPOLLIN, on_talk, vm);
+                r = sd_event_add_io(vm->manager->cfg.event, &vm->talk_io, vm->talk_fd, EPOLLIN, on_talk, vm);
         if (r < 0)
                 talk_close(vm);
         return r;
+}
+
+static int start_power_off(VmManager *m, Vm *vm) {
+        const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
+        (void) m;
+        return talk_start(vm, vt ? vt->power_off : NULL, TALK_POWER_OFF);
+}
+
+/* --- readiness: from the spawn until the kind's ready conversation completes --------------------------- */
+
+static void became_ready(Vm *vm) {
+        VmManager *m = vm->manager;
+        vm->ready = true;
+        vm->ready_timer = sd_event_source_disable_unref(vm->ready_timer);
+        if (m->cfg.on_ready)
+                m->cfg.on_ready(m, vm->id, vm->name, m->cfg.userdata);
+}
+
+static void ready_try(Vm *vm) {
+        const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
+        if (vm->ready || vm->stage != STOP_NONE || vm->talk_fd >= 0)
+                return;
+        if (talk_start(vm, vt->ready, TALK_READY) < 0)
+                ready_retry(vm);
+}
+
+static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+        (void) s;
+        if (usec >= vm->ready_deadline) {
+                /* Not up in time: a start that failed. The exit event says so and tears down. */
+                talk_close(vm);
+                vm->ready_timer = sd_event_source_disable_unref(vm->ready_timer);
+                vm->ready_timed_out = true;
+                if (vmm_signal(vm->process.pidfd, SIGKILL) >= 0)
+                        vm->sent_kill = true;
+                else
+                        (void) vm_net_down(vm->manager->cfg.dispatcher, vm->id);
+                return 0;
+        }
+        ready_try(vm);
+        return 0;
+}
+
+/* Tries again a little later (0.5 ms, doubling up to 50 ms), or at the deadline. */
+static void ready_retry(Vm *vm) {
+        VmManager *m = vm->manager;
+        uint64_t now = 0, at;
+        if (vm->ready || vm->stage != STOP_NONE)
+                return;
+        (void) sd_event_now(m->cfg.event, CLOCK_MONOTONIC, &now);
+        at = now + vm->ready_delay;
+        if (at > vm->ready_deadline)
+                at = vm->ready_deadline;
+        vm->ready_delay = vm->ready_delay * 2 > READY_DELAY_MAX ? READY_DELAY_MAX : vm->ready_delay * 2;
+        int r = vm->ready_timer ? sd_event_source_set_time(vm->ready_timer, at)
+                                : sd_event_add_time(m->cfg.event, &vm->ready_timer, CLOCK_MONOTONIC, at, 0,
+                                                    on_ready_timer, vm);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(vm->ready_timer, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                /* Without a timer nothing would ever decide: take it as up rather than hang the start. */
+                log_warning("VM %s: cannot arm the timer for its start (%s): taken as started", vm->name,
+                            strerror(-r));
+                became_ready(vm);
+        }
+}
+
+/* Right after the spawn: up at once when the kind has no readiness conversation. */
+static void ready_begin(Vm *vm) {
+        VmManager *m = vm->manager;
+        const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
+        uint64_t now = 0;
+        if (!vt || !vt->ready || !vt->ready->n || !vm->api_socket) {
+                vm->ready = true;
+                return;
+        }
+        (void) sd_event_now(m->cfg.event, CLOCK_MONOTONIC, &now);
+        vm->ready_deadline = now + (uint64_t) m->cfg.start_timeout_sec * UINT64_C(1000000);
+        vm->ready_delay = READY_DELAY_FIRST;
+        ready_try(vm);
+}
+
+int vm_manager_last_words(const VmManager *m, uint64_t vm_id, char *buf, size_t size) {
+        char path[4400], tail[4096];
+        if (size == 0)
+                return -EINVAL;
+        buf[0] = '\0';
+        snprintf(path, sizeof(path), "%s/vms/%016" PRIx64 "/hypervisor.log", m->runtime_dir, vm_id);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0)
+                return negative_errno();
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return -EINVAL;
+        off_t from = st.st_size > (off_t) sizeof(tail) - 1 ? st.st_size - (off_t) sizeof(tail) + 1 : 0;
+        ssize_t n = pread(fd, tail, sizeof(tail) - 1, from);
+        if (n <= 0)
+                return n < 0 ? negative_errno() : 0;
+        /* the last line that has something in it */
+        while (n > 0 && (tail[n - 1] == '\n' || tail[n - 1] == '\r' || tail[n - 1] == ' '))
+                n--;
+        tail[n] = '\0';
+        char *line = memrchr(tail, '\n', (size_t) n);
+        line = line ? line + 1 : tail;
+        size_t k = 0;
+        for (; *line && k + 1 < size; line++)
+                buf[k++] = (unsigned char) *line < 0x20 || *line == 0x7f ? ' ' : *line;
+        buf[k] = '\0';
+        utf8_sanitize(buf);
+        return (int) k;
+}
+
+bool vm_manager_ready(const VmManager *m, uint64_t vm_id) {
+        const Vm *vm = u64map_get(m->vms, vm_id);
+        return vm && vm->ready;
 }
 
 static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -640,6 +806,11 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
                 return net_down(m, vm_id);
         if (vm->stage != STOP_NONE)
                 return 0; /* already on its way down */
+        if (!vm->ready) {
+                /* Still starting: no more tries; the exit fails the start. */
+                talk_close(vm);
+                vm->ready_timer = sd_event_source_disable_unref(vm->ready_timer);
+        }
         vm->stop_timeout_usec = (uint64_t) (timeout_sec ? timeout_sec : 1) * UINT64_C(1000000);
 
         r = start_power_off(m, vm);
@@ -682,6 +853,7 @@ static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t p
         vm->manager = m;
         vm->id = vm_id;
         vm->adopted = true;
+        vm->ready = true; /* it ran before the agent restarted */
         vm->kind = m->cfg.kind_of ? m->cfg.kind_of(vm->id, m->cfg.userdata) : m->cfg.hypervisor;
         snprintf(vm->name, sizeof(vm->name), "%s", name);
         char dir[4300];
@@ -868,7 +1040,7 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone) {
                 dispatcher_failed(m, r);
         for (size_t i = 0; i < journaled; i++)
                 notify_exit(m, dead_ids[i], dead[i].name, JOURNAL_VM_CRASHED, dead_reason(&dead[i]),
-                            r < 0 ? r : down);
+                            r < 0 ? r : down, false);
         if (r < 0)
                 return r;
         r = adopt_orphans(m, &adopted);

@@ -24,7 +24,11 @@ typedef struct VmManager VmManager;
  * exit reason; `error` is 0, or the failure of the teardown or of the journal write, described in
  * vm_manager_error(). */
 typedef void (*VmExitCallback)(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
-                               const char *reason, int error, void *userdata);
+                               const char *reason, int error, bool before_ready, void *userdata);
+/* Called once the hypervisor of a VM started by vm_manager_start() answers on its API as its kind says
+ * (HypervisorVTable.ready). One that exits first (or is killed for not answering within start_timeout_sec)
+ * gets the exit callback instead, with before_ready true: its start failed. */
+typedef void (*VmReadyCallback)(VmManager *m, uint64_t vm_id, const char *name, void *userdata);
 /* The hypervisor kind of a VM the journal says is running, for adoption (its stop method). */
 typedef HypervisorKind (*VmKindLookup)(uint64_t vm_id, void *userdata);
 
@@ -43,6 +47,8 @@ typedef struct VmManagerConfig {
         const char *const *environment;
         const char *const *pass_environment;
         VmExitCallback on_exit; /* may be NULL */
+        VmReadyCallback on_ready; /* may be NULL */
+        unsigned start_timeout_sec; /* [vmm] start_timeout; 0: 30 */
         VmKindLookup kind_of; /* may be NULL: every adopted VM is of kind `hypervisor` */
         /* Exit statuses of adopted hypervisors (not our children); NULL where taskstats notifications do
          * not reach us: their exits are then "exit status unknown". The caller drains it from the loop. */
@@ -79,9 +85,11 @@ const Error *vm_manager_last_error(const VmManager *m);
 typedef struct VmStarted {
         VmNetInfo net;
         pid_t pid;
+        bool ready; /* up already (its kind has no readiness conversation); else on_ready comes later */
 } VmStarted;
 
-/* Network up, hypervisor spawned and watched; on any failure nothing stays behind. ret may be NULL. */
+/* Network up, hypervisor spawned and watched; on any failure nothing stays behind. ret may be NULL. The
+ * hypervisor then counts as starting until its API answers (VmManagerConfig.on_ready). */
 int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret);
 /* What vm_manager_start() would refuse about req's hypervisor arguments (cloud-hypervisor's option syntax,
  * the command line's length, ...), found without starting anything: -EINVAL with vm_manager_error(). */
@@ -117,3 +125,8 @@ bool vm_manager_stopping(const VmManager *m, uint64_t vm_id);
 /* The hypervisor's PID while it runs, else 0. */
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id);
 size_t vm_manager_n_running(const VmManager *m);
+/* Whether the VM's hypervisor runs and its API has answered (adopted ones count as answered). */
+bool vm_manager_ready(const VmManager *m, uint64_t vm_id);
+/* The last line the VM's hypervisor wrote to its log (stderr), control characters blanked, into buf: its
+ * length, 0 when it wrote nothing, -errno when there is no log. */
+int vm_manager_last_words(const VmManager *m, uint64_t vm_id, char *buf, size_t size);

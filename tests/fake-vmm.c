@@ -20,6 +20,8 @@
  *   FAKE_VMM_CRASH_AFTER_MS=N      die of SIGSEGV N ms after start (no core dump)
  *   FAKE_VMM_EXIT_CODE=N           exit(N) FAKE_VMM_EXIT_AFTER_MS ms after start (default 0 ms)
  *   FAKE_VMM_EXIT_AFTER_MS=N       (exit code 0 when FAKE_VMM_EXIT_CODE is not set)
+ *   FAKE_VMM_LISTEN_AFTER_MS=N     make the API socket only N ms after start (a hypervisor slow to come up;
+ *                                  the agent answers its start only once the API answers)
  *   FAKE_VMM_SLOW_EXIT_MS=N        on a power-off or SIGTERM, take N ms to exit: the main thread ends at
  *                                  once, another one ends the process later (a hypervisor freeing a
  *                                  big guest's memory)
@@ -479,6 +481,14 @@ static int api_listen(const char *path) {
         return TAKE_FD(fd);
 }
 
+/* FAKE_VMM_EXIT_AFTER_MS: to the serial file, and like a hypervisor that gives up, to stderr when not 0. */
+_noreturn_ static void planned_exit(int code) {
+        serial_printf("fake-vmm: exiting with status %d\n", code);
+        if (code)
+                fprintf(stderr, "fake-vmm: exiting with status %d (FAKE_VMM_EXIT_CODE)\n", code);
+        clean_exit(code);
+}
+
 static int64_t env_ms(const char *name, int64_t start) {
         const char *s = getenv(name);
         uint64_t v;
@@ -759,6 +769,28 @@ int main(int argc, char *argv[]) {
                       o.kernel ? o.kernel : o.firmware);
         if (getenv("FAKE_VMM_PIDFILE"))
                 write_pidfile(getenv("FAKE_VMM_PIDFILE"));
+        /* A hypervisor slow to come up: its API socket appears only then (a crash, an exit or SIGTERM
+         * may come first). */
+        int64_t listen_at = env_ms("FAKE_VMM_LISTEN_AFTER_MS", start);
+        for (int64_t now; listen_at >= 0 && (now = now_ms()) < listen_at;) {
+                if (crash_at >= 0 && now >= crash_at)
+                        crash();
+                if (exit_at >= 0 && now >= exit_at)
+                        planned_exit(exit_code);
+                int64_t until = listen_at;
+                if (crash_at >= 0 && crash_at < until)
+                        until = crash_at;
+                if (exit_at >= 0 && exit_at < until)
+                        until = exit_at;
+                struct pollfd p = { .fd = sig_fd, .events = POLLIN };
+                if (poll(&p, 1, (int) (until - now)) > 0) {
+                        struct signalfd_siginfo si;
+                        if (read(sig_fd, &si, sizeof(si)) == (ssize_t) sizeof(si) && !ignore_term) {
+                                serial_printf("fake-vmm: signal %u before serving, exiting\n", si.ssi_signo);
+                                clean_exit(0);
+                        }
+                }
+        }
         /* Last: a test that waits for the socket then finds everything above in place. */
         listen_fd = api_listen(o.api_socket);
 
@@ -773,10 +805,8 @@ int main(int argc, char *argv[]) {
 
                 if (crash_at >= 0 && now >= crash_at)
                         crash();
-                if (exit_at >= 0 && now >= exit_at) {
-                        serial_printf("fake-vmm: exiting with status %d\n", exit_code);
-                        clean_exit(exit_code);
-                }
+                if (exit_at >= 0 && now >= exit_at)
+                        planned_exit(exit_code);
                 if (poweroff_at >= 0 && now >= poweroff_at) {
                         serial_printf("fake-vmm: powered off\n");
                         clean_exit(0);

@@ -917,6 +917,88 @@ Test(chvmctl, a_slow_exit_blocks_no_one, .init = setup_ns, .fini = teardown) {
         sd_bus_flush_close_unref(stopper);
 }
 
+/* Issue 12, point 5: StartVM and RunVM are answered when the hypervisor's API answers (fake-vmm, as
+ * cloud-hypervisor: GET vmm.ping), not at the spawn; the VM is "starting" until then, and the loop serves
+ * everyone meanwhile. A hypervisor that exits first makes the start fail with its exit reason and last log
+ * line; a run's VM is removed again. */
+Test(chvmctl, a_start_is_answered_when_the_api_answers, .init = setup_ns, .fini = teardown) {
+        static char late[] = "FAKE_VMM_LISTEN_AFTER_MS=1000";
+        char *env[] = { late, NULL }, *out = NULL, *err = NULL;
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, env);
+        ok("create", ctl(&agent, &out, &err, "create late " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+
+        sd_bus *bus = connect_bus();
+        double answered = 0, t0 = now();
+        cr_assert_geq(sd_bus_call_method_async(bus, NULL, "org.chvm.Agent1", "/org/chvm/agent",
+                                               "org.chvm.Agent1", "StartVM", on_reply_at, &answered, "s",
+                                               "late"),
+                      0);
+        cr_assert_geq(sd_bus_flush(bus), 0);
+        /* meanwhile: starting, and other calls answered */
+        char *o = NULL;
+        for (;;) {
+                free(o);
+                o = jq("list --json", "[.[] | .state]");
+                if (strcmp(o, "[\"starting\"]\n") == 0)
+                        break;
+                cr_assert_lt(now() - t0, 0.9, "never starting: %s", o);
+                usleep(10000);
+        }
+        free(o);
+        double t1 = now();
+        int r = ctl(&agent, &out, &err, "status");
+        cr_assert_eq(r, 0, "status during a start: %s", err);
+        cr_assert_lt(now() - t1, 0.5, "status took %.0f ms during a start", (now() - t1) * 1000);
+        free(out), free(err);
+        while (answered == 0) {
+                (void) sd_bus_process(bus, NULL);
+                (void) sd_bus_wait(bus, 10000);
+                cr_assert_lt(now() - t0, 10.0, "StartVM never answered");
+        }
+        cr_assert_gt(answered, 0, "StartVM failed");
+        cr_assert_geq(answered - t0, 1.0, "StartVM answered after %.3f s, before the API existed",
+                      answered - t0);
+        expect_jq("inspect late --json", ".state", "\"running\"\n");
+        sd_bus_flush_close_unref(bus);
+        ok("kill", ctl(&agent, &out, &err, "kill late"), &out, &err);
+        free(out), free(err);
+
+        /* a hypervisor that exits before its API answers */
+        cr_assert_eq(test_agent_signal_wait(&agent, SIGTERM), 0);
+        static char code[] = "FAKE_VMM_EXIT_CODE=5", after[] = "FAKE_VMM_EXIT_AFTER_MS=200";
+        char *env2[] = { late, code, after, NULL };
+        test_agent_start(&agent, env2);
+        ok("create", ctl(&agent, &out, &err, "create early " KERNEL, test_build_dir()), &out, &err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "start early");
+        cr_assert_eq(r, 1, "chvmctl start early: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "VM early did not start: its hypervisor exited with status 5 before its API "
+                              "answered; it said: \"fake-vmm: exiting with status 5"),
+                  "chvmctl start early: %s", err);
+        free(out), free(err);
+        expect_jq("inspect early --json", "[.state, .exit_reason, (.objects | length), .vmm_pid]",
+                  "[\"crashed\",\"exited with status 5 before its API answered\",0,null]\n");
+        o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n", "a TAP stayed after a failed start");
+        free(o);
+
+        r = ctl(&agent, &out, &err, "run early2 " KERNEL, test_build_dir());
+        cr_assert_eq(r, 1, "chvmctl run early2: exit %d, want 1\n%s", r, err);
+        cr_assert(strstr(err, "VM early2 did not start: its hypervisor exited with status 5"), "%s", err);
+        free(out), free(err);
+        r = ctl(&agent, &out, &err, "inspect early2");
+        cr_assert_eq(r, 3, "a failed run left VM early2 defined: exit %d\n%s", r, out);
+        free(out), free(err);
+        char *files = sh("ls %s/vms", agent.state_dir);
+        cr_assert_str_eq(files, "early.vm\nlate.vm\n", "definition files after a failed run: %s", files);
+        free(files);
+        o = sh("ip -o link show type tun | wc -l; nft list ruleset | grep -c 'elements = .*:' || true");
+        cr_assert_str_eq(o, "0\n0\n", "objects stayed after a failed run");
+        free(o);
+}
+
 /* An error text that quotes a client's string cut short ("%.40s") can end in half a character; sd-bus
  * builds no reply with broken UTF-8, so the call used to get no answer at all (found by fuzz/fuzz-api). */
 Test(chvmctl, error_texts_cut_in_a_character_are_still_answers) {

@@ -62,6 +62,7 @@ Test(config, defaults) {
         cr_assert_eq(c.n_backends, 3);
         cr_assert_str_eq(c.hypervisor, "cloud-hypervisor");
         cr_assert_eq(c.stop_timeout, 10);
+        cr_assert_eq(c.start_timeout, 30);
         cr_assert_str_eq(c.accel, "auto");
         cr_assert_str_eq(l.bridge, "chvm0");
         cr_assert_eq(l.subnet, 0xc0a8c800);
@@ -172,6 +173,7 @@ Test(config, every_key) {
                            "hypervisor = qemu\n"
                            "binary = /bin/sh\n"
                            "stop_timeout = 30\n"
+                           "start_timeout = 7\n"
                            "accel = tcg\n"
                            "[local]\n"
                            "bridge = vmbr9\n"
@@ -195,6 +197,7 @@ Test(config, every_key) {
         cr_assert_str_eq(c.hypervisor, "qemu");
         cr_assert_str_eq(c.vmm_binary, "/bin/sh");
         cr_assert_eq(c.stop_timeout, 30);
+        cr_assert_eq(c.start_timeout, 7);
         cr_assert_str_eq(c.accel, "tcg");
         cr_assert_str_eq(l.bridge, "vmbr9");
         cr_assert_eq(l.subnet, 0x0a140000);
@@ -206,10 +209,10 @@ Test(config, every_key) {
         cr_assert_eq(c.n_settings, 8, "the backends' lines are kept for them");
         BackendSetting bs[4];
         cr_assert_eq(config_backend_settings(&c, "bridge", bs, 4), 2);
-        cr_assert(strcmp(bs[0].key, "bridge") == 0 && strcmp(bs[0].value, "br-lan") == 0 && bs[0].line == 23,
+        cr_assert(strcmp(bs[0].key, "bridge") == 0 && strcmp(bs[0].value, "br-lan") == 0 && bs[0].line == 24,
                   "%s = %s at %u", bs[0].key, bs[0].value, bs[0].line);
         cr_assert(strcmp(bs[1].key, "tap_prefix") == 0 && strcmp(bs[1].value, "vb-") == 0 &&
-                  bs[1].line == 24);
+                  bs[1].line == 25);
 }
 
 /* Each bad file is refused, the message names the line and the cause, and nothing of it is taken. */
@@ -248,6 +251,9 @@ Test(config, bad_input_names_file_line_and_cause) {
                 { "[vmm]\nstop_timeout = 0\n", "agent.conf:2: stop_timeout \"0\"" },
                 { "[vmm]\nstop_timeout = 10s\n", "stop_timeout \"10s\"" },
                 { "[vmm]\nstop_timeout = -5\n", "stop_timeout \"-5\"" },
+                { "[vmm]\nstart_timeout = 0\n",
+                  "agent.conf:2: start_timeout \"0\": expected whole seconds from 1 to 100" },
+                { "[vmm]\nstart_timeout = 101\n", "start_timeout \"101\"" },
                 { "[vmm]\naccel = hvf\n", "accel \"hvf\": expected auto, kvm or tcg" },
                 { "[vmm]\nbinary = qemu\n", "binary must be an absolute path" },
                 { "[vmm]\nhypervisor = qemu\nbinary = /nonexistent/qemu-system-x86_64\n",

@@ -42,6 +42,30 @@ static Dispatcher *disp;
 static sd_event *event;
 static VmManager *mgr;
 
+/* What the callbacks saw. */
+static unsigned n_ready, n_exit_before_ready, start_timeout;
+static char last_exit_reason[256];
+
+static void on_ready(VmManager *m, uint64_t vm_id, const char *name, void *userdata) {
+        (void) m;
+        (void) vm_id;
+        (void) name;
+        (void) userdata;
+        n_ready++;
+}
+
+static void on_vm_exit(VmManager *m, uint64_t vm_id, const char *name, JournalVmState state,
+                       const char *reason, int error, bool before_ready, void *userdata) {
+        (void) m;
+        (void) vm_id;
+        (void) name;
+        (void) state;
+        (void) error;
+        (void) userdata;
+        n_exit_before_ready += before_ready;
+        snprintf(last_exit_reason, sizeof(last_exit_reason), "%s", reason);
+}
+
 static void open_agent(void) {
         JournalOptions o = { .directory = dir };
         JournalReport rep;
@@ -69,7 +93,10 @@ static void open_agent(void) {
                                .hypervisor = HYPERVISOR_CLOUD_HYPERVISOR,
                                .binary = FAKE_VMM_PATH,
                                .pass_environment = (const char *const[]){ "FAKE_VMM_*", NULL },
-                               .accel = VMM_ACCEL_TCG };
+                               .accel = VMM_ACCEL_TCG,
+                               .on_ready = on_ready,
+                               .on_exit = on_vm_exit,
+                               .start_timeout_sec = start_timeout };
         cr_assert_eq(vm_manager_new(&mc, &mgr), 0);
 }
 
@@ -133,6 +160,13 @@ static void start(uint64_t id, const char *name, const char *backend, const Port
                           .ports = p,
                           .n_ports = n };
         cr_assert_eq(start_defined(mgr, &req), 0, "start %s: %s", name, vm_manager_error(mgr));
+        /* as the agent answers a start: once the hypervisor's API answers */
+        double t0 = now();
+        while (!vm_manager_ready(mgr, id)) {
+                cr_assert_neq(vm_manager_pid(mgr, id), 0, "VM %s exited before its API answered", name);
+                cr_assert_lt(now() - t0, 5.0, "VM %s: its API did not answer within 5 s", name);
+                cr_assert_geq(sd_event_run(event, 100000), 0);
+        }
 }
 
 /* fake-vmm makes its API socket last, once its signal handlers and TAP are set up: ready when a
@@ -271,13 +305,103 @@ Test(vm_manager, exit_reasons) {
         cr_assert_str_eq(vm->reason, "exited with status 0");
 
         setenv("FAKE_VMM_EXIT_CODE", "7", 1);
+        setenv("FAKE_VMM_EXIT_AFTER_MS", "300", 1); /* up first, then it exits */
         start(2, "seven", "local", NULL, 0);
         unsetenv("FAKE_VMM_EXIT_CODE");
+        unsetenv("FAKE_VMM_EXIT_AFTER_MS");
         run_until_gone(2);
         vm = live_set_get_vm(journal_live_set(journal), 2);
         cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
         cr_assert_str_eq(vm->reason, "exited with status 7");
         cr_assert_eq(vm->n_objects, 0, "the network of an exited VM was left up");
+}
+
+/* A start is done when the hypervisor's API answers its kind's readiness conversation (fake-vmm: GET
+ * vmm.ping), not at the spawn: a hypervisor that makes its socket 400 ms late is starting until then. */
+Test(vm_manager, ready_when_the_api_answers) {
+        setenv("FAKE_VMM_LISTEN_AFTER_MS", "400", 1);
+        VmRequest req = { .vm_id = 1,
+                          .name = "slow",
+                          .backend = "local",
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64 };
+        double t0 = now();
+        cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        unsetenv("FAKE_VMM_LISTEN_AFTER_MS");
+        cr_assert_neq(vm_manager_pid(mgr, 1), 0);
+        cr_assert_not(vm_manager_ready(mgr, 1), "ready before its API exists");
+        while (now() - t0 < 0.25)
+                cr_assert_geq(sd_event_run(event, 10000), 0);
+        cr_assert_not(vm_manager_ready(mgr, 1), "ready at 250 ms, its API comes at 400");
+        cr_assert_eq(n_ready, 0);
+        while (!vm_manager_ready(mgr, 1)) {
+                cr_assert_lt(now() - t0, 5.0, "not ready after 5 s");
+                cr_assert_geq(sd_event_run(event, 100000), 0);
+        }
+        double dt = now() - t0;
+        cr_assert_geq(dt, 0.4, "ready after %.3f s, before its API existed", dt);
+        cr_assert_eq(n_ready, 1);
+        /* it answered a ping on the way */
+        char path[512];
+        snprintf(path, sizeof(path), "%s/vms/%016x/api.sock", runtime, 1);
+        cr_assert_eq(access(path, F_OK), 0);
+        /* a running VM's later exit is not a failed start */
+        cr_assert_eq(kill(vm_manager_pid(mgr, 1), SIGTERM), 0);
+        run_until_gone(1);
+        cr_assert_eq(n_exit_before_ready, 0);
+        cr_assert_str_eq(last_exit_reason, "exited with status 0");
+}
+
+/* A hypervisor that exits before its API answers failed to start: the exit says so, its network is gone;
+ * one that does not answer within start_timeout is killed for it. */
+Test(vm_manager, exit_or_silence_before_ready_fails_the_start) {
+        setenv("FAKE_VMM_LISTEN_AFTER_MS", "5000", 1);
+        setenv("FAKE_VMM_EXIT_CODE", "3", 1);
+        setenv("FAKE_VMM_EXIT_AFTER_MS", "100", 1);
+        VmRequest req = { .vm_id = 1,
+                          .name = "early",
+                          .backend = "local",
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64 };
+        cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        unsetenv("FAKE_VMM_EXIT_CODE");
+        unsetenv("FAKE_VMM_EXIT_AFTER_MS");
+        run_until_gone(1);
+        cr_assert_eq(n_ready, 0);
+        cr_assert_eq(n_exit_before_ready, 1);
+        cr_assert_str_eq(last_exit_reason, "exited with status 3 before its API answered");
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 1);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_eq(vm->n_objects, 0, "the network of a failed start stayed");
+
+        /* silent for longer than the start timeout (1 s here) */
+        teardown_keep_dir();
+        start_timeout = 1;
+        open_agent();
+        start_timeout = 0;
+        req.vm_id = 2;
+        req.name = "silent";
+        double t0 = now();
+        cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        unsetenv("FAKE_VMM_LISTEN_AFTER_MS");
+        while (vm_manager_pid(mgr, 2) != 0) {
+                cr_assert_lt(now() - t0, 5.0, "still there after 5 s");
+                cr_assert_geq(sd_event_run(event, 100000), 0);
+        }
+        double dt = now() - t0;
+        cr_assert(dt >= 1.0 && dt < 3.0, "killed after %.3f s, the timeout is 1 s", dt);
+        cr_assert_eq(n_ready, 0);
+        cr_assert_eq(n_exit_before_ready, 2);
+        cr_assert_str_eq(last_exit_reason,
+                         "killed by signal 9 (sent by the agent: its API did not answer within 1 s)");
+        vm = live_set_get_vm(journal_live_set(journal), 2);
+        cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
+        cr_assert_eq(vm->n_objects, 0);
+        char *o = sh("ip -o link show type tun | wc -l");
+        cr_assert_str_eq(o, "0\n");
+        free(o);
 }
 
 /* A hypervisor that cannot be executed, or that refuses to start, leaves no network behind. */
@@ -316,7 +440,7 @@ Test(vm_manager, failed_start_leaves_nothing) {
         cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
         run_until_gone(2);
         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 2);
-        cr_assert_str_eq(vm->reason, "exited with status 1");
+        cr_assert_str_eq(vm->reason, "exited with status 1 before its API answered");
         cr_assert_eq(vm->n_objects, 0);
         o = sh("ip -o link show type tun | wc -l");
         cr_assert_str_eq(o, "0\n");

@@ -140,6 +140,12 @@ static const char *const ch_requests[] = { "PUT /api/v1/vm.power-button HTTP/1.1
 static const char *const ch_expects[] = { "HTTP/1.1 2" };
 static const HypervisorTalk ch_power_off = { ch_requests, ch_expects, ELEMENTSOF(ch_requests) };
 
+/* Ready when GET vmm.ping answers 200: the VMM's API thread serves (the VM was made from the command line).
+ */
+static const char *const ch_ping_requests[] = { "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n" };
+static const char *const ch_ping_expects[] = { "HTTP/1.1 200" };
+static const HypervisorTalk ch_ready = { ch_ping_requests, ch_ping_expects, ELEMENTSOF(ch_ping_requests) };
+
 const HypervisorVTable cloud_hypervisor_vtable = {
         .kind = HYPERVISOR_CLOUD_HYPERVISOR,
         .name = "cloud-hypervisor",
@@ -147,4 +153,5 @@ const HypervisorVTable cloud_hypervisor_vtable = {
         .validate = cloud_hypervisor_validate,
         .build_argv = cloud_hypervisor_build_argv,
         .power_off = &ch_power_off,
+        .ready = &ch_ready,
 };

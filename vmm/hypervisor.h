@@ -2,7 +2,8 @@
 #pragma once
 
 /* Hypervisor kinds behind a small vtable. A kind turns a VmSpec into the argv of its hypervisor process, and
- * says how its guest is asked to power off over the API socket (HypervisorVTable.power_off);
+ * says over the API socket how its guest is asked to power off (HypervisorVTable.power_off) and how it is
+ * known to be up (HypervisorVTable.ready);
  * the spawner execs that argv directly (no shell, ever). One const vtable per kind: cloud-hypervisor
  * (vmm/cloud-hypervisor.c) and qemu (vmm/qemu.c).
  *
@@ -93,6 +94,11 @@ typedef struct HypervisorVTable {
          * expects[i]. The agent drives it from its event loop; a hypervisor that does not answer holds up
          * nothing but its own stop. */
         const HypervisorTalk *power_off;
+        /* How the agent knows the hypervisor is up: a conversation on the API socket like power_off, tried
+         * from the spawn on (the socket may not exist yet) until it completes. A start is answered only
+         * then; a hypervisor that exits first, or does not answer within [vmm] start_timeout, failed to
+         * start. NULL: up as soon as it runs. */
+        const HypervisorTalk *ready;
 } HypervisorVTable;
 
 /* NULL for a kind out of range. */

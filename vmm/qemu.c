@@ -107,6 +107,9 @@ static const char *const qmp_requests[] = { NULL, "{\"execute\":\"qmp_capabiliti
 static const char *const qmp_expects[] = { "\"QMP\"", "\"return\"", "\"return\"" };
 static const HypervisorTalk qmp_power_off = { qmp_requests, qmp_expects, ELEMENTSOF(qmp_requests) };
 
+/* Ready when the monitor greets and takes qmp_capabilities: QEMU made its machine and answers. */
+static const HypervisorTalk qmp_ready = { qmp_requests, qmp_expects, 2 };
+
 const HypervisorVTable qemu_vtable = {
         .kind = HYPERVISOR_QEMU,
         .name = "qemu",
@@ -114,4 +117,5 @@ const HypervisorVTable qemu_vtable = {
         .validate = qemu_validate,
         .build_argv = qemu_build_argv,
         .power_off = &qmp_power_off,
+        .ready = &qmp_ready,
 };
