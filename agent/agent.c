@@ -308,7 +308,7 @@ static int mkdir_parents(const char *path, mode_t mode) {
         return 0;
 }
 
-static int open_dirs(Agent *a, char *err, size_t err_size) {
+static int open_dirs(Agent *a, Error *e) {
         const char *bad = NULL;
         int r;
 
@@ -318,38 +318,34 @@ static int open_dirs(Agent *a, char *err, size_t err_size) {
         else if ((r = mkdir_parents(a->cfg.runtime_dir, 0755)) < 0)
                 bad = a->cfg.runtime_dir;
         if (bad) {
-                snprintf(err, err_size, "cannot make the folder %s: %s", bad, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot make the folder %s: %s", bad, strerror(-r));
         }
         a->state_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (a->state_fd < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot open the state folder %s: %s", a->cfg.state_dir,
-                         strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot open the state folder %s: %s", a->cfg.state_dir,
+                                   strerror(-r));
         }
         if (mkdirat(a->state_fd, "vms", 0700) < 0 && errno != EEXIST) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot make the folder %s/vms: %s", a->cfg.state_dir, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot make the folder %s/vms: %s", a->cfg.state_dir,
+                                   strerror(-r));
         }
         a->vms_fd = openat(a->state_fd, "vms", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (a->vms_fd < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot open %s/vms: %s", a->cfg.state_dir, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot open %s/vms: %s", a->cfg.state_dir, strerror(-r));
         }
         return 0;
 }
 
-static int open_journal(Agent *a, char *err, size_t err_size) {
+static int open_journal(Agent *a, Error *e) {
         JournalOptions o = { .directory = a->cfg.state_dir };
         JournalReport rep = {};
         memcpy(o.agent_id, a->agent_id, 16);
         int r = journal_open(&o, &a->journal, &rep);
         if (r < 0) {
-                snprintf(err, err_size, "%s", rep.message[0] ? rep.message : strerror(-r));
-                return r;
+                return error_errno(e, r, "%s", rep.message[0] ? rep.message : strerror(-r));
         }
         switch (rep.state) {
         case JOURNAL_STATE_TORN_TAIL_REPAIRED:
@@ -486,29 +482,24 @@ static void lease_event(void *userdata, Backend *b, const Dhcp4Event *ev) {
 }
 
 /* The part of a backend's config that comes from agent.conf: its section. */
-static BackendConfig backend_config(const AgentConfig *cfg, const char *name, BackendSetting *settings,
-                                    size_t max) {
-        return (BackendConfig){ .settings = settings,
-                                .n_settings = config_backend_settings(cfg, name, settings, max),
-                                .settings_source = cfg->source };
-}
-
-int agent_check_backends(const AgentConfig *cfg, char *err, size_t err_size) {
+int agent_check_backends(const AgentConfig *cfg, Error *e) {
         for (unsigned i = 0; i < cfg->n_backends; i++) {
                 BackendSetting settings[CONFIG_MAX_SETTINGS];
-                BackendConfig bc = backend_config(cfg, cfg->backends[i], settings, ELEMENTSOF(settings));
-                int r = backend_check(cfg->backend_dir, cfg->backends[i], &bc, err, err_size);
+                BackendConfig bc;
+                config_backend_config(cfg, cfg->backends[i], settings, ELEMENTSOF(settings), &bc);
+                int r = backend_check(cfg->backend_dir, cfg->backends[i], &bc, e);
                 if (r < 0)
                         return r;
         }
         return 0;
 }
 
-static int load_backends(Agent *a, char *err, size_t err_size) {
+static int load_backends(Agent *a, Error *e) {
         for (unsigned i = 0; i < a->cfg.n_backends; i++) {
                 const char *name = a->cfg.backends[i];
                 BackendSetting settings[CONFIG_MAX_SETTINGS];
-                BackendConfig bc = backend_config(&a->cfg, name, settings, ELEMENTSOF(settings));
+                BackendConfig bc;
+                config_backend_config(&a->cfg, name, settings, ELEMENTSOF(settings), &bc);
                 bc.agent_id = a->agent_id_str;
                 bc.event = a->event;
                 bc.guest_lookup = guest_lookup;
@@ -516,8 +507,7 @@ static int load_backends(Agent *a, char *err, size_t err_size) {
                 bc.guest_userdata = a;
                 bc.links = agent_links;
                 bc.links_userdata = a;
-                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], err,
-                                     err_size);
+                int r = backend_load(a->cfg.backend_dir, name, &bc, &a->backends[a->n_backends], e);
                 if (r < 0)
                         return r;
                 a->n_backends++;
@@ -633,7 +623,7 @@ static bool is_bad_name(const LoadCtx *c, const char *name) {
 
 /* VMs the journal knows but no file describes: forgotten when they own nothing (removed: the file went
  * first, a crash came before VM_UNDEFINE), else listed without a definition. */
-static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_size) {
+static int journal_only_vms(Agent *a, const LoadCtx *c, Error *e) {
         const LiveSet *ls = journal_live_set(a->journal);
         _cleanup_free_ uint64_t *forget = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
         const LiveVm *lv;
@@ -665,36 +655,36 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, char *err, size_t err_si
         for (size_t i = 0; i < k; i++) {
                 r = journal_undefine(a, forget[i]);
                 if (r < 0) {
-                        snprintf(err, err_size, "%s", error_message(&a->error));
+                        *e = a->error;
                         return r;
                 }
         }
         return 0;
 }
 
-static int load_definitions(Agent *a, char *err, size_t err_size) {
+static int load_definitions(Agent *a, Error *e) {
         LoadCtx c = { .a = a };
         int r = vm_def_load_all(a->vms_fd, on_definition, &c);
         if (r < 0)
-                snprintf(err, err_size, "VM definitions in %s/vms: %s", a->cfg.state_dir,
-                         error_message(&a->error));
+                (void) error_errno(e, r, "VM definitions in %s/vms: %s", a->cfg.state_dir,
+                                   error_message(&a->error));
         else
-                r = journal_only_vms(a, &c, err, err_size);
+                r = journal_only_vms(a, &c, e);
         for (size_t i = 0; i < c.n_bad; i++)
                 free(c.bad_names[i]);
         free(c.bad_names);
         return r;
 }
 
-int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
-              size_t err_size) {
+int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, Error *e) {
         _cleanup_(agent_freep) Agent *a = calloc(1, sizeof(Agent));
         AgentOptions none = {};
         VmmAccel accel;
         int r;
 
+        error_clear(e);
         if (!a)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s", strerror(ENOMEM));
         if (!opts)
                 opts = &none;
         a->cfg = *cfg;
@@ -705,35 +695,34 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
         a->vms_by_name = u64map_new();
         a->vms_by_port = u64map_new();
         if (!a->vms || !a->vms_by_mac || !a->vms_by_name || !a->vms_by_port)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s", strerror(ENOMEM));
         a->default_kind = hypervisor_kind_from_string(cfg->hypervisor);
         if (a->default_kind < 0) {
-                snprintf(err, err_size, "[vmm] hypervisor \"%s\" is not a hypervisor kind", cfg->hypervisor);
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID,
+                                 "[vmm] hypervisor \"%s\" is not a hypervisor kind", cfg->hypervisor);
         }
         r = vmm_accel_resolve(vmm_accel_from_string(cfg->accel), opts->kvm_works, VMM_KVM_DEVICE, &accel);
         if (r < 0) {
-                snprintf(err, err_size, "[vmm] accel \"%s\" is not an accelerator", cfg->accel);
-                return r;
+                return error_errno(e, r, "[vmm] accel \"%s\" is not an accelerator", cfg->accel);
         }
 
         /* A module that is not there, or that refuses its section, is a config error: refused before
          * anything is made. */
-        r = agent_check_backends(cfg, err, err_size);
+        r = agent_check_backends(cfg, e);
         if (r < 0)
                 return r;
-        r = open_dirs(a, err, err_size);
+        r = open_dirs(a, e);
         if (r < 0)
                 return r;
         open_taskstats(a);
-        r = agent_id_load_or_create(a->state_fd, cfg->state_dir, NULL, a->agent_id, err, err_size);
+        r = agent_id_load_or_create(a->state_fd, cfg->state_dir, NULL, a->agent_id, e);
         if (r < 0)
                 return r;
         agent_id_to_string(a->agent_id, a->agent_id_str);
-        r = open_journal(a, err, err_size);
+        r = open_journal(a, e);
         if (r < 0)
                 return r;
-        r = load_backends(a, err, err_size);
+        r = load_backends(a, e);
         if (r < 0)
                 return r;
 
@@ -743,16 +732,14 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                 .n_backends = a->n_backends };
         r = dispatcher_new(&dc, &a->dispatcher);
         if (r < 0) {
-                snprintf(err, err_size, "cannot set up the dispatcher: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot set up the dispatcher: %s", strerror(-r));
         }
         r = dispatcher_recover(a->dispatcher);
         if (r < 0) {
-                snprintf(err, err_size, "recovering half-done operations from the ownership journal: %s",
-                         dispatcher_error(a->dispatcher));
-                return r;
+                *e = *dispatcher_last_error(a->dispatcher);
+                return error_prefix(e, "recovering half-done operations from the ownership journal");
         }
-        r = load_definitions(a, err, err_size);
+        r = load_definitions(a, e);
         if (r < 0)
                 return r;
 
@@ -780,12 +767,12 @@ int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event,
                                .userdata = a };
         r = vm_manager_new(&mc, &a->vmm);
         if (r < 0)
-                return r;
+                return error_errno(e, r, "cannot set up the VM manager: %s", strerror(-r));
         size_t adopted = 0, gone = 0;
         r = vm_manager_adopt_all(a->vmm, &adopted, &gone);
         if (r < 0) {
-                snprintf(err, err_size, "adopting running VMs: %s", vm_manager_error(a->vmm));
-                return r;
+                *e = *vm_manager_last_error(a->vmm);
+                return error_prefix(e, "adopting running VMs");
         }
         if (adopted || gone)
                 log_info("%zu running VM(s) adopted, %zu found dead and torn down", adopted, gone);

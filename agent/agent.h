@@ -80,9 +80,8 @@ typedef struct AgentOptions {
 /* cfg is copied: the caller may drop it after the call. */
 /* Loads each backend of cfg with its section, without starting it: a missing module or a section it refuses
  * is -errno with err naming FILE:LINE, the section and the cause. Nothing of the host is touched. */
-int agent_check_backends(const AgentConfig *cfg, char *err, size_t err_size);
-int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, char *err,
-              size_t err_size);
+int agent_check_backends(const AgentConfig *cfg, Error *e);
+int agent_new(const AgentConfig *cfg, const AgentOptions *opts, sd_event *event, Agent **ret, Error *e);
 /* Stops watching; running hypervisors keep running and their objects stay (adopted at the next start). */
 Agent *agent_free(Agent *a);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Agent *, agent_free);

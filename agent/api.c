@@ -486,23 +486,23 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 
 /* --- socket ----------------------------------------------------------------------------------------- */
 
-static int socket_from_systemd(Api *api, char *err, size_t err_size) {
+static int socket_from_systemd(Api *api, Error *e) {
         int n = sd_listen_fds(true);
         if (n <= 0)
                 return n;
         if (n > 1) {
-                snprintf(err, err_size, "systemd passed %d sockets, expected one (chvm-agentd.socket)", n);
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID,
+                                 "systemd passed %d sockets, expected one (chvm-agentd.socket)", n);
         }
         int fd = SD_LISTEN_FDS_START;
         if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
-                snprintf(err, err_size, "the socket systemd passed is not a listening unix stream socket");
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID,
+                                 "the socket systemd passed is not a listening unix stream socket");
         }
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-                snprintf(err, err_size, "cannot set up the socket systemd passed: %s", strerror(errno));
-                return negative_errno();
+                return error_errno(e, negative_errno(), "cannot set up the socket systemd passed: %s",
+                                   strerror(errno));
         }
         struct sockaddr_un sa = {};
         socklen_t len = sizeof(sa);
@@ -522,15 +522,15 @@ static bool socket_in_use(const struct sockaddr_un *sa) {
         return fd >= 0 && (connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) == 0 || errno == EAGAIN);
 }
 
-static int socket_own(Api *api, char *err, size_t err_size) {
+static int socket_own(Api *api, Error *e) {
         const char *path = agent_config(api->agent)->socket;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct stat st;
         int r;
 
         if (strlen(path) >= sizeof(sa.sun_path)) {
-                snprintf(err, err_size, "%s: path too long for a unix socket", path);
-                return -ENAMETOOLONG;
+                return error_set(e, -ENAMETOOLONG, ERROR_INVALID, "%s: path too long for a unix socket",
+                                 path);
         }
         memcpy(sa.sun_path, path, strlen(path) + 1);
         /* Everything below goes by path (bind, chown, unlink): only a folder nobody but root may change
@@ -542,22 +542,19 @@ static int socket_own(Api *api, char *err, size_t err_size) {
                 slash[slash == dir] = '\0'; /* "/x.sock": "/" */
         if (stat(dir, &st) < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "socket folder %s: %s", dir, strerror(-r));
-                return r;
+                return error_errno(e, r, "socket folder %s: %s", dir, strerror(-r));
         }
         if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
-                snprintf(
-                        err, err_size,
+                return error_set(
+                        e, -EPERM, ERROR_INVALID,
                         "socket folder %s may be changed by others (owner uid %u, mode %04o): the control socket "
                         "needs a folder only root may write",
                         dir, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
-                return -EPERM;
         }
         if (lstat(path, &st) == 0) {
                 if (!S_ISSOCK(st.st_mode)) {
-                        snprintf(err, err_size, "%s exists and is not a socket; refusing to replace it",
-                                 path);
-                        return -EEXIST;
+                        return error_set(e, -EEXIST, ERROR_EXISTS,
+                                         "%s exists and is not a socket; refusing to replace it", path);
                 }
                 /* An agent just killed may still "listen" for a moment: a hypervisor child it forked holds a
                  * copy of the socket until it has closed the agent's fds (or ended at its gate). */
@@ -567,8 +564,8 @@ static int socket_own(Api *api, char *err, size_t err_size) {
                         busy = socket_in_use(&sa);
                 }
                 if (busy) {
-                        snprintf(err, err_size, "%s: another agent is listening there", path);
-                        return -EADDRINUSE;
+                        return error_set(e, -EADDRINUSE, ERROR_INVALID,
+                                         "%s: another agent is listening there", path);
                 }
                 (void) unlink(path); /* stale, from an agent that is gone */
         }
@@ -581,23 +578,20 @@ static int socket_own(Api *api, char *err, size_t err_size) {
         r = bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 ? negative_errno() : 0;
         umask(old);
         if (r < 0) {
-                snprintf(err, err_size, "cannot bind %s: %s", path, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot bind %s: %s", path, strerror(-r));
         }
         api->own_socket = true;
         snprintf(api->path, sizeof(api->path), "%s", path);
         if (api->has_control_group) {
                 if (lchown(path, 0, api->control_gid) < 0) {
                         r = negative_errno();
-                        snprintf(err, err_size, "cannot give %s to group %s: %s", path,
-                                 agent_config(api->agent)->control_group, strerror(-r));
-                        return r;
+                        return error_errno(e, r, "cannot give %s to group %s: %s", path,
+                                           agent_config(api->agent)->control_group, strerror(-r));
                 }
         }
         if (listen(fd, SOMAXCONN) < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot listen on %s: %s", path, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot listen on %s: %s", path, strerror(-r));
         }
         api->listen_fd = TAKE_FD(fd);
         return 0;
@@ -641,28 +635,29 @@ static int api_alloc(Agent *agent, sd_event *event, Api **ret) {
         return 0;
 }
 
-int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size) {
+int api_new(Agent *agent, sd_event *event, Api **ret, Error *e) {
         Api *api = NULL;
         int r;
 
+        error_clear(e);
         r = api_alloc(agent, event, &api);
         if (r < 0)
                 goto fail;
-        r = socket_from_systemd(api, err, err_size);
+        r = socket_from_systemd(api, e);
         if (r == 0)
-                r = socket_own(api, err, err_size);
+                r = socket_own(api, e);
         if (r < 0)
                 goto fail;
         r = sd_event_add_io(event, &api->listen_source, api->listen_fd, EPOLLIN, on_accept, api);
         if (r < 0) {
-                snprintf(err, err_size, "cannot watch %s: %s", api->path, strerror(-r));
+                (void) error_errno(e, r, "cannot watch %s: %s", api->path, strerror(-r));
                 goto fail;
         }
         *ret = api;
         return 0;
 fail:
-        if (!err[0])
-                snprintf(err, err_size, "%s", strerror(-r));
+        if (!e->code)
+                (void) error_errno(e, r, "%s", strerror(-r));
         api_free(api);
         return r;
 }

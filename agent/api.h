@@ -29,7 +29,7 @@
 
 typedef struct Api Api;
 
-int api_new(Agent *agent, sd_event *event, Api **ret, char *err, size_t err_size);
+int api_new(Agent *agent, sd_event *event, Api **ret, Error *e);
 /* An Api that listens nowhere (tests, the fuzzer): its clients come through api_add_connection(). */
 int api_new_unlistened(Agent *agent, sd_event *event, Api **ret);
 /* Serves fd, a connected unix stream socket, as one client, exactly like an accepted connection (the

@@ -34,32 +34,30 @@ int backend_module_path(const char *dir, const char *name, char *buf, size_t siz
 }
 
 /* Only root may be able to change what the agent executes as root. */
-static int check_owner_mode(const struct stat *st, const char *what, const char *path, char *err,
-                            size_t err_size) {
+static int check_owner_mode(const struct stat *st, const char *what, const char *path, Error *e) {
         if (st->st_uid != 0) {
-                snprintf(err, err_size, "refusing %s %s: owned by uid %u, not root", what, path,
-                         (unsigned) st->st_uid);
-                return -EPERM;
+                return error_set(e, -EPERM, ERROR_INVALID, "refusing %s %s: owned by uid %u, not root", what,
+                                 path, (unsigned) st->st_uid);
         }
         if (st->st_mode & (S_IWGRP | S_IWOTH)) {
-                snprintf(err, err_size, "refusing %s %s: writable by %s (mode %04o)", what, path,
-                         st->st_mode & S_IWOTH ? "everyone" : "its group", (unsigned) (st->st_mode & 07777));
-                return -EPERM;
+                return error_set(e, -EPERM, ERROR_INVALID, "refusing %s %s: writable by %s (mode %04o)",
+                                 what, path, st->st_mode & S_IWOTH ? "everyone" : "its group",
+                                 (unsigned) (st->st_mode & 07777));
         }
         return 0;
 }
 
-void backend_setting_error(const BackendConfig *cfg, const char *name, size_t bad, const char *why,
-                           char *err, size_t err_size) {
+int backend_setting_error(const BackendConfig *cfg, const char *name, size_t bad, int code, const char *why,
+                          Error *e) {
         const char *source = cfg->settings_source ? cfg->settings_source : "agent.conf";
         if (bad < cfg->n_settings && cfg->settings[bad].line > 0)
-                snprintf(err, err_size, "%s:%u: [%s] %s", source, cfg->settings[bad].line, name, why);
-        else
-                snprintf(err, err_size, "%s: [%s] %s", source, name, why);
+                return error_set(e, code, ERROR_INVALID, "%s:%u: [%s] %s", source, cfg->settings[bad].line,
+                                 name, why);
+        return error_set(e, code, ERROR_INVALID, "%s: [%s] %s", source, name, why);
 }
 
 /* The backend's section, through its configure hook. */
-static int configure(Backend *b, const BackendConfig *cfg, char *err, size_t err_size) {
+static int configure(Backend *b, const BackendConfig *cfg, Error *e) {
         const BackendVTable *vt = b->vtable;
         size_t bad = cfg->n_settings;
         char why[256];
@@ -69,42 +67,36 @@ static int configure(Backend *b, const BackendConfig *cfg, char *err, size_t err
                         return 0;
                 snprintf(why, sizeof(why), "unknown key \"%s\" (the %s backend has no settings)",
                          cfg->settings[0].key, vt->name);
-                backend_setting_error(cfg, vt->name, 0, why, err, err_size);
-                return -EINVAL;
+                return backend_setting_error(cfg, vt->name, 0, -EINVAL, why, e);
         }
         int r = vt->configure(b, cfg->settings, cfg->n_settings, &bad);
-        if (r < 0)
-                backend_setting_error(cfg, vt->name, bad, vt->error_message(b), err, err_size);
-        return r;
+        return r < 0 ? backend_setting_error(cfg, vt->name, bad, r, vt->error_message(b), e) : r;
 }
 
 static int load(const char *dir, const char *name, const BackendConfig *cfg, bool init, Backend **ret,
-                char *err, size_t err_size) {
+                Error *e) {
         _cleanup_close_ int fd = -EBADF;
         char path[4096];
         struct stat st;
         int r;
 
         if (!backend_name_valid(name)) {
-                snprintf(err, err_size, "unknown backend \"%s\": not a backend name", name ? name : "");
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID, "unknown backend \"%s\": not a backend name",
+                                 name ? name : "");
         }
         r = backend_module_path(dir, name, path, sizeof(path));
         if (r < 0) {
-                snprintf(err, err_size, "backend directory %s: path too long", dir);
-                return r;
+                return error_errno(e, r, "backend directory %s: path too long", dir);
         }
 
         if (stat(dir, &st) < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "backend directory %s: %s", dir, strerror(-r));
-                return r;
+                return error_errno(e, r, "backend directory %s: %s", dir, strerror(-r));
         }
         if (!S_ISDIR(st.st_mode)) {
-                snprintf(err, err_size, "backend directory %s is not a directory", dir);
-                return -ENOTDIR;
+                return error_set(e, -ENOTDIR, ERROR_INVALID, "backend directory %s is not a directory", dir);
         }
-        r = check_owner_mode(&st, "backend directory", dir, err, err_size);
+        r = check_owner_mode(&st, "backend directory", dir, e);
         if (r < 0)
                 return r;
 
@@ -112,21 +104,18 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         if (fd < 0) {
                 r = negative_errno();
                 if (r == -ENOENT)
-                        snprintf(err, err_size, "unknown backend \"%s\": no module %s", name, path);
+                        (void) error_errno(e, r, "unknown backend \"%s\": no module %s", name, path);
                 else
-                        snprintf(err, err_size, "cannot open backend module %s: %s", path, strerror(-r));
-                return r;
+                        return error_errno(e, r, "cannot open backend module %s: %s", path, strerror(-r));
         }
         if (fstat(fd, &st) < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot stat backend module %s: %s", path, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot stat backend module %s: %s", path, strerror(-r));
         }
         if (!S_ISREG(st.st_mode)) {
-                snprintf(err, err_size, "backend module %s is not a regular file", path);
-                return -EPERM;
+                return error_set(e, -EPERM, ERROR_INVALID, "backend module %s is not a regular file", path);
         }
-        r = check_owner_mode(&st, "backend module", path, err, err_size);
+        r = check_owner_mode(&st, "backend module", path, e);
         if (r < 0)
                 return r;
 
@@ -135,38 +124,37 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
          * be tighter, but glibc then takes a later module at a reused fd number for the earlier one.) */
         _cleanup_(dlclosep) void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (!dl) {
-                snprintf(err, err_size, "cannot load backend module %s: %s", path, dlerror());
-                return -ENOEXEC;
+                return error_set(e, -ENOEXEC, ERROR_INVALID, "cannot load backend module %s: %s", path,
+                                 dlerror());
         }
         const BackendVTable *vt = dlsym(dl, CHVM_BACKEND_SYMBOL);
         if (!vt) {
-                snprintf(err, err_size, "backend module %s does not export %s", path, CHVM_BACKEND_SYMBOL);
-                return -EPROTO;
+                return error_set(e, -EPROTO, ERROR_INVALID, "backend module %s does not export %s", path,
+                                 CHVM_BACKEND_SYMBOL);
         }
         if (vt->abi != CHVM_BACKEND_ABI) {
-                snprintf(err, err_size, "backend module %s has ABI %u, this agent needs ABI %u", path,
-                         vt->abi, CHVM_BACKEND_ABI);
-                return -EPROTO;
+                return error_set(e, -EPROTO, ERROR_INVALID,
+                                 "backend module %s has ABI %u, this agent needs ABI %u", path, vt->abi,
+                                 CHVM_BACKEND_ABI);
         }
         if (!vt->name || strcmp(vt->name, name) != 0 || vt->object_size < sizeof(Backend) || !vt->init ||
             !vt->done || !vt->plan_core || !vt->plan || !vt->apply || !vt->remove || !vt->scan ||
             !vt->error_message) {
-                snprintf(err, err_size, "backend module %s is not the \"%s\" backend or is incomplete", path,
-                         name);
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID,
+                                 "backend module %s is not the \"%s\" backend or is incomplete", path, name);
         }
 
         _cleanup_(backend_unloadp) Backend *b = calloc(1, vt->object_size);
         if (!b)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "backend %s: %s", name, strerror(ENOMEM));
         b->vtable = vt;
         b->module = TAKE_PTR(dl); /* from here the backend's: backend_unload() closes it */
         snprintf(b->agent_id, sizeof(b->agent_id), "%s", cfg->agent_id ? cfg->agent_id : "");
-        r = configure(b, cfg, err, err_size);
+        r = configure(b, cfg, e);
         if (r >= 0 && init) {
                 r = vt->init(b, cfg);
                 if (r < 0)
-                        snprintf(err, err_size, "backend %s: %s", name, vt->error_message(b));
+                        (void) error_errno(e, r, "backend %s: %s", name, vt->error_message(b));
         }
         if (r < 0)
                 return r;
@@ -174,14 +162,13 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         return 0;
 }
 
-int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Backend **ret, char *err,
-                 size_t err_size) {
-        return load(dir, name, cfg, true, ret, err, err_size);
+int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Backend **ret, Error *e) {
+        return load(dir, name, cfg, true, ret, e);
 }
 
-int backend_check(const char *dir, const char *name, const BackendConfig *cfg, char *err, size_t err_size) {
+int backend_check(const char *dir, const char *name, const BackendConfig *cfg, Error *e) {
         _cleanup_(backend_unloadp) Backend *b = NULL;
-        return load(dir, name, cfg, false, &b, err, err_size);
+        return load(dir, name, cfg, false, &b, e);
 }
 
 Backend *backend_unload(Backend *b) {

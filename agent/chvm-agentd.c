@@ -144,15 +144,13 @@ static int list_crash_points(const AgentConfig *cfg) {
                 printf("%s\n", own[i]);
         for (unsigned i = 0; i < cfg->n_backends; i++) {
                 BackendSetting settings[CONFIG_MAX_SETTINGS];
-                BackendConfig bc = { .agent_id = "00000000-0000-4000-8000-000000000000",
-                                     .settings = settings,
-                                     .n_settings = config_backend_settings(cfg, cfg->backends[i], settings,
-                                                                           ELEMENTSOF(settings)),
-                                     .settings_source = cfg->source };
+                BackendConfig bc;
+                config_backend_config(cfg, cfg->backends[i], settings, ELEMENTSOF(settings), &bc);
+                bc.agent_id = "00000000-0000-4000-8000-000000000000";
                 _cleanup_(backend_unloadp) Backend *b = NULL;
-                char err[1024];
-                if (backend_load(cfg->backend_dir, cfg->backends[i], &bc, &b, err, sizeof(err)) < 0) {
-                        log_error("%s", err);
+                Error err;
+                if (backend_load(cfg->backend_dir, cfg->backends[i], &bc, &b, &err) < 0) {
+                        log_error("%s", error_message(&err));
                         return 1;
                 }
                 size_t n;
@@ -239,18 +237,18 @@ int main(int argc, char *argv[]) {
         log_setup("chvm-agentd", target, level);
 
         AgentConfig cfg;
-        char err[2048];
+        Error err;
         config_defaults(&cfg, CHVM_BACKEND_DIR);
         if (config_path || access(CHVM_CONFIG_PATH, F_OK) == 0) {
                 const char *path = config_path ? config_path : CHVM_CONFIG_PATH;
-                r = config_load(&cfg, path, err, sizeof(err));
+                r = config_load(&cfg, path, &err);
                 if (r < 0) {
-                        log_error("%s; refusing to start", err);
+                        log_error("%s; refusing to start", error_message(&err));
                         return 1;
                 }
                 config_path = path;
         } else {
-                config_load_string(&cfg, "(built-in defaults)", "", err, sizeof(err));
+                config_load_string(&cfg, "(built-in defaults)", "", &err);
                 config_path = "(built-in defaults)";
                 log_notice("%s does not exist: using the built-in defaults", CHVM_CONFIG_PATH);
         }
@@ -261,9 +259,9 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         if (check_only) {
-                r = agent_check_backends(&cfg, err, sizeof(err));
+                r = agent_check_backends(&cfg, &err);
                 if (r < 0) {
-                        log_error("%s; refusing to start", err);
+                        log_error("%s; refusing to start", error_message(&err));
                         return 1;
                 }
                 printf("%s: ok\n", config_path);
@@ -290,17 +288,17 @@ int main(int argc, char *argv[]) {
         (void) sd_event_add_signal(d.event, NULL, SIGHUP, on_hup, &d);
 
         AgentOptions ao = { .config_path = config_path, .kvm_works = true };
-        r = agent_new(&cfg, &ao, d.event, &d.agent, err, sizeof(err));
+        r = agent_new(&cfg, &ao, d.event, &d.agent, &err);
         if (r < 0) {
-                log_error("%s; refusing to start", err);
+                log_error("%s; refusing to start", error_message(&err));
                 sd_event_unref(d.event);
                 return 1;
         }
         agent_set_state_callback(d.agent, on_state, &d);
 
-        r = api_new(d.agent, d.event, &d.api, err, sizeof(err));
+        r = api_new(d.agent, d.event, &d.api, &err);
         if (r < 0) {
-                log_error("control socket: %s; refusing to start", err);
+                log_error("control socket: %s; refusing to start", error_message(&err));
                 agent_free(d.agent);
                 sd_event_unref(d.event);
                 return 1;

@@ -304,40 +304,38 @@ static int handler(void *user, const char *section, const char *name, const char
         return bad(p, "unknown key \"%s\" in [%s]", name, section);
 }
 
-static int finish(Parse *p, const char *name, int line, char *err, size_t err_size) {
+static int finish(Parse *p, const char *name, int line, Error *e) {
         AgentConfig *c = &p->c;
 
         if (line != 0) {
-                snprintf(err, err_size, "%s:%d: %s", name, line, p->why[0] ? p->why : "syntax error");
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID, "%s:%d: %s", name, line,
+                                 p->why[0] ? p->why : "syntax error");
         }
         bool found = false;
         for (unsigned i = 0; i < c->n_backends; i++)
                 found = found || strcmp(c->backends[i], c->default_backend) == 0;
         if (!found) {
-                snprintf(err, err_size,
-                         "%s: [agent] default_backend \"%s\" is not among the loaded backends", name,
-                         c->default_backend);
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID,
+                                 "%s: [agent] default_backend \"%s\" is not among the loaded backends", name,
+                                 c->default_backend);
         }
         for (unsigned i = 0; i < c->n_settings; i++) {
                 found = false;
                 for (unsigned k = 0; k < c->n_backends && !found; k++)
                         found = strcmp(c->backends[k], c->settings[i].section) == 0;
                 if (!found) {
-                        snprintf(err, err_size,
-                                 "%s:%u: unknown section [%s]: not a backend that [agent] backends loads",
-                                 name, c->settings[i].line, c->settings[i].section);
-                        return -EINVAL;
+                        return error_set(
+                                e, -EINVAL, ERROR_INVALID,
+                                "%s:%u: unknown section [%s]: not a backend that [agent] backends loads",
+                                name, c->settings[i].line, c->settings[i].section);
                 }
         }
         snprintf(c->source, sizeof(c->source), "%s", name);
         if (!c->socket[0]) {
                 int n = snprintf(c->socket, sizeof(c->socket), "%s/agent.sock", c->runtime_dir);
                 if (n < 0 || (size_t) n >= sizeof(c->socket)) {
-                        snprintf(err, err_size, "%s: [agent] runtime_dir is too long for the socket path",
-                                 name);
-                        return -ENAMETOOLONG;
+                        return error_set(e, -ENAMETOOLONG, ERROR_INVALID,
+                                         "%s: [agent] runtime_dir is too long for the socket path", name);
                 }
         }
         return 0;
@@ -346,15 +344,15 @@ static int finish(Parse *p, const char *name, int line, char *err, size_t err_si
 /* inih reads a line into a buffer of INI_MAX_LINE bytes and takes what does not fit for the next line: a
  * longer line would be misread ("syntax error" on the line after it) or cut short without a word (when
  * the rest looks like a comment). Refused here, with its line. */
-static int check_lines(const char *name, const char *text, char *err, size_t err_size) {
+static int check_lines(const char *name, const char *text, Error *e) {
         const size_t max = INI_MAX_LINE - 2; /* room for the newline and the NUL */
         int line = 1;
         for (const char *p = text;; line++) {
                 const char *nl = strchr(p, '\n');
                 size_t len = nl ? (size_t) (nl - p) : strlen(p);
                 if (len > max) {
-                        snprintf(err, err_size, "%s:%d: line is longer than %zu bytes", name, line, max);
-                        return -EINVAL;
+                        return error_set(e, -EINVAL, ERROR_INVALID, "%s:%d: line is longer than %zu bytes",
+                                         name, line, max);
                 }
                 if (!nl)
                         return 0;
@@ -364,7 +362,7 @@ static int check_lines(const char *name, const char *text, char *err, size_t err
 
 #define CONFIG_FILE_MAX (1024 * 1024)
 
-int config_load(AgentConfig *c, const char *path, char *err, size_t err_size) {
+int config_load(AgentConfig *c, const char *path, Error *e) {
         _cleanup_free_ char *text = NULL;
         size_t n = 0;
         FILE *f;
@@ -373,34 +371,31 @@ int config_load(AgentConfig *c, const char *path, char *err, size_t err_size) {
         f = fopen(path, "re");
         if (!f) {
                 r = negative_errno();
-                snprintf(err, err_size, "%s: %s", path, strerror(-r));
-                return r;
+                return error_errno(e, r, "%s: %s", path, strerror(-r));
         }
         text = malloc(CONFIG_FILE_MAX + 1);
         if (!text) {
                 fclose(f);
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s: cannot read it: %s", path, strerror(ENOMEM));
         }
         n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
         r = ferror(f) ? -EIO : 0;
         fclose(f);
         if (r < 0) {
-                snprintf(err, err_size, "%s: cannot read it", path);
-                return r;
+                return error_errno(e, r, "%s: cannot read it", path);
         }
         if (n > CONFIG_FILE_MAX) {
-                snprintf(err, err_size, "%s: larger than %d bytes", path, CONFIG_FILE_MAX);
-                return -EFBIG;
+                return error_set(e, -EFBIG, ERROR_INVALID, "%s: larger than %d bytes", path,
+                                 CONFIG_FILE_MAX);
         }
         text[n] = '\0';
         /* the parser stops at a NUL: what follows would be ignored without a word */
         const char *nul = memchr(text, '\0', n);
         if (nul) {
-                snprintf(err, err_size, "%s: not a text file (a NUL byte at offset %zu)", path,
-                         (size_t) (nul - text));
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID, "%s: not a text file (a NUL byte at offset %zu)",
+                                 path, (size_t) (nul - text));
         }
-        return config_load_string(c, path, text, err, err_size);
+        return config_load_string(c, path, text, e);
 }
 
 typedef struct Reader {
@@ -424,20 +419,20 @@ static char *read_line(char *buf, int size, void *stream) {
         return buf;
 }
 
-int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size) {
+int config_load_string(AgentConfig *c, const char *name, const char *text, Error *e) {
         Parse *p;
         int r;
 
-        r = check_lines(name, text, err, err_size);
+        r = check_lines(name, text, e);
         if (r < 0)
                 return r;
         p = calloc(1, sizeof(Parse));
         if (!p)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s: %s", name, strerror(ENOMEM));
         p->c = *c;
         p->c.n_settings = 0; /* the file's sections replace the sections of whatever came before */
         Reader rd = { .next = text, .p = p };
-        r = finish(p, name, ini_parse_stream(read_line, &rd, handler, p), err, err_size);
+        r = finish(p, name, ini_parse_stream(read_line, &rd, handler, p), e);
         if (r >= 0)
                 *c = p->c;
         free(p);
@@ -452,4 +447,11 @@ size_t config_backend_settings(const AgentConfig *c, const char *name, BackendSe
                                                      .value = c->settings[i].value,
                                                      .line = c->settings[i].line };
         return n;
+}
+
+void config_backend_config(const AgentConfig *c, const char *name, BackendSetting *settings, size_t max,
+                           BackendConfig *ret) {
+        *ret = (BackendConfig){ .settings = settings,
+                                .n_settings = config_backend_settings(c, name, settings, max),
+                                .settings_source = c->source };
 }

@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/error.h"
+
 #define CONFIG_MAX_BACKENDS 8
 #define CONFIG_MAX_IMAGE_DIRS 8
 #define CONFIG_MAX_ENV 16
@@ -77,14 +79,19 @@ typedef struct AgentConfig {
 void config_defaults(AgentConfig *c, const char *backend_dir);
 
 /* Parses path over the defaults already in *c ([vmm] binary must exist and be executable). 0, or -errno
- * with err = "PATH:LINE: cause" (a line longer than INI_MAX_LINE - 2 bytes is one), or "PATH: cause" when
+ * with *e = "PATH:LINE: cause" (a line longer than INI_MAX_LINE - 2 bytes is one), or "PATH: cause" when
  * the file cannot be read, is larger than 1 MiB or holds a NUL byte. On failure *c is unchanged. */
-int config_load(AgentConfig *c, const char *path, char *err, size_t err_size);
+int config_load(AgentConfig *c, const char *path, Error *e);
 
 /* Same from a string (for tests and the fuzzer); `name` stands in for the path in messages. */
-int config_load_string(AgentConfig *c, const char *name, const char *text, char *err, size_t err_size);
+int config_load_string(AgentConfig *c, const char *name, const char *text, Error *e);
 
 struct BackendSetting;
 /* The lines of backend `name`'s section, pointing into *c, in file order: how many (at most max). */
 size_t config_backend_settings(const AgentConfig *c, const char *name, struct BackendSetting *ret,
                                size_t max);
+struct BackendConfig;
+/* A BackendConfig for backend `name` with its section (up to max lines, in settings) and the file's name
+ * for its messages; the rest zero, for the caller to fill. */
+void config_backend_config(const AgentConfig *c, const char *name, struct BackendSetting *settings,
+                           size_t max, struct BackendConfig *ret);

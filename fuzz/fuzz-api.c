@@ -3,8 +3,8 @@
 /* libFuzzer harness for the control API (agent/api.c) through real sd-bus messages.
  *
  * Set up once: an agent (agent/agent.c) whose state and runtime folders are in a fresh folder on tmpfs,
- * with only the `mosnet` backend (it owns no kernel objects) and a hypervisor binary that does not exist
- * (and PATH pointing nowhere, for the other kind's default binary), so a StartVM forks a child whose exec
+ * with only the `mosnet` backend (it owns no kernel objects) and a QEMU binary that does not exist
+ * (and PATH pointing nowhere, for cloud-hypervisor's default binary), so a StartVM forks a child whose exec
  * fails at once and no hypervisor ever runs; SIGCHLD is blocked as in the daemon. Its Api listens
  * nowhere (api_new_unlistened()) and serves one end of a socketpair (api_add_connection()), the other end
  * being an sd-bus client in the same event loop. As root the harness first moves into a network namespace
@@ -17,10 +17,10 @@
  * choosing (wrong signatures, unknown members, the standard interfaces); a second connection that sends
  * the input's bytes raw (after a valid handshake or not) and hangs up; a client of uid 65534 (a child
  * that became nobody hands its socket back); a client that sends up to 255 calls and reads nothing; a
- * message that carries fds; and, as root, a VM whose hypervisor really runs (a shell script found as
- * qemu-system-x86_64 in PATH for that call only) that exits on SIGTERM, ignores it, or ends by itself,
- * met by StopVM, KillVM, RemoveVM and waits. Names are often taken from the VMs that exist, so the calls
- * meet real VMs.
+ * message that carries fds; and, as root, a VM whose hypervisor really runs (tests/fake-vmm found as
+ * cloud-hypervisor in PATH for that call only) that powers off at the power button, ignores it and SIGTERM,
+ * ends by itself, or ends before its API answers, met by StopVM, KillVM, RemoveVM and waits. Names are often
+ * taken from the VMs that exist, so the calls meet real VMs.
  *
  * Checked after every call: it was answered (a reply or an error, within 20 s); errors carry the name the
  * API promises (bad VM name or stop timeout: InvalidArgument; unknown VM: NotFound); a CreateVM that
@@ -836,26 +836,25 @@ static void do_fds(Reader *r) {
 }
 
 /* The stand-in hypervisor for do_hypervisor(): exits on SIGTERM, ignores it, or ends by itself. */
-static void write_hypervisor(uint8_t how) {
-        char path[160];
-        snprintf(path, sizeof(path), "%s/bin/qemu-system-x86_64", h.dir);
-        FILE *f = fopen(path, "we");
-        check(f != NULL);
-        switch (how % 4) {
-        case 0:
-                fputs("#!/bin/sh\nexec /bin/sleep 30\n", f);
-                break;
-        case 1:
-                fputs("#!/bin/sh\ntrap '' TERM\nexec /bin/sleep 30\n", f);
-                break;
-        case 2:
-                fputs("#!/bin/sh\n/bin/sleep 0.05\nexit 0\n", f);
-                break;
-        default:
-                fputs("#!/bin/sh\n/bin/sleep 0.02\nexit 3\n", f);
+/* The stand-in's behaviour, through fake-vmm's environment (the agent passes FAKE_VMM_* on): it serves
+ * and powers off at the power button; ignores the power button and SIGTERM (killed at the end of the stop);
+ * ends by itself with 0 after 50 ms, or with 3 after 20 ms; or ends before its API answers (a failed
+ * start). */
+static const char *const stand_in_env[][3] = {
+        { NULL },
+        { "FAKE_VMM_IGNORE_POWER=1", "FAKE_VMM_IGNORE_TERM=1", NULL },
+        { "FAKE_VMM_EXIT_AFTER_MS=50", NULL },
+        { "FAKE_VMM_EXIT_AFTER_MS=20", "FAKE_VMM_EXIT_CODE=3", NULL },
+        { "FAKE_VMM_LISTEN_AFTER_MS=200", "FAKE_VMM_EXIT_AFTER_MS=20", "FAKE_VMM_EXIT_CODE=3" },
+};
+
+static void stand_in_setenv(uint8_t how, bool set) {
+        const char *const *env = stand_in_env[how % ELEMENTSOF(stand_in_env)];
+        for (size_t i = 0; i < 3 && env[i]; i++) {
+                char name[64];
+                snprintf(name, sizeof(name), "%.*s", (int) strcspn(env[i], "="), env[i]);
+                check((set ? setenv(name, env[i] + strlen(name) + 1, 1) : unsetenv(name)) == 0);
         }
-        check(fclose(f) == 0);
-        check(chmod(path, 0755) == 0);
 }
 
 static bool vm_running(const char *name) {
@@ -871,13 +870,13 @@ static void do_hypervisor(Reader *r) {
         static const char name[] = "hv-stand-in";
         if (!h.privileged || vm_exists(name))
                 return;
-        write_hypervisor(u8(r));
+        uint8_t how = u8(r);
         char path[200];
         snprintf(path, sizeof(path), "%s/bin", h.dir);
         check(setenv("PATH", path, 1) == 0);
         sd_bus_message *m = new_call("CreateVM");
-        check(sd_bus_message_append(m, "sssssssutas", name, "", "qemu", h.kernel, "", "", "", (uint32_t) 1,
-                                    (uint64_t) 64, 0) >= 0);
+        check(sd_bus_message_append(m, "sssssssutas", name, "", "cloud-hypervisor", h.kernel, "", "", "",
+                                    (uint32_t) 1, (uint64_t) 64, 0) >= 0);
         check(sd_bus_message_append(m, "a(sqq)t", 0, UINT64_C(0)) >= 0);
         sd_bus_message *rep = call(m);
         if (!rep || is_error(rep, NULL)) { /* no backend (not root): nothing to run */
@@ -888,8 +887,13 @@ static void do_hypervisor(Reader *r) {
         sd_bus_message_unref(rep);
         m = new_call("StartVM");
         check(sd_bus_message_append(m, "s", name) >= 0);
+        stand_in_setenv(how, true);
         rep = call(m);
-        check(rep && !is_error(rep, NULL));
+        stand_in_setenv(how, false);
+        /* answered once its API answered, or failed with the VM down (it ended first) */
+        check(rep && (!is_error(rep, NULL) || (is_error(rep, API_ERROR_FAILED) && !vm_running(name))));
+        if (how % ELEMENTSOF(stand_in_env) == 4)
+                check(is_error(rep, API_ERROR_FAILED)); /* gone 180 ms before its API */
         sd_bus_message_unref(rep);
         check(setenv("PATH", "/nonexistent/chvm-fuzz-api", 1) == 0);
 
@@ -994,7 +998,7 @@ static void touch(const char *p) {
 
 static void new_agent(void) {
         AgentConfig cfg;
-        char err[1024];
+        Error err;
         config_defaults(&cfg, BUILD_BACKEND_DIR);
         snprintf(cfg.state_dir, sizeof(cfg.state_dir), "%s/state", h.dir);
         snprintf(cfg.runtime_dir, sizeof(cfg.runtime_dir), "%s/run", h.dir);
@@ -1002,22 +1006,27 @@ static void new_agent(void) {
         snprintf(cfg.default_backend, sizeof(cfg.default_backend), "mosnet");
         snprintf(cfg.backends[0], sizeof(cfg.backends[0]), "mosnet");
         cfg.n_backends = 1;
-        /* does not exist: a StartVM forks, the exec fails, the start fails; nothing ever runs */
+        /* does not exist: a StartVM forks, the exec fails, the start fails; nothing ever runs. The other
+         * kind (cloud-hypervisor) is looked up in PATH, which leads nowhere but in the stand-in's call. */
+        snprintf(cfg.hypervisor, sizeof(cfg.hypervisor), "qemu");
         snprintf(cfg.vmm_binary, sizeof(cfg.vmm_binary), "%s/no-such-hypervisor", h.dir);
+        static const char *const pass[] = { "FAKE_VMM_*" };
+        cfg.n_vmm_pass_environment = 1;
+        snprintf(cfg.vmm_pass_environment[0], sizeof(cfg.vmm_pass_environment[0]), "%s", pass[0]);
         snprintf(cfg.accel, sizeof(cfg.accel), "tcg");
         AgentOptions o = { .config_path = "fuzz.conf" };
-        int r = agent_new(&cfg, &o, h.event, &h.agent, err, sizeof(err));
+        int r = agent_new(&cfg, &o, h.event, &h.agent, &err);
         if (r < 0) {
                 /* e.g. not root: the loader refuses a module not owned by root */
                 fprintf(stderr,
                         "fuzz-api: no agent with the mosnet backend (%s); running with no backend, "
                         "so no VM can be created\n",
-                        err);
+                        error_message(&err));
                 cfg.n_backends = 0;
-                r = agent_new(&cfg, &o, h.event, &h.agent, err, sizeof(err));
+                r = agent_new(&cfg, &o, h.event, &h.agent, &err);
         }
         if (r < 0) {
-                fprintf(stderr, "fuzz-api: cannot make the agent: %s\n", err);
+                fprintf(stderr, "fuzz-api: cannot make the agent: %s\n", error_message(&err));
                 exit(1);
         }
         agent_set_state_callback(h.agent, on_state, NULL);
@@ -1057,6 +1066,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         char bin[160];
         snprintf(bin, sizeof(bin), "%s/bin", h.dir);
         check(mkdir(bin, 0755) == 0);
+        /* the stand-in hypervisor: fake-vmm, found as cloud-hypervisor in PATH in do_hypervisor() only */
+        char stand_in[200];
+        snprintf(stand_in, sizeof(stand_in), "%s/cloud-hypervisor", bin);
+        check(symlink(FAKE_VMM_PATH, stand_in) == 0);
         touch(h.disk);
 
         check(sd_event_new(&h.event) >= 0);

@@ -236,7 +236,7 @@ static bool names_file(const char *err) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         AgentConfig c, before, again;
-        char err[1024];
+        Error err;
         char *text = malloc(size + 1);
         int r;
 
@@ -246,13 +246,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
         config_defaults(&c, FUZZ_BACKEND_DIR);
         before = c;
-        err[0] = '\0';
-        r = config_load_string(&c, "fuzz.conf", text, err, sizeof(err));
+        error_clear(&err);
+        r = config_load_string(&c, "fuzz.conf", text, &err);
         free(text);
         if (r < 0) {
                 check(r == -EINVAL || r == -ENAMETOOLONG);
                 check(config_equal(&c, &before));
-                check(names_file(err));
+                check(names_file(error_message(&err)));
                 return 0;
         }
         check_accepted(&c);
@@ -261,12 +261,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
         char *back = format(&c);
         config_defaults(&again, FUZZ_BACKEND_DIR);
-        r = config_load_string(&again, "fuzz.conf", back, err, sizeof(err));
+        r = config_load_string(&again, "fuzz.conf", back, &err);
         if (r >= 0 && (parse_local(&again, &l_again) != rl || (rl >= 0 && !local_equal(&l, &l_again))))
                 r = -EBADMSG;
         if (r < 0 || !config_equal(&c, &again)) {
-                fprintf(stderr, "accepted config does not parse back (%s):\n%s", r < 0 ? err : "differs",
-                        back);
+                fprintf(stderr, "accepted config does not parse back (%s):\n%s",
+                        r < 0 ? error_message(&err) : "differs", back);
                 abort();
         }
         free(back);

@@ -54,8 +54,7 @@ int agent_id_from_string(const char *s, uint8_t ret[16]) {
         return 0;
 }
 
-static int create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], char *err,
-                  size_t err_size) {
+static int create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], Error *e) {
         static const char tmp[] = AGENT_ID_FILE ".tmp";
         char line[AGENT_ID_STRING_SIZE + 1];
         uint8_t id[16];
@@ -63,9 +62,8 @@ static int create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t re
 
         if (getrandom(id, sizeof(id), 0) != (ssize_t) sizeof(id)) {
                 r = negative_errno();
-                snprintf(err, err_size, "%s/%s: cannot get random bytes for a new agent id: %s", dir_name,
-                         AGENT_ID_FILE, strerror(-r));
-                return r;
+                return error_errno(e, r, "%s/%s: cannot get random bytes for a new agent id: %s", dir_name,
+                                   AGENT_ID_FILE, strerror(-r));
         }
         id[6] = (uint8_t) ((id[6] & 0x0f) | 0x40); /* version 4 */
         id[8] = (uint8_t) ((id[8] & 0x3f) | 0x80); /* RFC 4122 variant */
@@ -93,13 +91,11 @@ static int create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t re
         memcpy(ret, id, 16);
         return 0;
 fail:
-        snprintf(err, err_size, "%s/%s: cannot write a new agent id: %s", dir_name, AGENT_ID_FILE,
-                 strerror(-r));
-        return r;
+        return error_errno(e, r, "%s/%s: cannot write a new agent id: %s", dir_name, AGENT_ID_FILE,
+                           strerror(-r));
 }
 
-int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], char *err,
-                            size_t err_size) {
+int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], Error *e) {
         char buf[128];
         ssize_t n;
 
@@ -108,27 +104,25 @@ int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, 
         _cleanup_close_ int fd = openat(dir_fd, AGENT_ID_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
                 if (errno == ENOENT)
-                        return create(dir_fd, dir_name, ops, ret, err, err_size);
+                        return create(dir_fd, dir_name, ops, ret, e);
                 int r = negative_errno();
-                snprintf(err, err_size, "%s/%s: %s", dir_name, AGENT_ID_FILE, strerror(-r));
-                return r;
+                return error_errno(e, r, "%s/%s: %s", dir_name, AGENT_ID_FILE, strerror(-r));
         }
         n = read(fd, buf, sizeof(buf) - 1);
         if (n < 0) {
                 int r = negative_errno();
-                snprintf(err, err_size, "%s/%s: %s", dir_name, AGENT_ID_FILE, strerror(-r));
-                return r;
+                return error_errno(e, r, "%s/%s: %s", dir_name, AGENT_ID_FILE, strerror(-r));
         }
         buf[n] = '\0';
         if (n > 0 && buf[n - 1] == '\n')
                 buf[--n] = '\0';
         if (agent_id_from_string(buf, ret) < 0) {
-                snprintf(err, err_size,
-                         "%s/%s does not hold an agent id (one lowercase UUID line); refusing to make a new "
-                         "one, which would disown every object this agent made: restore the file or "
-                         "remove it deliberately",
-                         dir_name, AGENT_ID_FILE);
-                return -EBADMSG;
+                return error_set(
+                        e, -EBADMSG, ERROR_INVALID,
+                        "%s/%s does not hold an agent id (one lowercase UUID line); refusing to make a new "
+                        "one, which would disown every object this agent made: restore the file or "
+                        "remove it deliberately",
+                        dir_name, AGENT_ID_FILE);
         }
         return 0;
 }

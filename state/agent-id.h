@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/error.h"
 #include "util/fsops.h"
 
 #define AGENT_ID_FILE "agent-id"
@@ -19,7 +20,6 @@ int agent_id_from_string(const char *s, uint8_t ret[16]);
 
 /* Reads state_dir's agent-id; when there is none, makes a random version-4 UUID and writes it (tmp,
  * fdatasync, rename, directory fsync). A file that is there but does not hold exactly one UUID line is
- * refused (-EBADMSG): a new id would disown everything the agent made, so the admin decides. err names the
+ * refused (-EBADMSG): a new id would disown everything the agent made, so the admin decides. *e names the
  * file and the cause. */
-int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], char *err,
-                            size_t err_size);
+int agent_id_load_or_create(int dir_fd, const char *dir_name, const FsOps *ops, uint8_t ret[16], Error *e);

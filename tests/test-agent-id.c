@@ -57,9 +57,10 @@ Test(agent_id, string_round_trip) {
 
 Test(agent_id, created_once_then_read_back) {
         uint8_t a[16], b[16];
-        char err[512], s[AGENT_ID_STRING_SIZE], line[AGENT_ID_STRING_SIZE + 1], path[256];
+        Error err;
+        char s[AGENT_ID_STRING_SIZE], line[AGENT_ID_STRING_SIZE + 1], path[256];
 
-        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, a, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, a, &err), 0, "%s", error_message(&err));
         cr_assert_eq(a[6] >> 4, 4, "version 4 UUID");
         cr_assert_eq(a[8] >> 6, 2, "RFC 4122 variant");
         agent_id_to_string(a, s);
@@ -71,7 +72,7 @@ Test(agent_id, created_once_then_read_back) {
         snprintf(path, sizeof(path), "%s/agent-id.tmp", dir);
         cr_assert_eq(access(path, F_OK), -1, "no temporary file left");
 
-        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, b, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, b, &err), 0, "%s", error_message(&err));
         cr_assert_arr_eq(a, b, 16, "the second start reads the same id");
 }
 
@@ -80,19 +81,19 @@ Test(agent_id, damaged_file_is_refused_not_replaced) {
                                            "c41e5500-1234-4000-8000-deadbeef0001x\n",
                                            "c41e5500-1234-4000-8000-deadbeef0001\nsecond line\n" };
         uint8_t id[16];
-        char err[512];
+        Error err;
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 write_file(bad[i]);
-                cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, id, err, sizeof(err)), -EBADMSG, "%zu",
-                             i);
-                cr_assert(strstr(err, dir) && strstr(err, "agent-id") && strstr(err, "does not hold"), "%s",
-                          err);
+                cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, id, &err), -EBADMSG, "%zu", i);
+                cr_assert(strstr(error_message(&err), dir) && strstr(error_message(&err), "agent-id") &&
+                                  strstr(error_message(&err), "does not hold"),
+                          "%s", error_message(&err));
                 char *content = sh("cat %s/agent-id", dir);
                 cr_assert_str_eq(content, bad[i], "the file is left as it was");
                 free(content);
         }
         write_file("c41e5500-1234-4000-8000-deadbeef0001");
-        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, id, err, sizeof(err)), 0, "no newline is fine");
+        cr_assert_eq(agent_id_load_or_create(dfd, dir, NULL, id, &err), 0, "no newline is fine");
 }
 
 static int fail_fdatasync(void *u, int fd) {
@@ -105,10 +106,11 @@ Test(agent_id, failed_sync_leaves_no_file) {
         FsOps ops = fs_ops_default;
         ops.fdatasync = fail_fdatasync;
         uint8_t id[16];
-        char err[512];
-        cr_assert_eq(agent_id_load_or_create(dfd, dir, &ops, id, err, sizeof(err)), -EIO);
-        cr_assert(strstr(err, "cannot write a new agent id") && strstr(err, "Input/output error"), "%s",
-                  err);
+        Error err;
+        cr_assert_eq(agent_id_load_or_create(dfd, dir, &ops, id, &err), -EIO);
+        cr_assert(strstr(error_message(&err), "cannot write a new agent id") &&
+                          strstr(error_message(&err), "Input/output error"),
+                  "%s", error_message(&err));
         char *ls = sh("ls -A %s", dir);
         cr_assert_str_eq(ls, "", "neither agent-id nor its tmp file is left: %s", ls);
         free(ls);

@@ -19,12 +19,12 @@
 
 static AgentConfig c;
 static LocalConfig l; /* [local], as the local backend's configure hook parses it */
-static char err[512];
+static Error err;
 
 static void setup(void) {
         config_defaults(&c, "/usr/lib/chvm-agent/backends");
         local_config_defaults(&l);
-        err[0] = '\0';
+        error_clear(&err);
 }
 
 TestSuite(config, .init = setup);
@@ -34,7 +34,7 @@ TestSuite(config, .init = setup);
 static int load(const char *text) {
         static AgentConfig before;
         before = c;
-        int r = config_load_string(&c, "agent.conf", text, err, sizeof(err));
+        int r = config_load_string(&c, "agent.conf", text, &err);
         if (r < 0)
                 return r;
         BackendSetting s[CONFIG_MAX_SETTINGS];
@@ -45,14 +45,14 @@ static int load(const char *text) {
         char why[256];
         r = local_config_parse(&l, s, bc.n_settings, &bad, why, sizeof(why));
         if (r < 0) {
-                backend_setting_error(&bc, "local", bad, why, err, sizeof(err));
+                (void) backend_setting_error(&bc, "local", bad, -EINVAL, why, &err);
                 c = before; /* the agent refuses to start: nothing of the file is taken */
         }
         return r;
 }
 
 Test(config, defaults) {
-        cr_assert_eq(load(""), 0, "%s", err);
+        cr_assert_eq(load(""), 0, "%s", error_message(&err));
         cr_assert_str_eq(c.state_dir, "/var/lib/chvm");
         cr_assert_str_eq(c.runtime_dir, "/run/chvm");
         cr_assert_str_eq(c.socket, "/run/chvm/agent.sock");
@@ -92,7 +92,7 @@ Test(config, hardening_keys) {
         cr_assert_eq(load("[agent]\nconnections_per_uid = 8\nidle_timeout = 0\n"
                           "[vmm]\nallow_block_devices = yes\nimage_dirs = /srv/images/ /var/lib/images\n"
                           "[local]\nreserved_ports = 22 listening 5000-5010/udp 8080/tcp\n"),
-                     0, "%s", err);
+                     0, "%s", error_message(&err));
         cr_assert_eq(c.connections_per_uid, 8);
         cr_assert_eq(c.idle_timeout, 0, "never");
         cr_assert(c.allow_block_devices);
@@ -108,17 +108,17 @@ Test(config, hardening_keys) {
         setup();
         cr_assert_eq(
                 load("[vmm]\nenvironment = LANG=C.UTF-8 RUST_LOG=\npass_environment = HTTP_PROXY CH_*\n"), 0,
-                "%s", err);
+                "%s", error_message(&err));
         cr_assert_eq(c.n_vmm_environment, 2);
         cr_assert_str_eq(c.vmm_environment[1], "RUST_LOG=");
         cr_assert_eq(c.n_vmm_pass_environment, 2);
         cr_assert_str_eq(c.vmm_pass_environment[1], "CH_*");
         setup();
-        cr_assert_eq(load("[local]\nreserved_ports = none\n"), 0, "%s", err);
+        cr_assert_eq(load("[local]\nreserved_ports = none\n"), 0, "%s", error_message(&err));
         cr_assert(!l.reserve_listening);
         cr_assert_eq(l.n_reserved, 0);
         setup();
-        cr_assert_eq(load("[local]\nreserved_ports = 53\n"), 0, "%s", err);
+        cr_assert_eq(load("[local]\nreserved_ports = 53\n"), 0, "%s", error_message(&err));
         cr_assert(!l.reserve_listening, "a list without \"listening\" replaces the default");
         cr_assert_eq(l.n_reserved, 1);
 }
@@ -127,7 +127,7 @@ Test(config, dhcp_keys) {
         cr_assert_eq(
                 load("[local]\ndhcp = no\ndns = 10.0.0.53, 10.0.0.54 192.0.2.1\ndomain = guests.example\n"
                      "lease_time = 600\nmtu = 9000\nkernel_ip_arg = no\n"),
-                0, "%s", err);
+                0, "%s", error_message(&err));
         cr_assert(!l.dhcp);
         cr_assert(l.dns_given);
         cr_assert_eq(l.n_dns, 3);
@@ -139,7 +139,7 @@ Test(config, dhcp_keys) {
         cr_assert_eq(l.mtu, 9000);
         cr_assert(!l.kernel_ip_arg);
         setup();
-        cr_assert_eq(load("[local]\ndns = none\n"), 0, "%s", err);
+        cr_assert_eq(load("[local]\ndns = none\n"), 0, "%s", error_message(&err));
         cr_assert(l.dns_given, "none: no option 6, not the host's");
         cr_assert_eq(l.n_dns, 0);
 }
@@ -153,7 +153,7 @@ Test(config, table_owner) {
                 char text[64];
                 setup();
                 snprintf(text, sizeof(text), "[local]\ntable_owner = %s\n", cases[i].value);
-                cr_assert_eq(load(text), 0, "%s", err);
+                cr_assert_eq(load(text), 0, "%s", error_message(&err));
                 cr_assert_eq(l.table_owner, cases[i].want);
                 cr_assert_str_eq(table_owner_to_string(cases[i].want), cases[i].value);
         }
@@ -185,7 +185,7 @@ Test(config, every_key) {
                            "[bridge]\n"
                            "bridge = br-lan\n"
                            "tap_prefix = vb-\n";
-        cr_assert_eq(load(text), 0, "%s", err);
+        cr_assert_eq(load(text), 0, "%s", error_message(&err));
         cr_assert_str_eq(c.state_dir, "/tmp/s");
         cr_assert_str_eq(c.socket, "/tmp/r/agent.sock", "the socket follows runtime_dir unless set");
         cr_assert_str_eq(c.backend_dir, "/opt/b");
@@ -335,8 +335,8 @@ Test(config, bad_input_names_file_line_and_cause) {
                 AgentConfig before = c;
                 lbefore = l;
                 cr_assert_lt(load(cases[i].text), 0, "accepted: %s", cases[i].text);
-                cr_assert(strstr(err, cases[i].expect), "case %zu: got \"%s\", expected \"%s\"", i, err,
-                          cases[i].expect);
+                cr_assert(strstr(error_message(&err), cases[i].expect),
+                          "case %zu: got \"%s\", expected \"%s\"", i, err, cases[i].expect);
                 cr_assert_eq(memcmp(&before, &c, sizeof(c)), 0, "case %zu changed the config", i);
                 cr_assert_eq(memcmp(&lbefore, &l, sizeof(l)), 0, "case %zu changed [local]", i);
         }
@@ -363,27 +363,28 @@ Test(config, bridge_and_mosnet_sections_through_their_modules) {
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 setup();
-                cr_assert_eq(config_load_string(&c, "agent.conf", cases[i].text, err, sizeof(err)), 0, "%s",
-                             err);
+                cr_assert_eq(config_load_string(&c, "agent.conf", cases[i].text, &err), 0, "%s",
+                             error_message(&err));
                 BackendSetting s[CONFIG_MAX_SETTINGS];
                 BackendConfig bc = { .settings = s,
                                      .n_settings = config_backend_settings(&c, cases[i].name, s,
                                                                            CONFIG_MAX_SETTINGS),
                                      .settings_source = c.source };
-                err[0] = '\0';
-                int r = backend_check(BUILD_BACKEND_DIR, cases[i].name, &bc, err, sizeof(err));
+                error_clear(&err);
+                int r = backend_check(BUILD_BACKEND_DIR, cases[i].name, &bc, &err);
                 if (!cases[i].expect)
-                        cr_assert_eq(r, 0, "case %zu: %s", i, err);
+                        cr_assert_eq(r, 0, "case %zu: %s", i, error_message(&err));
                 else {
                         cr_assert_eq(r, -EINVAL, "case %zu accepted", i);
-                        cr_assert(strstr(err, cases[i].expect), "case %zu: got \"%s\"", i, err);
+                        cr_assert(strstr(error_message(&err), cases[i].expect), "case %zu: got \"%s\"", i,
+                                  error_message(&err));
                 }
         }
 }
 
 Test(config, file_errors) {
-        cr_assert_eq(config_load(&c, "/nonexistent/agent.conf", err, sizeof(err)), -ENOENT);
-        cr_assert_str_eq(err, "/nonexistent/agent.conf: No such file or directory");
+        cr_assert_eq(config_load(&c, "/nonexistent/agent.conf", &err), -ENOENT);
+        cr_assert_str_eq(error_message(&err), "/nonexistent/agent.conf: No such file or directory");
 
         char path[] = "/tmp/chvm-config-XXXXXX";
         int fd = mkstemp(path);
@@ -391,19 +392,19 @@ Test(config, file_errors) {
         const char *text = "[vmm]\nhypervisor = qemu\nfoo = bar\n";
         cr_assert_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
         close(fd);
-        cr_assert_lt(config_load(&c, path, err, sizeof(err)), 0);
+        cr_assert_lt(config_load(&c, path, &err), 0);
         char expect[128];
         snprintf(expect, sizeof(expect), "%s:3: unknown key \"foo\" in [vmm]", path);
-        cr_assert_str_eq(err, expect);
+        cr_assert_str_eq(error_message(&err), expect);
 
         /* the parser would stop at the NUL and never see the bad key after it */
         fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
         cr_assert_geq(fd, 0);
         cr_assert_eq(write(fd, "[vmm]\nhypervisor = qemu\n\0foo = bar\n", 34), 34);
         close(fd);
-        cr_assert_eq(config_load(&c, path, err, sizeof(err)), -EINVAL);
+        cr_assert_eq(config_load(&c, path, &err), -EINVAL);
         snprintf(expect, sizeof(expect), "%s: not a text file (a NUL byte at offset 24)", path);
-        cr_assert_str_eq(err, expect);
+        cr_assert_str_eq(error_message(&err), expect);
 
         /* a line of 198 bytes is fine, from a file too */
         char line[256];
@@ -412,7 +413,7 @@ Test(config, file_errors) {
         fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
         cr_assert_eq(write(fd, line, strlen(line)), (ssize_t) strlen(line));
         close(fd);
-        cr_assert_eq(config_load(&c, path, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(config_load(&c, path, &err), 0, "%s", error_message(&err));
         cr_assert_eq(strlen(c.state_dir), 186);
         unlink(path);
 }

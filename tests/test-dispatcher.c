@@ -84,22 +84,19 @@ static BackendConfig plain_config(void) {
 static void open_agent(const char *local_bridge, uint8_t prefixlen) {
         JournalOptions o = { .directory = statedir };
         JournalReport rep;
-        char err[512];
+        Error err;
         memcpy(o.agent_id, agent_bytes, 16);
         cr_assert_eq(journal_open(&o, &journal, &rep), 0, "%s", rep.message);
 
         BackendConfig lc = config(local_bridge, prefixlen);
         BackendConfig bc = config("br-test", prefixlen), mc = plain_config();
         n_backends = 0;
-        cr_assert_eq(
-                backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[n_backends++], err, sizeof(err)), 0,
-                "%s", err);
-        cr_assert_eq(
-                backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &backends[n_backends++], err, sizeof(err)), 0,
-                "%s", err);
-        cr_assert_eq(
-                backend_load(BUILD_BACKEND_DIR, "mosnet", &mc, &backends[n_backends++], err, sizeof(err)), 0,
-                "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[n_backends++], &err), 0, "%s",
+                     error_message(&err));
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &backends[n_backends++], &err), 0, "%s",
+                     error_message(&err));
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &mc, &backends[n_backends++], &err), 0, "%s",
+                     error_message(&err));
         DispatcherConfig dc = {
                 .journal = journal,
                 .agent_id = AGENT,
@@ -515,7 +512,7 @@ Test(dispatcher, restart_waits_for_a_killed_agents_children) {
  * why; no never probes. */
 Test(dispatcher, table_owner_fallback_without_persist) {
         static NlFault f;
-        char err[512];
+        Error err;
         close_agent();
         test_nl_ops = nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0); /* the first request: the probe */
         open_agent("chvm0", 24);
@@ -536,9 +533,10 @@ Test(dispatcher, table_owner_fallback_without_persist) {
         BackendConfig lc = config("chvm0", 24);
         Backend *lb = NULL;
         nl_fault_arm(&f, NL_FAULT_EOPNOTSUPP, 1, 0);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
-        cr_assert(strstr(err, "table_owner = yes") && strstr(err, "NFT_TABLE_F_PERSIST needs Linux 6.9"),
-                  "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), -EOPNOTSUPP);
+        cr_assert(strstr(error_message(&err), "table_owner = yes") &&
+                          strstr(error_message(&err), "NFT_TABLE_F_PERSIST needs Linux 6.9"),
+                  "%s", error_message(&err));
 
         test_table_owner = "no";
         nl_fault_arm(&f, NL_FAULT_NONE, 0, 0);
@@ -550,7 +548,7 @@ Test(dispatcher, table_owner_fallback_without_persist) {
 /* Tables the kernel lets no one own (made with table_owner = no): yes refuses to start, naming what to do;
  * auto goes on with them plain. And tables another socket owns (a second agent on them) are refused. */
 Test(dispatcher, table_owner_refusals) {
-        char err[512];
+        Error err;
         Backend *lb = NULL;
         close_agent();
         test_table_owner = "no";
@@ -560,8 +558,10 @@ Test(dispatcher, table_owner_refusals) {
 
         test_table_owner = "yes";
         BackendConfig lc = config("chvm0", 24);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EOPNOTSUPP);
-        cr_assert(strstr(err, "made without owner") && strstr(err, "nft delete table inet chvm"), "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), -EOPNOTSUPP);
+        cr_assert(strstr(error_message(&err), "made without owner") &&
+                          strstr(error_message(&err), "nft delete table inet chvm"),
+                  "%s", error_message(&err));
         test_table_owner = "auto";
         open_agent("chvm0", 24);
         cr_assert_eq(table_flags(NFPROTO_INET), 0, "plain tables stay plain");
@@ -586,8 +586,9 @@ Test(dispatcher, table_owner_refusals) {
 
         /* a second backend on the same tables, while the first holds them */
         lc = config("chvm0", 24);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), -EBUSY);
-        cr_assert(strstr(err, "belong to another process's netlink socket"), "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), -EBUSY);
+        cr_assert(strstr(error_message(&err), "belong to another process's netlink socket"), "%s",
+                  error_message(&err));
 }
 
 /* Every kernel object tagged with our agent id is a CREATED object of the journal, and every journaled
@@ -649,10 +650,10 @@ Test(dispatcher, crash_points_recover, .timeout = 600) {
         for (size_t i = 0; i < k && n < 128; i++)
                 if (flow_point(mine[i]))
                         names[n++] = mine[i];
-        char err[512];
+        Error err;
         BackendConfig lc = config("chvm0", 24);
         Backend *lb;
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), 0, "%s", error_message(&err));
         const char *const *theirs = lb->vtable->crash_points(&k);
         for (size_t i = 0; i < k && n < 128; i++) {
                 bool dup = false;
@@ -837,9 +838,10 @@ Test(dispatcher, scans_read_the_shared_link_dump) {
         lc.links = bc.links = given_links;
         lc.links_userdata = bc.links_userdata = &only;
         Backend *lb, *bb;
-        char err[512];
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &bb, err, sizeof(err)), 0, "%s", err);
+        Error err;
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), 0, "%s", error_message(&err));
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "bridge", &bc, &bb, &err), 0, "%s",
+                     error_message(&err));
         free(sh("ip tuntap add dev tap-real0 mode tap"));
         for (int fail = 0; fail < 2; fail++) {
                 links_fail = fail;
@@ -1099,7 +1101,7 @@ Test(dispatcher_faults, bringup_batches_fail_whole_at_every_position, .init = se
 Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teardown, .timeout = 300) {
         static const NlFaultKind kinds[] = { NL_FAULT_EEXIST, NL_FAULT_EBUSY,   NL_FAULT_ENOMEM,
                                              NL_FAULT_EINTR,  NL_FAULT_ENOBUFS, NL_FAULT_LOST_ACK };
-        char err[512];
+        Error err;
         Backend *lb = NULL;
         fresh_agent();
         cr_assert_eq(fault_flow_up(), 0, "%s", dispatcher_error(disp));
@@ -1108,7 +1110,7 @@ Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teard
 
         BackendConfig lc = config("chvm0", 24);
         nl_fault_arm(&nlf, NL_FAULT_NONE, 0, 0);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err), 0, "%s", error_message(&err));
         unsigned n = nlf.n_requests;
         static char sites[NL_FAULT_LOG_MAX][64];
         memcpy(sites, nlf.log, sizeof(sites));
@@ -1127,14 +1129,15 @@ Test(dispatcher_faults, every_request_of_a_restart, .init = setup, .fini = teard
                         snprintf(when, sizeof(when), "%s at request %u (%s)",
                                  nl_fault_kind_to_string(kinds[f]), k, sites[k - 1]);
                         nl_fault_arm(&nlf, kinds[f], k, 0);
-                        int r = backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, err, sizeof(err));
+                        int r = backend_load(BUILD_BACKEND_DIR, "local", &lc, &lb, &err);
                         nlf.paused = true;
                         cr_assert(nlf.fired, "%s: never reached", when);
                         if (r < 0) {
                                 refused++;
                                 cr_assert(!transient, "%s: the backend did not start: %s", when, err);
-                                cr_assert(strstr(err, "nftables") &&
-                                                  (strstr(err, "chvm") || strstr(err, "probe")),
+                                cr_assert(strstr(error_message(&err), "nftables") &&
+                                                  (strstr(error_message(&err), "chvm") ||
+                                                   strstr(error_message(&err), "probe")),
                                           "%s: the error names nothing: %s", when, err);
                         } else {
                                 if (transient)
@@ -1205,7 +1208,8 @@ static void copy(const char *from, const char *to, mode_t mode) {
 Test(loader, refusals) {
         if (geteuid() != 0)
                 cr_skip_test("the ownership checks need files owned by root");
-        char dir[] = "/tmp/chvm-modules-XXXXXX", path[256], err[512];
+        char dir[] = "/tmp/chvm-modules-XXXXXX", path[256];
+        Error err;
         cr_assert(mkdtemp(dir));
         cr_assert_eq(chmod(dir, 0755), 0);
         BackendConfig c = plain_config();
@@ -1213,40 +1217,41 @@ Test(loader, refusals) {
 
         snprintf(path, sizeof(path), "%s/mosnet.so", dir);
         copy(BUILD_BACKEND_DIR "/mosnet.so", path, 0755);
-        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, &err), 0, "%s", error_message(&err));
         backend_unload(b);
 
-        cr_assert_eq(backend_load(dir, "nosuch", &c, &b, err, sizeof(err)), -ENOENT);
-        cr_assert(strstr(err, "unknown backend \"nosuch\""), "%s", err);
-        cr_assert_eq(backend_load(dir, "../mosnet", &c, &b, err, sizeof(err)), -EINVAL);
+        cr_assert_eq(backend_load(dir, "nosuch", &c, &b, &err), -ENOENT);
+        cr_assert(strstr(error_message(&err), "unknown backend \"nosuch\""), "%s", error_message(&err));
+        cr_assert_eq(backend_load(dir, "../mosnet", &c, &b, &err), -EINVAL);
 
         cr_assert_eq(chmod(path, 0757), 0);
-        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
-        cr_assert(strstr(err, "writable by everyone") && strstr(err, path), "%s", err);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, &err), -EPERM);
+        cr_assert(strstr(error_message(&err), "writable by everyone") && strstr(error_message(&err), path),
+                  "%s", error_message(&err));
         cr_assert_eq(chmod(path, 0775), 0);
-        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, &err), -EPERM);
         cr_assert_eq(chmod(path, 0755), 0);
         cr_assert_eq(chown(path, 1000, 1000), 0);
-        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
-        cr_assert(strstr(err, "owned by uid 1000"), "%s", err);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, &err), -EPERM);
+        cr_assert(strstr(error_message(&err), "owned by uid 1000"), "%s", error_message(&err));
         cr_assert_eq(chown(path, 0, 0), 0);
         cr_assert_eq(chmod(dir, 0777), 0);
-        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, err, sizeof(err)), -EPERM);
-        cr_assert(strstr(err, "backend directory"), "%s", err);
+        cr_assert_eq(backend_load(dir, "mosnet", &c, &b, &err), -EPERM);
+        cr_assert(strstr(error_message(&err), "backend directory"), "%s", error_message(&err));
         cr_assert_eq(chmod(dir, 0755), 0);
 
         snprintf(path, sizeof(path), "%s/badabi.so", dir);
         copy(BUILD_TESTS_DIR "/backend-badabi.so", path, 0755);
-        cr_assert_eq(backend_load(dir, "badabi", &c, &b, err, sizeof(err)), -EPROTO);
+        cr_assert_eq(backend_load(dir, "badabi", &c, &b, &err), -EPROTO);
         char abi[64];
         snprintf(abi, sizeof(abi), "ABI %u, this agent needs ABI %u", CHVM_BACKEND_ABI + 1,
                  CHVM_BACKEND_ABI);
-        cr_assert(strstr(err, abi), "%s", err);
+        cr_assert(strstr(error_message(&err), abi), "%s", error_message(&err));
 
         /* A module loaded under another backend's name is refused. */
         snprintf(path, sizeof(path), "%s/local.so", dir);
         copy(BUILD_BACKEND_DIR "/mosnet.so", path, 0755);
-        cr_assert_eq(backend_load(dir, "local", &c, &b, err, sizeof(err)), -EINVAL);
+        cr_assert_eq(backend_load(dir, "local", &c, &b, &err), -EINVAL);
 
         free(sh("rm -rf %s", dir));
 }

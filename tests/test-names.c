@@ -594,7 +594,8 @@ Test(names, ifname_random_strings_against_the_kernel) {
  * parser), or false when it refuses it. [bridge] takes the same values (both check with conf_tap_prefix()):
  * `section` "bridge" asks that function alone. */
 static bool config_prefix(const char *section, const char *value, char ret[16]) {
-        char text[128], err[512], why[256];
+        char text[128], why[256];
+        Error err;
         static AgentConfig c;
         LocalConfig lc;
         BackendSetting s[CONFIG_MAX_SETTINGS];
@@ -609,7 +610,7 @@ static bool config_prefix(const char *section, const char *value, char ret[16]) 
         config_defaults(&c, "/nonexistent");
         local_config_defaults(&lc);
         snprintf(text, sizeof(text), "[%s]\ntap_prefix = %s\n", section, value);
-        if (config_load_string(&c, "agent.conf", text, err, sizeof(err)) < 0)
+        if (config_load_string(&c, "agent.conf", text, &err) < 0)
                 return false;
         size_t n = config_backend_settings(&c, section, s, ELEMENTSOF(s));
         if (local_config_parse(&lc, s, n, &bad, why, sizeof(why)) < 0)

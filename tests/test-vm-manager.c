@@ -76,11 +76,9 @@ static void open_agent(void) {
         static const BackendSetting no_dhcp[] = { { "dhcp", "no", 0 } };
         BackendConfig lc = { .agent_id = AGENT, .settings = no_dhcp, .n_settings = 1 },
                       bc = { .agent_id = AGENT };
-        char err[512];
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[0], err, sizeof(err)), 0, "%s",
-                     err);
-        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &bc, &backends[1], err, sizeof(err)), 0, "%s",
-                     err);
+        Error err;
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "local", &lc, &backends[0], &err), 0, "%s", err);
+        cr_assert_eq(backend_load(BUILD_BACKEND_DIR, "mosnet", &bc, &backends[1], &err), 0, "%s", err);
         DispatcherConfig dc = {
                 .journal = journal, .agent_id = AGENT, .backends = backends, .n_backends = 2
         };
