@@ -59,6 +59,7 @@ typedef struct Vm {
         TalkPurpose talk_for;
         sd_event_source *ready_timer; /* the next try to reach the API, while not ready */
         uint64_t ready_deadline; /* CLOCK_MONOTONIC usec: not ready by then, it is killed */
+        uint64_t ready_begun; /* CLOCK_MONOTONIC usec of the spawn */
         uint64_t ready_delay; /* usec until the next try; doubles up to READY_DELAY_MAX */
         bool ready_timed_out; /* killed for not answering in time */
         /* the readiness or power-button conversation (talk_fd -EBADF when none) */
@@ -72,6 +73,7 @@ typedef struct Vm {
 #define TALK_BUF_SIZE 4096
 #define READY_DELAY_FIRST 500U /* usec */
 #define READY_DELAY_MAX 50000U
+#define READY_FAST_USEC 10000U /* tries every READY_DELAY_FIRST for this long */
 #define START_TIMEOUT_DEFAULT 30U /* seconds */
 
 struct VmManager {
@@ -699,7 +701,7 @@ static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* Tries again a little later (0.5 ms, doubling up to 50 ms), or at the deadline. */
+/* Tries again a little later (0.5 ms for 10 ms, then doubling up to 50 ms), or at the deadline. */
 static void ready_retry(Vm *vm) {
         VmManager *m = vm->manager;
         uint64_t now = 0, at;
@@ -709,9 +711,13 @@ static void ready_retry(Vm *vm) {
         at = now + vm->ready_delay;
         if (at > vm->ready_deadline)
                 at = vm->ready_deadline;
-        vm->ready_delay = vm->ready_delay * 2 > READY_DELAY_MAX ? READY_DELAY_MAX : vm->ready_delay * 2;
+        /* every 0.5 ms for the first 10 ms (a hypervisor's API is usually up in 1-3 ms), then less often */
+        if (now >= vm->ready_begun + READY_FAST_USEC)
+                vm->ready_delay =
+                        vm->ready_delay * 2 > READY_DELAY_MAX ? READY_DELAY_MAX : vm->ready_delay * 2;
         int r = vm->ready_timer ? sd_event_source_set_time(vm->ready_timer, at)
-                                : sd_event_add_time(m->cfg.event, &vm->ready_timer, CLOCK_MONOTONIC, at, 0,
+                                : sd_event_add_time(m->cfg.event, &vm->ready_timer, CLOCK_MONOTONIC, at,
+                                                    1 /* usec; 0 would mean sd-event's default, 250 ms */,
                                                     on_ready_timer, vm);
         if (r >= 0)
                 r = sd_event_source_set_enabled(vm->ready_timer, SD_EVENT_ONESHOT);
@@ -733,6 +739,7 @@ static void ready_begin(Vm *vm) {
                 return;
         }
         (void) sd_event_now(m->cfg.event, CLOCK_MONOTONIC, &now);
+        vm->ready_begun = now;
         vm->ready_deadline = now + (uint64_t) m->cfg.start_timeout_sec * UINT64_C(1000000);
         vm->ready_delay = READY_DELAY_FIRST;
         ready_try(vm);
