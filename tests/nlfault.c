@@ -299,6 +299,7 @@ static int fault_poll(void *userdata, int fd, int timeout_ms) {
                 return 0;
         }
         struct pollfd p = { .fd = fd, .events = POLLIN };
+        f->n_waits++;
         int k = poll(&p, 1, timeout_ms);
         return k < 0 ? -errno : k;
 }

@@ -14,7 +14,7 @@
  *   ENOBUFS                the kernel carries the request out, but every reply to it is dropped and the
  *                          next recvmsg fails with ENOBUFS (a receive-queue overrun)
  *   LOST_ACK               the kernel carries the request out, and its replies vanish without a word
- *                          (poll times out at once instead of after NL_REPLY_TIMEOUT_MS)
+ *                          (poll says nothing came)
  *   POISON                 message `msg_index` of the request (BATCH_BEGIN/END not counted) carries an
  *                          attribute the kernel's policy refuses (an over-long attribute of type 1, the
  *                          table name of every nf_tables message): the kernel itself refuses that message
@@ -60,6 +60,7 @@ typedef struct NlFault {
         bool paused; /* requests pass untouched and uncounted (the test's own look at the kernel) */
 
         unsigned n_requests; /* requests seen so far */
+        unsigned n_waits; /* reads that found no reply queued (a real poll, no fault injected) */
         bool fired; /* the (first) fault was injected */
         char log[NL_FAULT_LOG_MAX]
                 [64]; /* what each request was ("nft batch NEWTABLE +24", "rtnl RTM_NEWLINK") */

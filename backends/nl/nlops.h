@@ -26,7 +26,14 @@ typedef struct NlOps {
 
 extern const NlOps nlops_default;
 
-#define NL_REPLY_TIMEOUT_MS 5000
+/* How long a reply is waited for: not at all. The kernel carries out a request to rtnetlink or nfnetlink
+ * (batches included) inside the sender's sendmsg() and queues every answer before that returns; the next
+ * part of a dump is queued inside the recvmsg() that takes the previous one. So a reply that is not queued
+ * when it is read for was dropped (the socket's buffer was full: recvmsg says ENOBUFS) and never comes:
+ * the callers' lost-reply paths (send again, or read the outcome back from the tags) take over at once,
+ * and the agent's event loop never waits on netlink. tests/test-dispatcher.c
+ * (replies_are_queued_when_the_request_returns) checks that no read found its reply missing. */
+#define NL_REPLY_TIMEOUT_MS 0
 
 /* Sends buf (one or more netlink messages) to the kernel in one datagram; EINTR is retried. */
 int nlops_send(const NlOps *ops, int fd, const void *buf, size_t len);
