@@ -104,9 +104,8 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         if (fd < 0) {
                 r = negative_errno();
                 if (r == -ENOENT)
-                        (void) error_errno(e, r, "unknown backend \"%s\": no module %s", name, path);
-                else
-                        return error_errno(e, r, "cannot open backend module %s: %s", path, strerror(-r));
+                        return error_errno(e, r, "unknown backend \"%s\": no module %s", name, path);
+                return error_errno(e, r, "cannot open backend module %s: %s", path, strerror(-r));
         }
         if (fstat(fd, &st) < 0) {
                 r = negative_errno();
