@@ -72,6 +72,7 @@
 #include <unistd.h>
 
 #include "bench/bench-agent.h"
+#include "tests/shell-oracle.h"
 #include "util/macro.h"
 #include "vmm/taskstats.h"
 
@@ -839,6 +840,12 @@ static int peer_setup(Bench *b) {
                 if (r < 0)
                         return r;
                 b->n_peers = j + 1;
+                /* up when its API accepts, as a script waits for the socket before it reports the VM
+                 * started (chvmctl run answers once the API answers a ping) */
+                if (!wait_unix_accepting(sock + strlen("path="), 10.0)) {
+                        say("peer %s: its fake-vmm never accepted on its API socket", tap);
+                        return -ETIMEDOUT;
+                }
                 b->peer_up[b->n_peer_up++] = now() - t0;
         }
         /* Every TAP has its carrier (a hypervisor attached) before the script looks. */

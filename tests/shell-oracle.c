@@ -65,6 +65,6 @@ bool wait_unix_accepting(const char *path, double timeout_s) {
                 clock_gettime(CLOCK_MONOTONIC, &t);
                 if ((double) (t.tv_sec - t0.tv_sec) + (double) (t.tv_nsec - t0.tv_nsec) / 1e9 > timeout_s)
                         return false;
-                usleep(2000);
+                usleep(200);
         }
 }
