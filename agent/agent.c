@@ -345,7 +345,8 @@ static int open_journal(Agent *a, Error *e) {
         memcpy(o.agent_id, a->agent_id, 16);
         int r = journal_open(&o, &a->journal, &rep);
         if (r < 0) {
-                return error_errno(e, r, "%s", rep.message[0] ? rep.message : strerror(-r));
+                *e = rep.error;
+                return r;
         }
         switch (rep.state) {
         case JOURNAL_STATE_TORN_TAIL_REPAIRED:
@@ -1295,6 +1296,12 @@ int agent_vm_list(Agent *a, AgentVmInfo **ret, size_t *ret_n) {
 
 void agent_refresh(Agent *a) {
         (void) vm_manager_reap(a->vmm);
+}
+
+void agent_refresh_vm(Agent *a, const char *name) {
+        const AgentVm *v = agent_find_vm(a, name);
+        if (v)
+                (void) vm_manager_reap_vm(a->vmm, v->id);
 }
 
 int agent_vm_objects(Agent *a, uint64_t vm_id, AgentObjectCallback cb, void *userdata) {

@@ -124,6 +124,8 @@ int agent_vm_remove(Agent *a, const char *name);
 
 /* Handles hypervisor exits that happened but were not dispatched yet (call before reporting states). */
 void agent_refresh(Agent *a);
+/* The same for VM `name` only (nothing when there is no such VM). */
+void agent_refresh_vm(Agent *a, const char *name);
 /* -ENOENT when there is no such VM. */
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret);
 /* Every VM's info, sorted by name, from one pass over the journal's objects; free() the array. Its strings

@@ -1081,7 +1081,7 @@ static int method_inspect(sd_bus_message *m, void *userdata, sd_bus_error *error
         int r = read_name(m, &name);
         if (r < 0)
                 return r;
-        agent_refresh(c->api->agent);
+        agent_refresh_vm(c->api->agent, name);
         if (agent_vm_info(c->api->agent, name, &info) < 0)
                 return set_error(error, API_ERROR_NOT_FOUND, "no VM named \"%.40s\"", name);
         r = sd_bus_message_new_method_return(m, &reply);

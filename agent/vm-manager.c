@@ -506,21 +506,34 @@ static void reap(Vm *vm) {
                 hypervisor_gone(vm, &si);
 }
 
+/* Whether the VM's hypervisor has exited (to be reaped now); else marks it dying when it is on its way. */
+static bool look_at(Vm *vm) {
+        struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
+        if (poll(&p, 1, 0) > 0)
+                return true;
+        if (!vm->dying)
+                /* killed a moment ago, or slow to exit: stopping, not running; no wait here */
+                vm->dying = process_dying(vm->process.pid);
+        return false;
+}
+
+bool vm_manager_reap_vm(VmManager *m, uint64_t vm_id) {
+        Vm *vm = u64map_get(m->vms, vm_id);
+        if (!vm || !look_at(vm))
+                return false;
+        reap(vm);
+        return true;
+}
+
 size_t vm_manager_reap(VmManager *m) {
         size_t n = 0, k = 0;
         void *v;
         Vm **gone = calloc(u64map_size(m->vms) + 1, sizeof(Vm *));
         if (!gone)
                 return 0;
-        for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);) {
-                Vm *vm = v;
-                struct pollfd p = { .fd = vm->process.pidfd, .events = POLLIN };
-                if (poll(&p, 1, 0) > 0)
-                        gone[n++] = vm;
-                else if (!vm->dying)
-                        /* killed a moment ago, or slow to exit: stopping, not running; no wait here */
-                        vm->dying = process_dying(vm->process.pid);
-        }
+        for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);)
+                if (look_at(v))
+                        gone[n++] = v;
         for (; k < n; k++)
                 reap(gone[k]);
         free(gone);
