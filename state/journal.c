@@ -626,15 +626,12 @@ static int load_journal(Journal *j, const JournalOptions *opts, JournalReport *r
         return 0;
 }
 
-int journal_open(const JournalOptions *opts, Journal **ret, JournalReport *ret_report) {
+static int open_journal(const JournalOptions *opts, Journal **ret, JournalReport *rep) {
         _cleanup_(journal_closep) Journal *j = NULL;
-        JournalReport dummy;
-        JournalReport *rep = ret_report ?: &dummy;
         bool snapshot_exists;
         uint64_t through;
         int r;
 
-        memset(rep, 0, sizeof(*rep));
         if (!opts || !opts->directory || !ret)
                 return -EINVAL;
 
@@ -697,6 +694,16 @@ int journal_open(const JournalOptions *opts, Journal **ret, JournalReport *ret_r
 
         *ret = TAKE_PTR(j);
         return 0;
+}
+
+int journal_open(const JournalOptions *opts, Journal **ret, JournalReport *ret_report) {
+        JournalReport dummy;
+        JournalReport *rep = ret_report ?: &dummy;
+        memset(rep, 0, sizeof(*rep));
+        int r = open_journal(opts, ret, rep);
+        if (r < 0)
+                (void) error_errno(&rep->error, r, "%s", rep->message[0] ? rep->message : strerror(-r));
+        return r;
 }
 
 Journal *journal_close(Journal *j) {

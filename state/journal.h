@@ -26,6 +26,7 @@
 
 #include "state/journal-format.h"
 #include "state/liveset.h"
+#include "util/error.h"
 #include "util/fsops.h"
 #include "util/macro.h"
 
@@ -76,6 +77,8 @@ typedef struct JournalReport {
         /* A sentence for the admin about anything that was not simply OK (and, when journal_open fails, why
          * it failed), naming the file and the cause. Empty when there is nothing to say. */
         char message[1024];
+        /* When journal_open() fails: why, as an Error to pass up (its message is the sentence above). */
+        Error error;
 } JournalReport;
 
 /* Opens (or creates) the journal in opts->directory and replays it. On failure returns -errno and, if

@@ -944,6 +944,10 @@ Test(journal, two_writers) {
         cr_assert(strstr(rep.message, "already open for writing") && strstr(rep.message, pid) &&
                           strstr(rep.message, dir),
                   "%s", rep.message);
+        /* the same cause as an Error, for the caller to pass up */
+        cr_assert_eq(rep.error.code, -EBUSY);
+        cr_assert_eq(rep.error.kind, ERROR_BUSY);
+        cr_assert_str_eq(error_message(&rep.error), rep.message);
 
         /* From another process too. */
         pid_t child = fork();
