@@ -949,7 +949,6 @@ static int new_vm_id(Agent *a, uint64_t *ret) {
 
 int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id) {
         _cleanup_(vm_def_freep) VmDef *def = NULL;
-        char why[1024];
         int r;
 
         error_clear(&a->error);
@@ -959,9 +958,9 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         if (!def->backend[0])
                 snprintf(def->backend, sizeof(def->backend), "%s", a->cfg.default_backend);
         def->id = 1; /* validated with a placeholder, chosen below */
-        r = vm_def_validate(def, why, sizeof(why));
+        r = vm_def_validate(def, &a->error);
         if (r < 0)
-                return fail(a, r, "%s", why);
+                return r;
         if (agent_find_vm(a, def->name))
                 return fail(a, -EEXIST, "VM %s already exists", def->name);
         if (!backend_loaded(a, def->backend))

@@ -109,7 +109,7 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                 {},
         };
         static char paths[3 + VM_DEF_MAX_DISKS][PATH_MAX];
-        char err[256];
+        Error err;
         int c;
 
         *a = (CreateArgs){
@@ -160,8 +160,8 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
                 case 'p':
                         if (a->n_ports == VM_DEF_MAX_PORTS)
                                 return ctl_usage(cmd, "-p: at most %d ports", VM_DEF_MAX_PORTS);
-                        if (port_forward_parse(optarg, &a->ports[a->n_ports], err, sizeof(err)) < 0)
-                                return ctl_usage(cmd, "-p: %s", err);
+                        if (port_forward_parse(optarg, &a->ports[a->n_ports], &err) < 0)
+                                return ctl_usage(cmd, "-p: %s", error_message(&err));
                         for (size_t i = 0; i < a->n_ports; i++)
                                 if (a->ports[i].proto == a->ports[a->n_ports].proto &&
                                     a->ports[i].host_port == a->ports[a->n_ports].host_port)

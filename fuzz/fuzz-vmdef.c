@@ -20,7 +20,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_port(const uint8_t *data, size_t size) {
-        char s[64], formatted[PORT_FORWARD_STRING_MAX], err[256];
+        char s[64], formatted[PORT_FORWARD_STRING_MAX];
+        Error err;
         PortForward p, back;
         size_t n = 0;
 
@@ -29,44 +30,46 @@ static void check_port(const uint8_t *data, size_t size) {
         memcpy(s, data, n);
         s[n] = '\0';
 
-        err[0] = '\0';
-        if (port_forward_parse(s, &p, err, sizeof(err)) < 0) {
-                if (strncmp(err, "port ", 5) != 0)
+        error_clear(&err);
+        if (port_forward_parse(s, &p, &err) < 0) {
+                if (strncmp(error_message(&err), "port ", 5) != 0)
                         abort(); /* a message that names the input */
                 return;
         }
         port_forward_format(&p, formatted);
-        if (port_forward_parse(formatted, &back, NULL, 0) < 0 || back.proto != p.proto ||
+        if (port_forward_parse(formatted, &back, NULL) < 0 || back.proto != p.proto ||
             back.host_port != p.host_port || back.guest_port != p.guest_port)
                 abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         VmDef *d = (VmDef *) 0x1, *back = NULL, *copy = NULL;
-        char err[1024], *text = NULL, *again = NULL;
+        Error err;
+        char *text = NULL, *again = NULL;
         int r;
 
         check_port(data, size);
 
-        err[0] = '\0';
-        r = vm_def_parse("fuzz.vm", (const char *) data, size, &d, err, sizeof(err));
+        error_clear(&err);
+        r = vm_def_parse("fuzz.vm", (const char *) data, size, &d, &err);
         if (r < 0) {
                 if (d != (VmDef *) 0x1)
                         abort(); /* nothing partial */
-                if (r == -EINVAL && strncmp(err, "fuzz.vm:", 8) == 0 && err[8] >= '1' && err[8] <= '9')
+                if (r == -EINVAL && strncmp(error_message(&err), "fuzz.vm:", 8) == 0 &&
+                    error_message(&err)[8] >= '1' && error_message(&err)[8] <= '9')
                         return 0;
-                if (r == -EFBIG && strncmp(err, "fuzz.vm: ", 9) == 0)
+                if (r == -EFBIG && strncmp(error_message(&err), "fuzz.vm: ", 9) == 0)
                         return 0;
                 if (r == -ENOMEM)
                         return 0;
                 abort();
         }
 
-        if (vm_def_validate(d, err, sizeof(err)) < 0)
+        if (vm_def_validate(d, &err) < 0)
                 abort();
         if (vm_def_format(d, &text) < 0)
                 abort();
-        if (vm_def_parse("fuzz.vm", text, strlen(text), &back, err, sizeof(err)) < 0)
+        if (vm_def_parse("fuzz.vm", text, strlen(text), &back, &err) < 0)
                 abort();
         if (!vm_def_equal(d, back))
                 abort();

@@ -30,14 +30,16 @@
 
 static const char header_comment[] = "# VM definition, written by chvm-agentd.\n";
 
-_printf_(4, 5) static int fail(char *err, size_t err_size, int r, const char *fmt, ...) {
+/* Every refusal here is of a definition or a file that cannot be taken as it is. e may be NULL. */
+_printf_(3, 4) static int fail(Error *e, int r, const char *fmt, ...) {
         va_list ap;
 
-        if (err && err_size > 0) {
-                va_start(ap, fmt);
-                (void) vsnprintf(err, err_size, fmt, ap);
-                va_end(ap);
-        }
+        if (!e)
+                return r;
+        va_start(ap, fmt);
+        (void) error_setv(e, r, r == -EINVAL || r == -EFBIG ? ERROR_INVALID : error_kind_from_errno(r), fmt,
+                          ap);
+        va_end(ap);
         return r;
 }
 
@@ -319,7 +321,7 @@ static int parse_port(const char *s, size_t n, const char *what, uint16_t *ret, 
         return 0;
 }
 
-int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_size) {
+int port_forward_parse(const char *s, PortForward *ret, Error *e) {
         char q[QUOTE_BUF], q2[QUOTE_BUF], buf[WHY_MAX];
         const char *slash, *colon = NULL, *end;
         uint8_t proto = IPPROTO_TCP;
@@ -332,7 +334,7 @@ int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_si
 
         quote(s, q);
         if (check_text(s, buf, sizeof(buf)) < 0)
-                return fail(err, err_size, -EINVAL, "port %s", buf);
+                return fail(e, -EINVAL, "port %s", buf);
 
         end = s + strlen(s);
         slash = strchr(s, '/');
@@ -342,7 +344,7 @@ int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_si
                 else if (strcmp(slash + 1, "udp") == 0)
                         proto = IPPROTO_UDP;
                 else
-                        return fail(err, err_size, -EINVAL, "port %s: protocol %s is not tcp or udp", q,
+                        return fail(e, -EINVAL, "port %s: protocol %s is not tcp or udp", q,
                                     quote(slash + 1, q2));
                 end = slash;
         }
@@ -354,9 +356,9 @@ int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_si
                         n_colons++;
                 }
         if (n_colons == 0)
-                return fail(err, err_size, -EINVAL, "port %s: expected " PORT_SYNTAX, q);
+                return fail(e, -EINVAL, "port %s: expected " PORT_SYNTAX, q);
         if (n_colons > 1)
-                return fail(err, err_size, -EINVAL,
+                return fail(e, -EINVAL,
                             "port %s: host address binding (ADDR:) is not supported: the forward applies to "
                             "every local address",
                             q);
@@ -365,7 +367,7 @@ int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_si
         if (r >= 0)
                 r = parse_port(colon + 1, (size_t) (end - colon - 1), "guest", &guest, buf, sizeof(buf));
         if (r < 0)
-                return fail(err, err_size, r, "port %s: %s", q, buf);
+                return fail(e, r, "port %s: %s", q, buf);
 
         *ret = (PortForward){ .proto = proto, .host_port = host, .guest_port = guest };
         return 0;
@@ -479,17 +481,16 @@ bool vm_def_equal(const VmDef *a, const VmDef *b) {
 
 /* A path field: required or NULL allowed; what the checks say, plus trailing white space, which the
  * parser would trim. */
-static int validate_path(const char *vm, const char *field, const char *path, bool optional, char *err,
-                         size_t err_size) {
+static int validate_path(const char *vm, const char *field, const char *path, bool optional, Error *e) {
         char buf[WHY_MAX];
 
         if (!path) {
                 if (optional)
                         return 0;
-                return fail(err, err_size, -EINVAL, "VM %s: %s is missing", vm, field);
+                return fail(e, -EINVAL, "VM %s: %s is missing", vm, field);
         }
         if (check_path(path, buf, sizeof(buf)) < 0 || check_untrimmed(path, buf, sizeof(buf)) < 0)
-                return fail(err, err_size, -EINVAL, "VM %s: %s %s", vm, field, buf);
+                return fail(e, -EINVAL, "VM %s: %s %s", vm, field, buf);
         return 0;
 }
 
@@ -498,30 +499,30 @@ static bool terminated(const char *s, size_t size) {
         return memchr(s, '\0', size) != NULL;
 }
 
-static int validate_ports(const VmDef *d, char *err, size_t err_size) {
+static int validate_ports(const VmDef *d, Error *e) {
         if (d->n_ports > VM_DEF_MAX_PORTS)
-                return fail(err, err_size, -EINVAL, "VM %s: %zu ports, more than %u", d->name, d->n_ports,
+                return fail(e, -EINVAL, "VM %s: %zu ports, more than %u", d->name, d->n_ports,
                             VM_DEF_MAX_PORTS);
         for (size_t i = 0; i < d->n_ports; i++) {
                 const PortForward *p = &d->ports[i];
                 char s[PORT_FORWARD_STRING_MAX];
 
                 if (!proto_to_string(p->proto))
-                        return fail(err, err_size, -EINVAL,
+                        return fail(e, -EINVAL,
                                     "VM %s: port %u:%u has protocol %u, which is neither tcp nor udp",
                                     d->name, (unsigned) p->host_port, (unsigned) p->guest_port,
                                     (unsigned) p->proto);
                 port_forward_format(p, s);
                 if (p->host_port == 0)
-                        return fail(err, err_size, -EINVAL,
-                                    "VM %s: port \"%s\": host port 0 is not in 1..65535", d->name, s);
+                        return fail(e, -EINVAL, "VM %s: port \"%s\": host port 0 is not in 1..65535",
+                                    d->name, s);
                 if (p->guest_port == 0)
-                        return fail(err, err_size, -EINVAL,
-                                    "VM %s: port \"%s\": guest port 0 is not in 1..65535", d->name, s);
+                        return fail(e, -EINVAL, "VM %s: port \"%s\": guest port 0 is not in 1..65535",
+                                    d->name, s);
                 for (size_t j = 0; j < i; j++)
                         if (d->ports[j].proto == p->proto && d->ports[j].host_port == p->host_port)
                                 return fail(
-                                        err, err_size, -EINVAL,
+                                        e, -EINVAL,
                                         "VM %s: port \"%s\": host port %u/%s is already forwarded to guest "
                                         "port %u",
                                         d->name, s, (unsigned) p->host_port, proto_to_string(p->proto),
@@ -530,7 +531,7 @@ static int validate_ports(const VmDef *d, char *err, size_t err_size) {
         return 0;
 }
 
-int vm_def_validate(const VmDef *d, char *err, size_t err_size) {
+int vm_def_validate(const VmDef *d, Error *e) {
         char buf[WHY_MAX], q[QUOTE_BUF];
         const char *vm;
         int r;
@@ -538,68 +539,65 @@ int vm_def_validate(const VmDef *d, char *err, size_t err_size) {
         assert(d);
 
         if (!terminated(d->name, sizeof(d->name)) || check_name(d->name, buf, sizeof(buf)) < 0)
-                return fail(err, err_size, -EINVAL, "VM name %s is not valid (" VM_NAME_RULE ")",
+                return fail(e, -EINVAL, "VM name %s is not valid (" VM_NAME_RULE ")",
                             quote_n(d->name, strnlen(d->name, sizeof(d->name)), q));
         vm = d->name;
 
         if (d->id == 0)
-                return fail(err, err_size, -EINVAL, "VM %s: id must not be zero", vm);
+                return fail(e, -EINVAL, "VM %s: id must not be zero", vm);
         if (!terminated(d->backend, sizeof(d->backend)))
-                return fail(err, err_size, -EINVAL, "VM %s: backend is not NUL-terminated", vm);
+                return fail(e, -EINVAL, "VM %s: backend is not NUL-terminated", vm);
         if (check_backend(d->backend, buf, sizeof(buf)) < 0)
-                return fail(err, err_size, -EINVAL, "VM %s: backend %s", vm, buf);
+                return fail(e, -EINVAL, "VM %s: backend %s", vm, buf);
         if (!terminated(d->hypervisor, sizeof(d->hypervisor)))
-                return fail(err, err_size, -EINVAL, "VM %s: hypervisor is not NUL-terminated", vm);
+                return fail(e, -EINVAL, "VM %s: hypervisor is not NUL-terminated", vm);
         if (check_hypervisor(d->hypervisor, buf, sizeof(buf)) < 0)
-                return fail(err, err_size, -EINVAL, "VM %s: hypervisor %s", vm, buf);
+                return fail(e, -EINVAL, "VM %s: hypervisor %s", vm, buf);
 
-        r = validate_path(vm, "kernel", d->kernel, true, err, err_size);
+        r = validate_path(vm, "kernel", d->kernel, true, e);
         if (r < 0)
                 return r;
-        r = validate_path(vm, "firmware", d->firmware, true, err, err_size);
+        r = validate_path(vm, "firmware", d->firmware, true, e);
         if (r < 0)
                 return r;
-        r = validate_path(vm, "initrd", d->initrd, true, err, err_size);
+        r = validate_path(vm, "initrd", d->initrd, true, e);
         if (r < 0)
                 return r;
         if (!d->kernel && (d->initrd || d->cmdline))
-                return fail(err, err_size, -EINVAL,
+                return fail(e, -EINVAL,
                             "VM %s: %s needs a kernel (without one the VM boots its first disk through its "
                             "firmware)",
                             vm, d->initrd ? "an initrd" : "a kernel command line");
         if (!d->kernel && !d->firmware && d->n_disks == 0)
-                return fail(err, err_size, -EINVAL,
-                            "VM %s: nothing to boot: no kernel, no firmware and no disk", vm);
+                return fail(e, -EINVAL, "VM %s: nothing to boot: no kernel, no firmware and no disk", vm);
         if (d->cmdline) {
                 if (d->cmdline[0] == '\0')
-                        return fail(err, err_size, -EINVAL, "VM %s: cmdline is empty (NULL means none)", vm);
+                        return fail(e, -EINVAL, "VM %s: cmdline is empty (NULL means none)", vm);
                 if (check_cmdline(d->cmdline, buf, sizeof(buf)) < 0 ||
                     check_untrimmed(d->cmdline, buf, sizeof(buf)) < 0)
-                        return fail(err, err_size, -EINVAL, "VM %s: cmdline %s", vm, buf);
+                        return fail(e, -EINVAL, "VM %s: cmdline %s", vm, buf);
         }
 
         if (d->cpus < 1 || d->cpus > VM_SPEC_CPUS_MAX)
-                return fail(err, err_size, -EINVAL, "VM %s: cpus %u is not in 1..%u", vm, d->cpus,
-                            VM_SPEC_CPUS_MAX);
+                return fail(e, -EINVAL, "VM %s: cpus %u is not in 1..%u", vm, d->cpus, VM_SPEC_CPUS_MAX);
         if (d->memory_mib < VM_SPEC_MEMORY_MIB_MIN || d->memory_mib > VM_SPEC_MEMORY_MIB_MAX)
-                return fail(err, err_size, -EINVAL,
+                return fail(e, -EINVAL,
                             "VM %s: memory %" PRIu64 " MiB is not in %" PRIu64 "..%" PRIu64 " MiB", vm,
                             d->memory_mib, VM_SPEC_MEMORY_MIB_MIN, VM_SPEC_MEMORY_MIB_MAX);
 
         if (d->n_disks > VM_DEF_MAX_DISKS)
-                return fail(err, err_size, -EINVAL, "VM %s: %zu disks, more than %u", vm, d->n_disks,
-                            VM_DEF_MAX_DISKS);
+                return fail(e, -EINVAL, "VM %s: %zu disks, more than %u", vm, d->n_disks, VM_DEF_MAX_DISKS);
         for (size_t i = 0; i < d->n_disks; i++) {
-                r = validate_path(vm, "disk", d->disks[i], false, err, err_size);
+                r = validate_path(vm, "disk", d->disks[i], false, e);
                 if (r < 0)
                         return r;
                 for (size_t j = 0; j < i; j++)
                         if (strcmp(d->disks[j], d->disks[i]) == 0)
-                                return fail(err, err_size, -EINVAL, "VM %s: disk %s is given twice", vm,
+                                return fail(e, -EINVAL, "VM %s: disk %s is given twice", vm,
                                             quote(d->disks[i], q));
         }
 
-        return validate_ports(d, err, err_size);
+        return validate_ports(d, e);
 }
 
 /* --- the parser -------------------------------------------------------------------------------------- */
@@ -781,9 +779,12 @@ static int parse_port_key(Parser *p, char **value) {
         PortForward pf;
         int r;
 
-        r = port_forward_parse(*value, &pf, p->cause, sizeof(p->cause));
-        if (r < 0)
+        Error e;
+        r = port_forward_parse(*value, &pf, &e);
+        if (r < 0) {
+                snprintf(p->cause, sizeof(p->cause), "%s", error_message(&e));
                 return r;
+        }
         if (d->n_ports >= VM_DEF_MAX_PORTS)
                 return cause(p, "port: more than %u ports", VM_DEF_MAX_PORTS);
         for (size_t i = 0; i < d->n_ports; i++)
@@ -896,7 +897,7 @@ static int parse_line(Parser *p, const char *s, size_t n, unsigned *section_line
 }
 
 static int parse_full(const char *file, const char *expect_name, const char *text, size_t size, VmDef **ret,
-                      char *err, size_t err_size) {
+                      Error *e) {
         _cleanup_(vm_def_freep) VmDef *d = NULL;
         Parser p = { .expect_name = expect_name };
         unsigned section_line = 0;
@@ -908,7 +909,7 @@ static int parse_full(const char *file, const char *expect_name, const char *tex
         assert(ret);
 
         if (size > VM_DEF_FILE_MAX)
-                return fail(err, err_size, -EFBIG, "%s: the file has %zu bytes, more than %u", file, size,
+                return fail(e, -EFBIG, "%s: the file has %zu bytes, more than %u", file, size,
                             VM_DEF_FILE_MAX);
 
         d = vm_def_new();
@@ -927,7 +928,7 @@ static int parse_full(const char *file, const char *expect_name, const char *tex
                 p.line++;
                 if (!nl)
                         return fail(
-                                err, err_size, -EINVAL,
+                                e, -EINVAL,
                                 "%s:%u: the last line has no newline at its end (the file may be cut short)",
                                 file, p.line);
                 n = (size_t) (nl - line);
@@ -939,34 +940,32 @@ static int parse_full(const char *file, const char *expect_name, const char *tex
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0)
-                        return fail(err, err_size, r, "%s:%u: %s", file, p.line, p.cause);
+                        return fail(e, r, "%s:%u: %s", file, p.line, p.cause);
         }
 
         if (section_line == 0)
-                return fail(err, err_size, -EINVAL, "%s:%u: no [vm] section", file, p.line > 0 ? p.line : 1);
+                return fail(e, -EINVAL, "%s:%u: no [vm] section", file, p.line > 0 ? p.line : 1);
         for (int k = 0; k < _KEY_MAX; k++)
                 if (keys[k].required && p.key_line[k] == 0)
-                        return fail(err, err_size, -EINVAL, "%s:%u: [vm] lacks the required key %s", file,
-                                    section_line, keys[k].name);
+                        return fail(e, -EINVAL, "%s:%u: [vm] lacks the required key %s", file, section_line,
+                                    keys[k].name);
         /* What no single line says: without a kernel, what boots (named at the kernel's line) */
         if (!d->kernel && (d->initrd || d->cmdline))
                 return fail(
-                        err, err_size, -EINVAL,
+                        e, -EINVAL,
                         "%s:%u: kernel: empty, but %s needs a kernel (without one the VM boots its first disk "
                         "through its firmware)",
                         file, p.key_line[KEY_KERNEL], d->initrd ? "an initrd" : "a kernel command line");
         if (!d->kernel && !d->firmware && d->n_disks == 0)
-                return fail(err, err_size, -EINVAL,
-                            "%s:%u: kernel: empty, and there is no firmware and no disk to boot", file,
-                            p.key_line[KEY_KERNEL]);
+                return fail(e, -EINVAL, "%s:%u: kernel: empty, and there is no firmware and no disk to boot",
+                            file, p.key_line[KEY_KERNEL]);
 
         *ret = TAKE_PTR(d);
         return 0;
 }
 
-int vm_def_parse(const char *file_name, const char *text, size_t size, VmDef **ret, char *err,
-                 size_t err_size) {
-        return parse_full(file_name, NULL, text, size, ret, err, err_size);
+int vm_def_parse(const char *file_name, const char *text, size_t size, VmDef **ret, Error *e) {
+        return parse_full(file_name, NULL, text, size, ret, e);
 }
 
 /* --- formatting -------------------------------------------------------------------------------------- */
@@ -1014,7 +1013,7 @@ int vm_def_format(const VmDef *d, char **ret_text) {
         assert(d);
         assert(ret_text);
 
-        r = vm_def_validate(d, NULL, 0);
+        r = vm_def_validate(d, NULL);
         if (r < 0)
                 return r;
 
@@ -1103,7 +1102,7 @@ int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
         return ops->fsync(ops->userdata, dir_fd);
 }
 
-int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err_size) {
+int vm_def_load(int dir_fd, const char *name, VmDef **ret, Error *e) {
         _cleanup_free_ char *text = NULL;
         _cleanup_close_ int fd = -EBADF;
         char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX], q[QUOTE_BUF];
@@ -1117,8 +1116,7 @@ int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err
         if (!vm_name_valid(name)) {
                 quote(name, q);
                 /* the file name as the message's subject, without the quotes */
-                return fail(err, err_size, -EINVAL,
-                            "%.*s" VM_DEF_SUFFIX ": %s is not a VM name (" VM_NAME_RULE ")",
+                return fail(e, -EINVAL, "%.*s" VM_DEF_SUFFIX ": %s is not a VM name (" VM_NAME_RULE ")",
                             (int) strlen(q) - 2, q + 1, q);
         }
         file_names(name, file, tmp);
@@ -1127,24 +1125,23 @@ int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err
         if (fd < 0) {
                 r = negative_errno();
                 if (r == -ELOOP)
-                        return fail(err, err_size, -EINVAL, "%s: is a symbolic link, not a regular file",
-                                    file);
-                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+                        return fail(e, -EINVAL, "%s: is a symbolic link, not a regular file", file);
+                return fail(e, r, "%s: %s", file, strerror(-r));
         }
         if (fstat(fd, &st) < 0) {
                 r = negative_errno();
-                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+                return fail(e, r, "%s: %s", file, strerror(-r));
         }
         if (!S_ISREG(st.st_mode))
-                return fail(err, err_size, -EINVAL, "%s: is not a regular file", file);
+                return fail(e, -EINVAL, "%s: is not a regular file", file);
 
         r = fs_read_all(fd, VM_DEF_FILE_MAX, (void **) &text, &size);
         if (r == -EFBIG)
-                return fail(err, err_size, r, "%s: the file has more than %u bytes", file, VM_DEF_FILE_MAX);
+                return fail(e, r, "%s: the file has more than %u bytes", file, VM_DEF_FILE_MAX);
         if (r < 0)
-                return fail(err, err_size, r, "%s: %s", file, strerror(-r));
+                return fail(e, r, "%s: %s", file, strerror(-r));
 
-        return parse_full(file, name, text, size, ret, err, err_size);
+        return parse_full(file, name, text, size, ret, e);
 }
 
 int vm_def_remove(int dir_fd, const char *name, const FsOps *ops) {
@@ -1251,14 +1248,14 @@ int vm_def_load_all(int dir_fd, VmDefCallback cb, void *userdata) {
 
         for (size_t i = 0; i < list.n; i++) {
                 _cleanup_(vm_def_freep) VmDef *d = NULL;
-                char err[512];
+                Error err = {};
 
-                r = vm_def_load(dir_fd, list.names[i], &d, err, sizeof(err));
+                r = vm_def_load(dir_fd, list.names[i], &d, &err);
                 if (r == -ENOENT) /* removed since we read the directory */
                         continue;
                 if (r == -ENOMEM)
                         return r;
-                r = r < 0 ? cb(list.names[i], NULL, err, userdata)
+                r = r < 0 ? cb(list.names[i], NULL, error_message(&err), userdata)
                           : cb(list.names[i], TAKE_PTR(d), NULL, userdata);
                 if (r < 0)
                         return r;

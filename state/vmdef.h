@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/error.h"
 #include "util/fsops.h"
 #include "util/macro.h"
 #include "util/portfwd.h"
@@ -82,14 +83,13 @@ bool vm_def_equal(const VmDef *a, const VmDef *b);
 
 /* The parser's rules applied to a definition built in memory, plus what a .vm file cannot express (a
  * path ending in white space, an empty cmdline instead of NULL). 0, or -EINVAL with a sentence naming
- * the VM and the field in err (may be NULL): `VM web: kernel "rel/path" is not an absolute path`. */
-int vm_def_validate(const VmDef *d, char *err, size_t err_size);
+ * the VM and the field in *e (e may be NULL): `VM web: kernel "rel/path" is not an absolute path`. */
+int vm_def_validate(const VmDef *d, Error *e);
 
 /* Parses size bytes of text (not necessarily NUL-terminated); file_name stands for the file in messages.
- * 0 and a new definition in *ret; -EINVAL with "FILE:LINE: cause" in err; -EFBIG for more than
- * VM_DEF_FILE_MAX bytes; -ENOMEM. */
-int vm_def_parse(const char *file_name, const char *text, size_t size, VmDef **ret, char *err,
-                 size_t err_size);
+ * 0 and a new definition in *ret; -EINVAL with "FILE:LINE: cause" in *e (e may be NULL); -EFBIG for more
+ * than VM_DEF_FILE_MAX bytes; -ENOMEM. */
+int vm_def_parse(const char *file_name, const char *text, size_t size, VmDef **ret, Error *e);
 
 /* The file text of a valid definition (-EINVAL otherwise), starting with a comment that says
  * chvm-agentd wrote it. vm_def_parse() of it gives back an equal definition, and formatting that gives
@@ -104,8 +104,8 @@ int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops);
 
 /* Reads and parses NAME.vm from dir_fd; its name key must be NAME. -ENOENT when there is no such file;
  * -EINVAL for an invalid NAME, a file that does not parse or is not a regular file; -EFBIG; -errno from
- * reading. err (may be NULL) gets "NAME.vm:LINE: cause" or "NAME.vm: cause" on every failure. */
-int vm_def_load(int dir_fd, const char *name, VmDef **ret, char *err, size_t err_size);
+ * reading. *e (e may be NULL) gets "NAME.vm:LINE: cause" or "NAME.vm: cause" on every failure. */
+int vm_def_load(int dir_fd, const char *name, VmDef **ret, Error *e);
 
 /* Removes NAME.vm (and a stale NAME.vm.tmp) and fsyncs dir_fd. -ENOENT when there is no NAME.vm; -EINVAL
  * for an invalid NAME. ops NULL: fs_ops_default. */
@@ -122,8 +122,8 @@ typedef int (*VmDefCallback)(const char *name, VmDef *def, const char *error, vo
 int vm_def_load_all(int dir_fd, VmDefCallback cb, void *userdata);
 
 /* Parses "HOSTPORT:GUESTPORT[/tcp|/udp]" (tcp by default; ports 1..65535), as in a .vm file's port key and
- * in chvmctl -p. -EINVAL with a message naming the input in err (may be NULL):
+ * in chvmctl -p. -EINVAL with a message naming the input in *e (e may be NULL):
  * `port "8080:0": guest port 0 is not in 1..65535`. */
-int port_forward_parse(const char *s, PortForward *ret, char *err, size_t err_size);
+int port_forward_parse(const char *s, PortForward *ret, Error *e);
 /* "8080:80/tcp": what port_forward_parse() reads back. */
 void port_forward_format(const PortForward *p, char ret[PORT_FORWARD_STRING_MAX]);

@@ -20,7 +20,7 @@
 #include "tests/journal-test-util.h"
 #include "util/vmname.h"
 
-static char err[1024];
+static Error err;
 
 /* --- helpers ------------------------------------------------------------------------------------------ */
 
@@ -106,8 +106,8 @@ static VmDef *small_def(void) {
 }
 
 static int parse(const char *text, VmDef **ret) {
-        err[0] = '\0';
-        return vm_def_parse("web.vm", text, strlen(text), ret, err, sizeof(err));
+        error_clear(&err);
+        return vm_def_parse("web.vm", text, strlen(text), ret, &err);
 }
 
 /* parse(format(d)) equals d, and formatting that again gives the same bytes. */
@@ -115,9 +115,9 @@ static void assert_round_trip(const VmDef *d) {
         _cleanup_free_ char *text = NULL, *again = NULL;
         _cleanup_(vm_def_freep) VmDef *back = NULL;
 
-        cr_assert_eq(vm_def_validate(d, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_validate(d, &err), 0, "%s", error_message(&err));
         cr_assert_eq(vm_def_format(d, &text), 0);
-        cr_assert_eq(parse(text, &back), 0, "%s", err);
+        cr_assert_eq(parse(text, &back), 0, "%s", error_message(&err));
         cr_assert(vm_def_equal(d, back), "parse(format(d)) differs from d");
         cr_assert_eq(vm_def_format(back, &again), 0);
         cr_assert_str_eq(again, text, "formatting is not byte-stable");
@@ -135,10 +135,10 @@ static void assert_round_trip(const VmDef *d) {
 static void assert_parse_error(const char *text, size_t size, int expect_r, const char *expect) {
         VmDef *d = (VmDef *) 0x1; /* must stay untouched */
 
-        err[0] = '\0';
-        cr_assert_eq(vm_def_parse("web.vm", text, size, &d, err, sizeof(err)), expect_r, "for %s", expect);
+        error_clear(&err);
+        cr_assert_eq(vm_def_parse("web.vm", text, size, &d, &err), expect_r, "for %s", expect);
         cr_assert_eq(d, (VmDef *) 0x1, "nothing partial may be returned");
-        cr_assert_str_eq(err, expect);
+        cr_assert_str_eq(error_message(&err), expect);
 }
 
 static void assert_error(const char *text, const char *expect) {
@@ -169,7 +169,7 @@ Test(vmdef, new_has_the_defaults) {
 Test(vmdef, required_keys_only_gives_defaults) {
         _cleanup_(vm_def_freep) VmDef *d = NULL;
 
-        cr_assert_eq(parse(BASE, &d), 0, "%s", err);
+        cr_assert_eq(parse(BASE, &d), 0, "%s", error_message(&err));
         cr_assert_str_eq(d->name, "web");
         cr_assert_eq(d->id, 0x4d2);
         cr_assert_str_eq(d->backend, "local");
@@ -181,7 +181,7 @@ Test(vmdef, required_keys_only_gives_defaults) {
         cr_assert_eq(d->memory_mib, 256);
         cr_assert_eq(d->n_disks, 0);
         cr_assert_eq(d->n_ports, 0);
-        cr_assert_eq(vm_def_validate(d, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_validate(d, &err), 0, "%s", error_message(&err));
 }
 
 /* What an admin may write: comments of both kinds, blank lines, indentation, tabs around '=', CRLF line
@@ -209,7 +209,7 @@ Test(vmdef, hand_written_file) {
                            "port = 1:65535/tcp\n"
                            "\n";
 
-        cr_assert_eq(parse(text, &d), 0, "%s", err);
+        cr_assert_eq(parse(text, &d), 0, "%s", error_message(&err));
         cr_assert_str_eq(d->name, "web");
         cr_assert_eq(d->id, 0xdeadbeef);
         cr_assert_str_eq(d->backend, "bridge");
@@ -235,9 +235,9 @@ Test(vmdef, hand_written_file) {
 Test(vmdef, hypervisor_kinds) {
         _cleanup_(vm_def_freep) VmDef *a = NULL, *b = NULL;
 
-        cr_assert_eq(parse(BASE "hypervisor = qemu\n", &a), 0, "%s", err);
+        cr_assert_eq(parse(BASE "hypervisor = qemu\n", &a), 0, "%s", error_message(&err));
         cr_assert_str_eq(a->hypervisor, "qemu");
-        cr_assert_eq(parse(BASE "hypervisor = cloud-hypervisor\n", &b), 0, "%s", err);
+        cr_assert_eq(parse(BASE "hypervisor = cloud-hypervisor\n", &b), 0, "%s", error_message(&err));
         cr_assert_str_eq(b->hypervisor, "cloud-hypervisor");
 }
 
@@ -252,7 +252,7 @@ Test(vmdef, long_lines) {
                               "kernel = %s\ncmdline = %s\n",
                               comment, path, cmdline),
                      0);
-        cr_assert_eq(parse(text, &d), 0, "%s", err);
+        cr_assert_eq(parse(text, &d), 0, "%s", error_message(&err));
         cr_assert_str_eq(d->kernel, path);
         cr_assert_str_eq(d->cmdline, cmdline);
 }
@@ -322,7 +322,7 @@ Test(vmdef, round_trip_disk_boot) {
         /* every prefix of it is refused */
         for (size_t n = 0; n < strlen(text); n++) {
                 VmDef *p = NULL;
-                cr_assert_lt(vm_def_parse("web.vm", text, n, &p, NULL, 0), 0, "prefix of %zu bytes accepted",
+                cr_assert_lt(vm_def_parse("web.vm", text, n, &p, NULL), 0, "prefix of %zu bytes accepted",
                              n);
         }
 }
@@ -503,7 +503,7 @@ Test(vmdef, files_over_1_mib_refused) {
         memcpy(text, BASE, strlen(BASE));
         assert_parse_error(text, size, -EFBIG, "web.vm: the file has 1048577 bytes, more than 1048576");
         /* exactly the limit is fine */
-        cr_assert_eq(vm_def_parse("web.vm", text, size - 1, &d, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_parse("web.vm", text, size - 1, &d, &err), 0, "%s", error_message(&err));
 }
 
 /* Every proper prefix of a file the agent wrote is refused, never read as a shorter definition; the whole
@@ -518,16 +518,16 @@ static void sweep_prefixes(const VmDef *d) {
                 _cleanup_(vm_def_freep) VmDef *back = NULL;
                 int r;
 
-                err[0] = '\0';
-                r = vm_def_parse("web.vm", text, n, &back, err, sizeof(err));
+                error_clear(&err);
+                r = vm_def_parse("web.vm", text, n, &back, &err);
                 if (n == size) {
-                        cr_assert_eq(r, 0, "%s", err);
+                        cr_assert_eq(r, 0, "%s", error_message(&err));
                         cr_assert(vm_def_equal(d, back));
                         continue;
                 }
                 cr_assert_eq(r, -EINVAL, "a prefix of %zu of %zu bytes was accepted", n, size);
                 cr_assert_null(back);
-                cr_assert(strncmp(err, "web.vm:", 7) == 0, "%s", err);
+                cr_assert(strncmp(error_message(&err), "web.vm:", 7) == 0, "%s", error_message(&err));
         }
 }
 
@@ -561,14 +561,16 @@ Test(vmdef, corrupted_byte_sweep) {
                         if ((uint8_t) saved == bytes[b])
                                 continue;
                         text[i] = (char) bytes[b];
-                        err[0] = '\0';
-                        r = vm_def_parse("web.vm", text, size, &x, err, sizeof(err));
+                        error_clear(&err);
+                        r = vm_def_parse("web.vm", text, size, &x, &err);
                         text[i] = saved;
                         if (r < 0) {
                                 cr_assert_eq(r, -EINVAL);
                                 cr_assert_null(x);
-                                cr_assert(strncmp(err, "web.vm:", 7) == 0 && err[7] >= '1' && err[7] <= '9',
-                                          "%s", err);
+                                cr_assert(strncmp(error_message(&err), "web.vm:", 7) == 0 &&
+                                                  error_message(&err)[7] >= '1' &&
+                                                  error_message(&err)[7] <= '9',
+                                          "%s", error_message(&err));
                                 refused++;
                                 continue;
                         }
@@ -590,8 +592,8 @@ static void assert_port(const char *s, uint8_t proto, uint16_t host, uint16_t gu
         PortForward p = {};
         char buf[PORT_FORWARD_STRING_MAX];
 
-        err[0] = '\0';
-        cr_assert_eq(port_forward_parse(s, &p, err, sizeof(err)), 0, "%s: %s", s, err);
+        error_clear(&err);
+        cr_assert_eq(port_forward_parse(s, &p, &err), 0, "%s: %s", s, error_message(&err));
         cr_assert_eq(p.proto, proto, "%s", s);
         cr_assert_eq(p.host_port, host, "%s", s);
         cr_assert_eq(p.guest_port, guest, "%s", s);
@@ -602,11 +604,11 @@ static void assert_port(const char *s, uint8_t proto, uint16_t host, uint16_t gu
 static void assert_port_error(const char *s, const char *expect) {
         PortForward p = { .proto = 99 };
 
-        err[0] = '\0';
-        cr_assert_eq(port_forward_parse(s, &p, err, sizeof(err)), -EINVAL, "%s", s);
+        error_clear(&err);
+        cr_assert_eq(port_forward_parse(s, &p, &err), -EINVAL, "%s", s);
         cr_assert_eq(p.proto, 99, "nothing written on failure");
-        cr_assert_str_eq(err, expect);
-        cr_assert_eq(port_forward_parse(s, &p, NULL, 0), -EINVAL, "no message buffer is fine");
+        cr_assert_str_eq(error_message(&err), expect);
+        cr_assert_eq(port_forward_parse(s, &p, NULL), -EINVAL, "no message buffer is fine");
 }
 
 Test(vmdef, port_forward_parse_and_format) {
@@ -626,7 +628,7 @@ Test(vmdef, port_forward_parse_and_format) {
                         char buf[PORT_FORWARD_STRING_MAX];
 
                         port_forward_format(&p, buf);
-                        cr_assert_eq(port_forward_parse(buf, &q, err, sizeof(err)), 0, "%s", err);
+                        cr_assert_eq(port_forward_parse(buf, &q, &err), 0, "%s", error_message(&err));
                         cr_assert(q.proto == p.proto && q.host_port == p.host_port &&
                                   q.guest_port == p.guest_port);
                 }
@@ -670,10 +672,10 @@ Test(vmdef, port_forward_errors) {
 static void assert_invalid(VmDef *d, const char *expect) {
         _cleanup_free_ char *text = NULL;
 
-        err[0] = '\0';
-        cr_assert_eq(vm_def_validate(d, err, sizeof(err)), -EINVAL, "for %s", expect);
-        cr_assert_str_eq(err, expect);
-        cr_assert_eq(vm_def_validate(d, NULL, 0), -EINVAL);
+        error_clear(&err);
+        cr_assert_eq(vm_def_validate(d, &err), -EINVAL, "for %s", expect);
+        cr_assert_str_eq(error_message(&err), expect);
+        cr_assert_eq(vm_def_validate(d, NULL), -EINVAL);
         cr_assert_eq(vm_def_format(d, &text), -EINVAL, "an invalid definition is never written");
         cr_assert_null(text);
 }
@@ -906,7 +908,7 @@ Test(vmdef_files, save_load_remove) {
         on_disk = read_text("web.vm");
         cr_assert_str_eq(on_disk, expect);
 
-        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, &err), 0, "%s", error_message(&err));
         cr_assert(vm_def_equal(d, back));
 
         /* saving again replaces the file; a stale tmp from a crashed save is no obstacle */
@@ -914,7 +916,7 @@ Test(vmdef_files, save_load_remove) {
         d->cpus = 8;
         cr_assert_eq(vm_def_save(dir_fd, d, NULL), 0);
         cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
-        cr_assert_eq(vm_def_load(dir_fd, "web", &again, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &again, &err), 0, "%s", error_message(&err));
         cr_assert_eq(again->cpus, 8);
 
         cr_assert_eq(vm_def_remove(dir_fd, "web", NULL), 0);
@@ -924,8 +926,8 @@ Test(vmdef_files, save_load_remove) {
         cr_assert_eq(vm_def_remove(dir_fd, "../web", NULL), -EINVAL);
 
         VmDef *none = (VmDef *) 0x1;
-        cr_assert_eq(vm_def_load(dir_fd, "web", &none, err, sizeof(err)), -ENOENT);
-        cr_assert_str_eq(err, "web.vm: No such file or directory");
+        cr_assert_eq(vm_def_load(dir_fd, "web", &none, &err), -ENOENT);
+        cr_assert_str_eq(error_message(&err), "web.vm: No such file or directory");
         cr_assert_eq(none, (VmDef *) 0x1);
 
         /* an invalid definition is never written */
@@ -942,31 +944,31 @@ Test(vmdef_files, load_refusals) {
         strcpy(api->name, "api");
         cr_assert_eq(vm_def_format(api, &text), 0);
         write_text("web.vm", text);
-        cr_assert_eq(vm_def_load(dir_fd, "web", &d, err, sizeof(err)), -EINVAL);
-        cr_assert_str_eq(err, "web.vm:3: name: \"api\" does not match the file name web.vm");
+        cr_assert_eq(vm_def_load(dir_fd, "web", &d, &err), -EINVAL);
+        cr_assert_str_eq(error_message(&err), "web.vm:3: name: \"api\" does not match the file name web.vm");
         cr_assert_null(d);
 
-        cr_assert_eq(vm_def_load(dir_fd, "Web", &d, err, sizeof(err)), -EINVAL);
-        cr_assert_str_eq(err,
+        cr_assert_eq(vm_def_load(dir_fd, "Web", &d, &err), -EINVAL);
+        cr_assert_str_eq(error_message(&err),
                          "Web.vm: \"Web\" is not a VM name (a lowercase letter, then up to 31 lowercase "
                          "letters, digits or '-')");
-        cr_assert_eq(vm_def_load(dir_fd, "../etc/x", &d, err, sizeof(err)), -EINVAL);
+        cr_assert_eq(vm_def_load(dir_fd, "../etc/x", &d, &err), -EINVAL);
 
         cr_assert_eq(symlinkat("web.vm", dir_fd, "link.vm"), 0);
-        cr_assert_eq(vm_def_load(dir_fd, "link", &d, err, sizeof(err)), -EINVAL);
-        cr_assert_str_eq(err, "link.vm: is a symbolic link, not a regular file");
+        cr_assert_eq(vm_def_load(dir_fd, "link", &d, &err), -EINVAL);
+        cr_assert_str_eq(error_message(&err), "link.vm: is a symbolic link, not a regular file");
 
         cr_assert_eq(mkdirat(dir_fd, "sub.vm", 0700), 0);
-        cr_assert_eq(vm_def_load(dir_fd, "sub", &d, err, sizeof(err)), -EINVAL);
-        cr_assert_str_eq(err, "sub.vm: is not a regular file");
+        cr_assert_eq(vm_def_load(dir_fd, "sub", &d, &err), -EINVAL);
+        cr_assert_str_eq(error_message(&err), "sub.vm: is not a regular file");
 
         big = malloc(VM_DEF_FILE_MAX + 2);
         cr_assert_not_null(big);
         memset(big, '\n', VM_DEF_FILE_MAX + 1);
         big[VM_DEF_FILE_MAX + 1] = '\0';
         write_text("big.vm", big);
-        cr_assert_eq(vm_def_load(dir_fd, "big", &d, err, sizeof(err)), -EFBIG);
-        cr_assert_str_eq(err, "big.vm: the file has more than 1048576 bytes");
+        cr_assert_eq(vm_def_load(dir_fd, "big", &d, &err), -EFBIG);
+        cr_assert_str_eq(error_message(&err), "big.vm: the file has more than 1048576 bytes");
         cr_assert_null(d);
 }
 
@@ -1028,7 +1030,7 @@ static void assert_failed_save_keeps_old(FailFs *f, int expect_r) {
         cr_assert_str_eq(after, old_text, "the old file must be intact");
         cr_assert_not(test_file_exists(dir, "web.vm.tmp"), "no tmp file may be left");
         cr_assert_eq(count_files(), 1);
-        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, &err), 0, "%s", error_message(&err));
         cr_assert(vm_def_equal(back, old));
 }
 
@@ -1079,7 +1081,7 @@ Test(vmdef_files, save_dir_fsync_failure_is_reported) {
         ops.fdatasync = failfs_fdatasync;
         cr_assert_eq(vm_def_save(dir_fd, d, &ops), -EIO);
         cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
-        cr_assert_eq(vm_def_load(dir_fd, "web", &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, &err), 0, "%s", error_message(&err));
         cr_assert(vm_def_equal(back, d));
         cr_assert_eq(vm_def_remove(dir_fd, "web", &ops), -EIO, "remove reports its fsync too");
         cr_assert_not(test_file_exists(dir, "web.vm"));
