@@ -536,16 +536,17 @@ static int on_taskstats(sd_event_source *s, int fd, uint32_t revents, void *user
 
 /* Before anything else forks: the probe reaps its own child. */
 static void open_taskstats(Agent *a) {
-        char why[512];
+        Error why;
         const char *off = getenv("CHVM_NO_TASKSTATS");
         if (off && strcmp(off, "1") == 0) {
                 log_notice(
                         "CHVM_NO_TASKSTATS=1: exit statuses of adopted hypervisors will be \"exit status unknown\"");
                 return;
         }
-        int r = taskstats_listener_new(&a->taskstats, why, sizeof(why));
+        int r = taskstats_listener_new(&a->taskstats, &why);
         if (r < 0) {
-                log_notice("exit statuses of adopted hypervisors will be \"exit status unknown\": %s", why);
+                log_notice("exit statuses of adopted hypervisors will be \"exit status unknown\": %s",
+                           error_message(&why));
                 return;
         }
         r = sd_event_add_io(a->event, &a->taskstats_source, taskstats_listener_fd(a->taskstats), EPOLLIN,

@@ -361,7 +361,7 @@ static void fill_spec(const VmManager *m, const VmRequest *req, const VmNetInfo 
 }
 
 int vm_manager_validate(VmManager *m, const VmRequest *req) {
-        char sock[4400], serial[4400], err[512];
+        char sock[4400], serial[4400];
         /* The names a start would use (its id's folder), a TAP and an address of the longest kind. */
         VmNetInfo net = { .tap = "tap-0123456789", .mac = { 0x02, 0, 0, 0, 0, 1 } };
         BackendNetParams p;
@@ -380,12 +380,12 @@ int vm_manager_validate(VmManager *m, const VmRequest *req) {
         VmSpec spec;
         fill_spec(m, req, &net, sock, serial, &spec);
         error_clear(&m->error);
-        int r = vm_spec_validate(&spec, req->hypervisor, err, sizeof(err));
-        return r < 0 ? fail(m, r, "VM %s: %s", req->name, err) : 0;
+        int r = vm_spec_validate(&spec, req->hypervisor, &m->error);
+        return r < 0 ? error_prefix(&m->error, "VM %s", req->name) : 0;
 }
 
 int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
-        char dir[4300], sock[4400], serial[4400], log[4400], err[512];
+        char dir[4300], sock[4400], serial[4400], log[4400];
         _cleanup_(strv_freep) char **argv = NULL, **envp = NULL;
         VmNetInfo net;
         int r;
@@ -413,9 +413,9 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
 
         VmSpec spec;
         fill_spec(m, req, &net, sock, serial, &spec);
-        r = hypervisor_build_argv(req->hypervisor, &spec, &argv, err, sizeof(err));
+        r = hypervisor_build_argv(req->hypervisor, &spec, &argv, &m->error);
         if (r < 0) {
-                fail(m, r, "VM %s: %s", req->name, err);
+                error_prefix(&m->error, "VM %s", req->name);
                 goto undo_net;
         }
 
@@ -435,16 +435,18 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                 goto undo_net;
         }
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
+        Error se = {};
         r = build_environment(m, &envp);
-        if (r >= 0)
-                r = vmm_spawn_gated(argv, envp, log, journal_started, vm, &vm->process, err, sizeof(err));
+        if (r < 0)
+                error_errno(&se, r, "cannot make its environment: %s", strerror(-r));
+        else
+                r = vmm_spawn_gated(argv, envp, log, journal_started, vm, &vm->process, &se);
         if (r < 0) {
-                char why[600];
-                snprintf(why, sizeof(why), "%s", err);
-                fail(m, r, "VM %s: %s", req->name, why);
+                m->error = se;
+                error_prefix(&m->error, "VM %s", req->name);
                 if (vm->journaled_start) {
                         /* Journaled as started, then exec failed: it is over before it began. */
-                        (void) journal_exit(m, vm->id, JOURNAL_VM_CRASHED, why);
+                        (void) journal_exit(m, vm->id, JOURNAL_VM_CRASHED, error_message(&se));
                 }
                 free(vm->api_socket);
                 free(vm);

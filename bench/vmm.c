@@ -1357,7 +1357,9 @@ int main(int argc, char **argv) {
         {
                 TaskstatsListener *t = NULL;
                 double t0 = now();
-                b.probe_result = taskstats_listener_new(&t, b.probe_why, sizeof(b.probe_why));
+                Error why = {};
+                b.probe_result = taskstats_listener_new(&t, &why);
+                snprintf(b.probe_why, sizeof(b.probe_why), "%s", error_message(&why));
                 b.probe_time = now() - t0;
                 taskstats_listener_free(t);
         }

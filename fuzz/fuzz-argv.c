@@ -138,11 +138,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         };
         for (HypervisorKind k = 0; k < _HYPERVISOR_KIND_MAX; k++) {
                 const HypervisorVTable *vt = hypervisor_vtable(k);
-                char err[512] = "", **argv = NULL;
-                int v = vm_spec_validate(&s, k, err, sizeof(err));
+                Error err = {};
+                char **argv = NULL;
+                int v = vm_spec_validate(&s, k, &err);
                 int b = vt->build_argv(&s, &argv);
                 check((v >= 0) == (b >= 0));
-                check(v >= 0 || err[0]);
+                check(v >= 0 || (err.message[0] && err.code == v && err.kind == ERROR_INVALID));
                 if (b < 0)
                         continue;
                 check(argv && argv[0] && strcmp(argv[0], vm_spec_binary(&s, vt)) == 0);

@@ -41,6 +41,10 @@ Test(error, set_keeps_code_and_kind) {
         cr_assert_eq(error_errno(&e, 5, "not an errno"), -EIO, "a positive code is no error code");
         error_set(&e, -EIO, ERROR_FAILED, "%s", "");
         cr_assert_str_eq(error_message(&e), strerror(EIO), "no message: the errno's text");
+        /* a caller that wants the code only passes no Error */
+        cr_assert_eq(error_set(NULL, -EPERM, ERROR_DENIED, "x"), -EPERM);
+        cr_assert_eq(error_errno(NULL, -ENOENT, "y"), -ENOENT);
+        cr_assert_eq(error_errno(NULL, 3, "z"), -EIO);
 }
 
 /* The chain "VM web: taking its network down: <cause>" keeps the whole cause (before: %.600s of it). */

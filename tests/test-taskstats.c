@@ -42,16 +42,16 @@ static uint64_t now_usec(void) {
 
 static TaskstatsListener *listener_or_skip(void) {
         TaskstatsListener *t = NULL;
-        char err[512] = "";
+        Error err = {};
 
         if (geteuid() != 0)
                 cr_skip_test("needs root (taskstats listeners need CAP_NET_ADMIN)");
         uint64_t start = now_usec();
-        int r = taskstats_listener_new(&t, err, sizeof(err));
+        int r = taskstats_listener_new(&t, &err);
         uint64_t took = now_usec() - start;
         if (r == -EOPNOTSUPP || r == -ENOENT)
-                cr_skip_test("taskstats exit notifications are not available here: %s", err);
-        cr_assert_eq(r, 0, "taskstats_listener_new: %s: %s", strerror(-r), err);
+                cr_skip_test("taskstats exit notifications are not available here: %s", error_message(&err));
+        cr_assert_eq(r, 0, "taskstats_listener_new: %s: %s", strerror(-r), error_message(&err));
         cr_assert_not_null(t);
         cr_assert_geq(taskstats_listener_fd(t), 0);
         cr_log_info("taskstats_listener_new (with its probe) took %.3f ms", took / 1000.0);
@@ -341,7 +341,9 @@ Test(taskstats, another_network_namespace_is_detected) {
                         res.unshare_errno = errno;
                 else {
                         uint64_t start = now_usec();
-                        res.r = taskstats_listener_new(&t, res.err, sizeof(res.err));
+                        Error err = {};
+                        res.r = taskstats_listener_new(&t, &err);
+                        snprintf(res.err, sizeof(res.err), "%s", error_message(&err));
                         res.usec = now_usec() - start;
                         t = taskstats_listener_free(t);
                 }

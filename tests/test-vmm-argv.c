@@ -72,15 +72,15 @@ static void assert_argv_eq(char **argv, const char *const *expected) {
 
 static void check_argv(HypervisorKind kind, const VmSpec *spec, const char *const *expected) {
         _cleanup_strv_free_ char **argv = NULL;
-        char error[256] = "";
+        Error error = {};
 
         cr_assert_eq(hypervisor_vtable(kind)->build_argv(spec, &argv), 0);
         assert_argv_eq(argv, expected);
         argv = strv_free(argv);
 
         /* the convenience entry point builds the same */
-        cr_assert_eq(hypervisor_build_argv(kind, spec, &argv, error, sizeof(error)), 0, "%s", error);
-        cr_assert_str_empty(error);
+        cr_assert_eq(hypervisor_build_argv(kind, spec, &argv, &error), 0, "%s", error_message(&error));
+        cr_assert_str_empty(error_message(&error));
         assert_argv_eq(argv, expected);
 }
 
@@ -663,21 +663,22 @@ static const BadCase common_cases[] = {
 
 static void check_refused(HypervisorKind kind, const VmSpec *s, const char *what, const char *message) {
         char **sentinel = (char **) (uintptr_t) 0x1, **argv = sentinel;
-        char error[512] = "";
+        Error error = {};
 
-        cr_assert_eq(vm_spec_validate(s, kind, error, sizeof(error)), -EINVAL, "%s (%s): accepted", what,
+        cr_assert_eq(vm_spec_validate(s, kind, &error), -EINVAL, "%s (%s): accepted", what,
                      hypervisor_kind_to_string(kind));
-        cr_assert(strstr(error, message), "%s (%s): error \"%s\" does not say \"%s\"", what,
-                  hypervisor_kind_to_string(kind), error, message);
+        cr_assert(strstr(error_message(&error), message), "%s (%s): error \"%s\" does not say \"%s\"", what,
+                  hypervisor_kind_to_string(kind), error_message(&error), message);
         /* no message buffer: still refused */
-        cr_assert_eq(vm_spec_validate(s, kind, NULL, 0), -EINVAL);
+        cr_assert_eq(vm_spec_validate(s, kind, NULL), -EINVAL);
 
         cr_assert_eq(hypervisor_vtable(kind)->build_argv(s, &argv), -EINVAL, "%s (%s): built", what,
                      hypervisor_kind_to_string(kind));
         cr_assert_eq(argv, sentinel, "%s: ret_argv written on failure", what);
-        error[0] = '\0';
-        cr_assert_eq(hypervisor_build_argv(kind, s, &argv, error, sizeof(error)), -EINVAL);
-        cr_assert(strstr(error, message), "%s: hypervisor_build_argv() said \"%s\"", what, error);
+        error_clear(&error);
+        cr_assert_eq(hypervisor_build_argv(kind, s, &argv, &error), -EINVAL);
+        cr_assert(strstr(error_message(&error), message), "%s: hypervisor_build_argv() said \"%s\"", what,
+                  error_message(&error));
         cr_assert_eq(argv, sentinel);
 }
 
@@ -694,7 +695,7 @@ Test(validate, boundaries_accepted) {
         static char socket_107[VM_SOCKET_PATH_MAX + 1];
         for (int k = 0; k < _HYPERVISOR_KIND_MAX; k++) {
                 _cleanup_strv_free_ char **argv = NULL;
-                char error[256] = "";
+                Error error = {};
                 VmSpec s = full_spec();
 
                 s.cpus = VM_SPEC_CPUS_MAX;
@@ -707,7 +708,7 @@ Test(validate, boundaries_accepted) {
                 s.prefixlen = 32;
                 s.gateway4 = 0;
                 s.mac[0] = 0x06; /* locally administered unicast */
-                cr_assert_eq(vm_spec_validate(&s, k, error, sizeof(error)), 0, "%s", error);
+                cr_assert_eq(vm_spec_validate(&s, k, &error), 0, "%s", error_message(&error));
                 cr_assert_eq(hypervisor_vtable(k)->build_argv(&s, &argv), 0);
                 argv = strv_free(argv);
 
@@ -719,12 +720,12 @@ Test(validate, boundaries_accepted) {
 
 Test(validate, unknown_kind) {
         VmSpec s = minimal_spec();
-        char error[128] = "";
+        Error error = {};
         char **argv = NULL;
 
-        cr_assert_eq(vm_spec_validate(&s, _HYPERVISOR_KIND_MAX, error, sizeof(error)), -EINVAL);
-        cr_assert_str_eq(error, "unknown hypervisor kind 2");
-        cr_assert_eq(hypervisor_build_argv(_HYPERVISOR_KIND_INVALID, &s, &argv, NULL, 0), -EINVAL);
+        cr_assert_eq(vm_spec_validate(&s, _HYPERVISOR_KIND_MAX, &error), -EINVAL);
+        cr_assert_str_eq(error_message(&error), "unknown hypervisor kind 2");
+        cr_assert_eq(hypervisor_build_argv(_HYPERVISOR_KIND_INVALID, &s, &argv, NULL), -EINVAL);
         cr_assert_null(argv);
 }
 

@@ -46,8 +46,8 @@ Test(vmm_process, spawn_logs_and_exit_status) {
         char *argv[] = { S("sh"), S("-c"),
                          S("echo to-stdout; echo to-stderr >&2; test -t 0 || read x; exit 3"), NULL };
         VmmProcess p;
-        char err[256];
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        Error err = {};
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), 0, "%s", error_message(&err));
         cr_assert_gt(p.pid, 0);
         cr_assert_geq(p.pidfd, 0);
         siginfo_t si = wait_pidfd(p.pidfd);
@@ -65,7 +65,7 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
                 S("cut -d' ' -f5 /proc/$$/stat; echo $$; ls /proc/self/fd | sort -n | tr '\\n' ' '"), NULL
         };
         VmmProcess p;
-        char err[256];
+        Error err = {};
         int leak = open("/dev/null", O_RDONLY); /* not close-on-exec: must still not reach the child */
         cr_assert_geq(leak, 0);
         /* nor one past 1024, where an agent with a thousand VMs has its pidfds */
@@ -79,7 +79,7 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
                       (unsigned long long) nofile.rlim_cur);
         int high = dup2(leak, 1500);
         cr_assert_eq(high, 1500, "%s", strerror(errno));
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), 0, "%s", error_message(&err));
         wait_pidfd(p.pidfd);
         char *log = sh("cat %s", log_path);
         char pgid[32], pid[32];
@@ -97,20 +97,22 @@ Test(vmm_process, own_process_group_and_no_inherited_fds) {
 Test(vmm_process, exec_failure_is_reported) {
         char *argv[] = { S("/nonexistent/cloud-hypervisor"), S("--kernel"), S("x"), NULL };
         VmmProcess p;
-        char err[256];
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), -ENOENT);
-        cr_assert_str_eq(err, "cannot execute /nonexistent/cloud-hypervisor: No such file or directory");
+        Error err = {};
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), -ENOENT);
+        cr_assert_str_eq(error_message(&err),
+                         "cannot execute /nonexistent/cloud-hypervisor: No such file or directory");
         char *argv2[] = { S("true"), NULL };
-        cr_assert_eq(vmm_spawn(argv2, "/nonexistent/dir/log", &p, err, sizeof(err)), -ENOENT);
-        cr_assert(strstr(err, "cannot open log /nonexistent/dir/log"), "%s", err);
+        cr_assert_eq(vmm_spawn(argv2, "/nonexistent/dir/log", &p, &err), -ENOENT);
+        cr_assert(strstr(error_message(&err), "cannot open log /nonexistent/dir/log"), "%s",
+                  error_message(&err));
 }
 
 Test(vmm_process, adopt_checks_identity) {
         char *argv[] = { S("sleep"), S("30"), NULL };
         VmmProcess p;
-        char err[256];
+        Error err = {};
         int fd;
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), 0, "%s", error_message(&err));
 
         cr_assert_eq(vmm_adopt(p.pid, p.start_time, p.boot_id, &fd), 0);
         close(fd);
@@ -140,8 +142,8 @@ Test(vmm_process, start_time_parsing) {
         /* A command name with spaces and parentheses does not shift the fields. */
         char *argv[] = { S("sh"), S("-c"), S("exec -a 'x) (y z' sleep 5"), NULL };
         VmmProcess p;
-        char err[256];
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        Error err = {};
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), 0, "%s", error_message(&err));
         uint64_t st;
         usleep(100000);
         cr_assert_eq(process_start_time(p.pid, &st), 0);
@@ -173,15 +175,16 @@ static int gate_dies(const VmmProcess *p, void *userdata) {
 /* The gate: the child runs only once the caller let it (after journaling it); a refusing gate kills it; a
  * caller that dies at the gate leaves nothing running, and the program never starts. */
 Test(vmm_process, spawn_gate) {
-        char marker[300], cmd[400], err[256];
+        char marker[300], cmd[400];
+        Error err;
         snprintf(marker, sizeof(marker), "%s.ran", log_path);
         snprintf(cmd, sizeof(cmd), "touch %s; exec sleep 30", marker);
         char *argv[] = { S("sh"), S("-c"), cmd, NULL };
         VmmProcess p;
         pid_t seen = 0;
 
-        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, err, sizeof(err)), 0, "%s",
-                     err);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, &err), 0, "%s",
+                     error_message(&err));
         cr_assert_eq(seen, p.pid, "the gate saw the child's identity");
         for (int i = 0; i < 200 && access(marker, F_OK) < 0; i++)
                 usleep(10000);
@@ -191,8 +194,8 @@ Test(vmm_process, spawn_gate) {
         close(p.pidfd);
         unlink(marker);
 
-        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_refuses, NULL, &p, err, sizeof(err)), -EIO);
-        cr_assert(strstr(err, "not started"), "%s", err);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_refuses, NULL, &p, &err), -EIO);
+        cr_assert(strstr(error_message(&err), "not started"), "%s", error_message(&err));
         usleep(100000);
         cr_assert_eq(access(marker, F_OK), -1, "a refused child never ran");
 
@@ -204,8 +207,7 @@ Test(vmm_process, spawn_gate) {
         if (agent == 0) {
                 close(pfd[0]);
                 VmmProcess q;
-                char e[256];
-                (void) vmm_spawn_gated(argv, NULL, log_path, gate_dies, &pfd[1], &q, e, sizeof(e));
+                (void) vmm_spawn_gated(argv, NULL, log_path, gate_dies, &pfd[1], &q, NULL);
                 _exit(1);
         }
         close(pfd[1]);
@@ -267,8 +269,8 @@ Test(vmm_process, a_pending_sigkill_is_dying) {
 Test(vmm_process, dying_is_seen) {
         char *argv[] = { S("sleep"), S("30"), NULL };
         VmmProcess p;
-        char err[256];
-        cr_assert_eq(vmm_spawn(argv, log_path, &p, err, sizeof(err)), 0, "%s", err);
+        Error err = {};
+        cr_assert_eq(vmm_spawn(argv, log_path, &p, &err), 0, "%s", error_message(&err));
         cr_assert_not(process_dying(p.pid), "a sleeping process is not dying");
         cr_assert_not(process_dying(getpid()));
         /* (the dying window itself is too short to catch here: test-chvmctl::list_right_after_kill) */

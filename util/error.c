@@ -45,6 +45,8 @@ _printf_(3, 0) static void format(char *buf, size_t size, const char *fmt, va_li
 }
 
 int error_setv(Error *e, int code, ErrorKind kind, const char *fmt, va_list ap) {
+        if (!e) /* the caller wants the code only */
+                return code < 0 ? code : -EIO;
         e->code = code < 0 ? code : -EIO;
         e->kind = kind;
         format(e->message, sizeof(e->message), fmt, ap);

@@ -35,7 +35,8 @@ typedef struct Error {
 ErrorKind error_kind_from_errno(int code);
 const char *error_kind_to_string(ErrorKind k);
 
-/* Sets *e and returns code (negative). A message that does not fit ends in "...". */
+/* Sets *e and returns code (negative). A message that does not fit ends in "...". e may be NULL (the caller
+ * wants the code only): then nothing is set. The same for error_setv() and error_errno(). */
 _printf_(4, 5) int error_set(Error *e, int code, ErrorKind kind, const char *fmt, ...);
 int error_setv(Error *e, int code, ErrorKind kind, const char *fmt, va_list ap) _printf_(4, 0);
 /* The same with the errno's kind. */

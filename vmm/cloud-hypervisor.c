@@ -21,7 +21,7 @@
 #include "util/macro.h"
 #include "vmm/cloud-hypervisor.h"
 
-static int check_option_value(const char *what, const char *value, char *error, size_t error_size) {
+static int check_option_value(const char *what, const char *value, Error *e) {
         size_t n;
         const char *bad;
 
@@ -29,51 +29,43 @@ static int check_option_value(const char *what, const char *value, char *error, 
                 return 0;
         bad = strpbrk(value, ",\"[]");
         if (bad) {
-                if (error && error_size > 0)
-                        (void) snprintf(
-                                error, error_size,
-                                "%s \"%s\" contains '%c', which cloud-hypervisor's option syntax cannot "
-                                "carry",
-                                what, value, *bad);
-                return -EINVAL;
+                return vm_spec_invalid(
+                        e,
+                        "%s \"%s\" contains '%c', which cloud-hypervisor's option syntax cannot "
+                        "carry",
+                        what, value, *bad);
         }
         n = strlen(value);
         if (n > 0 && value[n - 1] == ' ') {
-                if (error && error_size > 0)
-                        (void) snprintf(error, error_size,
-                                        "%s \"%s\" ends in a blank, which cloud-hypervisor would strip",
-                                        what, value);
-                return -EINVAL;
+                return vm_spec_invalid(e, "%s \"%s\" ends in a blank, which cloud-hypervisor would strip",
+                                       what, value);
         }
         return 0;
 }
 
-static int cloud_hypervisor_validate(const VmSpec *spec, char *error, size_t error_size) {
+static int cloud_hypervisor_validate(const VmSpec *spec, Error *e) {
         int r;
 
         if (!spec->kernel && !spec->firmware) {
-                if (error && error_size > 0)
-                        (void) snprintf(
-                                error, error_size,
-                                "cloud-hypervisor boots a disk only through a firmware: give a kernel or "
-                                "a firmware (rust-hypervisor-firmware, CLOUDHV.fd)");
-                return -EINVAL;
+                return vm_spec_invalid(
+                        e, "cloud-hypervisor boots a disk only through a firmware: give a kernel or "
+                           "a firmware (rust-hypervisor-firmware, CLOUDHV.fd)");
         }
 
-        r = check_option_value("API socket path", spec->api_socket, error, error_size);
+        r = check_option_value("API socket path", spec->api_socket, e);
         if (r < 0)
                 return r;
-        r = check_option_value("serial log path", spec->serial_log, error, error_size);
+        r = check_option_value("serial log path", spec->serial_log, e);
         if (r < 0)
                 return r;
-        r = check_option_value("TAP name", spec->tap, error, error_size);
+        r = check_option_value("TAP name", spec->tap, e);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < spec->n_disks; i++) {
                 char what[32];
 
                 (void) snprintf(what, sizeof(what), "disk %zu path", i);
-                r = check_option_value(what, spec->disks[i], error, error_size);
+                r = check_option_value(what, spec->disks[i], e);
                 if (r < 0)
                         return r;
         }
@@ -85,7 +77,7 @@ static int cloud_hypervisor_build_argv(const VmSpec *spec, char ***ret_argv) {
         ArgvBuilder b = {};
         int r;
 
-        r = vm_spec_validate(spec, HYPERVISOR_CLOUD_HYPERVISOR, NULL, 0);
+        r = vm_spec_validate(spec, HYPERVISOR_CLOUD_HYPERVISOR, NULL);
         if (r < 0)
                 return r;
         r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;

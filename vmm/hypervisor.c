@@ -66,14 +66,14 @@ void vm_mac_to_string(const uint8_t mac[6], char ret[18]) {
                         mac[5]);
 }
 
-_printf_(3, 4) static int invalid(char *error, size_t error_size, const char *fmt, ...) {
+int vm_spec_invalid(Error *e, const char *fmt, ...) {
         va_list ap;
 
-        if (error && error_size > 0) {
-                va_start(ap, fmt);
-                (void) vsnprintf(error, error_size, fmt, ap);
-                va_end(ap);
-        }
+        if (!e)
+                return -EINVAL;
+        va_start(ap, fmt);
+        (void) error_setv(e, -EINVAL, ERROR_INVALID, fmt, ap);
+        va_end(ap);
         return -EINVAL;
 }
 
@@ -85,18 +85,18 @@ static bool has_control_chars(const char *s) {
 }
 
 /* The kernel's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace. */
-static int check_path(const char *what, const char *path, bool optional, char *error, size_t error_size) {
+static int check_path(const char *what, const char *path, bool optional, Error *e) {
         if (!path) {
                 if (optional)
                         return 0;
-                return invalid(error, error_size, "%s is missing", what);
+                return vm_spec_invalid(e, "%s is missing", what);
         }
         if (path[0] != '/')
-                return invalid(error, error_size, "%s \"%s\" is not an absolute path", what, path);
+                return vm_spec_invalid(e, "%s \"%s\" is not an absolute path", what, path);
         if (has_control_chars(path))
-                return invalid(error, error_size, "%s contains control characters", what);
+                return vm_spec_invalid(e, "%s contains control characters", what);
         if (strlen(path) >= PATH_MAX)
-                return invalid(error, error_size, "%s is longer than %d bytes", what, PATH_MAX - 1);
+                return vm_spec_invalid(e, "%s is longer than %d bytes", what, PATH_MAX - 1);
         return 0;
 }
 
@@ -108,46 +108,46 @@ static void ip4_to_string(uint32_t a, char ret[16]) {
         (void) snprintf(ret, 16, "%u.%u.%u.%u", a >> 24, (a >> 16) & 0xffu, (a >> 8) & 0xffu, a & 0xffu);
 }
 
-static int check_network(const VmSpec *spec, char *error, size_t error_size) {
+static int check_network(const VmSpec *spec, Error *e) {
         char mac[18], ip[16], gw[16];
         uint32_t mask;
 
         if (!spec->tap) {
                 if (spec->ip4 != 0)
-                        return invalid(error, error_size,
-                                       "a guest address needs a network device (no TAP given)");
+                        return vm_spec_invalid(e, "a guest address needs a network device (no TAP given)");
                 return 0;
         }
         if (!ifname_valid(spec->tap))
-                return invalid(error, error_size,
-                               "TAP name \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' or "
-                               "whitespace)",
-                               has_control_chars(spec->tap) ? "?" : spec->tap);
+                return vm_spec_invalid(
+                        e,
+                        "TAP name \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' or "
+                        "whitespace)",
+                        has_control_chars(spec->tap) ? "?" : spec->tap);
 
         vm_mac_to_string(spec->mac, mac);
         if (spec->mac[0] & 1)
-                return invalid(error, error_size, "MAC %s is a multicast address", mac);
+                return vm_spec_invalid(e, "MAC %s is a multicast address", mac);
         if ((spec->mac[0] | spec->mac[1] | spec->mac[2] | spec->mac[3] | spec->mac[4] | spec->mac[5]) == 0)
-                return invalid(error, error_size, "MAC %s is all zero", mac);
+                return vm_spec_invalid(e, "MAC %s is all zero", mac);
 
         if (spec->ip4 == 0)
                 return 0;
         ip4_to_string(spec->ip4, ip);
         if (spec->prefixlen < 1 || spec->prefixlen > 32)
-                return invalid(error, error_size, "prefix length %u of guest address %s out of range 1..32",
-                               spec->prefixlen, ip);
+                return vm_spec_invalid(e, "prefix length %u of guest address %s out of range 1..32",
+                                       spec->prefixlen, ip);
         if (spec->gateway4 == 0)
                 return 0;
         ip4_to_string(spec->gateway4, gw);
         mask = prefix_mask(spec->prefixlen);
         if (spec->gateway4 == spec->ip4)
-                return invalid(error, error_size, "gateway %s is the guest's own address", gw);
+                return vm_spec_invalid(e, "gateway %s is the guest's own address", gw);
         if ((spec->gateway4 & mask) != (spec->ip4 & mask)) {
                 char net[16];
 
                 ip4_to_string(spec->ip4 & mask, net);
-                return invalid(error, error_size, "gateway %s is outside the guest's network %s/%u", gw, net,
-                               spec->prefixlen);
+                return vm_spec_invalid(e, "gateway %s is outside the guest's network %s/%u", gw, net,
+                                       spec->prefixlen);
         }
         return 0;
 }
@@ -180,99 +180,93 @@ int vm_spec_kernel_cmdline(const VmSpec *spec, char **ret) {
         return 0;
 }
 
-int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_t error_size) {
+int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, Error *e) {
         const HypervisorVTable *vt;
         _cleanup_free_ char *cmdline = NULL;
         int r;
 
         assert(spec);
 
-        if (error && error_size > 0)
-                error[0] = '\0';
+        if (e)
+                error_clear(e);
 
         vt = hypervisor_vtable(kind);
         if (!vt)
-                return invalid(error, error_size, "unknown hypervisor kind %d", (int) kind);
+                return vm_spec_invalid(e, "unknown hypervisor kind %d", (int) kind);
 
         if (!spec->name || spec->name[0] == '\0')
-                return invalid(error, error_size, "VM name is missing");
+                return vm_spec_invalid(e, "VM name is missing");
         if (has_control_chars(spec->name))
-                return invalid(error, error_size, "VM name contains control characters");
+                return vm_spec_invalid(e, "VM name contains control characters");
 
-        r = check_path("kernel", spec->kernel, true, error, error_size);
+        r = check_path("kernel", spec->kernel, true, e);
         if (r < 0)
                 return r;
-        r = check_path("firmware", spec->firmware, true, error, error_size);
+        r = check_path("firmware", spec->firmware, true, e);
         if (r < 0)
                 return r;
-        r = check_path("initrd", spec->initrd, true, error, error_size);
+        r = check_path("initrd", spec->initrd, true, e);
         if (r < 0)
                 return r;
         if (!spec->kernel && spec->initrd)
-                return invalid(error, error_size,
-                               "an initrd needs a kernel (without one the VM boots its first "
-                               "disk through its firmware)");
+                return vm_spec_invalid(e, "an initrd needs a kernel (without one the VM boots its first "
+                                          "disk through its firmware)");
         if (!spec->kernel && spec->cmdline)
-                return invalid(error, error_size,
-                               "a kernel command line needs a kernel (without one the VM "
-                               "boots its first disk through its firmware)");
+                return vm_spec_invalid(e, "a kernel command line needs a kernel (without one the VM "
+                                          "boots its first disk through its firmware)");
         if (spec->n_disks > 0 && !spec->disks)
-                return invalid(error, error_size, "%zu disks announced but none given", spec->n_disks);
+                return vm_spec_invalid(e, "%zu disks announced but none given", spec->n_disks);
         for (size_t i = 0; i < spec->n_disks; i++) {
                 char what[32];
 
                 (void) snprintf(what, sizeof(what), "disk %zu", i);
-                r = check_path(what, spec->disks[i], false, error, error_size);
+                r = check_path(what, spec->disks[i], false, e);
                 if (r < 0)
                         return r;
         }
 
         if (spec->cpus < 1 || spec->cpus > VM_SPEC_CPUS_MAX)
-                return invalid(error, error_size, "cpus %u out of range 1..%u", spec->cpus,
-                               VM_SPEC_CPUS_MAX);
+                return vm_spec_invalid(e, "cpus %u out of range 1..%u", spec->cpus, VM_SPEC_CPUS_MAX);
         if (spec->memory_mib < VM_SPEC_MEMORY_MIB_MIN || spec->memory_mib > VM_SPEC_MEMORY_MIB_MAX)
-                return invalid(error, error_size,
-                               "memory %" PRIu64 " MiB out of range %" PRIu64 "..%" PRIu64 " MiB",
-                               spec->memory_mib, VM_SPEC_MEMORY_MIB_MIN, VM_SPEC_MEMORY_MIB_MAX);
+                return vm_spec_invalid(e, "memory %" PRIu64 " MiB out of range %" PRIu64 "..%" PRIu64 " MiB",
+                                       spec->memory_mib, VM_SPEC_MEMORY_MIB_MIN, VM_SPEC_MEMORY_MIB_MAX);
 
-        r = check_network(spec, error, error_size);
+        r = check_network(spec, e);
         if (r < 0)
                 return r;
 
-        r = check_path("API socket", spec->api_socket, false, error, error_size);
+        r = check_path("API socket", spec->api_socket, false, e);
         if (r < 0)
                 return r;
         if (strlen(spec->api_socket) > VM_SOCKET_PATH_MAX)
-                return invalid(
-                        error, error_size,
-                        "API socket path is %zu bytes, longer than the %u a unix socket address holds",
+                return vm_spec_invalid(
+                        e, "API socket path is %zu bytes, longer than the %u a unix socket address holds",
                         strlen(spec->api_socket), VM_SOCKET_PATH_MAX);
-        r = check_path("serial log", spec->serial_log, false, error, error_size);
+        r = check_path("serial log", spec->serial_log, false, e);
         if (r < 0)
                 return r;
-        r = check_path("hypervisor binary", spec->binary, true, error, error_size);
+        r = check_path("hypervisor binary", spec->binary, true, e);
         if (r < 0)
                 return r;
 
         if (spec->cmdline && has_control_chars(spec->cmdline))
-                return invalid(error, error_size, "kernel command line contains control characters");
+                return vm_spec_invalid(e, "kernel command line contains control characters");
         r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;
         if (r == -EINVAL)
-                return invalid(error, error_size, "kernel command line is longer than %u bytes",
-                               VM_KERNEL_CMDLINE_MAX);
+                return vm_spec_invalid(e, "kernel command line is longer than %u bytes",
+                                       VM_KERNEL_CMDLINE_MAX);
         if (r < 0)
                 return r;
 
         if (vt->validate)
-                return vt->validate(spec, error, error_size);
+                return vt->validate(spec, e);
         return 0;
 }
 
-int hypervisor_build_argv(HypervisorKind kind, const VmSpec *spec, char ***ret_argv, char *error,
-                          size_t error_size) {
+int hypervisor_build_argv(HypervisorKind kind, const VmSpec *spec, char ***ret_argv, Error *e) {
         int r;
 
-        r = vm_spec_validate(spec, kind, error, error_size);
+        r = vm_spec_validate(spec, kind, e);
         if (r < 0)
                 return r;
         return hypervisor_vtable(kind)->build_argv(spec, ret_argv);

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/error.h"
+#include "util/macro.h"
 #include "util/vmkind.h"
 #include "vmm/argv.h"
 
@@ -84,8 +86,8 @@ typedef struct HypervisorVTable {
         /* argv[0] when VmSpec.binary is NULL: a bare name, for the spawner to look up in PATH. */
         const char *default_binary;
         /* What only this kind refuses (its option syntax), after the common checks passed. NULL: nothing.
-         * -EINVAL with a message in `error` (may be NULL). */
-        int (*validate)(const VmSpec *spec, char *error, size_t error_size);
+         * -EINVAL with *e set (e may be NULL). */
+        int (*validate)(const VmSpec *spec, Error *e);
         /* Validates (without a message) and builds the NULL-terminated argv, argv[0] being the binary. Free
          * it with strv_free(). */
         int (*build_argv)(const VmSpec *spec, char ***ret_argv);
@@ -105,8 +107,8 @@ typedef struct HypervisorVTable {
 const HypervisorVTable *hypervisor_vtable(HypervisorKind kind);
 
 /* Everything build_argv() would refuse: 0, or -EINVAL with a sentence naming the field and the value in
- * `error` (may be NULL). */
-int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_t error_size);
+ * *e (e may be NULL). */
+int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, Error *e);
 
 /* The guest kernel command line: "console=ttyS0", then spec->cmdline, then our ip= (last, so it wins over
  * an ip= in the extra arguments). -EINVAL when longer than VM_KERNEL_CMDLINE_MAX. Only for a spec with a
@@ -114,9 +116,10 @@ int vm_spec_validate(const VmSpec *spec, HypervisorKind kind, char *error, size_
 int vm_spec_kernel_cmdline(const VmSpec *spec, char **ret);
 
 /* vm_spec_validate() with a message, then the kind's build_argv(). */
-int hypervisor_build_argv(HypervisorKind kind, const VmSpec *spec, char ***ret_argv, char *error,
-                          size_t error_size);
+int hypervisor_build_argv(HypervisorKind kind, const VmSpec *spec, char ***ret_argv, Error *e);
 
 /* For the kinds. */
+/* -EINVAL, and *e of kind ERROR_INVALID with the sentence (e may be NULL). */
+_printf_(2, 3) int vm_spec_invalid(Error *e, const char *fmt, ...);
 const char *vm_spec_binary(const VmSpec *spec, const HypervisorVTable *vt); /* argv[0] */
 void vm_mac_to_string(const uint8_t mac[6], char ret[18]); /* "02:00:00:00:00:01" */

@@ -161,44 +161,42 @@ fail:
         _exit(127);
 }
 
-int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size) {
-        return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, ret, err, err_size);
+int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, Error *e) {
+        return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, ret, e);
 }
 
 int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
-                    void *userdata, VmmProcess *ret, char *err, size_t err_size) {
+                    void *userdata, VmmProcess *ret, Error *e) {
         _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF, gate_rd = -EBADF, gate_wr = -EBADF;
         int pipefd[2], r;
         VmmProcess p = { .pidfd = -EBADF };
 
         if (!argv || !argv[0] || !log_path)
-                return -EINVAL;
+                return error_set(e, -EINVAL, ERROR_INVALID, "nothing to run, or no log");
         log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
         if (log_fd < 0) {
                 r = negative_errno();
-                snprintf(err, err_size, "cannot open log %s: %s", log_path, strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot open log %s: %s", log_path, strerror(-r));
         }
         if (pipe2(pipefd, O_CLOEXEC) < 0)
-                return negative_errno();
+                return error_errno(e, negative_errno(), "cannot make a pipe: %m");
         rd = pipefd[0];
         wr = pipefd[1];
         if (gate) {
                 if (pipe2(pipefd, O_CLOEXEC) < 0)
-                        return negative_errno();
+                        return error_errno(e, negative_errno(), "cannot make a pipe: %m");
                 gate_rd = pipefd[0];
                 gate_wr = pipefd[1];
         }
 
         r = boot_id_get(p.boot_id);
         if (r < 0) {
-                snprintf(err, err_size, "cannot read the boot id: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot read the boot id: %s", strerror(-r));
         }
 
         p.pid = fork();
         if (p.pid < 0)
-                return negative_errno();
+                return error_errno(e, negative_errno(), "cannot fork: %m");
         if (p.pid == 0) {
                 if (gate_wr >= 0)
                         (void) close(gate_wr); /* or the gate would never see the agent go */
@@ -212,27 +210,28 @@ int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path
                 r = negative_errno();
                 (void) kill(p.pid, SIGKILL);
                 (void) waitpid(p.pid, NULL, 0);
-                return r;
+                return error_errno(e, r, "cannot open a pidfd for %s (pid %d): %s", argv[0], (int) p.pid,
+                                   strerror(-r));
         }
         wr = safe_close(wr);
 
         /* The start time is the fork's: it is the same before and after exec. */
         r = process_start_time(p.pid, &p.start_time);
         if (r < 0) {
-                snprintf(err, err_size, "cannot read the start time of %s (pid %d): %s", argv[0],
-                         (int) p.pid, strerror(-r));
+                (void) error_errno(e, r, "cannot read the start time of %s (pid %d): %s", argv[0],
+                                   (int) p.pid, strerror(-r));
                 goto kill_child;
         }
         if (gate) {
                 r = gate(&p, userdata);
                 if (r < 0) {
-                        snprintf(err, err_size, "not started: %s", strerror(-r));
+                        (void) error_errno(e, r, "not started: %s", strerror(-r));
                         goto kill_child;
                 }
                 if (write(gate_wr, "g", 1) != 1) {
                         r = negative_errno();
-                        snprintf(err, err_size, "cannot release %s (pid %d): %s", argv[0], (int) p.pid,
-                                 strerror(-r));
+                        (void) error_errno(e, r, "cannot release %s (pid %d): %s", argv[0], (int) p.pid,
+                                           strerror(-r));
                         goto kill_child;
                 }
                 gate_wr = safe_close(gate_wr);
@@ -246,8 +245,8 @@ int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path
         if (n == sizeof(child_errno)) {
                 (void) waitpid(p.pid, NULL, 0);
                 safe_close(p.pidfd);
-                snprintf(err, err_size, "cannot execute %s: %s", argv[0], strerror(child_errno));
-                return child_errno > 0 ? -child_errno : -EIO;
+                return error_errno(e, child_errno > 0 ? -child_errno : -EIO, "cannot execute %s: %s",
+                                   argv[0], strerror(child_errno));
         }
         *ret = p;
         return 0;

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "util/error.h"
+
 typedef struct VmmProcess {
         pid_t pid;
         int pidfd;
@@ -21,7 +23,7 @@ typedef struct VmmProcess {
  * /dev/null, stdout and stderr appended to log_path (created 0640), no other fds, default signal
  * handling. Returns only once the program is executing: a failed exec comes back as its -errno (and
  * err says "cannot execute X: cause"). */
-int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, char *err, size_t err_size);
+int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, Error *e);
 
 /* Called between fork and exec with the child's identity (pid, pidfd, start time, boot id): the child execs
  * only after it returned >= 0, and ends without running if the caller dies first (or the gate refuses it:
@@ -31,7 +33,7 @@ typedef int (*VmmGate)(const VmmProcess *p, void *userdata);
 /* envp: the hypervisor's whole environment (NULL: this process's, for tests); argv[0] is looked up in this
  * process's PATH. */
 int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
-                    void *userdata, VmmProcess *ret, char *err, size_t err_size);
+                    void *userdata, VmmProcess *ret, Error *e);
 
 int process_start_time(pid_t pid, uint64_t *ret);
 /* Whether the process is on its way out: a SIGKILL pending, or its exit begun (PF_EXITING), so that it is

@@ -22,20 +22,15 @@
 #include "util/macro.h"
 #include "vmm/qemu.h"
 
-static int qemu_validate(const VmSpec *spec, char *error, size_t error_size) {
+static int qemu_validate(const VmSpec *spec, Error *e) {
         if (!spec->kernel && !spec->firmware && spec->n_disks == 0) {
-                if (error && error_size > 0)
-                        (void) snprintf(error, error_size,
-                                        "nothing to boot: no kernel, and no disk for the firmware to boot");
-                return -EINVAL;
+                return vm_spec_invalid(e,
+                                       "nothing to boot: no kernel, and no disk for the firmware to boot");
         }
         if (spec->accel != VMM_ACCEL_KVM && spec->accel != VMM_ACCEL_TCG) {
-                if (error && error_size > 0)
-                        (void) snprintf(
-                                error, error_size,
-                                "accel \"%s\" is not kvm or tcg (resolve auto with vmm_accel_resolve())",
-                                vmm_accel_to_string(spec->accel) ?: "?");
-                return -EINVAL;
+                return vm_spec_invalid(
+                        e, "accel \"%s\" is not kvm or tcg (resolve auto with vmm_accel_resolve())",
+                        vmm_accel_to_string(spec->accel) ?: "?");
         }
         return 0;
 }
@@ -45,7 +40,7 @@ static int qemu_build_argv(const VmSpec *spec, char ***ret_argv) {
         ArgvBuilder b = {};
         int r;
 
-        r = vm_spec_validate(spec, HYPERVISOR_QEMU, NULL, 0);
+        r = vm_spec_validate(spec, HYPERVISOR_QEMU, NULL);
         if (r < 0)
                 return r;
         r = spec->kernel ? vm_spec_kernel_cmdline(spec, &cmdline) : 0;

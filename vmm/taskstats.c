@@ -365,15 +365,15 @@ static bool watch_seen(const TaskstatsListener *t, pid_t pid) {
 }
 
 /* Forks a child that exits at once and waits for its notification: proof that they reach this socket. */
-static int probe_once(TaskstatsListener *t, bool *ret_lost, char *err, size_t err_size) {
+static int probe_once(TaskstatsListener *t, bool *ret_lost, Error *e) {
         bool lost = false;
-        TaskExit e;
+        TaskExit te;
         pid_t pid;
         int r;
 
         pid = fork();
         if (pid < 0)
-                return negative_errno();
+                return error_errno(e, negative_errno(), "cannot fork the taskstats probe: %m");
         if (pid == 0)
                 _exit(PROBE_EXIT_CODE);
         /* Nothing is read from the socket before this, so the child's record cannot be dropped unwatched. */
@@ -398,56 +398,49 @@ static int probe_once(TaskstatsListener *t, bool *ret_lost, char *err, size_t er
                 ;
         if (r < 0 && r != -ETIMEDOUT) {
                 taskstats_listener_unwatch(t, pid);
-                snprintf(err, err_size, "cannot read taskstats notifications: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot read taskstats notifications: %s", strerror(-r));
         }
-        r = taskstats_listener_take(t, pid, &e);
+        r = taskstats_listener_take(t, pid, &te);
         if (r < 0) {
-                snprintf(err, err_size, "cannot read taskstats notifications: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot read taskstats notifications: %s", strerror(-r));
         }
         *ret_lost = lost;
         if (r == 0) {
-                snprintf(
-                        err, err_size,
+                return error_set(
+                        e, -EOPNOTSUPP, ERROR_INVALID,
                         "taskstats exit notifications do not reach this network namespace (the kernel sends "
                         "them to the initial one only): none came for a probe child within %d ms",
                         TASKSTATS_PROBE_TIMEOUT_MS);
-                return -EOPNOTSUPP;
         }
-        if (e.signaled || e.status != PROBE_EXIT_CODE) {
-                snprintf(err, err_size,
-                         "taskstats reported the probe child's exit wrongly (%s %d, not exit %d)",
-                         e.signaled ? "signal" : "exit", e.status, PROBE_EXIT_CODE);
-                return -EBADMSG;
+        if (te.signaled || te.status != PROBE_EXIT_CODE) {
+                return error_set(e, -EBADMSG, ERROR_INVALID,
+                                 "taskstats reported the probe child's exit wrongly (%s %d, not exit %d)",
+                                 te.signaled ? "signal" : "exit", te.status, PROBE_EXIT_CODE);
         }
         return 0;
 }
 
-int taskstats_listener_new(TaskstatsListener **ret, char *err, size_t err_size) {
+int taskstats_listener_new(TaskstatsListener **ret, Error *e) {
         _cleanup_(taskstats_listener_freep) TaskstatsListener *t = NULL;
         int fd, r;
 
         assert(ret);
-        assert(err && err_size > 0);
 
-        err[0] = '\0';
         t = calloc(1, sizeof(*t));
         if (!t)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s", strerror(ENOMEM));
         t->watched = u64map_new();
         t->sock = nl_socket_alloc();
         if (!t->watched || !t->sock)
-                return -ENOMEM;
+                return error_errno(e, -ENOMEM, "%s", strerror(ENOMEM));
         r = genl_connect(t->sock);
         if (r < 0) {
                 r = nl_errno(r);
-                snprintf(err, err_size, "cannot open a generic netlink socket: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot open a generic netlink socket: %s", strerror(-r));
         }
         fd = nl_socket_get_fd(t->sock);
         if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
-                return negative_errno();
+                return error_errno(e, negative_errno(), "cannot set up the taskstats socket: %m");
         /* Beyond net.core.rmem_max only with CAP_NET_ADMIN; without, as much as rmem_max allows. */
         int size = RCVBUF_SIZE;
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) < 0)
@@ -457,48 +450,42 @@ int taskstats_listener_new(TaskstatsListener **ret, char *err, size_t err_size) 
         if (r < 0) {
                 r = nl_errno(r);
                 if (r == -ENOENT)
-                        snprintf(err, err_size,
-                                 "the kernel has no generic netlink family " TASKSTATS_GENL_NAME
-                                 " (built without CONFIG_TASKSTATS)");
-                else
-                        snprintf(err, err_size,
-                                 "cannot resolve the generic netlink family " TASKSTATS_GENL_NAME ": %s",
-                                 strerror(-r));
-                return r;
+                        return error_errno(e, r,
+                                           "the kernel has no generic netlink family " TASKSTATS_GENL_NAME
+                                           " (built without CONFIG_TASKSTATS)");
+                return error_errno(e, r,
+                                   "cannot resolve the generic netlink family " TASKSTATS_GENL_NAME ": %s",
+                                   strerror(-r));
         }
         t->family = r;
 
         r = possible_cpus(t->cpumask, sizeof(t->cpumask));
         if (r < 0) {
-                snprintf(err, err_size, "cannot read the possible CPUs: %s", strerror(-r));
-                return r;
+                return error_errno(e, r, "cannot read the possible CPUs: %s", strerror(-r));
         }
         /* Even a refused or unanswered registration is undone: unregistering an unknown port is harmless. */
         t->registered = true;
         r = send_cpumask(t, TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, true);
         if (r == -EINVAL) {
                 /* The cpulist came from the kernel itself, so this is its namespace check. */
-                snprintf(err, err_size,
-                         "the kernel refused the taskstats listener: it accepts them only from "
-                         "the initial user and PID namespaces");
-                return -EOPNOTSUPP;
+                return error_set(e, -EOPNOTSUPP, ERROR_INVALID,
+                                 "the kernel refused the taskstats listener: it accepts them only from "
+                                 "the initial user and PID namespaces");
         }
         if (r == -EPERM) {
-                snprintf(err, err_size,
-                         "the kernel refused the taskstats listener: it needs CAP_NET_ADMIN in "
-                         "the initial user namespace");
-                return r;
+                return error_errno(e, r,
+                                   "the kernel refused the taskstats listener: it needs CAP_NET_ADMIN in "
+                                   "the initial user namespace");
         }
         if (r < 0) {
-                snprintf(err, err_size,
-                         "cannot register for taskstats exit notifications of CPUs %s: %s%s%s", t->cpumask,
-                         strerror(-r), t->ack_extack[0] ? ": " : "", t->ack_extack);
-                return r;
+                return error_errno(e, r,
+                                   "cannot register for taskstats exit notifications of CPUs %s: %s%s%s",
+                                   t->cpumask, strerror(-r), t->ack_extack[0] ? ": " : "", t->ack_extack);
         }
 
         for (int i = 0;; i++) {
                 bool lost = false; /* probe_once() leaves it unset when it fails early */
-                r = probe_once(t, &lost, err, err_size);
+                r = probe_once(t, &lost, e);
                 if (r != -EOPNOTSUPP || !lost || i + 1 >= PROBE_TRIES)
                         break;
         }

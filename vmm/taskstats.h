@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "util/error.h"
 #include "util/macro.h"
 
 typedef struct TaskstatsListener TaskstatsListener;
@@ -29,11 +30,11 @@ typedef struct TaskstatsListener TaskstatsListener;
  *
  * -ENOENT: the family does not exist (a kernel without CONFIG_TASKSTATS).
  * -EOPNOTSUPP: the kernel refused the listener, or the probe's notification never came (another network
- *  namespace); err names the cause. -EPERM: no CAP_NET_ADMIN. Other -errno on system errors.
+ *  namespace); *e names the cause. -EPERM: no CAP_NET_ADMIN. Other -errno on system errors.
  *
  * The probe child is reaped with waitpid() on its own PID: call this before installing a reaper that
  * collects any child (waitpid(-1, ...)). */
-int taskstats_listener_new(TaskstatsListener **ret, char *err, size_t err_size);
+int taskstats_listener_new(TaskstatsListener **ret, Error *e);
 /* Unregisters and closes. NULL is fine; returns NULL. */
 TaskstatsListener *taskstats_listener_free(TaskstatsListener *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(TaskstatsListener *, taskstats_listener_free);
