@@ -1281,6 +1281,26 @@ static const sd_bus_vtable hello_vtable[] = {
 
 /* --- state changes ---------------------------------------------------------------------------------- */
 
+/* Takes the calls waiting for VM vm_id off the list, as a list of their own: its starts (StartVM, RunVM)
+ * or the rest (Stop, Kill, Remove). Their connections stop counting them. */
+static Pending *take_pending(Api *api, uint64_t vm_id, bool starts) {
+        Pending *taken = NULL, **pp = &api->pending;
+        while (*pp) {
+                Pending *p = *pp;
+                bool start = p->op == PENDING_START || p->op == PENDING_RUN;
+                if (p->vm_id != vm_id || start != starts) {
+                        pp = &p->next;
+                        continue;
+                }
+                *pp = p->next;
+                p->next = taken;
+                taken = p;
+                if (p->conn)
+                        p->conn->n_pending--;
+        }
+        return taken;
+}
+
 void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState state, const char *reason) {
         const char *s = state == _VM_STATE_INVALID ? "removed" : vm_state_to_string(state);
         char why[2048];
@@ -1306,21 +1326,8 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
 
         /* Answer the calls that waited for this VM to be down. Taken off the list first: a removal below
          * emits its own state change and comes back here. */
-        Pending *done = NULL, **pp = &api->pending;
-        while (*pp) {
-                Pending *p = *pp;
-                if (p->vm_id == vm_id && p->op != PENDING_START && p->op != PENDING_RUN) {
-                        *pp = p->next;
-                        p->next = done;
-                        done = p;
-                } else
-                        pp = &p->next;
-        }
-        while (done) {
-                Pending *p = done;
+        for (Pending *done = take_pending(api, vm_id, false), *p; (p = done);) {
                 done = p->next;
-                if (p->conn)
-                        p->conn->n_pending--;
                 int r = p->op == PENDING_REMOVE ? agent_vm_remove(api->agent, p->name) : 0;
                 if (r < 0) {
                         sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -1335,21 +1342,8 @@ void api_emit_state_changed(Api *api, const char *name, uint64_t vm_id, VmState 
 }
 
 void api_start_done(Api *api, uint64_t vm_id, const Error *e) {
-        Pending *done = NULL, **pp = &api->pending;
-        while (*pp) {
-                Pending *p = *pp;
-                if (p->vm_id == vm_id && (p->op == PENDING_START || p->op == PENDING_RUN)) {
-                        *pp = p->next;
-                        p->next = done;
-                        done = p;
-                } else
-                        pp = &p->next;
-        }
-        while (done) {
-                Pending *p = done;
+        for (Pending *done = take_pending(api, vm_id, true), *p; (p = done);) {
                 done = p->next;
-                if (p->conn)
-                        p->conn->n_pending--;
                 if (e) {
                         sd_bus_error be = SD_BUS_ERROR_NULL;
                         (void) reply_error(&be, e->code, e);
