@@ -152,6 +152,15 @@ static int keep(Parse *p, const char *section, const char *name, const char *val
         return 1;
 }
 
+/* [vmm] stop_timeout, start_timeout: whole seconds from 1 to max. */
+static int parse_seconds(Parse *p, const char *name, const char *value, unsigned max, unsigned *ret) {
+        unsigned long v;
+        if (!conf_uint(value, 1, max, &v))
+                return bad(p, "%s \"%s\": expected whole seconds from 1 to %u", name, value, max);
+        *ret = (unsigned) v;
+        return 1;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value) {
         Parse *p = user;
         AgentConfig *c = &p->c;
@@ -262,27 +271,11 @@ static int handler(void *user, const char *section, const char *name, const char
                         return check(p, put_path(c->vmm_binary, sizeof(c->vmm_binary), value),
                                      "binary: path too long");
                 }
-                if (strcmp(name, "stop_timeout") == 0) {
-                        char *end;
-                        errno = 0;
-                        unsigned long v = strtoul(value, &end, 10);
-                        if (errno || *end || value[0] == '-' || value[0] == '\0' || v < 1 || v > 3600)
-                                return bad(p, "stop_timeout \"%s\": expected whole seconds from 1 to 3600",
-                                           value);
-                        c->stop_timeout = (unsigned) v;
-                        return 1;
-                }
-                if (strcmp(name, "start_timeout") == 0) {
-                        char *end;
-                        errno = 0;
-                        unsigned long v = strtoul(value, &end, 10);
-                        /* below chvmctl's 120 s wait for an answer, so that the agent's error is seen */
-                        if (errno || *end || value[0] == '-' || value[0] == '\0' || v < 1 || v > 100)
-                                return bad(p, "start_timeout \"%s\": expected whole seconds from 1 to 100",
-                                           value);
-                        c->start_timeout = (unsigned) v;
-                        return 1;
-                }
+                if (strcmp(name, "stop_timeout") == 0)
+                        return parse_seconds(p, name, value, 3600, &c->stop_timeout);
+                /* below chvmctl's 120 s wait for an answer, so that the agent's error is seen */
+                if (strcmp(name, "start_timeout") == 0)
+                        return parse_seconds(p, name, value, 100, &c->start_timeout);
                 if (strcmp(name, "allow_block_devices") == 0)
                         return check(p, conf_bool(value, &c->allow_block_devices) >= 0,
                                      "allow_block_devices \"%s\": expected yes or no", value);

@@ -519,20 +519,25 @@ Test(chvmctl, bad_input_creates_nothing) {
         free(k2);
 }
 
+/* Runs VM `name` on fake-vmm and SIGKILLs its hypervisor, as an admin's kill -9 would. */
+static void run_and_kill(const char *name) {
+        cr_assert_eq(ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()),
+                     0);
+        char args[64];
+        snprintf(args, sizeof(args), "inspect %s --json", name);
+        char *pid = jq(args, ".vmm_pid");
+        cr_assert_eq(kill((pid_t) atoi(pid), SIGKILL), 0);
+        free(pid);
+}
+
 /* `list` never shows a dead hypervisor as running, even asked the moment after kill -9: crashed, or
  * stopping while the kernel is still ending it (the agent does not wait for that), then crashed. */
 Test(chvmctl, list_right_after_kill) {
         for (int i = 0; i < 20; i++) {
                 char name[16];
                 snprintf(name, sizeof(name), "k%d", i);
-                cr_assert_eq(
-                        ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()),
-                        0);
+                run_and_kill(name);
                 char args[64];
-                snprintf(args, sizeof(args), "inspect %s --json", name);
-                char *pid = jq(args, ".vmm_pid");
-                cr_assert_eq(kill((pid_t) atoi(pid), SIGKILL), 0);
-                free(pid);
                 snprintf(args, sizeof(args), "list -a --json");
                 char filter[64];
                 snprintf(filter, sizeof(filter), ".[] | select(.name == \"%s\") | .state", name);
@@ -1212,14 +1217,7 @@ Test(chvmctl, inspect_right_after_kill) {
         for (int i = 0; i < 20; i++) {
                 char name[16];
                 snprintf(name, sizeof(name), "i%d", i);
-                cr_assert_eq(
-                        ctl(&agent, NULL, NULL, "run %s --kernel %s/tests/fake-vmm", name, test_build_dir()),
-                        0);
-                char args[64];
-                snprintf(args, sizeof(args), "inspect %s --json", name);
-                char *pid = jq(args, ".vmm_pid");
-                cr_assert_eq(kill((pid_t) atoi(pid), SIGKILL), 0);
-                free(pid);
+                run_and_kill(name);
                 sd_bus_message *reply = NULL;
                 sd_bus_error e = SD_BUS_ERROR_NULL;
                 cr_assert_geq(sd_bus_call_method(bus, NULL, "/org/chvm/agent", "org.chvm.Agent1",

@@ -314,16 +314,21 @@ Test(vm_manager, exit_reasons) {
         cr_assert_eq(vm->n_objects, 0, "the network of an exited VM was left up");
 }
 
+/* A VM on local without forwards whose hypervisor is fake-vmm (as the kernel too). */
+static VmRequest fake_request(uint64_t id, const char *name) {
+        return (VmRequest){ .vm_id = id,
+                            .name = name,
+                            .backend = "local",
+                            .kernel = FAKE_VMM_PATH,
+                            .cpus = 1,
+                            .memory_mib = 64 };
+}
+
 /* A start is done when the hypervisor's API answers its kind's readiness conversation (fake-vmm: GET
  * vmm.ping), not at the spawn: a hypervisor that makes its socket 400 ms late is starting until then. */
 Test(vm_manager, ready_when_the_api_answers) {
         setenv("FAKE_VMM_LISTEN_AFTER_MS", "400", 1);
-        VmRequest req = { .vm_id = 1,
-                          .name = "slow",
-                          .backend = "local",
-                          .kernel = FAKE_VMM_PATH,
-                          .cpus = 1,
-                          .memory_mib = 64 };
+        VmRequest req = fake_request(1, "slow");
         double t0 = now();
         cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
         unsetenv("FAKE_VMM_LISTEN_AFTER_MS");
@@ -357,12 +362,7 @@ Test(vm_manager, exit_or_silence_before_ready_fails_the_start) {
         setenv("FAKE_VMM_LISTEN_AFTER_MS", "5000", 1);
         setenv("FAKE_VMM_EXIT_CODE", "3", 1);
         setenv("FAKE_VMM_EXIT_AFTER_MS", "100", 1);
-        VmRequest req = { .vm_id = 1,
-                          .name = "early",
-                          .backend = "local",
-                          .kernel = FAKE_VMM_PATH,
-                          .cpus = 1,
-                          .memory_mib = 64 };
+        VmRequest req = fake_request(1, "early");
         cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
         unsetenv("FAKE_VMM_EXIT_CODE");
         unsetenv("FAKE_VMM_EXIT_AFTER_MS");
