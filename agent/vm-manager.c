@@ -293,9 +293,16 @@ static void hypervisor_gone(Vm *vm, const siginfo_t *si) {
         vm_free(vm);
 }
 
-static int on_hypervisor_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+static bool reap(Vm *vm);
+
+/* The hypervisor's pidfd is readable: it has exited (ours or adopted). Level-triggered, not sd-event's
+ * child source: that one is armed once, and a pidfd that turned readable before its exit could be reaped
+ * left a zombie nobody handled (fuzz-api found it: a hypervisor exiting by itself as it was killed). */
+static int on_pidfd(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         (void) s;
-        hypervisor_gone(userdata, si);
+        (void) fd;
+        (void) revents;
+        (void) reap(userdata);
         return 0;
 }
 
@@ -452,8 +459,7 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                 free(vm);
                 goto undo_net;
         }
-        r = sd_event_add_child_pidfd(m->cfg.event, &vm->source, vm->process.pidfd, WEXITED,
-                                     on_hypervisor_exit, vm);
+        r = sd_event_add_io(m->cfg.event, &vm->source, vm->process.pidfd, EPOLLIN, on_pidfd, vm);
         if (r >= 0)
                 r = u64map_put(m->vms, vm->id, vm);
         if (r < 0) {
@@ -497,15 +503,23 @@ int vm_manager_kill(VmManager *m, uint64_t vm_id) {
         return r;
 }
 
-/* The pidfd is readable: the hypervisor has exited. Handled now rather than from the loop. */
-static void reap(Vm *vm) {
+/* The pidfd is readable: the hypervisor has exited. For our child that is true only once waitid() has it:
+ * the pidfd can turn readable a moment before the exit can be reaped, and then this is called again (the
+ * pidfd stays readable). Whether it was handled. */
+static bool reap(Vm *vm) {
         siginfo_t si = {};
-        if (vm->adopted || waitid(P_PIDFD, (id_t) vm->process.pidfd, &si, WEXITED | WNOHANG) < 0 ||
-            si.si_pid == 0)
-                /* not our child (or, which cannot happen for our child, not reapable): reason unknown */
+        if (vm->adopted) { /* not our child: the reason is taskstats' or unknown */
                 hypervisor_gone(vm, NULL);
-        else
-                hypervisor_gone(vm, &si);
+                return true;
+        }
+        if (waitid(P_PIDFD, (id_t) vm->process.pidfd, &si, WEXITED | WNOHANG) < 0) {
+                hypervisor_gone(vm, NULL); /* cannot happen for our child: reason unknown */
+                return true;
+        }
+        if (si.si_pid == 0)
+                return false;
+        hypervisor_gone(vm, &si);
+        return true;
 }
 
 /* Whether the VM's hypervisor has exited (to be reaped now); else marks it dying when it is on its way. */
@@ -521,10 +535,7 @@ static bool look_at(Vm *vm) {
 
 bool vm_manager_reap_vm(VmManager *m, uint64_t vm_id) {
         Vm *vm = u64map_get(m->vms, vm_id);
-        if (!vm || !look_at(vm))
-                return false;
-        reap(vm);
-        return true;
+        return vm && look_at(vm) && reap(vm);
 }
 
 size_t vm_manager_reap(VmManager *m) {
@@ -536,10 +547,11 @@ size_t vm_manager_reap(VmManager *m) {
         for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v);)
                 if (look_at(v))
                         gone[n++] = v;
+        size_t reaped = 0;
         for (; k < n; k++)
-                reap(gone[k]);
+                reaped += reap(gone[k]);
         free(gone);
-        return n;
+        return reaped;
 }
 
 pid_t vm_manager_pid(const VmManager *m, uint64_t vm_id) {
@@ -854,15 +866,6 @@ int vm_manager_stop(VmManager *m, uint64_t vm_id, unsigned timeout_sec) {
         return 0;
 }
 
-/* An adopted hypervisor's pidfd became readable: it exited. Not our child, so waitid() cannot tell how. */
-static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        (void) s;
-        (void) fd;
-        (void) revents;
-        hypervisor_gone(userdata, NULL);
-        return 0;
-}
-
 /* Watches a hypervisor that is not our child (its pidfd taken, identity checked). */
 static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t pid, uint64_t start_time,
                          const uint8_t boot_id[16], int pidfd) {
@@ -883,7 +886,7 @@ static int watch_adopted(VmManager *m, uint64_t vm_id, const char *name, pid_t p
                 vm->api_socket = NULL; /* no power button then: a stop goes on to SIGTERM */
         vm->process = (VmmProcess){ .pid = pid, .pidfd = pidfd, .start_time = start_time };
         memcpy(vm->process.boot_id, boot_id, 16);
-        int k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_adopted_exit, vm);
+        int k = sd_event_add_io(m->cfg.event, &vm->source, pidfd, EPOLLIN, on_pidfd, vm);
         if (k >= 0)
                 k = u64map_put(m->vms, vm->id, vm);
         if (k < 0) {
