@@ -558,8 +558,8 @@ static void open_taskstats(Agent *a) {
 }
 
 /* Through the dispatcher, the journal's one writer. */
-static int journal_define(Agent *a, const VmDef *def) {
-        int r = dispatcher_define_vm(a->dispatcher, def->id, def->name, def->backend);
+static int journal_define(Agent *a, const VmDef *def, bool sync) {
+        int r = dispatcher_define_vm(a->dispatcher, def->id, def->name, def->backend, sync);
         return r < 0 ? fail(a, r, "%s", dispatcher_error(a->dispatcher)) : 0;
 }
 
@@ -604,7 +604,7 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
         const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), def->id);
         if (!lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0) {
                 /* Written before a crash that came before its journal record: journal it now. */
-                r = journal_define(a, def);
+                r = journal_define(a, def, true);
                 if (r < 0) {
                         vm_def_free(def);
                         return r;
@@ -948,7 +948,9 @@ static int new_vm_id(Agent *a, uint64_t *ret) {
         return -EADDRINUSE;
 }
 
-int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id) {
+/* sync false: the caller syncs before it answers (RunVM: the start's intents come next; the definition
+ * file, which is synced, is what defines the VM — a load journals a file without its record). */
+static int create_vm(Agent *a, const VmDef *in, unsigned flags, bool sync, uint64_t *ret_id) {
         _cleanup_(vm_def_freep) VmDef *def = NULL;
         int r;
 
@@ -1008,7 +1010,7 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
                             def->name, VM_DEF_SUFFIX, strerror(-r));
         r = CRASH_POINT("agent-create-definition-saved"); /* the next start journals the file it finds */
         if (r >= 0)
-                r = journal_define(a, def);
+                r = journal_define(a, def, sync);
         if (r < 0) {
                 (void) vm_def_remove(a->vms_fd, def->name, NULL);
                 return r;
@@ -1025,6 +1027,10 @@ int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id)
         if (ret_id)
                 *ret_id = id;
         return 0;
+}
+
+int agent_vm_create(Agent *a, const VmDef *in, unsigned flags, uint64_t *ret_id) {
+        return create_vm(a, in, flags, true, ret_id);
 }
 
 static AgentVm *lookup(Agent *a, const char *name) {
@@ -1117,10 +1123,16 @@ int agent_vm_kill(Agent *a, const char *name) {
 
 int agent_vm_run(Agent *a, const VmDef *def, unsigned flags, uint64_t *ret_id) {
         uint64_t id;
-        int r = agent_vm_create(a, def, flags, &id);
+        int r = create_vm(a, def, flags, false, &id);
         if (r < 0)
                 return r;
         r = agent_vm_start(a, def->name);
+        if (r >= 0) {
+                /* Its intents were synced, and VM_DEFINE with them; a start refused before them did not. */
+                int k = dispatcher_sync(a->dispatcher);
+                if (k < 0)
+                        return fail(a, k, "%s", dispatcher_error(a->dispatcher));
+        }
         if (r > 0) {
                 /* The rest comes when its API answers: a failure then removes it (start_done()). */
                 AgentVm *v = agent_find_vm(a, def->name);

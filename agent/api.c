@@ -21,6 +21,7 @@
 #include "agent/api.h"
 #include "agent/gc.h"
 #include "backends/backend.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/utf8.h"
 #include "vmm/argv.h"
@@ -205,12 +206,6 @@ static int on_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *erro
         return 0;
 }
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
 /* Replies a connection may have waiting to be written when it sends another call: a client that does not
  * read its answers is dropped, not buffered for (3,000 unread InspectVM replies were 200 MB). chvmctl and
  * busctl have one call in flight. */
@@ -230,7 +225,7 @@ static int on_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return 0;
         if (c->state == CONN_CLOSING)
                 return 1; /* read before the shutdown: dropped */
-        c->last_active = now_usec();
+        c->last_active = monotonic_usec();
         uint8_t type = 0;
         (void) sd_bus_message_get_type(m, &type);
         if (c->state == CONN_REFUSED) {
@@ -300,7 +295,7 @@ static void admission(Api *api, uid_t uid, char *ret, size_t size) {
 }
 
 static void log_refusal(Api *api, const char *why) {
-        uint64_t now = now_usec();
+        uint64_t now = monotonic_usec();
         if (api->last_refusal_log && now - api->last_refusal_log < 1000000) {
                 api->n_refusals_unlogged++;
                 return;
@@ -323,7 +318,7 @@ static void log_refusal(Api *api, const char *why) {
 static int on_idle_check(sd_event_source *s, uint64_t usec, void *userdata) {
         Api *api = userdata;
         unsigned idle = agent_config(api->agent)->idle_timeout;
-        uint64_t now = now_usec();
+        uint64_t now = monotonic_usec();
         (void) usec;
         for (Conn *c = api->conns; c; c = c->next) {
                 if (c->state == CONN_REFUSED && now - c->last_active >= REFUSED_TIMEOUT_USEC)
@@ -374,7 +369,7 @@ static int conn_new(Api *api, int fd) {
         c->uid = cred.uid;
         c->privileged =
                 cred.uid == 0 || (api->has_control_group && peer_in_group(cfd, cred.gid, api->control_gid));
-        c->last_active = now_usec();
+        c->last_active = monotonic_usec();
         if (why[0]) {
                 c->state = CONN_REFUSED;
                 snprintf(c->refusal, sizeof(c->refusal), "%s", why);

@@ -188,7 +188,7 @@ static int sync_journal(Dispatcher *d) {
 
 /* --- the VMs' own records: the ledger the agent and the VM manager write through ---------------------- */
 
-int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend) {
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend, bool sync) {
         JournalRecord rec = { .type = JOURNAL_VM_DEFINE,
                               .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
                               .vm_id = vm_id,
@@ -196,7 +196,7 @@ int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const 
                               .backend = backend };
         error_clear(&d->error);
         int r = append(d, &rec);
-        return r < 0 ? r : sync_journal(d);
+        return r < 0 || !sync ? r : sync_journal(d);
 }
 
 int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id) {
@@ -396,6 +396,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                 return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
 
         _cleanup_free_ bool *fresh = calloc(core.n, sizeof(bool));
+        size_t n_fresh = 0;
         if (!fresh)
                 return -ENOMEM;
         for (size_t i = 0; i < core.n; i++) {
@@ -407,8 +408,11 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                                 fresh[i] = false;
                 if (fresh[i] && (r = append_intent(d, &core.items[i])) < 0)
                         return r;
+                n_fresh += fresh[i];
         }
-        r = sync_journal(d);
+        /* Nothing new to announce (the tables of every bring-up but the first): no sync of its own, and
+         * what the caller has pending (a RunVM's VM_DEFINE) rides on the VM's intents. */
+        r = n_fresh > 0 ? sync_journal(d) : 0;
         if (r < 0)
                 return r;
 
@@ -425,7 +429,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
         for (size_t i = 0; i < core.n && r >= 0; i++)
                 if (fresh[i])
                         r = append_oid(d, JOURNAL_CREATED, core.items[i].oid, core.items[i].ifindex);
-        if (r >= 0)
+        if (r >= 0 && n_fresh > 0)
                 r = sync_journal(d);
 
         /* Tables the journal says exist had to be made again: someone flushed the ruleset. Put every
@@ -591,10 +595,10 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                 if (r < 0)
                         goto out;
         }
-        r = sync_journal(d);
+        r = req->created_sync_later ? 0 : sync_journal(d);
         if (r < 0)
                 goto out;
-        r = CRASH_POINT("dispatcher-up-created-synced");
+        r = CRASH_POINT("dispatcher-up-created-journaled");
         if (r < 0)
                 goto out;
 

@@ -31,6 +31,11 @@ typedef struct VmNetRequest {
         const char *backend;
         const PortForward *ports;
         size_t n_ports;
+        /* The caller journals a synced record next (the VM manager: VM_STARTED, at the spawn's gate; or the
+         * releases of a failed start): the CREATED records ride on its fdatasync instead of their own. Safe
+         * because nothing is announced by them: after a power loss an INTENT without CREATED is settled by
+         * the object's tag in the kernel. */
+        bool created_sync_later;
 } VmNetRequest;
 
 typedef struct VmNetInfo {
@@ -52,7 +57,8 @@ const Error *dispatcher_last_error(const Dispatcher *d);
 /* The VMs' own records, synced unless said otherwise: the agent defines and undefines VMs, the VM manager
  * records each hypervisor it runs (before it runs: the spawn's gate) or adopts, and each exit. 0, or the
  * journal's -errno with dispatcher_error(). */
-int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend);
+/* sync false: a synced record follows before anything is answered (RunVM: its start's intents). */
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend, bool sync);
 int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id);
 int dispatcher_vm_started(Dispatcher *d, uint64_t vm_id, uint32_t pid, uint64_t start_time,
                           const uint8_t boot_id[16]);

@@ -20,6 +20,7 @@
 
 #include "agent/vm-manager.h"
 #include "backends/backend.h"
+#include "util/clock.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
 #include "util/log.h"
@@ -413,7 +414,9 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                               .vm_name = req->name,
                               .backend = req->backend,
                               .ports = req->ports,
-                              .n_ports = req->n_ports };
+                              .n_ports = req->n_ports,
+                              .created_sync_later =
+                                      true /* VM_STARTED at the gate, or the undo's releases */ };
         r = vm_net_up(m->cfg.dispatcher, &nreq, &net);
         if (r < 0)
                 return dispatcher_failed(m, r);
@@ -731,10 +734,9 @@ static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 /* Tries again a little later (0.5 ms for 10 ms, then doubling up to 50 ms), or at the deadline. */
 static void ready_retry(Vm *vm) {
         VmManager *m = vm->manager;
-        uint64_t now = 0, at;
+        uint64_t now = monotonic_usec(), at;
         if (vm->ready || vm->stage != STOP_NONE)
                 return;
-        (void) sd_event_now(m->cfg.event, CLOCK_MONOTONIC, &now);
         at = now + vm->ready_delay;
         if (at > vm->ready_deadline)
                 at = vm->ready_deadline;
@@ -760,12 +762,11 @@ static void ready_retry(Vm *vm) {
 static void ready_begin(Vm *vm) {
         VmManager *m = vm->manager;
         const HypervisorVTable *vt = hypervisor_vtable(vm->kind);
-        uint64_t now = 0;
+        uint64_t now = monotonic_usec();
         if (!vt || !vt->ready || !vt->ready->n || !vm->api_socket) {
                 vm->ready = true;
                 return;
         }
-        (void) sd_event_now(m->cfg.event, CLOCK_MONOTONIC, &now);
         vm->ready_begun = now;
         vm->ready_deadline = now + (uint64_t) m->cfg.start_timeout_sec * UINT64_C(1000000);
         vm->ready_delay = READY_DELAY_FIRST;

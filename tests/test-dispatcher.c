@@ -141,7 +141,8 @@ static void define(uint64_t id, const char *name, const char *backend) {
         if (vm && strcmp(vm->name, name) == 0 && strcmp(vm->backend, backend) == 0)
                 return;
         if (vm_name_valid(name) && backend)
-                cr_assert_eq(dispatcher_define_vm(disp, id, name, backend), 0, "%s", dispatcher_error(disp));
+                cr_assert_eq(dispatcher_define_vm(disp, id, name, backend, true), 0, "%s",
+                             dispatcher_error(disp));
 }
 
 static int up(uint64_t id, const char *name, const char *backend, const PortForward *ports, size_t n,
