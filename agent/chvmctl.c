@@ -73,97 +73,85 @@ bool ctl_wants_help(int argc, char *argv[]) {
 }
 
 int ctl_connect(Ctl *ctl) {
-        char address[200];
-        int r;
-
         if (ctl->bus)
                 return 0;
         if (strlen(ctl->socket) > 107) {
                 fprintf(stderr, "chvmctl: socket path %s is too long\n", ctl->socket);
                 return CTL_EXIT_USAGE;
         }
-        if (access(ctl->socket, F_OK) < 0) {
-                fprintf(stderr, "chvmctl: cannot reach the agent at %s: %s (is chvm-agentd running?)\n",
-                        ctl->socket, strerror(errno));
-                return CTL_EXIT_UNREACHABLE;
-        }
-        snprintf(address, sizeof(address), "unix:path=%s", ctl->socket);
-        r = sd_bus_new(&ctl->bus);
-        if (r >= 0)
-                r = sd_bus_set_address(ctl->bus, address);
-        if (r >= 0)
-                r = sd_bus_start(ctl->bus);
+        int r = ctl_bus_connect(ctl->socket, &ctl->bus);
         if (r < 0) {
                 fprintf(stderr, "chvmctl: cannot reach the agent at %s: %s%s\n", ctl->socket, strerror(-r),
-                        r == -EACCES         ? " (the socket is for root and the control group)"
-                        : r == -ECONNREFUSED ? " (is chvm-agentd running?)"
-                                             : "");
-                ctl->bus = sd_bus_flush_close_unref(ctl->bus);
+                        r == -EACCES ? " (the socket is for root and the control group)"
+                        : r == -ECONNREFUSED || r == -ENOENT ? " (is chvm-agentd running?)"
+                                                             : "");
                 return r == -EACCES ? CTL_EXIT_ACCESS_DENIED : CTL_EXIT_UNREACHABLE;
         }
         return 0;
 }
 
-int ctl_new_call(Ctl *ctl, const char *member, sd_bus_message **ret) {
+int ctl_new_call(Ctl *ctl, const char *member, CtlMsg **ret) {
         int r = ctl_connect(ctl);
         if (r != 0)
                 return r;
-        r = sd_bus_message_new_method_call(ctl->bus, ret, NULL, API_OBJECT_PATH, API_INTERFACE, member);
+        r = ctl_msg_new_call(API_OBJECT_PATH, API_INTERFACE, member, ret);
         return r < 0 ? ctl_fail(r, "cannot build the request") : 0;
 }
 
-static int exit_code_for(const sd_bus_error *e) {
-        if (sd_bus_error_has_name(e, API_ERROR_NOT_FOUND))
+static int exit_code_for(const char *error_name) {
+        if (strcmp(error_name, API_ERROR_NOT_FOUND) == 0)
                 return CTL_EXIT_NOT_FOUND;
-        if (sd_bus_error_has_name(e, SD_BUS_ERROR_ACCESS_DENIED))
+        if (strcmp(error_name, CTL_BUS_ERROR_ACCESS_DENIED) == 0)
                 return CTL_EXIT_ACCESS_DENIED;
-        if (sd_bus_error_has_names(e, SD_BUS_ERROR_NO_REPLY, SD_BUS_ERROR_DISCONNECTED))
-                return CTL_EXIT_UNREACHABLE;
         return CTL_EXIT_ERROR;
 }
 
-int ctl_call(Ctl *ctl, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message **ret_reply) {
-        sd_bus_error e = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
-        int r = sd_bus_call(ctl->bus, m, timeout_usec ? timeout_usec : UINT64_C(120000000), &e, &reply);
+int ctl_call(Ctl *ctl, CtlMsg *m, uint64_t timeout_usec, CtlMsg **ret_reply) {
+        CtlBusError e = {};
+        CtlMsg *reply = NULL;
+        int r = ctl_bus_call(ctl->bus, m, timeout_usec ? timeout_usec : UINT64_C(120000000), &e, &reply);
         if (r < 0) {
                 int code;
-                if (sd_bus_error_is_set(&e)) {
+                if (e.name) {
                         const char *msg = e.message ? e.message : e.name;
-                        if (sd_bus_error_has_name(&e, SD_BUS_ERROR_ACCESS_DENIED) &&
+                        if (strcmp(e.name, CTL_BUS_ERROR_ACCESS_DENIED) == 0 &&
                             strncmp(msg, "access denied", 13) != 0)
                                 fprintf(stderr, "chvmctl: access denied: %s\n", msg);
                         else
                                 fprintf(stderr, "chvmctl: %s\n", msg);
-                        code = exit_code_for(&e);
+                        code = exit_code_for(e.name);
+                } else if (r == -EACCES) {
+                        fprintf(stderr, "chvmctl: the agent at %s refused us: %s\n", ctl->socket,
+                                strerror(-r));
+                        code = CTL_EXIT_ACCESS_DENIED;
                 } else {
                         fprintf(stderr, "chvmctl: the agent did not answer: %s\n", strerror(-r));
                         code = CTL_EXIT_UNREACHABLE;
                 }
-                sd_bus_error_free(&e);
+                ctl_bus_error_free(&e);
                 return code;
         }
         if (ret_reply)
                 *ret_reply = reply;
         else
-                sd_bus_message_unref(reply);
+                ctl_msg_free(reply);
         return 0;
 }
 
 int ctl_call_name(Ctl *ctl, const char *member, const char *name, uint64_t timeout_usec) {
-        sd_bus_message *m = NULL;
+        CtlMsg *m = NULL;
         int r = ctl_new_call(ctl, member, &m);
         if (r != 0)
                 return r;
         if (name) {
-                r = sd_bus_message_append(m, "s", name);
+                r = ctl_msg_append(m, "s", name);
                 if (r < 0) {
-                        sd_bus_message_unref(m);
+                        ctl_msg_free(m);
                         return ctl_fail(r, "cannot build the request");
                 }
         }
         r = ctl_call(ctl, m, timeout_usec, NULL);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         return r;
 }
 
@@ -197,7 +185,7 @@ int main(int argc, char *argv[]) {
                 if (strcmp(argv[i], commands[k].name) == 0) {
                         /* Options after the command: --json may come there too. */
                         r = commands[k].run(&ctl, argc - i, argv + i);
-                        sd_bus_flush_close_unref(ctl.bus);
+                        ctl_bus_close(ctl.bus);
                         return r;
                 }
         return ctl_usage(NULL, "unknown command \"%s\"", argv[i]);

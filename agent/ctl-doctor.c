@@ -41,12 +41,12 @@ static void help(void) {
 }
 
 static int do_health(Ctl *ctl) {
-        sd_bus_message *m = NULL, *reply = NULL;
+        CtlMsg *m = NULL, *reply = NULL;
         int r = ctl_new_call(ctl, "Doctor", &m);
         if (r != 0)
                 return r;
         r = ctl_call(ctl, m, GC_TIMEOUT_USEC, &reply);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         if (r != 0)
                 return r;
         JsonWriter w;
@@ -58,8 +58,8 @@ static int do_health(Ctl *ctl) {
                 json_key(&w, "findings");
                 json_array_open(&w);
         }
-        r = sd_bus_message_enter_container(reply, 'a', "(sss)");
-        while (r >= 0 && (r = sd_bus_message_read(reply, "(sss)", &sev, &topic, &msg)) > 0) {
+        r = ctl_msg_enter_container(reply, 'a', "(sss)");
+        while (r >= 0 && (r = ctl_msg_read(reply, "(sss)", &sev, &topic, &msg)) > 0) {
                 bad += strcmp(sev, "ok") != 0;
                 if (ctl->json) {
                         json_object_open(&w);
@@ -70,7 +70,7 @@ static int do_health(Ctl *ctl) {
                 } else
                         printf("%-8s %-11s %s\n", sev, topic, msg);
         }
-        sd_bus_message_unref(reply);
+        ctl_msg_free(reply);
         if (r < 0)
                 return ctl_fail(r, "cannot read the agent's answer");
         if (ctl->json) {
@@ -88,14 +88,14 @@ typedef struct Decision {
         int failed;
 } Decision;
 
-static int call_gc(Ctl *ctl, bool dry_run, bool heuristic, sd_bus_message **ret) {
-        sd_bus_message *m = NULL;
+static int call_gc(Ctl *ctl, bool dry_run, bool heuristic, CtlMsg **ret) {
+        CtlMsg *m = NULL;
         int r = ctl_new_call(ctl, "CollectGarbage", &m);
         if (r != 0)
                 return r;
-        r = sd_bus_message_append(m, "bb", dry_run, heuristic);
+        r = ctl_msg_append(m, "bb", dry_run, heuristic);
         if (r < 0) {
-                sd_bus_message_unref(m);
+                ctl_msg_free(m);
                 return ctl_fail(r, "cannot build the request");
         }
         if (ctl->progress && !ctl->json)
@@ -103,12 +103,12 @@ static int call_gc(Ctl *ctl, bool dry_run, bool heuristic, sd_bus_message **ret)
         r = ctl_call(ctl, m, GC_TIMEOUT_USEC, ret);
         if (ctl->progress && !ctl->json)
                 fprintf(stderr, "\r\033[K");
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         return r;
 }
 
 /* Prints the plan; returns the exit code (1 if a deletion failed) or a negative bus error. */
-static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuristic, size_t *ret_deletes) {
+static int print_plan(Ctl *ctl, CtlMsg *reply, bool dry_run, bool heuristic, size_t *ret_deletes) {
         size_t n_delete = 0, n_forget = 0, n_skip = 0, n_failed = 0, by_skip[6] = {};
         JsonWriter w;
         Decision d;
@@ -120,9 +120,9 @@ static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuris
                 json_key(&w, "decisions");
                 json_array_open(&w);
         }
-        r = sd_bus_message_enter_container(reply, 'a', "(ssssssbs)");
-        while (r >= 0 && (r = sd_bus_message_read(reply, "(ssssssbs)", &d.action, &d.kind, &d.name, &d.vm,
-                                                  &d.reason, &d.detail, &d.failed, &d.error)) > 0) {
+        r = ctl_msg_enter_container(reply, 'a', "(ssssssbs)");
+        while (r >= 0 && (r = ctl_msg_read(reply, "(ssssssbs)", &d.action, &d.kind, &d.name, &d.vm,
+                                           &d.reason, &d.detail, &d.failed, &d.error)) > 0) {
                 if (strcmp(d.action, "delete") == 0)
                         n_delete++;
                 else if (strcmp(d.action, "forget") == 0)
@@ -156,10 +156,10 @@ static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuris
                 }
         }
         if (r >= 0)
-                r = sd_bus_message_exit_container(reply);
+                r = ctl_msg_exit_container(reply);
         int quarantine = 0;
         if (r >= 0)
-                r = sd_bus_message_read(reply, "b", &quarantine);
+                r = ctl_msg_read(reply, "b", &quarantine);
         if (r < 0)
                 return r;
         if (ctl->json) {
@@ -194,7 +194,7 @@ static int print_plan(Ctl *ctl, sd_bus_message *reply, bool dry_run, bool heuris
 }
 
 static int do_gc(Ctl *ctl, bool dry_run, bool heuristic, bool yes) {
-        sd_bus_message *reply = NULL;
+        CtlMsg *reply = NULL;
         int r;
 
         if (heuristic && !dry_run && !yes) {
@@ -211,7 +211,7 @@ static int do_gc(Ctl *ctl, bool dry_run, bool heuristic, bool yes) {
                         return r;
                 printf("The heuristic plan:\n");
                 r = print_plan(ctl, reply, true, true, &n);
-                sd_bus_message_unref(reply);
+                ctl_msg_free(reply);
                 reply = NULL;
                 ctl->json = json;
                 if (r < 0)
@@ -229,7 +229,7 @@ static int do_gc(Ctl *ctl, bool dry_run, bool heuristic, bool yes) {
         if (r != 0)
                 return r;
         r = print_plan(ctl, reply, dry_run, heuristic, NULL);
-        sd_bus_message_unref(reply);
+        ctl_msg_free(reply);
         return r < 0 ? ctl_fail(r, "cannot read the agent's answer") : r;
 }
 

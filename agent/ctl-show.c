@@ -25,21 +25,21 @@ typedef struct VmRecord {
         size_t n_ports;
 } VmRecord;
 
-static int read_vm(sd_bus_message *m, VmRecord *v) {
-        int r = sd_bus_message_enter_container(m, 'r', "stssusssssa(sqq)");
+static int read_vm(CtlMsg *m, VmRecord *v) {
+        int r = ctl_msg_enter_container(m, 'r', "stssusssssa(sqq)");
         if (r <= 0)
                 return r;
         *v = (VmRecord){};
-        r = sd_bus_message_read(m, "stssusssss", &v->name, &v->id, &v->state, &v->exit_reason, &v->vmm_pid,
-                                &v->backend, &v->hypervisor, &v->tap, &v->ip, &v->mac);
+        r = ctl_msg_read(m, "stssusssss", &v->name, &v->id, &v->state, &v->exit_reason, &v->vmm_pid,
+                         &v->backend, &v->hypervisor, &v->tap, &v->ip, &v->mac);
         if (r < 0)
                 return r;
-        r = sd_bus_message_enter_container(m, 'a', "(sqq)");
+        r = ctl_msg_enter_container(m, 'a', "(sqq)");
         if (r < 0)
                 return r;
         const char *proto;
         uint16_t host, guest;
-        while ((r = sd_bus_message_read(m, "(sqq)", &proto, &host, &guest)) > 0)
+        while ((r = ctl_msg_read(m, "(sqq)", &proto, &host, &guest)) > 0)
                 if (v->n_ports < 64) {
                         v->ports[v->n_ports].proto = proto;
                         v->ports[v->n_ports].host = host;
@@ -48,10 +48,10 @@ static int read_vm(sd_bus_message *m, VmRecord *v) {
                 }
         if (r < 0)
                 return r;
-        r = sd_bus_message_exit_container(m);
+        r = ctl_msg_exit_container(m);
         if (r < 0)
                 return r;
-        r = sd_bus_message_exit_container(m);
+        r = ctl_msg_exit_container(m);
         return r < 0 ? r : 1;
 }
 
@@ -147,12 +147,12 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
         if (optind < argc)
                 return ctl_usage("list", "unexpected argument \"%s\"", argv[optind]);
 
-        sd_bus_message *m = NULL, *reply = NULL;
+        CtlMsg *m = NULL, *reply = NULL;
         r = ctl_new_call(ctl, "ListVMs", &m);
         if (r != 0)
                 return r;
         r = ctl_call(ctl, m, 0, &reply);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         if (r != 0)
                 return r;
 
@@ -165,7 +165,7 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                 /* -a shows stopped and crashed VMs too, and then why each one is down. */
                 printf("%-20s %-9s %-8s %-8s %-16s %-16s %s%s\n", "NAME", "STATE", "PID", "BACKEND", "IP",
                        "TAP", all ? "PORTS            " : "PORTS", all ? "REASON" : "");
-        r = sd_bus_message_enter_container(reply, 'a', "(stssusssssa(sqq))");
+        r = ctl_msg_enter_container(reply, 'a', "(stssusssssa(sqq))");
         while (r >= 0 && (r = read_vm(reply, &v)) > 0) {
                 if (!all && !is_up(v.state))
                         continue;
@@ -192,7 +192,7 @@ int ctl_list_main(Ctl *ctl, int argc, char *argv[]) {
                 json_array_close(&w);
                 json_end(&w);
         }
-        sd_bus_message_unref(reply);
+        ctl_msg_free(reply);
         return r < 0 ? ctl_fail(r, "cannot read the agent's answer") : 0;
 }
 
@@ -219,17 +219,17 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
         if (!name)
                 return ctl_usage("inspect", "a VM NAME is needed");
 
-        sd_bus_message *m = NULL, *reply = NULL;
+        CtlMsg *m = NULL, *reply = NULL;
         int r = ctl_new_call(ctl, "InspectVM", &m);
         if (r != 0)
                 return r;
-        r = sd_bus_message_append(m, "s", name);
+        r = ctl_msg_append(m, "s", name);
         if (r < 0) {
-                sd_bus_message_unref(m);
+                ctl_msg_free(m);
                 return ctl_fail(r, "cannot build the request");
         }
         r = ctl_call(ctl, m, 0, &reply);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         if (r != 0)
                 return r;
 
@@ -239,17 +239,16 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
         uint64_t memory;
         r = read_vm(reply, &v);
         if (r >= 0)
-                r = sd_bus_message_enter_container(reply, 'r', "ssssutas");
+                r = ctl_msg_enter_container(reply, 'r', "ssssutas");
         if (r >= 0)
-                r = sd_bus_message_read(reply, "ssssut", &kernel, &firmware, &initrd, &cmdline, &cpus,
-                                        &memory);
+                r = ctl_msg_read(reply, "ssssut", &kernel, &firmware, &initrd, &cmdline, &cpus, &memory);
         char **disks = NULL;
         if (r >= 0)
-                r = sd_bus_message_read_strv(reply, &disks);
+                r = ctl_msg_read_strv(reply, &disks);
         if (r >= 0)
-                r = sd_bus_message_exit_container(reply);
+                r = ctl_msg_exit_container(reply);
         if (r < 0) {
-                sd_bus_message_unref(reply);
+                ctl_msg_free(reply);
                 return ctl_fail(r, "cannot read the agent's answer");
         }
 
@@ -306,8 +305,8 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
         const char *kind, *oname, *tag;
         uint64_t handle;
         size_t n = 0;
-        r = sd_bus_message_enter_container(reply, 'a', "(ssts)");
-        while (r >= 0 && (r = sd_bus_message_read(reply, "(ssts)", &kind, &oname, &handle, &tag)) > 0) {
+        r = ctl_msg_enter_container(reply, 'a', "(ssts)");
+        while (r >= 0 && (r = ctl_msg_read(reply, "(ssts)", &kind, &oname, &handle, &tag)) > 0) {
                 n++;
                 if (ctl->json) {
                         json_object_open(&w);
@@ -324,15 +323,15 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                         printf("  %-12s %-18s %s\n", kind, oname, tag);
         }
         if (r >= 0)
-                r = sd_bus_message_exit_container(reply);
+                r = ctl_msg_exit_container(reply);
         if (r >= 0)
-                r = sd_bus_message_read(reply, "s", &def_error);
+                r = ctl_msg_read(reply, "s", &def_error);
         const char *lease_addr = "", *lease_host = "";
         uint64_t lease_usec = 0;
         if (r >= 0)
-                r = sd_bus_message_read(reply, "(sts)", &lease_addr, &lease_usec, &lease_host);
+                r = ctl_msg_read(reply, "(sts)", &lease_addr, &lease_usec, &lease_host);
         if (r < 0) {
-                sd_bus_message_unref(reply);
+                ctl_msg_free(reply);
                 return ctl_fail(r, "cannot read the agent's answer");
         }
         char acked[64] = "";
@@ -365,7 +364,7 @@ int ctl_inspect_main(Ctl *ctl, int argc, char *argv[]) {
                 if (def_error[0])
                         printf("warning:     %s\n", def_error);
         }
-        sd_bus_message_unref(reply);
+        ctl_msg_free(reply);
         return 0;
 }
 
@@ -382,26 +381,26 @@ int ctl_status_main(Ctl *ctl, int argc, char *argv[]) {
                 else
                         return ctl_usage("status", "unexpected argument \"%s\"", argv[i]);
         }
-        sd_bus_message *m = NULL, *reply = NULL;
+        CtlMsg *m = NULL, *reply = NULL;
         int r = ctl_new_call(ctl, "Status", &m);
         if (r != 0)
                 return r;
         r = ctl_call(ctl, m, 0, &reply);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         if (r != 0)
                 return r;
         const char *id, *version, *jstate, *jmsg, *sock;
         uint32_t vms, running, clients;
         char **backends = NULL;
-        r = sd_bus_message_enter_container(reply, 'r', "ssssuuassu");
+        r = ctl_msg_enter_container(reply, 'r', "ssssuuassu");
         if (r >= 0)
-                r = sd_bus_message_read(reply, "ssssuu", &id, &version, &jstate, &jmsg, &vms, &running);
+                r = ctl_msg_read(reply, "ssssuu", &id, &version, &jstate, &jmsg, &vms, &running);
         if (r >= 0)
-                r = sd_bus_message_read_strv(reply, &backends);
+                r = ctl_msg_read_strv(reply, &backends);
         if (r >= 0)
-                r = sd_bus_message_read(reply, "su", &sock, &clients);
+                r = ctl_msg_read(reply, "su", &sock, &clients);
         if (r < 0) {
-                sd_bus_message_unref(reply);
+                ctl_msg_free(reply);
                 return ctl_fail(r, "cannot read the agent's answer");
         }
         if (ctl->json) {
@@ -437,6 +436,6 @@ int ctl_status_main(Ctl *ctl, int argc, char *argv[]) {
         for (char **b = backends; b && *b; b++)
                 free(*b);
         free(backends);
-        sd_bus_message_unref(reply);
+        ctl_msg_free(reply);
         return 0;
 }

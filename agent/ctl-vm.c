@@ -207,37 +207,37 @@ static int parse_create(const char *cmd, Ctl *ctl, int argc, char *argv[], Creat
 
 /* CreateVM, or RunVM (create and start in one call, nothing left when the start fails). */
 static int call_create(Ctl *ctl, const CreateArgs *a, bool start, uint64_t *ret_id) {
-        sd_bus_message *m = NULL, *reply = NULL;
+        CtlMsg *m = NULL, *reply = NULL;
         int r = ctl_new_call(ctl, start ? "RunVM" : "CreateVM", &m);
         if (r != 0)
                 return r;
-        r = sd_bus_message_append(m, "sssssssut", a->name, a->backend, a->hypervisor, a->kernel, a->firmware,
-                                  a->initrd, a->cmdline, (uint32_t) a->cpus, a->memory);
+        r = ctl_msg_append(m, "sssssssut", a->name, a->backend, a->hypervisor, a->kernel, a->firmware,
+                           a->initrd, a->cmdline, (uint32_t) a->cpus, a->memory);
         if (r >= 0)
-                r = sd_bus_message_open_container(m, 'a', "s");
+                r = ctl_msg_open_container(m, 'a', "s");
         for (size_t i = 0; r >= 0 && i < a->n_disks; i++)
-                r = sd_bus_message_append(m, "s", a->disks[i]);
+                r = ctl_msg_append(m, "s", a->disks[i]);
         if (r >= 0)
-                r = sd_bus_message_close_container(m);
+                r = ctl_msg_close_container(m);
         if (r >= 0)
-                r = sd_bus_message_open_container(m, 'a', "(sqq)");
+                r = ctl_msg_open_container(m, 'a', "(sqq)");
         for (size_t i = 0; r >= 0 && i < a->n_ports; i++)
-                r = sd_bus_message_append(m, "(sqq)", a->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp",
-                                          a->ports[i].host_port, a->ports[i].guest_port);
+                r = ctl_msg_append(m, "(sqq)", a->ports[i].proto == IPPROTO_UDP ? "udp" : "tcp",
+                                   a->ports[i].host_port, a->ports[i].guest_port);
         if (r >= 0)
-                r = sd_bus_message_close_container(m);
+                r = ctl_msg_close_container(m);
         if (r >= 0)
-                r = sd_bus_message_append(m, "t", a->force_port ? API_CREATE_FORCE_PORT : UINT64_C(0));
+                r = ctl_msg_append(m, "t", a->force_port ? API_CREATE_FORCE_PORT : UINT64_C(0));
         if (r < 0) {
-                sd_bus_message_unref(m);
+                ctl_msg_free(m);
                 return ctl_fail(r, "cannot build the request");
         }
         r = ctl_call(ctl, m, 0, &reply);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         if (r != 0)
                 return r;
-        r = sd_bus_message_read(reply, "t", ret_id);
-        sd_bus_message_unref(reply);
+        r = ctl_msg_read(reply, "t", ret_id);
+        ctl_msg_free(reply);
         return r < 0 ? ctl_fail(r, "cannot read the agent's answer") : 0;
 }
 
@@ -298,23 +298,23 @@ static int one(Ctl *ctl, const MultiCommand *mc, const MultiArgs *ma, const char
         if (strcmp(mc->name, "kill") == 0)
                 return ctl_call_name(ctl, "KillVM", vm, 0);
 
-        sd_bus_message *m = NULL;
+        CtlMsg *m = NULL;
         uint64_t timeout = 0;
         int r = ctl_new_call(ctl, strcmp(mc->name, "stop") == 0 ? "StopVM" : "RemoveVM", &m);
         if (r != 0)
                 return r;
         if (strcmp(mc->name, "stop") == 0) {
-                r = sd_bus_message_append(m, "su", vm, ma->timeout);
+                r = ctl_msg_append(m, "su", vm, ma->timeout);
                 /* power button, SIGTERM, SIGKILL: up to two timeouts, plus slack */
                 timeout = (uint64_t) (2 * (ma->timeout ? ma->timeout : CTL_MAX_TIMEOUT) + 30) * 1000000;
         } else
-                r = sd_bus_message_append(m, "sb", vm, ma->force);
+                r = ctl_msg_append(m, "sb", vm, ma->force);
         if (r < 0) {
-                sd_bus_message_unref(m);
+                ctl_msg_free(m);
                 return ctl_fail(r, "cannot build the request");
         }
         r = ctl_call(ctl, m, timeout, NULL);
-        sd_bus_message_unref(m);
+        ctl_msg_free(m);
         return r;
 }
 

@@ -5,7 +5,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <systemd/sd-bus.h>
+
+#include "agent/ctl-bus.h"
 
 #define CTL_DEFAULT_SOCKET "/run/chvm/agent.sock"
 
@@ -23,7 +24,7 @@ typedef struct Ctl {
         const char *socket;
         bool json;
         bool progress; /* stderr is a terminal: show progress of long operations */
-        sd_bus *bus; /* connected on first use */
+        CtlBus *bus; /* connected on first use */
 } Ctl;
 
 typedef struct CtlCommand {
@@ -36,8 +37,8 @@ typedef struct CtlCommand {
 int ctl_connect(Ctl *ctl);
 /* A method call; timeout_usec 0: 120 s. On failure prints "chvmctl: <agent's message>" and returns the exit
  * code for the error; on success 0 and *ret_reply (may be NULL). */
-int ctl_call(Ctl *ctl, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message **ret_reply);
-int ctl_new_call(Ctl *ctl, const char *member, sd_bus_message **ret);
+int ctl_call(Ctl *ctl, CtlMsg *m, uint64_t timeout_usec, CtlMsg **ret_reply);
+int ctl_new_call(Ctl *ctl, const char *member, CtlMsg **ret);
 /* A call with no arguments or one "s" argument and an empty reply. */
 int ctl_call_name(Ctl *ctl, const char *member, const char *name, uint64_t timeout_usec);
 
