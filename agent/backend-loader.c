@@ -70,7 +70,16 @@ static int configure(Backend *b, const BackendConfig *cfg, Error *e) {
                 return backend_setting_error(cfg, vt->name, 0, -EINVAL, why, e);
         }
         int r = vt->configure(b, cfg->settings, cfg->n_settings, &bad);
-        return r < 0 ? backend_setting_error(cfg, vt->name, bad, r, vt->error_message(b), e) : r;
+        return r < 0 ? backend_setting_error(cfg, vt->name, bad, r, error_message(&b->error), e) : r;
+}
+
+int backend_failed(const Backend *b, int r, Error *e) {
+        if (b->error.code == r && b->error.message[0]) {
+                if (e)
+                        *e = b->error;
+                return r;
+        }
+        return error_errno(e, r, "%s", strerror(-r));
 }
 
 static int load(const char *dir, const char *name, const BackendConfig *cfg, bool init, Backend **ret,
@@ -137,8 +146,7 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
                                  CHVM_BACKEND_ABI);
         }
         if (!vt->name || strcmp(vt->name, name) != 0 || vt->object_size < sizeof(Backend) || !vt->init ||
-            !vt->done || !vt->plan_core || !vt->plan || !vt->apply || !vt->remove || !vt->scan ||
-            !vt->error_message) {
+            !vt->done || !vt->plan_core || !vt->plan || !vt->apply || !vt->remove || !vt->scan) {
                 return error_set(e, -EINVAL, ERROR_INVALID,
                                  "backend module %s is not the \"%s\" backend or is incomplete", path, name);
         }
@@ -152,8 +160,8 @@ static int load(const char *dir, const char *name, const BackendConfig *cfg, boo
         r = configure(b, cfg, e);
         if (r >= 0 && init) {
                 r = vt->init(b, cfg);
-                if (r < 0)
-                        (void) error_errno(e, r, "backend %s: %s", name, vt->error_message(b));
+                if (r < 0 && backend_failed(b, r, e) < 0)
+                        (void) error_prefix(e, "backend %s", name);
         }
         if (r < 0)
                 return r;

@@ -15,6 +15,9 @@ int backend_load(const char *dir, const char *name, const BackendConfig *cfg, Ba
 /* The same checks and the section, without init() (nothing of the host is touched): --check-config. */
 int backend_check(const char *dir, const char *name, const BackendConfig *cfg, Error *e);
 Backend *backend_unload(Backend *b);
+/* A hook of b failed with r: *e becomes the backend's own Backend.error (code, kind, message) when it set
+ * it for this failure, else strerror(r) with the errno's kind. Returns r. */
+int backend_failed(const Backend *b, int r, Error *e);
 static inline void backend_unloadp(Backend **b) {
         if (*b)
                 *b = backend_unload(*b);

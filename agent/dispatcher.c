@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "agent/backend-loader.h"
 #include "agent/dispatcher.h"
 #include "util/crashpoint.h"
 #include "util/hashmap.h"
@@ -138,7 +139,7 @@ int dispatcher_check_ports(Dispatcher *d, const char *backend, const char *vm_na
         if (n == 0 || !b->vtable->check_ports)
                 return 0;
         int r = b->vtable->check_ports(b, vm_name, ports, n);
-        return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
+        return r < 0 ? backend_failed(b, r, &d->error) : 0;
 }
 
 int dispatcher_backend_forwards_ports(Dispatcher *d, const char *name) {
@@ -393,7 +394,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
 
         r = b->vtable->plan_core(b, &core);
         if (r < 0 || core.n == 0)
-                return r < 0 ? fail(d, r, "%s", b->vtable->error_message(b)) : 0;
+                return r < 0 ? backend_failed(b, r, &d->error) : 0;
 
         _cleanup_free_ bool *fresh = calloc(core.n, sizeof(bool));
         size_t n_fresh = 0;
@@ -419,7 +420,7 @@ static int ensure_core(Dispatcher *d, Backend *b) {
         r = b->vtable->apply(b, &core);
         if (r < 0) {
                 size_t found;
-                fail(d, r, "%s", b->vtable->error_message(b));
+                backend_failed(b, r, &d->error);
                 /* Shared objects that exist after all stay, journaled: the next bring-up uses them. */
                 if (settle_failed_apply(d, b, &core, fresh, &found) < 0)
                         error_append(&d->error,
@@ -441,9 +442,8 @@ static int ensure_core(Dispatcher *d, Backend *b) {
                         r = live_elems(d, b, &elems);
                         if (r >= 0) {
                                 r = b->vtable->rebuild(b, elems.items, elems.n);
-                                if (r < 0)
-                                        fail(d, r, "rebuilding the nftables tables: %s",
-                                             b->vtable->error_message(b));
+                                if (r < 0 && backend_failed(b, r, &d->error) < 0)
+                                        error_prefix(&d->error, "rebuilding the nftables tables");
                         }
                 }
         return r;
@@ -544,7 +544,7 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         memcpy(spec.mac, info.mac, 6);
         r = b->vtable->plan(b, &spec, &plan);
         if (r < 0) {
-                fail(d, r, "%s", b->vtable->error_message(b));
+                backend_failed(b, r, &d->error);
                 goto undo_ip;
         }
 
@@ -563,7 +563,8 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         r = apply_with_rebuild(d, b, &plan);
         if (r < 0) {
                 size_t found = 0;
-                fail(d, r, "VM %s: %s", req->vm_name, b->vtable->error_message(b));
+                backend_failed(b, r, &d->error);
+                error_prefix(&d->error, "VM %s", req->vm_name);
                 Error cause = d->error;
                 if (settle_failed_apply(d, b, &plan, NULL, &found) < 0)
                         error_append(&cause,
@@ -681,14 +682,14 @@ static int release(Dispatcher *d, Backend *b, Resource *objs, size_t n, size_t *
                 if (r == -ESTALE)
                         stale++;
                 else if (r < 0)
-                        return fail(d, r, "%s", b->vtable->error_message(b));
+                        return backend_failed(b, r, &d->error);
         } else if (b) {
                 for (size_t i = 0; i < n_ours; i++) {
                         r = b->vtable->remove(b, &ours[i]);
                         if (r == -ESTALE)
                                 stale++;
                         else if (r < 0)
-                                return fail(d, r, "%s", b->vtable->error_message(b));
+                                return backend_failed(b, r, &d->error);
                 }
         }
         r = CRASH_POINT("dispatcher-down-removed");
@@ -808,7 +809,7 @@ int dispatcher_recover(Dispatcher *d) {
         for (size_t i = 0; i < d->n_backends; i++) {
                 r = d->backends[i]->vtable->scan(d->backends[i], &scans[i]);
                 if (r < 0) {
-                        fail(d, r, "%s", d->backends[i]->vtable->error_message(d->backends[i]));
+                        backend_failed(d->backends[i], r, &d->error);
                         goto out;
                 }
         }

@@ -13,9 +13,11 @@
 #include <unistd.h>
 
 #include "agent/agent-internal.h"
+#include "agent/backend-loader.h"
 #include "agent/gc.h"
 #include "util/log.h"
 #include "util/string-table.h"
+#include "util/utf8.h"
 #include "vmm/process.h"
 
 static const char *const gc_action_table[_GC_ACTION_MAX] = {
@@ -144,8 +146,8 @@ static int scan_all_(Gc *g) {
                         continue;
                 int r = b->vtable->scan(b, &s);
                 if (r < 0) {
-                        error_errno(&a->error, r, "backend %s: scan failed: %s", b->vtable->name,
-                                    b->vtable->error_message(b));
+                        backend_failed(b, r, &a->error);
+                        error_prefix(&a->error, "backend %s: scan failed", b->vtable->name);
                         resource_set_clear(&s);
                         return r;
                 }
@@ -549,7 +551,16 @@ static void mark_failed(GcPlan *p, GcDecision *d, int r, const char *why) {
         if (d->failed)
                 return;
         d->failed = true;
-        snprintf(d->error, sizeof(d->error), "%s", why && why[0] ? why : strerror(-r));
+        const char *text = why && why[0] ? why : strerror(-r);
+        size_t n = strlen(text);
+        if (n < sizeof(d->error))
+                memcpy(d->error, text, n + 1);
+        else { /* a decision's reason is one line of the plan: cut, and said so */
+                n = sizeof(d->error) - 4;
+                memcpy(d->error, text, n);
+                memcpy(d->error + n, "...", 4);
+                (void) utf8_sanitize(d->error);
+        }
         p->n_failed++;
 }
 
@@ -615,7 +626,7 @@ static int carry_out(Gc *g) {
                         GcDecision *d = &p->items[at[k]];
                         r = b->vtable->remove(b, &d->res);
                         if (r < 0)
-                                mark_failed(p, d, r, b->vtable->error_message(b));
+                                mark_failed(p, d, r, b->error.code == r ? b->error.message : NULL);
                 }
         }
         return 0; /* what failed is in the plan: n_failed, and each decision's error */

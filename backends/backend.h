@@ -14,13 +14,15 @@
 #include <stdint.h>
 
 #include "backends/dhcp/dhcp4-server.h"
+#include "util/error.h"
 #include "util/portfwd.h"
 
 #define CHVM_BACKEND_ABI                                                                   \
-        7U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services \
+        8U /* 2: BackendConfig.nl_ops and table_owner; 3: BackendConfig.links; 4: services \
             * (BackendConfig.event, guest_lookup, lease_event, the DHCP keys);             \
             * 5: BackendVTable.forwards_ports; 6: BackendVTable.doctor; 7: the backend     \
-            * parses its own section (configure), net_params, check_ports */
+            * parses its own section (configure), net_params, check_ports; 8: failures in  \
+            * Backend.error (util/error.h) instead of error_message() */
 #define CHVM_BACKEND_SYMBOL "chvm_backend"
 #define CHVM_TAG_MAX 128
 
@@ -166,7 +168,7 @@ typedef struct BackendVTable {
         bool uses_addresses; /* the dispatcher allocates guest IPs for it */
         bool forwards_ports; /* it forwards host ports (VmNetSpec.ports); a VM of a backend without: no -p */
         /* Takes the backend's section of agent.conf (called once, before init, with the object zeroed):
-         * 0, or -EINVAL with error_message() naming the key and the cause and *ret_bad the index of the
+         * 0, or -EINVAL with Backend.error naming the key and the cause and *ret_bad the index of the
          * setting at fault (n: a fault between settings). The loader adds FILE:LINE and the section. NULL:
          * the backend has no settings, and any key is refused. */
         int (*configure)(Backend *b, const BackendSetting *settings, size_t n, size_t *ret_bad);
@@ -189,8 +191,6 @@ typedef struct BackendVTable {
         /* Objects of its kinds it can see in the kernel: tagged ones with their tags, and untagged ones
          * that look like its own (name prefix, our tables' untagged elements). */
         int (*scan)(Backend *b, ResourceSet *ret);
-        /* What went wrong in the last failed call, naming the object and the kernel's reason. */
-        const char *(*error_message)(Backend *b);
         /* The named crash points compiled into this module (CHVM_CRASH_AT), for tests that visit them all.
          */
         const char *const *(*crash_points)(size_t *ret_n);
@@ -202,7 +202,7 @@ typedef struct BackendVTable {
         /* Its TAP prefix and address pool (configure's result). NULL: no TAPs and no addresses. */
         void (*net_params)(Backend *b, BackendNetParams *ret);
         /* Whether a new VM may forward these host ports (ports the host keeps for itself): 0, or
-         * -EADDRINUSE with error_message() naming the VM, the port and the reason; other -errno when it
+         * -EADDRINUSE with Backend.error naming the VM, the port and the reason; other -errno when it
          * cannot tell. Not called for a forced create. NULL: every port may be forwarded. */
         int (*check_ports)(Backend *b, const char *vm_name, const PortForward *ports, size_t n);
 } BackendVTable;
@@ -212,4 +212,8 @@ struct Backend {
         const BackendVTable *vtable;
         char agent_id[64];
         void *module; /* dlopen() handle, the loader's */
+        /* Why the last call failed: every failure a hook returns is set here first, with error_set() and
+         * the returned code, naming the object and the kernel's reason (the agent takes the kind and
+         * message as they are). A failure returned without it is reported by its errno alone. */
+        Error error;
 };

@@ -8,16 +8,14 @@
 
 #include "backends/common.h"
 
-int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err,
-                   size_t err_size) {
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, Error *e) {
         uint32_t ifindex;
         int k;
 
         k = tap_create(rtnl, r->name, r->tag, (uid_t) -1, &ifindex);
         if (k < 0) {
-                snprintf(err, err_size, "cannot create TAP %s: %s%s%s", r->name, strerror(-k),
-                         rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
-                return k;
+                return error_errno(e, k, "cannot create TAP %s: %s%s%s", r->name, strerror(-k),
+                                   rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
         }
         LinkChange c = LINK_CHANGE_KEEP;
         c.master = bridge_ifindex;
@@ -26,14 +24,14 @@ int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mt
         k = rtnl_link_change(rtnl, ifindex, &c);
         if (k == -EXFULL)
                 /* The kernel numbers a bridge's ports in 10 bits (BR_MAX_PORTS), port 0 unused. */
-                snprintf(
-                        err, err_size,
+                error_set(
+                        e, k, ERROR_FAILED,
                         "cannot attach TAP %s to its bridge: the bridge is full (a Linux bridge takes at most "
                         "1023 ports, one per VM)",
                         r->name);
         else if (k < 0)
-                snprintf(err, err_size, "cannot attach TAP %s to its bridge: %s%s%s", r->name, strerror(-k),
-                         rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
+                error_errno(e, k, "cannot attach TAP %s to its bridge: %s%s%s", r->name, strerror(-k),
+                            rtnl_error_message(rtnl)[0] ? ": " : "", rtnl_error_message(rtnl));
         if (k < 0) {
                 OwnedLink o = { .ifindex = ifindex, .name = r->name, .tag = r->tag };
                 (void) rtnl_link_delete_owned(rtnl, &o);

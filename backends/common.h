@@ -7,10 +7,8 @@
 #include "backends/nl/rtnl.h"
 
 /* Creates the tagged TAP r->name, enslaves it to `bridge` and sets it up; fills r->ifindex. On failure
- * the TAP is removed again and err says why. */
-/* mtu: 0 keeps the TAP's default. */
-int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, char *err,
-                   size_t err_size);
+ * the TAP is removed again and *e says why. mtu: 0 keeps the TAP's default. */
+int backend_tap_up(Rtnl *rtnl, Resource *r, uint32_t bridge_ifindex, uint32_t mtu, Error *e);
 
 /* Appends the links the agent could own: TAPs and bridges whose alias is a chvm1 tag (any agent), and
  * untagged TAPs whose name starts with tap_prefix (tag ""). */

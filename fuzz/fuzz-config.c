@@ -211,13 +211,14 @@ static char *format(const AgentConfig *c) {
 static int parse_local(const AgentConfig *c, LocalConfig *ret) {
         BackendSetting s[CONFIG_MAX_SETTINGS];
         size_t n = config_backend_settings(c, "local", s, ELEMENTSOF(s)), bad = SIZE_MAX;
-        char why[256] = "";
+        Error why = {};
         LocalConfig before;
         local_config_defaults(ret);
         before = *ret;
-        int r = local_config_parse(ret, s, n, &bad, why, sizeof(why));
+        int r = local_config_parse(ret, s, n, &bad, &why);
         if (r < 0) {
-                check(r == -EINVAL && bad <= n && why[0] && memcmp(&before, ret, sizeof(before)) == 0);
+                check(r == -EINVAL && bad <= n && why.code == -EINVAL && why.message[0] &&
+                      memcmp(&before, ret, sizeof(before)) == 0);
                 return r;
         }
         check_local(ret);

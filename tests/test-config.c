@@ -42,10 +42,10 @@ static int load(const char *text) {
                              .n_settings = config_backend_settings(&c, "local", s, CONFIG_MAX_SETTINGS),
                              .settings_source = c.source };
         size_t bad;
-        char why[256];
-        r = local_config_parse(&l, s, bc.n_settings, &bad, why, sizeof(why));
+        Error why = {};
+        r = local_config_parse(&l, s, bc.n_settings, &bad, &why);
         if (r < 0) {
-                (void) backend_setting_error(&bc, "local", bad, -EINVAL, why, &err);
+                (void) backend_setting_error(&bc, "local", bad, -EINVAL, error_message(&why), &err);
                 c = before; /* the agent refuses to start: nothing of the file is taken */
         }
         return r;

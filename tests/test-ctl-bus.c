@@ -122,20 +122,26 @@ static void *serve(void *userdata) {
         return NULL;
 }
 
-/* A server thread on a unix socket of its own; returns its path. */
+/* A listening unix socket at path (made unique by the pid), that no one accepts on yet. */
+static int listen_at(char path[108], const char *name) {
+        snprintf(path, 108, "/tmp/test-ctl-bus-%s-%d.sock", name, (int) getpid());
+        (void) unlink(path);
+        int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        strcpy(sa.sun_path, path);
+        cr_assert_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        cr_assert_eq(listen(l, 4), 0);
+        return l;
+}
+
+/* A server thread on a unix socket of its own. */
 static char sock_path[108];
 static pthread_t server_thread;
 static int stop_pair[2];
 static Server srv;
 
 static void start_server(void) {
-        snprintf(sock_path, sizeof(sock_path), "/tmp/test-ctl-bus-%d.sock", (int) getpid());
-        (void) unlink(sock_path);
-        int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        strcpy(sa.sun_path, sock_path);
-        cr_assert_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        cr_assert_eq(listen(l, 4), 0);
+        int l = listen_at(sock_path, "sd-bus");
         cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, stop_pair), 0);
         /* accept in the thread's stead once the client connects: the test connects first */
         srv.stop_fd = stop_pair[1];
@@ -275,13 +281,7 @@ Test(ctl_bus, a_call_and_its_reply_through_sd_bus) {
 
 Test(ctl_bus, a_silent_server_times_out) {
         char path[108];
-        snprintf(path, sizeof(path), "/tmp/test-ctl-bus-silent-%d.sock", (int) getpid());
-        (void) unlink(path);
-        int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        strcpy(sa.sun_path, path);
-        cr_assert_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        cr_assert_eq(listen(l, 1), 0);
+        int l = listen_at(path, "silent");
         CtlBus *b = NULL;
         cr_assert_eq(ctl_bus_connect(path, &b), 0);
         unlink(path);

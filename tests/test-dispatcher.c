@@ -577,7 +577,7 @@ Test(dispatcher, table_owner_refusals) {
                         snprintf(r.name, sizeof(r.name), "%s", o->name);
                         snprintf(r.tag, sizeof(r.tag), "%s", o->tag);
                         cr_assert_eq(backends[0]->vtable->remove(backends[0], &r), 0, "%s",
-                                     backends[0]->vtable->error_message(backends[0]));
+                                     error_message(&backends[0]->error));
                 }
         close_agent();
         free(sh("rm -rf %s/*", statedir));
@@ -821,7 +821,7 @@ static int given_links(void *userdata, const struct LinkInfo **ret, size_t *ret_
 static bool scan_has(Backend *b, const char *name) {
         ResourceSet s = {};
         bool found = false;
-        cr_assert_eq(b->vtable->scan(b, &s), 0, "%s", b->vtable->error_message(b));
+        cr_assert_eq(b->vtable->scan(b, &s), 0, "%s", error_message(&b->error));
         for (size_t i = 0; i < s.n; i++)
                 found = found || strcmp(s.items[i].name, name) == 0;
         resource_set_clear(&s);
@@ -873,7 +873,7 @@ static void assert_nothing_leaked(const char *when) {
         for (size_t b = 0; b < n_backends; b++) {
                 ResourceSet scan = {};
                 cr_assert_eq(backends[b]->vtable->scan(backends[b], &scan), 0, "%s: scan: %s", when,
-                             backends[b]->vtable->error_message(backends[b]));
+                             error_message(&backends[b]->error));
                 for (size_t i = 0; i < scan.n; i++) {
                         const Resource *r = &scan.items[i];
                         if (strncmp(r->tag, "chvm1:" AGENT ":", strlen("chvm1:" AGENT ":")) != 0)

@@ -594,7 +594,8 @@ Test(names, ifname_random_strings_against_the_kernel) {
  * parser), or false when it refuses it. [bridge] takes the same values (both check with conf_tap_prefix()):
  * `section` "bridge" asks that function alone. */
 static bool config_prefix(const char *section, const char *value, char ret[16]) {
-        char text[128], why[256];
+        char text[128];
+        Error why = {};
         Error err;
         static AgentConfig c;
         LocalConfig lc;
@@ -613,7 +614,7 @@ static bool config_prefix(const char *section, const char *value, char ret[16]) 
         if (config_load_string(&c, "agent.conf", text, &err) < 0)
                 return false;
         size_t n = config_backend_settings(&c, section, s, ELEMENTSOF(s));
-        if (local_config_parse(&lc, s, n, &bad, why, sizeof(why)) < 0)
+        if (local_config_parse(&lc, s, n, &bad, &why) < 0)
                 return false;
         const char *p = lc.tap_prefix;
         cr_assert(strlen(p) >= 1 && strlen(p) <= 11, "the config kept a tap_prefix of %zu bytes", strlen(p));

@@ -20,7 +20,6 @@ typedef struct BridgeBackend {
         Backend base;
         char bridge[IFNAMSIZ], tap_prefix[IFNAMSIZ];
         Rtnl *rtnl;
-        char error[512];
         BackendLinksFn links; /* the agent's shared link dump (BackendConfig.links) */
         void *links_userdata;
 } BridgeBackend;
@@ -35,7 +34,7 @@ static BridgeBackend *BRIDGE(Backend *b) {
 _printf_(3, 4) static int fail(BridgeBackend *x, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(x->error, sizeof(x->error), fmt, ap);
+        r = error_setv(&x->base.error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
         return r;
 }
@@ -123,7 +122,7 @@ static int bridge_apply(Backend *b, ResourceSet *plan) {
         for (size_t i = 0; i < plan->n; i++) {
                 if (plan->items[i].kind != RESOURCE_LINK_TAP)
                         continue;
-                r = backend_tap_up(x->rtnl, &plan->items[i], br.ifindex, 0, x->error, sizeof(x->error));
+                r = backend_tap_up(x->rtnl, &plan->items[i], br.ifindex, 0, &x->base.error);
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
                                 (void) backend_remove_link(x->rtnl, &plan->items[k]);
@@ -173,10 +172,6 @@ static void bridge_net_params(Backend *b, BackendNetParams *ret) {
         snprintf(ret->tap_prefix, sizeof(ret->tap_prefix), "%.11s", BRIDGE(b)->tap_prefix);
 }
 
-static const char *bridge_error_message(Backend *b) {
-        return BRIDGE(b)->error;
-}
-
 __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .abi = CHVM_BACKEND_ABI,
         .name = "bridge",
@@ -190,7 +185,6 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .remove = bridge_remove,
         .remove_many = bridge_remove_many,
         .scan = bridge_scan,
-        .error_message = bridge_error_message,
         .crash_points = crash_point_list,
         .doctor = bridge_doctor,
         .net_params = bridge_net_params,

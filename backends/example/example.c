@@ -35,7 +35,6 @@ typedef struct ExampleBackend {
         char tag_prefix[80]; /* "chvm1:<agent-id>:" */
         struct mnl_socket *nl;
         unsigned seq;
-        char error[256];
 } ExampleBackend;
 
 extern const BackendVTable chvm_backend;
@@ -47,7 +46,13 @@ static ExampleBackend *EXAMPLE(Backend *b) {
 __attribute__((format(printf, 3, 4))) static int fail(ExampleBackend *x, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(x->error, sizeof(x->error), fmt, ap);
+        /* Backend.error is a plain struct (util/error.h): filled in here without the agent's functions. */
+        x->base.error = (Error){ .code = r,
+                                 .kind = r == -EINVAL       ? ERROR_INVALID
+                                         : r == -EEXIST     ? ERROR_EXISTS
+                                         : r == -EADDRINUSE ? ERROR_BUSY
+                                                            : ERROR_FAILED };
+        (void) vsnprintf(x->base.error.message, sizeof(x->base.error.message), fmt, ap);
         va_end(ap);
         return r;
 }
@@ -239,11 +244,10 @@ static int example_apply(Backend *b, ResourceSet *plan) {
                                 ? tap_up(x, &plan->items[i])
                                 : fail(x, -EINVAL, "%s: not a kind this backend makes", plan->items[i].name);
                 if (r < 0) {
-                        char why[sizeof(x->error)];
-                        memcpy(why, x->error, sizeof(why));
+                        Error why = x->base.error; /* the removals below may set their own */
                         for (size_t k = 0; k < i; k++)
                                 (void) example_remove(b, &plan->items[k]);
-                        memcpy(x->error, why, sizeof(why));
+                        x->base.error = why;
                         return r;
                 }
                 plan->items[i].created = true;
@@ -314,10 +318,6 @@ static int example_doctor(Backend *b, const BackendVm *running, size_t n_running
         return add(userdata, BACKEND_OK, "links", msg);
 }
 
-static const char *example_error_message(Backend *b) {
-        return EXAMPLE(b)->error;
-}
-
 /* The one symbol the module exports (backends/module.map). */
 __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .abi = CHVM_BACKEND_ABI,
@@ -331,7 +331,6 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .apply = example_apply,
         .remove = example_remove,
         .scan = example_scan,
-        .error_message = example_error_message,
         .doctor = example_doctor,
         .net_params = example_net_params,
 };

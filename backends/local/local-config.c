@@ -42,14 +42,13 @@ typedef struct Parse {
         LocalConfig c;
         bool gateway_given;
         bool listening, none; /* reserved_ports named them */
-        char *why;
-        size_t why_size;
+        Error *e;
 } Parse;
 
 _printf_(2, 3) static int bad(Parse *p, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(p->why, p->why_size, fmt, ap);
+        (void) error_setv(p->e, -EINVAL, ERROR_INVALID, fmt, ap);
         va_end(ap);
         return -EINVAL;
 }
@@ -207,9 +206,8 @@ static int parse_one(Parse *p, const char *key, const char *value) {
         return bad(p, "unknown key \"%s\"", key);
 }
 
-int local_config_parse(LocalConfig *c, const BackendSetting *s, size_t n, size_t *ret_bad, char *why,
-                       size_t why_size) {
-        Parse p = { .c = *c, .why = why, .why_size = why_size };
+int local_config_parse(LocalConfig *c, const BackendSetting *s, size_t n, size_t *ret_bad, Error *e) {
+        Parse p = { .c = *c, .e = e };
         for (size_t i = 0; i < n; i++) {
                 int r = parse_one(&p, s[i].key, s[i].value);
                 if (r < 0) {

@@ -66,8 +66,7 @@ void local_config_defaults(LocalConfig *c);
 /* Parses the section over the defaults already in *c. 0; or -EINVAL with the cause in why ("subnet
  * \"x\": expected A.B.C.D/N") and *ret_bad the index of the setting at fault, or n when the fault lies
  * between settings (a gateway outside the subnet). On failure *c is unchanged. */
-int local_config_parse(LocalConfig *c, const BackendSetting *s, size_t n, size_t *ret_bad, char *why,
-                       size_t why_size);
+int local_config_parse(LocalConfig *c, const BackendSetting *s, size_t n, size_t *ret_bad, Error *e);
 
 /* Whether a forward of this port may use it: PortRange match of proto (IPPROTO_*) and port. */
 bool port_range_has(const PortRange *pr, uint8_t proto, uint16_t port);

@@ -41,7 +41,6 @@ typedef struct LocalBackend {
         NftLayout layout;
         Rtnl *rtnl;
         Nft *nft;
-        char error[640];
         BackendLinksFn links; /* the agent's shared link dump (BackendConfig.links) */
         void *links_userdata;
         /* The DHCP server on the bridge ([local] dhcp), made once the bridge is there. */
@@ -71,7 +70,7 @@ static LocalBackend *LOCAL(Backend *b) {
 _printf_(3, 4) static int fail(LocalBackend *l, int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
-        (void) vsnprintf(l->error, sizeof(l->error), fmt, ap);
+        r = error_setv(&l->base.error, r, error_kind_from_errno(r), fmt, ap);
         va_end(ap);
         return r;
 }
@@ -82,7 +81,7 @@ static void dhcp_ensure(LocalBackend *l);
 static int local_configure(Backend *b, const BackendSetting *settings, size_t n, size_t *ret_bad) {
         LocalBackend *l = LOCAL(b);
         local_config_defaults(&l->cfg);
-        return local_config_parse(&l->cfg, settings, n, ret_bad, l->error, sizeof(l->error));
+        return local_config_parse(&l->cfg, settings, n, ret_bad, &l->base.error);
 }
 
 /* [local] dns not given: the host's resolvers, as the guests should use them. A loopback resolver (the stub
@@ -549,7 +548,7 @@ static int local_apply(Backend *b, ResourceSet *plan) {
                         continue;
                 if (br == 0 && (r = bridge_ifindex(l, &br)) < 0)
                         goto undo;
-                r = backend_tap_up(l->rtnl, x, br, l->mtu, l->error, sizeof(l->error));
+                r = backend_tap_up(l->rtnl, x, br, l->mtu, &l->base.error);
                 if (r < 0)
                         goto undo;
                 made = i + 1;
@@ -971,10 +970,6 @@ static int local_check_ports(Backend *b, const char *vm_name, const PortForward 
         return 0;
 }
 
-static const char *local_error_message(Backend *b) {
-        return LOCAL(b)->error;
-}
-
 __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .abi = CHVM_BACKEND_ABI,
         .name = "local",
@@ -991,7 +986,6 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .remove_many = local_remove_many,
         .rebuild = local_rebuild,
         .scan = local_scan,
-        .error_message = local_error_message,
         .crash_points = crash_point_list,
         .doctor = local_doctor,
         .net_params = local_net_params,

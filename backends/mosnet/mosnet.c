@@ -32,25 +32,22 @@ static int mosnet_plan(Backend *b, const VmNetSpec *spec, ResourceSet *ret) {
 }
 
 static int mosnet_apply(Backend *b, ResourceSet *plan) {
-        (void) b;
-        return plan->n == 0 ? 0 : -EINVAL;
+        return plan->n == 0
+                       ? 0
+                       : error_set(&b->error, -EINVAL, ERROR_INVALID,
+                                   "the mosnet backend makes no kernel objects (asked for %zu)", plan->n);
 }
 
 static int mosnet_remove(Backend *b, const Resource *r) {
-        (void) b;
-        (void) r;
-        return -EINVAL; /* it never owns anything */
+        /* it never owns anything */
+        return error_set(&b->error, -EINVAL, ERROR_INVALID, "%s: the mosnet backend owns no kernel objects",
+                         r->name);
 }
 
 static int mosnet_scan(Backend *b, ResourceSet *ret) {
         (void) b;
         (void) ret;
         return 0;
-}
-
-static const char *mosnet_error_message(Backend *b) {
-        (void) b;
-        return "the mosnet backend owns no kernel objects";
 }
 
 __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
@@ -64,5 +61,4 @@ __attribute__((visibility("default"))) const BackendVTable chvm_backend = {
         .apply = mosnet_apply,
         .remove = mosnet_remove,
         .scan = mosnet_scan,
-        .error_message = mosnet_error_message,
 };
