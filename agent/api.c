@@ -69,6 +69,7 @@ struct Conn {
         char refusal[160]; /* CONN_REFUSED: the error text */
         uint64_t last_active; /* CLOCK_MONOTONIC usec of its last message */
         unsigned n_pending;
+        sd_event_source *auth_post; /* until the handshake is over: see on_auth_post() */
         Conn *prev, *next;
 };
 
@@ -169,6 +170,7 @@ static Conn *conn_free(Conn *c) {
         if (c->next)
                 c->next->prev = c->prev;
         api->n_conns--;
+        c->auth_post = sd_event_source_disable_unref(c->auth_post);
         if (c->bus) {
                 uint64_t q = 0;
                 if (sd_bus_get_n_queued_write(c->bus, &q) >= 0 && q > 0)
@@ -178,6 +180,24 @@ static Conn *conn_free(Conn *c) {
         }
         free(c);
         return NULL;
+}
+
+/* After each loop iteration while a connection authenticates. sd-bus (252) keeps what came in the same read
+ * as BEGIN — a client's first call sent right behind it — in its buffer when the handshake ends, and looks
+ * at it only when the socket turns readable again, which it does not: such a call was never answered (the
+ * connection closed as idle after 60 s). Once the bus is running, it is processed until nothing is left. */
+static int on_auth_post(sd_event_source *s, void *userdata) {
+        Conn *c = userdata;
+        (void) s;
+        if (sd_bus_is_ready(c->bus) <= 0)
+                return 0; /* still authenticating, or refused (the bus ends it) */
+        c->auth_post = sd_event_source_disable_unref(c->auth_post);
+        /* The calls it dispatches may end the connection and free c: the bus is held, c not touched. */
+        sd_bus *bus = sd_bus_ref(c->bus);
+        for (unsigned i = 0; i < 1024 && sd_bus_process(bus, NULL) > 0; i++)
+                ; /* bounded: a client that keeps sending is served by its socket's events from here on */
+        sd_bus_unref(bus);
+        return 0;
 }
 
 /* Ends a connection from within the loop: shutdown() makes its bus see the end at the next read or write
@@ -410,6 +430,8 @@ static int conn_new(Api *api, int fd) {
                 r = sd_bus_attach_event(c->bus, api->event, SD_EVENT_PRIORITY_NORMAL);
         if (r >= 0)
                 r = sd_bus_start(c->bus);
+        if (r >= 0)
+                r = sd_event_add_post(api->event, &c->auth_post, on_auth_post, c);
         if (r < 0) {
                 conn_free(c);
                 return r;

@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/api.h"
+#include "agent/ctl-bus.h"
 #include "tests/agentd-test-util.h"
 #include "tests/shell-oracle.h"
 
@@ -460,6 +462,97 @@ Test(chvmctl, garbage_on_the_socket) {
         char *log = test_agent_log(&agent);
         cr_assert(!strstr(log, "ERROR: AddressSanitizer") && !strstr(log, "runtime error"), "%s", log);
         free(log);
+}
+
+/* The replies of `want` calls on fd within 5 s: how many came (signals skipped). */
+static int replies_within(int fd, int want) {
+        static char buf[1 << 16];
+        size_t have = 0;
+        int got = 0;
+        double t0 = now();
+        while (got < want && now() - t0 < 5.0) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                ssize_t k = recv(fd, buf + have, sizeof(buf) - have, 0);
+                if (k <= 0)
+                        break;
+                have += (size_t) k;
+                for (;;) {
+                        if (have < 16)
+                                break;
+                        uint32_t body, fields;
+                        memcpy(&body, buf + 4, 4);
+                        memcpy(&fields, buf + 12, 4);
+                        size_t total = ((16 + (size_t) fields + 7) & ~(size_t) 7) + body;
+                        if (have < total)
+                                break;
+                        CtlMsg *m = NULL;
+                        cr_assert_eq(ctl_msg_parse(buf, total, &m), 0);
+                        got += ctl_msg_type(m) == 2;
+                        ctl_msg_free(m);
+                        memmove(buf, buf + total, have - total);
+                        have -= total;
+                }
+        }
+        return got;
+}
+
+/* D-Bus lets a client send its first calls right behind BEGIN; the agent must answer them (sd-bus 252
+ * left them in its buffer: no answer, ever). Both ways a client may do it: with the AUTH line in one send,
+ * and after OK, BEGIN and two calls in one send. */
+Test(chvmctl, calls_right_behind_the_handshake_are_answered) {
+        CtlMsg *m = NULL;
+        void *wire[2];
+        size_t size[2];
+        cr_assert_eq(ctl_msg_new_call(API_OBJECT_PATH, API_INTERFACE, "Status", &m), 0);
+        cr_assert_eq(ctl_msg_serialize(m, 1, &wire[0], &size[0]), 0);
+        cr_assert_eq(ctl_msg_serialize(m, 2, &wire[1], &size[1]), 0);
+        ctl_msg_free(m);
+        for (int way = 0; way < 2; way++) {
+                int fd = connect_agent();
+                char out[1024];
+                size_t n = 0;
+                const char auth[] = "\0AUTH EXTERNAL 30\r\n";
+                memcpy(out, auth, sizeof(auth) - 1);
+                n = sizeof(auth) - 1;
+                if (way == 1) {
+                        cr_assert_eq(send(fd, out, n, MSG_NOSIGNAL), (ssize_t) n);
+                        char ok[128] = "";
+                        ssize_t k = 0;
+                        for (double t0 = now(); !strstr(ok, "\r\n") && now() - t0 < 5.0;) {
+                                ssize_t r = recv(fd, ok + k, sizeof(ok) - 1 - (size_t) k, MSG_DONTWAIT);
+                                if (r > 0)
+                                        k += r;
+                                else
+                                        usleep(1000);
+                        }
+                        cr_assert(strncmp(ok, "OK ", 3) == 0, "%s", ok);
+                        n = 0;
+                }
+                memcpy(out + n, "BEGIN\r\n", 7);
+                n += 7;
+                for (int i = 0; i < 2; i++) {
+                        memcpy(out + n, wire[i], size[i]);
+                        n += size[i];
+                }
+                cr_assert_eq(send(fd, out, n, MSG_NOSIGNAL), (ssize_t) n, "one send");
+                if (way == 0) {
+                        /* the OK line first */
+                        char ok[64];
+                        ssize_t k = recv(fd, ok, 3, MSG_WAITALL);
+                        cr_assert(k == 3 && memcmp(ok, "OK ", 3) == 0);
+                        char c = 0;
+                        while (c != '\n' && recv(fd, &c, 1, 0) == 1)
+                                ;
+                }
+                cr_assert_eq(replies_within(fd, 2), 2, "way %d: the calls behind BEGIN were not answered",
+                             way);
+                close(fd);
+        }
+        free(wire[0]);
+        free(wire[1]);
+        still_serving("calls right behind the handshake");
 }
 
 static void bad(const char *args, int want_rc, const char *want_err) {
