@@ -558,8 +558,8 @@ static void open_taskstats(Agent *a) {
 }
 
 /* Through the dispatcher, the journal's one writer. */
-static int journal_define(Agent *a, const VmDef *def, bool sync) {
-        int r = dispatcher_define_vm(a->dispatcher, def->id, def->name, def->backend, sync);
+static int journal_define(Agent *a, const VmDef *def, const char *text, bool sync) {
+        int r = dispatcher_define_vm(a->dispatcher, def->id, def->name, def->backend, text, sync);
         return r < 0 ? fail(a, r, "%s", dispatcher_error(a->dispatcher)) : 0;
 }
 
@@ -572,6 +572,7 @@ typedef struct LoadCtx {
         Agent *a;
         char **bad_names; /* files that are there but do not parse: never forgotten */
         size_t n_bad;
+        size_t journaled; /* VM_DEFINE records appended, synced once at the end */
 } LoadCtx;
 
 static int on_definition(const char *name, VmDef *def, const char *error, void *userdata) {
@@ -602,13 +603,22 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
                 return 0;
         }
         const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), def->id);
-        if (!lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0) {
-                /* Written before a crash that came before its journal record: journal it now. */
-                r = journal_define(a, def, true);
+        _cleanup_free_ char *text = NULL;
+        r = vm_def_format(def, &text);
+        if (r < 0) {
+                vm_def_free(def);
+                return r;
+        }
+        /* Written before a crash that came before its journal record: journaled now. Edited since its
+         * record: journaled again, so that a restore (restore_definitions()) never brings back the old. */
+        if (!lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0 ||
+            (lv->definition && strcmp(lv->definition, text) != 0)) {
+                r = journal_define(a, def, strlen(text) <= JOURNAL_DEFINITION_MAX ? text : NULL, false);
                 if (r < 0) {
                         vm_def_free(def);
                         return r;
                 }
+                c->journaled++;
         }
         r = add_vm(a, def->name, def->id, def, NULL);
         if (r < 0)
@@ -664,9 +674,41 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, Error *e) {
         return 0;
 }
 
+/* A definition the agent wrote without a sync of its own (its text rode in the journal's VM_DEFINE, see
+ * create_vm()) and that a power loss cut short or took away: written again from the journal, before the
+ * files are read. Failing that the start fails: the VM would be forgotten otherwise. */
+static int restore_definitions(Agent *a, Error *e) {
+        const LiveSet *ls = journal_live_set(a->journal);
+        const LiveVm *lv;
+        for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
+                if (!lv->definition)
+                        continue;
+                int r = vm_def_restore(a->vms_fd, lv->name, lv->definition, NULL);
+                if (r < 0)
+                        return error_errno(
+                                e, r, "VM %s: cannot write %s/vms/%s%s again from the ownership journal: %s",
+                                lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX, strerror(-r));
+                if (r > 0)
+                        log_vm(LOG_NOTICE,
+                               &((LogVm){ .name = lv->name, .id = lv->vm_id, .backend = lv->backend }),
+                               "VM %s: %s/vms/%s%s was missing or cut short (written unsynced before a crash); "
+                               "written again from the ownership journal",
+                               lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
+        }
+        return 0;
+}
+
 static int load_definitions(Agent *a, Error *e) {
         LoadCtx c = { .a = a };
-        int r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        int r = restore_definitions(a, e);
+        if (r < 0)
+                return r;
+        r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        if (r >= 0 && c.journaled > 0) {
+                r = dispatcher_sync(a->dispatcher);
+                if (r < 0)
+                        (void) fail(a, r, "%s", dispatcher_error(a->dispatcher));
+        }
         if (r < 0)
                 (void) error_errno(e, r, "VM definitions in %s/vms: %s", a->cfg.state_dir,
                                    error_message(&a->error));
@@ -1004,13 +1046,22 @@ static int create_vm(Agent *a, const VmDef *in, unsigned flags, bool sync, uint6
         if (r < 0)
                 return fail(a, r, "VM %s: cannot choose an id: %s", def->name, strerror(-r));
 
-        r = vm_def_save(a->vms_fd, def, NULL);
+        /* The file unsynced, its text in VM_DEFINE: one fdatasync (the journal's) makes both durable, where
+         * the file's own fdatasync and its folder's fsync were two more; a start after a power loss writes
+         * it again from the journal (restore_definitions()). Only a text too long for a record is synced on
+         * its own. */
+        _cleanup_free_ char *text = NULL;
+        r = vm_def_format(def, &text);
+        if (r < 0)
+                return fail(a, r, "VM %s: %s", def->name, strerror(-r));
+        bool carried = strlen(text) <= JOURNAL_DEFINITION_MAX;
+        r = vm_def_save_text(a->vms_fd, def->name, text, carried ? VM_DEF_SAVE_NO_SYNC : 0, NULL);
         if (r < 0)
                 return fail(a, r, "VM %s: cannot write %s/vms/%s%s: %s", def->name, a->cfg.state_dir,
                             def->name, VM_DEF_SUFFIX, strerror(-r));
         r = CRASH_POINT("agent-create-definition-saved"); /* the next start journals the file it finds */
         if (r >= 0)
-                r = journal_define(a, def, sync);
+                r = journal_define(a, def, carried ? text : NULL, sync);
         if (r < 0) {
                 (void) vm_def_remove(a->vms_fd, def->name, NULL);
                 return r;
@@ -1172,12 +1223,13 @@ int agent_vm_remove(Agent *a, const char *name) {
                 return fail(a, r, "%s", vm_manager_error(a->vmm));
 
         /* File first, then the journal: a crash in between leaves a journal entry without a file, which
-         * the next start forgets; the other order would bring the VM back. */
+         * the next start writes again from the journal's text (or forgets, for a record without one): the
+         * removal did not happen, and was not answered. */
         r = vm_def_remove(a->vms_fd, v->name, NULL);
         if (r < 0 && r != -ENOENT)
                 return fail(a, r, "VM %s: cannot remove %s/vms/%s%s: %s", v->name, a->cfg.state_dir, v->name,
                             VM_DEF_SUFFIX, strerror(-r));
-        r = CRASH_POINT("agent-remove-definition-removed"); /* the next start forgets the VM */
+        r = CRASH_POINT("agent-remove-definition-removed"); /* the next start writes it again */
         if (r < 0)
                 return r;
         if (live_set_get_vm(journal_live_set(a->journal), v->id)) {

@@ -189,12 +189,16 @@ static int sync_journal(Dispatcher *d) {
 
 /* --- the VMs' own records: the ledger the agent and the VM manager write through ---------------------- */
 
-int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend, bool sync) {
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend,
+                         const char *definition, bool sync) {
         JournalRecord rec = { .type = JOURNAL_VM_DEFINE,
                               .fields = F(VM_ID) | F(VM_NAME) | F(BACKEND),
                               .vm_id = vm_id,
                               .vm_name = name,
-                              .backend = backend };
+                              .backend = backend,
+                              .definition = definition };
+        if (definition)
+                rec.fields |= F(DEFINITION);
         error_clear(&d->error);
         int r = append(d, &rec);
         return r < 0 || !sync ? r : sync_journal(d);

@@ -57,8 +57,11 @@ const Error *dispatcher_last_error(const Dispatcher *d);
 /* The VMs' own records, synced unless said otherwise: the agent defines and undefines VMs, the VM manager
  * records each hypervisor it runs (before it runs: the spawn's gate) or adopts, and each exit. 0, or the
  * journal's -errno with dispatcher_error(). */
-/* sync false: a synced record follows before anything is answered (RunVM: its start's intents). */
-int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend, bool sync);
+/* sync false: a synced record follows before anything is answered (RunVM: its start's intents).
+ * definition: the text of vms/NAME.vm, written unsynced (at most JOURNAL_DEFINITION_MAX bytes), or NULL for
+ * a file synced on its own. */
+int dispatcher_define_vm(Dispatcher *d, uint64_t vm_id, const char *name, const char *backend,
+                         const char *definition, bool sync);
 int dispatcher_undefine_vm(Dispatcher *d, uint64_t vm_id);
 int dispatcher_vm_started(Dispatcher *d, uint64_t vm_id, uint32_t pid, uint64_t start_time,
                           const uint8_t boot_id[16]);

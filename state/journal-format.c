@@ -65,6 +65,7 @@ static const FieldInfo field_table[_JOURNAL_FIELD_MAX] = {
         FIELD(JOURNAL_FIELD_IP4, SHAPE_U32, ip4),
         FIELD(JOURNAL_FIELD_THROUGH_LSN, SHAPE_U64, through_lsn),
         FIELD(JOURNAL_FIELD_MAX_OID, SHAPE_U64, max_oid),
+        FIELD(JOURNAL_FIELD_DEFINITION, SHAPE_STRING, definition),
 };
 #undef FIELD
 

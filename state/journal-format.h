@@ -46,13 +46,16 @@
 #define JOURNAL_RECORD_HEADER_SIZE 32U
 #define JOURNAL_RECORD_MAX_SIZE (64U * 1024U)
 #define JOURNAL_SALT_SIZE 16U
+/* The longest definition text a VM_DEFINE carries: the rest of a record leaves room for its VM name and
+ * backend. A longer definition file is synced on its own instead. */
+#define JOURNAL_DEFINITION_MAX (JOURNAL_RECORD_MAX_SIZE - 1024U)
 #define JOURNAL_ID_SIZE 16U
 
 /* Header flags. None defined yet: every incompat bit is unknown. */
 #define JOURNAL_INCOMPAT_SUPPORTED 0U
 
 typedef enum JournalRecordType {
-        JOURNAL_VM_DEFINE = 1, /* vm_id, vm_name, backend */
+        JOURNAL_VM_DEFINE = 1, /* vm_id, vm_name, backend, [definition] */
         JOURNAL_VM_UNDEFINE, /* vm_id: the VM was removed */
         JOURNAL_VM_STARTED, /* vm_id, pid, start_time, boot_id */
         JOURNAL_VM_EXITED, /* vm_id, vm_state, [exit_status | exit_signal], [reason] */
@@ -92,6 +95,7 @@ typedef enum JournalField {
         JOURNAL_FIELD_IP4,
         JOURNAL_FIELD_THROUGH_LSN,
         JOURNAL_FIELD_MAX_OID,
+        JOURNAL_FIELD_DEFINITION,
         _JOURNAL_FIELD_MAX,
 } JournalField;
 
@@ -122,6 +126,10 @@ typedef struct JournalRecord {
         uint64_t vm_id;
         const char *vm_name;
         const char *backend;
+        /* VM_DEFINE: the text of vms/NAME.vm as the agent wrote it, which then needs no fdatasync of its
+         * own: the journal's makes it durable, and a start that finds the file missing or cut short
+         * writes it again from here (state/vmdef.h: vm_def_restore()). Absent in older journals. */
+        const char *definition;
         uint32_t pid;
         uint64_t start_time; /* clock ticks since boot, field 22 of /proc/PID/stat */
         uint8_t boot_id[16];

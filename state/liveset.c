@@ -43,6 +43,7 @@ static LiveVm *live_vm_free(LiveVm *v) {
         free(v->name);
         free(v->backend);
         free(v->reason);
+        free(v->definition);
         free(v);
         return NULL;
 }
@@ -168,11 +169,14 @@ static int strdup_opt(const char *in, char **ret) {
 }
 
 static int apply_vm_define(LiveSet *s, const JournalRecord *r) {
-        _cleanup_free_ char *name = NULL, *backend = NULL;
+        _cleanup_free_ char *name = NULL, *backend = NULL, *definition = NULL;
         LiveVm *vm;
         int k;
 
         if (strdup_opt(r->vm_name, &name) < 0 || strdup_opt(r->backend, &backend) < 0)
+                return -ENOMEM;
+        /* A record without one (an older agent's) leaves none: the text it had may be stale. */
+        if (journal_record_has(r, JOURNAL_FIELD_DEFINITION) && strdup_opt(r->definition, &definition) < 0)
                 return -ENOMEM;
 
         vm = u64map_get(s->vms, r->vm_id);
@@ -190,8 +194,10 @@ static int apply_vm_define(LiveSet *s, const JournalRecord *r) {
         }
         free(vm->name);
         free(vm->backend);
+        free(vm->definition);
         vm->name = TAKE_PTR(name);
         vm->backend = TAKE_PTR(backend);
+        vm->definition = TAKE_PTR(definition);
         return 0;
 }
 
@@ -418,9 +424,12 @@ static int serialize_vm(const LiveVm *vm, LiveSetEmit emit, void *userdata) {
                 .vm_id = vm->vm_id,
                 .vm_name = vm->name,
                 .backend = vm->backend,
+                .definition = vm->definition,
         };
         int k;
 
+        if (vm->definition)
+                r.fields |= JOURNAL_FIELD_BIT(JOURNAL_FIELD_DEFINITION);
         k = emit(&r, userdata);
         if (k < 0)
                 return k;
@@ -550,7 +559,7 @@ static bool object_equal(const LiveObject *a, const LiveObject *b) {
 
 static bool vm_equal(const LiveVm *a, const LiveVm *b) {
         if (a->vm_id != b->vm_id || a->state != b->state || !streq_ptr(a->name, b->name) ||
-            !streq_ptr(a->backend, b->backend))
+            !streq_ptr(a->backend, b->backend) || !streq_ptr(a->definition, b->definition))
                 return false;
         if (a->state == JOURNAL_VM_RUNNING)
                 return a->pid == b->pid && a->start_time == b->start_time &&

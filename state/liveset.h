@@ -41,6 +41,7 @@ typedef struct LiveVm {
         uint64_t vm_id;
         char *name;
         char *backend;
+        char *definition; /* the last VM_DEFINE's text of vms/NAME.vm, NULL if it had none */
         JournalVmState state;
         uint32_t pid;
         uint64_t start_time;

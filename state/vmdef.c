@@ -1063,21 +1063,19 @@ static void file_names(const char *name, char file[static VM_DEF_FILE_NAME_MAX],
         (void) snprintf(tmp, VM_DEF_FILE_NAME_MAX, "%s" VM_DEF_TMP_SUFFIX, name);
 }
 
-int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
-        _cleanup_free_ char *text = NULL;
+int vm_def_save_text(int dir_fd, const char *name, const char *text, unsigned flags, const FsOps *ops) {
         _cleanup_close_ int fd = -EBADF;
         char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX];
+        bool sync = !(flags & VM_DEF_SAVE_NO_SYNC);
         int r;
 
-        assert(d);
+        assert(text);
 
         if (!ops)
                 ops = &fs_ops_default;
-
-        r = vm_def_format(d, &text);
-        if (r < 0)
-                return r;
-        file_names(d->name, file, tmp);
+        if (!vm_name_valid(name))
+                return -EINVAL;
+        file_names(name, file, tmp);
 
         /* Left by a save that crashed half-way: never ours to keep. */
         if (unlinkat(dir_fd, tmp, 0) < 0 && errno != ENOENT)
@@ -1090,7 +1088,7 @@ int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
         r = fchmod(fd, 0600) < 0 ? negative_errno() : 0;
         if (r >= 0)
                 r = fs_pwrite_full(ops, fd, text, strlen(text), 0);
-        if (r >= 0)
+        if (r >= 0 && sync)
                 r = ops->fdatasync(ops->userdata, fd);
         if (r >= 0)
                 r = ops->renameat(ops->userdata, dir_fd, tmp, dir_fd, file);
@@ -1099,7 +1097,54 @@ int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
                 return r;
         }
 
-        return ops->fsync(ops->userdata, dir_fd);
+        return sync ? ops->fsync(ops->userdata, dir_fd) : 0;
+}
+
+int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        assert(d);
+
+        r = vm_def_format(d, &text);
+        if (r < 0)
+                return r;
+        return vm_def_save_text(dir_fd, d->name, text, 0, ops);
+}
+
+int vm_def_restore(int dir_fd, const char *name, const char *text, const FsOps *ops) {
+        _cleanup_free_ char *have = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char file[VM_DEF_FILE_NAME_MAX], tmp[VM_DEF_FILE_NAME_MAX];
+        struct stat st;
+        size_t size = 0, want = strlen(text);
+        int r;
+
+        if (!vm_name_valid(name))
+                return -EINVAL;
+        file_names(name, file, tmp);
+
+        fd = openat(dir_fd, file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 && errno != ENOENT)
+                return errno == ELOOP ? 0 : negative_errno(); /* a symbolic link: not ours to replace */
+        if (fd >= 0) {
+                if (fstat(fd, &st) < 0)
+                        return negative_errno();
+                if (!S_ISREG(st.st_mode))
+                        return 0;
+                r = fs_read_all(fd, VM_DEF_FILE_MAX, (void **) &have, &size);
+                if (r == -EFBIG)
+                        return 0; /* longer than the journal's text: not a cut-short copy of it */
+                if (r < 0)
+                        return r;
+                /* Whole: nothing to do. Different, and not merely short: an administrator's edit, which
+                 * wins (it takes effect at a restart, chvm-agentd(8)). */
+                bool torn = memchr(have, '\0', size) || (size < want && memcmp(have, text, size) == 0);
+                if (!torn)
+                        return 0;
+        }
+        r = vm_def_save_text(dir_fd, name, text, 0, ops);
+        return r < 0 ? r : 1;
 }
 
 int vm_def_load(int dir_fd, const char *name, VmDef **ret, Error *e) {

@@ -102,6 +102,19 @@ int vm_def_format(const VmDef *d, char **ret_text);
  * file is left; a failed fsync of the directory is returned too, with the new file already in place. */
 int vm_def_save(int dir_fd, const VmDef *d, const FsOps *ops);
 
+/* vm_def_save() of a text already formatted, for NAME. With VM_DEF_SAVE_NO_SYNC neither the file nor the
+ * folder is synced: for a definition whose text the journal carries (JournalRecord.definition), whose
+ * fdatasync makes it durable instead; after a crash vm_def_restore() writes the file again. */
+#define VM_DEF_SAVE_NO_SYNC 1U
+int vm_def_save_text(int dir_fd, const char *name, const char *text, unsigned flags, const FsOps *ops);
+
+/* At a start, for a VM whose journal record carries its definition text: writes NAME.vm again, synced, if
+ * it is missing or is what an unsynced write leaves after a power loss (empty, a part of the text, NUL
+ * bytes), and returns 1. A file that is the text, or differs otherwise (an administrator's edit, which
+ * takes effect at a restart), or is not a regular file, is left as it is: 0. -errno from reading or
+ * writing. */
+int vm_def_restore(int dir_fd, const char *name, const char *text, const FsOps *ops);
+
 /* Reads and parses NAME.vm from dir_fd; its name key must be NAME. -ENOENT when there is no such file;
  * -EINVAL for an invalid NAME, a file that does not parse or is not a regular file; -EFBIG; -errno from
  * reading. *e (e may be NULL) gets "NAME.vm:LINE: cause" or "NAME.vm: cause" on every failure. */

@@ -75,6 +75,13 @@ static bool gen_try(RecordGen *g, JournalRecord *r) {
                 snprintf(g->backend, sizeof(g->backend), "%s", backends[rnd(g, 3)]);
                 r->vm_name = g->name;
                 r->backend = g->backend;
+                if (rnd(g, 2)) { /* the agent's own file text rides along (an older agent's does not) */
+                        r->fields |= F(DEFINITION);
+                        snprintf(g->definition, sizeof(g->definition),
+                                 "[vm]\nname = %s\ncpus = %u\nkernel = /boot/vmlinuz\n", g->name,
+                                 (unsigned) (1 + rnd(g, 64)));
+                        r->definition = g->definition;
+                }
         } else if (pick < 18) {
                 r->type = JOURNAL_VM_STARTED;
                 r->fields = F(VM_ID) | F(PID) | F(START_TIME) | F(BOOT_ID);

@@ -25,7 +25,7 @@ typedef struct RecordGen {
         uint32_t *ips;
         size_t n_ips;
         size_t big_keys; /* if > 0, INTENT keys are this many bytes (to make records span sectors) */
-        char name[64], tag[128], reason[64], backend[16];
+        char name[64], tag[128], reason[64], backend[16], definition[160];
         uint8_t key[4096];
 } RecordGen;
 

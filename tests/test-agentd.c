@@ -585,3 +585,82 @@ Test(agentd, a_socket_folder_others_may_write_is_refused) {
         free(log);
         rmdir(dir);
 }
+
+static char *definition(const char *name) {
+        return sh("cat %s/vms/%s.vm", agent.state_dir, name);
+}
+
+/* A definition file is written without an fdatasync of its own: its text rides in the journal's VM_DEFINE,
+ * whose sync makes it durable. What a power loss leaves of such a file (nothing, an empty file, a part) is
+ * written again from the journal at the next start; a file an administrator edited wins, and is journaled
+ * again so that a later restore brings the edit back, not the old text. */
+Test(agentd, definitions_cut_short_by_a_power_loss_come_back_from_the_journal) {
+        test_agent_init(&agent, NULL);
+        test_agent_start(&agent, NULL);
+        char *err;
+        int r = ctl(&agent, NULL, &err, "create web --kernel %s/tests/fake-vmm -p 8011:80 --cpus 2",
+                    test_build_dir());
+        cr_assert_eq(r, 0, "%s", err);
+        free(err);
+        create_and_start("db", 8012);
+        create_and_start("cache", 8013);
+        pid_t db = vm_pid("db");
+        char *web_text = definition("web"), *db_text = definition("db"), *cache_text = definition("cache");
+        cr_assert(strstr(web_text, "name = web\n"), "%s", web_text);
+
+        /* The agent dies; of the files only what reached the disk is left. */
+        (void) test_agent_signal_wait(&agent, SIGKILL);
+        free(sh("cd %s/vms && : > web.vm && rm db.vm && head -c 40 cache.vm > c && mv c cache.vm",
+                agent.state_dir));
+        test_agent_start(&agent, NULL);
+        char *log = test_agent_log(&agent);
+        cr_assert_eq(count_substr(log, "written again from the ownership journal"), 3, "%s", log);
+        cr_assert(strstr(log, "VM web: "), "%s", log);
+        free(log);
+        char *now = definition("web");
+        cr_assert_str_eq(now, web_text);
+        free(now);
+        now = definition("db");
+        cr_assert_str_eq(now, db_text);
+        free(now);
+        now = definition("cache");
+        cr_assert_str_eq(now, cache_text);
+        free(now);
+        cr_assert_eq(vm_pid("db"), db, "the running VM is adopted with its definition");
+        char *s = vm_state("web");
+        cr_assert_str_eq(s, "defined");
+        free(s);
+        r = ctl(&agent, NULL, &err, "start web");
+        cr_assert_eq(r, 0, "%s", err);
+        free(err);
+
+        /* An edit while the agent is down takes effect, and is what a later restore brings back. */
+        (void) test_agent_signal_wait(&agent, SIGTERM);
+        free(sh("sed -i 's/^cpus = 2$/cpus = 3/' %s/vms/web.vm", agent.state_dir));
+        test_agent_start(&agent, NULL);
+        log = test_agent_log(&agent);
+        cr_assert_eq(count_substr(log, "written again from the ownership journal"), 3,
+                     "an edited file is not a damaged one:\n%s", log);
+        free(log);
+        (void) test_agent_signal_wait(&agent, SIGKILL);
+        free(sh(": > %s/vms/web.vm", agent.state_dir));
+        test_agent_start(&agent, NULL);
+        now = definition("web");
+        cr_assert(strstr(now, "\ncpus = 3\n"), "the edit was not journaled:\n%s", now);
+        free(now);
+        char *out;
+        cr_assert_eq(ctl(&agent, &out, NULL, "inspect web --json | jq -r .cpus"), 0);
+        cr_assert_str_eq(out, "3\n");
+        free(out);
+
+        /* A removal is final: nothing brings the VM back. */
+        cr_assert_eq(ctl(&agent, NULL, NULL, "rm -f web"), 0);
+        (void) test_agent_signal_wait(&agent, SIGTERM);
+        test_agent_start(&agent, NULL);
+        cr_assert_eq(ctl(&agent, &out, NULL, "list -a -q"), 0);
+        cr_assert_str_eq(out, "cache\ndb\n");
+        free(out);
+        free(web_text);
+        free(db_text);
+        free(cache_text);
+}

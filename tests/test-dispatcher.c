@@ -141,7 +141,7 @@ static void define(uint64_t id, const char *name, const char *backend) {
         if (vm && strcmp(vm->name, name) == 0 && strcmp(vm->backend, backend) == 0)
                 return;
         if (vm_name_valid(name) && backend)
-                cr_assert_eq(dispatcher_define_vm(disp, id, name, backend, true), 0, "%s",
+                cr_assert_eq(dispatcher_define_vm(disp, id, name, backend, NULL, true), 0, "%s",
                              dispatcher_error(disp));
 }
 

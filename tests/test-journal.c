@@ -555,7 +555,23 @@ Test(journal, lsn_gap_quarantine) {
         size_t n = open_damaged(img, full_size - (b - a), &w, &rep);
         cr_assert_eq(rep.state, JOURNAL_STATE_QUARANTINE, "%s", rep.message);
         cr_assert_eq(rep.damage_lsn, 10);
-        cr_assert_eq(n, 19);
+        /* Every other record is replayed, but for those that contradict the missing one (a record of the
+         * VM it defined, say): those are skipped and counted. Which they are, a model without it says. */
+        static const uint8_t cmp_salt[JOURNAL_SALT_SIZE] = { 1, 2, 3 };
+        LiveSet *model = live_set_new();
+        cr_assert_not_null(model);
+        size_t consistent = 0;
+        for (size_t i = 0; i < w.n; i++) {
+                JournalRecord rec;
+                if (i == 9)
+                        continue;
+                cr_assert_gt(journal_record_decode(w.recs[i].buf, w.recs[i].size, cmp_salt, &rec, NULL), 0);
+                if (live_set_apply(model, &rec, NULL) >= 0)
+                        consistent++;
+        }
+        live_set_free(model);
+        cr_assert_eq(n, consistent, "%zu records replayed, %zu expected", n, consistent);
+        cr_assert_eq(rep.n_inconsistent, 19 - consistent);
 
         free(img);
         free(full);

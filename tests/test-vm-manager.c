@@ -143,8 +143,8 @@ static double now(void) {
 static int start_defined(VmManager *m, const VmRequest *req) {
         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), req->vm_id);
         if (!vm || strcmp(vm->name, req->name) != 0 || strcmp(vm->backend, req->backend) != 0)
-                cr_assert_eq(dispatcher_define_vm(disp, req->vm_id, req->name, req->backend, true), 0, "%s",
-                             dispatcher_error(disp));
+                cr_assert_eq(dispatcher_define_vm(disp, req->vm_id, req->name, req->backend, NULL, true), 0,
+                             "%s", dispatcher_error(disp));
         return vm_manager_start(m, req, NULL);
 }
 

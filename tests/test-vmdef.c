@@ -1167,3 +1167,117 @@ Test(vmdef_files, load_all_empty_dir) {
         cr_assert_eq(s.n, 0);
         cr_assert_eq(vm_def_load_all(-1, collect, &s), -EBADF);
 }
+
+/* The text rides in the journal's VM_DEFINE: the file then gets neither an fdatasync nor its folder an
+ * fsync, and is still written whole under its name through the tmp file. */
+Test(vmdef_files, save_text_without_sync) {
+        _cleanup_(vm_def_freep) VmDef *d = small_def(), *back = NULL;
+        _cleanup_free_ char *text = NULL, *on_disk = NULL;
+        TestFs fs;
+
+        test_fs_init(&fs);
+        cr_assert_eq(vm_def_format(d, &text), 0);
+        cr_assert_eq(vm_def_save_text(dir_fd, "web", text, VM_DEF_SAVE_NO_SYNC, &fs.ops), 0);
+        cr_assert_eq(fs.fdatasync_calls, 0);
+        cr_assert_eq(fs.fsync_calls, 0);
+        cr_assert_eq(fs.rename_calls, 1);
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
+        on_disk = read_text("web.vm");
+        cr_assert_str_eq(on_disk, text);
+        cr_assert_eq(vm_def_load(dir_fd, "web", &back, &err), 0, "%s", error_message(&err));
+        cr_assert(vm_def_equal(d, back));
+
+        /* without the flag: both syncs, as vm_def_save() */
+        cr_assert_eq(vm_def_save_text(dir_fd, "web", text, 0, &fs.ops), 0);
+        cr_assert_eq(fs.fdatasync_calls, 1);
+        cr_assert_eq(fs.fsync_calls, 1);
+        cr_assert_eq(vm_def_save_text(dir_fd, "../web", text, 0, &fs.ops), -EINVAL);
+}
+
+static void assert_restored(const char *state, const char *text, int expect) {
+        TestFs fs;
+        test_fs_init(&fs);
+        int r = vm_def_restore(dir_fd, "web", text, &fs.ops);
+        cr_assert_eq(r, expect, "%s: vm_def_restore() gave %d, not %d", state, r, expect);
+        /* a restore is synced: it happens once, after a crash */
+        cr_assert_eq(fs.fdatasync_calls, expect == 1 ? 1U : 0U, "%s", state);
+        cr_assert_eq(fs.fsync_calls, expect == 1 ? 1U : 0U, "%s", state);
+}
+
+/* What a power loss can leave of a file written without a sync: nothing, an empty file, a part of it,
+ * blocks of zeros. Each is written again from the journal's text; a whole file, or one an administrator
+ * edited, is left alone. */
+Test(vmdef_files, restore_from_the_journal_text) {
+        _cleanup_(vm_def_freep) VmDef *d = small_def();
+        _cleanup_free_ char *text = NULL;
+
+        cr_assert_eq(vm_def_format(d, &text), 0);
+        size_t n = strlen(text);
+
+        assert_restored("missing", text, 1);
+        char *s = read_text("web.vm");
+        cr_assert_str_eq(s, text);
+        free(s);
+
+        assert_restored("whole", text, 0);
+
+        write_text("web.vm", "");
+        assert_restored("empty", text, 1);
+        s = read_text("web.vm");
+        cr_assert_str_eq(s, text);
+        free(s);
+
+        for (size_t cut = 1; cut < n; cut += 7) {
+                cr_assert_eq(test_write_file(dir, "web.vm", text, cut), 0);
+                assert_restored("cut short", text, 1);
+                s = read_text("web.vm");
+                cr_assert_str_eq(s, text, "cut at %zu", cut);
+                free(s);
+        }
+
+        /* the right length, a block never written */
+        char *zeros = strdup(text);
+        cr_assert_not_null(zeros);
+        memset(zeros + n / 2, 0, n - n / 2);
+        cr_assert_eq(test_write_file(dir, "web.vm", zeros, n), 0);
+        assert_restored("zeros", text, 1);
+        free(zeros);
+
+        /* an administrator's edit: longer, shorter but not a part of it, the same length */
+        const char *edits[] = {
+                "[vm]\nname = web\ncpus = 2\nmemory = 512\nkernel = /boot/vmlinuz\n# a long comment that makes it longer than the text, surely, and then some more of it to be safe\n",
+                "[vm]\nname = web\n"
+        };
+        for (size_t i = 0; i < ELEMENTSOF(edits); i++) {
+                write_text("web.vm", edits[i]);
+                assert_restored("edited", text, 0);
+                s = read_text("web.vm");
+                cr_assert_str_eq(s, edits[i]);
+                free(s);
+        }
+        char *same_len = strdup(text);
+        cr_assert_not_null(same_len);
+        same_len[n - 2] = same_len[n - 2] == 'x' ? 'y' : 'x';
+        write_text("web.vm", same_len);
+        assert_restored("edited, same length", text, 0);
+        free(same_len);
+
+        /* not a regular file, or a symbolic link: not ours to replace */
+        cr_assert_eq(unlinkat(dir_fd, "web.vm", 0), 0);
+        cr_assert_eq(mkdirat(dir_fd, "web.vm", 0700), 0);
+        assert_restored("a folder", text, 0);
+        cr_assert_eq(unlinkat(dir_fd, "web.vm", AT_REMOVEDIR), 0);
+        cr_assert_eq(symlinkat("/dev/null", dir_fd, "web.vm"), 0);
+        assert_restored("a symbolic link", text, 0);
+        cr_assert_eq(unlinkat(dir_fd, "web.vm", 0), 0);
+
+        cr_assert_eq(vm_def_restore(dir_fd, "Bad", text, NULL), -EINVAL);
+
+        /* a failed write is returned */
+        TestFs fs;
+        test_fs_init(&fs);
+        fs.fail_fdatasync_at = 1;
+        cr_assert_eq(vm_def_restore(dir_fd, "web", text, &fs.ops), -EIO);
+        cr_assert_not(test_file_exists(dir, "web.vm"));
+        cr_assert_not(test_file_exists(dir, "web.vm.tmp"));
+}
