@@ -1362,6 +1362,10 @@ void agent_refresh(Agent *a) {
         (void) vm_manager_reap(a->vmm);
 }
 
+void agent_refresh_exits(Agent *a) {
+        (void) vm_manager_reap_exits(a->vmm);
+}
+
 void agent_refresh_vm(Agent *a, const char *name) {
         const AgentVm *v = agent_find_vm(a, name);
         if (v)

@@ -126,6 +126,9 @@ int agent_vm_remove(Agent *a, const char *name);
 void agent_refresh(Agent *a);
 /* The same for VM `name` only (nothing when there is no such VM). */
 void agent_refresh_vm(Agent *a, const char *name);
+/* Only the exits, not which VMs are on their way out: for counts (Status), one poll() at any number of VMs.
+ */
+void agent_refresh_exits(Agent *a);
 /* -ENOENT when there is no such VM. */
 int agent_vm_info(Agent *a, const char *name, AgentVmInfo *ret);
 /* Every VM's info, sorted by name, from one pass over the journal's objects; free() the array. Its strings

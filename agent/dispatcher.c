@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -486,15 +487,28 @@ static int apply_with_rebuild(Dispatcher *d, Backend *b, ResourceSet *plan) {
         return b->vtable->apply(b, plan);
 }
 
-int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
+/* The address a failed bring-up had taken is given back (IP_FREE), and whatever is pending synced. */
+static int undo_ip(Dispatcher *d, VmNetPending *p, int r) {
+        if (p->ip_new) {
+                JournalRecord ipf = { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = p->info.ip4 };
+                (void) append(d, &ipf);
+        }
+        int s = sync_journal(d);
+        return r < 0 ? r : s;
+}
+
+void vm_net_pending_clear(VmNetPending *p) {
+        resource_set_clear(&p->plan);
+        *p = (VmNetPending){};
+}
+
+int vm_net_prepare(Dispatcher *d, const VmNetRequest *req, VmNetPending *p, VmNetInfo *ret) {
         const LiveSet *ls = journal_live_set(d->journal);
-        VmNetInfo info = {};
-        ResourceSet plan = {};
-        bool ip_new = false;
         Backend *b;
         int r;
 
         error_clear(&d->error);
+        *p = (VmNetPending){};
         if (!req || req->vm_id == 0 || !vm_name_valid(req->vm_name))
                 return fail(d, -EINVAL, "invalid VM name \"%s\" (want ^[a-z][a-z0-9-]{0,31}$)",
                             req && req->vm_name ? req->vm_name : "");
@@ -520,66 +534,92 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
         if (r < 0)
                 return error_prefix(&d->error, "VM %s", req->vm_name);
 
-        dispatcher_mac(req->vm_id, info.mac);
+        p->vm_id = req->vm_id;
+        p->backend = (size_t) bi;
+        snprintf(p->vm_name, sizeof(p->vm_name), "%s", req->vm_name);
+        dispatcher_mac(req->vm_id, p->info.mac);
         if (b->vtable->uses_addresses) {
-                if (dispatcher_vm_ip(d, req->vm_id, &info.ip4) < 0) {
-                        r = allocate_ip(d, params, &info.ip4);
+                if (dispatcher_vm_ip(d, req->vm_id, &p->info.ip4) < 0) {
+                        r = allocate_ip(d, params, &p->info.ip4);
                         if (r < 0)
                                 return fail(d, r, "VM %s: no free address left in the subnet", req->vm_name);
                         JournalRecord ip = { .type = JOURNAL_IP_ALLOC,
                                              .fields = F(VM_ID) | F(IP4),
                                              .vm_id = req->vm_id,
-                                             .ip4 = info.ip4 };
+                                             .ip4 = p->info.ip4 };
                         r = append(d, &ip);
                         if (r < 0)
                                 return r;
-                        ip_new = true;
+                        p->ip_new = true;
                 }
         }
 
         if (params->tap_prefix[0])
-                dispatcher_tap_name(params->tap_prefix, req->vm_id, info.tap);
+                dispatcher_tap_name(params->tap_prefix, req->vm_id, p->info.tap);
         VmNetSpec spec = { .vm_id = req->vm_id,
                            .vm_name = req->vm_name,
-                           .tap_name = info.tap,
-                           .ip4 = info.ip4,
+                           .tap_name = p->info.tap,
+                           .ip4 = p->info.ip4,
                            .ports = req->ports,
                            .n_ports = req->n_ports };
-        memcpy(spec.mac, info.mac, 6);
-        r = b->vtable->plan(b, &spec, &plan);
+        memcpy(spec.mac, p->info.mac, 6);
+        r = b->vtable->plan(b, &spec, &p->plan);
         if (r < 0) {
                 backend_failed(b, r, &d->error);
-                goto undo_ip;
+                r = undo_ip(d, p, r);
+                vm_net_pending_clear(p);
+                return r;
         }
 
-        for (size_t i = 0; i < plan.n; i++) {
-                r = append_intent(d, &plan.items[i]);
-                if (r < 0)
-                        goto out;
+        for (size_t i = 0; i < p->plan.n; i++) {
+                r = append_intent(d, &p->plan.items[i]);
+                if (r < 0) {
+                        vm_net_pending_clear(p);
+                        return r;
+                }
         }
-        r = sync_journal(d);
-        if (r < 0)
-                goto out;
-        r = CRASH_POINT("dispatcher-up-intents-synced");
-        if (r < 0)
-                goto out;
 
-        r = apply_with_rebuild(d, b, &plan);
+        bool has_tap = false;
+        for (size_t i = 0; i < p->plan.n; i++)
+                has_tap = has_tap || p->plan.items[i].kind == RESOURCE_LINK_TAP;
+        if (!has_tap)
+                p->info.tap[0] = '\0';
+        if (p->info.ip4) {
+                p->info.gateway = params->gateway;
+                p->info.prefixlen = params->prefixlen;
+                p->info.kernel_ip_arg = params->kernel_ip_arg;
+        }
+        p->prepared = true;
+        if (ret)
+                *ret = p->info;
+        return 0;
+}
+
+int vm_net_apply(Dispatcher *d, VmNetPending *p) {
+        int r;
+
+        assert(p->prepared);
+        error_clear(&d->error);
+        Backend *b = d->backends[p->backend];
+        /* The intents are durable before the kernel changes (the caller synced them). */
+        assert(journal_synced_lsn(d->journal) == journal_last_lsn(d->journal));
+
+        r = apply_with_rebuild(d, b, &p->plan);
         if (r < 0) {
                 size_t found = 0;
                 backend_failed(b, r, &d->error);
-                error_prefix(&d->error, "VM %s", req->vm_name);
+                error_prefix(&d->error, "VM %s", p->vm_name);
                 Error cause = d->error;
-                if (settle_failed_apply(d, b, &plan, NULL, &found) < 0)
+                if (settle_failed_apply(d, b, &p->plan, NULL, &found) < 0)
                         error_append(&cause,
                                      " (and the kernel could not be read back: recovery will settle it)");
                 else if (found > 0) {
                         /* A failed request leaves nothing: take what exists anyway away again. */
                         ResourceSet made = {};
                         int k = 0;
-                        for (size_t i = 0; i < plan.n && k >= 0; i++)
-                                if (plan.items[i].created)
-                                        k = resource_set_add(&made, &plan.items[i]);
+                        for (size_t i = 0; i < p->plan.n && k >= 0; i++)
+                                if (p->plan.items[i].created)
+                                        k = resource_set_add(&made, &p->plan.items[i]);
                         if (k >= 0)
                                 k = release(d, b, made.items, made.n, NULL);
                         resource_set_clear(&made);
@@ -589,51 +629,42 @@ int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
                                              found, error_message(&d->error));
                 }
                 d->error = cause;
-                goto undo_ip;
+                r = undo_ip(d, p, r);
+                vm_net_pending_clear(p);
+                return r;
         }
         r = CRASH_POINT("dispatcher-up-applied");
-        if (r < 0)
-                goto out;
+        for (size_t i = 0; i < p->plan.n && r >= 0; i++)
+                r = append_oid(d, JOURNAL_CREATED, p->plan.items[i].oid, p->plan.items[i].ifindex);
+        vm_net_pending_clear(p);
+        return r < 0 ? r : CRASH_POINT("dispatcher-up-created-journaled");
+}
 
-        for (size_t i = 0; i < plan.n; i++) {
-                r = append_oid(d, JOURNAL_CREATED, plan.items[i].oid, plan.items[i].ifindex);
-                if (r < 0)
-                        goto out;
-        }
-        r = req->created_sync_later ? 0 : sync_journal(d);
-        if (r < 0)
-                goto out;
-        r = CRASH_POINT("dispatcher-up-created-journaled");
-        if (r < 0)
-                goto out;
+int vm_net_abandon(Dispatcher *d, VmNetPending *p) {
+        int r = 0;
+        if (!p->prepared)
+                return 0;
+        /* Nothing was made: each intent ends as never carried out. */
+        for (size_t i = 0; i < p->plan.n && r >= 0; i++)
+                r = append_oid(d, JOURNAL_ABORTED, p->plan.items[i].oid, 0);
+        r = undo_ip(d, p, r);
+        vm_net_pending_clear(p);
+        return r;
+}
 
-        bool has_tap = false;
-        for (size_t i = 0; i < plan.n; i++)
-                has_tap = has_tap || plan.items[i].kind == RESOURCE_LINK_TAP;
-        if (!has_tap)
-                info.tap[0] = '\0';
-        if (info.ip4) {
-                info.gateway = params->gateway;
-                info.prefixlen = params->prefixlen;
-                info.kernel_ip_arg = params->kernel_ip_arg;
+int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret) {
+        VmNetPending p;
+        int r = vm_net_prepare(d, req, &p, ret);
+        if (r < 0)
+                return r;
+        r = sync_journal(d);
+        if (r < 0) {
+                vm_net_pending_clear(&p);
+                return r;
         }
-        if (ret)
-                *ret = info;
-        resource_set_clear(&plan);
-        return 0;
-
-undo_ip:
-        if (ip_new) {
-                JournalRecord ipf = { .type = JOURNAL_IP_FREE, .fields = F(IP4), .ip4 = info.ip4 };
-                (void) append(d, &ipf);
-        }
-        {
-                int s = sync_journal(d);
-                if (s < 0 && r >= 0)
-                        r = s;
-        }
-out:
-        resource_set_clear(&plan);
+        r = vm_net_apply(d, &p);
+        if (r >= 0 && !req->created_sync_later)
+                r = sync_journal(d);
         return r;
 }
 

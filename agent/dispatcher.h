@@ -74,10 +74,32 @@ typedef struct VmExit {
 int dispatcher_vm_exited(Dispatcher *d, uint64_t vm_id, const VmExit *e, bool sync);
 int dispatcher_sync(Dispatcher *d);
 
-/* -EINVAL bad request, -ENOENT unknown backend or a VM the journal does not define with this name and
- * backend, -EADDRINUSE a host port is taken, -EBUSY the VM's network
+/* A VM's network in one call, for a caller with no record of its own to sync with the intents (the VM
+ * manager uses the two steps below). -EINVAL bad request, -ENOENT unknown backend or a VM the journal does
+ * not define with this name and backend, -EADDRINUSE a host port is taken, -EBUSY the VM's network
  * is already up, -EADDRNOTAVAIL no free address; or the backend's/kernel's error. */
 int vm_net_up(Dispatcher *d, const VmNetRequest *req, VmNetInfo *ret);
+
+/* vm_net_up() in two steps, for a caller with a record of its own that must be durable before the kernel
+ * changes too (the VM manager: VM_STARTED of the hypervisor it forked and holds at the gate), so that one
+ * fdatasync covers both. vm_net_prepare() does everything vm_net_up() does up to the intents, appended but
+ * not synced, and fills *ret as vm_net_up() would; the caller appends its record and syncs; vm_net_apply()
+ * then makes the objects and appends CREATED, unsynced (the caller syncs before it answers). After a
+ * successful prepare exactly one of vm_net_apply() (which undoes a failed apply itself, as vm_net_up()
+ * does) and vm_net_abandon() (nothing made: ABORTED for each intent, synced) follows; each empties *p. */
+typedef struct VmNetPending {
+        bool prepared;
+        uint64_t vm_id;
+        size_t backend; /* index into the dispatcher's backends */
+        char vm_name[VM_NAME_MAX + 1];
+        bool ip_new; /* the address was allocated by this bring-up */
+        VmNetInfo info;
+        ResourceSet plan;
+} VmNetPending;
+int vm_net_prepare(Dispatcher *d, const VmNetRequest *req, VmNetPending *p, VmNetInfo *ret);
+int vm_net_apply(Dispatcher *d, VmNetPending *p);
+int vm_net_abandon(Dispatcher *d, VmNetPending *p);
+void vm_net_pending_clear(VmNetPending *p);
 /* Idempotent: a VM without objects is fine. */
 int vm_net_down(Dispatcher *d, uint64_t vm_id);
 /* Many VMs at once (agent shutdown of a host, garbage collection): each backend removes its share in one

@@ -56,6 +56,8 @@ typedef struct Vm {
         bool sent_kill; /* we sent SIGKILL (kill, or the last step of a stop) */
         bool dying; /* seen on its way out (vm_manager_reap()); its exit event is yet to come */
         bool journaled_start; /* VM_STARTED is in the journal */
+        VmNetPending *net; /* during the spawn: the network to make at the gate, emptied once made */
+        bool net_made; /* the gate made it: a failure after that takes it down again */
         bool ready; /* its API answered the kind's readiness conversation (adopted: true) */
         TalkPurpose talk_for;
         sd_event_source *ready_timer; /* the next try to reach the API, while not ready */
@@ -72,9 +74,11 @@ typedef struct Vm {
 } Vm;
 
 #define TALK_BUF_SIZE 4096
-#define READY_DELAY_FIRST 500U /* usec */
+#define READY_DELAY_FIRST 100U /* usec */
+#define READY_FIRST_USEC 2000U /* tries every READY_DELAY_FIRST for this long, */
+#define READY_DELAY_FAST 500U /* then every READY_DELAY_FAST */
+#define READY_FAST_USEC 10000U /* up to this long, then doubling */
 #define READY_DELAY_MAX 50000U
-#define READY_FAST_USEC 10000U /* tries every READY_DELAY_FIRST for this long */
 #define START_TIMEOUT_DEFAULT 30U /* seconds */
 
 struct VmManager {
@@ -326,7 +330,9 @@ static int vm_dir(VmManager *m, uint64_t id, char *buf, size_t size) {
 }
 
 /* The spawn's gate: VM_STARTED is durable before the hypervisor runs, so every hypervisor the agent ever
- * ran is named in the journal, whenever the agent dies. */
+ * ran is named in the journal, whenever the agent dies. Its fdatasync is also the one of the network's
+ * intents (and of a RunVM's VM_DEFINE), appended before the fork: then the network is made, while the
+ * child waits, and it execs into a TAP that exists. */
 static int journal_started(const VmmProcess *p, void *userdata) {
         Vm *vm = userdata;
         VmManager *m = vm->manager;
@@ -337,7 +343,23 @@ static int journal_started(const VmmProcess *p, void *userdata) {
         if (r < 0)
                 return dispatcher_failed(m, r);
         vm->journaled_start = true;
-        return CRASH_POINT("vmm-gate-started-journaled");
+        r = CRASH_POINT("vmm-gate-started-journaled");
+        if (r < 0)
+                return r;
+        r = vm_net_apply(m->cfg.dispatcher, vm->net);
+        if (r < 0)
+                return dispatcher_failed(m, r);
+        vm->net_made = true;
+        return 0;
+}
+
+/* Right after the gate: the CREATED records synced while the hypervisor execs, so that they are durable
+ * before the start is answered (the journal's rule) without the sync holding up the exec. */
+static int sync_created(const VmmProcess *p, void *userdata) {
+        Vm *vm = userdata;
+        (void) p;
+        int r = dispatcher_sync(vm->manager->cfg.dispatcher);
+        return r < 0 ? dispatcher_failed(vm->manager, r) : 0;
 }
 
 /* What the hypervisor of req runs with, on the network net. */
@@ -414,10 +436,10 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
                               .vm_name = req->name,
                               .backend = req->backend,
                               .ports = req->ports,
-                              .n_ports = req->n_ports,
-                              .created_sync_later =
-                                      true /* VM_STARTED at the gate, or the undo's releases */ };
-        r = vm_net_up(m->cfg.dispatcher, &nreq, &net);
+                              .n_ports = req->n_ports };
+        /* Its intents now, synced with VM_STARTED at the gate, where the network is made. */
+        _cleanup_(vm_net_pending_clear) VmNetPending pending = {};
+        r = vm_net_prepare(m->cfg.dispatcher, &nreq, &pending, &net);
         if (r < 0)
                 return dispatcher_failed(m, r);
 
@@ -426,13 +448,13 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
         r = hypervisor_build_argv(req->hypervisor, &spec, &argv, &m->error);
         if (r < 0) {
                 error_prefix(&m->error, "VM %s", req->name);
-                goto undo_net;
+                goto abandon_net;
         }
 
         Vm *vm = calloc(1, sizeof(Vm));
         if (!vm) {
                 r = -ENOMEM;
-                goto undo_net;
+                goto abandon_net;
         }
         vm->talk_fd = -EBADF;
         vm->manager = m;
@@ -442,26 +464,43 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
         if (!vm->api_socket) {
                 free(vm);
                 r = -ENOMEM;
-                goto undo_net;
+                goto abandon_net;
         }
         snprintf(vm->name, sizeof(vm->name), "%s", req->name);
+        vm->net = &pending;
         Error se = {};
         r = build_environment(m, &envp);
         if (r < 0)
                 error_errno(&se, r, "cannot make its environment: %s", strerror(-r));
         else
-                r = vmm_spawn_gated(argv, envp, log, journal_started, vm, &vm->process, &se);
+                r = vmm_spawn_gated(argv, envp, log, journal_started, sync_created, vm, &vm->process, &se);
+        vm->net = NULL;
         if (r < 0) {
+                if (error_message(&m->error)[0])
+                        se = m->error; /* the gate's own failure (the journal, the network), not "not
+                                          started: ..." */
                 m->error = se;
-                error_prefix(&m->error, "VM %s", req->name);
+                char own[VM_NAME_MAX + 8];
+                snprintf(own, sizeof(own), "VM %s: ", req->name);
+                if (strncmp(error_message(&m->error), own, strlen(own)) != 0) /* the network's names it */
+                        error_prefix(&m->error, "VM %s", req->name);
                 if (vm->journaled_start) {
-                        /* Journaled as started, then exec failed: it is over before it began. */
-                        (void) journal_exit(m, vm->id, JOURNAL_VM_CRASHED, error_message(&se));
+                        /* Journaled as started, then its network or its exec failed: over before it
+                         * began. Stopped, not crashed, when it never got as far as its network. */
+                        (void) journal_exit(m, vm->id,
+                                            vm->net_made ? JOURNAL_VM_CRASHED : JOURNAL_VM_STOPPED,
+                                            error_message(&se));
                 }
+                bool made = vm->net_made;
                 free(vm->api_socket);
                 free(vm);
-                goto undo_net;
+                if (made)
+                        goto undo_net;
+                /* A failed apply undid itself; a spawn that never reached the gate made nothing. */
+                (void) vm_net_abandon(m->cfg.dispatcher, &pending);
+                return r;
         }
+
         r = sd_event_add_io(m->cfg.event, &vm->source, vm->process.pidfd, EPOLLIN, on_pidfd, vm);
         if (r >= 0)
                 r = u64map_put(m->vms, vm->id, vm);
@@ -480,6 +519,10 @@ int vm_manager_start(VmManager *m, const VmRequest *req, VmStarted *ret) {
 
 undo_net:
         (void) vm_net_down(m->cfg.dispatcher, req->vm_id);
+        return r;
+
+abandon_net:
+        (void) vm_net_abandon(m->cfg.dispatcher, &pending);
         return r;
 }
 
@@ -554,6 +597,26 @@ size_t vm_manager_reap(VmManager *m) {
         for (; k < n; k++)
                 reaped += reap(gone[k]);
         free(gone);
+        return reaped;
+}
+
+size_t vm_manager_reap_exits(VmManager *m) {
+        size_t n = u64map_size(m->vms), k = 0, reaped = 0;
+        _cleanup_free_ struct pollfd *fds = calloc(n + 1, sizeof(struct pollfd));
+        _cleanup_free_ Vm **vms = calloc(n + 1, sizeof(Vm *));
+        void *v;
+        if (!fds || !vms)
+                return 0;
+        for (size_t i = 0; u64map_iterate(m->vms, &i, NULL, &v) && k < n; k++) {
+                vms[k] = v;
+                fds[k] = (struct pollfd){ .fd = vms[k]->process.pidfd, .events = POLLIN };
+        }
+        /* One poll() for all of them: the exits the loop has not dispatched yet. */
+        if (poll(fds, k, 0) <= 0)
+                return 0;
+        for (size_t i = 0; i < k; i++)
+                if (fds[i].revents)
+                        reaped += reap(vms[i]);
         return reaped;
 }
 
@@ -731,7 +794,9 @@ static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* Tries again a little later (0.5 ms for 10 ms, then doubling up to 50 ms), or at the deadline. */
+/* Tries again a little later (0.1 ms for 2 ms, 0.5 ms up to 10 ms, then doubling up to 50 ms), or at the
+ * deadline. A refused connect() costs a few microseconds: 20 of them in the first 2 ms, where a small
+ * hypervisor's API comes up (fake-vmm in about 1 ms after its exec), take 0.2 ms off the average start. */
 static void ready_retry(Vm *vm) {
         VmManager *m = vm->manager;
         uint64_t now = monotonic_usec(), at;
@@ -740,10 +805,11 @@ static void ready_retry(Vm *vm) {
         at = now + vm->ready_delay;
         if (at > vm->ready_deadline)
                 at = vm->ready_deadline;
-        /* every 0.5 ms for the first 10 ms (a hypervisor's API is usually up in 1-3 ms), then less often */
         if (now >= vm->ready_begun + READY_FAST_USEC)
                 vm->ready_delay =
                         vm->ready_delay * 2 > READY_DELAY_MAX ? READY_DELAY_MAX : vm->ready_delay * 2;
+        else if (now >= vm->ready_begun + READY_FIRST_USEC)
+                vm->ready_delay = READY_DELAY_FAST;
         int r = vm->ready_timer ? sd_event_source_set_time(vm->ready_timer, at)
                                 : sd_event_add_time(m->cfg.event, &vm->ready_timer, CLOCK_MONOTONIC, at,
                                                     1 /* usec; 0 would mean sd-event's default, 250 ms */,

@@ -114,6 +114,9 @@ int vm_manager_adopt_all(VmManager *m, size_t *ret_adopted, size_t *ret_gone);
  * threads have) is marked stopping. Never waits: the exit event comes through the loop. Returns how many
  * exits it handled. */
 size_t vm_manager_reap(VmManager *m);
+/* Only the exits, with one poll() over every pidfd: no look at /proc for VMs on their way out (Status, whose
+ * counts do not tell stopping from running). */
+size_t vm_manager_reap_exits(VmManager *m);
 /* The same for one VM (InspectVM: O(1) rather than a look at every running VM); true when it was reaped. */
 bool vm_manager_reap_vm(VmManager *m, uint64_t vm_id);
 /* Whether pid is provably VM vm_id's hypervisor: of our uid, running the binary of the VM's kind, and

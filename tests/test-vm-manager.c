@@ -445,6 +445,48 @@ Test(vm_manager, failed_start_leaves_nothing) {
         free(o);
 }
 
+/* The network is made at the spawn's gate, after VM_STARTED and the intents were synced together: when the
+ * kernel refuses it (here the TAP's name is taken by an interface of someone else), the waiting hypervisor
+ * is killed before it ran, the VM is journaled stopped with the kernel's cause, nothing of it stays, and
+ * the other interface is untouched. */
+Test(vm_manager, a_network_refused_at_the_gate_leaves_nothing) {
+        char tap[16];
+        dispatcher_tap_name("tap-", 3, tap);
+        free(sh("ip link add %s type bridge", tap));
+        VmRequest req = { .vm_id = 3,
+                          .name = "taken",
+                          .backend = "local",
+                          .kernel = FAKE_VMM_PATH,
+                          .cpus = 1,
+                          .memory_mib = 64 };
+        int r = start_defined(mgr, &req);
+        cr_assert_lt(r, 0, "started: %d", vm_manager_pid(mgr, 3));
+        cr_assert(strstr(vm_manager_error(mgr), "VM taken: cannot create TAP "), "%s",
+                  vm_manager_error(mgr));
+        cr_assert_null(strstr(vm_manager_error(mgr), "VM taken: VM taken"), "%s", vm_manager_error(mgr));
+        cr_assert_null(strstr(vm_manager_error(mgr), "not started: "),
+                       "the kernel's cause, not the gate's: %s", vm_manager_error(mgr));
+        cr_assert_eq(vm_manager_pid(mgr, 3), 0);
+        const LiveVm *vm = live_set_get_vm(journal_live_set(journal), 3);
+        cr_assert_eq(vm->state, JOURNAL_VM_STOPPED);
+        cr_assert_not_null(vm->reason);
+        cr_assert_eq(vm->n_objects, 0, "the network of a refused start stayed");
+        cr_assert_eq(vm->n_ips, 0, "its address stayed taken");
+        char *o = sh("ip -o link show type tun | wc -l; ip -o link show dev %s type bridge | wc -l", tap);
+        cr_assert_str_eq(o, "0\n1\n", "a TAP stayed, or the other interface went");
+        free(o);
+        o = sh("pgrep -af '[f]ake-vmm.*%s/vms/%016x'; true", runtime, 3);
+        cr_assert_str_empty(o, "a hypervisor of it runs: %s", o);
+        free(o);
+        free(sh("ip link del %s", tap));
+
+        /* and the next start, with the name free again, works */
+        cr_assert_eq(start_defined(mgr, &req), 0, "%s", vm_manager_error(mgr));
+        cr_assert_gt(vm_manager_pid(mgr, 3), 0);
+        cr_assert_eq(vm_manager_kill(mgr, 3), 0, "%s", vm_manager_error(mgr));
+        run_until_gone(3);
+}
+
 static char *serial_of(uint64_t id) {
         return sh("cat %s/vms/%016" PRIx64 "/serial.log", runtime, id);
 }

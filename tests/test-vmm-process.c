@@ -183,7 +183,7 @@ Test(vmm_process, spawn_gate) {
         VmmProcess p;
         pid_t seen = 0;
 
-        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, &seen, &p, &err), 0, "%s",
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_ok, NULL, &seen, &p, &err), 0, "%s",
                      error_message(&err));
         cr_assert_eq(seen, p.pid, "the gate saw the child's identity");
         for (int i = 0; i < 200 && access(marker, F_OK) < 0; i++)
@@ -194,7 +194,7 @@ Test(vmm_process, spawn_gate) {
         close(p.pidfd);
         unlink(marker);
 
-        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_refuses, NULL, &p, &err), -EIO);
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_refuses, NULL, NULL, &p, &err), -EIO);
         cr_assert(strstr(error_message(&err), "not started"), "%s", error_message(&err));
         usleep(100000);
         cr_assert_eq(access(marker, F_OK), -1, "a refused child never ran");
@@ -207,7 +207,7 @@ Test(vmm_process, spawn_gate) {
         if (agent == 0) {
                 close(pfd[0]);
                 VmmProcess q;
-                (void) vmm_spawn_gated(argv, NULL, log_path, gate_dies, &pfd[1], &q, NULL);
+                (void) vmm_spawn_gated(argv, NULL, log_path, gate_dies, NULL, &pfd[1], &q, NULL);
                 _exit(1);
         }
         close(pfd[1]);
@@ -237,6 +237,55 @@ Test(vmm_process, spawn_gate) {
         }
         cr_assert(gone, "the child of a caller that died at the gate is still running");
         cr_assert_eq(access(marker, F_OK), -1, "the program ran although its caller died at the gate");
+}
+
+typedef struct Order {
+        pid_t gated, released;
+        int step; /* 1 after the gate, 2 after released */
+        int refuse; /* released returns this */
+} Order;
+
+static int gate_orders(const VmmProcess *p, void *userdata) {
+        Order *o = userdata;
+        cr_assert_eq(o->step, 0);
+        o->gated = p->pid;
+        o->step = 1;
+        return 0;
+}
+
+static int released_after_gate(const VmmProcess *p, void *userdata) {
+        Order *o = userdata;
+        cr_assert_eq(o->step, 1, "released before the gate opened");
+        o->released = p->pid;
+        o->step = 2;
+        return o->refuse;
+}
+
+/* released runs once the gate opened, for the same child, before vmm_spawn_gated() returns; its failure is
+ * returned, and the child is gone. */
+Test(vmm_process, spawn_gate_released) {
+        Error err;
+        char *argv[] = { S("sleep"), S("30"), NULL };
+        VmmProcess p;
+        Order o = {};
+
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_orders, released_after_gate, &o, &p, &err),
+                     0, "%s", error_message(&err));
+        cr_assert_eq(o.step, 2);
+        cr_assert_eq(o.gated, p.pid);
+        cr_assert_eq(o.released, p.pid);
+        vmm_signal(p.pidfd, SIGKILL);
+        wait_pidfd(p.pidfd);
+        close(p.pidfd);
+
+        o = (Order){ .refuse = -ENOSPC };
+        cr_assert_eq(vmm_spawn_gated(argv, NULL, log_path, gate_orders, released_after_gate, &o, &p, &err),
+                     -ENOSPC);
+        cr_assert_eq(o.step, 2);
+        cr_assert(strstr(error_message(&err), "stopped: "), "%s", error_message(&err));
+        /* killed and reaped by vmm_spawn_gated(): no such process any more */
+        cr_assert_eq(kill(o.released, 0), -1);
+        cr_assert_eq(errno, ESRCH);
 }
 
 /* The window between a kill -9 and the process's exit, held open: the killer runs SCHED_FIFO on the one

@@ -162,11 +162,11 @@ fail:
 }
 
 int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, Error *e) {
-        return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, ret, e);
+        return vmm_spawn_gated(argv, NULL, log_path, NULL, NULL, NULL, ret, e);
 }
 
 int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
-                    void *userdata, VmmProcess *ret, Error *e) {
+                    VmmGate released, void *userdata, VmmProcess *ret, Error *e) {
         _cleanup_close_ int log_fd = -EBADF, rd = -EBADF, wr = -EBADF, gate_rd = -EBADF, gate_wr = -EBADF;
         int pipefd[2], r;
         VmmProcess p = { .pidfd = -EBADF };
@@ -235,6 +235,14 @@ int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path
                         goto kill_child;
                 }
                 gate_wr = safe_close(gate_wr);
+                /* While the child execs (a wake-up and an exec: a few hundred microseconds). */
+                if (released) {
+                        r = released(&p, userdata);
+                        if (r < 0) {
+                                (void) error_errno(e, r, "stopped: %s", strerror(-r));
+                                goto kill_child;
+                        }
+                }
         }
 
         int child_errno = 0;

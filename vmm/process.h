@@ -31,9 +31,12 @@ int vmm_spawn(char *const argv[], const char *log_path, VmmProcess *ret, Error *
  * hypervisor runs that the journal does not name. */
 typedef int (*VmmGate)(const VmmProcess *p, void *userdata);
 /* envp: the hypervisor's whole environment (NULL: this process's, for tests); argv[0] is looked up in this
- * process's PATH. */
+ * process's PATH. released (may be NULL) is called right after the gate opened, while the child execs,
+ * before the exec is confirmed: work that must be done before the start is reported but not before the exec
+ * (the agent syncs the network's CREATED records there); its failure kills the child, which may have begun.
+ */
 int vmm_spawn_gated(char *const argv[], char *const envp[], const char *log_path, VmmGate gate,
-                    void *userdata, VmmProcess *ret, Error *e);
+                    VmmGate released, void *userdata, VmmProcess *ret, Error *e);
 
 int process_start_time(pid_t pid, uint64_t *ret);
 /* Whether the process is on its way out: a SIGKILL pending, or its exit begun (PF_EXITING), so that it is
