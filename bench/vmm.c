@@ -8,7 +8,10 @@
  *                   process per VM, one RunVM call), interleaved so both see the same numbers of VMs, timed
  *                   apart; right before each such run, `chvmctl --version` (exec and dynamic libraries, no
  *                   connection) and `chvmctl status` (that, the connection, Hello and one cheap call), so
- *                   that a run's time splits into the client's start, its connection and the RunVM itself
+ *                   that a run's time splits into the client's start, its connection and the RunVM itself;
+ *                   right after each such run one VM of the peer (below) comes up the script's way, so that
+ *                   both are timed under the same conditions (this host's speed drifts within a run); then,
+ *                   untimed, 10 more runs whose fdatasync and fsync calls the kernel counts (tracefs)
  *   memory          VmRSS, VmHWM and open fds of the agent at 0 and at N VMs, and after the restarts
  *   crash-to-clean  for K VMs, one at a time: the hypervisor's PID from InspectVM, SIGKILL, and the time
  *                   until the kernel has announced the deletion of the VM's last object: RTM_DELLINK of its
@@ -303,6 +306,119 @@ typedef struct Reconcile {
         ProcInfo after;
 } Reconcile;
 
+/* The agent's fdatasync() and fsync() calls, counted by the kernel: a tracing instance of our own
+ * (tracefs, instances/NAME: its own buffer and event filters, so nothing else that traces is disturbed),
+ * the two syscall entry events, for the agent's PID only. Unavailable (no tracefs, a kernel without syscall
+ * events): the figure is not printed, and the reason is. */
+typedef struct SyncCounter {
+        char dir[160];
+        bool on; /* counting */
+        bool counted; /* counted every run: the figures are complete */
+        char why[200];
+} SyncCounter;
+
+static int write_text_at(const char *dir, const char *file, const char *text) {
+        char path[256];
+        snprintf(path, sizeof(path), "%s/%s", dir, file);
+        int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        /* tracefs takes one event per write() and says so with a short count */
+        int r = 0;
+        for (size_t done = 0, size = strlen(text); done < size;) {
+                ssize_t n = write(fd, text + done, size - done);
+                if (n <= 0) {
+                        r = n < 0 ? negative_errno() : -EIO;
+                        break;
+                }
+                done += (size_t) n;
+        }
+        close(fd);
+        return r;
+}
+
+static void sync_counter_stop(SyncCounter *c) {
+        if (!c->dir[0])
+                return;
+        (void) write_text_at(c->dir, "tracing_on", "0");
+        (void) write_text_at(c->dir, "set_event", "");
+        if (rmdir(c->dir) < 0)
+                say("cannot remove the tracing instance %s: %m", c->dir);
+        c->dir[0] = '\0';
+        c->on = false;
+}
+
+static void sync_counter_start(SyncCounter *c, pid_t pid) {
+        static const char *const roots[] = { "/sys/kernel/tracing", "/sys/kernel/debug/tracing" };
+        char instances[96], pid_s[32];
+        int r = -ENOENT;
+        for (size_t i = 0; i < ELEMENTSOF(roots) && r < 0; i++) {
+                snprintf(instances, sizeof(instances), "%s/instances", roots[i]);
+                snprintf(c->dir, sizeof(c->dir), "%s/chvm-bench-%d", instances, (int) getpid());
+                r = mkdir(c->dir, 0700) < 0 ? negative_errno() : 0;
+        }
+        if (r < 0) {
+                snprintf(c->why, sizeof(c->why), "no tracing instance (%s: %s)", c->dir, strerror(-r));
+                c->dir[0] = '\0';
+                return;
+        }
+        snprintf(pid_s, sizeof(pid_s), "%d", (int) pid);
+        r = write_text_at(c->dir, "set_event_pid", pid_s);
+        if (r >= 0)
+                r = write_text_at(c->dir, "set_event",
+                                  "syscalls:sys_enter_fdatasync\nsyscalls:sys_enter_fsync\n");
+        if (r >= 0)
+                r = write_text_at(c->dir, "tracing_on", "1");
+        if (r < 0) {
+                snprintf(c->why, sizeof(c->why), "the syscall events cannot be traced here (%s)",
+                         strerror(-r));
+                sync_counter_stop(c);
+                return;
+        }
+        c->on = true;
+}
+
+/* The calls since the last take, and the buffer emptied; -errno if it cannot be read. */
+static int sync_counter_take(SyncCounter *c) {
+        char path[200];
+        _cleanup_free_ char *text = NULL;
+        snprintf(path, sizeof(path), "%s/trace", c->dir);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        size_t size = 0, allocated = 0;
+        int r = 0;
+        for (;;) {
+                if (allocated - size < 4096) {
+                        char *t = realloc(text, allocated + 65536);
+                        if (!t) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        text = t;
+                        allocated += 65536;
+                }
+                ssize_t k = read(fd, text + size, allocated - size - 1);
+                if (k < 0) {
+                        r = negative_errno();
+                        break;
+                }
+                if (k == 0)
+                        break;
+                size += (size_t) k;
+        }
+        close(fd);
+        if (r < 0)
+                return r;
+        text[size] = '\0';
+        int n = 0;
+        for (const char *p = text; p && (p = strstr(p, "sys_f")); p++)
+                if (strncmp(p, "sys_fdatasync(", 14) == 0 || strncmp(p, "sys_fsync(", 10) == 0)
+                        n++;
+        r = write_text_at(c->dir, "trace", ""); /* opening it with O_TRUNC clears the buffer */
+        return r < 0 ? r : n;
+}
+
 typedef struct Bench {
         Options o;
         BenchAgent ag; /* the scratch folder, the config, the agent's process and log */
@@ -324,12 +440,16 @@ typedef struct Bench {
         double up_total, up_cpu;
         double *up_bus, *up_create, *up_start, *up_ctl, *up_exec, *up_status;
         size_t n_up_bus, n_up_ctl;
+        SyncCounter syncs; /* the agent's fdatasync and fsync calls per `chvmctl run` */
+        double *up_syncs;
+        size_t n_syncs;
         double list_min, list_max, inspect_mean;
         ProcInfo at0, atn;
         double *kill_clean, *kill_tap, *kill_elems, *kill_signal, kill_cpu;
         size_t n_kill, n_kill_signal;
         double *peer_clean, *peer_up;
         size_t n_peer_clean, n_peer_up;
+        bool peer_prepared;
         Reconcile *term;
         size_t n_term;
         Reconcile killed;
@@ -422,26 +542,72 @@ static int ctl_plain(Bench *b, bool status) {
         return 0;
 }
 
-static int ctl_run(Bench *b, size_t i) {
+static int ctl_run(Bench *b, const char *name, size_t host_port) {
         char bin[256], port[32];
         snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
-        snprintf(port, sizeof(port), "%zu:80", (size_t) HOST_PORT_BASE + i);
-        char *argv[] = { bin,
-                         (char *) "--socket",
-                         b->ag.socket,
-                         (char *) "run",
-                         b->vms[i].name,
-                         (char *) "--kernel",
-                         b->ag.kernel,
-                         (char *) "-p",
-                         port,
-                         NULL };
+        snprintf(port, sizeof(port), "%zu:80", host_port);
+        char *argv[] = { bin,           (char *) "--socket",
+                         b->ag.socket,  (char *) "run",
+                         (char *) name, (char *) "--kernel",
+                         b->ag.kernel,  (char *) "-p",
+                         port,          NULL };
         _cleanup_free_ char *out = NULL;
         int r = run(argv, &out);
         if (r != 0) {
-                say("chvmctl run %s: exit %d: %s", b->vms[i].name, r, out ? out : "");
+                say("chvmctl run %s: exit %d: %s", name, r, out ? out : "");
                 return r < 0 ? r : -EIO;
         }
+        return 0;
+}
+
+static int ctl_rm(Bench *b, const char *name) {
+        char bin[256];
+        snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
+        char *argv[] = { bin,           (char *) "--socket", b->ag.socket, (char *) "rm",
+                         (char *) "-f", (char *) name,       NULL };
+        _cleanup_free_ char *out = NULL;
+        int r = run(argv, &out);
+        if (r != 0) {
+                say("chvmctl rm -f %s: exit %d: %s", name, r, out ? out : "");
+                return r < 0 ? r : -EIO;
+        }
+        return 0;
+}
+
+#define SYNC_RUNS 10
+
+/* The agent's syncs per `chvmctl run`, counted by the kernel, for SYNC_RUNS more VMs that are removed again
+ * (their runs untimed: while a syscall event is traced every syscall on the host takes the slow path). */
+static int phase_syncs(Bench *b) {
+        if (!b->o.ctl_every)
+                return 0;
+        b->up_syncs = calloc(SYNC_RUNS, sizeof(double));
+        if (!b->up_syncs)
+                return -ENOMEM;
+        sync_counter_start(&b->syncs, b->ag.pid);
+        for (size_t j = 0; j < SYNC_RUNS && b->syncs.on; j++) {
+                char name[32];
+                snprintf(name, sizeof(name), "sync-%zu", j);
+                int k = sync_counter_take(&b->syncs); /* what came before is not this run's */
+                int r = k < 0 ? 0 : ctl_run(b, name, HOST_PORT_BASE + b->o.vms + j);
+                if (r >= 0 && k >= 0)
+                        k = sync_counter_take(&b->syncs);
+                if (r >= 0)
+                        r = ctl_rm(b, name);
+                if (r < 0) {
+                        sync_counter_stop(&b->syncs);
+                        return r;
+                }
+                if (k < 0) {
+                        snprintf(b->syncs.why, sizeof(b->syncs.why), "the trace cannot be read (%s)",
+                                 strerror(-k));
+                        break;
+                }
+                b->up_syncs[b->n_syncs++] = k;
+                bus_dispatch(b);
+        }
+        b->syncs.counted = b->syncs.on && b->n_syncs == SYNC_RUNS;
+        sync_counter_stop(&b->syncs);
         return 0;
 }
 
@@ -586,6 +752,9 @@ static bool crashed_signal(Bench *b, void *userdata) {
 
 /* --- phases -------------------------------------------------------------------------------------------- */
 
+static int peer_prepare(Bench *b);
+static int peer_up_one(Bench *b, size_t j);
+
 static int phase_bring_up(Bench *b) {
         ProcInfo c0 = proc_info(b->ag.pid);
         double t0 = now();
@@ -618,10 +787,19 @@ static int phase_bring_up(Bench *b) {
                                 return r;
                         b->up_status[b->n_up_ctl] = now() - t;
                         t = now();
-                        r = ctl_run(b, i);
+                        r = ctl_run(b, b->vms[i].name, HOST_PORT_BASE + i);
                         if (r < 0)
                                 return r;
                         b->up_ctl[b->n_up_ctl++] = now() - t;
+                        /* The peer's next VM right after ours: both under the same conditions (this host's
+                         * speed drifts within a run), not the peer's all at the end. */
+                        if (b->n_peer_up < b->o.peer_kills) {
+                                r = b->peer_prepared ? 0 : peer_prepare(b);
+                                if (r >= 0)
+                                        r = peer_up_one(b, b->n_peer_up);
+                                if (r < 0)
+                                        return bench_error(r, "bringing up a peer VM");
+                        }
                 } else {
                         r = vm_create_start(b, i, &b->up_create[b->n_up_bus], &b->up_start[b->n_up_bus]);
                         if (r < 0)
@@ -744,8 +922,9 @@ static void peer_names(size_t j, char tap[IFNAMSIZ], char mac[18], char ip[16]) 
         snprintf(ip, 16, "10.99.%u.%u", (k >> 8) & 0xff, (k & 0xff) + 1);
 }
 
-static int peer_setup(Bench *b) {
-        char path[256], tap[IFNAMSIZ], mac[18], ip[16], fake[256];
+/* The peer's table, its element deletions for the script, and room for its figures. */
+static int peer_prepare(Bench *b) {
+        char path[256], tap[IFNAMSIZ], mac[18], ip[16];
         size_t n = b->o.peer_kills, size = 4096 + 512 * n;
         _cleanup_free_ char *nft = malloc(size);
         size_t len = 0;
@@ -780,14 +959,20 @@ static int peer_setup(Bench *b) {
         char *nft_argv[] = { (char *) "nft", (char *) "-f", path, NULL };
         if ((r = run(nft_argv, NULL)) != 0)
                 return r < 0 ? r : -EIO;
-
-        /* Each VM as a script brings it up: one command per object (its TAP, then each element with its
-         * own `nft add element`), then its hypervisor; timed per VM, against `chvmctl run`. */
-        snprintf(fake, sizeof(fake), "%s/tests/fake-vmm", BUILD_DIR);
         b->peer_up = calloc(n + 1, sizeof(double));
         if (!b->peer_up)
                 return -ENOMEM;
-        for (size_t j = 0; j < n; j++) {
+        b->peer_prepared = true;
+        return 0;
+}
+
+/* Peer VM j as a script brings it up: one command per object (its TAP, then each element with its own
+ * `nft add element`), then its hypervisor; timed, against `chvmctl run`. */
+static int peer_up_one(Bench *b, size_t j) {
+        char tap[IFNAMSIZ], mac[18], ip[16], fake[256];
+        int r;
+        snprintf(fake, sizeof(fake), "%s/tests/fake-vmm", BUILD_DIR);
+        {
                 char sock[256], serial[256], log[256], net[128], port_e[128], addr_e[160], fwd_e[160];
                 double t0 = now();
                 peer_names(j, tap, mac, ip);
@@ -848,6 +1033,19 @@ static int peer_setup(Bench *b) {
                 }
                 b->peer_up[b->n_peer_up++] = now() - t0;
         }
+        return 0;
+}
+
+/* Every peer VM up (those the bring-up did not interleave with ours), then the script. */
+static int peer_setup(Bench *b) {
+        char path[256], tap[IFNAMSIZ], mac[18], ip[16];
+        size_t n = b->o.peer_kills;
+        int r;
+        if (!b->peer_prepared && (r = peer_prepare(b)) < 0)
+                return r;
+        while (b->n_peer_up < n)
+                if ((r = peer_up_one(b, b->n_peer_up)) < 0)
+                        return r;
         /* Every TAP has its carrier (a hypervisor attached) before the script looks. */
         for (size_t j = 0; j < n; j++) {
                 unsigned flags = 0;
@@ -1101,6 +1299,14 @@ static void report(const Bench *b) {
                 print_stats_ms("  of it: `chvmctl --version` (exec, libraries)", b->up_exec, b->n_up_ctl);
                 print_stats_ms("  of it: `chvmctl status` (+ connect, Hello, 1 call)", b->up_status,
                                b->n_up_ctl);
+                if (b->syncs.counted) {
+                        Stats s = stats_of(b->up_syncs, b->n_syncs);
+                        printf("  %-52s %8.0f %8.0f %8.0f %8.0f   (calls, %zu more runs)\n",
+                               "  the agent's fdatasync + fsync per `chvmctl run`", s.p50, s.p99, s.max,
+                               s.min, b->n_syncs);
+                } else
+                        printf("  %-52s not counted: %s\n", "  the agent's fdatasync + fsync per run",
+                               b->syncs.why[0] ? b->syncs.why : "?");
         }
         if (b->n_peer_up) {
                 print_stats_ms("peer: a script's way, one command per object", b->peer_up, b->n_peer_up);
@@ -1212,6 +1418,7 @@ static void report(const Bench *b) {
 /* --- cleanup ------------------------------------------------------------------------------------------- */
 
 static void cleanup(Bench *b) {
+        sync_counter_stop(&b->syncs); /* when the bring-up ended early */
         bus_close(b);
         agent_stop(&b->ag);
         peer_stop(b);
@@ -1380,6 +1587,9 @@ int main(int argc, char **argv) {
         if (r < 0)
                 goto finish;
         b.atn = proc_info(b.ag.pid);
+        r = phase_syncs(&b);
+        if (r < 0)
+                goto finish;
         r = phase_inspect_all(&b);
         if (r < 0)
                 goto finish;
