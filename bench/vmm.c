@@ -527,51 +527,52 @@ static int vm_create_start(Bench *b, size_t i, double *ret_create, double *ret_s
                                 ret_create, ret_start);
 }
 
+/* Runs chvmctl with these arguments (after --socket); its output is said when it fails. */
+static int ctl(Bench *b, const char *what, char *const args[]) {
+        char bin[256];
+        char *argv[16] = { bin, (char *) "--socket", b->ag.socket };
+        size_t n = 3;
+        snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
+        for (size_t i = 0; args[i] && n < ELEMENTSOF(argv) - 1; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        _cleanup_free_ char *out = NULL;
+        int r = run(argv, &out);
+        if (r != 0) {
+                say("chvmctl %s: exit %d: %s", what, r, out ? out : "");
+                return r < 0 ? r : -EIO;
+        }
+        return 0;
+}
+
 /* `chvmctl --version` (no connection), or `chvmctl status` (connection, Hello, one Status call). */
 static int ctl_plain(Bench *b, bool status) {
+        if (status)
+                return ctl(b, "status", (char *[]){ (char *) "status", NULL });
         char bin[256];
         snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
-        char *argv[] = { bin, (char *) "--socket", b->ag.socket, (char *) "status", NULL };
         char *version[] = { bin, (char *) "--version", NULL };
-        _cleanup_free_ char *out = NULL;
-        int r = run(status ? argv : version, &out);
+        int r = run(version, NULL);
         if (r != 0) {
-                say("chvmctl %s: exit %d: %s", status ? "status" : "--version", r, out ? out : "");
+                say("chvmctl --version: exit %d", r);
                 return r < 0 ? r : -EIO;
         }
         return 0;
 }
 
 static int ctl_run(Bench *b, const char *name, size_t host_port) {
-        char bin[256], port[32];
-        snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
+        char port[32], what[64];
         snprintf(port, sizeof(port), "%zu:80", host_port);
-        char *argv[] = { bin,           (char *) "--socket",
-                         b->ag.socket,  (char *) "run",
-                         (char *) name, (char *) "--kernel",
-                         b->ag.kernel,  (char *) "-p",
-                         port,          NULL };
-        _cleanup_free_ char *out = NULL;
-        int r = run(argv, &out);
-        if (r != 0) {
-                say("chvmctl run %s: exit %d: %s", name, r, out ? out : "");
-                return r < 0 ? r : -EIO;
-        }
-        return 0;
+        snprintf(what, sizeof(what), "run %s", name);
+        return ctl(b, what,
+                   (char *[]){ (char *) "run", (char *) name, (char *) "--kernel", b->ag.kernel,
+                               (char *) "-p", port, NULL });
 }
 
 static int ctl_rm(Bench *b, const char *name) {
-        char bin[256];
-        snprintf(bin, sizeof(bin), "%s/chvmctl", BUILD_DIR);
-        char *argv[] = { bin,           (char *) "--socket", b->ag.socket, (char *) "rm",
-                         (char *) "-f", (char *) name,       NULL };
-        _cleanup_free_ char *out = NULL;
-        int r = run(argv, &out);
-        if (r != 0) {
-                say("chvmctl rm -f %s: exit %d: %s", name, r, out ? out : "");
-                return r < 0 ? r : -EIO;
-        }
-        return 0;
+        char what[64];
+        snprintf(what, sizeof(what), "rm -f %s", name);
+        return ctl(b, what, (char *[]){ (char *) "rm", (char *) "-f", (char *) name, NULL });
 }
 
 #define SYNC_RUNS 10

@@ -140,6 +140,16 @@ static double now(void) {
 }
 
 /* vm_manager_start() after the VM is defined in the journal, as the agent does at create. */
+/* A VM on local without forwards whose hypervisor is fake-vmm (as the kernel too). */
+static VmRequest fake_request(uint64_t id, const char *name) {
+        return (VmRequest){ .vm_id = id,
+                            .name = name,
+                            .backend = "local",
+                            .kernel = FAKE_VMM_PATH,
+                            .cpus = 1,
+                            .memory_mib = 64 };
+}
+
 static int start_defined(VmManager *m, const VmRequest *req) {
         const LiveVm *vm = live_set_get_vm(journal_live_set(journal), req->vm_id);
         if (!vm || strcmp(vm->name, req->name) != 0 || strcmp(vm->backend, req->backend) != 0)
@@ -203,12 +213,7 @@ Test(vm_manager, start_that_cannot_watch_leaves_no_running_vm) {
         cr_assert_geq(sd_event_exit(event, 0), 0);
         cr_assert_geq(sd_event_run(event, 0), 0);
         cr_assert_eq(sd_event_get_state(event), SD_EVENT_FINISHED);
-        VmRequest req = { .vm_id = 7,
-                          .name = "unwatched",
-                          .backend = "local",
-                          .kernel = FAKE_VMM_PATH,
-                          .cpus = 1,
-                          .memory_mib = 64 };
+        VmRequest req = fake_request(7, "unwatched");
         cr_assert_lt(start_defined(mgr, &req), 0);
         cr_assert(strstr(vm_manager_error(mgr), "cannot watch its hypervisor"), "%s", vm_manager_error(mgr));
         cr_assert_eq(vm_manager_n_running(mgr), 0);
@@ -312,16 +317,6 @@ Test(vm_manager, exit_reasons) {
         cr_assert_eq(vm->state, JOURNAL_VM_CRASHED);
         cr_assert_str_eq(vm->reason, "exited with status 7");
         cr_assert_eq(vm->n_objects, 0, "the network of an exited VM was left up");
-}
-
-/* A VM on local without forwards whose hypervisor is fake-vmm (as the kernel too). */
-static VmRequest fake_request(uint64_t id, const char *name) {
-        return (VmRequest){ .vm_id = id,
-                            .name = name,
-                            .backend = "local",
-                            .kernel = FAKE_VMM_PATH,
-                            .cpus = 1,
-                            .memory_mib = 64 };
 }
 
 /* A start is done when the hypervisor's API answers its kind's readiness conversation (fake-vmm: GET
@@ -453,12 +448,7 @@ Test(vm_manager, a_network_refused_at_the_gate_leaves_nothing) {
         char tap[16];
         dispatcher_tap_name("tap-", 3, tap);
         free(sh("ip link add %s type bridge", tap));
-        VmRequest req = { .vm_id = 3,
-                          .name = "taken",
-                          .backend = "local",
-                          .kernel = FAKE_VMM_PATH,
-                          .cpus = 1,
-                          .memory_mib = 64 };
+        VmRequest req = fake_request(3, "taken");
         int r = start_defined(mgr, &req);
         cr_assert_lt(r, 0, "started: %d", vm_manager_pid(mgr, 3));
         cr_assert(strstr(vm_manager_error(mgr), "VM taken: cannot create TAP "), "%s",
