@@ -573,13 +573,54 @@ typedef struct LoadCtx {
         char **bad_names; /* files that are there but do not parse: never forgotten */
         size_t n_bad;
         size_t journaled; /* VM_DEFINE records appended, synced once at the end */
+        Error error; /* why a definition could not be written again */
 } LoadCtx;
+
+/* A definition the agent wrote without a sync of its own (its text rode in the journal's VM_DEFINE, see
+ * create_vm()) that a power loss cut short or took away: written again from the journal and loaded, 1; 0
+ * when the journal has no text of it or the file is not what an unsynced write leaves (an edit). A failed
+ * write fails the start: the VM would be forgotten otherwise. Only files that are missing or do not parse
+ * get here (every part of a file the agent writes is refused by the parser): a start reads a good file
+ * once. */
+static int restore_definition(Agent *a, const char *name, VmDef **ret, Error *e) {
+        const LiveSet *ls = journal_live_set(a->journal);
+        const LiveVm *lv = NULL, *x;
+        for (size_t it = 0; !lv && live_set_iterate_vms(ls, &it, &x);)
+                if (x->definition && strcmp(x->name, name) == 0)
+                        lv = x;
+        if (!lv)
+                return 0;
+        int r = vm_def_restore(a->vms_fd, lv->name, lv->definition, NULL);
+        if (r < 0)
+                return error_errno(e, r,
+                                   "VM %s: cannot write %s/vms/%s%s again from the ownership journal: %s",
+                                   lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX, strerror(-r));
+        if (r == 0)
+                return 0;
+        log_vm(LOG_NOTICE, &((LogVm){ .name = lv->name, .id = lv->vm_id, .backend = lv->backend }),
+               "VM %s: %s/vms/%s%s was missing or cut short (written unsynced before a crash); written again "
+               "from the ownership journal",
+               lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
+        Error why = {};
+        r = vm_def_load(a->vms_fd, name, ret, &why);
+        if (r < 0) { /* a text an older agent wrote that this one refuses: listed as not parsing */
+                log_warning("VM definition %s/vms/%s%s, written again from the ownership journal: %s",
+                            a->cfg.state_dir, name, VM_DEF_SUFFIX, error_message(&why));
+                return 0;
+        }
+        return 1;
+}
 
 static int on_definition(const char *name, VmDef *def, const char *error, void *userdata) {
         LoadCtx *c = userdata;
         Agent *a = c->a;
         int r;
 
+        if (!def) {
+                r = restore_definition(a, name, &def, &c->error);
+                if (r < 0)
+                        return r;
+        }
         if (!def) {
                 log_warning(
                         "VM definition %s/vms/%s%s: %s; the VM is listed but cannot be started until the "
@@ -674,42 +715,50 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, Error *e) {
         return 0;
 }
 
-/* A definition the agent wrote without a sync of its own (its text rode in the journal's VM_DEFINE, see
- * create_vm()) and that a power loss cut short or took away: written again from the journal, before the
- * files are read. Failing that the start fails: the VM would be forgotten otherwise. */
-static int restore_definitions(Agent *a, Error *e) {
+/* VMs the journal has the text of but no file was found for: written again and loaded
+ * (restore_definition()). Their names first: loading one may journal, which must not happen while the live
+ * set is iterated. */
+static int restore_missing(Agent *a, LoadCtx *c) {
         const LiveSet *ls = journal_live_set(a->journal);
         const LiveVm *lv;
+        _cleanup_(strv_freep) char **names = NULL;
+        size_t n = 0;
         for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
-                if (!lv->definition)
+                if (!lv->definition || u64map_get(a->vms, lv->vm_id) || is_bad_name(c, lv->name))
                         continue;
-                int r = vm_def_restore(a->vms_fd, lv->name, lv->definition, NULL);
+                char **x = realloc(names, (n + 2) * sizeof(char *));
+                if (!x)
+                        return -ENOMEM;
+                names = x;
+                names[n] = strdup(lv->name);
+                names[++n] = NULL;
+                if (!names[n - 1])
+                        return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                VmDef *def = NULL;
+                int r = restore_definition(a, names[i], &def, &c->error);
                 if (r < 0)
-                        return error_errno(
-                                e, r, "VM %s: cannot write %s/vms/%s%s again from the ownership journal: %s",
-                                lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX, strerror(-r));
-                if (r > 0)
-                        log_vm(LOG_NOTICE,
-                               &((LogVm){ .name = lv->name, .id = lv->vm_id, .backend = lv->backend }),
-                               "VM %s: %s/vms/%s%s was missing or cut short (written unsynced before a crash); "
-                               "written again from the ownership journal",
-                               lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
+                        return r;
+                if (r > 0 && (r = on_definition(names[i], def, NULL, c)) < 0)
+                        return r;
         }
         return 0;
 }
 
 static int load_definitions(Agent *a, Error *e) {
         LoadCtx c = { .a = a };
-        int r = restore_definitions(a, e);
-        if (r < 0)
-                return r;
-        r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        int r = vm_def_load_all(a->vms_fd, on_definition, &c);
+        if (r >= 0)
+                r = restore_missing(a, &c);
         if (r >= 0 && c.journaled > 0) {
                 r = dispatcher_sync(a->dispatcher);
                 if (r < 0)
                         (void) fail(a, r, "%s", dispatcher_error(a->dispatcher));
         }
-        if (r < 0)
+        if (r < 0 && error_message(&c.error)[0])
+                *e = c.error;
+        else if (r < 0)
                 (void) error_errno(e, r, "VM definitions in %s/vms: %s", a->cfg.state_dir,
                                    error_message(&a->error));
         else

@@ -653,6 +653,17 @@ Test(agentd, definitions_cut_short_by_a_power_loss_come_back_from_the_journal) {
         cr_assert_str_eq(out, "3\n");
         free(out);
 
+        /* An edit that does not parse is the administrator's to fix, not a damaged file: left as it is. */
+        (void) test_agent_signal_wait(&agent, SIGTERM);
+        free(sh("printf '[vm]\\nname = cache\\ncpus = lots\\n' > %s/vms/cache.vm", agent.state_dir));
+        test_agent_start(&agent, NULL);
+        now = definition("cache");
+        cr_assert_str_eq(now, "[vm]\nname = cache\ncpus = lots\n");
+        free(now);
+        cr_assert_eq(ctl(&agent, &out, NULL, "inspect cache --json | jq -r .definition_error"), 0);
+        cr_assert_str_eq(out, "its definition file does not parse\n");
+        free(out);
+
         /* A removal is final: nothing brings the VM back. */
         cr_assert_eq(ctl(&agent, NULL, NULL, "rm -f web"), 0);
         (void) test_agent_signal_wait(&agent, SIGTERM);
