@@ -582,13 +582,8 @@ typedef struct LoadCtx {
  * write fails the start: the VM would be forgotten otherwise. Only files that are missing or do not parse
  * get here (every part of a file the agent writes is refused by the parser): a start reads a good file
  * once. */
-static int restore_definition(Agent *a, const char *name, VmDef **ret, Error *e) {
-        const LiveSet *ls = journal_live_set(a->journal);
-        const LiveVm *lv = NULL, *x;
-        for (size_t it = 0; !lv && live_set_iterate_vms(ls, &it, &x);)
-                if (x->definition && strcmp(x->name, name) == 0)
-                        lv = x;
-        if (!lv)
+static int restore_definition(Agent *a, const LiveVm *lv, VmDef **ret, Error *e) {
+        if (!lv || !lv->definition)
                 return 0;
         int r = vm_def_restore(a->vms_fd, lv->name, lv->definition, NULL);
         if (r < 0)
@@ -602,10 +597,10 @@ static int restore_definition(Agent *a, const char *name, VmDef **ret, Error *e)
                "from the ownership journal",
                lv->name, a->cfg.state_dir, lv->name, VM_DEF_SUFFIX);
         Error why = {};
-        r = vm_def_load(a->vms_fd, name, ret, &why);
+        r = vm_def_load(a->vms_fd, lv->name, ret, &why);
         if (r < 0) { /* a text an older agent wrote that this one refuses: listed as not parsing */
                 log_warning("VM definition %s/vms/%s%s, written again from the ownership journal: %s",
-                            a->cfg.state_dir, name, VM_DEF_SUFFIX, error_message(&why));
+                            a->cfg.state_dir, lv->name, VM_DEF_SUFFIX, error_message(&why));
                 return 0;
         }
         return 1;
@@ -617,7 +612,12 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
         int r;
 
         if (!def) {
-                r = restore_definition(a, name, &def, &c->error);
+                /* a file that does not parse: by name, the one thing it still tells (rare: a scan) */
+                const LiveVm *lv = NULL, *x;
+                for (size_t it = 0; !lv && live_set_iterate_vms(journal_live_set(a->journal), &it, &x);)
+                        if (strcmp(x->name, name) == 0)
+                                lv = x;
+                r = restore_definition(a, lv, &def, &c->error);
                 if (r < 0)
                         return r;
         }
@@ -644,16 +644,19 @@ static int on_definition(const char *name, VmDef *def, const char *error, void *
                 return 0;
         }
         const LiveVm *lv = live_set_get_vm(journal_live_set(a->journal), def->id);
+        bool unjournaled = !lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0;
         _cleanup_free_ char *text = NULL;
-        r = vm_def_format(def, &text);
-        if (r < 0) {
-                vm_def_free(def);
-                return r;
+        /* the text only where the journal wants it: a new record, or one to compare with */
+        if (unjournaled || lv->definition) {
+                r = vm_def_format(def, &text);
+                if (r < 0) {
+                        vm_def_free(def);
+                        return r;
+                }
         }
         /* Written before a crash that came before its journal record: journaled now. Edited since its
-         * record: journaled again, so that a restore (restore_definitions()) never brings back the old. */
-        if (!lv || strcmp(lv->name, def->name) != 0 || strcmp(lv->backend, def->backend) != 0 ||
-            (lv->definition && strcmp(lv->definition, text) != 0)) {
+         * record: journaled again, so that a restore (restore_definition()) never brings back the old. */
+        if (unjournaled || (lv->definition && strcmp(lv->definition, text) != 0)) {
                 r = journal_define(a, def, strlen(text) <= JOURNAL_DEFINITION_MAX ? text : NULL, false);
                 if (r < 0) {
                         vm_def_free(def);
@@ -716,32 +719,30 @@ static int journal_only_vms(Agent *a, const LoadCtx *c, Error *e) {
 }
 
 /* VMs the journal has the text of but no file was found for: written again and loaded
- * (restore_definition()). Their names first: loading one may journal, which must not happen while the live
- * set is iterated. */
+ * (restore_definition()). Their ids first: loading one may journal, which must not happen while the live
+ * set is iterated (and moves its VMs: each is looked up again by id). */
 static int restore_missing(Agent *a, LoadCtx *c) {
         const LiveSet *ls = journal_live_set(a->journal);
+        _cleanup_free_ uint64_t *ids = calloc(live_set_n_vms(ls) + 1, sizeof(uint64_t));
         const LiveVm *lv;
-        _cleanup_(strv_freep) char **names = NULL;
         size_t n = 0;
-        for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);) {
-                if (!lv->definition || u64map_get(a->vms, lv->vm_id) || is_bad_name(c, lv->name))
-                        continue;
-                char **x = realloc(names, (n + 2) * sizeof(char *));
-                if (!x)
-                        return -ENOMEM;
-                names = x;
-                names[n] = strdup(lv->name);
-                names[++n] = NULL;
-                if (!names[n - 1])
-                        return -ENOMEM;
-        }
+        if (!ids)
+                return -ENOMEM;
+        for (size_t it = 0; live_set_iterate_vms(ls, &it, &lv);)
+                if (lv->definition && !u64map_get(a->vms, lv->vm_id) && !is_bad_name(c, lv->name))
+                        ids[n++] = lv->vm_id;
         for (size_t i = 0; i < n; i++) {
                 VmDef *def = NULL;
-                int r = restore_definition(a, names[i], &def, &c->error);
+                lv = live_set_get_vm(journal_live_set(a->journal), ids[i]);
+                int r = restore_definition(a, lv, &def, &c->error);
                 if (r < 0)
                         return r;
-                if (r > 0 && (r = on_definition(names[i], def, NULL, c)) < 0)
-                        return r;
+                char name[VM_NAME_MAX + 1];
+                if (r > 0) {
+                        snprintf(name, sizeof(name), "%s", def->name); /* on_definition() may free def */
+                        if ((r = on_definition(name, def, NULL, c)) < 0)
+                                return r;
+                }
         }
         return 0;
 }
@@ -1097,7 +1098,7 @@ static int create_vm(Agent *a, const VmDef *in, unsigned flags, bool sync, uint6
 
         /* The file unsynced, its text in VM_DEFINE: one fdatasync (the journal's) makes both durable, where
          * the file's own fdatasync and its folder's fsync were two more; a start after a power loss writes
-         * it again from the journal (restore_definitions()). Only a text too long for a record is synced on
+         * it again from the journal (restore_definition()). Only a text too long for a record is synced on
          * its own. */
         _cleanup_free_ char *text = NULL;
         r = vm_def_format(def, &text);
